@@ -1,0 +1,5 @@
+"""`python -m aether_box` is the `aether-box` command."""
+
+from aether_box.cli import main
+
+main()

@@ -1,0 +1,188 @@
+"""The box: one process, one anyio task group, every component inside it.
+
+Start order: data-dir lock, CURVE plan, events, broker, then each component of
+`components.COMPONENTS`. On SIGINT/SIGTERM (or `stop()`), new requests are refused,
+in-flight ones get `bus.shutdown_grace_s` to finish, and whatever is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from aether_box.bus.broker import Broker
+from aether_box.bus.events import EventLogHandler, Events
+from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve
+from aether_box.bus.settings import BusSettings
+from aether_box.components import COMPONENTS
+from aether_box.config import Config
+from aether_box.errors import ConfigError
+
+__all__ = ["Box", "load_components"]
+
+log = logging.getLogger(__name__)
+LOCK_FILE = "box.lock"
+
+
+def load_components() -> list[type]:
+    """Import every component class (this also registers their config sections)."""
+    classes = []
+    for path in COMPONENTS:
+        module, _, attr = path.partition(":")
+        classes.append(getattr(importlib.import_module(module), attr))
+    return classes
+
+
+class Box:
+    """Composes the bus and the components, and owns their lifecycle."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.get(BusSettings)
+        self.context = zmq.asyncio.Context()
+        self.components: dict[str, Any] = {}
+        self.events: Events
+        self.broker: Broker
+        self._stop: anyio.Event | None = None
+        self._stop_requested = False
+
+    def component(self, name: str) -> Any:
+        """A running component by name (for components that call each other in-process)."""
+        return self.components[name]
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (idempotent); call it from the box's event loop."""
+        self._stop_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self, *, handle_signals: bool = True, on_ready: Callable[[Box], None] | None = None) -> None:
+        """Serve until stopped; raises ConfigError if the box cannot start."""
+        self._stop = anyio.Event()
+        if self._stop_requested:
+            self._stop.set()
+        data_dir = self.config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as stack:
+            stack.enter_context(_DataDirLock(data_dir / LOCK_FILE))
+            # Registered first so it runs last: closes every socket, then ends the context.
+            stack.callback(self.context.destroy, linger=0)
+            curve = plan_curve(data_dir, self.settings.curve,
+                               self.settings.endpoints + self.settings.event_endpoints)
+            if curve is not None:
+                stack.callback(_start_authenticator(self.context, data_dir).stop)
+            self.events = Events(self.context, self.settings.event_endpoints, curve)
+            stack.callback(self.events.close)
+            self.broker = Broker(self.settings, self.context, curve)
+            log_handler = EventLogHandler(self.events)
+            logging.getLogger().addHandler(log_handler)
+            stack.callback(logging.getLogger().removeHandler, log_handler)
+            await self._serve(handle_signals, on_ready)
+
+    async def _serve(self, handle_signals: bool, on_ready: Callable[[Box], None] | None) -> None:
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(self._watch_signals)
+            await tg.start(self.broker.serve)
+            for cls in load_components():
+                component = cls(self)
+                self.components[component.name] = component
+                await tg.start(self._supervise, component)
+            log.info("box ready on %s (pid %d)", ", ".join(self.broker.bound), os.getpid())
+            self.events.publish("status.ready", {"endpoints": self.broker.bound})
+            if on_ready is not None:
+                on_ready(self)
+            assert self._stop is not None
+            await self._stop.wait()
+            log.info("shutting down: finishing %d in-flight request(s)", self.broker.in_flight)
+            self.events.publish("status.stopping", {"in_flight": self.broker.in_flight})
+            self.broker.stop_accepting()
+            if not await self.broker.drain(self.settings.shutdown_grace_s):
+                log.warning("cancelled %d request(s) still running after %.1f s",
+                            self.broker.in_flight, self.settings.shutdown_grace_s)
+            tg.cancel_scope.cancel()
+
+    async def _supervise(self, component: Any, *, task_status: anyio.abc.TaskStatus) -> None:
+        # A component that fails after starting is logged and published, never a silent hang;
+        # its services stay registered and answer with their own errors.
+        started = False
+
+        def mark_started(value: Any = None) -> None:
+            nonlocal started
+            started = True
+            task_status.started(value)
+
+        status = _Started(mark_started)
+        try:
+            await component.serve(task_status=status)
+        except Exception as exc:
+            if not started:
+                raise
+            log.exception("component %s failed", component.name)
+            self.events.publish("status.component_failed", {"component": component.name, "error": repr(exc)})
+            return
+        if not started:
+            task_status.started()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                self.stop()
+                return
+
+
+class _Started:
+    """A task_status that records whether the component reported it started."""
+
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self.started = callback
+
+
+class _DataDirLock:
+    """An exclusive lock on the data dir, so two boxes never share one database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _DataDirLock:
+        self._file = open(self.path, "a+")  # noqa: SIM115 - held for the box's lifetime
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            pid = self._file.read().strip() or "?"
+            self._file.close()
+            raise ConfigError(
+                f"another box (pid {pid}) is running with data dir {self.path.parent}; "
+                "stop it first, or pass another --data-dir"
+            ) from None
+        self._file.truncate(0)
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+
+def _start_authenticator(context: zmq.asyncio.Context, data_dir: Path) -> Any:
+    # ZAP: only clients whose public key is in keys/authorized/ get through CURVE.
+    from zmq.auth.asyncio import AsyncioAuthenticator
+
+    authenticator = AsyncioAuthenticator(context)
+    authenticator.start()
+    authenticator.configure_curve(domain="*", location=str(keys_dir(data_dir) / AUTHORIZED_DIR))
+    return authenticator

@@ -1,0 +1,497 @@
+"""The MDP/0.2 broker: one ROUTER socket, in-process services and external workers alike.
+
+Clients speak ``MDPC02`` and workers ``MDPW02`` as ZeroMQ RFC 18 writes them. Peers that
+use majortomo's variant (an empty frame first, worker command numbers for clients, no
+service frame in client replies) are answered in the framing they used.
+
+In-process services and remote worker processes share one service table, one set of
+counters and one reply path; a local handler is simply a worker that never needs a socket.
+The receive loop never awaits anything but the socket, so one bad peer cannot stall it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from aether_box.bus.protocol import (
+    CLIENT,
+    WORKER,
+    ClientCmd,
+    WorkerCmd,
+    decode_body,
+    encode_body,
+    raise_if_error,
+)
+from aether_box.bus.security import CurveKeys, bind_all
+from aether_box.bus.service import Handler, Request
+from aether_box.bus.settings import BusSettings
+from aether_box.bus.stats import ServiceStats
+from aether_box.errors import (
+    BoxError,
+    Cancelled,
+    NotFound,
+    Overloaded,
+    ProtocolError,
+    ServiceUnavailable,
+    TooLarge,
+)
+
+__all__ = ["Broker", "CANCEL_SERVICE"]
+
+log = logging.getLogger(__name__)
+
+# A client cancels one of its in-flight requests by sending {"rid": ...} here.
+CANCEL_SERVICE = "box.cancel"
+RID = "_rid"
+# How long a reply may wait on a full send queue before it is dropped and counted.
+SEND_PATIENCE_S = 5.0
+
+
+@dataclass(eq=False)
+class Job:
+    """A client request waiting for, or held by, a remote worker."""
+
+    client: bytes
+    legacy: bool
+    service: bytes
+    body: list[bytes]
+    received: float
+
+
+@dataclass(eq=False)
+class RemoteWorker:
+    """A worker process connected over the socket."""
+
+    identity: bytes
+    legacy: bool
+    service: Service
+    expires: float
+    job: Job | None = None
+
+
+@dataclass(eq=False)
+class Service:
+    """One named service: a local handler, or remote workers with a queue in front."""
+
+    name: str
+    handler: Handler | None = None
+    limiter: anyio.CapacityLimiter | None = None
+    workers: dict[bytes, RemoteWorker] = field(default_factory=dict)
+    idle: deque[RemoteWorker] = field(default_factory=deque)
+    queue: deque[Job] = field(default_factory=deque)
+    in_flight: int = 0
+    stats: ServiceStats = field(default_factory=ServiceStats)
+
+    def snapshot(self) -> dict[str, Any]:
+        local = self.handler is not None
+        return {
+            "kind": "local" if local else "remote",
+            "workers": 1 if local else len(self.workers),
+            "idle_workers": None if local else len(self.idle),
+            "queued": len(self.queue),
+            "in_flight": self.in_flight,
+            **self.stats.snapshot(),
+        }
+
+
+class Broker:
+    """Routes MDP requests from clients to services and replies back, counting everything."""
+
+    def __init__(
+        self, settings: BusSettings, context: zmq.asyncio.Context, curve: CurveKeys | None = None
+    ) -> None:
+        self.settings = settings
+        self.curve = curve
+        self.context = context
+        self.services: dict[str, Service] = {}
+        self.rejected: Counter[str] = Counter()
+        self.accepting = True
+        self._workers: dict[bytes, RemoteWorker] = {}
+        # (client identity, request id) -> cancel scope of a running local request.
+        self._local: dict[tuple[bytes, Any], anyio.CancelScope] = {}
+        self._by_client: defaultdict[bytes, set[tuple[bytes, Any]]] = defaultdict(set)
+        self._router: zmq.asyncio.Socket | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.bound: list[str] = []
+
+    # ----------------------------------------------------------------- registry
+
+    def add_service(self, name: str, handler: Handler, *, concurrency: int | None = None) -> None:
+        """Serve `name` in-process with `handler`, at most `concurrency` requests at once."""
+        if name in self.services:
+            raise ValueError(f"service {name!r} is already registered")
+        limit = concurrency or self.settings.local_concurrency
+        self.services[name] = Service(name, handler, anyio.CapacityLimiter(limit))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Services, workers and counters, as `status` reports them."""
+        return {
+            "services": {name: s.snapshot() for name, s in sorted(self.services.items())},
+            "rejected": dict(self.rejected),
+            "in_flight": self.in_flight,
+        }
+
+    @property
+    def in_flight(self) -> int:
+        return sum(s.in_flight for s in self.services.values())
+
+    async def call(self, service: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Call an in-process service directly (no sockets); partial replies are ignored."""
+        svc = self.services.get(service)
+        if svc is None or svc.handler is None:
+            raise NotFound(f"no in-process service {service!r}")
+
+        async def ignore(_: Mapping[str, Any]) -> None:
+            return None
+
+        reply = dict(await svc.handler(Request(service, dict(body), ignore)) or {})
+        raise_if_error(reply)
+        return reply
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind, then route messages until cancelled."""
+        router = self.context.socket(zmq.ROUTER)
+        router.linger = 0
+        router.router_mandatory = 1
+        router.maxmsgsize = self.settings.max_message_bytes
+        router.sndhwm = router.rcvhwm = 10_000
+        self._router = router
+        try:
+            self.bound = bind_all(router, self.settings.endpoints, self.curve)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._heartbeat_loop)
+                task_status.started()
+                while True:
+                    frames = await router.recv_multipart()
+                    try:
+                        self._dispatch(frames)
+                    except Exception:  # a bug here must cost one message, never the broker
+                        self.rejected["internal"] += 1
+                        log.exception("broker failed on a message; dropped it")
+        finally:
+            router.close(linger=0)
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests (they get 'unavailable'); in-flight ones go on."""
+        self.accepting = False
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until nothing is in flight, up to `timeout` seconds; True if drained."""
+        with anyio.move_on_after(timeout):
+            while self.in_flight:
+                await anyio.sleep(0.02)
+            return True
+        return False
+
+    # ----------------------------------------------------------------- routing
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.rejected["short"] += 1
+            return
+        identity, rest = frames[0], frames[1:]
+        legacy = rest[0] == b""
+        if legacy:
+            rest = rest[1:]
+        if not rest:
+            self.rejected["short"] += 1
+        elif rest[0] == CLIENT:
+            self._on_client(identity, legacy, rest[1:])
+        elif rest[0] == WORKER:
+            self._on_worker(identity, legacy, rest[1:])
+        else:
+            self.rejected["bad_header"] += 1
+
+    def _on_client(self, client: bytes, legacy: bool, rest: list[bytes]) -> None:
+        if len(rest) < 2:
+            self.rejected["short"] += 1
+            self._reply_error(client, legacy, b"", ProtocolError("a request needs a service frame"))
+            return
+        command, service, body = rest[0], rest[1], rest[2:]
+        if command not in ((WorkerCmd.REQUEST, ClientCmd.REQUEST) if legacy else (ClientCmd.REQUEST,)):
+            self.rejected["bad_command"] += 1
+            self._reply_error(client, legacy, service, ProtocolError(f"unknown client command {command!r}"))
+            return
+        size = sum(len(f) for f in body)
+        if size > self.settings.max_message_bytes:
+            self.rejected["too_large"] += 1
+            self._reply_error(client, legacy, service, TooLarge(
+                f"request of {size} bytes is over the {self.settings.max_message_bytes}-byte limit; "
+                "split it, or raise bus.max_message_mb"))
+            return
+        name = service.decode("utf-8", "replace")
+        if name.startswith("mmi."):
+            self._on_mmi(client, legacy, service, body)
+            return
+        if name == CANCEL_SERVICE:
+            self._on_cancel(client, legacy, service, body)
+            return
+        svc = self.services.get(name)
+        if svc is None:
+            self.rejected["unknown_service"] += 1
+            self._reply_error(client, legacy, service, NotFound(
+                f"no service {name!r}; services: {sorted(self.services)}"))
+            return
+        if not self.accepting:
+            svc.stats.rejected["shutting_down"] += 1
+            self._reply_error(client, legacy, service, ServiceUnavailable(
+                "the box is shutting down; retry when it is back"))
+            return
+        if svc.in_flight + len(svc.queue) >= self.settings.queue_limit:
+            svc.stats.rejected["overloaded"] += 1
+            self._reply_error(client, legacy, service, Overloaded(
+                f"{name} has {self.settings.queue_limit} requests waiting; retry later"))
+            return
+        svc.in_flight += 1
+        if svc.handler is not None:
+            assert self._tg is not None
+            self._tg.start_soon(self._run_local, svc, client, legacy, service, body)
+        else:
+            svc.queue.append(Job(client, legacy, service, body, time.monotonic()))
+            self._assign(svc)
+
+    async def _run_local(
+        self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[bytes]
+    ) -> None:
+        started = time.monotonic()
+        rid: Any = None
+        key: tuple[bytes, Any] | None = None
+        client_gone = False
+        reply: dict[str, Any]
+
+        async def send_partial(body: Mapping[str, Any]) -> None:
+            nonlocal client_gone
+            partial = {**body, RID: rid} if rid is not None else body
+            if not await self._send(self._client_frames(client, legacy, service, False, partial)):
+                client_gone = True
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()
+
+        with anyio.CancelScope() as scope:
+            try:
+                body = decode_body(frames)
+                rid = body.pop(RID, None)
+                if rid is not None:
+                    key = (client, rid)
+                    self._local[key] = scope
+                    self._by_client[client].add(key)
+                assert svc.handler is not None and svc.limiter is not None
+                async with svc.limiter:
+                    reply = dict(await svc.handler(Request(svc.name, body, send_partial)) or {})
+            except BoxError as exc:
+                reply = exc.to_wire()
+            except Exception as exc:
+                log.exception("service %s failed", svc.name)
+                reply = BoxError(f"{svc.name} failed: {exc!r}; see the box log").to_wire()
+        if key is not None:
+            self._local.pop(key, None)
+            self._by_client[client].discard(key)
+            if not self._by_client[client]:
+                del self._by_client[client]
+        svc.in_flight -= 1
+        if scope.cancelled_caught:
+            if client_gone:
+                svc.stats.rejected["client_gone"] += 1
+                return
+            reply = Cancelled("cancelled by the client").to_wire()
+        svc.stats.finished(time.monotonic() - started, error="error" in reply)
+        if rid is not None:
+            reply[RID] = rid
+        try:
+            frames_out = self._client_frames(client, legacy, service, True, reply)
+        except TypeError as exc:  # the handler returned something msgpack cannot carry
+            log.error("service %s returned an unencodable reply: %s", svc.name, exc)
+            error = BoxError(f"{svc.name} produced a reply that cannot be sent: {exc}").to_wire()
+            frames_out = self._client_frames(client, legacy, service, True, {**error, RID: rid})
+        await self._send(frames_out)
+
+    def _on_cancel(self, client: bytes, legacy: bool, service: bytes, body: list[bytes]) -> None:
+        try:
+            rid = decode_body(body).get("rid")
+        except ProtocolError as exc:
+            self._reply_error(client, legacy, service, exc)
+            return
+        scope = self._local.get((client, rid))
+        if scope is not None:
+            scope.cancel()
+        self._send_nowait(self._client_frames(client, legacy, service, True, {"cancelled": scope is not None}))
+
+    def _on_mmi(self, client: bytes, legacy: bool, service: bytes, body: list[bytes]) -> None:
+        # RFC 8 (MMI): mmi.service answers "200" if the named service has a worker, else "404".
+        if service == b"mmi.service" and body:
+            svc = self.services.get(body[0].decode("utf-8", "replace"))
+            found = svc is not None and (svc.handler is not None or bool(svc.workers))
+            code = b"200" if found else b"404"
+        else:
+            code = b"501"
+        self._send_nowait(self._client_frames(client, legacy, service, True, [code]))
+
+    # ----------------------------------------------------------------- remote workers
+
+    def _on_worker(self, identity: bytes, legacy: bool, rest: list[bytes]) -> None:
+        if not rest:
+            self.rejected["short"] += 1
+            return
+        command = rest[0]
+        worker = self._workers.get(identity)
+        if worker is not None:
+            worker.expires = self._expiry()
+        if command == WorkerCmd.READY:
+            self._on_ready(identity, legacy, worker, rest[1:])
+        elif command in (WorkerCmd.PARTIAL, WorkerCmd.FINAL):
+            self._on_worker_reply(identity, legacy, worker, command == WorkerCmd.FINAL, rest[1:])
+        elif command == WorkerCmd.HEARTBEAT:
+            if worker is None:
+                self._disconnect(identity, legacy)
+        elif command == WorkerCmd.DISCONNECT:
+            if worker is not None:
+                self._remove_worker(worker, "the worker disconnected mid-request")
+        else:
+            self.rejected["bad_command"] += 1
+
+    def _on_ready(self, identity: bytes, legacy: bool, worker: RemoteWorker | None, rest: list[bytes]) -> None:
+        name = rest[0].decode("utf-8", "replace") if rest else ""
+        svc = self.services.get(name)
+        if worker is not None or not name or (svc is not None and svc.handler is not None):
+            # A second READY, no service name, or a name an in-process service owns.
+            self.rejected["bad_ready"] += 1
+            if worker is not None:
+                self._remove_worker(worker, "the worker re-registered mid-request")
+            self._disconnect(identity, legacy)
+            return
+        if svc is None:
+            svc = self.services[name] = Service(name)
+        worker = RemoteWorker(identity, legacy, svc, self._expiry())
+        self._workers[identity] = svc.workers[identity] = worker
+        svc.idle.append(worker)
+        log.info("worker %s ready for %s", identity.hex(), name)
+        self._assign(svc)
+
+    def _on_worker_reply(
+        self, identity: bytes, legacy: bool, worker: RemoteWorker | None, final: bool, rest: list[bytes]
+    ) -> None:
+        if worker is None:
+            self.rejected["unknown_worker"] += 1
+            self._disconnect(identity, legacy)
+            return
+        job = worker.job
+        if job is None or len(rest) < 2 or rest[0] != job.client or rest[1] != b"":
+            self.rejected["bad_worker_reply"] += 1
+            return
+        self._send_nowait(self._client_frames(job.client, job.legacy, job.service, final, rest[2:]))
+        if final:
+            svc = worker.service
+            svc.in_flight -= 1
+            svc.stats.finished(time.monotonic() - job.received, error=False)
+            worker.job = None
+            svc.idle.append(worker)
+            self._assign(svc)
+
+    def _assign(self, svc: Service) -> None:
+        while svc.queue and svc.idle:
+            worker = svc.idle.popleft()
+            job = svc.queue.popleft()
+            worker.job = job
+            self._send_nowait(self._worker_frames(worker.identity, worker.legacy, WorkerCmd.REQUEST,
+                                                  [job.client, b"", *job.body]))
+
+    def _remove_worker(self, worker: RemoteWorker, why: str) -> None:
+        svc = worker.service
+        self._workers.pop(worker.identity, None)
+        svc.workers.pop(worker.identity, None)
+        if worker in svc.idle:
+            svc.idle.remove(worker)
+        if worker.job is not None:
+            job, worker.job = worker.job, None
+            svc.in_flight -= 1
+            svc.stats.finished(time.monotonic() - job.received, error=True)
+            self._reply_error(job.client, job.legacy, job.service, ServiceUnavailable(
+                f"{svc.name}: {why}; retry the request"))
+
+    def _disconnect(self, identity: bytes, legacy: bool) -> None:
+        self._send_nowait(self._worker_frames(identity, legacy, WorkerCmd.DISCONNECT, []))
+
+    def _expiry(self) -> float:
+        return time.monotonic() + self.settings.heartbeat_s * self.settings.heartbeat_liveness
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.heartbeat_s)
+            now = time.monotonic()
+            for worker in list(self._workers.values()):
+                if worker.expires < now:
+                    log.warning("worker %s for %s expired", worker.identity.hex(), worker.service.name)
+                    self._remove_worker(worker, "the worker stopped answering")
+                else:
+                    self._send_nowait(self._worker_frames(worker.identity, worker.legacy,
+                                                          WorkerCmd.HEARTBEAT, []))
+            for svc in self.services.values():
+                while svc.queue and now - svc.queue[0].received > self.settings.request_expiry_s:
+                    job = svc.queue.popleft()
+                    svc.in_flight -= 1
+                    svc.stats.rejected["expired"] += 1
+                    self._reply_error(job.client, job.legacy, job.service, ServiceUnavailable(
+                        f"no worker for {svc.name} answered within {self.settings.request_expiry_s:g} s"))
+
+    # ----------------------------------------------------------------- sending
+
+    @staticmethod
+    def _client_frames(
+        client: bytes, legacy: bool, service: bytes, final: bool, body: Mapping[str, Any] | list[bytes]
+    ) -> list[Any]:
+        payload = encode_body(body) if isinstance(body, Mapping) else body
+        if legacy:  # majortomo: empty frame, worker numbers, no service frame
+            return [client, b"", CLIENT, WorkerCmd.FINAL if final else WorkerCmd.PARTIAL, *payload]
+        return [client, CLIENT, ClientCmd.FINAL if final else ClientCmd.PARTIAL, service, *payload]
+
+    @staticmethod
+    def _worker_frames(identity: bytes, legacy: bool, command: bytes, rest: list[bytes]) -> list[bytes]:
+        return [identity, *([b""] if legacy else []), WORKER, command, *rest]
+
+    def _reply_error(self, client: bytes, legacy: bool, service: bytes, error: BoxError) -> None:
+        self._send_nowait(self._client_frames(client, legacy, service, True, error.to_wire()))
+
+    def _try_send(self, frames: list[Any]) -> bool | None:
+        """One non-blocking send: True if sent, False if the peer is gone, None if its queue is full."""
+        assert self._router is not None
+        # The socket's own async API, so pyzmq re-checks the edge-triggered FD for the
+        # receive loop after sending; with NOBLOCK and no awaited sends it completes at once.
+        future = self._router.send_multipart(frames, flags=zmq.NOBLOCK)
+        error = future.exception() if future.done() else None
+        if error is None:
+            return True
+        if isinstance(error, zmq.Again):
+            return None
+        if isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH:
+            self.rejected["unroutable"] += 1
+            return False
+        raise error
+
+    def _send_nowait(self, frames: list[Any]) -> bool:
+        """Send without waiting; False (and counted) if the peer is gone or its queue is full."""
+        sent = self._try_send(frames)
+        if sent is None:
+            self.rejected["send_queue_full"] += 1
+        return bool(sent)
+
+    async def _send(self, frames: list[Any]) -> bool:
+        """Send, waiting up to SEND_PATIENCE_S for room; False if the peer is gone."""
+        deadline = time.monotonic() + SEND_PATIENCE_S
+        while (sent := self._try_send(frames)) is None:
+            if time.monotonic() > deadline:
+                self.rejected["send_queue_full"] += 1
+                return False
+            await anyio.sleep(0.002)
+        return sent

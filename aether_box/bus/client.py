@@ -1,0 +1,300 @@
+"""Client library for local apps: `Client` (blocking) and `AsyncClient` (anyio).
+
+Both speak MDP/0.2 as RFC 18 writes it. Each request carries a request id (``_rid`` in the
+body map) so replies are matched even when calls overlap or a timed-out reply arrives
+late; a reply without one (a foreign worker's) goes to the oldest waiting call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import msgpack
+import zmq
+import zmq.asyncio
+
+from aether_box.bus.broker import CANCEL_SERVICE, RID
+from aether_box.bus.protocol import CLIENT, ClientCmd, decode_body, encode_body, raise_if_error
+from aether_box.bus.security import client_keys, configure_curve_client
+from aether_box.config import data_dir_from
+from aether_box.errors import ProtocolError, Timeout
+
+__all__ = ["AsyncClient", "Client", "resolve_endpoint"]
+
+ENDPOINT_ENV = "AETHER_BOX_ENDPOINT"
+DEFAULT_TCP = "tcp://127.0.0.1:7745"
+_rids = itertools.count(1)
+
+
+def resolve_endpoint(endpoint: str | None = None, data_dir: str | os.PathLike | None = None) -> str:
+    """The bus endpoint: explicit, else $AETHER_BOX_ENDPOINT, else the data dir's ipc socket, else tcp."""
+    if endpoint:
+        return endpoint
+    if os.environ.get(ENDPOINT_ENV):
+        return os.environ[ENDPOINT_ENV]
+    ipc = data_dir_from(data_dir) / "bus.sock"
+    return f"ipc://{ipc}" if ipc.exists() else DEFAULT_TCP
+
+
+class _Session:
+    """What both clients share: endpoint, keys, framing and reply parsing."""
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        data_dir: str | os.PathLike | None,
+        timeout: float,
+        curve: tuple[Any, bytes] | None,
+    ) -> None:
+        self.data_dir = data_dir_from(data_dir)
+        self.endpoint = resolve_endpoint(endpoint, self.data_dir)
+        self.timeout = timeout
+        if curve is None and self.endpoint.startswith("tcp"):
+            curve = client_keys(Path(self.data_dir))  # local tools use the data dir's client keys
+        self.curve = curve
+
+    def connect(self, socket: zmq.Socket, endpoint: str | None = None) -> None:
+        """Connect to the bus (or another of the box's endpoints), with CURVE over tcp."""
+        endpoint = endpoint or self.endpoint
+        socket.linger = 0
+        if self.curve is not None and endpoint.startswith("tcp"):
+            keys, server_public = self.curve
+            configure_curve_client(socket, keys, server_public)
+        socket.connect(endpoint)
+
+    @staticmethod
+    def request_frames(service: str, body: Mapping[str, Any] | None, rid: int) -> list[Any]:
+        return [CLIENT, ClientCmd.REQUEST, service.encode(), *encode_body({**(body or {}), RID: rid})]
+
+    @staticmethod
+    def parse(frames: list[bytes]) -> tuple[bool, dict[str, Any]]:
+        """(is_final, body) of one reply."""
+        if len(frames) < 3 or frames[0] != CLIENT or frames[1] not in (ClientCmd.PARTIAL, ClientCmd.FINAL):
+            raise ProtocolError(f"the box sent a reply that is not MDP/0.2: {frames[:2]!r}")
+        final = frames[1] == ClientCmd.FINAL
+        body_frames = frames[3:]
+        if body_frames and body_frames[0] in (b"200", b"404", b"501"):  # MMI replies are bare codes
+            return final, {"mmi": body_frames[0].decode()}
+        return final, decode_body(body_frames)
+
+    def timeout_error(self, service: str, timeout: float) -> Timeout:
+        return Timeout(
+            f"no reply from {service!r} within {timeout:g} s at {self.endpoint}; "
+            "is the box running (`aether-box run`), and is the endpoint right?"
+        )
+
+    def event_endpoint(self, published: list[str]) -> str:
+        """The event endpoint that matches how this client reaches the bus."""
+        bus = urlsplit(self.endpoint)
+        for candidate in published:
+            parts = urlsplit(candidate)
+            if parts.scheme != bus.scheme:
+                continue
+            if parts.scheme == "tcp":
+                return f"tcp://{bus.hostname}:{parts.port}"
+            return candidate
+        raise ProtocolError(f"the box publishes no {bus.scheme} event endpoint (has {published})")
+
+
+class Client:
+    """A blocking client. One per thread; use it as a context manager or call close()."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        data_dir: str | os.PathLike | None = None,
+        timeout: float = 30.0,
+        curve: tuple[Any, bytes] | None = None,
+    ) -> None:
+        self._session = _Session(endpoint, data_dir, timeout, curve)
+        self.endpoint = self._session.endpoint
+        self._context = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._session.connect(self._socket)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def request(self, service: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+        """Send one request and return its final reply; raises the box's error as a typed exception."""
+        reply: dict[str, Any] = {}
+        for reply in self.stream(service, body, timeout=timeout):
+            pass
+        return reply
+
+    def stream(
+        self, service: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield every reply (partials, then the final one). `timeout` bounds the wait for each."""
+        rid = next(_rids)
+        wait = self._session.timeout if timeout is None else timeout
+        self._socket.send_multipart(self._session.request_frames(service, body, rid))
+        finished = False
+        try:
+            while True:
+                final, reply = self._receive(rid, service, wait)
+                reply.pop(RID, None)
+                raise_if_error(reply)
+                finished = final
+                yield reply
+                if final:
+                    return
+        finally:
+            if not finished:  # timed out or the caller stopped iterating: stop the work
+                self._socket.send_multipart(self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0))
+
+    def _receive(self, rid: int, service: str, timeout: float) -> tuple[bool, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._poller.poll(left * 1000):
+                break
+            final, reply = self._session.parse(self._socket.recv_multipart())
+            if reply.get(RID, rid) == rid:
+                return final, reply
+            # A late reply to an earlier call that timed out, or a cancel acknowledgement.
+        raise self._session.timeout_error(service, timeout)
+
+    def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The box's status report."""
+        return self.request("status", {"op": "get"}, timeout=timeout)
+
+    def events(self, *prefixes: str, timeout: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield (topic, body) for published events whose topic starts with one of `prefixes`."""
+        endpoint = self._session.event_endpoint(self.status(timeout=timeout)["endpoints"]["events"])
+        socket = self._context.socket(zmq.SUB)
+        try:
+            for prefix in prefixes or ("",):
+                socket.subscribe(prefix)
+            self._session.connect(socket, endpoint)
+            while True:
+                if timeout is not None and not socket.poll(timeout * 1000):
+                    raise self._session.timeout_error("events", timeout)
+                topic, payload = socket.recv_multipart()
+                yield topic.decode(), msgpack.unpackb(payload)
+        finally:
+            socket.close(linger=0)
+
+
+class AsyncClient:
+    """An anyio client; many calls may overlap. Use as ``async with AsyncClient() as client``."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        data_dir: str | os.PathLike | None = None,
+        timeout: float = 30.0,
+        curve: tuple[Any, bytes] | None = None,
+    ) -> None:
+        self._session = _Session(endpoint, data_dir, timeout, curve)
+        self.endpoint = self._session.endpoint
+        self._socket: zmq.asyncio.Socket | None = None
+        self._waiting: dict[int, anyio.abc.ObjectSendStream] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        self._socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        self._session.connect(self._socket)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._read_replies)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._tg is not None and self._socket is not None
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+        self._socket.close(linger=0)
+
+    async def _read_replies(self) -> None:
+        assert self._socket is not None
+        while True:
+            frames = await self._socket.recv_multipart()
+            try:
+                final, reply = self._session.parse(frames)
+            except ProtocolError:
+                continue
+            rid = reply.get(RID)
+            if rid is None and self._waiting:
+                rid = next(iter(self._waiting))  # a foreign worker's reply: oldest call
+            sink = self._waiting.get(rid)
+            if sink is not None:
+                sink.send_nowait((final, reply))
+
+    async def request(
+        self, service: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one request and return its final reply."""
+        reply: dict[str, Any] = {}
+        async for reply in self.stream(service, body, timeout=timeout):
+            pass
+        return reply
+
+    async def stream(
+        self, service: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield every reply (partials, then the final one). `timeout` bounds the wait for each."""
+        if self._socket is None:
+            raise RuntimeError("use `async with AsyncClient() as client:` before calling it")
+        rid = next(_rids)
+        wait = self._session.timeout if timeout is None else timeout
+        send, receive = anyio.create_memory_object_stream[tuple[bool, dict[str, Any]]](float("inf"))
+        self._waiting[rid] = send
+        finished = False
+        try:
+            await self._socket.send_multipart(self._session.request_frames(service, body, rid))
+            while not finished:
+                with anyio.move_on_after(wait) as scope:
+                    final, reply = await receive.receive()
+                if scope.cancelled_caught:
+                    raise self._session.timeout_error(service, wait)
+                reply.pop(RID, None)
+                raise_if_error(reply)
+                finished = final
+                yield reply
+        finally:
+            del self._waiting[rid]
+            send.close()
+            receive.close()
+            if not finished:
+                frames = self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0)
+                zmq.Socket.send_multipart(self._socket, frames, flags=zmq.NOBLOCK)
+
+    async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The box's status report."""
+        return await self.request("status", {"op": "get"}, timeout=timeout)
+
+    async def events(
+        self, *prefixes: str, timeout: float | None = None
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Yield (topic, body) for published events whose topic starts with one of `prefixes`."""
+        endpoint = self._session.event_endpoint((await self.status(timeout=timeout))["endpoints"]["events"])
+        socket = zmq.asyncio.Context.instance().socket(zmq.SUB)
+        try:
+            for prefix in prefixes or ("",):
+                socket.subscribe(prefix)
+            self._session.connect(socket, endpoint)
+            while True:
+                with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+                    topic, payload = await socket.recv_multipart()
+                if scope.cancelled_caught:
+                    raise self._session.timeout_error("events", timeout or 0)
+                yield topic.decode(), msgpack.unpackb(payload)
+        finally:
+            socket.close(linger=0)

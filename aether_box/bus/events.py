@@ -1,0 +1,73 @@
+"""Published events: one PUB socket, topic-prefixed (``status.``, ``metrics.``, ``log.``, ``peer.``).
+
+A message is two frames: the topic, then a msgpack map. Slow subscribers never stall the
+box: sends never wait, and what a full queue refuses is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from aether_box.bus.security import CurveKeys, bind_all
+
+__all__ = ["Events", "EventLogHandler"]
+
+
+class Events:
+    """Publishes events to every subscriber of the box."""
+
+    def __init__(self, context: zmq.asyncio.Context, endpoints: list[str], curve: CurveKeys | None) -> None:
+        # A plain socket: it only sends, so it needs no event-loop integration.
+        self._socket = context.socket(zmq.PUB, socket_class=zmq.Socket)
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._socket.linger = 0
+        self._socket.sndhwm = 1000
+        self.bound = bind_all(self._socket, endpoints, curve)
+        self.published = 0
+        self.dropped: Counter[str] = Counter()
+
+    def publish(self, topic: str, body: Mapping[str, Any]) -> None:
+        """Publish one event; never waits. Safe to call from worker threads."""
+        if threading.get_ident() != self._thread:
+            # zmq sockets belong to one thread: hand the event to the loop's thread.
+            self._loop.call_soon_threadsafe(self.publish, topic, dict(body))
+            return
+        try:
+            self._socket.send_multipart(
+                [topic.encode(), msgpack.packb({"ts": time.time(), **body}, default=str)],
+                flags=zmq.NOBLOCK,
+            )
+            self.published += 1
+        except zmq.Again:
+            self.dropped[topic.split(".", 1)[0]] += 1
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+class EventLogHandler(logging.Handler):
+    """Sends log records as ``log.<level>`` events (the TUI's live tail)."""
+
+    def __init__(self, events: Events, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.events.publish(
+                f"log.{record.levelname.lower()}",
+                {"logger": record.name, "message": record.getMessage()},
+            )
+        except Exception:  # logging must never raise into the caller
+            self.handleError(record)

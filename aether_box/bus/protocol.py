@@ -1,0 +1,133 @@
+"""Majordomo Protocol 0.2 (ZeroMQ RFC 18) constants and the box's body codec.
+
+A body is one msgpack map, followed by one raw frame per numeric array. Arrays are
+top-level values of the map; on the wire the map lists them under ``_arrays`` as
+``[name, dtype, shape]`` in frame order, so no numbers travel as lists or base64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from aether_box.errors import BoxError, ProtocolError, error_for_code
+
+__all__ = [
+    "CLIENT",
+    "WORKER",
+    "ClientCmd",
+    "WorkerCmd",
+    "decode_body",
+    "encode_body",
+    "encode_error",
+    "raise_if_error",
+]
+
+CLIENT = b"MDPC02"
+WORKER = b"MDPW02"
+
+
+class ClientCmd:
+    """Client-side command bytes as RFC 18 writes them."""
+
+    REQUEST = b"\x01"
+    PARTIAL = b"\x02"
+    FINAL = b"\x03"
+
+
+class WorkerCmd:
+    """Worker-side command bytes (also what majortomo uses for its clients)."""
+
+    READY = b"\x01"
+    REQUEST = b"\x02"
+    PARTIAL = b"\x03"
+    FINAL = b"\x04"
+    HEARTBEAT = b"\x05"
+    DISCONNECT = b"\x06"
+
+
+ARRAYS_KEY = "_arrays"
+# Only plain numeric little-endian dtypes travel; anything else is a protocol error.
+_ALLOWED_DTYPES = {"<f2", "<f4", "<f8", "<i1", "<i2", "<i4", "<i8", "|u1", "|i1", "<u2", "<u4"}
+
+
+def encode_body(body: Mapping[str, Any]) -> list[bytes | memoryview]:
+    """Frames for a body map: msgpack header, then one raw frame per numpy array value."""
+    header: dict[str, Any] = {}
+    frames: list[bytes | memoryview] = []
+    arrays: list[list[Any]] = []
+    for key, value in body.items():
+        if isinstance(value, np.ndarray):
+            array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+            arrays.append([key, array.dtype.str, list(array.shape)])
+            frames.append(array.data.cast("B") if array.size else b"")
+        else:
+            header[key] = value
+    if arrays:
+        header[ARRAYS_KEY] = arrays
+    return [msgpack.packb(header, default=_to_msgpack), *frames]
+
+
+def decode_body(frames: Sequence[bytes | memoryview]) -> dict[str, Any]:
+    """The body map for received frames; arrays come back as read-only numpy arrays."""
+    if not frames:
+        return {}
+    try:
+        header = msgpack.unpackb(frames[0], strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"body is not a msgpack map ({exc}); send msgpack.packb(dict)") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"body must be a msgpack map, got {type(header).__name__}")
+    described = header.pop(ARRAYS_KEY, [])
+    if not isinstance(described, list) or len(described) != len(frames) - 1:
+        raise ProtocolError(
+            f"{len(frames) - 1} array frames but {ARRAYS_KEY} describes "
+            f"{len(described) if isinstance(described, list) else 'none'}"
+        )
+    for spec, frame in zip(described, frames[1:], strict=True):
+        name, array = _decode_array(spec, frame)
+        header[name] = array
+    return header
+
+
+def _decode_array(spec: Any, frame: bytes | memoryview) -> tuple[str, np.ndarray]:
+    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)):
+        raise ProtocolError(f"array description must be [name, dtype, shape], got {spec!r}")
+    name, dtype, shape = spec
+    if dtype not in _ALLOWED_DTYPES:
+        raise ProtocolError(f"array {name!r}: dtype {dtype!r} not allowed; use '<f4'")
+    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise ProtocolError(f"array {name!r}: shape must be a list of non-negative ints")
+    array = np.frombuffer(frame, dtype=np.dtype(dtype))
+    expected = int(np.prod(shape, dtype=np.int64))
+    if array.size != expected:
+        raise ProtocolError(
+            f"array {name!r}: frame holds {array.size} values but shape {shape} needs {expected}"
+        )
+    return name, array.reshape(shape)
+
+
+def encode_error(error: BoxError) -> list[bytes | memoryview]:
+    """Frames for an error reply."""
+    return encode_body(error.to_wire())
+
+
+def raise_if_error(body: Mapping[str, Any]) -> None:
+    """Raise the typed exception a reply carries, if it carries one."""
+    error = body.get("error")
+    if isinstance(error, dict) and "code" in error:
+        raise error_for_code(str(error["code"]), str(error.get("message", "")))
+
+
+def _to_msgpack(value: Any) -> Any:
+    # numpy scalars and small arrays inside nested structures become plain Python values.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in a message body")

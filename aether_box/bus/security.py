@@ -1,0 +1,139 @@
+"""CURVE keys: the box's own keypair, a local client keypair, and the allowed-clients list.
+
+Layout in the data dir::
+
+    keys/server.key, keys/server.key_secret     the box's keypair (zmq.auth certificate files)
+    keys/client.key, keys/client.key_secret     a keypair for local tools (CLI, TUI)
+    keys/authorized/*.key                       public keys allowed to connect over tcp
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.auth
+
+from aether_box.errors import ConfigError
+
+__all__ = [
+    "CurveKeys",
+    "bind_all",
+    "configure_curve_client",
+    "init_keys",
+    "is_loopback",
+    "keys_dir",
+]
+
+KEYS_DIR = "keys"
+AUTHORIZED_DIR = "authorized"
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """One CURVE keypair (z85-encoded bytes)."""
+
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def load(cls, secret_file: Path) -> CurveKeys:
+        public, secret = zmq.auth.load_certificate(secret_file)
+        if secret is None:
+            raise ConfigError(f"{secret_file} holds no secret key; run `aether-box keys init --force`")
+        return cls(public, secret)
+
+
+def keys_dir(data_dir: Path) -> Path:
+    return data_dir / KEYS_DIR
+
+
+def init_keys(data_dir: Path, *, force: bool = False) -> Path:
+    """Create the box keypair, a local client keypair, and authorise that client."""
+    root = keys_dir(data_dir)
+    if (root / "server.key_secret").exists() and not force:
+        raise ConfigError(f"keys already exist in {root}; pass --force to replace them")
+    if force and root.exists():
+        shutil.rmtree(root)
+    (root / AUTHORIZED_DIR).mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    zmq.auth.create_certificates(root, "server")
+    client_public, _ = zmq.auth.create_certificates(root, "client")
+    shutil.copy(client_public, root / AUTHORIZED_DIR / "client.key")
+    return root
+
+
+def server_keys(data_dir: Path) -> CurveKeys | None:
+    """The box keypair, if `keys init` has made one."""
+    secret = keys_dir(data_dir) / "server.key_secret"
+    return CurveKeys.load(secret) if secret.exists() else None
+
+
+def client_keys(data_dir: Path) -> tuple[CurveKeys, bytes] | None:
+    """The local client keypair and the box's public key, if both exist."""
+    root = keys_dir(data_dir)
+    if not (root / "client.key_secret").exists() or not (root / "server.key").exists():
+        return None
+    server_public, _ = zmq.auth.load_certificate(root / "server.key")
+    return CurveKeys.load(root / "client.key_secret"), server_public
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc/inproc endpoints and tcp on a loopback address."""
+    parts = urlsplit(endpoint)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    host = (parts.hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # an interface name or "*": not provably loopback
+
+
+def plan_curve(data_dir: Path, mode: str, endpoints: list[str]) -> CurveKeys | None:
+    """Decide whether tcp endpoints use CURVE; refuse exposed endpoints without keys."""
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"bus.curve must be 'auto', 'on' or 'off', got {mode!r}")
+    keys = server_keys(data_dir) if mode != "off" else None
+    if mode == "on" and keys is None:
+        raise ConfigError(f"bus.curve is 'on' but {keys_dir(data_dir)} has no keys; run `aether-box keys init`")
+    exposed = [e for e in endpoints if not is_loopback(e)]
+    if exposed and keys is None:
+        raise ConfigError(
+            f"refusing to bind {', '.join(exposed)} without CURVE encryption: anyone on the network "
+            "could use the box. Run `aether-box keys init` to make keys (then add the public keys "
+            f"of allowed clients to {keys_dir(data_dir) / AUTHORIZED_DIR}), or bind 127.0.0.1 only."
+        )
+    return keys
+
+
+def bind_all(socket: zmq.Socket, endpoints: list[str], keys: CurveKeys | None) -> list[str]:
+    """Bind ipc endpoints plain (file permissions guard them), then tcp ones with CURVE if keys."""
+    bound = []
+    for endpoint in sorted(endpoints, key=lambda e: not e.startswith(("ipc", "inproc"))):
+        if keys is not None and not endpoint.startswith(("ipc", "inproc")):
+            # Security options apply to binds made after they are set.
+            socket.curve_secretkey = keys.secret
+            socket.curve_publickey = keys.public
+            socket.curve_server = True
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise ConfigError(
+                f"cannot listen on {endpoint}: {exc.strerror}. Is another box running? "
+                "Stop it, or choose other endpoints with --endpoint."
+            ) from exc
+        bound.append(socket.last_endpoint.decode())
+    return bound
+
+
+def configure_curve_client(socket: zmq.Socket, keys: CurveKeys, server_public: bytes) -> None:
+    """Make the socket's next connect a CURVE client of the box with `server_public`."""
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_serverkey = server_public

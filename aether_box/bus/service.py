@@ -1,0 +1,62 @@
+"""What an in-process service sees: one `Request`, and `OpService` to dispatch on ``op``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aether_box.errors import BadRequest, NotFound
+
+__all__ = ["Handler", "OpService", "Request", "require"]
+
+PartialSender = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+class Request:
+    """One request to an in-process service: its body and a way to stream partial replies."""
+
+    __slots__ = ("service", "body", "_send_partial")
+
+    def __init__(self, service: str, body: dict[str, Any], send_partial: PartialSender) -> None:
+        self.service = service
+        self.body = body
+        self._send_partial = send_partial
+
+    async def partial(self, body: Mapping[str, Any]) -> None:
+        """Send one PARTIAL reply; cancels the request if the client has gone away."""
+        await self._send_partial(body)
+
+
+Handler = Callable[[Request], Awaitable[Mapping[str, Any] | None]]
+
+
+class OpService:
+    """A service whose requests name an ``op``, each served by an ``op_<name>`` coroutine."""
+
+    name: str = ""
+
+    def ops(self) -> list[str]:
+        """The ops this service answers."""
+        return sorted(a[3:] for a in dir(self) if a.startswith("op_"))
+
+    async def __call__(self, request: Request) -> Mapping[str, Any] | None:
+        op = request.body.get("op")
+        if not isinstance(op, str):
+            raise BadRequest(f"{self.name}: the body needs an 'op'; one of {self.ops()}")
+        method = getattr(self, f"op_{op}", None)
+        if method is None:
+            raise NotFound(f"{self.name} has no op {op!r}; ops: {self.ops()}")
+        return await method(request)
+
+
+def require(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """The value of a required body field, checked for type, or a BadRequest naming it."""
+    if key not in body:
+        raise BadRequest(f"missing field {key!r}")
+    value = body[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int to Python, but never a valid count or size on the wire.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise BadRequest(f"field {key!r} must be {names}, got {type(value).__name__}")
+    return value

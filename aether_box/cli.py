@@ -1,0 +1,188 @@
+"""The `aether-box` command: run the box, inspect it, and drive its capabilities.
+
+Subcommand groups live beside their capability (``aether_box/<name>/cli.py``) and are
+imported only when used, so `aether-box status` stays fast. Errors users can hit are
+`BoxError`s, turned into one clear line (and exit code 1) only here, at the edge.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aether_box import __version__
+from aether_box.config import Config, data_dir_from, overrides_from
+from aether_box.errors import BoxError
+
+__all__ = ["main", "CliState", "pass_state"]
+
+# name -> "module:attribute" of a click command or group, imported on first use.
+LAZY_COMMANDS = {
+    "models": "aether_box.models.cli:models",
+    "memory": "aether_box.memory.cli:memory",
+    "align": "aether_box.align.cli:align",
+    "tui": "aether_box.tui.cli:tui",
+    "link": "aether_box.federation.cli:link",
+}
+
+
+@dataclass
+class CliState:
+    """What every subcommand needs: the data dir, config overrides and a way to reach the box."""
+
+    data_dir: Path
+    endpoint: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def config(self) -> Config:
+        from aether_box.box import load_components
+
+        load_components()  # registers every component's config section
+        return Config(self.data_dir, self.overrides)
+
+    def client(self, timeout: float = 30.0):
+        from aether_box.client import Client
+
+        return Client(self.endpoint, data_dir=self.data_dir, timeout=timeout)
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+class BoxGroup(click.Group):
+    """A click group that loads lazy subcommands and shows BoxErrors as one clear line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = [name for name, path in LAZY_COMMANDS.items() if _module_exists(path)]
+        return sorted({*super().list_commands(ctx), *lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS and _module_exists(LAZY_COMMANDS[name]):
+            module, _, attr = LAZY_COMMANDS[name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BoxError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def _module_exists(path: str) -> bool:
+    module = path.partition(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@click.group(cls=BoxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="aether-box")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where models, memory, keys and logs live. Default: $AETHER_BOX_HOME, else the user data dir.",
+)
+@click.option("--endpoint", help="The bus endpoint to talk to (default: the data dir's ipc socket, else tcp://127.0.0.1:7745).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config value, e.g. --set bus.max_message_mb=8 (repeatable).")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path | None, endpoint: str | None, settings: tuple[str, ...]) -> None:
+    """Aether Box: a local AI appliance on a ZeroMQ bus.
+
+    Start it with `aether-box run`; check it with `aether-box status`.
+    """
+    try:
+        overrides = overrides_from(settings)
+    except BoxError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from exc
+    ctx.obj = CliState(data_dir_from(data_dir), endpoint, overrides)
+
+
+@cli.command()
+@click.option("--bind", "binds", multiple=True, metavar="ENDPOINT",
+              help="Bus endpoint to listen on, replacing the defaults (repeatable). "
+                   "Non-loopback tcp needs CURVE keys: `aether-box keys init`.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@pass_state
+def run(state: CliState, binds: tuple[str, ...], log_level: str) -> None:
+    """Run the box until SIGINT/SIGTERM (Ctrl-C), then shut down gracefully."""
+    import anyio
+
+    from aether_box.box import Box
+    from aether_box.logs import setup_logging
+
+    if binds:
+        state.overrides.setdefault("bus", {})["endpoints"] = list(binds)
+    config = state.config()
+    setup_logging(config.data_dir, log_level.upper())
+    logging.getLogger(__name__).info("data dir %s", config.data_dir)
+    anyio.run(Box(config).run, backend="asyncio")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw report as JSON.")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the box.")
+@pass_state
+def status(state: CliState, as_json: bool, timeout: float) -> None:
+    """Show a running box's health, services and counters."""
+    with state.client(timeout) as client:
+        report = client.status()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    from aether_box.status_view import render_status
+
+    render_status(report)
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@pass_state
+def config_show(state: CliState) -> None:
+    """Print the effective config (defaults < config.toml < env < --set) as TOML."""
+    cfg = state.config()
+    click.echo(f"# effective config; file: {cfg.path}{'' if cfg.path.exists() else ' (absent)'}")
+    click.echo(cfg.to_toml())
+
+
+@cli.group()
+def keys() -> None:
+    """Manage CURVE keys for encrypted, authenticated tcp access."""
+
+
+@keys.command("init")
+@click.option("--force", is_flag=True, help="Replace existing keys (clients must get the new server key).")
+@pass_state
+def keys_init(state: CliState, force: bool) -> None:
+    """Make the box keypair and a local client keypair, and authorise that client."""
+    from aether_box.bus.security import AUTHORIZED_DIR, init_keys
+
+    root = init_keys(state.data_dir, force=force)
+    click.echo(f"keys written to {root}")
+    click.echo(f"box public key: {root / 'server.key'} (give it to remote clients)")
+    click.echo(f"allowed clients: put their public .key files in {root / AUTHORIZED_DIR}")
+
+
+def main() -> None:
+    """Entry point of the `aether-box` script."""
+    cli(prog_name="aether-box")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""The components one box runs, in start order ("module:Class", built as Class(box)).
+
+Each component has a `name` and `async def serve(self, *, task_status)`; it registers its
+bus services, calls `task_status.started()`, then runs (or returns) until cancelled.
+Add a capability by adding its line here.
+"""
+
+COMPONENTS: list[str] = [
+    "aether_box.status:StatusComponent",
+    "aether_box.echo:EchoComponent",
+]

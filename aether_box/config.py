@@ -1,0 +1,177 @@
+"""Configuration: one TOML file in the data dir, overridden by env and flags.
+
+Each component declares its own section as a dataclass with `@section("name")`; the
+effective config is defaults < ``<data_dir>/config.toml`` < ``AETHER_BOX_<SECTION>_<KEY>``
+environment variables < command-line overrides (``section.key=value``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import platformdirs
+import tomli_w
+
+from aether_box.errors import ConfigError
+
+__all__ = ["Config", "data_dir_from", "section", "SECTIONS"]
+
+HOME_ENV = "AETHER_BOX_HOME"
+CONFIG_FILE = "config.toml"
+
+T = TypeVar("T")
+SECTIONS: dict[str, type] = {}
+
+
+def section(name: str):
+    """Register a dataclass as the settings of config section `name`."""
+
+    def register(cls: type[T]) -> type[T]:
+        SECTIONS[name] = cls
+        return cls
+
+    return register
+
+
+def data_dir_from(explicit: str | os.PathLike | None = None) -> Path:
+    """The data dir: the explicit one, else $AETHER_BOX_HOME, else the platform's user data dir."""
+    chosen = explicit or os.environ.get(HOME_ENV) or platformdirs.user_data_dir("aether-box")
+    return Path(chosen).expanduser().resolve()
+
+
+class Config:
+    """The effective configuration of one box, section by section."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        *,
+        environ: typing.Mapping[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir_from(data_dir)
+        self.path = self.data_dir / CONFIG_FILE
+        self._raw = _merge(_read_toml(self.path), _from_env(os.environ if environ is None else environ))
+        self._raw = _merge(self._raw, overrides or {})
+        unknown = sorted(set(self._raw) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown config section(s) {unknown} in {self.path} or overrides; "
+                f"known sections: {sorted(SECTIONS)}"
+            )
+        self._cache: dict[str, Any] = {}
+
+    def get(self, cls: type[T]) -> T:
+        """The settings object for a registered section dataclass."""
+        name = next((n for n, c in SECTIONS.items() if c is cls), None)
+        if name is None:
+            raise ConfigError(f"{cls.__name__} is not a registered config section")
+        if name not in self._cache:
+            self._cache[name] = _build(cls, name, self._raw.get(name, {}), self.data_dir)
+        return self._cache[name]
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Every registered section with its effective values."""
+        return {
+            name: _plain(dataclasses.asdict(self.get(cls))) for name, cls in sorted(SECTIONS.items())
+        }
+
+    def to_toml(self) -> str:
+        """The effective config as TOML, the same shape config.toml takes."""
+        return tomli_w.dumps(self.as_dict())
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``section.key=value`` (the value as a TOML literal, else a plain string)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. bus.max_message_mb=8")
+    path, value = text.split("=", 1)
+    name, key = path.strip().split(".", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return name, key, parsed
+
+
+def overrides_from(pairs: typing.Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Group ``section.key=value`` strings into a nested override map."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        name, key, value = parse_override(pair)
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix or delete it") from exc
+
+
+def _from_env(environ: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            value = environ.get(f"AETHER_BOX_{name}_{field.name}".upper())
+            if value is not None:
+                out.setdefault(name, {})[field.name] = parse_override(f"{name}.{field.name}={value}")[2]
+    return out
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for name, values in top.items():
+        merged.setdefault(name, {}).update(values)
+    return merged
+
+
+def _build(cls: type[T], name: str, values: dict[str, Any], data_dir: Path) -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in [{name}]; known keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {key: _coerce(f"{name}.{key}", hints[key], value) for key, value in values.items()}
+    settings = cls(**kwargs)
+    resolve = getattr(settings, "resolve", None)
+    if resolve is not None:
+        resolve(data_dir)  # sections may fill paths that depend on the data dir
+    return settings
+
+
+def _coerce(where: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    allowed = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    for kind in allowed:
+        kind_origin = typing.get_origin(kind) or kind
+        if kind is type(None) and value is None:
+            return None
+        if kind_origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind_origin is list and isinstance(value, list):
+            return list(value)
+        if kind_origin is Path and isinstance(value, str):
+            return Path(value).expanduser()
+        if isinstance(kind_origin, type) and isinstance(value, kind_origin):
+            return value
+    raise ConfigError(f"{where} must be {hint}, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,120 @@
+"""The box's error codes, shared by services, the broker and the client.
+
+Every failure a user can hit is a `BoxError` with a stable `code` (it travels on the
+bus as ``{"error": {"code": ..., "message": ...}}``) and a message that says what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "BoxError",
+    "Cancelled",
+    "ConfigError",
+    "NotFound",
+    "Overloaded",
+    "ProtocolError",
+    "ServiceUnavailable",
+    "Timeout",
+    "TooLarge",
+    "error_for_code",
+]
+
+
+class BoxError(Exception):
+    """A failure with a stable code, reported to clients and shown to users."""
+
+    code = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_wire(self) -> dict:
+        """The error as the map a FINAL reply carries."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+
+class BadRequest(BoxError):
+    """The request's arguments are invalid."""
+
+    code = "bad_request"
+
+
+class ProtocolError(BadRequest):
+    """The frames do not follow MDP/0.2 or the body does not decode."""
+
+    code = "bad_frames"
+
+
+class NotFound(BoxError):
+    """A named thing (service, model, collection, op) does not exist."""
+
+    code = "not_found"
+
+
+class ServiceUnavailable(BoxError):
+    """The service exists but has no worker able to answer."""
+
+    code = "unavailable"
+
+
+class Timeout(BoxError):
+    """No reply came within the time the caller chose."""
+
+    code = "timeout"
+
+
+class TooLarge(BoxError):
+    """A message or batch is over the configured limit."""
+
+    code = "too_large"
+
+
+class Overloaded(BoxError):
+    """Too many requests are queued; retry later."""
+
+    code = "overloaded"
+
+
+class Cancelled(BoxError):
+    """The request was cancelled before it finished."""
+
+    code = "cancelled"
+
+
+class ConfigError(BoxError):
+    """The configuration or the command line is invalid."""
+
+    code = "config"
+
+
+_BY_CODE: dict[str, type[BoxError]] = {
+    cls.code: cls
+    for cls in (
+        BoxError,
+        BadRequest,
+        ProtocolError,
+        NotFound,
+        ServiceUnavailable,
+        Timeout,
+        TooLarge,
+        Overloaded,
+        Cancelled,
+        ConfigError,
+    )
+}
+
+
+def error_for_code(code: str, message: str) -> BoxError:
+    """Rebuild the typed exception for an error code received from the box."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        # Codes from services we don't know (e.g. an external worker) keep their code.
+        return BoxError(message, code=code)
+    return cls(message)
