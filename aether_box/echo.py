@@ -23,9 +23,9 @@ class EchoComponent:
         self.box = box
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        self.box.broker.add_service("echo", self.echo)
+        self.box.broker.add_service("echo", self.echo, inline=True)
         task_status.started()
 
     @staticmethod
-    async def echo(request: Request) -> dict[str, Any]:
+    def echo(request: Request) -> dict[str, Any]:
         return request.body

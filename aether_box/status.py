@@ -11,7 +11,8 @@ import anyio
 import psutil
 
 from aether_box import __version__
-from aether_box.bus.service import OpService, Request
+from aether_box.bus.service import Request
+from aether_box.errors import NotFound
 
 if TYPE_CHECKING:
     from aether_box.box import Box
@@ -19,8 +20,12 @@ if TYPE_CHECKING:
 __all__ = ["StatusComponent"]
 
 
-class StatusComponent(OpService):
-    """Answers `status` and publishes a heartbeat event every second."""
+class StatusComponent:
+    """Answers `status` and publishes a heartbeat event every second.
+
+    `status` runs inline on the broker's loop (it only reads counters), so it answers at
+    once even while every other service is busy.
+    """
 
     name = "status"
 
@@ -33,18 +38,21 @@ class StatusComponent(OpService):
         self.sections: dict[str, Callable[[], Any]] = {}
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        self.box.broker.add_service("status", self)
+        self.box.broker.add_service("status", self.handle, inline=True)
         task_status.started()
         while True:
             await anyio.sleep(1.0)
             self.box.events.publish("status.heartbeat", self.summary())
 
-    async def __call__(self, request: Request) -> dict[str, Any]:
-        if "op" not in request.body:
-            request.body["op"] = "get"  # a bare request asks for everything
-        return await super().__call__(request)
+    def handle(self, request: Request) -> dict[str, Any]:
+        op = request.body.get("op", "get")  # a bare request asks for everything
+        if op == "get":
+            return self.report()
+        if op == "summary":
+            return self.summary()
+        raise NotFound(f"status has no op {op!r}; ops: ['get', 'summary']")
 
-    async def op_get(self, request: Request) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         """Everything: process, endpoints, services, counters and component sections."""
         report = {**self.summary(), **self.box.broker.snapshot()}
         report["endpoints"] = {"bus": self.box.broker.bound, "events": self.box.events.bound}
@@ -52,7 +60,10 @@ class StatusComponent(OpService):
         report["data_dir"] = str(self.box.config.data_dir)
         report["curve"] = self.box.broker.curve is not None
         for name, section in self.sections.items():
-            report[name] = section()
+            try:
+                report[name] = section()
+            except Exception as exc:  # one broken section must not hide the rest
+                report[name] = {"error": repr(exc)}
         return report
 
     def summary(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ The receive loop never awaits anything but the socket, so one bad peer cannot st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict, deque
@@ -32,7 +33,7 @@ from aether_box.bus.protocol import (
     raise_if_error,
 )
 from aether_box.bus.security import CurveKeys, bind_all
-from aether_box.bus.service import Handler, Request
+from aether_box.bus.service import Handler, InlineHandler, Request
 from aether_box.bus.settings import BusSettings
 from aether_box.bus.stats import ServiceStats
 from aether_box.errors import (
@@ -54,6 +55,35 @@ CANCEL_SERVICE = "box.cancel"
 RID = "_rid"
 # How long a reply may wait on a full send queue before it is dropped and counted.
 SEND_PATIENCE_S = 5.0
+# Messages handled per wake-up of the receive loop before yielding to other tasks.
+DRAIN_BATCH = 256
+
+
+# Plain int flags: pyzmq's send_multipart/recv_multipart combine enum flags per frame,
+# which costs more than the send itself for small messages.
+_MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)
+_NOW = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def _send_now(socket: zmq.Socket, frames: list[Any]) -> None:
+    """Send a multipart message without waiting (raises zmq.Again if the queue is full)."""
+    send = socket.send
+    for frame in frames[:-1]:
+        send(frame, _MORE_NOW)
+    send(frames[-1], _NOW)
+
+
+def _recv_now(socket: zmq.Socket) -> list[bytes]:
+    """Receive one multipart message without waiting (raises zmq.Again if none is queued)."""
+    parts = [socket.recv(_NOW)]
+    while socket.get(_RCVMORE):
+        parts.append(socket.recv(_NOW))
+    return parts
+
+
+async def _no_streaming(_: Mapping[str, Any]) -> None:
+    raise TypeError("inline services cannot stream; register the service without inline=True")
 
 
 @dataclass(eq=False)
@@ -83,8 +113,9 @@ class Service:
     """One named service: a local handler, or remote workers with a queue in front."""
 
     name: str
-    handler: Handler | None = None
+    handler: Handler | InlineHandler | None = None
     limiter: anyio.CapacityLimiter | None = None
+    inline: bool = False
     workers: dict[bytes, RemoteWorker] = field(default_factory=dict)
     idle: deque[RemoteWorker] = field(default_factory=deque)
     queue: deque[Job] = field(default_factory=deque)
@@ -119,18 +150,33 @@ class Broker:
         # (client identity, request id) -> cancel scope of a running local request.
         self._local: dict[tuple[bytes, Any], anyio.CancelScope] = {}
         self._by_client: defaultdict[bytes, set[tuple[bytes, Any]]] = defaultdict(set)
-        self._router: zmq.asyncio.Socket | None = None
+        self._router: zmq.Socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._recheck_scheduled = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.bound: list[str] = []
 
     # ----------------------------------------------------------------- registry
 
-    def add_service(self, name: str, handler: Handler, *, concurrency: int | None = None) -> None:
-        """Serve `name` in-process with `handler`, at most `concurrency` requests at once."""
+    def add_service(
+        self,
+        name: str,
+        handler: Handler | InlineHandler,
+        *,
+        concurrency: int | None = None,
+        inline: bool = False,
+    ) -> None:
+        """Serve `name` in-process with `handler`.
+
+        An async handler runs as its own task, at most `concurrency` at once. An `inline`
+        handler is a plain function run on the receive loop itself: the fast path for work
+        that takes microseconds and never blocks (echo, status); it cannot stream.
+        """
         if name in self.services:
             raise ValueError(f"service {name!r} is already registered")
         limit = concurrency or self.settings.local_concurrency
-        self.services[name] = Service(name, handler, anyio.CapacityLimiter(limit))
+        self.services[name] = Service(name, handler, anyio.CapacityLimiter(limit), inline=inline)
 
     def snapshot(self) -> dict[str, Any]:
         """Services, workers and counters, as `status` reports them."""
@@ -153,7 +199,9 @@ class Broker:
         async def ignore(_: Mapping[str, Any]) -> None:
             return None
 
-        reply = dict(await svc.handler(Request(service, dict(body), ignore)) or {})
+        request = Request(service, dict(body), ignore)
+        result = svc.handler(request) if svc.inline else await svc.handler(request)
+        reply = dict(result or {})
         raise_if_error(reply)
         return reply
 
@@ -161,27 +209,54 @@ class Broker:
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind, then route messages until cancelled."""
-        router = self.context.socket(zmq.ROUTER)
+        # A plain socket read from an event-loop reader callback: no futures or tasks per
+        # message. pyzmq's FD is edge-triggered, so every send is followed by a re-check.
+        router = self.context.socket(zmq.ROUTER, socket_class=zmq.Socket)
         router.linger = 0
         router.router_mandatory = 1
         router.maxmsgsize = self.settings.max_message_bytes
         router.sndhwm = router.rcvhwm = 10_000
         self._router = router
+        loop = asyncio.get_running_loop()
+        self._loop = loop
         try:
             self.bound = bind_all(router, self.settings.endpoints, self.curve)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._heartbeat_loop)
-                task_status.started()
-                while True:
-                    frames = await router.recv_multipart()
-                    try:
-                        self._dispatch(frames)
-                    except Exception:  # a bug here must cost one message, never the broker
-                        self.rejected["internal"] += 1
-                        log.exception("broker failed on a message; dropped it")
+                loop.add_reader(router.FD, self._on_readable)
+                try:
+                    tg.start_soon(self._heartbeat_loop)
+                    task_status.started()
+                    self._on_readable()
+                    await anyio.sleep_forever()
+                finally:
+                    loop.remove_reader(router.FD)
         finally:
             router.close(linger=0)
+
+    def _on_readable(self) -> None:
+        """Handle what is queued on the socket, in bounded batches so other tasks get turns."""
+        self._recheck_scheduled = False
+        self._draining = True
+        try:
+            for _ in range(DRAIN_BATCH):
+                try:
+                    frames = _recv_now(self._router)
+                except zmq.Again:
+                    return
+                try:
+                    self._dispatch(frames)
+                except Exception:  # a bug here must cost one message, never the broker
+                    self.rejected["internal"] += 1
+                    log.exception("broker failed on a message; dropped it")
+            self._schedule_recheck()  # the batch ran out: more may be waiting
+        finally:
+            self._draining = False
+
+    def _schedule_recheck(self) -> None:
+        if not self._recheck_scheduled and self._loop is not None:
+            self._recheck_scheduled = True
+            self._loop.call_soon(self._on_readable)
 
     def stop_accepting(self) -> None:
         """Refuse new requests (they get 'unavailable'); in-flight ones go on."""
@@ -254,6 +329,9 @@ class Broker:
             self._reply_error(client, legacy, service, Overloaded(
                 f"{name} has {self.settings.queue_limit} requests waiting; retry later"))
             return
+        if svc.inline:
+            self._run_inline(svc, client, legacy, service, body)
+            return
         svc.in_flight += 1
         if svc.handler is not None:
             assert self._tg is not None
@@ -261,6 +339,33 @@ class Broker:
         else:
             svc.queue.append(Job(client, legacy, service, body, time.monotonic()))
             self._assign(svc)
+
+    def _run_inline(self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[bytes]) -> None:
+        started = time.monotonic()
+        rid: Any = None
+        try:
+            body = decode_body(frames)
+            rid = body.pop(RID, None)
+            reply = dict(svc.handler(Request(svc.name, body, _no_streaming)) or {})
+        except BoxError as exc:
+            reply = exc.to_wire()
+        except Exception as exc:
+            log.exception("service %s failed", svc.name)
+            reply = BoxError(f"{svc.name} failed: {exc!r}; see the box log").to_wire()
+        svc.stats.finished(time.monotonic() - started, error="error" in reply)
+        self._send_nowait(self._final_frames(svc, client, legacy, service, reply, rid))
+
+    def _final_frames(
+        self, svc: Service, client: bytes, legacy: bool, service: bytes, reply: dict[str, Any], rid: Any
+    ) -> list[Any]:
+        if rid is not None:
+            reply[RID] = rid
+        try:
+            return self._client_frames(client, legacy, service, True, reply)
+        except TypeError as exc:  # the handler returned something msgpack cannot carry
+            log.error("service %s returned an unencodable reply: %s", svc.name, exc)
+            error = BoxError(f"{svc.name} produced a reply that cannot be sent: {exc}").to_wire()
+            return self._client_frames(client, legacy, service, True, {**error, RID: rid})
 
     async def _run_local(
         self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[bytes]
@@ -307,26 +412,21 @@ class Broker:
                 return
             reply = Cancelled("cancelled by the client").to_wire()
         svc.stats.finished(time.monotonic() - started, error="error" in reply)
-        if rid is not None:
-            reply[RID] = rid
-        try:
-            frames_out = self._client_frames(client, legacy, service, True, reply)
-        except TypeError as exc:  # the handler returned something msgpack cannot carry
-            log.error("service %s returned an unencodable reply: %s", svc.name, exc)
-            error = BoxError(f"{svc.name} produced a reply that cannot be sent: {exc}").to_wire()
-            frames_out = self._client_frames(client, legacy, service, True, {**error, RID: rid})
-        await self._send(frames_out)
+        await self._send(self._final_frames(svc, client, legacy, service, reply, rid))
 
     def _on_cancel(self, client: bytes, legacy: bool, service: bytes, body: list[bytes]) -> None:
         try:
-            rid = decode_body(body).get("rid")
+            request = decode_body(body)
         except ProtocolError as exc:
             self._reply_error(client, legacy, service, exc)
             return
-        scope = self._local.get((client, rid))
+        scope = self._local.get((client, request.get("rid")))
         if scope is not None:
             scope.cancel()
-        self._send_nowait(self._client_frames(client, legacy, service, True, {"cancelled": scope is not None}))
+        reply: dict[str, Any] = {"cancelled": scope is not None}
+        if RID in request:
+            reply[RID] = request[RID]
+        self._send_nowait(self._client_frames(client, legacy, service, True, reply))
 
     def _on_mmi(self, client: bytes, legacy: bool, service: bytes, body: list[bytes]) -> None:
         # RFC 8 (MMI): mmi.service answers "200" if the named service has a worker, else "404".
@@ -466,18 +566,20 @@ class Broker:
     def _try_send(self, frames: list[Any]) -> bool | None:
         """One non-blocking send: True if sent, False if the peer is gone, None if its queue is full."""
         assert self._router is not None
-        # The socket's own async API, so pyzmq re-checks the edge-triggered FD for the
-        # receive loop after sending; with NOBLOCK and no awaited sends it completes at once.
-        future = self._router.send_multipart(frames, flags=zmq.NOBLOCK)
-        error = future.exception() if future.done() else None
-        if error is None:
-            return True
-        if isinstance(error, zmq.Again):
+        try:
+            _send_now(self._router, frames)
+        except zmq.Again:
             return None
-        if isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH:
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
             self.rejected["unroutable"] += 1
             return False
-        raise error
+        finally:
+            if not self._draining:
+                # A send may consume the socket's read edge: look again from the loop.
+                self._schedule_recheck()
+        return True
 
     def _send_nowait(self, frames: list[Any]) -> bool:
         """Send without waiting; False (and counted) if the peer is gone or its queue is full."""

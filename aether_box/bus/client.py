@@ -150,8 +150,8 @@ class Client:
             while True:
                 final, reply = self._receive(rid, service, wait)
                 reply.pop(RID, None)
-                raise_if_error(reply)
                 finished = final
+                raise_if_error(reply)
                 yield reply
                 if final:
                     return
@@ -265,8 +265,8 @@ class AsyncClient:
                 if scope.cancelled_caught:
                     raise self._session.timeout_error(service, wait)
                 reply.pop(RID, None)
-                raise_if_error(reply)
                 finished = final
+                raise_if_error(reply)
                 yield reply
         finally:
             del self._waiting[rid]

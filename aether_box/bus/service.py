@@ -7,7 +7,7 @@ from typing import Any
 
 from aether_box.errors import BadRequest, NotFound
 
-__all__ = ["Handler", "OpService", "Request", "require"]
+__all__ = ["Handler", "InlineHandler", "OpService", "Request", "require"]
 
 PartialSender = Callable[[Mapping[str, Any]], Awaitable[None]]
 
@@ -28,6 +28,8 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Mapping[str, Any] | None]]
+# A plain function run on the broker's receive loop; see Broker.add_service(inline=True).
+InlineHandler = Callable[[Request], Mapping[str, Any] | None]
 
 
 class OpService:

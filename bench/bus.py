@@ -1,0 +1,170 @@
+"""Bus throughput: the box's `echo` service against a raw pyzmq ROUTER/DEALER echo, same run.
+
+    python bench/bus.py [--seconds 2] [--quick]
+
+Each case runs for a fixed time and counts round trips per second:
+- raw:  a plain ROUTER echo server process; clients send one frame and get it back.
+- box:  `aether-box run` in its own process; clients send MDP/0.2 requests to `echo`
+        (msgpack body + payload), lockstep through `aether_box.client.Client`,
+        pipelined through a DEALER speaking MDP/0.2 with a window of requests in flight.
+Payloads 100 B and 1 MiB; 1 and 8 client processes. The last line is JSON;
+`lockstep_ratio` and `pipelined_ratio` are box/raw at 100 B with 1 client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aether_box.bus.protocol import CLIENT, ClientCmd, encode_body  # noqa: E402
+from aether_box.client import Client  # noqa: E402
+
+WINDOW = 32
+
+
+def raw_server(endpoint_queue: mp.Queue) -> None:
+    """A ROUTER that sends every message straight back."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.sndhwm = router.rcvhwm = 100_000
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    endpoint_queue.put(f"tcp://127.0.0.1:{port}")
+    while True:
+        router.send_multipart(router.recv_multipart(copy=False), copy=False)
+
+
+def run_client(kind: str, mode: str, endpoint: str, size: int, seconds: float, out: mp.Queue) -> None:
+    """Count round trips for `seconds`, after a short warm-up."""
+    payload = os.urandom(size)
+    if kind == "box" and mode == "lockstep":
+        client = Client(endpoint, timeout=30)
+        body = {"p": payload}
+        for _ in range(20):
+            client.request("echo", body)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            client.request("echo", body)
+            count += 1
+        out.put(count / (time.perf_counter() - start))
+        client.close()
+        return
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.sndhwm = dealer.rcvhwm = 100_000
+    dealer.connect(endpoint)
+    if kind == "box":
+        frames = [CLIENT, ClientCmd.REQUEST, b"echo", *encode_body({"p": payload})]
+    else:
+        frames = [payload]
+    window = WINDOW if mode == "pipelined" else 1
+    for _ in range(20):
+        dealer.send_multipart(frames)
+        dealer.recv_multipart()
+    for _ in range(window):
+        dealer.send_multipart(frames, copy=False)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        dealer.recv_multipart(copy=False)
+        count += 1
+        dealer.send_multipart(frames, copy=False)
+    elapsed = time.perf_counter() - start
+    for _ in range(window):
+        dealer.recv_multipart(copy=False)
+    out.put(count / elapsed)
+    dealer.close()
+
+
+def measure(kind: str, mode: str, endpoint: str, size: int, clients: int, seconds: float) -> float:
+    """Total round trips per second over all client processes."""
+    out: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=run_client, args=(kind, mode, endpoint, size, seconds, out))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    total = sum(out.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join()
+    return total
+
+
+def start_box(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`aether-box run` on an ephemeral tcp port; returns the process and its tcp endpoint."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aether_box", "--data-dir", str(data_dir),
+         "--set", 'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
+         "--set", 'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
+         "run", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    ipc = f"ipc://{data_dir}/bus.sock"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (data_dir / "bus.sock").exists():
+            try:
+                with Client(ipc, timeout=1) as client:
+                    tcp = next(e for e in client.status()["endpoints"]["bus"] if e.startswith("tcp"))
+                return process, tcp
+            except Exception:
+                pass
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the box did not start within 60 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each case")
+    parser.add_argument("--quick", action="store_true", help="only the 100 B, 1-client cases")
+    args = parser.parse_args()
+
+    endpoints: mp.Queue = mp.Queue()
+    server = mp.Process(target=raw_server, args=(endpoints,), daemon=True)
+    server.start()
+    raw_endpoint = endpoints.get(timeout=10)
+    data_dir = Path(tempfile.mkdtemp(prefix="abx-bench-"))
+    box, box_endpoint = start_box(data_dir)
+
+    cases = [(100, 1)] if args.quick else [(100, 1), (100, 8), (1 << 20, 1), (1 << 20, 8)]
+    results = []
+    try:
+        print(f"{'payload':>8} {'clients':>7} {'mode':>9} {'raw rt/s':>10} {'box rt/s':>10} {'ratio':>6}")
+        for size, clients in cases:
+            for mode in ("lockstep", "pipelined"):
+                raw = measure("raw", mode, raw_endpoint, size, clients, args.seconds)
+                boxed = measure("box", mode, box_endpoint, size, clients, args.seconds)
+                results.append({"payload": size, "clients": clients, "mode": mode,
+                                "raw_per_s": round(raw, 1), "box_per_s": round(boxed, 1),
+                                "ratio": round(boxed / raw, 3)})
+                label = "100 B" if size == 100 else "1 MiB"
+                print(f"{label:>8} {clients:>7} {mode:>9} {raw:>10.0f} {boxed:>10.0f} {boxed / raw:>6.2f}")
+    finally:
+        box.terminate()
+        box.wait(10)
+        server.terminate()
+
+    def ratio(mode: str) -> float:
+        return next(r["ratio"] for r in results if r["mode"] == mode and r["payload"] == 100 and r["clients"] == 1)
+
+    print(json.dumps({
+        "lockstep_ratio": ratio("lockstep"),
+        "pipelined_ratio": ratio("pipelined"),
+        "cases": results,
+        "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Fixtures that run a real box: in a thread of the test process, or as its own process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio.from_thread
+import pytest
+
+from aether_box.box import Box, load_components
+from aether_box.client import Client
+from aether_box.config import Config
+
+# Ephemeral tcp ports, so tests (and several test runs) never fight over 7745.
+TEST_ENDPOINTS = {
+    "endpoints": ["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"],
+    "event_endpoints": ["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"],
+}
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A fresh data dir with a short path (ipc socket paths are limited to ~100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="abx-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class BoxInThread:
+    """A box running on its own event loop in a background thread of the test process."""
+
+    def __init__(self, data_dir: Path, overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        load_components()
+        merged = {"bus": dict(TEST_ENDPOINTS)}
+        for section, values in (overrides or {}).items():
+            merged.setdefault(section, {}).update(values)
+        self.data_dir = data_dir
+        self.box = Box(Config(data_dir, merged))
+        self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
+        self.portal = self._portal_cm.__enter__()
+        ready = threading.Event()
+        self._future = self.portal.start_task_soon(
+            partial(self.box.run, handle_signals=False, on_ready=lambda _: ready.set())
+        )
+        while not ready.wait(0.05):
+            if self._future.done():
+                self._portal_cm.__exit__(None, None, None)
+                self._future.result()  # raises the start-up error
+        self.endpoint = f"ipc://{data_dir}/bus.sock"
+        self.tcp_endpoint = next(e for e in self.box.broker.bound if e.startswith("tcp"))
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.endpoint, data_dir=self.data_dir, **kwargs)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._future.done():
+            return
+        self.portal.call(self.box.stop)
+        self._future.result(timeout=timeout)
+        self._portal_cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def box(data_dir: Path) -> Iterator[BoxInThread]:
+    """A running box with the default components, in this process."""
+    running = BoxInThread(data_dir)
+    yield running
+    running.stop()
+
+
+class BoxProcess:
+    """`aether-box run` as a child process, for signal, crash and resource tests."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        sets = [
+            "--set", 'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
+            "--set", 'bus.event_endpoints=["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"]',
+        ]
+        self.log = open(data_dir / "box-process.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aether_box", "--data-dir", str(data_dir), *sets, *extra, "run"],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        self.endpoint = f"ipc://{data_dir}/bus.sock"
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"box exited with {self.process.returncode}:\n{self.output()}")
+            if (self.data_dir / "bus.sock").exists():
+                try:
+                    with self.client(timeout=1.0) as client:
+                        client.status()
+                    return
+                except Exception:
+                    pass
+            time.sleep(0.1)
+        raise TimeoutError(f"box did not answer within {timeout} s:\n{self.output()}")
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.endpoint, data_dir=self.data_dir, **kwargs)
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.data_dir / "box-process.log").read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def box_process(data_dir: Path) -> Iterator[BoxProcess]:
+    """A running `aether-box run` child process."""
+    running = BoxProcess(data_dir)
+    yield running
+    running.stop()
