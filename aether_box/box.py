@@ -50,7 +50,7 @@ class Box:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.settings = config.get(BusSettings)
-        self.context = zmq.asyncio.Context()
+        self.context: zmq.asyncio.Context
         self.components: dict[str, Any] = {}
         self.events: Events
         self.broker: Broker
@@ -76,6 +76,7 @@ class Box:
         data_dir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:
             stack.enter_context(_DataDirLock(data_dir / LOCK_FILE))
+            self.context = zmq.asyncio.Context()
             # Registered first so it runs last: closes every socket, then ends the context.
             stack.callback(self.context.destroy, linger=0)
             curve = plan_curve(data_dir, self.settings.curve,
@@ -109,8 +110,9 @@ class Box:
             self.events.publish("status.stopping", {"in_flight": self.broker.in_flight})
             self.broker.stop_accepting()
             if not await self.broker.drain(self.settings.shutdown_grace_s):
-                log.warning("cancelled %d request(s) still running after %.1f s",
+                log.warning("cancelling %d request(s) still running after %.1f s",
                             self.broker.in_flight, self.settings.shutdown_grace_s)
+                await self.broker.abandon_in_flight()
             tg.cancel_scope.cancel()
 
     async def _supervise(self, component: Any, *, task_status: anyio.abc.TaskStatus) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,7 +149,8 @@ class Broker:
         self._workers: dict[bytes, RemoteWorker] = {}
         # (client identity, request id) -> cancel scope of a running local request.
         self._local: dict[tuple[bytes, Any], anyio.CancelScope] = {}
-        self._by_client: defaultdict[bytes, set[tuple[bytes, Any]]] = defaultdict(set)
+        # Every running local request, so a shutdown can cancel what outlives its grace.
+        self._scopes: set[anyio.CancelScope] = set()
         self._router: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
@@ -270,6 +271,21 @@ class Broker:
             return True
         return False
 
+    async def abandon_in_flight(self) -> None:
+        """Cancel local requests and fail remote ones, telling each client why."""
+        for scope in list(self._scopes):
+            scope.cancel()
+        for worker in list(self._workers.values()):
+            if worker.job is not None:
+                self._remove_worker(worker, "the box shut down before the worker answered")
+        for svc in self.services.values():
+            while svc.queue:
+                job = svc.queue.popleft()
+                svc.in_flight -= 1
+                self._reply_error(job.client, job.legacy, job.service, ServiceUnavailable(
+                    "the box shut down before a worker took this request"))
+        await self.drain(0.5)  # let cancelled tasks send their last word
+
     # ----------------------------------------------------------------- routing
 
     def _dispatch(self, frames: list[bytes]) -> None:
@@ -385,13 +401,13 @@ class Broker:
                 await anyio.lowlevel.checkpoint()
 
         with anyio.CancelScope() as scope:
+            self._scopes.add(scope)
             try:
                 body = decode_body(frames)
                 rid = body.pop(RID, None)
                 if rid is not None:
                     key = (client, rid)
                     self._local[key] = scope
-                    self._by_client[client].add(key)
                 assert svc.handler is not None and svc.limiter is not None
                 async with svc.limiter:
                     reply = dict(await svc.handler(Request(svc.name, body, send_partial)) or {})
@@ -400,17 +416,16 @@ class Broker:
             except Exception as exc:
                 log.exception("service %s failed", svc.name)
                 reply = BoxError(f"{svc.name} failed: {exc!r}; see the box log").to_wire()
+        self._scopes.discard(scope)
         if key is not None:
             self._local.pop(key, None)
-            self._by_client[client].discard(key)
-            if not self._by_client[client]:
-                del self._by_client[client]
         svc.in_flight -= 1
         if scope.cancelled_caught:
             if client_gone:
                 svc.stats.rejected["client_gone"] += 1
                 return
-            reply = Cancelled("cancelled by the client").to_wire()
+            why = "cancelled by the client" if self.accepting else "the box shut down before it finished"
+            reply = Cancelled(why).to_wire()
         svc.stats.finished(time.monotonic() - started, error="error" in reply)
         await self._send(self._final_frames(svc, client, legacy, service, reply, rid))
 

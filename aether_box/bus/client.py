@@ -7,6 +7,7 @@ late; a reply without one (a foreign worker's) goes to the oldest waiting call.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -144,7 +145,10 @@ class Client:
         """Yield every reply (partials, then the final one). `timeout` bounds the wait for each."""
         rid = next(_rids)
         wait = self._session.timeout if timeout is None else timeout
-        self._socket.send_multipart(self._session.request_frames(service, body, rid))
+        # A DEALER with no usable connection would block forever on send: bound the wait.
+        if not self._socket.poll(wait * 1000, zmq.POLLOUT):
+            raise self._session.timeout_error(service, wait)
+        self._socket.send_multipart(self._session.request_frames(service, body, rid), flags=zmq.NOBLOCK)
         finished = False
         try:
             while True:
@@ -157,7 +161,9 @@ class Client:
                     return
         finally:
             if not finished:  # timed out or the caller stopped iterating: stop the work
-                self._socket.send_multipart(self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0))
+                with contextlib.suppress(zmq.Again):  # no connection: nothing to cancel
+                    self._socket.send_multipart(
+                        self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0), flags=zmq.NOBLOCK)
 
     def _receive(self, rid: int, service: str, timeout: float) -> tuple[bool, dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -258,7 +264,10 @@ class AsyncClient:
         self._waiting[rid] = send
         finished = False
         try:
-            await self._socket.send_multipart(self._session.request_frames(service, body, rid))
+            with anyio.move_on_after(wait) as scope:
+                await self._socket.send_multipart(self._session.request_frames(service, body, rid))
+            if scope.cancelled_caught:
+                raise self._session.timeout_error(service, wait)
             while not finished:
                 with anyio.move_on_after(wait) as scope:
                     final, reply = await receive.receive()
@@ -272,9 +281,10 @@ class AsyncClient:
             del self._waiting[rid]
             send.close()
             receive.close()
-            if not finished:
+            if not finished:  # timed out or the caller stopped iterating: stop the work
                 frames = self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0)
-                zmq.Socket.send_multipart(self._socket, frames, flags=zmq.NOBLOCK)
+                sent = self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+                sent.add_done_callback(lambda f: f.exception())  # no connection: nothing to cancel
 
     async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The box's status report."""

@@ -30,7 +30,7 @@ class BusSettings:
     queue_limit: int = 10_000
     request_expiry_s: float = 60.0
     local_concurrency: int = 64
-    shutdown_grace_s: float = 4.0
+    shutdown_grace_s: float = 3.5
 
     def resolve(self, data_dir: Path) -> None:
         """Fill the data dir into endpoint templates."""

@@ -1,0 +1,140 @@
+"""The box process: graceful shutdown on signals, one box per data dir, config, CLI status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from aether_box.bus.worker import Worker
+from aether_box.client import Client, ServiceUnavailable, Timeout
+from aether_box.errors import ConfigError
+from fixtures_box import BoxInThread, BoxProcess
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aether_box", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def start_slow_worker(endpoint: str, seconds: float) -> threading.Thread:
+    def slow(body):
+        time.sleep(seconds)
+        return {"slept": seconds}
+
+    thread = threading.Thread(target=Worker(endpoint, "slow", slow).run, kwargs={"stop_after": 1}, daemon=True)
+    thread.start()
+    with Client(endpoint, timeout=5) as client:
+        deadline = time.monotonic() + 5
+        while "slow" not in client.status()["services"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    return thread
+
+
+def request_in_background(endpoint: str, result: dict) -> threading.Thread:
+    def call():
+        try:
+            with Client(endpoint, timeout=10) as client:
+                result["reply"] = client.request("slow", {})
+        except Exception as exc:  # recorded for the test to inspect
+            result["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # the request is now with the worker
+    return thread
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_in_flight_requests_finish_then_exits_0(data_dir, sig):
+    box = BoxProcess(data_dir)
+    start_slow_worker(box.endpoint, 1.0)
+    result: dict = {}
+    caller = request_in_background(box.endpoint, result)
+    started = time.monotonic()
+    code = box.stop(sig)
+    caller.join(10)
+    assert code == 0, box.output()
+    assert time.monotonic() - started < 5
+    assert result == {"reply": {"slept": 1.0}}
+
+
+def test_requests_that_outlive_the_grace_are_failed_not_left_hanging(data_dir):
+    box = BoxProcess(data_dir)
+    start_slow_worker(box.endpoint, 30.0)
+    result: dict = {}
+    caller = request_in_background(box.endpoint, result)
+    started = time.monotonic()
+    code = box.stop(signal.SIGTERM)
+    caller.join(10)
+    assert code == 0, box.output()
+    assert time.monotonic() - started < 5
+    assert isinstance(result.get("error"), ServiceUnavailable), result
+
+
+def test_new_requests_during_shutdown_are_refused_clearly(data_dir):
+    running = BoxInThread(data_dir)
+    try:
+        running.portal.call(running.box.broker.stop_accepting)
+        with running.client(timeout=5) as client, pytest.raises(ServiceUnavailable, match="shutting down"):
+            client.request("echo", {})
+    finally:
+        running.stop()
+
+
+def test_one_box_per_data_dir(box, data_dir):
+    with pytest.raises(ConfigError, match="another box"):
+        BoxInThread(data_dir)
+
+
+def test_status_cli_json_and_human(box_process):
+    result = cli("--data-dir", str(box_process.data_dir), "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["pid"] == box_process.process.pid
+    assert report["rss_mb"] > 0 and "cpu_percent" in report
+    assert {"echo", "status"} <= set(report["services"])
+    human = cli("--data-dir", str(box_process.data_dir), "status")
+    assert human.returncode == 0 and "echo" in human.stdout
+
+
+def test_status_cli_says_when_no_box_is_running(data_dir):
+    result = cli("--data-dir", str(data_dir), "--endpoint", f"ipc://{data_dir}/none.sock", "status", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert "is the box running" in result.stderr
+
+
+def test_config_layers_file_env_and_flags(data_dir):
+    (data_dir / "config.toml").write_text("[bus]\nmax_message_mb = 8\nheartbeat_s = 1.0\n")
+    result = cli("--data-dir", str(data_dir), "--set", "bus.heartbeat_s=0.5", "config", "show",
+                 env={"AETHER_BOX_BUS_QUEUE_LIMIT": "77"})
+    assert result.returncode == 0, result.stderr
+    assert "max_message_mb = 8.0" in result.stdout      # from the file
+    assert "heartbeat_s = 0.5" in result.stdout         # the flag beats the file
+    assert "queue_limit = 77" in result.stdout          # from the environment
+    assert f"ipc://{data_dir}/bus.sock" in result.stdout
+
+
+def test_config_errors_say_what_is_wrong(data_dir):
+    (data_dir / "config.toml").write_text("[bus]\nmax_mesage_mb = 8\n")
+    result = cli("--data-dir", str(data_dir), "config", "show")
+    assert result.returncode == 1 and "max_mesage_mb" in result.stderr and "known keys" in result.stderr
+    bad_type = cli("--data-dir", str(data_dir.parent), "--set", "bus.heartbeat_s=soon", "config", "show")
+    assert bad_type.returncode == 1 and "bus.heartbeat_s" in bad_type.stderr
+
+
+def test_data_dir_from_environment(data_dir):
+    result = cli("config", "show", env={"AETHER_BOX_HOME": str(data_dir)})
+    assert f"file: {data_dir}/config.toml" in result.stdout
+
+
+def test_client_timeout_when_nothing_listens(data_dir):
+    with Client(f"ipc://{data_dir}/nobody.sock", timeout=0.3) as client, pytest.raises(Timeout):
+        client.status()
