@@ -31,6 +31,8 @@ from aether_box.bus.protocol import (
     decode_body,
     encode_body,
     raise_if_error,
+    recv_now,
+    send_now,
 )
 from aether_box.bus.security import CurveKeys, bind_all
 from aether_box.bus.service import Handler, InlineHandler, Request
@@ -57,29 +59,6 @@ RID = "_rid"
 SEND_PATIENCE_S = 5.0
 # Messages handled per wake-up of the receive loop before yielding to other tasks.
 DRAIN_BATCH = 256
-
-
-# Plain int flags: pyzmq's send_multipart/recv_multipart combine enum flags per frame,
-# which costs more than the send itself for small messages.
-_MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)
-_NOW = int(zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
-
-
-def _send_now(socket: zmq.Socket, frames: list[Any]) -> None:
-    """Send a multipart message without waiting (raises zmq.Again if the queue is full)."""
-    send = socket.send
-    for frame in frames[:-1]:
-        send(frame, _MORE_NOW)
-    send(frames[-1], _NOW)
-
-
-def _recv_now(socket: zmq.Socket) -> list[bytes]:
-    """Receive one multipart message without waiting (raises zmq.Again if none is queued)."""
-    parts = [socket.recv(_NOW)]
-    while socket.get(_RCVMORE):
-        parts.append(socket.recv(_NOW))
-    return parts
 
 
 async def _no_streaming(_: Mapping[str, Any]) -> None:
@@ -242,7 +221,7 @@ class Broker:
         try:
             for _ in range(DRAIN_BATCH):
                 try:
-                    frames = _recv_now(self._router)
+                    frames = recv_now(self._router)
                 except zmq.Again:
                     return
                 try:
@@ -582,7 +561,7 @@ class Broker:
         """One non-blocking send: True if sent, False if the peer is gone, None if its queue is full."""
         assert self._router is not None
         try:
-            _send_now(self._router, frames)
+            send_now(self._router, frames)
         except zmq.Again:
             return None
         except zmq.ZMQError as exc:

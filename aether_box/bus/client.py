@@ -18,11 +18,20 @@ from urllib.parse import urlsplit
 
 import anyio
 import msgpack
+import numpy as np
 import zmq
 import zmq.asyncio
 
 from aether_box.bus.broker import CANCEL_SERVICE, RID
-from aether_box.bus.protocol import CLIENT, ClientCmd, decode_body, encode_body, raise_if_error
+from aether_box.bus.protocol import (
+    CLIENT,
+    ClientCmd,
+    decode_body,
+    encode_body,
+    raise_if_error,
+    recv_now,
+    send_now,
+)
 from aether_box.bus.security import client_keys, configure_curve_client
 from aether_box.config import data_dir_from
 from aether_box.errors import ProtocolError, Timeout
@@ -42,6 +51,10 @@ def resolve_endpoint(endpoint: str | None = None, data_dir: str | os.PathLike | 
         return os.environ[ENDPOINT_ENV]
     ipc = data_dir_from(data_dir) / "bus.sock"
     return f"ipc://{ipc}" if ipc.exists() else DEFAULT_TCP
+
+
+def _llm_body(op: str, model: str, **fields: Any) -> dict[str, Any]:
+    return {"op": op, "model": model, **fields}
 
 
 class _Session:
@@ -148,7 +161,7 @@ class Client:
         # A DEALER with no usable connection would block forever on send: bound the wait.
         if not self._socket.poll(wait * 1000, zmq.POLLOUT):
             raise self._session.timeout_error(service, wait)
-        self._socket.send_multipart(self._session.request_frames(service, body, rid), flags=zmq.NOBLOCK)
+        send_now(self._socket, self._session.request_frames(service, body, rid))
         finished = False
         try:
             while True:
@@ -170,7 +183,7 @@ class Client:
         while (left := deadline - time.monotonic()) > 0:
             if not self._poller.poll(left * 1000):
                 break
-            final, reply = self._session.parse(self._socket.recv_multipart())
+            final, reply = self._session.parse(recv_now(self._socket))
             if reply.get(RID, rid) == rid:
                 return final, reply
             # A late reply to an earlier call that timed out, or a cancel acknowledgement.
@@ -179,6 +192,28 @@ class Client:
     def status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The box's status report."""
         return self.request("status", {"op": "get"}, timeout=timeout)
+
+    def chat(self, model: str, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
+        """A chat reply: {"text", "finish_reason", "usage", ...}. Params: max_tokens, temperature, ..."""
+        timeout = params.pop("timeout", None)
+        return self.request("llm", _llm_body("chat", model, messages=messages, **params), timeout=timeout)
+
+    def chat_stream(self, model: str, messages: list[dict[str, str]], **params: Any) -> Iterator[str]:
+        """The reply's text, piece by piece, as the model writes it."""
+        timeout = params.pop("timeout", None)
+        body = _llm_body("chat", model, messages=messages, stream=True, **params)
+        for part in self.stream("llm", body, timeout=timeout):
+            if "token" in part:
+                yield part["token"]
+
+    def complete(self, model: str, prompt: str, **params: Any) -> dict[str, Any]:
+        """A raw completion of `prompt` (for base models)."""
+        timeout = params.pop("timeout", None)
+        return self.request("llm", _llm_body("complete", model, prompt=prompt, **params), timeout=timeout)
+
+    def embed(self, model: str, texts: list[str], *, timeout: float | None = None) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text."""
+        return self.request("embed", {"op": "embed", "model": model, "texts": list(texts)}, timeout=timeout)["vectors"]
 
     def events(self, *prefixes: str, timeout: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (topic, body) for published events whose topic starts with one of `prefixes`."""
@@ -289,6 +324,24 @@ class AsyncClient:
     async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The box's status report."""
         return await self.request("status", {"op": "get"}, timeout=timeout)
+
+    async def chat(self, model: str, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
+        """A chat reply: {"text", "finish_reason", "usage", ...}."""
+        timeout = params.pop("timeout", None)
+        return await self.request("llm", _llm_body("chat", model, messages=messages, **params), timeout=timeout)
+
+    async def chat_stream(self, model: str, messages: list[dict[str, str]], **params: Any) -> AsyncIterator[str]:
+        """The reply's text, piece by piece, as the model writes it."""
+        timeout = params.pop("timeout", None)
+        body = _llm_body("chat", model, messages=messages, stream=True, **params)
+        async for part in self.stream("llm", body, timeout=timeout):
+            if "token" in part:
+                yield part["token"]
+
+    async def embed(self, model: str, texts: list[str], *, timeout: float | None = None) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text."""
+        body = {"op": "embed", "model": model, "texts": list(texts)}
+        return (await self.request("embed", body, timeout=timeout))["vectors"]
 
     async def events(
         self, *prefixes: str, timeout: float | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import zmq
 
 from aether_box.errors import BoxError, ProtocolError, error_for_code
 
@@ -24,6 +25,8 @@ __all__ = [
     "encode_body",
     "encode_error",
     "raise_if_error",
+    "recv_now",
+    "send_now",
 ]
 
 CLIENT = b"MDPC02"
@@ -120,6 +123,29 @@ def raise_if_error(body: Mapping[str, Any]) -> None:
     error = body.get("error")
     if isinstance(error, dict) and "code" in error:
         raise error_for_code(str(error["code"]), str(error.get("message", "")))
+
+
+# Plain int flags: pyzmq's send_multipart/recv_multipart combine enum flags per frame,
+# which costs more than the send itself for small messages.
+_MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)
+_NOW = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def send_now(socket: zmq.Socket, frames: list[Any]) -> None:
+    """Send a multipart message without waiting (raises zmq.Again if the queue is full)."""
+    send = socket.send
+    for frame in frames[:-1]:
+        send(frame, _MORE_NOW)
+    send(frames[-1], _NOW)
+
+
+def recv_now(socket: zmq.Socket) -> list[bytes]:
+    """Receive one multipart message without waiting (raises zmq.Again if none is queued)."""
+    parts = [socket.recv(_NOW)]
+    while socket.get(_RCVMORE):
+        parts.append(socket.recv(_NOW))
+    return parts
 
 
 def _to_msgpack(value: Any) -> Any:
