@@ -67,7 +67,9 @@ class Box:
         if self._stop is not None:
             self._stop.set()
 
-    async def run(self, *, handle_signals: bool = True, on_ready: Callable[[Box], None] | None = None) -> None:
+    async def run(
+        self, *, handle_signals: bool = True, on_ready: Callable[[Box], None] | None = None
+    ) -> None:
         """Serve until stopped; raises ConfigError if the box cannot start."""
         self._stop = anyio.Event()
         if self._stop_requested:
@@ -79,8 +81,11 @@ class Box:
             self.context = zmq.asyncio.Context()
             # Registered first so it runs last: closes every socket, then ends the context.
             stack.callback(self.context.destroy, linger=0)
-            curve = plan_curve(data_dir, self.settings.curve,
-                               self.settings.endpoints + self.settings.event_endpoints)
+            curve = plan_curve(
+                data_dir,
+                self.settings.curve,
+                self.settings.endpoints + self.settings.event_endpoints,
+            )
             if curve is not None:
                 stack.callback(_start_authenticator(self.context, data_dir).stop)
             self.events = Events(self.context, self.settings.event_endpoints, curve)
@@ -110,8 +115,11 @@ class Box:
             self.events.publish("status.stopping", {"in_flight": self.broker.in_flight})
             self.broker.stop_accepting()
             if not await self.broker.drain(self.settings.shutdown_grace_s):
-                log.warning("cancelling %d request(s) still running after %.1f s",
-                            self.broker.in_flight, self.settings.shutdown_grace_s)
+                log.warning(
+                    "cancelling %d request(s) still running after %.1f s",
+                    self.broker.in_flight,
+                    self.settings.shutdown_grace_s,
+                )
                 await self.broker.abandon_in_flight()
             tg.cancel_scope.cancel()
 
@@ -132,7 +140,9 @@ class Box:
             if not started:
                 raise
             log.exception("component %s failed", component.name)
-            self.events.publish("status.component_failed", {"component": component.name, "error": repr(exc)})
+            self.events.publish(
+                "status.component_failed", {"component": component.name, "error": repr(exc)}
+            )
             return
         if not started:
             task_status.started()

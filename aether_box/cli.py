@@ -91,13 +91,24 @@ def _module_exists(path: str) -> bool:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where models, memory, keys and logs live. Default: $AETHER_BOX_HOME, else the user data dir.",
+    help="Where models, memory, keys and logs live "
+    "(default: $AETHER_BOX_HOME, else the user data dir).",
 )
-@click.option("--endpoint", help="The bus endpoint to talk to (default: the data dir's ipc socket, else tcp://127.0.0.1:7745).")
-@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override one config value, e.g. --set bus.max_message_mb=8 (repeatable).")
+@click.option(
+    "--endpoint",
+    help="The bus endpoint to talk to (default: the data dir's ipc socket, else tcp://127.0.0.1:7745).",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override one config value, e.g. --set bus.max_message_mb=8 (repeatable).",
+)
 @click.pass_context
-def cli(ctx: click.Context, data_dir: Path | None, endpoint: str | None, settings: tuple[str, ...]) -> None:
+def cli(
+    ctx: click.Context, data_dir: Path | None, endpoint: str | None, settings: tuple[str, ...]
+) -> None:
     """Aether Box: a local AI appliance on a ZeroMQ bus.
 
     Start it with `aether-box run`; check it with `aether-box status`.
@@ -110,11 +121,20 @@ def cli(ctx: click.Context, data_dir: Path | None, endpoint: str | None, setting
 
 
 @cli.command()
-@click.option("--bind", "binds", multiple=True, metavar="ENDPOINT",
-              help="Bus endpoint to listen on, replacing the defaults (repeatable). "
-                   "Non-loopback tcp needs CURVE keys: `aether-box keys init`.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option(
+    "--bind",
+    "binds",
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Bus endpoint to listen on, replacing the defaults (repeatable). "
+    "Non-loopback tcp needs CURVE keys: `aether-box keys init`.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
 @pass_state
 def run(state: CliState, binds: tuple[str, ...], log_level: str) -> None:
     """Run the box until SIGINT/SIGTERM (Ctrl-C), then shut down gracefully."""
@@ -167,7 +187,9 @@ def keys() -> None:
 
 
 @keys.command("init")
-@click.option("--force", is_flag=True, help="Replace existing keys (clients must get the new server key).")
+@click.option(
+    "--force", is_flag=True, help="Replace existing keys (clients must get the new server key)."
+)
 @pass_state
 def keys_init(state: CliState, force: bool) -> None:
     """Make the box keypair and a local client keypair, and authorise that client."""

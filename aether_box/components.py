@@ -8,4 +8,6 @@ Add a capability by adding its line here.
 COMPONENTS: list[str] = [
     "aether_box.status:StatusComponent",
     "aether_box.echo:EchoComponent",
+    "aether_box.memory.service:MemoryComponent",
+    "aether_box.engines.services:EnginesComponent",
 ]

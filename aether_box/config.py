@@ -57,7 +57,9 @@ class Config:
     ) -> None:
         self.data_dir = data_dir_from(data_dir)
         self.path = self.data_dir / CONFIG_FILE
-        self._raw = _merge(_read_toml(self.path), _from_env(os.environ if environ is None else environ))
+        self._raw = _merge(
+            _read_toml(self.path), _from_env(os.environ if environ is None else environ)
+        )
         self._raw = _merge(self._raw, overrides or {})
         unknown = sorted(set(self._raw) - set(SECTIONS))
         if unknown:
@@ -79,7 +81,8 @@ class Config:
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Every registered section with its effective values."""
         return {
-            name: _plain(dataclasses.asdict(self.get(cls))) for name, cls in sorted(SECTIONS.items())
+            name: _plain(dataclasses.asdict(self.get(cls)))
+            for name, cls in sorted(SECTIONS.items())
         }
 
     def to_toml(self) -> str:
@@ -90,7 +93,9 @@ class Config:
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse ``section.key=value`` (the value as a TOML literal, else a plain string)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. bus.max_message_mb=8")
+        raise ConfigError(
+            f"override {text!r} must look like section.key=value, e.g. bus.max_message_mb=8"
+        )
     path, value = text.split("=", 1)
     name, key = path.strip().split(".", 1)
     try:
@@ -124,7 +129,9 @@ def _from_env(environ: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
         for field in dataclasses.fields(cls):
             value = environ.get(f"AETHER_BOX_{name}_{field.name}".upper())
             if value is not None:
-                out.setdefault(name, {})[field.name] = parse_override(f"{name}.{field.name}={value}")[2]
+                out.setdefault(name, {})[field.name] = parse_override(
+                    f"{name}.{field.name}={value}"
+                )[2]
     return out
 
 

@@ -1,4 +1,4 @@
-"""The `echo` service: replies with the request body, arrays included (health checks, benchmarks)."""
+"""The `echo` service: replies with the request body, arrays included (for health checks)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,10 @@ class StatusComponent:
         """Everything: process, endpoints, services, counters and component sections."""
         report = {**self.summary(), **self.box.broker.snapshot()}
         report["endpoints"] = {"bus": self.box.broker.bound, "events": self.box.events.bound}
-        report["events"] = {"published": self.box.events.published, "dropped": dict(self.box.events.dropped)}
+        report["events"] = {
+            "published": self.box.events.published,
+            "dropped": dict(self.box.events.dropped),
+        }
         report["data_dir"] = str(self.box.config.data_dir)
         report["curve"] = self.box.broker.curve is not None
         for name, section in self.sections.items():

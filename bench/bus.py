@@ -45,7 +45,9 @@ def raw_server(endpoint_queue: mp.Queue) -> None:
         router.send_multipart(router.recv_multipart(copy=False), copy=False)
 
 
-def run_client(kind: str, mode: str, endpoint: str, size: int, seconds: float, out: mp.Queue) -> None:
+def run_client(
+    kind: str, mode: str, endpoint: str, size: int, seconds: float, out: mp.Queue
+) -> None:
     """Count round trips for `seconds`, after a short warm-up."""
     payload = os.urandom(size)
     if kind == "box" and mode == "lockstep":
@@ -90,8 +92,10 @@ def run_client(kind: str, mode: str, endpoint: str, size: int, seconds: float, o
 def measure(kind: str, mode: str, endpoint: str, size: int, clients: int, seconds: float) -> float:
     """Total round trips per second over all client processes."""
     out: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=run_client, args=(kind, mode, endpoint, size, seconds, out))
-             for _ in range(clients)]
+    procs = [
+        mp.Process(target=run_client, args=(kind, mode, endpoint, size, seconds, out))
+        for _ in range(clients)
+    ]
     for p in procs:
         p.start()
     total = sum(out.get(timeout=seconds + 60) for _ in procs)
@@ -103,11 +107,22 @@ def measure(kind: str, mode: str, endpoint: str, size: int, clients: int, second
 def start_box(data_dir: Path) -> tuple[subprocess.Popen, str]:
     """`aether-box run` on an ephemeral tcp port; returns the process and its tcp endpoint."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "aether_box", "--data-dir", str(data_dir),
-         "--set", 'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
-         "--set", 'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
-         "run", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "aether_box",
+            "--data-dir",
+            str(data_dir),
+            "--set",
+            'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
+            "--set",
+            'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
+            "run",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     ipc = f"ipc://{data_dir}/bus.sock"
     deadline = time.monotonic() + 60
@@ -115,7 +130,9 @@ def start_box(data_dir: Path) -> tuple[subprocess.Popen, str]:
         if (data_dir / "bus.sock").exists():
             try:
                 with Client(ipc, timeout=1) as client:
-                    tcp = next(e for e in client.status()["endpoints"]["bus"] if e.startswith("tcp"))
+                    tcp = next(
+                        e for e in client.status()["endpoints"]["bus"] if e.startswith("tcp")
+                    )
                 return process, tcp
             except Exception:
                 pass
@@ -125,7 +142,9 @@ def start_box(data_dir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each case")
     parser.add_argument("--quick", action="store_true", help="only the 100 B, 1-client cases")
     args = parser.parse_args()
@@ -140,30 +159,52 @@ def main() -> None:
     cases = [(100, 1)] if args.quick else [(100, 1), (100, 8), (1 << 20, 1), (1 << 20, 8)]
     results = []
     try:
-        print(f"{'payload':>8} {'clients':>7} {'mode':>9} {'raw rt/s':>10} {'box rt/s':>10} {'ratio':>6}")
+        print(
+            f"{'payload':>8} {'clients':>7} {'mode':>9} {'raw rt/s':>10} {'box rt/s':>10} {'ratio':>6}"
+        )
         for size, clients in cases:
             for mode in ("lockstep", "pipelined"):
                 raw = measure("raw", mode, raw_endpoint, size, clients, args.seconds)
                 boxed = measure("box", mode, box_endpoint, size, clients, args.seconds)
-                results.append({"payload": size, "clients": clients, "mode": mode,
-                                "raw_per_s": round(raw, 1), "box_per_s": round(boxed, 1),
-                                "ratio": round(boxed / raw, 3)})
+                results.append(
+                    {
+                        "payload": size,
+                        "clients": clients,
+                        "mode": mode,
+                        "raw_per_s": round(raw, 1),
+                        "box_per_s": round(boxed, 1),
+                        "ratio": round(boxed / raw, 3),
+                    }
+                )
                 label = "100 B" if size == 100 else "1 MiB"
-                print(f"{label:>8} {clients:>7} {mode:>9} {raw:>10.0f} {boxed:>10.0f} {boxed / raw:>6.2f}")
+                print(
+                    f"{label:>8} {clients:>7} {mode:>9} {raw:>10.0f} {boxed:>10.0f} {boxed / raw:>6.2f}"
+                )
     finally:
         box.terminate()
         box.wait(10)
         server.terminate()
 
     def ratio(mode: str) -> float:
-        return next(r["ratio"] for r in results if r["mode"] == mode and r["payload"] == 100 and r["clients"] == 1)
+        return next(
+            r["ratio"]
+            for r in results
+            if r["mode"] == mode and r["payload"] == 100 and r["clients"] == 1
+        )
 
-    print(json.dumps({
-        "lockstep_ratio": ratio("lockstep"),
-        "pipelined_ratio": ratio("pipelined"),
-        "cases": results,
-        "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
-    }))
+    print(
+        json.dumps(
+            {
+                "lockstep_ratio": ratio("lockstep"),
+                "pipelined_ratio": ratio("pipelined"),
+                "cases": results,
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "cpu": platform.processor() or platform.machine(),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -85,13 +85,17 @@ class BoxProcess:
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         sets = [
-            "--set", 'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
-            "--set", 'bus.event_endpoints=["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"]',
+            "--set",
+            'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
+            "--set",
+            'bus.event_endpoints=["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"]',
         ]
         self.log = open(data_dir / "box-process.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "aether_box", "--data-dir", str(data_dir), *sets, *extra, "run"],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         self.endpoint = f"ipc://{data_dir}/bus.sock"
         self.wait_ready()

@@ -11,16 +11,23 @@ import threading
 import time
 
 import pytest
+from fixtures_box import BoxInThread, BoxProcess
 
 from aether_box.bus.worker import Worker
 from aether_box.client import Client, ServiceUnavailable, Timeout
 from aether_box.errors import ConfigError
-from fixtures_box import BoxInThread, BoxProcess
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aether_box", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "aether_box", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def start_slow_worker(endpoint: str, seconds: float) -> threading.Thread:
@@ -28,7 +35,9 @@ def start_slow_worker(endpoint: str, seconds: float) -> threading.Thread:
         time.sleep(seconds)
         return {"slept": seconds}
 
-    thread = threading.Thread(target=Worker(endpoint, "slow", slow).run, kwargs={"stop_after": 1}, daemon=True)
+    thread = threading.Thread(
+        target=Worker(endpoint, "slow", slow).run, kwargs={"stop_after": 1}, daemon=True
+    )
     thread.start()
     with Client(endpoint, timeout=5) as client:
         deadline = time.monotonic() + 5
@@ -83,7 +92,10 @@ def test_new_requests_during_shutdown_are_refused_clearly(data_dir):
     running = BoxInThread(data_dir)
     try:
         running.portal.call(running.box.broker.stop_accepting)
-        with running.client(timeout=5) as client, pytest.raises(ServiceUnavailable, match="shutting down"):
+        with (
+            running.client(timeout=5) as client,
+            pytest.raises(ServiceUnavailable, match="shutting down"),
+        ):
             client.request("echo", {})
     finally:
         running.stop()
@@ -106,27 +118,48 @@ def test_status_cli_json_and_human(box_process):
 
 
 def test_status_cli_says_when_no_box_is_running(data_dir):
-    result = cli("--data-dir", str(data_dir), "--endpoint", f"ipc://{data_dir}/none.sock", "status", "--timeout", "0.5")
+    result = cli(
+        "--data-dir",
+        str(data_dir),
+        "--endpoint",
+        f"ipc://{data_dir}/none.sock",
+        "status",
+        "--timeout",
+        "0.5",
+    )
     assert result.returncode == 1
     assert "is the box running" in result.stderr
 
 
 def test_config_layers_file_env_and_flags(data_dir):
     (data_dir / "config.toml").write_text("[bus]\nmax_message_mb = 8\nheartbeat_s = 1.0\n")
-    result = cli("--data-dir", str(data_dir), "--set", "bus.heartbeat_s=0.5", "config", "show",
-                 env={"AETHER_BOX_BUS_QUEUE_LIMIT": "77"})
+    result = cli(
+        "--data-dir",
+        str(data_dir),
+        "--set",
+        "bus.heartbeat_s=0.5",
+        "config",
+        "show",
+        env={"AETHER_BOX_BUS_QUEUE_LIMIT": "77"},
+    )
     assert result.returncode == 0, result.stderr
-    assert "max_message_mb = 8.0" in result.stdout      # from the file
-    assert "heartbeat_s = 0.5" in result.stdout         # the flag beats the file
-    assert "queue_limit = 77" in result.stdout          # from the environment
+    assert "max_message_mb = 8.0" in result.stdout  # from the file
+    assert "heartbeat_s = 0.5" in result.stdout  # the flag beats the file
+    assert "queue_limit = 77" in result.stdout  # from the environment
     assert f"ipc://{data_dir}/bus.sock" in result.stdout
 
 
 def test_config_errors_say_what_is_wrong(data_dir):
     (data_dir / "config.toml").write_text("[bus]\nmax_mesage_mb = 8\n")
     result = cli("--data-dir", str(data_dir), "config", "show")
-    assert result.returncode == 1 and "max_mesage_mb" in result.stderr and "known keys" in result.stderr
-    bad_type = cli("--data-dir", str(data_dir.parent), "--set", "bus.heartbeat_s=soon", "config", "show")
+    assert (
+        result.returncode == 1
+        and "max_mesage_mb" in result.stderr
+        and "known keys" in result.stderr
+    )
+    bad_type = cli(
+        "--data-dir", str(data_dir.parent), "--set", "bus.heartbeat_s=soon", "config", "show"
+    )
     assert bad_type.returncode == 1 and "bus.heartbeat_s" in bad_type.stderr
 
 

@@ -10,12 +10,20 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from fixtures_box import BoxInThread
 
 from aether_box.bus.protocol import CLIENT, ClientCmd, decode_body, encode_body
 from aether_box.bus.worker import Worker
-from aether_box.client import AsyncClient, BadRequest, Client, NotFound, ServiceUnavailable, Timeout, TooLarge
+from aether_box.client import (
+    AsyncClient,
+    BadRequest,
+    Client,
+    NotFound,
+    ServiceUnavailable,
+    Timeout,
+    TooLarge,
+)
 from aether_box.errors import Cancelled
-from fixtures_box import BoxInThread
 
 
 class Probe:
@@ -100,7 +108,9 @@ def test_a_client_that_disappears_stops_its_stream(box):
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.linger = 0
     socket.connect(box.endpoint)
-    socket.send_multipart([CLIENT, ClientCmd.REQUEST, b"probe", *encode_body({"count": 10_000, "delay": 0.005})])
+    socket.send_multipart(
+        [CLIENT, ClientCmd.REQUEST, b"probe", *encode_body({"count": 10_000, "delay": 0.005})]
+    )
     assert socket.poll(5000)
     socket.close()  # gone without a word
     assert probe.cancelled.wait(10)
@@ -112,6 +122,7 @@ def test_async_client_overlapping_calls_and_streams(box):
     async def main():
         results = {}
         async with AsyncClient(box.endpoint, timeout=5) as client:
+
             async def one(n):
                 results[n] = await client.request("echo", {"n": n})
 
@@ -150,19 +161,26 @@ def test_multi_frame_request_over_the_limit_gets_too_large(data_dir):
 def test_external_worker_streams_and_its_death_is_an_error_not_a_hang(data_dir):
     running = BoxInThread(data_dir, {"bus": {"heartbeat_s": 0.2, "heartbeat_liveness": 3}})
     try:
+
         def shout(body):
             for word in body["text"].split():
                 yield {"word": word.upper()}
 
-        worker = threading.Thread(target=Worker(running.endpoint, "shout", shout, heartbeat_s=0.2).run,
-                                  kwargs={"stop_after": 1}, daemon=True)
+        worker = threading.Thread(
+            target=Worker(running.endpoint, "shout", shout, heartbeat_s=0.2).run,
+            kwargs={"stop_after": 1},
+            daemon=True,
+        )
         worker.start()
         with running.client(timeout=5) as client:
             deadline = time.monotonic() + 5
             while "shout" not in client.status()["services"] and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert list(client.stream("shout", {"text": "hello bus"})) == [
-                {"word": "HELLO"}, {"word": "BUS"}, {}]
+                {"word": "HELLO"},
+                {"word": "BUS"},
+                {},
+            ]
             worker.join(5)
             # The worker has exited without saying goodbye; the broker notices by heartbeat.
             with pytest.raises(ServiceUnavailable):
@@ -191,8 +209,14 @@ def test_cancel_error_is_reported_to_a_client_that_cancels_but_keeps_listening(b
     add_service(box, "probe", probe)
     with Client(box.endpoint, timeout=5) as client:
         socket = client._socket  # send the cancel by hand and read what comes back
-        socket.send_multipart([CLIENT, ClientCmd.REQUEST, b"probe",
-                               *encode_body({"count": 1000, "delay": 0.01, "_rid": 99})])
+        socket.send_multipart(
+            [
+                CLIENT,
+                ClientCmd.REQUEST,
+                b"probe",
+                *encode_body({"count": 1000, "delay": 0.01, "_rid": 99}),
+            ]
+        )
         assert probe.started.wait(5)
         socket.send_multipart([CLIENT, ClientCmd.REQUEST, b"box.cancel", *encode_body({"rid": 99})])
         bodies = []

@@ -13,17 +13,25 @@ from aether_box.bus.protocol import CLIENT, WORKER, ClientCmd, WorkerCmd
 
 def malformed_messages(rng: random.Random, count: int):
     """Frames a confused or hostile peer might send, each kind roughly equally often."""
-    services = [b"echo", b"status", b"nope", b"", b"mmi.service", b"box.cancel", bytes(rng.randbytes(8))]
+    services = [
+        b"echo",
+        b"status",
+        b"nope",
+        b"",
+        b"mmi.service",
+        b"box.cancel",
+        bytes(rng.randbytes(8)),
+    ]
     bodies = [
         lambda: [],
-        lambda: [rng.randbytes(rng.randint(0, 64))],                        # not msgpack
-        lambda: [msgpack.packb({"op": "x"})[:-1]],                           # truncated msgpack
-        lambda: [msgpack.packb([1, 2, 3])],                                  # msgpack, not a map
-        lambda: [msgpack.packb({"_arrays": [["v", "<f4", [1000]]]}), b"\0" * 8],   # wrong size
-        lambda: [msgpack.packb({"_arrays": [["v", "object", [1]]]}), b"\0" * 8],   # bad dtype
+        lambda: [rng.randbytes(rng.randint(0, 64))],  # not msgpack
+        lambda: [msgpack.packb({"op": "x"})[:-1]],  # truncated msgpack
+        lambda: [msgpack.packb([1, 2, 3])],  # msgpack, not a map
+        lambda: [msgpack.packb({"_arrays": [["v", "<f4", [1000]]]}), b"\0" * 8],  # wrong size
+        lambda: [msgpack.packb({"_arrays": [["v", "object", [1]]]}), b"\0" * 8],  # bad dtype
         lambda: [msgpack.packb({"_arrays": "nonsense"})],
         lambda: [msgpack.packb({"_arrays": [["v", "<f4", [-1]]]}), b""],
-        lambda: [msgpack.packb({"op": "get"}), rng.randbytes(16)],          # undescribed frame
+        lambda: [msgpack.packb({"op": "get"}), rng.randbytes(16)],  # undescribed frame
     ]
     for i in range(count):
         kind = i % 8
@@ -32,7 +40,12 @@ def malformed_messages(rng: random.Random, count: int):
         elif kind == 1:  # wrong protocol header
             yield [rng.choice([b"MDPC01", b"MDPW01", b"HTTP/1.1", b""]), ClientCmd.REQUEST, b"echo"]
         elif kind == 2:  # unknown client commands
-            yield [CLIENT, bytes([rng.randint(0, 255)]), rng.choice(services), *rng.choice(bodies)()]
+            yield [
+                CLIENT,
+                bytes([rng.randint(0, 255)]),
+                rng.choice(services),
+                *rng.choice(bodies)(),
+            ]
         elif kind == 3:  # requests with bad bodies
             yield [CLIENT, ClientCmd.REQUEST, rng.choice(services), *rng.choice(bodies)()]
         elif kind == 4:  # majortomo-style framing with garbage

@@ -8,7 +8,9 @@ import time
 import msgpack
 import pytest
 
-majortomo = pytest.importorskip("majortomo", reason="majortomo is a test dependency: pip install -e '.[test]'")
+majortomo = pytest.importorskip(
+    "majortomo", reason="majortomo is a test dependency: pip install -e '.[test]'"
+)
 from majortomo.client import Client as MajortomoClient  # noqa: E402
 from majortomo.worker import Worker as MajortomoWorker  # noqa: E402
 
@@ -21,8 +23,12 @@ def test_majortomo_worker_serves_our_client(box):
     def serve_one() -> None:
         client, frames = worker.wait_for_request()
         body = msgpack.unpackb(frames[0])
-        worker.send_reply_partial(client, [msgpack.packb({"step": "working", "_rid": body["_rid"]})])
-        worker.send_reply_final(client, [msgpack.packb({"text": body["text"][::-1], "_rid": body["_rid"]})])
+        worker.send_reply_partial(
+            client, [msgpack.packb({"step": "working", "_rid": body["_rid"]})]
+        )
+        worker.send_reply_final(
+            client, [msgpack.packb({"text": body["text"][::-1], "_rid": body["_rid"]})]
+        )
         served.set()
 
     thread = threading.Thread(target=serve_one, daemon=True)

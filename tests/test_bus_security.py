@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import zmq
+from fixtures_box import BoxInThread
 
 from aether_box.bus.security import CurveKeys, init_keys, is_loopback
 from aether_box.client import Client, Timeout
 from aether_box.errors import ConfigError
-from fixtures_box import BoxInThread
 
 
 def test_loopback_detection():
@@ -26,10 +26,23 @@ def test_loopback_detection():
 
 def test_exposed_bind_without_keys_is_refused_with_a_way_out(data_dir):
     with pytest.raises(ConfigError, match="aether-box keys init"):
-        BoxInThread(data_dir, {"bus": {"endpoints": ["ipc://{data_dir}/bus.sock", "tcp://0.0.0.0:*"]}})
+        BoxInThread(
+            data_dir, {"bus": {"endpoints": ["ipc://{data_dir}/bus.sock", "tcp://0.0.0.0:*"]}}
+        )
     result = subprocess.run(
-        [sys.executable, "-m", "aether_box", "--data-dir", str(data_dir), "run", "--bind", "tcp://0.0.0.0:0"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "aether_box",
+            "--data-dir",
+            str(data_dir),
+            "run",
+            "--bind",
+            "tcp://0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "aether-box keys init" in result.stderr
@@ -46,7 +59,9 @@ def test_curve_admits_authorised_keys_only(data_dir):
 
         server_public = zmq.auth.load_certificate(data_dir / "keys" / "server.key")[0]
         stranger = CurveKeys(*zmq.curve_keypair())
-        with Client(running.tcp_endpoint, data_dir=data_dir, timeout=1, curve=(stranger, server_public)) as client:
+        with Client(
+            running.tcp_endpoint, data_dir=data_dir, timeout=1, curve=(stranger, server_public)
+        ) as client:
             with pytest.raises(Timeout):
                 client.request("echo", {"let me": "in"})
 
@@ -58,7 +73,9 @@ def test_curve_admits_authorised_keys_only(data_dir):
         assert not plain.poll(1000)
         plain.close()
 
-        with Client(running.endpoint, timeout=5) as local:  # the ipc socket is guarded by file permissions
+        with Client(
+            running.endpoint, timeout=5
+        ) as local:  # the ipc socket is guarded by file permissions
             assert local.status()["services"]["echo"]["requests"] == 1
     finally:
         running.stop()

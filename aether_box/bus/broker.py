@@ -261,8 +261,12 @@ class Broker:
             while svc.queue:
                 job = svc.queue.popleft()
                 svc.in_flight -= 1
-                self._reply_error(job.client, job.legacy, job.service, ServiceUnavailable(
-                    "the box shut down before a worker took this request"))
+                self._reply_error(
+                    job.client,
+                    job.legacy,
+                    job.service,
+                    ServiceUnavailable("the box shut down before a worker took this request"),
+                )
         await self.drain(0.5)  # let cancelled tasks send their last word
 
     # ----------------------------------------------------------------- routing
@@ -290,16 +294,26 @@ class Broker:
             self._reply_error(client, legacy, b"", ProtocolError("a request needs a service frame"))
             return
         command, service, body = rest[0], rest[1], rest[2:]
-        if command not in ((WorkerCmd.REQUEST, ClientCmd.REQUEST) if legacy else (ClientCmd.REQUEST,)):
+        if command not in (
+            (WorkerCmd.REQUEST, ClientCmd.REQUEST) if legacy else (ClientCmd.REQUEST,)
+        ):
             self.rejected["bad_command"] += 1
-            self._reply_error(client, legacy, service, ProtocolError(f"unknown client command {command!r}"))
+            self._reply_error(
+                client, legacy, service, ProtocolError(f"unknown client command {command!r}")
+            )
             return
         size = sum(len(f) for f in body)
         if size > self.settings.max_message_bytes:
             self.rejected["too_large"] += 1
-            self._reply_error(client, legacy, service, TooLarge(
-                f"request of {size} bytes is over the {self.settings.max_message_bytes}-byte limit; "
-                "split it, or raise bus.max_message_mb"))
+            self._reply_error(
+                client,
+                legacy,
+                service,
+                TooLarge(
+                    f"request of {size} bytes is over the {self.settings.max_message_bytes}-byte limit; "
+                    "split it, or raise bus.max_message_mb"
+                ),
+            )
             return
         name = service.decode("utf-8", "replace")
         if name.startswith("mmi."):
@@ -311,18 +325,30 @@ class Broker:
         svc = self.services.get(name)
         if svc is None:
             self.rejected["unknown_service"] += 1
-            self._reply_error(client, legacy, service, NotFound(
-                f"no service {name!r}; services: {sorted(self.services)}"))
+            self._reply_error(
+                client,
+                legacy,
+                service,
+                NotFound(f"no service {name!r}; services: {sorted(self.services)}"),
+            )
             return
         if not self.accepting:
             svc.stats.rejected["shutting_down"] += 1
-            self._reply_error(client, legacy, service, ServiceUnavailable(
-                "the box is shutting down; retry when it is back"))
+            self._reply_error(
+                client,
+                legacy,
+                service,
+                ServiceUnavailable("the box is shutting down; retry when it is back"),
+            )
             return
         if svc.in_flight + len(svc.queue) >= self.settings.queue_limit:
             svc.stats.rejected["overloaded"] += 1
-            self._reply_error(client, legacy, service, Overloaded(
-                f"{name} has {self.settings.queue_limit} requests waiting; retry later"))
+            self._reply_error(
+                client,
+                legacy,
+                service,
+                Overloaded(f"{name} has {self.settings.queue_limit} requests waiting; retry later"),
+            )
             return
         if svc.inline:
             self._run_inline(svc, client, legacy, service, body)
@@ -335,7 +361,9 @@ class Broker:
             svc.queue.append(Job(client, legacy, service, body, time.monotonic()))
             self._assign(svc)
 
-    def _run_inline(self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[bytes]) -> None:
+    def _run_inline(
+        self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[bytes]
+    ) -> None:
         started = time.monotonic()
         rid: Any = None
         try:
@@ -351,7 +379,13 @@ class Broker:
         self._send_nowait(self._final_frames(svc, client, legacy, service, reply, rid))
 
     def _final_frames(
-        self, svc: Service, client: bytes, legacy: bool, service: bytes, reply: dict[str, Any], rid: Any
+        self,
+        svc: Service,
+        client: bytes,
+        legacy: bool,
+        service: bytes,
+        reply: dict[str, Any],
+        rid: Any,
     ) -> list[Any]:
         if rid is not None:
             reply[RID] = rid
@@ -403,7 +437,11 @@ class Broker:
             if client_gone:
                 svc.stats.rejected["client_gone"] += 1
                 return
-            why = "cancelled by the client" if self.accepting else "the box shut down before it finished"
+            why = (
+                "cancelled by the client"
+                if self.accepting
+                else "the box shut down before it finished"
+            )
             reply = Cancelled(why).to_wire()
         svc.stats.finished(time.monotonic() - started, error="error" in reply)
         await self._send(self._final_frames(svc, client, legacy, service, reply, rid))
@@ -455,7 +493,9 @@ class Broker:
         else:
             self.rejected["bad_command"] += 1
 
-    def _on_ready(self, identity: bytes, legacy: bool, worker: RemoteWorker | None, rest: list[bytes]) -> None:
+    def _on_ready(
+        self, identity: bytes, legacy: bool, worker: RemoteWorker | None, rest: list[bytes]
+    ) -> None:
         name = rest[0].decode("utf-8", "replace") if rest else ""
         svc = self.services.get(name)
         if worker is not None or not name or (svc is not None and svc.handler is not None):
@@ -474,7 +514,12 @@ class Broker:
         self._assign(svc)
 
     def _on_worker_reply(
-        self, identity: bytes, legacy: bool, worker: RemoteWorker | None, final: bool, rest: list[bytes]
+        self,
+        identity: bytes,
+        legacy: bool,
+        worker: RemoteWorker | None,
+        final: bool,
+        rest: list[bytes],
     ) -> None:
         if worker is None:
             self.rejected["unknown_worker"] += 1
@@ -498,8 +543,11 @@ class Broker:
             worker = svc.idle.popleft()
             job = svc.queue.popleft()
             worker.job = job
-            self._send_nowait(self._worker_frames(worker.identity, worker.legacy, WorkerCmd.REQUEST,
-                                                  [job.client, b"", *job.body]))
+            self._send_nowait(
+                self._worker_frames(
+                    worker.identity, worker.legacy, WorkerCmd.REQUEST, [job.client, b"", *job.body]
+                )
+            )
 
     def _remove_worker(self, worker: RemoteWorker, why: str) -> None:
         svc = worker.service
@@ -511,8 +559,12 @@ class Broker:
             job, worker.job = worker.job, None
             svc.in_flight -= 1
             svc.stats.finished(time.monotonic() - job.received, error=True)
-            self._reply_error(job.client, job.legacy, job.service, ServiceUnavailable(
-                f"{svc.name}: {why}; retry the request"))
+            self._reply_error(
+                job.client,
+                job.legacy,
+                job.service,
+                ServiceUnavailable(f"{svc.name}: {why}; retry the request"),
+            )
 
     def _disconnect(self, identity: bytes, legacy: bool) -> None:
         self._send_nowait(self._worker_frames(identity, legacy, WorkerCmd.DISCONNECT, []))
@@ -526,24 +578,37 @@ class Broker:
             now = time.monotonic()
             for worker in list(self._workers.values()):
                 if worker.expires < now:
-                    log.warning("worker %s for %s expired", worker.identity.hex(), worker.service.name)
+                    log.warning(
+                        "worker %s for %s expired", worker.identity.hex(), worker.service.name
+                    )
                     self._remove_worker(worker, "the worker stopped answering")
                 else:
-                    self._send_nowait(self._worker_frames(worker.identity, worker.legacy,
-                                                          WorkerCmd.HEARTBEAT, []))
+                    self._send_nowait(
+                        self._worker_frames(worker.identity, worker.legacy, WorkerCmd.HEARTBEAT, [])
+                    )
             for svc in self.services.values():
                 while svc.queue and now - svc.queue[0].received > self.settings.request_expiry_s:
                     job = svc.queue.popleft()
                     svc.in_flight -= 1
                     svc.stats.rejected["expired"] += 1
-                    self._reply_error(job.client, job.legacy, job.service, ServiceUnavailable(
-                        f"no worker for {svc.name} answered within {self.settings.request_expiry_s:g} s"))
+                    self._reply_error(
+                        job.client,
+                        job.legacy,
+                        job.service,
+                        ServiceUnavailable(
+                            f"no worker for {svc.name} answered within {self.settings.request_expiry_s:g} s"
+                        ),
+                    )
 
     # ----------------------------------------------------------------- sending
 
     @staticmethod
     def _client_frames(
-        client: bytes, legacy: bool, service: bytes, final: bool, body: Mapping[str, Any] | list[bytes]
+        client: bytes,
+        legacy: bool,
+        service: bytes,
+        final: bool,
+        body: Mapping[str, Any] | list[bytes],
     ) -> list[Any]:
         payload = encode_body(body) if isinstance(body, Mapping) else body
         if legacy:  # majortomo: empty frame, worker numbers, no service frame
@@ -551,14 +616,16 @@ class Broker:
         return [client, CLIENT, ClientCmd.FINAL if final else ClientCmd.PARTIAL, service, *payload]
 
     @staticmethod
-    def _worker_frames(identity: bytes, legacy: bool, command: bytes, rest: list[bytes]) -> list[bytes]:
+    def _worker_frames(
+        identity: bytes, legacy: bool, command: bytes, rest: list[bytes]
+    ) -> list[bytes]:
         return [identity, *([b""] if legacy else []), WORKER, command, *rest]
 
     def _reply_error(self, client: bytes, legacy: bool, service: bytes, error: BoxError) -> None:
         self._send_nowait(self._client_frames(client, legacy, service, True, error.to_wire()))
 
     def _try_send(self, frames: list[Any]) -> bool | None:
-        """One non-blocking send: True if sent, False if the peer is gone, None if its queue is full."""
+        """Send without waiting: True if sent, False if the peer is gone, None if queue full."""
         assert self._router is not None
         try:
             send_now(self._router, frames)

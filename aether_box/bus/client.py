@@ -44,7 +44,7 @@ _rids = itertools.count(1)
 
 
 def resolve_endpoint(endpoint: str | None = None, data_dir: str | os.PathLike | None = None) -> str:
-    """The bus endpoint: explicit, else $AETHER_BOX_ENDPOINT, else the data dir's ipc socket, else tcp."""
+    """The bus endpoint: explicit, $AETHER_BOX_ENDPOINT, the data dir's ipc socket, or tcp."""
     if endpoint:
         return endpoint
     if os.environ.get(ENDPOINT_ENV):
@@ -85,12 +85,21 @@ class _Session:
 
     @staticmethod
     def request_frames(service: str, body: Mapping[str, Any] | None, rid: int) -> list[Any]:
-        return [CLIENT, ClientCmd.REQUEST, service.encode(), *encode_body({**(body or {}), RID: rid})]
+        return [
+            CLIENT,
+            ClientCmd.REQUEST,
+            service.encode(),
+            *encode_body({**(body or {}), RID: rid}),
+        ]
 
     @staticmethod
     def parse(frames: list[bytes]) -> tuple[bool, dict[str, Any]]:
         """(is_final, body) of one reply."""
-        if len(frames) < 3 or frames[0] != CLIENT or frames[1] not in (ClientCmd.PARTIAL, ClientCmd.FINAL):
+        if (
+            len(frames) < 3
+            or frames[0] != CLIENT
+            or frames[1] not in (ClientCmd.PARTIAL, ClientCmd.FINAL)
+        ):
             raise ProtocolError(f"the box sent a reply that is not MDP/0.2: {frames[:2]!r}")
         final = frames[1] == ClientCmd.FINAL
         body_frames = frames[3:]
@@ -145,11 +154,13 @@ class Client:
     def close(self) -> None:
         self._socket.close(linger=0)
 
-    def request(self, service: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
-        """Send one request and return its final reply; raises the box's error as a typed exception."""
+    def request(
+        self, service: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one request and return its final reply; errors raise typed exceptions."""
         reply: dict[str, Any] = {}
-        for reply in self.stream(service, body, timeout=timeout):
-            pass
+        for part in self.stream(service, body, timeout=timeout):
+            reply = part  # partials, if any, lead up to the final reply
         return reply
 
     def stream(
@@ -176,7 +187,9 @@ class Client:
             if not finished:  # timed out or the caller stopped iterating: stop the work
                 with contextlib.suppress(zmq.Again):  # no connection: nothing to cancel
                     self._socket.send_multipart(
-                        self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0), flags=zmq.NOBLOCK)
+                        self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0),
+                        flags=zmq.NOBLOCK,
+                    )
 
     def _receive(self, rid: int, service: str, timeout: float) -> tuple[bool, dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -194,11 +207,15 @@ class Client:
         return self.request("status", {"op": "get"}, timeout=timeout)
 
     def chat(self, model: str, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
-        """A chat reply: {"text", "finish_reason", "usage", ...}. Params: max_tokens, temperature, ..."""
+        """A chat reply {"text", "finish_reason", "usage", ...}; params: max_tokens, seed, ..."""
         timeout = params.pop("timeout", None)
-        return self.request("llm", _llm_body("chat", model, messages=messages, **params), timeout=timeout)
+        return self.request(
+            "llm", _llm_body("chat", model, messages=messages, **params), timeout=timeout
+        )
 
-    def chat_stream(self, model: str, messages: list[dict[str, str]], **params: Any) -> Iterator[str]:
+    def chat_stream(
+        self, model: str, messages: list[dict[str, str]], **params: Any
+    ) -> Iterator[str]:
         """The reply's text, piece by piece, as the model writes it."""
         timeout = params.pop("timeout", None)
         body = _llm_body("chat", model, messages=messages, stream=True, **params)
@@ -209,13 +226,19 @@ class Client:
     def complete(self, model: str, prompt: str, **params: Any) -> dict[str, Any]:
         """A raw completion of `prompt` (for base models)."""
         timeout = params.pop("timeout", None)
-        return self.request("llm", _llm_body("complete", model, prompt=prompt, **params), timeout=timeout)
+        return self.request(
+            "llm", _llm_body("complete", model, prompt=prompt, **params), timeout=timeout
+        )
 
     def embed(self, model: str, texts: list[str], *, timeout: float | None = None) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text."""
-        return self.request("embed", {"op": "embed", "model": model, "texts": list(texts)}, timeout=timeout)["vectors"]
+        return self.request(
+            "embed", {"op": "embed", "model": model, "texts": list(texts)}, timeout=timeout
+        )["vectors"]
 
-    def events(self, *prefixes: str, timeout: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    def events(
+        self, *prefixes: str, timeout: float | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (topic, body) for published events whose topic starts with one of `prefixes`."""
         endpoint = self._session.event_endpoint(self.status(timeout=timeout)["endpoints"]["events"])
         socket = self._context.socket(zmq.SUB)
@@ -283,8 +306,8 @@ class AsyncClient:
     ) -> dict[str, Any]:
         """Send one request and return its final reply."""
         reply: dict[str, Any] = {}
-        async for reply in self.stream(service, body, timeout=timeout):
-            pass
+        async for part in self.stream(service, body, timeout=timeout):
+            reply = part  # partials, if any, lead up to the final reply
         return reply
 
     async def stream(
@@ -325,12 +348,18 @@ class AsyncClient:
         """The box's status report."""
         return await self.request("status", {"op": "get"}, timeout=timeout)
 
-    async def chat(self, model: str, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
+    async def chat(
+        self, model: str, messages: list[dict[str, str]], **params: Any
+    ) -> dict[str, Any]:
         """A chat reply: {"text", "finish_reason", "usage", ...}."""
         timeout = params.pop("timeout", None)
-        return await self.request("llm", _llm_body("chat", model, messages=messages, **params), timeout=timeout)
+        return await self.request(
+            "llm", _llm_body("chat", model, messages=messages, **params), timeout=timeout
+        )
 
-    async def chat_stream(self, model: str, messages: list[dict[str, str]], **params: Any) -> AsyncIterator[str]:
+    async def chat_stream(
+        self, model: str, messages: list[dict[str, str]], **params: Any
+    ) -> AsyncIterator[str]:
         """The reply's text, piece by piece, as the model writes it."""
         timeout = params.pop("timeout", None)
         body = _llm_body("chat", model, messages=messages, stream=True, **params)
@@ -338,7 +367,9 @@ class AsyncClient:
             if "token" in part:
                 yield part["token"]
 
-    async def embed(self, model: str, texts: list[str], *, timeout: float | None = None) -> np.ndarray:
+    async def embed(
+        self, model: str, texts: list[str], *, timeout: float | None = None
+    ) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text."""
         body = {"op": "embed", "model": model, "texts": list(texts)}
         return (await self.request("embed", body, timeout=timeout))["vectors"]
@@ -347,7 +378,9 @@ class AsyncClient:
         self, *prefixes: str, timeout: float | None = None
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield (topic, body) for published events whose topic starts with one of `prefixes`."""
-        endpoint = self._session.event_endpoint((await self.status(timeout=timeout))["endpoints"]["events"])
+        endpoint = self._session.event_endpoint(
+            (await self.status(timeout=timeout))["endpoints"]["events"]
+        )
         socket = zmq.asyncio.Context.instance().socket(zmq.SUB)
         try:
             for prefix in prefixes or ("",):

@@ -1,4 +1,4 @@
-"""Published events: one PUB socket, topic-prefixed (``status.``, ``metrics.``, ``log.``, ``peer.``).
+"""Published events: one PUB socket; topics ``status.``, ``metrics.``, ``log.``, ``peer.``.
 
 A message is two frames: the topic, then a msgpack map. Slow subscribers never stall the
 box: sends never wait, and what a full queue refuses is dropped and counted.
@@ -26,7 +26,9 @@ __all__ = ["Events", "EventLogHandler"]
 class Events:
     """Publishes events to every subscriber of the box."""
 
-    def __init__(self, context: zmq.asyncio.Context, endpoints: list[str], curve: CurveKeys | None) -> None:
+    def __init__(
+        self, context: zmq.asyncio.Context, endpoints: list[str], curve: CurveKeys | None
+    ) -> None:
         # A plain socket: it only sends, so it needs no event-loop integration.
         self._socket = context.socket(zmq.PUB, socket_class=zmq.Socket)
         self._loop = asyncio.get_running_loop()

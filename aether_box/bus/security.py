@@ -32,6 +32,7 @@ __all__ = [
 KEYS_DIR = "keys"
 AUTHORIZED_DIR = "authorized"
 
+
 @dataclass(frozen=True)
 class CurveKeys:
     """One CURVE keypair (z85-encoded bytes)."""
@@ -43,7 +44,9 @@ class CurveKeys:
     def load(cls, secret_file: Path) -> CurveKeys:
         public, secret = zmq.auth.load_certificate(secret_file)
         if secret is None:
-            raise ConfigError(f"{secret_file} holds no secret key; run `aether-box keys init --force`")
+            raise ConfigError(
+                f"{secret_file} holds no secret key; run `aether-box keys init --force`"
+            )
         return cls(public, secret)
 
 
@@ -101,7 +104,9 @@ def plan_curve(data_dir: Path, mode: str, endpoints: list[str]) -> CurveKeys | N
         raise ConfigError(f"bus.curve must be 'auto', 'on' or 'off', got {mode!r}")
     keys = server_keys(data_dir) if mode != "off" else None
     if mode == "on" and keys is None:
-        raise ConfigError(f"bus.curve is 'on' but {keys_dir(data_dir)} has no keys; run `aether-box keys init`")
+        raise ConfigError(
+            f"bus.curve is 'on' but {keys_dir(data_dir)} has no keys; run `aether-box keys init`"
+        )
     exposed = [e for e in endpoints if not is_loopback(e)]
     if exposed and keys is None:
         raise ConfigError(

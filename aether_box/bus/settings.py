@@ -35,7 +35,9 @@ class BusSettings:
     def resolve(self, data_dir: Path) -> None:
         """Fill the data dir into endpoint templates."""
         self.endpoints = [e.replace("{data_dir}", str(data_dir)) for e in self.endpoints]
-        self.event_endpoints = [e.replace("{data_dir}", str(data_dir)) for e in self.event_endpoints]
+        self.event_endpoints = [
+            e.replace("{data_dir}", str(data_dir)) for e in self.event_endpoints
+        ]
 
     @property
     def max_message_bytes(self) -> int:

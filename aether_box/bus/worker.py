@@ -1,9 +1,9 @@
 """An MDP/0.2 worker for external processes that offer a service on the box's bus.
 
-    def shout(body):                       # return a dict, or yield dicts to stream
-        return {"text": body["text"].upper()}
+def shout(body):                       # return a dict, or yield dicts to stream
+    return {"text": body["text"].upper()}
 
-    Worker("ipc:///path/bus.sock", "shout", shout).run()
+Worker("ipc:///path/bus.sock", "shout", shout).run()
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ WorkerHandler = Callable[[dict[str, Any]], Mapping[str, Any] | Iterator[Mapping[
 class Worker:
     """Registers `service` with the broker and answers its requests with `handler`."""
 
-    def __init__(self, endpoint: str, service: str, handler: WorkerHandler, *, heartbeat_s: float = 2.5) -> None:
+    def __init__(
+        self, endpoint: str, service: str, handler: WorkerHandler, *, heartbeat_s: float = 2.5
+    ) -> None:
         self.endpoint = endpoint
         self.service = service
         self.handler = handler
