@@ -1,0 +1,1 @@
+"""Engines that run models: ONNX Runtime encoders here; llama.cpp beside them."""

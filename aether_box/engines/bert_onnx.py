@@ -1,0 +1,277 @@
+"""Export a BERT sentence encoder (safetensors + sentence-transformers config) to ONNX.
+
+No torch: the graph is written op by op with `onnx.helper` and the weights are read with
+`safetensors.numpy`. The graph takes ``input_ids`` and ``attention_mask`` (int64, batch x
+seq) and returns ``sentence_embedding`` (float32, batch x hidden): mean-pooled over the
+mask and L2-normalised, as sentence-transformers' Transformer + Pooling + Normalize do.
+The export is cached in the model's dir and redone when the checkpoint or the exporter changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aether_box.errors import BadRequest
+from aether_box.models.files import atomic_writer, directory_lock, sha256_file
+
+__all__ = ["EXPORTER_VERSION", "ENCODER_JSON", "build_bert_graph", "ensure_exported"]
+
+# Bump when the graph changes, so cached exports are redone.
+EXPORTER_VERSION = 2
+ENCODER_JSON = "encoder.json"  # also written by aether_box.engines.onnx
+ONNX_FILE = "model.onnx"
+SOURCE = "model.safetensors"
+OPSET = 17
+
+
+def ensure_exported(model_dir: Path) -> Path:
+    """The encoder dir, after exporting its checkpoint to ONNX unless a current export exists."""
+    model_dir = Path(model_dir)
+    if _state(model_dir) == "current":
+        return model_dir  # the usual case takes no lock, so read-only model dirs load
+    with directory_lock(model_dir):
+        state = _state(model_dir)  # another process may have exported meanwhile
+        if state == "current":
+            return model_dir
+        source, onnx_path = model_dir / SOURCE, model_dir / ONNX_FILE
+        stat = source.stat()
+        # The cheap stamp moved: hash to tell a touched file from a new checkpoint.
+        digest = sha256_file(source)
+        stamp = _read_json(model_dir / ENCODER_JSON).get("export", {})
+        if state == "stale" or stamp.get("source_sha256") != digest:
+            _export(model_dir, onnx_path)
+        config = _encoder_config(model_dir)
+        config["export"] = {
+            "exporter": EXPORTER_VERSION,
+            "source": SOURCE,
+            "source_sha256": digest,
+            "source_size": stat.st_size,
+            "source_mtime_ns": stat.st_mtime_ns,
+            "onnx_size": onnx_path.stat().st_size,
+        }
+        with atomic_writer(model_dir / ENCODER_JSON) as handle:
+            handle.write(json.dumps(config, indent=2).encode())
+    return model_dir
+
+
+def _state(model_dir: Path) -> str:
+    """Whether the export is current, only "touched" (checkpoint mtime moved) or stale."""
+    stamp = _read_json(model_dir / ENCODER_JSON).get("export", {})
+    onnx_path = model_dir / ONNX_FILE
+    stat = (model_dir / SOURCE).stat()
+    if not (
+        onnx_path.is_file()
+        and onnx_path.stat().st_size == stamp.get("onnx_size")  # a damaged export is redone
+        and stamp.get("exporter") == EXPORTER_VERSION
+        and stamp.get("source_size") == stat.st_size
+    ):
+        return "stale"
+    return "current" if stamp.get("source_mtime_ns") == stat.st_mtime_ns else "touched"
+
+
+def _export(model_dir: Path, onnx_path: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from aether_box.models.store import CorruptModel
+
+    config = _read_json(model_dir / "config.json")
+    if (
+        config.get("model_type") not in ("bert", None)
+        or config.get("position_embedding_type", "absolute") != "absolute"
+    ):
+        raise BadRequest(f"{model_dir} is not a BERT checkpoint with absolute positions")
+    try:
+        weights = load_file(str(model_dir / SOURCE))
+    except (SafetensorError, OSError) as exc:
+        raise CorruptModel(
+            f"{model_dir / SOURCE} cannot be read ({exc}); pull the model again"
+        ) from exc
+    model = build_bert_graph(weights, config)
+    with atomic_writer(onnx_path) as handle:
+        handle.write(model.SerializeToString())
+
+
+def _encoder_config(model_dir: Path) -> dict[str, Any]:
+    config = _read_json(model_dir / "config.json")
+    sbert = _read_json(model_dir / "sentence_bert_config.json")
+    pooling = _read_json(model_dir / "1_Pooling" / "config.json")
+    if pooling and not pooling.get("pooling_mode_mean_tokens", True):
+        raise BadRequest(f"{model_dir}: only mean pooling is supported")
+    return {
+        "onnx": ONNX_FILE,
+        "tokenizer": "tokenizer.json",
+        # sentence-transformers truncates at max_seq_length, not the model's 512 positions.
+        "max_length": int(sbert.get("max_seq_length", config.get("max_position_embeddings", 512))),
+        "dim": int(config["hidden_size"]),
+        "output": "sentence_embedding",
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+
+
+class _Graph:
+    """A tiny builder: named nodes and float32 initializers."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._n = 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(self, kind: str, inputs: list[str], name: str | None = None, **attrs: Any) -> str:
+        from onnx import helper
+
+        self._n += 1
+        out = name or f"{kind.lower()}_{self._n}"
+        self.nodes.append(helper.make_node(kind, inputs, [out], name=f"{kind}_{self._n}", **attrs))
+        return out
+
+
+def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
+    """The ONNX ModelProto of a BERT encoder with mean pooling and L2 normalisation."""
+    from onnx import TensorProto, helper
+
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    layers = int(config["num_hidden_layers"])
+    eps = float(config.get("layer_norm_eps", 1e-12))
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise BadRequest(f"hidden_act {config.get('hidden_act')!r} is not supported (only gelu)")
+    head_dim = hidden // heads
+    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
+
+    def w(name: str) -> np.ndarray:
+        return weights[prefix + name].astype(np.float32)
+
+    g = _Graph()
+    f32 = np.float32
+    i64 = np.int64
+    g.const("axes_0", np.array([0], i64))
+    g.const("axes_1", np.array([1], i64))
+    g.const("axes_2", np.array([2], i64))
+    g.const("index_1", np.array([1], i64))
+    g.const("zero_i", np.array([0], i64))
+    g.const("one_f", np.array(1.0, f32))
+    g.const("half_f", np.array(0.5, f32))
+    g.const("sqrt2_f", np.array(math.sqrt(2.0), f32))
+    g.const("mask_min", np.array(np.finfo(np.float32).min, f32))
+    g.const("tiny", np.array(1e-9, f32))
+    g.const("norm_eps", np.array(1e-12, f32))
+    g.const("split_heads", np.array([0, 0, heads, head_dim], i64))
+    g.const("merge_heads", np.array([0, 0, hidden], i64))
+
+    # Embeddings: words + positions + token type 0 (single sentences only ever use type 0).
+    words = g.op(
+        "Gather",
+        [g.const("word_embeddings", w("embeddings.word_embeddings.weight")), "input_ids"],
+        axis=0,
+    )
+    positions = (
+        w("embeddings.position_embeddings.weight") + w("embeddings.token_type_embeddings.weight")[0]
+    )
+    seq_len = g.op("Gather", [g.op("Shape", ["input_ids"]), "index_1"], axis=0)
+    pos = g.op("Slice", [g.const("position_embeddings", positions), "zero_i", seq_len, "axes_0"])
+    x = g.op(
+        "LayerNormalization",
+        [
+            g.op("Add", [words, pos]),
+            g.const("emb_ln_w", w("embeddings.LayerNorm.weight")),
+            g.const("emb_ln_b", w("embeddings.LayerNorm.bias")),
+        ],
+        axis=-1,
+        epsilon=eps,
+    )
+
+    # Additive attention mask (batch, 1, 1, seq): 0 where attended, float32 min where padding.
+    # (PyTorch's BERT export pattern, which onnxruntime.transformers can fuse into Attention;
+    # that fusion gained nothing on CPU, so the graph stays standard ONNX.)
+    mask_4d = g.op("Unsqueeze", [g.op("Unsqueeze", ["attention_mask", "axes_1"]), "axes_2"])
+    mask_4d = g.op("Cast", [mask_4d], to=TensorProto.FLOAT)
+    add_mask = g.op("Mul", [g.op("Sub", ["one_f", mask_4d]), "mask_min"])
+
+    g.const("sqrt_head_dim", np.array(math.sqrt(head_dim), f32))
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+
+        def dense(inp: str, name: str, _p: str = p, _i: int = i) -> str:
+            # Weights are stored (out, in); MatMul wants (in, out).
+            weight = g.const(f"l{_i}_{name}_w", w(_p + name + ".weight").T)
+            bias = g.const(f"l{_i}_{name}_b", w(_p + name + ".bias"))
+            return g.op("Add", [g.op("MatMul", [inp, weight]), bias])
+
+        def heads_of(t: str, perm: list[int]) -> str:
+            return g.op("Transpose", [g.op("Reshape", [t, "split_heads"])], perm=perm)
+
+        q = heads_of(dense(x, "attention.self.query"), [0, 2, 1, 3])
+        k = heads_of(dense(x, "attention.self.key"), [0, 2, 3, 1])
+        v = heads_of(dense(x, "attention.self.value"), [0, 2, 1, 3])
+        scores = g.op("Div", [g.op("MatMul", [q, k]), "sqrt_head_dim"])
+        scores = g.op("Add", [scores, add_mask])
+        probs = g.op("Softmax", [scores], axis=-1)
+        context = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+        context = g.op("Reshape", [context, "merge_heads"])
+        attn = dense(context, "attention.output.dense")
+        x = g.op(
+            "LayerNormalization",
+            [
+                g.op("Add", [attn, x]),
+                g.const(f"l{i}_attn_ln_w", w(p + "attention.output.LayerNorm.weight")),
+                g.const(f"l{i}_attn_ln_b", w(p + "attention.output.LayerNorm.bias")),
+            ],
+            axis=-1,
+            epsilon=eps,
+        )
+        inner = dense(x, "intermediate.dense")
+        # Exact GELU, as BERT uses: x * 0.5 * (1 + erf(x / sqrt(2))).
+        erf = g.op("Erf", [g.op("Div", [inner, "sqrt2_f"])])
+        gelu = g.op("Mul", [g.op("Mul", [inner, g.op("Add", [erf, "one_f"])]), "half_f"])
+        out = dense(gelu, "output.dense")
+        x = g.op(
+            "LayerNormalization",
+            [
+                g.op("Add", [out, x]),
+                g.const(f"l{i}_out_ln_w", w(p + "output.LayerNorm.weight")),
+                g.const(f"l{i}_out_ln_b", w(p + "output.LayerNorm.bias")),
+            ],
+            axis=-1,
+            epsilon=eps,
+        )
+
+    # Mean over attended tokens, then L2 normalisation (x / max(|x|, 1e-12)).
+    mask_f = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
+    mask_3d = g.op("Unsqueeze", [mask_f, "axes_2"])
+    summed = g.op("ReduceSum", [g.op("Mul", [x, mask_3d]), "axes_1"], keepdims=0)
+    counts = g.op("Max", [g.op("ReduceSum", [mask_3d, "axes_1"], keepdims=0), "tiny"])
+    mean = g.op("Div", [summed, counts])
+    # ReduceL2 takes axes as an attribute up to opset 17 (ReduceSum as an input since 13).
+    norm = g.op("Max", [g.op("ReduceL2", [mean], axes=[1], keepdims=1), "norm_eps"])
+    g.op("Div", [mean, norm], name="sentence_embedding")
+
+    graph = helper.make_graph(
+        g.nodes,
+        "sentence_encoder",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
+        g.inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="aether-box"
+    )
+    model.ir_version = 8  # opset 17's IR, readable by every onnxruntime that runs opset 17
+    return model

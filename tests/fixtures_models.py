@@ -1,0 +1,43 @@
+"""Real models for tests: the starter kit pulled once into a persistent cache dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aether_box.models.pull import DownloadFailed, pull
+from aether_box.models.store import ModelStore
+
+TEST_MODELS_ENV = "AETHER_BOX_TEST_MODELS"
+TEST_KIT = ["smollm2", "minilm"]
+
+
+def test_models_dir() -> Path:
+    """$AETHER_BOX_TEST_MODELS, else ~/.cache/aether-box/test-models (kept between runs)."""
+    chosen = (
+        os.environ.get(TEST_MODELS_ENV) or Path.home() / ".cache" / "aether-box" / "test-models"
+    )
+    return Path(chosen).expanduser().resolve()
+
+
+test_models_dir.__test__ = False  # a helper, not a test, despite its name
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """A models dir holding smollm2 and minilm (pulled and verified on first use)."""
+    path = test_models_dir()
+    try:
+        pull(ModelStore(path), TEST_KIT)
+    except DownloadFailed as exc:
+        # Only a fetch that cannot happen skips; a checksum mismatch fails the tests.
+        pytest.skip(f"starter models not in {path} and cannot be pulled: {exc.message}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_store(models_dir: Path) -> ModelStore:
+    """A ModelStore over `models_dir`."""
+    return ModelStore(models_dir)
