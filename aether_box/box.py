@@ -27,7 +27,7 @@ from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve
 from aether_box.bus.settings import BusSettings
 from aether_box.components import COMPONENTS
 from aether_box.config import Config
-from aether_box.errors import ConfigError
+from aether_box.errors import BoxError, ConfigError
 
 __all__ = ["Box", "load_components"]
 
@@ -55,6 +55,7 @@ class Box:
         self.events: Events
         self.broker: Broker
         self._stop: anyio.Event | None = None
+        self.ready = False  # True once every component has started
         self._stop_requested = False
 
     def component(self, name: str) -> Any:
@@ -94,7 +95,14 @@ class Box:
             log_handler = EventLogHandler(self.events)
             logging.getLogger().addHandler(log_handler)
             stack.callback(logging.getLogger().removeHandler, log_handler)
-            await self._serve(handle_signals, on_ready)
+            try:
+                await self._serve(handle_signals, on_ready)
+            except BaseExceptionGroup as group:
+                # A component that cannot start raises one BoxError: show that, not a group.
+                errors = _leaves(group)
+                if len(errors) == 1 and isinstance(errors[0], BoxError):
+                    raise errors[0] from None
+                raise
 
     async def _serve(self, handle_signals: bool, on_ready: Callable[[Box], None] | None) -> None:
         async with anyio.create_task_group() as tg:
@@ -105,6 +113,7 @@ class Box:
                 component = cls(self)
                 self.components[component.name] = component
                 await tg.start(self._supervise, component)
+            self.ready = True
             log.info("box ready on %s (pid %d)", ", ".join(self.broker.bound), os.getpid())
             self.events.publish("status.ready", {"endpoints": self.broker.bound})
             if on_ready is not None:
@@ -153,6 +162,13 @@ class Box:
                 log.info("received %s", signal.Signals(signum).name)
                 self.stop()
                 return
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 class _Started:

@@ -75,6 +75,7 @@ class StatusComponent:
             memory = self._process.memory_info()
             return {
                 "version": __version__,
+                "ready": self.box.ready,
                 "pid": self._process.pid,
                 "uptime_s": round(time.time() - self.started, 3),
                 "cpu_percent": self._process.cpu_percent(None),

@@ -108,8 +108,8 @@ class BoxProcess:
             if (self.data_dir / "bus.sock").exists():
                 try:
                     with self.client(timeout=1.0) as client:
-                        client.status()
-                    return
+                        if client.status()["ready"]:  # every component has started
+                            return
                 except Exception:
                     pass
             time.sleep(0.1)

@@ -1,0 +1,446 @@
+"""`aether-box memory`: collections, records, search, and JSONL import/export, over the bus.
+
+A JSONL line is one record: ``{"id", "text", "metadata", "vector": [floats]}``; every field is
+optional except that a record needs a text or a vector (texts alone are embedded by the box
+with the collection's model). `export` writes the same shape, so an export imports as is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import numpy as np
+import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from aether_box.cli import CliState, pass_state
+from aether_box.errors import BadRequest, NotFound
+
+__all__ = ["memory"]
+
+SERVICE = "memory"
+TIMEOUT = 300.0  # embedding a batch of texts on a loaded machine takes a while
+
+
+def _where(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f'not JSON ({exc}); e.g. \'{{"tag": "x"}}\'', param_hint="--where"
+        ) from None
+
+
+def _json_out(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+@click.group()
+def memory() -> None:
+    """Long-term memory: collections of texts and vectors, searchable by meaning."""
+
+
+@memory.command()
+@click.argument("name")
+@click.option("--model", required=True, help="Embedding model of the vectors, e.g. minilm.")
+@click.option("--dim", type=int, help="Vector size (default: what the model gives).")
+@click.option(
+    "--metric",
+    type=click.Choice(["cosine", "l2", "dot"]),
+    help="Distance (default: memory.default_metric).",
+)
+@click.option("--exist-ok", is_flag=True, help="Succeed if it already exists with these settings.")
+@pass_state
+def create(
+    state: CliState, name: str, model: str, dim: int | None, metric: str | None, exist_ok: bool
+) -> None:
+    """Create collection NAME."""
+    body = {
+        "op": "create",
+        "collection": name,
+        "model": model,
+        "dim": dim,
+        "metric": metric,
+        "exist_ok": exist_ok,
+    }
+    with state.client(TIMEOUT) as client:
+        reply = client.request(SERVICE, {k: v for k, v in body.items() if v is not None})
+    info = reply["collection"]
+    verb = "created" if reply["created"] else "exists:"
+    click.echo(f"{verb} {info['name']} ({info['model']}, {info['dim']}-d, {info['metric']})")
+
+
+@memory.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def drop(state: CliState, name: str, yes: bool) -> None:
+    """Delete collection NAME and every record in it."""
+    if not yes:
+        click.confirm(f"delete collection {name!r} and all its records?", abort=True)
+    with state.client() as client:
+        reply = client.request(SERVICE, {"op": "drop", "collection": name})
+    click.echo(f"dropped {name} ({reply['deleted']} records)")
+
+
+@memory.command("list")
+@click.argument("collection", required=False)
+@click.option("--where", help='Metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'.')
+@click.option("--limit", default=20, show_default=True, help="Records to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def list_(
+    state: CliState, collection: str | None, where: str | None, limit: int, as_json: bool
+) -> None:
+    """List collections, or the records of COLLECTION."""
+    with state.client() as client:
+        if collection is None:
+            reply = client.request(SERVICE, {"op": "collections"})
+            if as_json:
+                _json_out(reply["collections"])
+                return
+            table = Table("collection", "model", "dim", "metric", "records")
+            for info in reply["collections"]:
+                table.add_row(
+                    info["name"],
+                    info["model"],
+                    str(info["dim"]),
+                    info["metric"],
+                    str(info["count"]),
+                )
+            Console().print(table)
+            return
+        reply = client.request(
+            SERVICE,
+            {"op": "list", "collection": collection, "where": _where(where), "limit": limit},
+        )
+    if as_json:
+        _json_out(reply["records"])
+        return
+    _records_table(reply["records"])
+
+
+@memory.command()
+@click.argument("collection")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--id", "ids", multiple=True, help="Record id, one per text (default: generated).")
+@click.option("--meta", help="Metadata JSON object for every text added.")
+@click.option("--upsert", is_flag=True, help="Replace records whose ids exist.")
+@pass_state
+def add(
+    state: CliState,
+    collection: str,
+    texts: tuple[str, ...],
+    ids: tuple[str, ...],
+    meta: str | None,
+    upsert: bool,
+) -> None:
+    """Add TEXTS to COLLECTION (the box embeds them with the collection's model)."""
+    body: dict[str, Any] = {
+        "op": "add",
+        "collection": collection,
+        "texts": list(texts),
+        "upsert": upsert,
+    }
+    if ids:
+        body["ids"] = list(ids)
+    if meta:
+        body["metadata"] = _where(meta)
+    with state.client(TIMEOUT) as client:
+        reply = client.request(SERVICE, body)
+    for record_id in reply["ids"]:
+        click.echo(record_id)
+
+
+@memory.command()
+@click.argument("collection")
+@click.argument("query")
+@click.option("-k", default=10, show_default=True, help="How many results.")
+@click.option("--where", help="Metadata filter as JSON.")
+@click.option("--hybrid", is_flag=True, help="Fuse keyword (FTS5) and vector search.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def search(
+    state: CliState,
+    collection: str,
+    query: str,
+    k: int,
+    where: str | None,
+    hybrid: bool,
+    as_json: bool,
+) -> None:
+    """Find the records of COLLECTION closest in meaning to QUERY."""
+    with state.client(TIMEOUT) as client:
+        reply = client.request(
+            SERVICE,
+            {
+                "op": "search",
+                "collection": collection,
+                "text": query,
+                "k": k,
+                "where": _where(where),
+                "hybrid": hybrid,
+            },
+        )
+    if as_json:
+        _json_out(reply)
+        return
+    table = Table(
+        "score",
+        "id",
+        "text",
+        "metadata",
+        title=f"{len(reply['results'])} results in {reply['took_ms']:.1f} ms",
+    )
+    for hit in reply["results"]:
+        table.add_row(
+            f"{hit['score']:.4f}",
+            hit["id"],
+            hit["text"] or "",
+            json.dumps(hit["metadata"], ensure_ascii=False),
+        )
+    Console().print(table)
+
+
+@memory.command()
+@click.argument("collection")
+@click.argument("ids", nargs=-1, required=True)
+@pass_state
+def get(state: CliState, collection: str, ids: tuple[str, ...]) -> None:
+    """Print records of COLLECTION by id, as JSON."""
+    with state.client() as client:
+        reply = client.request(SERVICE, {"op": "get", "collection": collection, "ids": list(ids)})
+    _json_out(reply)
+
+
+@memory.command()
+@click.argument("collection")
+@click.argument("ids", nargs=-1)
+@click.option("--where", help="Delete the records that pass this metadata filter (JSON).")
+@pass_state
+def delete(state: CliState, collection: str, ids: tuple[str, ...], where: str | None) -> None:
+    """Delete records of COLLECTION by id or by filter."""
+    if bool(ids) == bool(where):
+        raise click.UsageError("give record ids or --where, not both")
+    body: dict[str, Any] = {"op": "delete", "collection": collection}
+    body.update({"ids": list(ids)} if ids else {"where": _where(where)})
+    with state.client() as client:
+        reply = client.request(SERVICE, body)
+    click.echo(f"deleted {reply['deleted']}")
+
+
+@memory.command()
+@pass_state
+def check(state: CliState) -> None:
+    """Run SQLite's integrity check on the memory database."""
+    with state.client(TIMEOUT) as client:
+        reply = client.request(SERVICE, {"op": "check"})
+    click.echo("ok" if reply["ok"] else "\n".join(reply["integrity"]))
+    if not reply["ok"]:
+        raise SystemExit(1)
+
+
+@memory.command("export")
+@click.argument("collection")
+@click.argument("file", type=click.File("wb"), default="-")
+@click.option("--where", help="Export only the records that pass this filter (JSON).")
+@click.option(
+    "--vectors/--no-vectors", default=True, show_default=True, help="Include each record's vector."
+)
+@click.option("--batch", default=1_000, show_default=True, help="Records per request.")
+@pass_state
+def export(
+    state: CliState, collection: str, file: IO[bytes], where: str | None, vectors: bool, batch: int
+) -> None:
+    """Write the records of COLLECTION to FILE (default stdout) as JSONL."""
+    console = Console(stderr=True)
+    with state.client(TIMEOUT) as client:
+        total = client.request(
+            SERVICE, {"op": "count", "collection": collection, "where": _where(where)}
+        )["count"]
+        with _progress(console) as progress:
+            task = progress.add_task(f"export {collection}", total=total)
+            cursor = 0
+            while cursor is not None:
+                reply = client.request(
+                    SERVICE,
+                    {
+                        "op": "list",
+                        "collection": collection,
+                        "where": _where(where),
+                        "limit": batch,
+                        "cursor": cursor,
+                        "include_vectors": vectors,
+                    },
+                )
+                rows = reply.get("vectors")
+                for i, record in enumerate(reply["records"]):
+                    line = {
+                        "id": record["id"],
+                        "text": record["text"],
+                        "metadata": record["metadata"],
+                    }
+                    if rows is not None:
+                        line["vector"] = rows[i]
+                    file.write(orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+                progress.advance(task, len(reply["records"]))
+                cursor = reply["next"]
+    console.print(f"exported {total} records of {collection}")
+
+
+@memory.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--collection", required=True, help="Collection to add to.")
+@click.option("--model", help="Create the collection with this model if it does not exist.")
+@click.option(
+    "--metric",
+    type=click.Choice(["cosine", "l2", "dot"]),
+    help="Metric of a collection this creates.",
+)
+@click.option("--batch", default=1_000, show_default=True, help="Records per request.")
+@click.option("--upsert", is_flag=True, help="Replace records whose ids exist.")
+@pass_state
+def import_(
+    state: CliState,
+    file: Path,
+    collection: str,
+    model: str | None,
+    metric: str | None,
+    batch: int,
+    upsert: bool,
+) -> None:
+    """Add the records of a JSONL FILE to a collection, in batches, with progress."""
+    console = Console(stderr=True)
+    added = 0
+    with (
+        state.client(TIMEOUT) as client,
+        file.open("rb") as stream,
+        _progress(console, in_bytes=True) as bar,
+    ):
+        task = bar.add_task(f"import {file.name}", total=file.stat().st_size)
+        ensured = False
+        for records, done in _batches(stream, batch):
+            if not ensured:
+                _ensure_collection(client, collection, model, metric, records)
+                ensured = True
+            for body in _add_bodies(collection, records, upsert):
+                added += client.request(SERVICE, body)["count"]
+            bar.update(task, completed=done)
+    console.print(f"imported {added} records into {collection}")
+
+
+def _progress(console: Console, *, in_bytes: bool = False) -> Progress:
+    """A progress bar counting records, or bytes of the file being read."""
+    count = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        *count,
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _batches(stream: IO[bytes], size: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """Batches of parsed JSONL records, each with the bytes read so far."""
+    records: list[dict[str, Any]] = []
+    done = 0
+    for number, line in enumerate(stream, start=1):
+        done += len(line)
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(
+                f"line {number} is not JSON ({exc}); the records before line "
+                f"{number - len(records)} were imported: fix it and import again "
+                "with --upsert"
+            ) from None
+        if not isinstance(record, dict) or not (record.get("text") or record.get("vector")):
+            raise BadRequest(f"line {number} needs a 'text' or a 'vector'")
+        records.append(record)
+        if len(records) == size:
+            yield records, done
+            records = []
+    if records:
+        yield records, done
+
+
+def _add_bodies(
+    collection: str, records: list[dict[str, Any]], upsert: bool
+) -> Iterator[dict[str, Any]]:
+    """One add request for the records with vectors, one for those to embed."""
+    with_vectors = [r for r in records if r.get("vector") is not None]
+    texts_only = [r for r in records if r.get("vector") is None]
+    for group in (with_vectors, texts_only):
+        if not group:
+            continue
+        body: dict[str, Any] = {
+            "op": "add",
+            "collection": collection,
+            "upsert": upsert,
+            "texts": [r.get("text") for r in group],
+            "metadata": [r.get("metadata") or {} for r in group],
+        }
+        if any(r.get("id") is not None for r in group):
+            if not all(isinstance(r.get("id"), str) for r in group):
+                raise BadRequest("give every record an 'id', or none of them")
+            body["ids"] = [r["id"] for r in group]
+        if group is with_vectors:
+            try:
+                body["vectors"] = np.asarray([r["vector"] for r in group], np.float32)
+            except ValueError:
+                raise BadRequest("the vectors in the file have different lengths") from None
+        yield body
+
+
+def _ensure_collection(
+    client: Any, name: str, model: str | None, metric: str | None, records: list[dict[str, Any]]
+) -> None:
+    try:
+        client.request(SERVICE, {"op": "info", "collection": name})
+        return
+    except NotFound:
+        if not model:
+            raise click.UsageError(
+                f"collection {name!r} does not exist; pass --model to create it"
+            ) from None
+    body: dict[str, Any] = {"op": "create", "collection": name, "model": model}
+    vector = next((r["vector"] for r in records if r.get("vector") is not None), None)
+    if vector is not None:
+        body["dim"] = len(vector)
+    if metric:
+        body["metric"] = metric
+    client.request(SERVICE, body, timeout=TIMEOUT)
+
+
+def _records_table(records: list[dict[str, Any]]) -> None:
+    table = Table("id", "text", "metadata")
+    for record in records:
+        table.add_row(
+            record["id"], record["text"] or "", json.dumps(record["metadata"], ensure_ascii=False)
+        )
+    Console().print(table)

@@ -1,0 +1,427 @@
+"""The memory's async core: the store, the in-memory indexes, and who may touch them when.
+
+Writes are serialised by one lock and run in one worker thread at a time on the store's
+writer connection; each commits before it returns, and only then does the service
+acknowledge it. The in-memory index of a collection is updated in the same thread right
+after the commit. Reads run in worker threads (at most `readers` at once), each on its own
+read-only connection. The event loop never touches SQLite or large numpy work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import apsw
+import numpy as np
+
+from aether_box.errors import BadRequest, NotFound
+from aether_box.memory.filters import Compiled
+from aether_box.memory.fusion import reciprocal_rank_fusion
+from aether_box.memory.index import ExactIndex
+from aether_box.memory.settings import MemorySettings
+from aether_box.memory.store import Collection, MemoryStore, Record
+
+__all__ = ["Memory", "SearchHit"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# How many candidates each side brings to hybrid fusion, at least.
+HYBRID_CANDIDATES = 50
+# A filtered search first checks the filter on this many of the nearest records.
+FILTER_PROBE_FACTOR = 20
+FILTER_PROBE_MIN = 200
+
+
+@dataclass
+class SearchHit:
+    """One search result."""
+
+    record: Record
+    score: float
+    distance: float | None
+    ranks: dict[str, int | None] | None = None
+    vector: np.ndarray | None = field(default=None, repr=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        out = {
+            "id": self.record.id,
+            "score": self.score,
+            "distance": self.distance,
+            "text": self.record.text,
+            "metadata": self.record.metadata,
+        }
+        if self.ranks is not None:
+            out["ranks"] = self.ranks
+        return out
+
+
+class Memory:
+    """Collections of records with vectors, text and metadata, durable in one SQLite file."""
+
+    def __init__(self, settings: MemorySettings) -> None:
+        self.settings = settings
+        self.store: MemoryStore | None = None
+        self.catalog: dict[str, Collection] = {}
+        self.counts: dict[int, int] = {}
+        self.indexes: dict[int, ExactIndex] = {}
+        self.db_bytes = 0
+        self._write_lock = anyio.Lock()
+        self._writer = anyio.CapacityLimiter(1)
+        self._readers = anyio.CapacityLimiter(settings.readers)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        """Open (or create) the database and read its catalog."""
+
+        def work() -> None:
+            store = MemoryStore(self.settings.db_path, synchronous=self.settings.synchronous)
+            self.store = store
+            self.catalog = store.collections()
+            counts = store.counts()
+            self.counts = {c.id: counts.get(c.id, 0) for c in self.catalog.values()}
+            self.db_bytes = store.db_bytes()
+
+        await anyio.to_thread.run_sync(work, limiter=self._writer)
+
+    async def close(self) -> None:
+        """Close the database after the write in progress, if any, has committed."""
+        async with self._write_lock:
+            if self.store is not None:
+                await anyio.to_thread.run_sync(self.store.close, limiter=self._writer)
+                self.store = None
+
+    async def warm(self) -> None:
+        """Load the in-memory index of every collection (searches would load them lazily)."""
+        for collection in list(self.catalog.values()):
+            await self.index_for(collection)
+
+    # ----------------------------------------------------------------- catalog
+
+    def collection(self, name: str) -> Collection:
+        """The collection called `name`, or NotFound listing the ones there are."""
+        found = self.catalog.get(name)
+        if found is None:
+            raise NotFound(
+                f"no collection {name!r}; collections: {sorted(self.catalog)}; "
+                "create it first (op 'create', or `aether-box memory create`)"
+            )
+        return found
+
+    def info(self, collection: Collection) -> dict[str, Any]:
+        return collection.info(self.counts.get(collection.id, 0))
+
+    async def create(self, name: str, model: str, dim: int, metric: str) -> Collection:
+        """Create a collection (BadRequest if the name is taken)."""
+        async with self._write_lock:
+            if name in self.catalog:
+                raise BadRequest(
+                    f"collection {name!r} already exists; drop it first, or pass exist_ok=true"
+                )
+            collection = await self._write(self._store.create_collection, name, model, dim, metric)
+            self.catalog = {**self.catalog, name: collection}
+            self.counts[collection.id] = 0
+            if self.settings.index == "memory":
+                self.indexes[collection.id] = ExactIndex(dim, metric)
+        return collection
+
+    async def drop(self, name: str) -> int:
+        """Delete a collection and all its records; returns how many records went."""
+        async with self._write_lock:
+            collection = self.collection(name)
+            deleted = await self._write(self._store.drop_collection, collection)
+            self.catalog = {k: v for k, v in self.catalog.items() if k != name}
+            self.counts.pop(collection.id, None)
+            self.indexes.pop(collection.id, None)
+        return deleted
+
+    # ----------------------------------------------------------------- writes
+
+    async def add(
+        self,
+        name: str,
+        ids: Sequence[str],
+        texts: Sequence[str | None],
+        metadata: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        upsert: bool = False,
+        check_ids: bool = True,
+    ) -> int:
+        """Store records in one transaction; returns how many already existed (upsert)."""
+        async with self._write_lock:
+            collection = self.collection(name)
+
+            def work() -> int:
+                rowids, replaced = self._store.insert(
+                    collection, ids, texts, metadata, vectors, upsert=upsert, check_keys=check_ids
+                )
+                self._sync_index(
+                    collection, lambda index: (index.remove(replaced), index.add(rowids, vectors))
+                )
+                return len(replaced)
+
+            replaced = await self._write(work)
+            self.counts[collection.id] += len(ids) - replaced
+        return replaced
+
+    async def update(
+        self,
+        name: str,
+        ids: Sequence[str],
+        *,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[str] | None = None,
+        merge: bool = False,
+        vectors: np.ndarray | None = None,
+    ) -> None:
+        """Change existing records in one transaction (NotFound if any id is missing)."""
+        async with self._write_lock:
+            collection = self.collection(name)
+
+            def work() -> None:
+                rowids = self._store.update(
+                    collection, ids, texts=texts, metadata=metadata, merge=merge, vectors=vectors
+                )
+                if vectors is not None:
+                    self._sync_index(collection, lambda index: index.replace(rowids, vectors))
+
+            await self._write(work)
+
+    async def delete(
+        self, name: str, ids: Sequence[str] | None = None, where: Compiled | None = None
+    ) -> int:
+        """Delete records by id or by filter; returns how many were deleted."""
+        async with self._write_lock:
+            collection = self.collection(name)
+
+            def work() -> int:
+                store = self._store
+                with store.reader() as conn:  # the writer holds the lock: this snapshot is current
+                    if ids is not None:
+                        rowids = np.array(
+                            sorted(store.rowids_for_keys(conn, collection, ids).values()), np.int64
+                        )
+                    else:
+                        assert where is not None
+                        rowids = store.filter_rowids(conn, collection, where)
+                deleted = store.delete(collection, rowids)
+                self._sync_index(collection, lambda index: index.remove(rowids))
+                return deleted
+
+            deleted = await self._write(work)
+            self.counts[collection.id] -= deleted
+        return deleted
+
+    # ----------------------------------------------------------------- reads
+
+    async def get(
+        self, name: str, ids: Sequence[str], *, vectors: bool = False
+    ) -> tuple[list[Record], list[str], np.ndarray | None]:
+        """(records found, ids missing, their vectors if asked)."""
+        collection = self.collection(name)
+
+        def work(conn: apsw.Connection) -> tuple[list[Record], list[str], np.ndarray | None]:
+            found = self._store.rowids_for_keys(conn, collection, ids)
+            rowids = [found[k] for k in ids if k in found]
+            by_rowid = self._store.records(conn, rowids)
+            records = [by_rowid[r] for r in rowids]
+            array = self._store.vectors(conn, collection, rowids) if vectors else None
+            return records, [k for k in ids if k not in found], array
+
+        return await self._read(collection, work)
+
+    async def page(
+        self, name: str, where: Compiled, *, limit: int, after: int = 0, vectors: bool = False
+    ) -> tuple[list[Record], np.ndarray | None, int | None]:
+        """(records, their vectors if asked, cursor of the next page or None)."""
+        collection = self.collection(name)
+
+        def work(conn: apsw.Connection) -> tuple[list[Record], np.ndarray | None, int | None]:
+            records = self._store.page(conn, collection, where, limit, after)
+            array = (
+                self._store.vectors(conn, collection, [r.rowid for r in records])
+                if vectors
+                else None
+            )
+            following = records[-1].rowid if len(records) == limit else None
+            return records, array, following
+
+        return await self._read(collection, work)
+
+    async def count(self, name: str, where: Compiled) -> int:
+        """How many records of the collection pass the filter."""
+        collection = self.collection(name)
+        if where.empty:
+            return self.counts.get(collection.id, 0)
+        return await self._read(collection, lambda conn: self._store.count(conn, collection, where))
+
+    async def search(
+        self,
+        name: str,
+        query: np.ndarray,
+        k: int,
+        *,
+        where: Compiled,
+        keywords: str | None = None,
+        index: str | None = None,
+        vectors: bool = False,
+    ) -> list[SearchHit]:
+        """The k records closest to `query` (fused with keyword search when `keywords` is given)."""
+        collection = self.collection(name)
+        use = index or self.settings.index
+        if use == "sqlite-vec" and collection.metric == "dot":
+            raise BadRequest(
+                "sqlite-vec has no dot-product search; search collection "
+                f"{name!r} with index 'memory'"
+            )
+        exact = await self.index_for(collection) if use == "memory" else None
+        wanted = max(k, HYBRID_CANDIDATES) if keywords is not None else k
+
+        def work(conn: apsw.Connection) -> list[SearchHit]:
+            store = self._store
+            if exact is not None:
+                rowids, distances = self._exact_search(
+                    conn, collection, exact, query, wanted, where
+                )
+            else:
+                rowids, distances = store.knn(conn, collection, query, wanted, where)
+            distance_of = dict(zip(rowids.tolist(), distances.tolist(), strict=True))
+            if keywords is None:
+                chosen = [
+                    (r, _similarity(distance_of[r], collection.metric), None)
+                    for r in rowids.tolist()
+                ]
+            else:
+                fused = reciprocal_rank_fusion(
+                    [rowids.tolist(), store.keyword(conn, collection, keywords, wanted, where)], k
+                )
+                chosen = [
+                    (r, score, {"vector": ranks[0], "keyword": ranks[1]})
+                    for r, score, ranks in fused
+                ]
+            records = store.records(conn, [r for r, _, _ in chosen])
+            hits = [
+                SearchHit(records[r], score, distance_of.get(r), ranks)
+                for r, score, ranks in chosen
+                if r in records
+            ]
+            if vectors and hits:
+                array = store.vectors(conn, collection, [h.record.rowid for h in hits])
+                for hit, row in zip(hits, array, strict=True):
+                    hit.vector = row
+            return hits
+
+        return await self._read(collection, work)
+
+    def _exact_search(
+        self,
+        conn: apsw.Connection,
+        collection: Collection,
+        exact: ExactIndex,
+        query: np.ndarray,
+        k: int,
+        where: Compiled,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by the in-memory index, honouring the filter."""
+        if where.empty:
+            return exact.search(query, k)
+        # Most filters keep some of the nearest records: if k of the nearest `probe` pass, they
+        # are exactly the filtered top-k, for the price of checking `probe` rows, not all.
+        probe = max(k * FILTER_PROBE_FACTOR, FILTER_PROBE_MIN)
+        rowids, distances = exact.search(query, probe)
+        passing = np.isin(rowids, self._store.passing(conn, rowids, where))
+        if passing.sum() >= k or len(rowids) < probe:
+            return rowids[passing][:k], distances[passing][:k]
+        # A selective filter: evaluate it on the whole collection, then search only what passed.
+        return exact.search(query, k, self._store.filter_rowids(conn, collection, where))
+
+    async def integrity(self) -> list[str]:
+        """SQLite's integrity check of the whole file (["ok"] when sound)."""
+
+        def work() -> list[str]:
+            with self._store.reader() as conn:
+                return self._store.integrity(conn)
+
+        return await anyio.to_thread.run_sync(work, limiter=self._readers)
+
+    async def index_for(self, collection: Collection) -> ExactIndex:
+        """The collection's in-memory index, loaded from SQLite on first use."""
+        index = self.indexes.get(collection.id)
+        if index is not None:
+            return index
+        async with self._write_lock:  # no write may land between the snapshot and the index
+            index = self.indexes.get(collection.id)
+            if index is None:
+                if self.catalog.get(collection.name) != collection:
+                    raise NotFound(f"collection {collection.name!r} was dropped")
+                index = await self._write(self._load_index, collection)
+                self.indexes[collection.id] = index
+        return index
+
+    # ----------------------------------------------------------------- helpers
+
+    @property
+    def _store(self) -> MemoryStore:
+        if self.store is None:
+            raise NotFound("the memory database is closed")
+        return self.store
+
+    def _load_index(self, collection: Collection) -> ExactIndex:
+        started = time.perf_counter()
+        with self._store.reader() as conn:
+            rowids, rows = self._store.load_vectors(conn, collection)
+        index = ExactIndex(collection.dim, collection.metric)
+        index.add(rowids, rows)
+        log.info(
+            "memory: loaded %d vectors of %r into RAM in %.2f s",
+            len(rowids),
+            collection.name,
+            time.perf_counter() - started,
+        )
+        return index
+
+    def _sync_index(self, collection: Collection, change: Callable[[ExactIndex], Any]) -> None:
+        # Runs after the commit: if the copy cannot follow, drop it so the next search reloads.
+        index = self.indexes.get(collection.id)
+        if index is None:
+            return
+        try:
+            change(index)
+        except Exception:
+            log.exception(
+                "memory: index of %r fell out of step; it will be reloaded", collection.name
+            )
+            self.indexes.pop(collection.id, None)
+
+    async def _write(self, work: Callable[..., T], *args: Any) -> T:
+        # The caller holds the write lock; the thread is not abandoned on cancellation, so a
+        # commit that started always finishes (and is acknowledged only if the caller lives).
+        def run() -> T:
+            result = work(*args)
+            self.db_bytes = self._store.db_bytes()
+            return result
+
+        return await anyio.to_thread.run_sync(run, limiter=self._writer)
+
+    async def _read(self, collection: Collection, work: Callable[[apsw.Connection], T]) -> T:
+        def run() -> T:
+            with self._store.reader() as conn:
+                return work(conn)
+
+        try:
+            return await anyio.to_thread.run_sync(run, limiter=self._readers)
+        except apsw.SQLError as exc:
+            if self.catalog.get(collection.name) != collection:
+                raise NotFound(f"collection {collection.name!r} was dropped") from None
+            raise exc
+
+
+def _similarity(distance: float, metric: str) -> float:
+    """Larger-is-closer score for a distance: cosine similarity, dot product, or -l2."""
+    return 1.0 - distance if metric == "cosine" else -distance

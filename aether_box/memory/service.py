@@ -1,0 +1,489 @@
+"""The `memory` bus service and its component.
+
+Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames)::
+
+    create       collection, model, [dim], [metric], [exist_ok]   -> {collection: info, created}
+                 dim defaults to what the embed service gives for `model`
+    drop         collection, [missing_ok]                         -> {dropped, deleted}
+    collections                                                   -> {collections: [info]}
+    info         collection                                       -> {collection: info}
+    add          collection, texts and/or vectors (n, dim), [ids], [metadata], [upsert]
+                                                                  -> {ids, count, replaced}
+                 texts without vectors are embedded with the collection's model
+    get          collection, ids, [include_vectors]               -> {records, missing, [vectors]}
+    update       collection, ids, [texts], [vectors], [metadata], [merge], [keep_vectors]
+                                                                  -> {ids, count}
+    delete       collection, ids | where                          -> {deleted}
+    list         collection, [where], [limit], [cursor], [include_vectors]
+                                                                  -> {records, next, [vectors]}
+    count        collection, [where]                              -> {count}
+    search       collection, text | vector, [k], [where], [hybrid], [query_model], [gate],
+                 [include_vectors], [index]                       -> {results, path, took_ms, ...}
+    check                                                         -> {ok, integrity}
+
+A record on the wire is ``{id, text, metadata, created, updated}``; a search result is
+``{id, score, distance, text, metadata}`` (score: larger is closer; distance as sqlite-vec
+reports it), plus ``ranks`` in hybrid search, where score is the fused RRF score.
+`where` is a filter (see `aether_box.memory.filters`), as a map or JSON text.
+
+Cross-model search: a `vector` sent with a `query_model` other than the collection's model is
+mapped into the collection's space by the `align` service::
+
+    align {"op": "project", "from": query_model, "to": collection model, "vector": (d_from,),
+           "text": query text or None, "collection": name, ["gate": the search's own gate]}
+      ->  {"vector": (d_to,), "projector": name, "method": str, "agreement": float,
+           "gate": float, "accepted": bool}
+
+When `accepted` is false (agreement below the gate), when there is no projector, or when no
+align service runs, the box re-embeds the query `text` with the collection's own model (the
+"proxy" path); without a text that is an error. The reply's `path` says which way it went:
+"native", "projector" or "proxy", and `alignment` carries the projector's figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import numpy as np
+
+from aether_box.bus.service import OpService, Request, require
+from aether_box.errors import BadRequest, NotFound, ServiceUnavailable
+from aether_box.memory.core import Memory
+from aether_box.memory.filters import compile_filter
+from aether_box.memory.settings import INDEXES, MemorySettings
+from aether_box.memory.store import Collection
+from aether_box.memory.validate import (
+    batch_size,
+    collection_name,
+    dim_field,
+    ids_field,
+    metadata_field,
+    metric_field,
+    new_ids,
+    texts_field,
+    vectors_field,
+)
+
+if TYPE_CHECKING:
+    from aether_box.box import Box
+
+__all__ = ["MemoryComponent", "MemoryService"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+EMBED_CHUNK = 256  # texts per call to `embed`, so long batches can report progress
+DEFAULT_K = 10
+DEFAULT_PAGE = 100
+
+
+class MemoryService(OpService):
+    """Answers the `memory` service's ops (see the module docstring)."""
+
+    name = "memory"
+
+    def __init__(self, box: Box, memory: Memory) -> None:
+        self.box = box
+        self.memory = memory
+        self.settings = memory.settings
+
+    # ----------------------------------------------------------------- collections
+
+    async def op_create(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        name = collection_name(require(body, "collection", str))
+        model = require(body, "model", str)
+        if not model:
+            raise BadRequest("model must name the embedding model (or space) of the vectors")
+        metric = metric_field(body.get("metric") or self.settings.default_metric)
+        dim = body.get("dim")
+        if dim is not None:
+            dim = dim_field(dim)
+        existing = self.memory.catalog.get(name)
+        if existing is not None and body.get("exist_ok"):
+            wanted = {"model": model, "metric": metric} | ({"dim": dim} if dim else {})
+            have = {"model": existing.model, "metric": existing.metric, "dim": existing.dim}
+            clash = {k: v for k, v in wanted.items() if have[k] != v}
+            if clash:
+                raise BadRequest(f"collection {name!r} exists with {have}, not {clash}")
+            return {"collection": self.memory.info(existing), "created": False}
+        if dim is None:
+            dim = dim_field(int((await self._embed(model, ["dimension probe"])).shape[1]))
+        collection = await self.memory.create(name, model, dim, metric)
+        log.info("memory: created collection %r (%s, %d-d, %s)", name, model, dim, metric)
+        return {"collection": self.memory.info(collection), "created": True}
+
+    async def op_drop(self, request: Request) -> dict[str, Any]:
+        name = collection_name(require(request.body, "collection", str))
+        if name not in self.memory.catalog and request.body.get("missing_ok"):
+            return {"dropped": False, "deleted": 0}
+        deleted = await self.memory.drop(name)
+        log.info("memory: dropped collection %r (%d records)", name, deleted)
+        return {"dropped": True, "deleted": deleted}
+
+    async def op_collections(self, request: Request) -> dict[str, Any]:
+        return {"collections": [self.memory.info(c) for c in self.memory.catalog.values()]}
+
+    async def op_info(self, request: Request) -> dict[str, Any]:
+        return {"collection": self.memory.info(self._collection(request.body))}
+
+    # ----------------------------------------------------------------- records
+
+    async def op_add(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        collection = self._collection(body)
+        texts = body.get("texts")
+        vectors = body.get("vectors")
+        if texts is None and vectors is None:
+            raise BadRequest(
+                "add needs 'texts' (embedded by the box) or 'vectors' (n, dim), or both"
+            )
+        n = len(texts) if isinstance(texts, list) else _rows(vectors)
+        batch_size(n, self.settings.max_batch)
+        if texts is not None:
+            texts = texts_field(texts, n, required=vectors is None)
+        ids = body.get("ids")
+        generated = ids is None
+        # Checking 10,000 records is milliseconds of CPU: off the event loop, and before any
+        # embedding, so a bad id or metadata costs no model time.
+        keys, metadata = await _off_loop(
+            lambda: (
+                new_ids(n) if generated else ids_field(ids, n),
+                metadata_field(body.get("metadata"), n, self.settings.max_metadata_bytes),
+            )
+        )
+        if vectors is None:
+            vectors = await self._embed_for(collection, texts, request)
+        array = await _off_loop(partial(vectors_field, vectors, collection, rows=n))
+        replaced = await self.memory.add(
+            collection.name,
+            keys,
+            texts or [None] * n,
+            metadata,
+            array,
+            upsert=bool(body.get("upsert")),
+            check_ids=not generated,
+        )
+        return {"ids": keys, "count": n, "replaced": replaced}
+
+    async def op_get(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        collection = self._collection(body)
+        ids = ids_field(require(body, "ids", list))
+        batch_size(len(ids), self.settings.max_batch, "ids")
+        with_vectors = bool(body.get("include_vectors"))
+        records, missing, vectors = await self.memory.get(
+            collection.name, ids, vectors=with_vectors
+        )
+        reply: dict[str, Any] = {"records": [r.to_wire() for r in records], "missing": missing}
+        if vectors is not None:
+            reply["vectors"] = vectors
+        return reply
+
+    async def op_update(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        collection = self._collection(body)
+        ids = ids_field(require(body, "ids", list))
+        n = len(ids)
+        batch_size(n, self.settings.max_batch, "ids")
+        texts = body.get("texts")
+        vectors = body.get("vectors")
+        metadata = body.get("metadata")
+        if texts is None and vectors is None and metadata is None:
+            raise BadRequest("update needs 'texts', 'vectors' or 'metadata'")
+        meta = (
+            None
+            if metadata is None
+            else await _off_loop(
+                partial(metadata_field, metadata, n, self.settings.max_metadata_bytes)
+            )
+        )
+        if texts is not None:
+            texts = texts_field(texts, n)
+            if vectors is None and not body.get("keep_vectors"):
+                # New text, new meaning: its vector follows unless the caller says otherwise.
+                vectors = await self._embed_for(
+                    collection, texts_field(texts, n, required=True), request
+                )
+        array = (
+            None
+            if vectors is None
+            else await _off_loop(partial(vectors_field, vectors, collection, rows=n))
+        )
+        await self.memory.update(
+            collection.name,
+            ids,
+            texts=texts,
+            metadata=meta,
+            merge=bool(body.get("merge")),
+            vectors=array,
+        )
+        return {"ids": ids, "count": n}
+
+    async def op_delete(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        collection = self._collection(body)
+        ids, where = body.get("ids"), body.get("where")
+        if (ids is None) == (where is None):
+            raise BadRequest(
+                "delete needs either 'ids' or a 'where' filter (drop the "
+                "collection to delete everything)"
+            )
+        if ids is not None:
+            ids = ids_field(ids)
+            batch_size(len(ids), self.settings.max_batch, "ids")
+            return {"deleted": await self.memory.delete(collection.name, ids=ids)}
+        compiled = compile_filter(where)
+        if compiled.empty:
+            raise BadRequest("an empty filter would delete everything; drop the collection instead")
+        return {"deleted": await self.memory.delete(collection.name, where=compiled)}
+
+    async def op_list(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        collection = self._collection(body)
+        limit = body.get("limit", DEFAULT_PAGE)
+        cursor = body.get("cursor") or 0
+        if not isinstance(limit, int) or not 1 <= limit <= self.settings.max_batch:
+            raise BadRequest(f"limit must be an integer from 1 to {self.settings.max_batch}")
+        if not isinstance(cursor, int) or cursor < 0:
+            raise BadRequest("cursor must be the 'next' value of the previous page")
+        records, vectors, following = await self.memory.page(
+            collection.name,
+            compile_filter(body.get("where")),
+            limit=limit,
+            after=cursor,
+            vectors=bool(body.get("include_vectors")),
+        )
+        reply: dict[str, Any] = {"records": [r.to_wire() for r in records], "next": following}
+        if vectors is not None:
+            reply["vectors"] = vectors
+        return reply
+
+    async def op_count(self, request: Request) -> dict[str, Any]:
+        collection = self._collection(request.body)
+        where = compile_filter(request.body.get("where"))
+        return {"count": await self.memory.count(collection.name, where)}
+
+    async def op_check(self, request: Request) -> dict[str, Any]:
+        findings = await self.memory.integrity()
+        return {"ok": findings == ["ok"], "integrity": findings}
+
+    # ----------------------------------------------------------------- search
+
+    async def op_search(self, request: Request) -> dict[str, Any]:
+        started = time.perf_counter()
+        body = request.body
+        collection = self._collection(body)
+        k = body.get("k", DEFAULT_K)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.settings.max_k:
+            raise BadRequest(f"k must be an integer from 1 to {self.settings.max_k}")
+        text = body.get("text")
+        if text is not None and not isinstance(text, str):
+            raise BadRequest("text must be a string")
+        index = body.get("index")
+        if index is not None and index not in INDEXES:
+            raise BadRequest(f"index must be one of {list(INDEXES)}")
+        hybrid = bool(body.get("hybrid"))
+        if hybrid and not text:
+            raise BadRequest("hybrid search needs the query 'text' for its keyword half")
+        where = compile_filter(body.get("where"))  # a bad filter fails before any embedding
+        query, route = await self._query_vector(collection, body, text)
+        hits = await self.memory.search(
+            collection.name,
+            query,
+            k,
+            where=where,
+            keywords=text if hybrid else None,
+            index=index,
+            vectors=bool(body.get("include_vectors")),
+        )
+        reply: dict[str, Any] = {
+            "results": [h.to_wire() for h in hits],
+            **route,
+            "collection": collection.name,
+            "took_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if body.get("include_vectors"):
+            reply["vectors"] = (
+                np.stack([h.vector for h in hits])
+                if hits
+                else np.empty((0, collection.dim), np.float32)
+            )
+        return reply
+
+    async def _query_vector(
+        self, collection: Collection, body: dict[str, Any], text: str | None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The query in the collection's space, and the route taken to get it there."""
+        vector = body.get("vector")
+        query_model = body.get("query_model")
+        if query_model is not None and not isinstance(query_model, str):
+            raise BadRequest("query_model must be a model name")
+        if vector is None:
+            if not text:
+                raise BadRequest("search needs a query 'text' or a 'vector'")
+            return (await self._embed(collection.model, [text]))[0], {"path": "native"}
+        if query_model is None or query_model == collection.model:
+            return vectors_field(vector, collection, key="vector", rows=1)[0], {"path": "native"}
+        return await self._align(collection, vector, query_model, text, body.get("gate"))
+
+    async def _align(
+        self, collection: Collection, vector: Any, query_model: str, text: str | None, gate: Any
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Project a vector from `query_model`'s space, or fall back to embedding the text."""
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf
+                array = np.asarray(vector, np.float32)
+        except (TypeError, ValueError):
+            raise BadRequest("vector must be a float32 array") from None
+        if array.ndim == 2 and len(array) == 1:
+            array = array[0]
+        if array.ndim != 1 or not array.size or not np.isfinite(array).all():
+            raise BadRequest("vector must be one finite float32 vector")
+        if "align" not in self.box.broker.services:
+            return await self._proxy(
+                collection,
+                text,
+                {"reason": "no align service"},
+                f"no align service runs to project {query_model!r} "
+                f"vectors into {collection.model!r}'s space",
+            )
+        try:
+            ask = {
+                "op": "project",
+                "from": query_model,
+                "to": collection.model,
+                "vector": array,
+                "text": text,
+                "collection": collection.name,
+            }
+            if gate is not None:  # the caller's own threshold for this query
+                ask["gate"] = gate
+            reply = await self.box.broker.call("align", ask)
+        except NotFound as exc:
+            return await self._proxy(collection, text, {"reason": exc.message}, exc.message)
+        alignment = {
+            k: reply.get(k) for k in ("projector", "method", "agreement", "gate", "accepted")
+        }
+        if reply.get("accepted", True) and reply.get("vector") is not None:
+            projected = vectors_field(reply["vector"], collection, key="projected vector")[0]
+            return projected, {"path": "projector", "alignment": alignment}
+        return await self._proxy(
+            collection,
+            text,
+            alignment,
+            f"the projector's agreement {reply.get('agreement')} is below "
+            f"the gate {reply.get('gate')}",
+        )
+
+    async def _proxy(
+        self, collection: Collection, text: str | None, alignment: dict[str, Any], why: str
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        if not text:
+            raise ServiceUnavailable(
+                f"{why}; send the query 'text' too, so the box can embed it with "
+                f"{collection.model!r} instead"
+            )
+        vector = (await self._embed(collection.model, [text]))[0]
+        return vector, {"path": "proxy", "alignment": alignment}
+
+    # ----------------------------------------------------------------- helpers
+
+    def _collection(self, body: dict[str, Any]) -> Collection:
+        return self.memory.collection(collection_name(require(body, "collection", str)))
+
+    async def _embed_for(
+        self, collection: Collection, texts: list[str | None], request: Request
+    ) -> np.ndarray:
+        """Embed texts with the collection's model, reporting progress on long batches."""
+        chunks = []
+        for start in range(0, len(texts), EMBED_CHUNK):
+            chunk = [t or "" for t in texts[start : start + EMBED_CHUNK]]
+            chunks.append(await self._embed(collection.model, chunk))
+            if len(texts) > EMBED_CHUNK:
+                await request.partial({"embedded": start + len(chunk), "total": len(texts)})
+        return np.concatenate(chunks)
+
+    async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
+        if "embed" not in self.box.broker.services:
+            raise ServiceUnavailable(
+                "this box has no embed service, so it cannot embed texts; send 'vectors' "
+                "(and 'dim' when creating a collection)"
+            )
+        try:
+            reply = await self.box.broker.call(
+                "embed", {"op": "embed", "model": model, "texts": texts}
+            )
+        except NotFound as exc:
+            raise NotFound(
+                f"cannot embed texts with {model!r}: {exc.message}; or send "
+                "'vectors' with the texts"
+            ) from None
+        vectors = reply.get("vectors")
+        if not isinstance(vectors, np.ndarray) or vectors.shape[:1] != (len(texts),):
+            raise ServiceUnavailable(f"embed returned no vectors for {len(texts)} texts")
+        return np.asarray(vectors, np.float32)
+
+
+class MemoryComponent:
+    """Opens the memory database and serves `memory` until the box stops."""
+
+    name = "memory"
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self.settings = box.config.get(MemorySettings)
+        self.memory = Memory(self.settings)
+        self.service = MemoryService(box, self.memory)
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        await self.memory.open()
+        try:
+            self.box.broker.add_service("memory", self.service, concurrency=16)
+            status = self.box.components.get("status")
+            if status is not None:
+                status.sections["memory"] = self.status
+            task_status.started()
+            if self.settings.index == "memory":
+                try:
+                    await self.memory.warm()  # so the first search does not pay for loading
+                except Exception:  # the search that needs the index will load it and report
+                    log.exception("memory: could not preload the search indexes")
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.memory.close()
+
+    def status(self) -> dict[str, Any]:
+        """The "memory" section of `status`: collections, sizes and the database file."""
+        memory = self.memory
+        collections = {}
+        for collection in memory.catalog.values():
+            info = memory.info(collection)
+            index = memory.indexes.get(collection.id)
+            info["index_mb"] = round(index.nbytes / 2**20, 1) if index is not None else None
+            collections[collection.name] = info
+        return {
+            "db": str(self.settings.db_path),
+            "db_mb": round(memory.db_bytes / 2**20, 2),
+            "index": self.settings.index,
+            "synchronous": self.settings.synchronous,
+            "collections": collections,
+        }
+
+
+async def _off_loop(work: Callable[[], T]) -> T:
+    """Run CPU-bound checking in a worker thread."""
+    return await anyio.to_thread.run_sync(work)
+
+
+def _rows(vectors: Any) -> int:
+    if isinstance(vectors, np.ndarray):
+        return 1 if vectors.ndim == 1 else len(vectors)
+    if isinstance(vectors, list):
+        return len(vectors) if vectors and isinstance(vectors[0], list) else 1
+    raise BadRequest("vectors must be a float32 array (n, dim)")

@@ -1,0 +1,53 @@
+"""The `[memory]` config section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aether_box.config import section
+from aether_box.errors import ConfigError
+
+__all__ = ["MemorySettings", "METRICS", "INDEXES"]
+
+METRICS = ("cosine", "l2", "dot")
+# "memory": an exact float32 copy of every collection in RAM (numpy), SQLite stays the truth.
+# "sqlite-vec": search sqlite-vec's vec0 tables directly (slower, no RAM copy).
+INDEXES = ("memory", "sqlite-vec")
+SYNCHRONOUS = ("full", "normal")
+
+
+@section("memory")
+@dataclass
+class MemorySettings:
+    """Where the memory database lives and the limits the `memory` service enforces."""
+
+    # "{data_dir}" is replaced by the box's data dir.
+    db: str = "{data_dir}/memory.db"
+    max_batch: int = 10_000
+    max_k: int = 1_000
+    default_metric: str = "cosine"
+    index: str = "memory"
+    # "full": every acknowledged write is on disk (fsync per commit); "normal" trades that
+    # guarantee on power loss (never on a crash of the box) for speed.
+    synchronous: str = "full"
+    readers: int = 4
+    max_metadata_bytes: int = 65_536
+
+    def resolve(self, data_dir: Path) -> None:
+        """Fill the data dir into the db path and check the choices."""
+        self.db = str(Path(self.db.replace("{data_dir}", str(data_dir))).expanduser())
+        for key, value, allowed in (
+            ("default_metric", self.default_metric, METRICS),
+            ("index", self.index, INDEXES),
+            ("synchronous", self.synchronous, SYNCHRONOUS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"memory.{key} must be one of {list(allowed)}, got {value!r}")
+        for key in ("max_batch", "max_k", "readers", "max_metadata_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"memory.{key} must be at least 1, got {getattr(self, key)}")
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.db)

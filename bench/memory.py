@@ -1,0 +1,318 @@
+"""Memory through the bus against sqlite-vec and numpy called directly, in the same run.
+
+    python bench/memory.py [--n 100000] [--dim 384] [--batch 10000] [--queries 200]
+
+Data: n random unit-length float32 vectors (cosine), the same for every path.
+- Ingest, baseline: sqlite-vec alone in this process, one vec0 table, every vector in one
+  transaction (WAL, synchronous=FULL), the best case for SQLite.
+- Ingest, bus: `aether-box run` in its own process; `memory` op `add` with `batch` vectors a
+  request (ids generated, one metadata object per batch), each request one durable commit.
+- Query, bus: `memory` op `search`, top-10, one request at a time; also with a metadata filter
+  that keeps a tenth of the records, and through sqlite-vec's own vec0 search (index
+  "sqlite-vec").
+- Query, in-process: the box's ExactIndex over the same vectors, and the baseline: a plain
+  numpy matmul + argpartition over one float32 matrix.
+- recall@10: every path's top-10 ids against exact numpy brute force over the same data.
+- reload: restart the box and time the first search (it loads the index from SQLite).
+The last line is JSON with `ingest_per_s`, `query_p50_ms` (bus), `recall_at_10`, ratios against
+the baselines, the other figures and the machine (with its load average: the figures are as
+noisy as the machine is busy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import apsw  # noqa: E402
+import sqlite_vec  # noqa: E402
+
+from aether_box.client import Client  # noqa: E402
+from aether_box.memory.index import ExactIndex  # noqa: E402
+
+K = 10
+SHARDS = 10  # metadata "shard" values: the filtered query keeps one of them
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=100_000, help="vectors stored")
+    parser.add_argument("--dim", type=int, default=384, help="vector size")
+    parser.add_argument("--batch", type=int, default=10_000, help="vectors per add request")
+    parser.add_argument("--queries", type=int, default=200, help="queries timed per path")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    rng = np.random.default_rng(7)
+    data = unit(rng.standard_normal((args.n, args.dim), dtype=np.float32))
+    queries = unit(
+        data[rng.integers(0, args.n, args.queries)]
+        + 0.5 * unit(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
+    )
+    shard = np.arange(args.n) // args.batch % SHARDS  # batch b carries {"shard": b % 10}
+    truth = [exact_top(data, q) for q in queries]
+    truth_filtered = [exact_top(data, q, shard == 3) for q in queries]
+    result: dict[str, Any] = {"n": args.n, "dim": args.dim, "batch": args.batch, "k": K}
+
+    work = Path(tempfile.mkdtemp(prefix="abx-bench-mem-"))
+    try:
+        result["baseline_ingest_per_s"] = round(sqlite_vec_ingest(work / "baseline.db", data))
+        print(f"sqlite-vec alone, one transaction: {result['baseline_ingest_per_s']:,} vectors/s")
+        result.update(bench_inprocess(data, queries, truth))
+        data_dir = work / "box"
+        box = start_box(data_dir)
+        try:
+            with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=300) as client:
+                result.update(bench_bus(client, data, queries, truth, truth_filtered, args.batch))
+        finally:
+            stop_box(box)
+        box = start_box(data_dir)
+        try:
+            with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=300) as client:
+                started = time.perf_counter()
+                client.request(
+                    "memory", {"op": "search", "collection": "bench", "vector": queries[0], "k": K}
+                )
+                result["reload_s"] = round(time.perf_counter() - started, 2)
+                print(f"first search after a restart (loads the index): {result['reload_s']} s")
+        finally:
+            stop_box(box)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result["ingest_ratio"] = round(result["ingest_per_s"] / result["baseline_ingest_per_s"], 3)
+    result["query_ratio_vs_numpy"] = round(result["query_p50_ms"] / result["numpy_p50_ms"], 2)
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
+    print(json.dumps(result))
+
+
+def bench_inprocess(
+    data: np.ndarray, queries: np.ndarray, truth: list[np.ndarray]
+) -> dict[str, Any]:
+    """The index the box uses, and a bare numpy scan, both in this process."""
+    index = ExactIndex(data.shape[1], "cosine")
+    rowids = np.arange(1, len(data) + 1)
+    index.add(rowids, data)
+    times, hits = [], []
+    for q in queries:
+        started = time.perf_counter()
+        got, _ = index.search(q, K)
+        times.append(time.perf_counter() - started)
+        hits.append(got - 1)
+    numpy_times = []
+    for q in queries:
+        started = time.perf_counter()
+        scores = data @ q
+        top = np.argpartition(-scores, K - 1)[:K]
+        top[np.argsort(-scores[top])]
+        numpy_times.append(time.perf_counter() - started)
+    out = {
+        "inprocess_p50_ms": ms(times, 50),
+        "inprocess_p95_ms": ms(times, 95),
+        "inprocess_recall_at_10": recall(hits, truth),
+        "numpy_p50_ms": ms(numpy_times, 50),
+        "numpy_p95_ms": ms(numpy_times, 95),
+    }
+    print(
+        f"in-process index: p50 {out['inprocess_p50_ms']} ms, p95 {out['inprocess_p95_ms']} ms"
+        f"; bare numpy: p50 {out['numpy_p50_ms']} ms"
+    )
+    return out
+
+
+def bench_bus(
+    client: Client,
+    data: np.ndarray,
+    queries: np.ndarray,
+    truth: list[np.ndarray],
+    truth_filtered: list[np.ndarray],
+    batch: int,
+) -> dict[str, Any]:
+    """Ingest and queries through the box's bus."""
+    client.request(
+        "memory",
+        {
+            "op": "create",
+            "collection": "bench",
+            "model": "bench",
+            "dim": data.shape[1],
+            "metric": "cosine",
+        },
+    )
+    position: dict[str, int] = {}
+    started = time.perf_counter()
+    for b, start in enumerate(range(0, len(data), batch)):
+        chunk = data[start : start + batch]
+        reply = client.request(
+            "memory",
+            {
+                "op": "add",
+                "collection": "bench",
+                "vectors": chunk,
+                "metadata": {"shard": b % SHARDS},
+            },
+        )
+        position.update(zip(reply["ids"], range(start, start + len(chunk)), strict=True))
+    ingest_s = time.perf_counter() - started
+    out: dict[str, Any] = {
+        "ingest_per_s": round(len(data) / ingest_s),
+        "ingest_s": round(ingest_s, 2),
+    }
+    print(f"bus ingest: {out['ingest_per_s']:,} vectors/s ({len(data) // batch} requests)")
+
+    def run(body: dict[str, Any], qs: np.ndarray) -> tuple[list[float], list[np.ndarray]]:
+        for q in qs[:5]:  # warm-up
+            client.request("memory", {**body, "vector": q})
+        times, hits = [], []
+        for q in qs:
+            started = time.perf_counter()
+            reply = client.request("memory", {**body, "vector": q})
+            times.append(time.perf_counter() - started)
+            hits.append(np.array([position[h["id"]] for h in reply["results"]]))
+        return times, hits
+
+    search = {"op": "search", "collection": "bench", "k": K}
+    times, hits = run(search, queries)
+    out.update(
+        query_p50_ms=ms(times, 50), query_p95_ms=ms(times, 95), recall_at_10=recall(hits, truth)
+    )
+    print(
+        f"bus query: p50 {out['query_p50_ms']} ms, p95 {out['query_p95_ms']} ms, "
+        f"recall@10 {out['recall_at_10']}"
+    )
+    times, hits = run({**search, "where": {"shard": 3}}, queries[:50])
+    out.update(filtered_p50_ms=ms(times, 50), filtered_recall_at_10=recall(hits, truth_filtered))
+    print(
+        f"bus query with a filter keeping 1/{SHARDS}: p50 {out['filtered_p50_ms']} ms, "
+        f"recall@10 {out['filtered_recall_at_10']}"
+    )
+    times, hits = run({**search, "index": "sqlite-vec"}, queries[:20])
+    out.update(sqlite_vec_p50_ms=ms(times, 50), sqlite_vec_recall_at_10=recall(hits, truth))
+    print(
+        f"bus query through sqlite-vec's vec0: p50 {out['sqlite_vec_p50_ms']} ms, "
+        f"recall@10 {out['sqlite_vec_recall_at_10']}"
+    )
+    return out
+
+
+def sqlite_vec_ingest(path: Path, data: np.ndarray) -> float:
+    """Vectors per second into one vec0 table, all in one transaction."""
+    conn = apsw.Connection(str(path))
+    conn.enable_load_extension(True)
+    conn.load_extension(sqlite_vec.loadable_path())
+    conn.pragma("journal_mode", "wal")
+    conn.pragma("synchronous", "FULL")
+    conn.execute(
+        f"CREATE VIRTUAL TABLE v USING vec0(embedding float[{data.shape[1]}] "
+        "distance_metric=cosine)"
+    )
+    started = time.perf_counter()
+    with conn:
+        conn.executemany(
+            "INSERT INTO v(rowid, embedding) VALUES (?, ?)",
+            ((i + 1, data[i].data) for i in range(len(data))),
+        )
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return len(data) / elapsed
+
+
+def exact_top(data: np.ndarray, query: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    scores = (data @ query).astype(np.float64)
+    if keep is not None:
+        scores[~keep] = -np.inf
+    return np.argsort(-scores)[:K]
+
+
+def recall(hits: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    truth = truth[: len(hits)]  # some paths time only the first queries
+    found = sum(len(set(h.tolist()) & set(t.tolist())) for h, t in zip(hits, truth, strict=True))
+    return round(found / (K * len(truth)), 4)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def ms(times: list[float], pct: int) -> float:
+    return round(float(np.percentile(times, pct)) * 1000, 2)
+
+
+def start_box(data_dir: Path) -> subprocess.Popen:
+    """`aether-box run` with only ipc endpoints; returns once `memory` answers."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aether_box",
+            "--data-dir",
+            str(data_dir),
+            "--set",
+            'bus.endpoints=["ipc://{data_dir}/bus.sock"]',
+            "--set",
+            'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
+            "run",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (data_dir / "bus.sock").exists():
+            try:
+                with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=1) as client:
+                    if "memory" in client.status()["services"]:
+                        return process
+            except Exception:
+                pass
+        if process.poll() is not None:
+            raise SystemExit(f"the box exited with {process.returncode}")
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the box did not start within 60 s")
+
+
+def stop_box(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    main()

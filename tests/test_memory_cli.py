@@ -1,0 +1,99 @@
+"""`aether-box memory ...` against a running box: create, import, export, list, delete, drop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+from click.testing import CliRunner
+from fixtures_memory import unit_vectors
+
+from aether_box.cli import cli
+
+DIM = 8
+
+
+def run(box, *args: str, ok: bool = True):
+    result = CliRunner().invoke(
+        cli, ["--data-dir", str(box.data_dir), "--endpoint", box.endpoint, "memory", *args]
+    )
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_import_export_round_trip(memory_box, tmp_path):
+    vectors = unit_vectors(2_500, DIM)
+    source = tmp_path / "in.jsonl"
+    with source.open("wb") as out:
+        for i, vector in enumerate(vectors):
+            line = {
+                "id": f"n{i}",
+                "text": f"note {i}",
+                "metadata": {"tag": "ab"[i % 2], "i": i},
+                "vector": vector.tolist(),
+            }
+            out.write(orjson.dumps(line) + b"\n")
+            if i == 10:
+                out.write(b"\n")  # blank lines are skipped
+
+    assert (
+        "created docs (test, 8-d, l2)"
+        in run(
+            memory_box, "create", "docs", "--model", "test", "--dim", "8", "--metric", "l2"
+        ).output
+    )
+    result = run(memory_box, "import", str(source), "--collection", "docs", "--batch", "1000")
+    assert "imported 2500 records into docs" in result.output
+    listed = run(memory_box, "list", "--json").output
+    assert json.loads(listed)[0] | {"created": 0} == {
+        "name": "docs",
+        "model": "test",
+        "dim": 8,
+        "metric": "l2",
+        "count": 2500,
+        "created": 0,
+    }
+
+    exported = tmp_path / "out.jsonl"
+    assert "exported 2500 records" in run(memory_box, "export", "docs", str(exported)).output
+    lines = [orjson.loads(line) for line in exported.read_bytes().splitlines()]
+    assert [line["id"] for line in lines] == [f"n{i}" for i in range(2_500)]
+    assert lines[7]["metadata"] == {"tag": "b", "i": 7} and lines[7]["text"] == "note 7"
+    np.testing.assert_array_equal(np.array([line["vector"] for line in lines], np.float32), vectors)
+
+    # The export imports as is; a missing collection is created when --model is given.
+    result = run(memory_box, "import", str(exported), "--collection", "copy", ok=False)
+    assert result.exit_code != 0 and "pass --model" in result.output
+    run(memory_box, "import", str(exported), "--collection", "copy", "--model", "test")
+    listed = {c["name"]: c for c in json.loads(run(memory_box, "list", "--json").output)}
+    assert listed["copy"]["count"] == 2500 and listed["copy"]["metric"] == "cosine"
+
+    records = json.loads(
+        run(memory_box, "list", "docs", "--where", '{"i": {"$lt": 3}}', "--json").output
+    )
+    assert [r["id"] for r in records] == ["n0", "n1", "n2"]
+    assert "deleted 1250" in run(memory_box, "delete", "docs", "--where", '{"tag": "a"}').output
+    got = json.loads(run(memory_box, "get", "docs", "n1", "n2").output)
+    assert [r["id"] for r in got["records"]] == ["n1"] and got["missing"] == ["n2"]
+    assert run(memory_box, "check").output.strip() == "ok"
+    assert "dropped docs (1250 records)" in run(memory_box, "drop", "docs", "--yes").output
+
+
+def test_import_errors_are_one_clear_line(memory_box, tmp_path):
+    run(memory_box, "create", "docs", "--model", "test", "--dim", "8")
+    bad = tmp_path / "bad.jsonl"
+    good_line = orjson.dumps({"id": "a", "vector": [0.5] * DIM})
+    bad.write_bytes(good_line + b"\n{oops\n")
+    result = run(memory_box, "import", str(bad), "--collection", "docs", ok=False)
+    assert result.exit_code == 1 and "line 2 is not JSON" in result.output
+    short = tmp_path / "short.jsonl"
+    short.write_bytes(orjson.dumps({"vector": [0.5] * (DIM - 1)}) + b"\n")
+    result = run(memory_box, "import", str(short), "--collection", "docs", ok=False)
+    assert result.exit_code == 1
+    assert "7 dimensions, but collection 'docs' holds 8-d" in result.output
+    result = run(memory_box, "search", "docs", "q", "--where", "{nope", ok=False)
+    assert result.exit_code == 2 and "--where" in result.output
+    listed = json.loads(run(memory_box, "list", "--json").output)
+    assert listed[0]["count"] == 0  # nothing from the failed imports was written
