@@ -123,6 +123,7 @@ class Box:
             log.info("shutting down: finishing %d in-flight request(s)", self.broker.in_flight)
             self.events.publish("status.stopping", {"in_flight": self.broker.in_flight})
             self.broker.stop_accepting()
+            await anyio.sleep(0.1)  # the PUB socket closes with linger 0: let subscribers hear it
             if not await self.broker.drain(self.settings.shutdown_grace_s):
                 log.warning(
                     "cancelling %d request(s) still running after %.1f s",

@@ -282,9 +282,11 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: Any) -> None:
         assert self._tg is not None and self._socket is not None
-        self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)
-        self._socket.close(linger=0)
+        try:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+        finally:  # also when the caller itself is being cancelled
+            self._socket.close(linger=0)
 
     async def _read_replies(self) -> None:
         assert self._socket is not None

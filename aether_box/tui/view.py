@@ -1,0 +1,368 @@
+"""Turn a `status` report into rows for the dashboard, tolerating sections of unknown shape.
+
+The "models", "memory", "align" and "peers" sections come from other components and may
+be lists of records, maps of name -> record, or maps holding such a list under a key; a
+record's fields are looked up under several likely names. Nothing here touches the UI.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "MISSING",
+    "RateTracker",
+    "History",
+    "fmt_bytes",
+    "fmt_count",
+    "fmt_duration",
+    "fmt_float",
+    "fmt_ms",
+    "pick",
+    "records",
+    "service_rows",
+    "model_rows",
+    "memory_rows",
+    "projector_rows",
+    "peer_rows",
+    "scalars",
+]
+
+MISSING = "-"
+Row = tuple[str, ...]
+
+
+# ------------------------------------------------------------------------- formatting
+
+
+def fmt_float(value: Any, digits: int = 1) -> str:
+    """A number with `digits` decimals, or "-" when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return MISSING
+    return f"{value:.{digits}f}"
+
+
+def fmt_ms(value: Any) -> str:
+    """Milliseconds, with three significant-ish decimals below 1 ms."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return MISSING
+    if value < 1:
+        return f"{value:.3f}"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def fmt_count(value: Any) -> str:
+    """An integer count with thousands separators."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return MISSING
+    return f"{int(value):,}"
+
+
+def fmt_bytes(value: Any) -> str:
+    """Bytes as B/KiB/MiB/GiB."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return MISSING
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return MISSING  # unreachable: the loop returns at GiB
+
+
+def fmt_duration(seconds: Any) -> str:
+    """An uptime such as 3d 04:05:06 or 00:01:02."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return MISSING
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+# ------------------------------------------------------------------- tolerant access
+
+
+def pick(record: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    """The first of `keys` present (and not None) in `record`; dotted keys look inside maps."""
+    for key in keys:
+        value: Any = record
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+            if value is None:
+                break
+        if value is not None:
+            return value
+    return default
+
+
+def records(section: Any, *list_keys: str) -> list[dict[str, Any]]:
+    """The records in a section: a list of maps, a map of name -> map, or either under a key."""
+    if isinstance(section, Mapping):
+        for key in list_keys:
+            if key in section:
+                return records(section[key])
+        if section and all(isinstance(v, Mapping) for v in section.values()):
+            return [{"name": str(name), **value} for name, value in section.items()]
+        return []
+    if isinstance(section, list | tuple):
+        out = []
+        for item in section:
+            if isinstance(item, Mapping):
+                out.append(dict(item))
+            elif isinstance(item, str):
+                out.append({"name": item})
+        return out
+    return []
+
+
+def scalars(section: Any, limit: int = 8) -> list[tuple[str, str]]:
+    """Top-level scalar fields of a section, for sections whose records we cannot find."""
+    if not isinstance(section, Mapping):
+        return []
+    out = []
+    for key, value in section.items():
+        if isinstance(value, bool):
+            out.append((str(key), "yes" if value else "no"))
+        elif isinstance(value, int | float):
+            out.append(
+                (str(key), fmt_float(value, 2) if isinstance(value, float) else fmt_count(value))
+            )
+        elif isinstance(value, str):
+            out.append((str(key), value))
+        if len(out) >= limit:
+            break
+    return out
+
+
+# ------------------------------------------------------------------------- counters
+
+
+class RateTracker:
+    """Requests per second per service, from the counts of two successive polls."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+        self.rates: dict[str, float | None] = {}
+
+    def reset(self) -> None:
+        """Forget the previous counts (a new box restarts its counters)."""
+        self._last.clear()
+        self.rates.clear()
+
+    def update(
+        self, services: Mapping[str, Any], now: float | None = None
+    ) -> dict[str, float | None]:
+        """Record this poll's counts; returns the rates (None until two polls are seen)."""
+        now = time.monotonic() if now is None else now
+        rates: dict[str, float | None] = {}
+        for name, svc in services.items():
+            count = svc.get("requests") if isinstance(svc, Mapping) else None
+            if not isinstance(count, int):
+                rates[name] = None
+                continue
+            previous = self._last.get(name)
+            self._last[name] = (now, count)
+            if previous is None or now <= previous[0] or count < previous[1]:
+                rates[name] = None  # first sight, or a restarted box's fresh counters
+                continue
+            rates[name] = (count - previous[1]) / (now - previous[0])
+        self.rates = rates
+        return rates
+
+
+class History:
+    """A bounded series of samples per key (tokens/s per model, for the sparkline)."""
+
+    def __init__(self, size: int = 60) -> None:
+        self.size = size
+        self._series: dict[str, deque[float]] = {}
+
+    def add(self, key: str, value: float) -> None:
+        self._series.setdefault(key, deque(maxlen=self.size)).append(float(value))
+
+    def last(self, key: str) -> float | None:
+        series = self._series.get(key)
+        return series[-1] if series else None
+
+    def get(self, key: str) -> list[float]:
+        return list(self._series.get(key, ()))
+
+    def keys(self) -> list[str]:
+        return list(self._series)
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+def service_rows(services: Mapping[str, Any], rates: Mapping[str, float | None]) -> dict[str, Row]:
+    """name -> (name, kind, workers, req/s, requests, errors, queued, in flight, p50, p95)."""
+    rows: dict[str, Row] = {}
+    for name, svc in sorted(services.items()):
+        if not isinstance(svc, Mapping):
+            continue
+        rate = rates.get(name)
+        rows[name] = (
+            name,
+            str(svc.get("kind", MISSING)),
+            fmt_count(svc.get("workers")),
+            MISSING if rate is None else f"{rate:.1f}",
+            fmt_count(svc.get("requests")),
+            fmt_count(svc.get("errors")),
+            fmt_count(svc.get("queued")),
+            fmt_count(svc.get("in_flight")),
+            fmt_ms(svc.get("p50_ms")),
+            fmt_ms(svc.get("p95_ms")),
+        )
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _bytes(
+    record: Mapping[str, Any], mb_keys: tuple[str, ...], byte_keys: tuple[str, ...]
+) -> float | None:
+    """A size from MiB fields (preferred) or byte fields."""
+    mb = _number(pick(record, *mb_keys))
+    return mb * 2**20 if mb is not None else _number(pick(record, *byte_keys))
+
+
+def _name(record: Mapping[str, Any]) -> str:
+    return str(pick(record, "name", "model", "id", default="?"))
+
+
+def _is_loaded(record: Mapping[str, Any]) -> bool:
+    flag = pick(record, "loaded")
+    if isinstance(flag, bool):
+        return flag
+    state = pick(record, "state", "status")
+    return isinstance(state, str) and state.lower().startswith("loaded")
+
+
+def model_rows(section: Any) -> dict[str, tuple[Row, float | None]]:
+    """name -> ((name, kind, state, memory or size, tok/s, device), tok/s or None).
+
+    A model loaded in several roles (generate, embed) is one row: memory summed, roles listed.
+    """
+    if isinstance(section, Mapping) and ("loaded" in section or "installed" in section):
+        installed = records(section.get("installed"))
+        loaded = records(section.get("loaded"))
+    else:
+        installed = records(section, "models")
+        loaded = [r for r in installed if _is_loaded(r)]
+    rows: dict[str, tuple[Row, float | None]] = {}
+    info: dict[str, Mapping[str, Any]] = {}
+    for record in installed:
+        name = _name(record)
+        info[name] = record
+        size = _bytes(record, ("size_mb",), ("size_bytes", "size", "bytes"))
+        kind = str(pick(record, "kind", "type", default=MISSING))
+        rows[name] = ((name, kind, "installed", fmt_bytes(size), MISSING, MISSING), None)
+    instances: dict[str, list[dict[str, Any]]] = {}
+    for record in loaded:
+        instances.setdefault(_name(record), []).append(record)
+    for name, group in instances.items():
+        first = {**info.get(name, {}), **group[0]}
+        roles = [str(r["role"]) for r in group if r.get("role")]
+        sizes = [
+            _bytes(r, ("memory_mb", "rss_mb"), ("memory_bytes", "memory", "bytes")) for r in group
+        ]
+        memory = (
+            sum(x for x in sizes if x is not None) if any(x is not None for x in sizes) else None
+        )
+        speeds = [_number(pick(r, "tokens_per_s", "tok_per_s", "tps")) for r in group]
+        tps = next((x for x in speeds if x is not None), None)
+        devices = sorted({str(d) for r in group if (d := pick(r, "device", "provider", "backend"))})
+        rows[name] = (
+            (
+                name,
+                str(pick(first, "kind", "type", default=MISSING)),
+                "loaded" + (f" ({', '.join(roles)})" if roles else ""),
+                fmt_bytes(memory),
+                fmt_float(tps),
+                ", ".join(devices) or MISSING,
+            ),
+            tps,
+        )
+    return dict(sorted(rows.items()))
+
+
+def memory_rows(section: Any) -> dict[str, Row]:
+    """collection -> (name, model, dim, count, size)."""
+    rows: dict[str, Row] = {}
+    for record in records(section, "collections"):
+        name = str(pick(record, "name", "collection", default="?"))
+        rows[name] = (
+            name,
+            str(pick(record, "model", "space", "embedding_model", default=MISSING)),
+            fmt_count(pick(record, "dim", "dimension")),
+            fmt_count(pick(record, "count", "records", "items", "vectors")),
+            fmt_bytes(_bytes(record, ("index_mb", "size_mb", "db_mb"), ("bytes", "size_bytes"))),
+        )
+    return rows
+
+
+def projector_rows(section: Any) -> dict[str, Row]:
+    """projector -> (name, method, top-1 in domain, top-1 out of domain, uses, proxied, agreement).
+
+    Top-1 is the projector's held-out fidelity; agreement is the gate's running estimate.
+    """
+    rows: dict[str, Row] = {}
+    for record in records(section, "projectors"):
+        source = pick(record, "source", "from", "src")
+        target = pick(record, "target", "to", "dst")
+        fallback = f"{source}->{target}" if source or target else "?"
+        name = str(pick(record, "name", "id", default=fallback))
+        rows[name] = (
+            name,
+            str(pick(record, "method", "kind", default=MISSING)),
+            fmt_float(
+                pick(
+                    record,
+                    "top1_in_domain",
+                    "top1",
+                    "top_1",
+                    "fidelity.top1_in_domain",
+                    "fidelity.top1",
+                    "fidelity.top_1",
+                ),
+                3,
+            ),
+            fmt_float(pick(record, "top1_out_of_domain", "fidelity.top1_out_of_domain"), 3),
+            fmt_count(pick(record, "projections", "uses", "count")),
+            fmt_count(pick(record, "proxied", "fallbacks")),
+            fmt_float(
+                pick(record, "agreement_recent", "agreement", "agreement_mean", "mean_agreement"),
+                3,
+            ),
+        )
+    return rows
+
+
+def peer_rows(section: Any) -> dict[str, Row]:
+    """peer -> (name, state, endpoint, last seen, services)."""
+    rows: dict[str, Row] = {}
+    for record in records(section, "peers", "links"):
+        endpoint = str(pick(record, "endpoint", "address", "url", default=MISSING))
+        name = str(pick(record, "name", "id", default=endpoint))
+        services = pick(record, "services", "capabilities", default=[])
+        if isinstance(services, Mapping):
+            services = list(services)
+        listed = ", ".join(str(s) for s in services) if isinstance(services, Iterable) else ""
+        rows[name] = (
+            name,
+            str(pick(record, "state", "status", default=MISSING)),
+            endpoint,
+            fmt_float(pick(record, "last_seen_s", "age_s", "seen_s")),
+            listed or MISSING,
+        )
+    return rows

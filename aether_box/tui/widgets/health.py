@@ -1,0 +1,95 @@
+"""The box's health at a glance: connection state, uptime, CPU, RSS, endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from aether_box.tui.view import MISSING, fmt_count, fmt_duration, fmt_float
+
+__all__ = ["HealthPanel"]
+
+# The heartbeat carries these; the rest of the panel comes from full status reports.
+HEARTBEAT_KEYS = ("uptime_s", "cpu_percent", "rss_mb", "threads", "in_flight", "rejected_total")
+
+
+class HealthPanel(Static):
+    """Connection state and the box's process figures."""
+
+    DEFAULT_CSS = """
+    HealthPanel { border: round $primary-darken-2; padding: 0 1; height: 1fr; }
+    """
+
+    def __init__(self, *, id: str) -> None:
+        super().__init__(id=id)
+        self.border_title = "box"
+        self.report: dict[str, Any] = {}
+        self.state = Text("connecting…", style="bold yellow")
+        self.stale = False
+
+    def on_mount(self) -> None:
+        self._render_panel()
+
+    def show_connected(self, endpoint: str) -> None:
+        self.state = Text.assemble(("● connected ", "bold green"), (endpoint, "green"))
+        self.stale = False
+        self._render_panel()
+
+    def show_disconnected(self, endpoint: str, reason: str, retry_in: float, attempt: int) -> None:
+        self.state = Text.assemble(
+            ("✖ DISCONNECTED", "bold red"),
+            (f" from {endpoint}\n", "red"),
+            (reason, "red"),
+            (
+                f"\nreconnecting in {retry_in:.1f} s (attempt {attempt}); press r to retry now",
+                "yellow",
+            ),
+        )
+        self.stale = True
+        self._render_panel()
+
+    def show_report(self, report: Mapping[str, Any]) -> None:
+        self.report = dict(report)
+        self._render_panel()
+
+    def show_heartbeat(self, summary: Mapping[str, Any]) -> None:
+        """Fold a heartbeat's figures into the last report (between polls)."""
+        if summary.get("pid") not in (None, self.report.get("pid")):
+            return  # another box's heartbeat: wait for its full report
+        self.report.update({k: summary[k] for k in HEARTBEAT_KEYS if k in summary})
+        self._render_panel()
+
+    def _render_panel(self) -> None:
+        # After a disconnect the last figures stay, dimmed, so the user sees what was last known.
+        grid = Table.grid(padding=(0, 1))
+        grid.style = "dim" if self.stale else ""
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        r = self.report
+        if r:
+            cpu = fmt_float(r.get("cpu_percent"))
+            rss = fmt_float(r.get("rss_mb"))
+            endpoints = r.get("endpoints") if isinstance(r.get("endpoints"), Mapping) else {}
+            grid.add_row(
+                "uptime",
+                f"{fmt_duration(r.get('uptime_s'))}   pid {r.get('pid', MISSING)}"
+                f"   v{r.get('version', MISSING)}",
+            )
+            grid.add_row("CPU", f"{cpu} %   RSS {rss} MB   threads {fmt_count(r.get('threads'))}")
+            grid.add_row(
+                "requests",
+                f"in flight {fmt_count(r.get('in_flight'))}   "
+                f"rejected {fmt_count(r.get('rejected_total'))}",
+            )
+            grid.add_row("bus", "\n".join(endpoints.get("bus", [])) or MISSING)
+            grid.add_row("events", "\n".join(endpoints.get("events", [])) or MISSING)
+            grid.add_row("CURVE", "on" if r.get("curve") else "off")
+            grid.add_row("data dir", str(r.get("data_dir", MISSING)))
+        outer = Table.grid()
+        outer.add_row(self.state)
+        outer.add_row(grid)
+        self.update(outer)

@@ -1,0 +1,167 @@
+"""The dashboard driving a box with real models: streamed chat, load/unload, memory search."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fixtures_box import BoxInThread
+from fixtures_tui import screen_text, table_rows, wait_until
+from textual.widgets import DataTable, Input, Static
+
+from aether_box.tui.app import BoxApp
+from aether_box.tui.link import BoxLink
+from aether_box.tui.screens.chat import ChatScreen
+from aether_box.tui.screens.prompt import PromptScreen
+from aether_box.tui.screens.search import SearchScreen
+from aether_box.tui.widgets.models import ModelsPanel
+from aether_box.tui.widgets.section import SectionTable
+
+pytestmark = pytest.mark.anyio
+SIZE = (140, 44)
+NOTES = [
+    "The cat sleeps on the warm mat all afternoon.",
+    "Quarterly revenue grew by twelve percent.",
+    "Rust and Python can call each other through FFI.",
+]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # Textual runs on asyncio
+
+
+@pytest.fixture(scope="module")
+def model_box(models_dir: Path) -> Iterator[BoxInThread]:
+    """One box with the starter models for this module (starting one per test costs time)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
+    running = BoxInThread(data_dir, overrides={"models": {"dir": str(models_dir)}})
+    yield running
+    running.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def make_app(box: BoxInThread, **options) -> BoxApp:
+    return BoxApp(BoxLink(box.endpoint, box.data_dir, timeout_s=5.0), **options)
+
+
+def model_state(app: BoxApp, name: str) -> str | None:
+    row = table_rows(app.query_one(ModelsPanel).table).get(name)
+    return row[2] if row else None
+
+
+async def test_chat_reply_streams_token_by_token(model_box):
+    app = make_app(model_box, chat_options={"temperature": 0.0, "max_tokens": 12, "seed": 7})
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: model_state(app, "smollm2"), what="the models table")
+        await pilot.press("c")
+        chat = app.screen
+        assert isinstance(chat, ChatScreen)
+        assert chat.query_one("#chat-model", Input).value == "smollm2"
+        # Every state the reply line goes through, read from the widget on each change.
+        shown: list[str] = []
+        chat.watch(
+            chat,
+            "reply_text",
+            lambda _: shown.append(str(chat.query(".reply").last(Static).content)),
+            init=False,
+        )
+        await pilot.press(*"Name three colours.", "enter")
+        await wait_until(pilot, lambda: chat.last_final, timeout=120, what="the final reply")
+        final = chat.last_final
+        assert final["finish_reason"] in ("stop", "length") and final["text"]
+        assert chat.partials >= 2  # one PARTIAL per token
+        assert final["usage"]["completion_tokens"] >= chat.partials - 1
+        text = f"smollm2: {final['text']}"
+        assert shown[-1] == text
+        assert len(shown) >= 3, shown  # it grew token by token before the final text
+        assert all(b.startswith(a) for a, b in zip(shown, shown[1:], strict=False))
+        status = str(chat.query_one("#chat-status", Static).content)
+        assert "tok/s" in status and final["finish_reason"] in status
+
+        await pilot.press("escape")
+        # The generation's speed reached the dashboard: table and sparkline.
+        await wait_until(
+            pilot,
+            lambda: (model_state(app, "smollm2") or "").startswith("loaded"),
+            what="smollm2 loaded",
+        )
+        assert app.speeds.get("smollm2"), "no tokens/s sample for the sparkline"
+        await wait_until(pilot, lambda: "tok/s smollm2" in screen_text(app), what="sparkline label")
+
+
+async def test_load_and_unload_keys(model_box):
+    app = make_app(model_box)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: model_state(app, "smollm2"), what="the models table")
+        await pilot.press("u")
+        assert isinstance(app.screen, PromptScreen)
+        await pilot.press("ctrl+u", *"smollm2", "enter")
+        await wait_until(
+            pilot, lambda: model_state(app, "smollm2") == "installed", what="smollm2 unloaded"
+        )
+
+        await pilot.press("l")
+        assert isinstance(app.screen, PromptScreen)
+        await pilot.press("ctrl+u", *"smollm2", "enter")
+        await wait_until(
+            pilot,
+            lambda: (model_state(app, "smollm2") or "").startswith("loaded"),
+            timeout=60,
+            what="smollm2 loaded",
+        )
+        assert "unloaded smollm2" in screen_text(app)  # each outcome is noted in the log tail
+        row = table_rows(app.query_one(ModelsPanel).table)["smollm2"]
+        assert row[3].endswith("MiB") and row[5] != "-"  # memory and device of the live model
+    with model_box.client(timeout=10) as client:
+        loaded = client.request("llm", {"op": "models"})["loaded"]
+    assert "smollm2" in {m["name"] for m in loaded}
+
+
+async def test_memory_panel_and_search_box(model_box):
+    with model_box.client(timeout=60) as client:
+        client.request(
+            "memory", {"op": "create", "collection": "notes", "model": "minilm", "exist_ok": True}
+        )
+        client.request(
+            "memory",
+            {
+                "op": "add",
+                "collection": "notes",
+                "texts": NOTES,
+                "ids": ["cat", "revenue", "ffi"],
+                "upsert": True,
+            },
+        )
+    app = make_app(model_box)
+    async with app.run_test(size=SIZE) as pilot:
+        memory = app.query_one("#memory", SectionTable)
+        row = await wait_until(
+            pilot, lambda: table_rows(memory.table).get("notes"), what="the notes collection"
+        )
+        assert row[1] == "minilm" and row[2] == "384" and row[3] == "3"
+
+        await pilot.press("s")
+        search = app.screen
+        assert isinstance(search, SearchScreen)
+        # The highlighted collection is filled in; the query box has the focus.
+        assert search.query_one("#search-collection", Input).value == "notes"
+        await pilot.press(*"a kitten napping", "enter")
+        results = search.query_one("#search-results", DataTable)
+        await wait_until(pilot, lambda: results.row_count == 3, what="search results")
+        top = [str(cell) for cell in results.get_row_at(0)]
+        assert top[2] == "cat" and "cat sleeps" in top[3]
+        assert "3 result(s)" in str(search.query_one("#search-status", Static).content)
+        assert "path: native" in str(search.query_one("#search-status", Static).content)
+
+        # A bad collection name gets the box's own error message, plainly.
+        await pilot.press("shift+tab")  # back to the collection input
+        await pilot.press("ctrl+u", *"no_such_collection", "enter")
+        await wait_until(
+            pilot,
+            lambda: "no_such_collection" in str(search.query_one("#search-status", Static).content),
+            what="error",
+        )
