@@ -38,6 +38,28 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
             _ms(svc["p95_ms"]),
         )
     console.print(table)
+    _render_sections(report, console)
     if report.get("rejected"):
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(report["rejected"].items()))
         console.print(f"rejected messages: {rejected}")
+
+
+def _render_sections(report: dict[str, Any], console: Console) -> None:
+    """One line each for the models, memory and projectors sections, when the box has them."""
+    models = report.get("models")
+    if isinstance(models, dict):
+        loaded = ", ".join(
+            f"{m.get('name')} ({m.get('memory_mb', '?')} MB, {m.get('device', '?')})"
+            for m in models.get("loaded", [])
+        )
+        installed = ", ".join(m.get("name", "?") for m in models.get("installed", []))
+        console.print(f"models: installed {installed or 'none'}; loaded {loaded or 'none'}")
+    memory = report.get("memory")
+    if isinstance(memory, dict):
+        collections = memory.get("collections", {})
+        listed = ", ".join(f"{name} ({c.get('count', '?')})" for name, c in collections.items())
+        console.print(f"memory: {memory.get('db_mb', '?')} MB, collections {listed or 'none'}")
+    align = report.get("align")
+    if isinstance(align, dict):
+        projectors = ", ".join(align.get("projectors", {})) or "none"
+        console.print(f"projectors: {projectors} (gate {align.get('gate')})")
