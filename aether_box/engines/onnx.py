@@ -186,8 +186,19 @@ def _providers(device: str) -> list[str]:
 
     if device not in ("auto", "cuda", "cpu"):
         raise BadRequest(f"device must be auto, cuda or cpu, not {device!r}")
-    cuda_ok = CUDA in ort.get_available_providers() and (device == "cuda" or gpu_present())
+    cuda_ok = (
+        CUDA in ort.get_available_providers()
+        and _cuda_library_present(ort)
+        and (device == "cuda" or gpu_present())
+    )
     return [CUDA, CPU] if device != "cpu" and cuda_ok else [CPU]
+
+
+def _cuda_library_present(ort: Any) -> bool:
+    # onnxruntime-gpu lists CUDA even where its provider library was left out (the
+    # standalone executable drops it to stay small); asking for it then prints an error.
+    capi = Path(ort.__file__).parent / "capi"
+    return any(capi.glob("libonnxruntime_providers_cuda*"))
 
 
 def _encoder_config(path: Path) -> dict[str, Any]:

