@@ -10,4 +10,5 @@ COMPONENTS: list[str] = [
     "aether_box.echo:EchoComponent",
     "aether_box.memory.service:MemoryComponent",
     "aether_box.engines.services:EnginesComponent",
+    "aether_box.align.service:AlignComponent",
 ]

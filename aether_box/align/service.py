@@ -1,0 +1,406 @@
+"""The `align` bus service and its component.
+
+Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames)::
+
+    project   from, to, vector (d,) | vectors (n, d), [text], [collection], [gate]
+              -> {vector (d_to,) | vectors (n, d_to), agreement, accepted, gate,
+                  projector, method}
+              agreement: the gate's estimate of the cosine to the native vector (float, or
+              an (n,) float32 array for `vectors`); accepted: agreement >= gate (the [align]
+              gate, or the request's own `gate`): a bool, or an (n,) uint8 array for
+              `vectors`. NotFound when no projector was fitted.
+    list      -> {projectors: [summary], gate}
+    fidelity  from, to -> the full fit report (every method, held-out figures, gate calibration)
+    pairs     from, to, [texts | corpus | collection] -> {n, cached, corpus, from_key, to_key}
+    fit       from, to, [texts | corpus | collection], [methods], [max_pairs], [test_pairs],
+              [out_of_domain] -> the fit report (see `aether_box.align.fitting.fit_pair`)
+
+`pairs` and `fit` stream PARTIAL progress: ``{"stage": "embed", "model", "done", "total"}``
+and ``{"stage": "fit", "step", "fraction"}``. Texts come from `texts` (a list), a built-in
+`corpus` ("glosses", "examples", "docs"; the default is the standard glosses split) or a
+memory `collection` (its own vectors are reused when `to` is its model).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from aether_box.align.corpus import BUILTIN_SETS, load_set
+from aether_box.align.export import OnnxProjector
+from aether_box.align.fitting import TextPlan, fit_pair, plan_texts
+from aether_box.align.pairs import PairSet, make_pairs, model_key
+from aether_box.align.settings import AlignSettings
+from aether_box.align.store import ProjectorStore, pair_name
+from aether_box.bus.service import OpService, Request, require
+from aether_box.errors import BadRequest, BoxError, TooLarge
+
+if TYPE_CHECKING:
+    from aether_box.box import Box
+
+__all__ = ["AlignComponent", "AlignService"]
+
+log = logging.getLogger(__name__)
+
+# Up to this many rows are projected on the event loop itself: ~100 us of ONNX Runtime, less
+# than the hop to a worker thread would cost. Bigger batches go to a thread.
+INLINE_ROWS = 64
+MAX_ROWS = 100_000
+PROGRESS_EVERY_S = 0.5
+RECENT = 0.05  # weight of the newest projection in the running (exponential) agreement
+
+
+@dataclass
+class Served:
+    """One loaded projector and its counters."""
+
+    name: str
+    method: str
+    engine: OnnxProjector
+    report: dict[str, Any]
+    projections: int = 0
+    accepted: int = 0
+    agreement_sum: float = 0.0
+    agreement_recent: float | None = None
+    lock: Any = field(default_factory=anyio.Lock)
+
+    def count(self, agreement: np.ndarray, accepted: np.ndarray) -> None:
+        """Add one call's projections to the counters."""
+        self.projections += len(agreement)
+        self.accepted += int(accepted.sum())
+        self.agreement_sum += float(agreement.sum())
+        for value in agreement[-32:]:
+            prior = self.agreement_recent
+            self.agreement_recent = float(value) if prior is None else (
+                (1 - RECENT) * prior + RECENT * float(value))
+
+    def summary(self) -> dict[str, Any]:
+        """The status view of this projector."""
+        best = self.report["methods"][self.method]
+        return {
+            "method": self.method,
+            "top1_in_domain": best["in_domain"]["top1"],
+            "top1_out_of_domain": (best.get("out_of_domain") or {}).get("top1"),
+            "projections": self.projections,
+            "accepted": self.accepted,
+            "proxied": self.projections - self.accepted,
+            "agreement_mean": (round(self.agreement_sum / self.projections, 4)
+                               if self.projections else None),
+            "agreement_recent": (round(self.agreement_recent, 4)
+                                 if self.agreement_recent is not None else None),
+        }
+
+
+class AlignService(OpService):
+    """Answers the `align` service's ops (see the module docstring)."""
+
+    name = "align"
+
+    def __init__(self, box: Box, settings: AlignSettings) -> None:
+        assert settings.dir is not None
+        self.box = box
+        self.settings = settings
+        self.store = ProjectorStore(settings.dir)
+        self.served: dict[str, Served] = {}
+        self._fit_limiter = anyio.CapacityLimiter(1)  # one fit at a time: they take the cores
+        self._load_lock = anyio.Lock()
+
+    # ----------------------------------------------------------------- projection
+
+    async def op_project(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        source, target = require(body, "from", str), require(body, "to", str)
+        single = "vector" in body and body.get("vector") is not None
+        raw = body.get("vector") if single else body.get("vectors")
+        if raw is None:
+            raise BadRequest("project needs a 'vector' (d,) or 'vectors' (n, d) float32 array")
+        x = np.asarray(raw, dtype=np.float32)
+        if single:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or not len(x):
+            raise BadRequest(f"'vectors' must be a non-empty (n, d) array, got shape {x.shape}")
+        if len(x) > MAX_ROWS:
+            raise TooLarge(f"{len(x)} vectors in one request; at most {MAX_ROWS}")
+        if not np.all(np.isfinite(x)):
+            raise BadRequest("the vectors hold NaN or infinite values")
+        gate = body.get("gate", self.settings.gate)
+        if isinstance(gate, bool) or not isinstance(gate, int | float) or not 0 <= gate <= 1:
+            raise BadRequest(f"'gate' must be a number from 0 to 1, got {gate!r}")
+        served = await self._served(source, target)
+        if len(x) <= INLINE_ROWS:
+            out = served.engine.run(x)
+        else:
+            out = await anyio.to_thread.run_sync(served.engine.run, x)
+        agreement = out["agreement"]
+        accepted = agreement >= gate
+        served.count(agreement, accepted)
+        self.box.events.publish("metrics.align", {
+            "projector": served.name, "method": served.method, "n": int(len(x)),
+            "agreement": round(float(agreement.mean()), 4), "accepted": int(accepted.sum()),
+            "gate": float(gate), "collection": body.get("collection")})
+        reply: dict[str, Any] = {"projector": served.name, "method": served.method,
+                                 "gate": float(gate)}
+        if single:
+            reply.update(vector=out["y"][0], agreement=float(agreement[0]),
+                         accepted=bool(accepted[0]))
+        else:
+            # The wire takes numeric arrays only: accepted travels as uint8 (1 = accepted).
+            reply.update(vectors=out["y"], agreement=agreement, accepted=accepted.astype(np.uint8))
+        return reply
+
+    async def _served(self, source: str, target: str) -> Served:
+        name = pair_name(source, target)
+        found = self.served.get(name)
+        if found is not None:
+            return found
+        async with self._load_lock:
+            if name not in self.served:
+                report = await anyio.to_thread.run_sync(self.store.report, source, target)
+                path = self.store.onnx_path(source, target, report["best"])
+                engine = await anyio.to_thread.run_sync(OnnxProjector, path)
+                if not engine.has_gate:
+                    raise BoxError(f"{path} has no gate output; refit it with "
+                                   f"`aether-box align fit --from {source} --to {target}`")
+                self.served[name] = Served(name, report["best"], engine, report)
+            return self.served[name]
+
+    # ----------------------------------------------------------------- reports
+
+    async def op_list(self, request: Request) -> dict[str, Any]:
+        reports = await anyio.to_thread.run_sync(self.store.reports)
+        out = []
+        for report in reports:
+            item = _summary(report)
+            served = self.served.get(report["name"])
+            if served is not None:
+                item["counters"] = served.summary()
+            out.append(item)
+        return {"projectors": out, "gate": self.settings.gate}
+
+    async def op_fidelity(self, request: Request) -> dict[str, Any]:
+        source, target = require(request.body, "from", str), require(request.body, "to", str)
+        return await anyio.to_thread.run_sync(self.store.report, source, target)
+
+    def status(self) -> dict[str, Any]:
+        """The "align" section of `status`."""
+        return {"gate": self.settings.gate,
+                "projectors": {name: s.summary() for name, s in sorted(self.served.items())}}
+
+    # ----------------------------------------------------------------- pairs and fits
+
+    async def op_pairs(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        source, target = _models(body)
+        plan = await self._plan(body, target, standard=False)
+        texts = plan.all_texts()
+        pairs, cached = await make_pairs(
+            self._embed, source, target, texts, self.settings.dir, await self._keys(source, target),
+            self._progress(request), known_target=plan.known_target,
+            chunk=self.settings.embed_chunk)
+        return {"from": source, "to": target, "n": len(pairs), "cached": cached,
+                "corpus": plan.label, "from_key": pairs.meta["source_key"],
+                "to_key": pairs.meta["target_key"]}
+
+    async def op_fit(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        source, target = _models(body)
+        if source == target:
+            raise BadRequest("'from' and 'to' name the same model; nothing to align")
+        methods = body.get("methods", self.settings.methods)
+        if (not isinstance(methods, list) or not methods
+                or any(m not in ("ridge", "procrustes", "mlp") for m in methods)):
+            raise BadRequest("'methods' must be a list from ridge, procrustes, mlp")
+        plan = await self._plan(body, target, standard=True)
+        keys = await self._keys(source, target)
+        progress = self._progress(request)
+        parts: dict[str, PairSet] = {}
+        whole: PairSet | None = None
+        cached = []
+        if plan.known_target is not None:  # a collection in the target's space: embed A only
+            whole, hit = await make_pairs(self._embed, source, target, plan.parts["all"],
+                                        self.settings.dir, keys, progress, plan.known_target,
+                                        self.settings.embed_chunk)
+            cached.append(hit)
+            index = {t: i for i, t in enumerate(whole.texts)}
+        for part, texts in plan.parts.items():
+            if part == "all":
+                continue
+            if whole is not None and all(t in index for t in texts):
+                parts[part] = whole.subset([index[t] for t in texts])
+            else:
+                parts[part], hit = await make_pairs(self._embed, source, target, texts,
+                                                    self.settings.dir, keys, progress,
+                                                    chunk=self.settings.embed_chunk)
+                cached.append(hit)
+        send = _ThreadProgress(request)
+        async with self._fit_limiter:
+            report, projectors, gate = await anyio.to_thread.run_sync(
+                lambda: fit_pair(parts, plan, self.settings, methods, send))
+            report["pairs"].update(from_key=keys[source], to_key=keys[target],
+                                   cached=all(cached))
+            await anyio.to_thread.run_sync(self.store.save, projectors, gate, report)
+        self.served.pop(pair_name(source, target), None)  # serve the new one from now on
+        return report
+
+    async def _plan(self, body: Mapping[str, Any], target: str, *, standard: bool) -> TextPlan:
+        texts, corpus, collection = body.get("texts"), body.get("corpus"), body.get("collection")
+        if sum(v is not None for v in (texts, corpus, collection)) > 1:
+            raise BadRequest("give at most one of 'texts', 'corpus' and 'collection'")
+        max_pairs = _count(body, "max_pairs", self.settings.max_pairs)
+        test_pairs = _count(body, "test_pairs", self.settings.test_pairs)
+        ood = body.get("out_of_domain")
+        if texts is not None:
+            if not isinstance(texts, list) or not all(isinstance(t, str) and t for t in texts):
+                raise BadRequest("'texts' must be a list of non-empty strings")
+            return plan_texts(list(dict.fromkeys(texts)), "texts", max_pairs, test_pairs,
+                              _ood(ood, default=False), standard=standard)
+        if collection is not None:
+            if not isinstance(collection, str):
+                raise BadRequest("'collection' must be a collection name")
+            texts, vectors, model = await self._collection(collection)
+            plan = plan_texts(texts, f"collection:{collection}", max_pairs, test_pairs,
+                              _ood(ood, default=False), standard=standard)
+            if model == target:
+                plan.attach_target(texts, vectors)
+            return plan
+        if corpus is not None and corpus not in BUILTIN_SETS:
+            raise BadRequest(f"'corpus' must be a built-in set {list(BUILTIN_SETS)}; send "
+                             "your own as 'texts'")
+        if corpus is None or corpus == "glosses":
+            return plan_texts(load_set("glosses"), "builtin:glosses", max_pairs, test_pairs,
+                              _ood(ood, default=True), standard=standard, builtin=True)
+        return plan_texts(load_set(corpus), f"builtin:{corpus}", max_pairs, test_pairs,
+                          _ood(ood, default=False), standard=standard)
+
+    async def _collection(self, name: str) -> tuple[list[str], np.ndarray, str]:
+        """Texts, vectors and model of a memory collection (paged through `memory list`)."""
+        info = (await self.box.broker.call("memory", {"op": "info", "collection": name}))
+        model = info["collection"]["model"]
+        texts: list[str] = []
+        vectors: list[np.ndarray] = []
+        cursor = 0
+        while cursor is not None:
+            page = await self.box.broker.call("memory", {
+                "op": "list", "collection": name, "limit": 500, "cursor": cursor,
+                "include_vectors": True})
+            for record, vector in zip(page["records"], page["vectors"], strict=True):
+                if record.get("text"):
+                    texts.append(record["text"])
+                    vectors.append(vector)
+            cursor = page.get("next")
+        if not texts:
+            raise BadRequest(f"collection {name!r} has no texts to make pairs from")
+        unique = dict(zip(texts, vectors, strict=True))  # later duplicates win; order kept
+        return list(unique), np.asarray(list(unique.values()), np.float32), model
+
+    async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
+        reply = await self.box.broker.call("embed", {"op": "embed", "model": model,
+                                                     "texts": texts})
+        return np.asarray(reply["vectors"], dtype=np.float32)
+
+    async def _keys(self, source: str, target: str) -> dict[str, str]:
+        from aether_box.models.settings import ModelsSettings
+        from aether_box.models.store import ModelStore
+
+        store = ModelStore(self.box.config.get(ModelsSettings).dir)
+        return {name: await anyio.to_thread.run_sync(_identity, store, name)
+                for name in (source, target)}
+
+    def _progress(self, request: Request):
+        last = [0.0]
+
+        async def report(model: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if done in (0, total) or now - last[0] >= PROGRESS_EVERY_S:
+                last[0] = now
+                await request.partial({"stage": "embed", "model": model, "done": done,
+                                       "total": total})
+        return report
+
+
+class _ThreadProgress:
+    """Progress from a fitting thread, sent as PARTIAL replies at most twice a second."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.last = 0.0
+
+    def __call__(self, step: str, fraction: float) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            anyio.from_thread.run(self.request.partial,
+                                  {"stage": "fit", "step": step, "fraction": round(fraction, 3)})
+
+
+def _identity(store: Any, name: str) -> str:
+    """A digest naming `name`'s weights (manifest sha256 for kit models, else file stat)."""
+    info = store.info(name)  # NotFound, listing installed models, when absent
+    if info.source == "kit" and name in store.manifest.models:
+        digest = "+".join(f.sha256 for f in store.manifest.models[name].files)
+    else:
+        path = info.path
+        stat = path.stat()
+        digest = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return model_key(name, digest)
+
+
+def _models(body: Mapping[str, Any]) -> tuple[str, str]:
+    return require(body, "from", str), require(body, "to", str)
+
+
+def _count(body: Mapping[str, Any], key: str, default: int) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"'{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _ood(value: Any, *, default: bool) -> list[str]:
+    if value is None:
+        value = default
+    if value is True:
+        return ["examples", "docs"]
+    if value is False:
+        return []
+    if isinstance(value, list) and all(v in BUILTIN_SETS for v in value):
+        return list(value)
+    raise BadRequest(f"'out_of_domain' must be true, false or a list from {list(BUILTIN_SETS)}")
+
+
+def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """One line of `align list`: the served method's figures and every method's top-1."""
+    best = report["methods"][report["best"]]
+    return {
+        "name": report["name"], "from": report["source"], "to": report["target"],
+        "method": report["best"], "pairs": report["pairs"]["fit"],
+        "corpus": report["pairs"]["corpus"],
+        "in_domain": best["in_domain"],
+        "out_of_domain": best.get("out_of_domain"),
+        "methods": {m: r["in_domain"]["top1"] for m, r in report["methods"].items()},
+        "created": report["created"],
+    }
+
+
+class AlignComponent:
+    """Registers `align` and the "align" status section."""
+
+    name = "align"
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self.service = AlignService(box, box.config.get(AlignSettings))
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        self.box.broker.add_service("align", self.service)
+        status = self.box.components.get("status")
+        if status is not None:
+            status.sections["align"] = self.service.status
+        task_status.started()

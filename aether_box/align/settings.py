@@ -1,0 +1,47 @@
+"""The `[align]` config section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aether_box.config import section
+from aether_box.errors import ConfigError
+
+__all__ = ["AlignSettings"]
+
+
+@section("align")
+@dataclass
+class AlignSettings:
+    """Where projectors live, how they are fitted, and the gate that guards their use."""
+
+    # A projection is used only when its agreement (an estimate, made without the native
+    # vector, of its cosine to the vector the target model would give) reaches this; below
+    # it the box re-embeds the query text with the target model. See aether_box/align/gate.py.
+    gate: float = 0.7
+    # Pairs, vectors and projectors; default {data_dir}/align.
+    dir: Path | None = None
+    # Most pairs a projector is fitted on; the held-out pairs are never fitted on.
+    max_pairs: int = 5000
+    # Held-out pairs the fidelity report is measured on (N of top-1 among N).
+    test_pairs: int = 1000
+    methods: list[str] = field(default_factory=lambda: ["ridge", "procrustes", "mlp"])
+    mlp_epochs: int = 40
+    mlp_hidden: int = 512
+    # Texts per call to `embed` while making pairs (progress and checkpoints come this often).
+    embed_chunk: int = 128
+
+    def resolve(self, data_dir: Path) -> None:
+        """Fill the default dir and check the values."""
+        if self.dir is None:
+            self.dir = data_dir / "align"
+        if not 0.0 <= self.gate <= 1.0:
+            raise ConfigError(f"align.gate must be from 0 to 1 (a cosine), got {self.gate}")
+        unknown = sorted(set(self.methods) - {"ridge", "procrustes", "mlp"})
+        if unknown or not self.methods:
+            raise ConfigError(f"align.methods must name some of ridge, procrustes, mlp; "
+                              f"got {self.methods}")
+        for key in ("max_pairs", "test_pairs", "mlp_epochs", "mlp_hidden", "embed_chunk"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"align.{key} must be at least 1, got {getattr(self, key)}")

@@ -1,0 +1,374 @@
+"""Loaded models: lazy loading, a memory budget, least-recently-used eviction, per-model queues.
+
+A model is loaded on first use, for one role: ``"generate"`` (a GGUF for chat/completion) or
+``"embed"`` (a GGUF with mean pooling, or an ONNX encoder). A GGUF used both ways is two
+instances, each counted against the budget. Each instance serves one request at a time; the
+others wait on its lock, first come first served, so one model's queue never holds up another's.
+When a load would go over ``engines.memory_budget_mb``, idle instances are unloaded, least
+recently used first; busy ones are waited for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import psutil
+
+from aether_box.config import section
+from aether_box.errors import BadRequest, ConfigError, NotFound, ServiceUnavailable, TooLarge
+from aether_box.models.store import ModelInfo, ModelStore
+
+__all__ = ["EngineSettings", "LoadedModel", "ModelRegistry", "ROLES"]
+
+log = logging.getLogger(__name__)
+
+ROLES = ("generate", "embed")
+# How long a load waits for busy models to free their share of the budget.
+ROOM_WAIT_S = 120.0
+
+
+@section("engines")
+@dataclass
+class EngineSettings:
+    """How models are loaded and run."""
+
+    # Total for all loaded models (weights, KV cache, compute buffers), as llama.cpp and
+    # ONNX Runtime account them; least recently used models are unloaded to stay within it.
+    memory_budget_mb: int = 3072
+    # Context length of generation instances (prompt plus reply, in tokens).
+    n_ctx: int = 2048
+    # Longest text, in tokens, that a GGUF embedding instance takes.
+    embed_n_ctx: int = 512
+    # llama.cpp threads; 0 = the machine's physical cores.
+    n_threads: int = 0
+    # "auto": offload to a GPU when llama.cpp / ONNX Runtime can and one is present; "off": CPU.
+    gpu: str = "auto"
+    # Texts per engine call; a bigger request is split, and other requests for the same
+    # model get their turn between the pieces.
+    embed_batch: int = 32
+    # Most texts one embed request may carry.
+    max_texts: int = 10_000
+
+    def resolve(self, data_dir: Path) -> None:
+        """Check the values."""
+        if self.gpu not in ("auto", "off"):
+            raise ConfigError(f"engines.gpu must be 'auto' or 'off', got {self.gpu!r}")
+        for key in ("memory_budget_mb", "n_ctx", "embed_n_ctx", "embed_batch", "max_texts"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"engines.{key} must be at least 1, got {getattr(self, key)}")
+        if self.n_threads < 0:
+            raise ConfigError(f"engines.n_threads must be 0 (auto) or more, got {self.n_threads}")
+
+    def probe_threads(self) -> int:
+        """The llama.cpp / ONNX Runtime thread count (reads the CPU topology: call off the loop)."""
+        return self.n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class Engine(Protocol):
+    memory_bytes: int
+
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One loaded instance and what status reports about it."""
+
+    name: str
+    role: str
+    kind: str
+    engine: Any
+    memory_bytes: int
+    device: str
+    load_s: float
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    users: int = 0  # requests holding or waiting for it; pins it against eviction
+    requests: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    tokens_per_s: float | None = None
+    items_per_s: float | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        waiting = self.lock.statistics().tasks_waiting
+        return {
+            "name": self.name,
+            "role": self.role,
+            "kind": self.kind,
+            "memory_mb": round(self.memory_bytes / 2**20, 1),
+            "device": self.device,
+            "busy": self.lock.locked(),
+            "queued": waiting,
+            "requests": self.requests,
+            "idle_s": round(time.monotonic() - self.last_used, 1),
+            "load_s": round(self.load_s, 3),
+            "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
+            "texts_per_s": None if self.items_per_s is None else round(self.items_per_s, 1),
+        }
+
+
+class ModelRegistry:
+    """The box's loaded models, within a memory budget."""
+
+    def __init__(
+        self, settings: EngineSettings, store: ModelStore, *, gpu: bool = False, threads: int = 1
+    ) -> None:
+        """`gpu`: whether the machine has a GPU; `threads`: engine threads (both found off-loop)."""
+        self.settings = settings
+        self.store = store
+        self.budget_bytes = settings.memory_budget_mb * 2**20
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._admin = anyio.Lock()  # one load or unload decision at a time
+        self._released = anyio.Event()  # set whenever an instance stops being used
+        self._installed: list[ModelInfo] = []
+        self._sizes: dict[tuple[Path, str], int] = {}  # measured at load, for the next load
+        self._threads = anyio.CapacityLimiter(8)
+        self.gpu_present = gpu
+        self.threads = threads
+        self.llama_gpu = self._llama_gpu()
+
+    # -- what is installed ---------------------------------------------------------------
+
+    async def refresh_installed(self) -> list[ModelInfo]:
+        """Re-read the models dir (in a thread: it stats files)."""
+        self._installed = await anyio.to_thread.run_sync(
+            self.store.installed, limiter=self._threads
+        )
+        return self._installed
+
+    async def info(self, name: str) -> ModelInfo:
+        """The installed model `name`, or NotFound listing the installed ones."""
+        found = next((m for m in self._installed if m.name == name), None)
+        if found is None:  # perhaps pulled or added since the last look
+            await self.refresh_installed()
+            found = next((m for m in self._installed if m.name == name), None)
+        if found is None:
+            # The store's message lists what is installed and how to get this one.
+            await anyio.to_thread.run_sync(self.store.info, name, limiter=self._threads)
+            raise NotFound(f"model {name!r} is not installed")  # the store found it after all
+        return found
+
+    # -- using a model -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def use(self, name: str, role: str) -> AsyncIterator[LoadedModel]:
+        """Hold model `name` loaded for `role`, alone, until the block ends (waits its turn)."""
+        while True:
+            entry = self._loaded.get((name, role))
+            if entry is None:
+                entry = await self._load(name, role, pin=True)
+            else:
+                entry.users += 1
+            try:
+                async with entry.lock:
+                    if entry.engine is None:
+                        continue  # unloaded (`unload` op) while we queued: load it again
+                    entry.requests += 1
+                    yield entry
+                    return
+            finally:
+                entry.users -= 1
+                entry.last_used = time.monotonic()
+                self._released.set()
+                self._released = anyio.Event()
+
+    async def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking engine call in a worker thread (the caller holds the model's lock)."""
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._threads)
+
+    async def load(self, name: str, role: str | None = None) -> LoadedModel:
+        """Load `name` now (no-op if loaded); the role defaults to what the model's kind does."""
+        info = await self.info(name)
+        role = role or ("generate" if info.kind == "gguf" else "embed")
+        entry = self._loaded.get((name, role))
+        return entry if entry is not None else await self._load(name, role, pin=False)
+
+    async def unload(self, name: str) -> list[str]:
+        """Unload every instance of `name`, after the requests in progress; the roles unloaded."""
+        roles = []
+        async with self._admin:
+            for role in ROLES:
+                entry = self._loaded.get((name, role))
+                if entry is not None:
+                    async with entry.lock:
+                        await self._drop(entry)
+                    roles.append(role)
+        return roles
+
+    async def close(self) -> None:
+        """Unload everything (at shutdown)."""
+        for entry in list(self._loaded.values()):
+            with anyio.move_on_after(10):
+                async with entry.lock:
+                    await self._drop(entry)
+
+    # -- loading and eviction ------------------------------------------------------------
+
+    async def _load(self, name: str, role: str, *, pin: bool) -> LoadedModel:
+        if role not in ROLES:
+            raise BadRequest(f"role must be one of {list(ROLES)}, got {role!r}")
+        async with self._admin:
+            entry = self._loaded.get((name, role))  # loaded while we waited for our turn
+            if entry is None:
+                info = await self.info(name)
+                if info.kind == "onnx-encoder" and role == "generate":
+                    raise BadRequest(
+                        f"model {name!r} is an ONNX sentence encoder: it embeds (service 'embed') "
+                        "but cannot generate text; use a GGUF model such as smollm2"
+                    )
+                await self._make_room(self._estimate(info, role), name)
+                entry = await self._open(info, role)
+                self._sizes[(info.path, role)] = entry.memory_bytes
+                if entry.memory_bytes > self.budget_bytes:
+                    await self._drop(entry)
+                    await self._make_room(entry.memory_bytes, name)  # raises TooLarge
+                self._loaded[(name, role)] = entry
+                # The estimate was rough; now the engine's own figure is known.
+                await self._make_room(0, name, keep=entry)
+            if pin:
+                entry.users += 1
+        return entry
+
+    def _estimate(self, info: ModelInfo, role: str) -> int:
+        known = self._sizes.get((info.path, role))
+        if known is not None:
+            return known
+        # Weights plus a share for KV cache and compute buffers, until a load tells.
+        return int(info.size * 1.25) + 64 * 2**20
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.memory_bytes for e in self._loaded.values())
+
+    async def _make_room(self, needed: int, name: str, keep: LoadedModel | None = None) -> None:
+        """Unload idle instances (never `keep`), least recently used first, till `needed` fits."""
+        if needed > self.budget_bytes:
+            raise TooLarge(
+                f"model {name!r} needs about {needed / 2**20:.0f} MB, more than the whole memory "
+                f"budget of {self.settings.memory_budget_mb} MB; raise engines.memory_budget_mb"
+            )
+        while self.used_bytes + needed > self.budget_bytes:
+            idle = [
+                e
+                for e in self._loaded.values()
+                if e.users == 0 and not e.lock.locked() and e is not keep
+            ]
+            if idle:
+                victim = min(idle, key=lambda e: e.last_used)
+                log.info(
+                    "unloading %s (%s) to stay within the memory budget", victim.name, victim.role
+                )
+                await self._drop(victim)
+            elif needed == 0:
+                return  # only the new model's true size went over, and everything else is busy
+            else:
+                # A busy model that finishes becomes a candidate; one that never rests (a
+                # steady queue) would starve this load, so give up after a while.
+                with anyio.move_on_after(ROOM_WAIT_S) as waited:
+                    await self._released.wait()
+                if waited.cancelled_caught:
+                    busy = sorted({e.name for e in self._loaded.values()})
+                    raise ServiceUnavailable(
+                        f"model {name!r} needs {needed / 2**20:.0f} MB but the memory budget "
+                        f"({self.settings.memory_budget_mb} MB) is held by busy models {busy}; "
+                        "retry later, or raise engines.memory_budget_mb"
+                    )
+
+    async def _open(self, info: ModelInfo, role: str) -> LoadedModel:
+        started = time.perf_counter()
+        engine = await anyio.to_thread.run_sync(self._loader(info, role), limiter=self._threads)
+        elapsed = time.perf_counter() - started
+        device = getattr(engine, "device", None) or _onnx_device(engine)
+        log.info(
+            "loaded %s for %s in %.2f s: %.0f MB on %s",
+            info.name,
+            role,
+            elapsed,
+            engine.memory_bytes / 2**20,
+            device,
+        )
+        return LoadedModel(
+            info.name, role, info.kind, engine, int(engine.memory_bytes), device, elapsed
+        )
+
+    def _loader(self, info: ModelInfo, role: str) -> Callable[[], Any]:
+        s, threads = self.settings, self.threads
+        gpu_layers = -1 if self.llama_gpu else 0
+        if info.kind == "gguf":
+            from aether_box.engines.llama import LlamaEmbedder, LlamaGenerator
+
+            if role == "generate":
+                return lambda: LlamaGenerator.load(
+                    info.path, n_ctx=s.n_ctx, n_threads=threads, n_gpu_layers=gpu_layers
+                )
+            return lambda: LlamaEmbedder.load(
+                info.path, n_ctx=s.embed_n_ctx, n_threads=threads, n_gpu_layers=gpu_layers
+            )
+        if info.kind == "onnx-encoder":
+            from aether_box.engines.onnx import OnnxEncoder
+
+            device = "cpu" if s.gpu == "off" else "auto"
+            return lambda: OnnxEncoder.load(info.path, device=device, threads=threads)
+        raise BadRequest(f"model {info.name!r} is of kind {info.kind!r}, which no engine serves")
+
+    async def _drop(self, entry: LoadedModel) -> None:
+        self._loaded.pop((entry.name, entry.role), None)
+        close = getattr(entry.engine, "close", None)
+        entry.engine = None
+        if close is not None:
+            await anyio.to_thread.run_sync(close, limiter=self._threads)
+
+    def _llama_gpu(self) -> bool:
+        if self.settings.gpu == "off" or not self.gpu_present:
+            return False
+        from aether_box.engines.llama import gpu_offload_supported
+
+        # Status reports where each model's buffers actually went (llama.cpp's own account).
+        return gpu_offload_supported()
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The "models" section of `status`."""
+        return {
+            "installed": [
+                {
+                    "name": m.name,
+                    "kind": m.kind,
+                    "size_mb": round(m.size / 2**20, 1),
+                    "source": m.source,
+                    "dim": m.dim,
+                }
+                for m in self._installed
+            ],
+            "loaded": [e.snapshot() for e in self._loaded.values()],
+            "budget_mb": self.settings.memory_budget_mb,
+            "used_mb": round(self.used_bytes / 2**20, 1),
+            "gpu_present": self.gpu_present,
+            "llama_gpu_offload": self.llama_gpu,
+            "n_threads": self.threads,
+            "n_ctx": self.settings.n_ctx,
+        }
+
+
+def gpu_present() -> bool:
+    """Whether the machine shows a GPU that llama.cpp could use (NVIDIA, AMD or Apple)."""
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"  # Apple silicon: Metal
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/kfd")) or any(
+        Path("/dev/dri").glob("renderD*")
+    )
+
+
+def _onnx_device(engine: Any) -> str:
+    provider = getattr(engine, "provider", "") or ""
+    return "cuda" if provider.startswith("CUDA") else "cpu"

@@ -1,0 +1,356 @@
+"""The `llm` and `embed` services, and the engines component that serves them.
+
+``llm`` ops:
+- ``chat``: ``{"model", "messages": [{"role", "content"}], ...sampling}``; the prompt is
+  rendered with the GGUF's own chat template.
+- ``complete``: ``{"model", "prompt", ...sampling}``: raw completion.
+  Sampling fields, all optional: ``max_tokens`` (int >= 1, default 256), ``temperature``
+  (0..2, default 0.8; 0 is greedy), ``top_p`` (0 < p <= 1, default 0.95), ``top_k`` (int >= 0,
+  default 40; 0 = off), ``min_p`` (0..1, default 0.05), ``seed`` (int, default random),
+  ``stop`` (a string or a list of strings), ``stream`` (bool, default false).
+  With ``stream``, each piece of text arrives as a PARTIAL ``{"token": str}`` (one per token,
+  except that bytes of a multi-byte character wait for the rest, and text that may begin a
+  stop sequence waits until it cannot). FINAL: ``{"model", "text", "finish_reason" ("stop" or
+  "length"), "usage": {"prompt_tokens", "completion_tokens"}, "tokens_per_s", "ttft_s"}``.
+  Cancelling the request (or disconnecting) stops the generation within a token.
+- ``models``: what is installed and loaded (the same map as status's "models" section).
+- ``load``: ``{"model", "role"?: "generate" | "embed"}`` loads it now; ``unload``: ``{"model"}``.
+
+``embed`` op ``embed``: ``{"model", "texts": [str, ...]}`` -> ``{"model", "dim", "vectors":
+float32 (n, dim)}``, L2-normalised; GGUF models mean-pool their last layer, ONNX encoders pool
+as they were trained to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+
+from aether_box.bus.service import OpService, Request, require
+from aether_box.engines.llama import Generation, GenerationParams
+from aether_box.engines.registry import (
+    ROLES,
+    EngineSettings,
+    LoadedModel,
+    ModelRegistry,
+    gpu_present,
+)
+from aether_box.errors import BadRequest, BoxError, TooLarge
+from aether_box.models.settings import ModelsSettings
+from aether_box.models.store import ModelStore
+
+if TYPE_CHECKING:
+    from aether_box.box import Box
+
+__all__ = ["EmbedService", "EnginesComponent", "LlmService", "generation_params"]
+
+log = logging.getLogger(__name__)
+
+MAX_STOPS = 16
+REFRESH_S = 10.0
+
+
+class EnginesComponent:
+    """Registers `llm` and `embed`, and the "models" status section."""
+
+    name = "engines"
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self.settings = box.config.get(EngineSettings)
+        self.models_dir = box.config.get(ModelsSettings).dir
+        self.registry: ModelRegistry
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        # Reading the manifest, looking for a GPU and loading llama.cpp's library touch files.
+        store, gpu, threads = await anyio.to_thread.run_sync(self._probe)
+        self.registry = ModelRegistry(self.settings, store, gpu=gpu, threads=threads)
+        await self._refresh()
+        self.box.broker.add_service("llm", LlmService(self.registry, self.box))
+        self.box.broker.add_service("embed", EmbedService(self.registry))
+        status = self.box.components.get("status")
+        if status is not None:
+            status.sections["models"] = self.registry.status
+        task_status.started()
+        try:
+            while True:  # notice models pulled or added while the box runs
+                await anyio.sleep(REFRESH_S)
+                await self._refresh()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.registry.close()
+
+    def _probe(self) -> tuple[ModelStore, bool, int]:
+        import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
+
+        return ModelStore(self.models_dir), gpu_present(), self.settings.probe_threads()
+
+    async def _refresh(self) -> None:
+        try:
+            await self.registry.refresh_installed()
+        except BoxError as exc:  # e.g. a broken registry.toml: keep serving, say why
+            log.warning("cannot list installed models: %s", exc)
+
+
+class LlmService(OpService):
+    """Chat and completion with GGUF models."""
+
+    name = "llm"
+
+    def __init__(self, registry: ModelRegistry, box: Box | None = None) -> None:
+        self.registry = registry
+        self.box = box
+
+    async def op_chat(self, request: Request) -> dict[str, Any]:
+        """Reply to `messages` with the model's chat template."""
+        body = request.body
+        name = require(body, "model", str)
+        messages = _messages(body)
+        params, stream = generation_params(body)
+        async with self.registry.use(name, "generate") as entry:
+            engine = entry.engine
+            prompt = lambda: engine.chat_tokens(messages, name)  # noqa: E731
+            result = await self._generate(request, entry, prompt, params, stream)
+        return self._final(name, result)
+
+    async def op_complete(self, request: Request) -> dict[str, Any]:
+        """Continue a raw `prompt`."""
+        body = request.body
+        name = require(body, "model", str)
+        prompt = require(body, "prompt", str)
+        params, stream = generation_params(body)
+        async with self.registry.use(name, "generate") as entry:
+            engine = entry.engine
+            result = await self._generate(
+                request, entry, lambda: engine.prompt_tokens(prompt), params, stream
+            )
+        return self._final(name, result)
+
+    async def op_models(self, request: Request) -> dict[str, Any]:
+        """Installed and loaded models, and the memory budget."""
+        await self.registry.refresh_installed()
+        return self.registry.status()
+
+    async def op_load(self, request: Request) -> dict[str, Any]:
+        """Load a model now rather than on first use."""
+        name = require(request.body, "model", str)
+        role = request.body.get("role")
+        if role is not None and role not in ROLES:
+            raise BadRequest(f"field 'role' must be one of {list(ROLES)}, got {role!r}")
+        entry = await self.registry.load(name, role)
+        return entry.snapshot()
+
+    async def op_unload(self, request: Request) -> dict[str, Any]:
+        """Unload every instance of a model (after the requests in progress)."""
+        name = require(request.body, "model", str)
+        return {"model": name, "unloaded": await self.registry.unload(name)}
+
+    async def _generate(
+        self,
+        request: Request,
+        entry: LoadedModel,
+        prompt: Callable[[], list[int]],
+        params: GenerationParams,
+        stream: bool,
+    ) -> Generation:
+        """Generate in a worker thread, streaming the text; stop it if the request is cancelled.
+
+        `prompt` makes the prompt's tokens; it runs in the same worker call as the generation.
+        """
+        engine = entry.engine
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+
+        def deliver(text: str) -> None:  # on the event loop
+            try:
+                send.send_nowait(text)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the request was cancelled; the worker stops at its next token
+
+        on_text = (lambda text: loop.call_soon_threadsafe(deliver, text)) if stream else None
+        outcome: list[Any] = []
+
+        def generate() -> Generation:
+            return engine.generate(prompt(), params, on_text, stop.is_set, entry.name)
+
+        async def work() -> None:
+            try:
+                outcome.append(await self.registry.run(generate))
+            except Exception as exc:  # re-raised below, outside the task group
+                outcome.append(exc)
+            finally:
+                send.close()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(work)
+            try:
+                async with receive:
+                    async for text in receive:
+                        await request.partial({"token": text})
+            finally:
+                # Cancelled (client cancel or gone) or done: either way the worker stops at
+                # its next token, and the task group waits for it, so the model is free after.
+                stop.set()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        entry.tokens_per_s = result.tokens_per_s or entry.tokens_per_s
+        if self.box is not None:
+            self.box.events.publish(
+                "metrics.llm",
+                {
+                    "model": entry.name,
+                    "completion_tokens": result.completion_tokens,
+                    "tokens_per_s": round(result.tokens_per_s, 2),
+                    "ttft_s": round(result.ttft_s, 4),
+                },
+            )
+        return result
+
+    @staticmethod
+    def _final(name: str, result: Generation) -> dict[str, Any]:
+        return {
+            "model": name,
+            "text": result.text,
+            "finish_reason": result.finish_reason,
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+            },
+            "tokens_per_s": round(result.tokens_per_s, 2),
+            "ttft_s": round(result.ttft_s, 4),
+        }
+
+
+class EmbedService(OpService):
+    """Sentence vectors from ONNX encoders and GGUF models."""
+
+    name = "embed"
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    async def op_embed(self, request: Request) -> dict[str, Any]:
+        """L2-normalised float32 vectors, one row per text."""
+        body = request.body
+        name = require(body, "model", str)
+        texts = require(body, "texts", list)
+        limit = self.registry.settings.max_texts
+        if len(texts) > limit:
+            raise TooLarge(
+                f"{len(texts)} texts in one request; at most {limit} "
+                "(engines.max_texts): send them in several requests"
+            )
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise BadRequest(f"texts[{i}] must be a string, got {type(text).__name__}")
+        batch = self.registry.settings.embed_batch
+        parts: list[np.ndarray] = []
+        dim = 0
+        started = time.perf_counter()
+        # Each batch queues for the model on its own, so a big request shares it fairly.
+        for start in range(0, max(len(texts), 1), batch):
+            chunk = texts[start : start + batch]
+            async with self.registry.use(name, "embed") as entry:
+                dim = int(entry.engine.dim)
+                if chunk:
+                    parts.append(await self.registry.run(_embed_call(entry, chunk, start)))
+        vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+        if texts:
+            entry.items_per_s = len(texts) / max(time.perf_counter() - started, 1e-9)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return {"model": name, "dim": dim, "vectors": vectors}
+
+
+def _embed_call(entry: LoadedModel, chunk: list[str], offset: int) -> Any:
+    from aether_box.engines.llama import LlamaEmbedder
+
+    engine = entry.engine
+    if isinstance(engine, LlamaEmbedder):
+        return lambda: engine.embed(chunk, name=entry.name, offset=offset)
+    return lambda: engine.embed(chunk)
+
+
+def generation_params(body: Mapping[str, Any]) -> tuple[GenerationParams, bool]:
+    """Sampling settings and the stream flag of a request, or a BadRequest naming the field."""
+    d = GenerationParams()
+    max_tokens = _number(body, "max_tokens", d.max_tokens, 1, None, integer=True)
+    temperature = _number(body, "temperature", d.temperature, 0.0, 2.0)
+    top_p = _number(body, "top_p", d.top_p, 0.0, 1.0, open_low=True)
+    top_k = _number(body, "top_k", d.top_k, 0, None, integer=True)
+    min_p = _number(body, "min_p", d.min_p, 0.0, 1.0)
+    seed = body.get("seed")
+    if seed is not None:
+        seed = _number(body, "seed", 0, 0, 2**32 - 2, integer=True)
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest("field 'stop' must be a non-empty string or a list of them")
+    if len(stop) > MAX_STOPS:
+        raise BadRequest(f"at most {MAX_STOPS} stop sequences, got {len(stop)}")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(f"field 'stream' must be true or false, got {stream!r}")
+    params = GenerationParams(
+        int(max_tokens),
+        float(temperature),
+        float(top_p),
+        int(top_k),
+        float(min_p),
+        seed,
+        tuple(stop),
+    )
+    return params, stream
+
+
+def _number(
+    body: Mapping[str, Any],
+    key: str,
+    default: float,
+    low: float,
+    high: float | None,
+    *,
+    integer: bool = False,
+    open_low: bool = False,
+) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise BadRequest(
+            f"field {key!r} must be {'an integer' if integer else 'a number'}, got {value!r}"
+        )
+    too_low = value <= low if open_low else value < low
+    if too_low or (high is not None and value > high):
+        bounds = f"{'>' if open_low else '>='} {low}"
+        if high is not None:
+            bounds += f" and <= {high}"
+        raise BadRequest(f"field {key!r} must be {bounds}, got {value!r}")
+    return value
+
+
+def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
+    messages = require(body, "messages", list)
+    if not messages:
+        raise BadRequest("field 'messages' is empty; send at least one {'role', 'content'} map")
+    out = []
+    for i, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
+            raise BadRequest(f"messages[{i}] must be a map with string 'role' and 'content'")
+        out.append({"role": message["role"], "content": message["content"]})
+    return out

