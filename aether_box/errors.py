@@ -11,6 +11,7 @@ __all__ = [
     "BoxError",
     "Cancelled",
     "ConfigError",
+    "CorruptModel",
     "NotFound",
     "Overloaded",
     "ProtocolError",
@@ -88,6 +89,12 @@ class Cancelled(BoxError):
     code = "cancelled"
 
 
+class CorruptModel(BoxError):
+    """A model file is truncated or does not match its checksum."""
+
+    code = "corrupt_model"
+
+
 class ConfigError(BoxError):
     """The configuration or the command line is invalid."""
 
@@ -106,6 +113,7 @@ _BY_CODE: dict[str, type[BoxError]] = {
         TooLarge,
         Overloaded,
         Cancelled,
+        CorruptModel,
         ConfigError,
     )
 }

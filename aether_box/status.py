@@ -34,6 +34,8 @@ class StatusComponent:
         self.started = time.time()
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent(None)  # first call primes the CPU counter
+        # psutil reads /proc files: done once a second in a worker thread, never on the loop.
+        self._figures = self._read_process()
         # Other components add their own sections to the status reply here.
         self.sections: dict[str, Callable[[], Any]] = {}
 
@@ -42,6 +44,7 @@ class StatusComponent:
         task_status.started()
         while True:
             await anyio.sleep(1.0)
+            self._figures = await anyio.to_thread.run_sync(self._read_process)
             self.box.events.publish("status.heartbeat", self.summary())
 
     def handle(self, request: Request) -> dict[str, Any]:
@@ -71,16 +74,20 @@ class StatusComponent:
 
     def summary(self) -> dict[str, Any]:
         """The small part sent with every heartbeat."""
+        return {
+            "version": __version__,
+            "ready": self.box.ready,
+            "pid": self._process.pid,
+            "uptime_s": round(time.time() - self.started, 3),
+            **self._figures,
+            "in_flight": self.box.broker.in_flight,
+            "rejected_total": sum(self.box.broker.rejected.values()),
+        }
+
+    def _read_process(self) -> dict[str, Any]:
         with self._process.oneshot():
-            memory = self._process.memory_info()
             return {
-                "version": __version__,
-                "ready": self.box.ready,
-                "pid": self._process.pid,
-                "uptime_s": round(time.time() - self.started, 3),
                 "cpu_percent": self._process.cpu_percent(None),
-                "rss_mb": round(memory.rss / 2**20, 1),
+                "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
                 "threads": self._process.num_threads(),
-                "in_flight": self.box.broker.in_flight,
-                "rejected_total": sum(self.box.broker.rejected.values()),
             }

@@ -90,7 +90,7 @@ def test_status_counts_projections_per_projector(fitted_box: FittedBox) -> None:
     assert counters["projections"] == before + 5
     assert counters["accepted"] + counters["proxied"] == counters["projections"]
     assert 0 <= counters["agreement_mean"] <= 1
-    assert section["gate"] == 0.7
+    assert section["gate"] == 0.8
     assert counters["method"] == fitted_box.report["best"]
     assert reply["projector"] == NAME
 
@@ -103,7 +103,7 @@ def test_list_and_fidelity(fitted_box: FittedBox) -> None:
     assert only["name"] == NAME and only["method"] == fitted_box.report["best"]
     assert set(only["methods"]) == {"ridge", "procrustes", "mlp"}
     assert report["best"] == fitted_box.report["best"]
-    assert report["gate"]["threshold"] == 0.7
+    assert report["gate"]["threshold"] == 0.8
 
 
 def test_pairs_again_come_from_the_cache(fitted_box: FittedBox) -> None:
@@ -145,7 +145,7 @@ def test_cli_lists_projectors_and_makes_pairs_from_a_file(
     fitted_box: FittedBox, tmp_path: Path
 ) -> None:
     data_dir = str(fitted_box.box.data_dir)
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "200"})  # rich fits its tables to the terminal
     listed = runner.invoke(cli, ["--data-dir", data_dir, "align", "list"])
     assert listed.exit_code == 0, listed.output
     assert "smollm2->minilm" in listed.output and fitted_box.report["best"] in listed.output
@@ -176,7 +176,7 @@ def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox)
             align.settings.gate = 1.0  # none does: the box re-embeds the text with minilm
             proxied = client.request("memory", body)
         finally:
-            align.settings.gate = 0.7
+            align.settings.gate = 0.8
         section = client.status()["align"]["projectors"]["smollm2->minilm"]
     assert through["path"] == "projector" and through["alignment"]["accepted"] is True
     assert proxied["path"] == "proxy" and proxied["alignment"]["accepted"] is False

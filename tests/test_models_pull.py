@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from aether_box.cli import cli
-from aether_box.errors import NotFound
+from aether_box.errors import CorruptModel, NotFound
 from aether_box.models.files import PARTIAL_PREFIX, atomic_writer
 from aether_box.models.manifest import Manifest
 from aether_box.models.pull import DownloadFailed, assemble, pull
-from aether_box.models.store import CorruptModel, ModelStore
+from aether_box.models.store import ModelStore
 
 PART_A = b"GGUF" + bytes(range(256)) * 40
 PART_B = bytes(reversed(range(256))) * 40

@@ -12,8 +12,8 @@ import pytest
 
 from aether_box.engines.bert_onnx import ENCODER_JSON, build_bert_graph, ensure_exported
 from aether_box.engines.onnx import CPU, OnnxEncoder
-from aether_box.errors import BadRequest
-from aether_box.models.store import CorruptModel, ModelStore
+from aether_box.errors import BadRequest, CorruptModel
+from aether_box.models.store import ModelStore
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 EXPORT_FILES = ["model.safetensors", "tokenizer.json", "config.json", "sentence_bert_config.json"]

@@ -149,15 +149,14 @@ def list_cmd(state: CliState, as_json: bool, timeout: float) -> None:
         return
     table = Table(title=f"projectors (gate {reply['gate']})")
     for column in ("projector", "served", "pairs", "corpus", "top-1 in", "top-1 out",
-                   "R@10 in", "cos in", "methods (top-1 in)", "projections"):
-        table.add_column(column)
+                   "R@10 in", "top-1 in by method", "projections"):
+        table.add_column(column, overflow="fold")
     for p in reply["projectors"]:
         out = p.get("out_of_domain") or {}
         counters = p.get("counters") or {}
         table.add_row(
             p["name"], p["method"], str(p["pairs"]), p["corpus"], _f(p["in_domain"]["top1"]),
             _f(out.get("top1")), _f(p["in_domain"]["recall_at_10"]),
-            _f(p["in_domain"]["mean_cosine"]),
             " ".join(f"{m} {_f(v)}" for m, v in p["methods"].items()),
             str(counters.get("projections", 0)))
     Console().print(table)

@@ -15,9 +15,9 @@ projection itself gives, on the source vector alone:
 
 The agreement is a logistic calibration of these signals to the event that matters: the
 projection retrieves, among N = 1,000 held-out texts, the same nearest neighbour as the
-native vector would (top-1). So it reads as a probability: a gate of 0.7 uses a projection
-only when it is at least 70% likely to find what the target model itself would have found,
-and re-embeds the text with the target model otherwise. It is calibrated on pairs that the
+native vector would (top-1). So it reads as a probability: a gate of 0.8 (the default) uses a
+projection only when it is at least 80% likely to find what the target model itself would
+have found, and re-embeds the text with the target model otherwise. It is calibrated on pairs that the
 judged maps were not fitted on (see `fit_gate`); `calibrate` reports on held-out pairs how
 well it ranks good and bad projections, what share of queries each threshold sends to the
 proxy, and the top-1 of the combined path.

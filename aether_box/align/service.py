@@ -5,8 +5,8 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     project   from, to, vector (d,) | vectors (n, d), [text], [collection], [gate]
               -> {vector (d_to,) | vectors (n, d_to), agreement, accepted, gate,
                   projector, method}
-              agreement: the gate's estimate of the cosine to the native vector (float, or
-              an (n,) float32 array for `vectors`); accepted: agreement >= gate (the [align]
+              agreement: the gate's probability that the projection finds the native top-1
+              (float, or an (n,) float32 array for `vectors`; see gate.py); accepted: agreement >= gate (the [align]
               gate, or the request's own `gate`): a bool, or an (n,) uint8 array for
               `vectors`. NotFound when no projector was fitted.
     list      -> {projectors: [summary], gate}
@@ -163,7 +163,7 @@ class AlignService(OpService):
         async with self._load_lock:
             if name not in self.served:
                 report = await anyio.to_thread.run_sync(self.store.report, source, target)
-                path = self.store.onnx_path(source, target, report["best"])
+                path = self.store.served_path(source, target)
                 engine = await anyio.to_thread.run_sync(OnnxProjector, path)
                 if not engine.has_gate:
                     raise BoxError(f"{path} has no gate output; refit it with "

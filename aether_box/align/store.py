@@ -1,7 +1,8 @@
 """Projectors on disk: ``<align dir>/projectors/<source>__<target>/``.
 
-Each pair dir holds ``<method>.npz`` (numpy weights), ``<method>.onnx`` (what is served),
-``gate.npz`` and ``report.json``: every method's fidelity, which one is best (served), the
+Each pair dir holds ``<method>.npz`` (numpy weights) and ``<method>.onnx`` (the projection
+alone) for every method, ``served.onnx`` (the best method with its gate: what `align project`
+runs), ``gate.npz`` and ``report.json``: every method's fidelity, which one is served, the
 gate's calibration and where the pairs came from.
 """
 
@@ -42,12 +43,14 @@ class ProjectorStore:
         where = self._dir(first.source, first.target)
         where.mkdir(parents=True, exist_ok=True)
         best = report["best"]
+        graphs = {f"{m}.onnx": to_onnx(p) for m, p in projectors.items()}
+        graphs["served.onnx"] = to_onnx(projectors[best], gate)
         for method, projector in projectors.items():
             projector.save(where / f"{method}.npz")
-            model = to_onnx(projector, gate if method == best else None)
-            tmp = where / f"{method}.onnx.tmp"
+        for name, model in graphs.items():
+            tmp = where / f"{name}.tmp"
             onnx.save(model, str(tmp))
-            tmp.replace(where / f"{method}.onnx")
+            tmp.replace(where / name)
         gate.save(where / "gate.npz")
         tmp = where / "report.json.tmp"
         tmp.write_text(json.dumps(report, indent=2, default=float))
@@ -76,8 +79,12 @@ class ProjectorStore:
         return json.loads(path.read_text())
 
     def onnx_path(self, source: str, target: str, method: str) -> Path:
-        """The served graph of one method."""
+        """The projection-only graph of one method."""
         return self._dir(source, target) / f"{method}.onnx"
+
+    def served_path(self, source: str, target: str) -> Path:
+        """The graph `align project` runs: the best method with its gate."""
+        return self._dir(source, target) / "served.onnx"
 
     def projector(self, source: str, target: str, method: str) -> Projector:
         """The numpy weights of one method."""

@@ -369,6 +369,12 @@ class AsyncClient:
             if "token" in part:
                 yield part["token"]
 
+    async def complete(self, model: str, prompt: str, **params: Any) -> dict[str, Any]:
+        """A raw completion of `prompt` (for base models)."""
+        timeout = params.pop("timeout", None)
+        body = _llm_body("complete", model, prompt=prompt, **params)
+        return await self.request("llm", body, timeout=timeout)
+
     async def embed(
         self, model: str, texts: list[str], *, timeout: float | None = None
     ) -> np.ndarray:

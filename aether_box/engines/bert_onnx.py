@@ -78,7 +78,7 @@ def _export(model_dir: Path, onnx_path: Path) -> None:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from aether_box.models.store import CorruptModel
+    from aether_box.errors import CorruptModel
 
     config = _read_json(model_dir / "config.json")
     if (

@@ -23,8 +23,7 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from aether_box.errors import BadRequest, BoxError, NotFound
-from aether_box.models.store import CorruptModel
+from aether_box.errors import BadRequest, BoxError, CorruptModel, NotFound
 
 __all__ = [
     "Generation",

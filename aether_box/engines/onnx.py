@@ -64,7 +64,7 @@ class OnnxEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from aether_box.models.store import CorruptModel
+        from aether_box.errors import CorruptModel
 
         path = Path(path)
         config = _encoder_config(path)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from aether_box.errors import ServiceUnavailable
+from aether_box.errors import CorruptModel, ServiceUnavailable
 from aether_box.models.files import (
     CHUNK,
     atomic_writer,
@@ -38,7 +38,7 @@ from aether_box.models.files import (
     sha256_file,
 )
 from aether_box.models.manifest import FileSpec, ModelSpec
-from aether_box.models.store import CorruptModel, ModelStore
+from aether_box.models.store import ModelStore
 
 __all__ = ["DownloadFailed", "PullResult", "pull"]
 

@@ -18,16 +18,10 @@ from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.models.files import PARTIAL_PREFIX, is_gguf
 from aether_box.models.manifest import Manifest, ModelSpec
 
-__all__ = ["CorruptModel", "ModelInfo", "ModelStore", "REGISTRY"]
+__all__ = ["ModelInfo", "ModelStore", "REGISTRY"]
 
 REGISTRY = "registry.toml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-class CorruptModel(BoxError):
-    """A model file is truncated or does not match its checksum."""
-
-    code = "corrupt_model"
 
 
 @dataclass(frozen=True)
