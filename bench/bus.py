@@ -17,8 +17,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _box import machine, start_box, stop_box  # noqa: E402
 
 from aether_box.bus.protocol import CLIENT, ClientCmd, encode_body  # noqa: E402
 from aether_box.client import Client  # noqa: E402
@@ -104,43 +104,6 @@ def measure(kind: str, mode: str, endpoint: str, size: int, clients: int, second
     return total
 
 
-def start_box(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    """`aether-box run` on an ephemeral tcp port; returns the process and its tcp endpoint."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aether_box",
-            "--data-dir",
-            str(data_dir),
-            "--set",
-            'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
-            "--set",
-            'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
-            "run",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    ipc = f"ipc://{data_dir}/bus.sock"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (data_dir / "bus.sock").exists():
-            try:
-                with Client(ipc, timeout=1) as client:
-                    tcp = next(
-                        e for e in client.status()["endpoints"]["bus"] if e.startswith("tcp")
-                    )
-                return process, tcp
-            except Exception:
-                pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the box did not start within 60 s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -154,7 +117,7 @@ def main() -> None:
     server.start()
     raw_endpoint = endpoints.get(timeout=10)
     data_dir = Path(tempfile.mkdtemp(prefix="abx-bench-"))
-    box, box_endpoint = start_box(data_dir)
+    box, box_endpoint = start_box(data_dir, tcp=True)
 
     cases = [(100, 1)] if args.quick else [(100, 1), (100, 8), (1 << 20, 1), (1 << 20, 8)]
     results = []
@@ -181,8 +144,7 @@ def main() -> None:
                     f"{label:>8} {clients:>7} {mode:>9} {raw:>10.0f} {boxed:>10.0f} {boxed / raw:>6.2f}"
                 )
     finally:
-        box.terminate()
-        box.wait(10)
+        stop_box(box)
         server.terminate()
 
     def ratio(mode: str) -> float:
@@ -198,10 +160,7 @@ def main() -> None:
                 "lockstep_ratio": ratio("lockstep"),
                 "pipelined_ratio": ratio("pipelined"),
                 "cases": results,
-                "machine": {
-                    "cores": os.cpu_count(),
-                    "cpu": platform.processor() or platform.machine(),
-                },
+                "machine": machine(),
             }
         )
     )

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,8 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _box import machine, start_box, stop_box  # noqa: E402
 
 from aether_box.client import Client  # noqa: E402
 from aether_box.config import Config  # noqa: E402
@@ -78,10 +78,10 @@ def main() -> None:
         )
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     data_dir = Path(tempfile.mkdtemp(prefix="abx-bench-"))
-    box = start_box(data_dir, models_dir)
+    box, endpoint = start_box(data_dir, f'models.dir="{models_dir}"')
     result: dict[str, Any] = {}
     try:
-        with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=300) as client:
+        with Client(endpoint, data_dir=data_dir, timeout=300) as client:
             result.update(bench_generation(client, installed[GEN_MODEL].path, threads, args))
             if EMBED_MODEL in installed:
                 result.update(bench_embeddings(client, args))
@@ -89,15 +89,9 @@ def main() -> None:
                 print(f"{EMBED_MODEL} is not installed: no embedding figures")
                 result.update(embed_ratio=None, embed_per_s_bus=None, embed_per_s_st=None)
     finally:
-        box.terminate()
-        box.wait(30)
+        stop_box(box)
         shutil.rmtree(data_dir, ignore_errors=True)
-    result["machine"] = {
-        "cores": threads,
-        "logical_cpus": os.cpu_count(),
-        "cpu": cpu_model(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
+    result["machine"] = {**machine(), "physical_cores": threads}
     print(json.dumps(result))
 
 
@@ -322,55 +316,6 @@ def load_sentence_transformer() -> Any:
 
 
 # -- plumbing ----------------------------------------------------------------------------
-
-
-def start_box(data_dir: Path, models_dir: Path) -> subprocess.Popen:
-    """`aether-box run` with only ipc endpoints and the given models dir."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aether_box",
-            "--data-dir",
-            str(data_dir),
-            "--set",
-            'bus.endpoints=["ipc://{data_dir}/bus.sock"]',
-            "--set",
-            'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
-            "--set",
-            f'models.dir="{models_dir}"',
-            "run",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if (data_dir / "bus.sock").exists():
-            try:
-                with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=1) as client:
-                    services = client.status()["services"]
-                if "llm" in services and "embed" in services:  # components start after the bus
-                    return process
-            except Exception:
-                pass
-        if process.poll() is not None:
-            raise SystemExit(f"the box exited with {process.returncode}")
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the box did not start its engines within 120 s")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import apsw  # noqa: E402
 import sqlite_vec  # noqa: E402
+from _box import machine, start_box, stop_box  # noqa: E402
 
 from aether_box.client import Client  # noqa: E402
 from aether_box.memory.index import ExactIndex  # noqa: E402
@@ -75,15 +75,15 @@ def main() -> None:
         print(f"sqlite-vec alone, one transaction: {result['baseline_ingest_per_s']:,} vectors/s")
         result.update(bench_inprocess(data, queries, truth))
         data_dir = work / "box"
-        box = start_box(data_dir)
+        box, endpoint = start_box(data_dir)
         try:
-            with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=300) as client:
+            with Client(endpoint, data_dir=data_dir, timeout=300) as client:
                 result.update(bench_bus(client, data, queries, truth, truth_filtered, args.batch))
         finally:
             stop_box(box)
-        box = start_box(data_dir)
+        box, endpoint = start_box(data_dir)
         try:
-            with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=300) as client:
+            with Client(endpoint, data_dir=data_dir, timeout=300) as client:
                 started = time.perf_counter()
                 client.request(
                     "memory", {"op": "search", "collection": "bench", "vector": queries[0], "k": K}
@@ -98,11 +98,9 @@ def main() -> None:
     result["ingest_ratio"] = round(result["ingest_per_s"] / result["baseline_ingest_per_s"], 3)
     result["query_ratio_vs_numpy"] = round(result["query_p50_ms"] / result["numpy_p50_ms"], 2)
     result["machine"] = {
-        "cpus": os.cpu_count(),
-        "cpu": cpu_model(),
-        "python": platform.python_version(),
+        **machine(),
         "load_before": load_before,
-        "load_after": os.getloadavg(),
+        "python": platform.python_version(),
     }
     print(json.dumps(result))
 
@@ -257,61 +255,6 @@ def unit(rows: np.ndarray) -> np.ndarray:
 
 def ms(times: list[float], pct: int) -> float:
     return round(float(np.percentile(times, pct)) * 1000, 2)
-
-
-def start_box(data_dir: Path) -> subprocess.Popen:
-    """`aether-box run` with only ipc endpoints; returns once `memory` answers."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aether_box",
-            "--data-dir",
-            str(data_dir),
-            "--set",
-            'bus.endpoints=["ipc://{data_dir}/bus.sock"]',
-            "--set",
-            'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
-            "run",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (data_dir / "bus.sock").exists():
-            try:
-                with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=1) as client:
-                    if "memory" in client.status()["services"]:
-                        return process
-            except Exception:
-                pass
-        if process.poll() is not None:
-            raise SystemExit(f"the box exited with {process.returncode}")
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the box did not start within 60 s")
-
-
-def stop_box(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
