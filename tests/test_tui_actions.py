@@ -57,6 +57,9 @@ async def test_chat_reply_streams_token_by_token(model_box):
     app = make_app(model_box, chat_options={"temperature": 0.0, "max_tokens": 12, "seed": 7})
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: model_state(app, "smollm2"), what="the models table")
+        # The models dir may hold other models too: highlight smollm2, as a user would.
+        table = app.query_one(ModelsPanel).table
+        table.move_cursor(row=table.get_row_index("smollm2"))
         await pilot.press("c")
         chat = app.screen
         assert isinstance(chat, ChatScreen)
