@@ -125,26 +125,28 @@ def raise_if_error(body: Mapping[str, Any]) -> None:
         raise error_for_code(str(error["code"]), str(error.get("message", "")))
 
 
-# Plain int flags: pyzmq's send_multipart/recv_multipart combine enum flags per frame,
-# which costs more than the send itself for small messages.
+# Plain int flags and pyzmq's compiled methods: the Python layer of send_multipart and
+# recv_multipart builds enum flags per frame, which costs more than a small send itself.
 _MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)
 _NOW = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
 
 
 def send_now(socket: zmq.Socket, frames: list[Any]) -> None:
     """Send a multipart message without waiting (raises zmq.Again if the queue is full)."""
-    send = socket.send
     for frame in frames[:-1]:
-        send(frame, _MORE_NOW)
-    send(frames[-1], _NOW)
+        _send(socket, frame, _MORE_NOW)
+    _send(socket, frames[-1], _NOW)
 
 
 def recv_now(socket: zmq.Socket) -> list[bytes]:
     """Receive one multipart message without waiting (raises zmq.Again if none is queued)."""
-    parts = [socket.recv(_NOW)]
-    while socket.get(_RCVMORE):
-        parts.append(socket.recv(_NOW))
+    parts = [_recv(socket, _NOW)]
+    while _get(socket, _RCVMORE):
+        parts.append(_recv(socket, _NOW))
     return parts
 
 
