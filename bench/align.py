@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _box import machine, start_box, stop_box  # noqa: E402
 
 from aether_box.align.cli import print_report  # noqa: E402
 from aether_box.align.export import OnnxProjector  # noqa: E402
@@ -72,10 +71,9 @@ def main() -> None:
         print(f"skipping {name} -> {TARGET}: {why} (pull it with "
               f"`aether-box --set models.dir={args.models_dir} models pull {name}`)")
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    box = start_box(args.data_dir, args.models_dir)
+    box, endpoint = start_box(args.data_dir, f'models.dir="{args.models_dir}"')
     results: dict[str, Any] = {}
     try:
-        endpoint = f"ipc://{args.data_dir}/bus.sock"
         with Client(endpoint, data_dir=args.data_dir, timeout=3600) as client:
             for source in sources:
                 if source in skipped:
@@ -92,16 +90,14 @@ def main() -> None:
                     client, source, report["dims"][0])
                 print(json.dumps({source: results[source]}, indent=1))
     finally:
-        box.terminate()
-        box.wait(30)
+        stop_box(box)
     first = results.get("smollm2") or next(iter(results.values()), {})
     out = {
         "top1_in_domain": first.get("top1_in_domain"),
         "top1_out_of_domain": first.get("top1_out_of_domain"),
         "project_single_us": (first.get("timing") or {}).get("onnx_single_us"),
         "pairs": results, "skipped": skipped,
-        "machine": {"cpu": cpu_model(), "cores": psutil.cpu_count(logical=False),
-                    "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "machine": machine(),
     }
     print(json.dumps(out))
 
@@ -190,42 +186,6 @@ def time_bus(client: Client, source: str, dim: int, rounds: int = 200) -> float:
     vector = np.random.default_rng(1).standard_normal(dim).astype(np.float32)
     return _median_us(lambda: client.request("align", {"op": "project", "from": source,
                                                        "to": TARGET, "vector": vector}), rounds)
-
-
-def start_box(data_dir: Path, models_dir: Path) -> subprocess.Popen:
-    """`aether-box run` over the persistent bench data dir (ipc endpoints only)."""
-    log = open(data_dir / "box.log", "w")  # noqa: SIM115 - kept for the box's life
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aether_box", "--data-dir", str(data_dir),
-         "--set", 'bus.endpoints=["ipc://{data_dir}/bus.sock"]',
-         "--set", 'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
-         "--set", f'models.dir="{models_dir}"',
-         "run", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if (data_dir / "bus.sock").exists():
-            try:
-                with Client(f"ipc://{data_dir}/bus.sock", data_dir=data_dir, timeout=1) as client:
-                    client.status()
-                return process
-            except Exception:
-                pass
-        if process.poll() is not None:
-            raise SystemExit(f"the box exited with {process.returncode}; see {data_dir}/box.log")
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the box did not start within 120 s")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -69,7 +69,6 @@ class Served:
     accepted: int = 0
     agreement_sum: float = 0.0
     agreement_recent: float | None = None
-    lock: Any = field(default_factory=anyio.Lock)
 
     def count(self, agreement: np.ndarray, accepted: np.ndarray) -> None:
         """Add one call's projections to the counters."""
@@ -259,25 +258,29 @@ class AlignService(OpService):
         if texts is not None:
             if not isinstance(texts, list) or not all(isinstance(t, str) and t for t in texts):
                 raise BadRequest("'texts' must be a list of non-empty strings")
-            return plan_texts(list(dict.fromkeys(texts)), "texts", max_pairs, test_pairs,
-                              _ood(ood, default=False), standard=standard)
+            unique, sets = list(dict.fromkeys(texts)), _ood(ood, default=False)
+            return await anyio.to_thread.run_sync(lambda: plan_texts(
+                unique, "texts", max_pairs, test_pairs, sets, standard=standard))
         if collection is not None:
             if not isinstance(collection, str):
                 raise BadRequest("'collection' must be a collection name")
             texts, vectors, model = await self._collection(collection)
-            plan = plan_texts(texts, f"collection:{collection}", max_pairs, test_pairs,
-                              _ood(ood, default=False), standard=standard)
+            sets = _ood(ood, default=False)
+            plan = await anyio.to_thread.run_sync(lambda: plan_texts(
+                texts, f"collection:{collection}", max_pairs, test_pairs, sets,
+                standard=standard))
             if model == target:
                 plan.attach_target(texts, vectors)
             return plan
         if corpus is not None and corpus not in BUILTIN_SETS:
             raise BadRequest(f"'corpus' must be a built-in set {list(BUILTIN_SETS)}; send "
                              "your own as 'texts'")
-        if corpus is None or corpus == "glosses":
-            return plan_texts(load_set("glosses"), "builtin:glosses", max_pairs, test_pairs,
-                              _ood(ood, default=True), standard=standard, builtin=True)
-        return plan_texts(load_set(corpus), f"builtin:{corpus}", max_pairs, test_pairs,
-                          _ood(ood, default=False), standard=standard)
+        name = corpus or "glosses"
+        sets = _ood(ood, default=name == "glosses")
+        # Reading the gzip'd sets is file IO: off the event loop.
+        return await anyio.to_thread.run_sync(lambda: plan_texts(
+            load_set(name), f"builtin:{name}", max_pairs, test_pairs, sets, standard=standard,
+            builtin=name == "glosses"))
 
     async def _collection(self, name: str) -> tuple[list[str], np.ndarray, str]:
         """Texts, vectors and model of a memory collection (paged through `memory list`)."""
