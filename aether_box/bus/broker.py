@@ -121,6 +121,7 @@ class Broker:
     ) -> None:
         self.settings = settings
         self.curve = curve
+        self._max_bytes = settings.max_message_bytes
         self.context = context
         self.services: dict[str, Service] = {}
         self.rejected: Counter[str] = Counter()
@@ -302,15 +303,15 @@ class Broker:
                 client, legacy, service, ProtocolError(f"unknown client command {command!r}")
             )
             return
-        size = sum(len(f) for f in body)
-        if size > self.settings.max_message_bytes:
+        size = sum(map(len, body))
+        if size > self._max_bytes:
             self.rejected["too_large"] += 1
             self._reply_error(
                 client,
                 legacy,
                 service,
                 TooLarge(
-                    f"request of {size} bytes is over the {self.settings.max_message_bytes}-byte limit; "
+                    f"request of {size} bytes is over the {self._max_bytes}-byte limit; "
                     "split it, or raise bus.max_message_mb"
                 ),
             )
