@@ -49,8 +49,10 @@ def test_a_client_that_cancels_frees_the_model_within_moments(llm_box):
     generation.join(120)
     assert generation.error is None and len(generation.replies) == 3
     with llm_box.client() as client:
-        took = wait_for(lambda: not loaded(client).get(KEY, {}).get("busy"), 5, "the model freed")
-        assert took < 3
+        # Running on to 2,000 tokens would take 15 s or more even on an idle machine; on a
+        # loaded 2-core one a single token can take most of a second, hence this margin.
+        took = wait_for(lambda: not loaded(client).get(KEY, {}).get("busy"), 10, "the model freed")
+        assert took < 5
         # The model is free: a short request gets it at once.
         started = time.monotonic()
         client.request("llm", {**LONG, "max_tokens": 2, "stream": False}, timeout=60)
