@@ -408,7 +408,7 @@ class Broker:
 
         async def send_partial(body: Mapping[str, Any]) -> None:
             nonlocal client_gone
-            partial = {**body, RID: rid} if rid is not None else body
+            partial = {**body, RID: rid} if rid is not None else dict(body)
             if not await self._send(self._client_frames(client, legacy, service, False, partial)):
                 client_gone = True
                 scope.cancel()
@@ -609,9 +609,10 @@ class Broker:
         legacy: bool,
         service: bytes,
         final: bool,
-        body: Mapping[str, Any] | list[bytes],
+        body: dict[str, Any] | list[bytes],
     ) -> list[Any]:
-        payload = encode_body(body) if isinstance(body, Mapping) else body
+        # A dict is a body to encode; a list is frames already encoded (a worker's reply).
+        payload = encode_body(body) if isinstance(body, dict) else body
         if legacy:  # majortomo: empty frame, worker numbers, no service frame
             return [client, b"", CLIENT, WorkerCmd.FINAL if final else WorkerCmd.PARTIAL, *payload]
         return [client, CLIENT, ClientCmd.FINAL if final else ClientCmd.PARTIAL, service, *payload]
