@@ -15,6 +15,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Header
 
 from aether_box.client import BoxError
@@ -161,6 +162,12 @@ class BoxApp(App[None]):
             self.log_tail.note(f"disconnected: {message.reason}", "bold red")
 
     def on_status_report(self, message: StatusReport) -> None:
+        try:
+            self._show_report(message)
+        except NoMatches:  # a report that lands while the app quits: its widgets are gone
+            return
+
+    def _show_report(self, message: StatusReport) -> None:
         report = message.report
         self.report = report
         self.reports_seen += 1
