@@ -212,6 +212,21 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
             bias = g.const(f"l{_i}_{name}_b", w(_p + name + ".bias"))
             return g.op("Add", [g.op("MatMul", [inp, weight]), bias])
 
+        def add_and_norm(
+            out: str, residual: str, tag: str, name: str, _p: str = p, _i: int = i
+        ) -> str:
+            # Residual connection, then LayerNorm with the checkpoint's `name`.LayerNorm weights.
+            return g.op(
+                "LayerNormalization",
+                [
+                    g.op("Add", [out, residual]),
+                    g.const(f"l{_i}_{tag}_ln_w", w(_p + name + ".LayerNorm.weight")),
+                    g.const(f"l{_i}_{tag}_ln_b", w(_p + name + ".LayerNorm.bias")),
+                ],
+                axis=-1,
+                epsilon=eps,
+            )
+
         def heads_of(t: str, perm: list[int]) -> str:
             return g.op("Transpose", [g.op("Reshape", [t, "split_heads"])], perm=perm)
 
@@ -223,32 +238,12 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
         probs = g.op("Softmax", [scores], axis=-1)
         context = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         context = g.op("Reshape", [context, "merge_heads"])
-        attn = dense(context, "attention.output.dense")
-        x = g.op(
-            "LayerNormalization",
-            [
-                g.op("Add", [attn, x]),
-                g.const(f"l{i}_attn_ln_w", w(p + "attention.output.LayerNorm.weight")),
-                g.const(f"l{i}_attn_ln_b", w(p + "attention.output.LayerNorm.bias")),
-            ],
-            axis=-1,
-            epsilon=eps,
-        )
+        x = add_and_norm(dense(context, "attention.output.dense"), x, "attn", "attention.output")
         inner = dense(x, "intermediate.dense")
         # Exact GELU, as BERT uses: x * 0.5 * (1 + erf(x / sqrt(2))).
         erf = g.op("Erf", [g.op("Div", [inner, "sqrt2_f"])])
         gelu = g.op("Mul", [g.op("Mul", [inner, g.op("Add", [erf, "one_f"])]), "half_f"])
-        out = dense(gelu, "output.dense")
-        x = g.op(
-            "LayerNormalization",
-            [
-                g.op("Add", [out, x]),
-                g.const(f"l{i}_out_ln_w", w(p + "output.LayerNorm.weight")),
-                g.const(f"l{i}_out_ln_b", w(p + "output.LayerNorm.bias")),
-            ],
-            axis=-1,
-            epsilon=eps,
-        )
+        x = add_and_norm(dense(gelu, "output.dense"), x, "out", "output")
 
     # Mean over attended tokens, then L2 normalisation (x / max(|x|, 1e-12)).
     mask_f = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
