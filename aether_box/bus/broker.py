@@ -31,8 +31,8 @@ from aether_box.bus.protocol import (
     decode_body,
     encode_body,
     raise_if_error,
-    recv_now,
-    send_now,
+    recv_frames,
+    send_frames,
 )
 from aether_box.bus.security import CurveKeys, bind_all
 from aether_box.bus.service import Handler, InlineHandler, Request
@@ -216,13 +216,17 @@ class Broker:
             router.close(linger=0)
 
     def _on_readable(self) -> None:
-        """Handle what is queued on the socket, in bounded batches so other tasks get turns."""
+        """Handle what is queued on the socket, in bounded batches so other tasks get turns.
+
+        Each reply goes out as soon as it is made: holding a batch's replies to send them
+        together measured slower, as the client then idles while the box works, and back.
+        """
         self._recheck_scheduled = False
         self._draining = True
         try:
             for _ in range(DRAIN_BATCH):
                 try:
-                    frames = recv_now(self._router)
+                    frames = recv_frames(self._router)
                 except zmq.Again:
                     return
                 try:
@@ -630,7 +634,7 @@ class Broker:
         """Send without waiting: True if sent, False if the peer is gone, None if queue full."""
         assert self._router is not None
         try:
-            send_now(self._router, frames)
+            send_frames(self._router, frames)
         except zmq.Again:
             return None
         except zmq.ZMQError as exc:
@@ -644,12 +648,10 @@ class Broker:
                 self._schedule_recheck()
         return True
 
-    def _send_nowait(self, frames: list[Any]) -> bool:
-        """Send without waiting; False (and counted) if the peer is gone or its queue is full."""
-        sent = self._try_send(frames)
-        if sent is None:
+    def _send_nowait(self, frames: list[Any]) -> None:
+        """Send without waiting; count it if the peer's queue is full."""
+        if self._try_send(frames) is None:
             self.rejected["send_queue_full"] += 1
-        return bool(sent)
 
     async def _send(self, frames: list[Any]) -> bool:
         """Send, waiting up to SEND_PATIENCE_S for room; False if the peer is gone."""

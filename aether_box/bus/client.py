@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -29,8 +30,8 @@ from aether_box.bus.protocol import (
     decode_body,
     encode_body,
     raise_if_error,
-    recv_now,
-    send_now,
+    recv_frames,
+    send_frames,
 )
 from aether_box.bus.security import client_keys, configure_curve_client
 from aether_box.config import data_dir_from
@@ -142,8 +143,7 @@ class Client:
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._session.connect(self._socket)
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
+        self._wait_ms: int | None = None
 
     def __enter__(self) -> Client:
         return self
@@ -169,10 +169,13 @@ class Client:
         """Yield every reply (partials, then the final one). `timeout` bounds the wait for each."""
         rid = next(_rids)
         wait = self._session.timeout if timeout is None else timeout
-        # A DEALER with no usable connection would block forever on send: bound the wait.
-        if not self._socket.poll(wait * 1000, zmq.POLLOUT):
-            raise self._session.timeout_error(service, wait)
-        send_now(self._socket, self._session.request_frames(service, body, rid))
+        frames = self._session.request_frames(service, body, rid)
+        try:
+            send_frames(self._socket, frames)
+        except zmq.Again:  # no usable connection yet: wait for one, within the timeout
+            if not self._socket.poll(wait * 1000, zmq.POLLOUT):
+                raise self._session.timeout_error(service, wait) from None
+            send_frames(self._socket, frames)
         finished = False
         try:
             while True:
@@ -194,13 +197,22 @@ class Client:
     def _receive(self, rid: int, service: str, timeout: float) -> tuple[bool, dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not self._poller.poll(left * 1000):
+            # A blocking receive bounded by RCVTIMEO: a poll per reply costs more than the reply.
+            self._set_wait(left)
+            try:
+                frames = recv_frames(self._socket, wait=True)
+            except zmq.Again:
                 break
-            final, reply = self._session.parse(recv_now(self._socket))
+            final, reply = self._session.parse(frames)
             if reply.get(RID, rid) == rid:
                 return final, reply
             # A late reply to an earlier call that timed out, or a cancel acknowledgement.
         raise self._session.timeout_error(service, timeout)
+
+    def _set_wait(self, seconds: float) -> None:
+        ms = max(1, math.ceil(seconds * 1000))
+        if ms != self._wait_ms:  # most calls reuse the last timeout: skip the setsockopt
+            self._socket.rcvtimeo = self._wait_ms = ms
 
     def status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The box's status report."""

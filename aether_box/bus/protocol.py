@@ -25,8 +25,8 @@ __all__ = [
     "encode_body",
     "encode_error",
     "raise_if_error",
-    "recv_now",
-    "send_now",
+    "recv_frames",
+    "send_frames",
 ]
 
 CLIENT = b"MDPC02"
@@ -127,26 +127,28 @@ def raise_if_error(body: Mapping[str, Any]) -> None:
 
 # Plain int flags and pyzmq's compiled methods: the Python layer of send_multipart and
 # recv_multipart builds enum flags per frame, which costs more than a small send itself.
-_MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)
-_NOW = int(zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
+_MORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-_get = zmq.backend.Socket.get
 
 
-def send_now(socket: zmq.Socket, frames: list[Any]) -> None:
-    """Send a multipart message without waiting (raises zmq.Again if the queue is full)."""
+def send_frames(socket: zmq.Socket, frames: list[Any], *, wait: bool = False) -> None:
+    """Send one multipart message; without `wait`, raise zmq.Again if the queue is full."""
+    last = 0 if wait else _NOBLOCK
     for frame in frames[:-1]:
-        _send(socket, frame, _MORE_NOW)
-    _send(socket, frames[-1], _NOW)
+        _send(socket, frame, _MORE | last)
+    _send(socket, frames[-1], last)
 
 
-def recv_now(socket: zmq.Socket) -> list[bytes]:
-    """Receive one multipart message without waiting (raises zmq.Again if none is queued)."""
-    parts = [_recv(socket, _NOW)]
-    while _get(socket, _RCVMORE):
-        parts.append(_recv(socket, _NOW))
+def recv_frames(socket: zmq.Socket, *, wait: bool = False) -> list[bytes]:
+    """Receive one multipart message; without `wait`, raise zmq.Again if none is queued."""
+    # A Frame knows whether more follow; asking the socket (RCVMORE) builds an enum per call.
+    frame = _recv(socket, 0 if wait else _NOBLOCK, False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(socket, _NOBLOCK, False)  # the rest of a message arrives with its first
+        parts.append(frame.bytes)
     return parts
 
 
