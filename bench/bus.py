@@ -1,17 +1,19 @@
 """Bus throughput: the box's `echo` service against a raw pyzmq ROUTER/DEALER echo, same run.
 
-    python bench/bus.py [--seconds 1.5] [--rounds 3] [--quick]
+    python bench/bus.py [--slices 10] [--slice-seconds 0.3] [--quick]
 
-Each case runs for a fixed time and counts round trips per second:
+Each case counts round trips per second:
 - raw:  a plain ROUTER echo server process; clients send one frame and get it back.
 - box:  `aether-box run` in its own process; clients send MDP/0.2 requests to `echo`
         (msgpack body + payload), lockstep through `aether_box.client.Client`,
         pipelined through a DEALER speaking MDP/0.2 with a window of requests in flight.
-Both kinds of client send and receive through the box's frame helpers (zero-copy
-multipart calls for 1 MiB), so the clients cost the same and the ratio is the broker's.
-Payloads 100 B and 1 MiB; 1 and 8 client processes; each ratio is the median over rounds
-that alternate raw and box. The last line is JSON;
-`lockstep_ratio` and `pipelined_ratio` are box/raw at 100 B with 1 client.
+Both kinds of client send and receive through the box's frame helpers (zero-copy for
+1 MiB), so the clients cost the same and the ratio is the broker's.
+Payloads 100 B and 1 MiB; 1 and 8 client processes. Every client process holds both
+connections and the processes switch between raw and box together, in short slices:
+a busy spell on a shared machine then hits both sides of a pair, and each ratio is the
+median over pairs. The last line is JSON; `lockstep_ratio` and `pipelined_ratio` are
+box/raw at 100 B with 1 client.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -42,6 +47,7 @@ from aether_box.bus.protocol import (  # noqa: E402
 from aether_box.client import Client  # noqa: E402
 
 WINDOW = 32
+KINDS = ("raw", "box")
 
 
 def raw_server(endpoint_queue: mp.Queue) -> None:
@@ -55,25 +61,26 @@ def raw_server(endpoint_queue: mp.Queue) -> None:
         router.send_multipart(router.recv_multipart(copy=False), copy=False)
 
 
-def run_client(
-    kind: str, mode: str, endpoint: str, size: int, seconds: float, out: mp.Queue
-) -> None:
-    """Count round trips for `seconds`, after a short warm-up."""
-    payload = os.urandom(size)
-    if kind == "box" and mode == "lockstep":
-        client = Client(endpoint, timeout=30)
-        body = {"p": payload}
-        for _ in range(20):
-            client.request("echo", body)
+def lockstep_client(endpoint: str, payload: bytes) -> Callable[[float], float]:
+    """Round trips through the box's own Client, one at a time."""
+    client = Client(endpoint, timeout=30)
+    body = {"p": payload}
+
+    def run(seconds: float) -> float:
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             client.request("echo", body)
             count += 1
-        out.put(count / (time.perf_counter() - start))
-        client.close()
-        return
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
+        return count / (time.perf_counter() - start)
+
+    return run
+
+
+def dealer_client(
+    kind: str, endpoint: str, payload: bytes, window: int
+) -> Callable[[float], float]:
+    """Round trips through a plain DEALER with `window` requests in flight."""
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.linger = 0
     dealer.sndhwm = dealer.rcvhwm = 100_000
     dealer.connect(endpoint)
@@ -81,70 +88,98 @@ def run_client(
         frames = [CLIENT, ClientCmd.REQUEST, b"echo", *encode_body({"p": payload})]
     else:
         frames = [payload]
-    if size < zmq.COPY_THRESHOLD:
-        # The box's own helpers (what its client uses): pyzmq's send_multipart and
-        # recv_multipart spend more on Python-level flags than a small frame costs to send.
-        def send() -> None:
+
+    def run(seconds: float) -> float:
+        for _ in range(window):
             send_frames(dealer, frames, wait=True)
-
-        def recv() -> None:
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
             recv_frames(dealer, wait=True)
-    else:
-        # Large frames travel zero-copy (pyzmq copies below COPY_THRESHOLD anyway).
-        def send() -> None:
-            dealer.send_multipart(frames, copy=False)
+            count += 1
+            send_frames(dealer, frames, wait=True)
+        elapsed = time.perf_counter() - start
+        for _ in range(window):  # leave nothing in flight for the other side's slice
+            recv_frames(dealer, wait=True)
+        return count / elapsed
 
-        def recv() -> None:
-            dealer.recv_multipart(copy=False)
-
-    window = WINDOW if mode == "pipelined" else 1
-    for _ in range(20):
-        send()
-        recv()
-    for _ in range(window):
-        send()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        recv()
-        count += 1
-        send()
-    elapsed = time.perf_counter() - start
-    for _ in range(window):
-        recv()
-    out.put(count / elapsed)
-    dealer.close()
+    return run
 
 
-def measure(kind: str, mode: str, endpoint: str, size: int, clients: int, seconds: float) -> float:
-    """Total round trips per second over all client processes."""
+def client_process(
+    mode: str,
+    endpoints: dict[str, str],
+    size: int,
+    slices: int,
+    slice_s: float,
+    barrier: Barrier,
+    out: mp.Queue,
+) -> None:
+    """Alternate raw and box slices in step with the other client processes."""
+    payload = os.urandom(size)
+    runners = {
+        kind: lockstep_client(endpoints[kind], payload)
+        if kind == "box" and mode == "lockstep"
+        else dealer_client(kind, endpoints[kind], payload, WINDOW if mode == "pipelined" else 1)
+        for kind in KINDS
+    }
+    for run in runners.values():
+        run(0.1)  # connect and warm up
+    rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for i in range(slices):
+        for kind in KINDS if i % 2 == 0 else KINDS[::-1]:
+            barrier.wait()
+            rates[kind].append(runners[kind](slice_s))
+    out.put(rates)
+
+
+def measure(
+    mode: str, endpoints: dict[str, str], size: int, clients: int, slices: int, slice_s: float
+) -> dict[str, Any]:
+    """Raw and box round trips per second (all clients together), and their paired ratio."""
     out: mp.Queue = mp.Queue()
+    barrier = mp.Barrier(clients)
     procs = [
-        mp.Process(target=run_client, args=(kind, mode, endpoint, size, seconds, out))
+        mp.Process(
+            target=client_process, args=(mode, endpoints, size, slices, slice_s, barrier, out)
+        )
         for _ in range(clients)
     ]
     for p in procs:
         p.start()
-    total = sum(out.get(timeout=seconds + 60) for _ in procs)
+    per_client = [out.get(timeout=slices * slice_s * 4 + 120) for _ in procs]
     for p in procs:
         p.join()
-    return total
+    totals = {kind: [sum(r[kind][i] for r in per_client) for i in range(slices)] for kind in KINDS}
+    return {
+        "payload": size,
+        "clients": clients,
+        "mode": mode,
+        "raw_per_s": round(statistics.median(totals["raw"]), 1),
+        "box_per_s": round(statistics.median(totals["box"]), 1),
+        "ratio": round(
+            statistics.median(b / r for b, r in zip(totals["box"], totals["raw"], strict=True)), 3
+        ),
+        "slices": {kind: [round(rate) for rate in totals[kind]] for kind in KINDS},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=1.5, help="duration of each measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/box rounds per case")
+    parser.add_argument("--slices", type=int, default=10, help="raw/box pairs per case")
+    parser.add_argument(
+        "--slice-seconds", type=float, default=0.3, help="duration of each side of a pair"
+    )
     parser.add_argument("--quick", action="store_true", help="only the 100 B, 1-client cases")
     args = parser.parse_args()
 
-    endpoints: mp.Queue = mp.Queue()
-    server = mp.Process(target=raw_server, args=(endpoints,), daemon=True)
+    queue: mp.Queue = mp.Queue()
+    server = mp.Process(target=raw_server, args=(queue,), daemon=True)
     server.start()
-    raw_endpoint = endpoints.get(timeout=10)
+    endpoints = {"raw": queue.get(timeout=10)}
     data_dir = Path(tempfile.mkdtemp(prefix="abx-bench-"))
-    box, box_endpoint = start_box(data_dir, tcp=True)
+    box, endpoints["box"] = start_box(data_dir, tcp=True)
 
     cases = [(100, 1)] if args.quick else [(100, 1), (100, 8), (1 << 20, 1), (1 << 20, 8)]
     results = []
@@ -154,27 +189,13 @@ def main() -> None:
         )
         for size, clients in cases:
             for mode in ("lockstep", "pipelined"):
-                # Raw and box alternate, round after round: a busy spell on a shared
-                # machine then hits both, and the median ratio shrugs it off.
-                raws, boxes = [], []
-                for _ in range(args.rounds):
-                    raws.append(measure("raw", mode, raw_endpoint, size, clients, args.seconds))
-                    boxes.append(measure("box", mode, box_endpoint, size, clients, args.seconds))
-                raw, boxed = statistics.median(raws), statistics.median(boxes)
-                ratio = statistics.median(b / r for b, r in zip(boxes, raws, strict=True))
-                results.append(
-                    {
-                        "payload": size,
-                        "clients": clients,
-                        "mode": mode,
-                        "raw_per_s": round(raw, 1),
-                        "box_per_s": round(boxed, 1),
-                        "ratio": round(ratio, 3),
-                    }
-                )
+                r = measure(mode, endpoints, size, clients, args.slices, args.slice_seconds)
+                results.append(r)
                 label = "100 B" if size == 100 else "1 MiB"
                 print(
-                    f"{label:>8} {clients:>7} {mode:>9} {raw:>10.0f} {boxed:>10.0f} {ratio:>6.2f}"
+                    f"{label:>8} {clients:>7} {mode:>9} {r['raw_per_s']:>10.0f} "
+                    f"{r['box_per_s']:>10.0f} {r['ratio']:>6.2f}",
+                    flush=True,
                 )
     finally:
         stop_box(box)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -19,6 +20,7 @@ from aether_box.client import (
     BadRequest,
     Client,
     NotFound,
+    ProtocolError,
     ServiceUnavailable,
     Timeout,
     TooLarge,
@@ -64,6 +66,24 @@ def test_arrays_travel_as_raw_frames_both_ways(box):
         reply = client.request("echo", {"vectors": vectors, "ids": [1, 2]})
     np.testing.assert_array_equal(reply["vectors"], vectors)
     assert reply["ids"] == [1, 2]
+
+
+def test_large_bytes_travel_as_their_own_frame_and_arrive_as_bytes(box):
+    blob, small = os.urandom(3 << 20), b"tiny"
+    frames = encode_body({"blob": blob, "small": small})
+    assert len(frames) == 2 and frames[1] is blob  # out of the map, not copied
+    assert msgpack.unpackb(frames[0])["_arrays"] == [["blob", "bytes", [3 << 20]]]
+    with box.client(timeout=10) as client:
+        reply = client.request("echo", {"blob": blob, "small": small})
+    assert reply == {"blob": blob, "small": small}
+    assert type(reply["blob"]) is bytes
+
+
+def test_a_long_service_name_is_refused_not_looked_up(box):
+    with box.client(timeout=5) as client, pytest.raises(ProtocolError, match="at most 255"):
+        client.request("x" * 100_000, {})
+    with box.client(timeout=5) as client:
+        assert client.status()["rejected"]["bad_service"] == 1
 
 
 def test_streaming_yields_partials_then_final(box):

@@ -27,6 +27,7 @@ from aether_box.bus.protocol import (
     CLIENT,
     WORKER,
     ClientCmd,
+    FrameBytes,
     WorkerCmd,
     decode_body,
     encode_body,
@@ -57,6 +58,8 @@ CANCEL_SERVICE = "box.cancel"
 RID = "_rid"
 # How long a reply may wait on a full send queue before it is dropped and counted.
 SEND_PATIENCE_S = 5.0
+# Service names are short words; anything longer is a malformed request.
+MAX_SERVICE_NAME = 255
 # Messages handled per wake-up of the receive loop before yielding to other tasks.
 DRAIN_BATCH = 256
 
@@ -72,7 +75,7 @@ class Job:
     client: bytes
     legacy: bool
     service: bytes
-    body: list[bytes]
+    body: list[FrameBytes]
     received: float
 
 
@@ -276,7 +279,7 @@ class Broker:
 
     # ----------------------------------------------------------------- routing
 
-    def _dispatch(self, frames: list[bytes]) -> None:
+    def _dispatch(self, frames: list[FrameBytes]) -> None:
         if len(frames) < 2:
             self.rejected["short"] += 1
             return
@@ -293,7 +296,7 @@ class Broker:
         else:
             self.rejected["bad_header"] += 1
 
-    def _on_client(self, client: bytes, legacy: bool, rest: list[bytes]) -> None:
+    def _on_client(self, client: bytes, legacy: bool, rest: list[FrameBytes]) -> None:
         if len(rest) < 2:
             self.rejected["short"] += 1
             self._reply_error(client, legacy, b"", ProtocolError("a request needs a service frame"))
@@ -305,6 +308,15 @@ class Broker:
             self.rejected["bad_command"] += 1
             self._reply_error(
                 client, legacy, service, ProtocolError(f"unknown client command {command!r}")
+            )
+            return
+        if len(service) > MAX_SERVICE_NAME:
+            self.rejected["bad_service"] += 1
+            self._reply_error(
+                client,
+                legacy,
+                b"",
+                ProtocolError(f"a service name has at most {MAX_SERVICE_NAME} bytes"),
             )
             return
         size = sum(map(len, body))
@@ -367,7 +379,7 @@ class Broker:
             self._assign(svc)
 
     def _run_inline(
-        self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[bytes]
+        self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[FrameBytes]
     ) -> None:
         started = time.monotonic()
         rid: Any = None
@@ -402,7 +414,7 @@ class Broker:
             return self._client_frames(client, legacy, service, True, {**error, RID: rid})
 
     async def _run_local(
-        self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[bytes]
+        self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[FrameBytes]
     ) -> None:
         started = time.monotonic()
         rid: Any = None
@@ -451,7 +463,7 @@ class Broker:
         svc.stats.finished(time.monotonic() - started, error="error" in reply)
         await self._send(self._final_frames(svc, client, legacy, service, reply, rid))
 
-    def _on_cancel(self, client: bytes, legacy: bool, service: bytes, body: list[bytes]) -> None:
+    def _on_cancel(self, client: bytes, legacy: bool, service: bytes, body: list[FrameBytes]) -> None:
         try:
             request = decode_body(body)
         except ProtocolError as exc:
@@ -465,10 +477,10 @@ class Broker:
             reply[RID] = request[RID]
         self._send_nowait(self._client_frames(client, legacy, service, True, reply))
 
-    def _on_mmi(self, client: bytes, legacy: bool, service: bytes, body: list[bytes]) -> None:
+    def _on_mmi(self, client: bytes, legacy: bool, service: bytes, body: list[FrameBytes]) -> None:
         # RFC 8 (MMI): mmi.service answers "200" if the named service has a worker, else "404".
         if service == b"mmi.service" and body:
-            svc = self.services.get(body[0].decode("utf-8", "replace"))
+            svc = self.services.get(bytes(body[0]).decode("utf-8", "replace"))
             found = svc is not None and (svc.handler is not None or bool(svc.workers))
             code = b"200" if found else b"404"
         else:
@@ -477,7 +489,7 @@ class Broker:
 
     # ----------------------------------------------------------------- remote workers
 
-    def _on_worker(self, identity: bytes, legacy: bool, rest: list[bytes]) -> None:
+    def _on_worker(self, identity: bytes, legacy: bool, rest: list[FrameBytes]) -> None:
         if not rest:
             self.rejected["short"] += 1
             return
@@ -499,9 +511,9 @@ class Broker:
             self.rejected["bad_command"] += 1
 
     def _on_ready(
-        self, identity: bytes, legacy: bool, worker: RemoteWorker | None, rest: list[bytes]
+        self, identity: bytes, legacy: bool, worker: RemoteWorker | None, rest: list[FrameBytes]
     ) -> None:
-        name = rest[0].decode("utf-8", "replace") if rest else ""
+        name = bytes(rest[0]).decode("utf-8", "replace") if rest else ""
         svc = self.services.get(name)
         if worker is not None or not name or (svc is not None and svc.handler is not None):
             # A second READY, no service name, or a name an in-process service owns.
@@ -524,7 +536,7 @@ class Broker:
         legacy: bool,
         worker: RemoteWorker | None,
         final: bool,
-        rest: list[bytes],
+        rest: list[FrameBytes],
     ) -> None:
         if worker is None:
             self.rejected["unknown_worker"] += 1
@@ -613,7 +625,7 @@ class Broker:
         legacy: bool,
         service: bytes,
         final: bool,
-        body: dict[str, Any] | list[bytes],
+        body: dict[str, Any] | list[FrameBytes],
     ) -> list[Any]:
         # A dict is a body to encode; a list is frames already encoded (a worker's reply).
         payload = encode_body(body) if isinstance(body, dict) else body
@@ -623,8 +635,8 @@ class Broker:
 
     @staticmethod
     def _worker_frames(
-        identity: bytes, legacy: bool, command: bytes, rest: list[bytes]
-    ) -> list[bytes]:
+        identity: bytes, legacy: bool, command: bytes, rest: list[FrameBytes]
+    ) -> list[FrameBytes]:
         return [identity, *([b""] if legacy else []), WORKER, command, *rest]
 
     def _reply_error(self, client: bytes, legacy: bool, service: bytes, error: BoxError) -> None:

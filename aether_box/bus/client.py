@@ -27,6 +27,7 @@ from aether_box.bus.broker import CANCEL_SERVICE, RID
 from aether_box.bus.protocol import (
     CLIENT,
     ClientCmd,
+    FrameBytes,
     decode_body,
     encode_body,
     raise_if_error,
@@ -94,7 +95,7 @@ class _Session:
         ]
 
     @staticmethod
-    def parse(frames: list[bytes]) -> tuple[bool, dict[str, Any]]:
+    def parse(frames: list[FrameBytes]) -> tuple[bool, dict[str, Any]]:
         """(is_final, body) of one reply."""
         if (
             len(frames) < 3

@@ -3,6 +3,9 @@
 A body is one msgpack map, followed by one raw frame per numeric array. Arrays are
 top-level values of the map; on the wire the map lists them under ``_arrays`` as
 ``[name, dtype, shape]`` in frame order, so no numbers travel as lists or base64.
+Top-level ``bytes`` values of 64 KiB or more travel the same way, as ``[name, "bytes",
+[length]]``: inside msgpack they would be copied on every hop. Large frames are sent
+without copying and read without copying until the body is decoded.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from aether_box.errors import BoxError, ProtocolError, error_for_code
 __all__ = [
     "CLIENT",
     "WORKER",
+    "FrameBytes",
     "ClientCmd",
     "WorkerCmd",
     "decode_body",
@@ -52,7 +56,14 @@ class WorkerCmd:
     DISCONNECT = b"\x06"
 
 
+# One received frame: bytes, or a read-only view of a large message (see recv_frames).
+FrameBytes = bytes | memoryview
+
 ARRAYS_KEY = "_arrays"
+BYTES_DTYPE = "bytes"
+# From this size a frame is sent and received zero-copy (pyzmq's own threshold), and a
+# bytes value leaves the msgpack map for a frame of its own.
+LARGE_FRAME = zmq.COPY_THRESHOLD
 # Only plain numeric little-endian dtypes travel; anything else is a protocol error.
 _ALLOWED_DTYPES = {"<f2", "<f4", "<f8", "<i1", "<i2", "<i4", "<i8", "|u1", "|i1", "<u2", "<u4", "|b1"}
 
@@ -67,6 +78,9 @@ def encode_body(body: Mapping[str, Any]) -> list[bytes | memoryview]:
             array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
             arrays.append([key, array.dtype.str, list(array.shape)])
             frames.append(array.data.cast("B") if array.size else b"")
+        elif type(value) is bytes and len(value) >= LARGE_FRAME:
+            arrays.append([key, BYTES_DTYPE, [len(value)]])
+            frames.append(value)
         else:
             header[key] = value
     if arrays:
@@ -91,15 +105,19 @@ def decode_body(frames: Sequence[bytes | memoryview]) -> dict[str, Any]:
             f"{len(described) if isinstance(described, list) else 'none'}"
         )
     for spec, frame in zip(described, frames[1:], strict=True):
-        name, array = _decode_array(spec, frame)
-        header[name] = array
+        name, value = _decode_frame(spec, frame)
+        header[name] = value
     return header
 
 
-def _decode_array(spec: Any, frame: bytes | memoryview) -> tuple[str, np.ndarray]:
+def _decode_frame(spec: Any, frame: bytes | memoryview) -> tuple[str, np.ndarray | bytes]:
     if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)):
         raise ProtocolError(f"array description must be [name, dtype, shape], got {spec!r}")
     name, dtype, shape = spec
+    if dtype == BYTES_DTYPE:
+        if shape != [len(frame)]:
+            raise ProtocolError(f"bytes {name!r}: frame holds {len(frame)} bytes, not {shape}")
+        return name, bytes(frame)
     if dtype not in _ALLOWED_DTYPES:
         raise ProtocolError(f"array {name!r}: dtype {dtype!r} not allowed; use '<f4'")
     if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
@@ -137,18 +155,22 @@ def send_frames(socket: zmq.Socket, frames: list[Any], *, wait: bool = False) ->
     """Send one multipart message; without `wait`, raise zmq.Again if the queue is full."""
     last = 0 if wait else _NOBLOCK
     for frame in frames[:-1]:
-        _send(socket, frame, _MORE | last)
-    _send(socket, frames[-1], last)
+        _send(socket, frame, _MORE | last, len(frame) < LARGE_FRAME)
+    _send(socket, frames[-1], last, len(frames[-1]) < LARGE_FRAME)
 
 
-def recv_frames(socket: zmq.Socket, *, wait: bool = False) -> list[bytes]:
-    """Receive one multipart message; without `wait`, raise zmq.Again if none is queued."""
+def recv_frames(socket: zmq.Socket, *, wait: bool = False) -> list[FrameBytes]:
+    """Receive one multipart message; without `wait`, raise zmq.Again if none is queued.
+
+    Frames come back as bytes, except large ones: a read-only view of the received
+    message, so a megabyte is not copied before anyone needs it.
+    """
     # A Frame knows whether more follow; asking the socket (RCVMORE) builds an enum per call.
     frame = _recv(socket, 0 if wait else _NOBLOCK, False)
-    parts = [frame.bytes]
+    parts = [frame.bytes if len(frame) < LARGE_FRAME else frame.buffer]
     while frame.more:
         frame = _recv(socket, _NOBLOCK, False)  # the rest of a message arrives with its first
-        parts.append(frame.bytes)
+        parts.append(frame.bytes if len(frame) < LARGE_FRAME else frame.buffer)
     return parts
 
 
