@@ -48,14 +48,18 @@ TARGET = "minilm"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models-dir", type=Path,
-                        default=Path.home() / ".cache" / "aether-box" / "test-models")
-    parser.add_argument("--data-dir", type=Path,
-                        default=Path.home() / ".cache" / "aether-box" / "bench-align")
-    parser.add_argument("--pairs", default="smollm2,gemma3-270m",
-                        help="source models, each fitted to minilm")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=Path.home() / ".cache" / "aether-box" / "test-models"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path.home() / ".cache" / "aether-box" / "bench-align"
+    )
+    parser.add_argument(
+        "--pairs", default="smollm2,gemma3-270m", help="source models, each fitted to minilm"
+    )
     parser.add_argument("--methods", default="ridge,procrustes,mlp")
     parser.add_argument("--max-pairs", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=2000, help="timed single-vector calls")
@@ -65,11 +69,15 @@ def main() -> None:
     sources = [s for s in args.pairs.split(",") if s]
     skipped = {s: "not installed" for s in sources if s not in installed}
     if TARGET not in installed:
-        raise SystemExit(f"{TARGET} is not installed in {args.models_dir}: "
-                         f"`aether-box --set models.dir={args.models_dir} models pull`")
+        raise SystemExit(
+            f"{TARGET} is not installed in {args.models_dir}: "
+            f"`aether-box --set models.dir={args.models_dir} models pull`"
+        )
     for name, why in skipped.items():
-        print(f"skipping {name} -> {TARGET}: {why} (pull it with "
-              f"`aether-box --set models.dir={args.models_dir} models pull {name}`)")
+        print(
+            f"skipping {name} -> {TARGET}: {why} (pull it with "
+            f"`aether-box --set models.dir={args.models_dir} models pull {name}`)"
+        )
     args.data_dir.mkdir(parents=True, exist_ok=True)
     box, endpoint = start_box(args.data_dir, f'models.dir="{args.models_dir}"')
     results: dict[str, Any] = {}
@@ -79,15 +87,24 @@ def main() -> None:
                 if source in skipped:
                     continue
                 started = time.perf_counter()
-                report = client.request("align", {
-                    "op": "fit", "from": source, "to": TARGET, "max_pairs": args.max_pairs,
-                    "methods": args.methods.split(","), "out_of_domain": ["examples", "docs"]},
-                    timeout=3600)
+                report = client.request(
+                    "align",
+                    {
+                        "op": "fit",
+                        "from": source,
+                        "to": TARGET,
+                        "max_pairs": args.max_pairs,
+                        "methods": args.methods.split(","),
+                        "out_of_domain": ["examples", "docs"],
+                    },
+                    timeout=3600,
+                )
                 print_report(report)
                 results[source] = summarise(report, time.perf_counter() - started)
                 results[source]["timing"] = time_projection(args.data_dir, report, args.rounds)
                 results[source]["timing"]["bus_project_single_us"] = time_bus(
-                    client, source, report["dims"][0])
+                    client, source, report["dims"][0]
+                )
                 print(json.dumps({source: results[source]}, indent=1))
     finally:
         stop_box(box)
@@ -96,7 +113,8 @@ def main() -> None:
         "top1_in_domain": first.get("top1_in_domain"),
         "top1_out_of_domain": first.get("top1_out_of_domain"),
         "project_single_us": (first.get("timing") or {}).get("onnx_single_us"),
-        "pairs": results, "skipped": skipped,
+        "pairs": results,
+        "skipped": skipped,
         "machine": machine(),
     }
     print(json.dumps(out))
@@ -106,27 +124,44 @@ def summarise(report: dict[str, Any], seconds: float) -> dict[str, Any]:
     """The figures the README quotes, for the served method and every method."""
     best = report["methods"][report["best"]]
     gate = report["gate"]
-    at_gate = {name: next(t for t in gate[name]["thresholds"]
-                          if abs(t["gate"] - gate["threshold"]) < 1e-9)
-               for name in ("in_domain", "out_of_domain")}
+    at_gate = {
+        name: next(t for t in gate[name]["thresholds"] if abs(t["gate"] - gate["threshold"]) < 1e-9)
+        for name in ("in_domain", "out_of_domain")
+    }
     return {
-        "served": report["best"], "fit_pairs": report["pairs"]["fit"],
-        "pairs_cached": report["pairs"].get("cached"), "seconds": round(seconds, 1),
+        "served": report["best"],
+        "fit_pairs": report["pairs"]["fit"],
+        "pairs_cached": report["pairs"].get("cached"),
+        "seconds": round(seconds, 1),
         "top1_in_domain": best["in_domain"]["top1"],
         "top1_out_of_domain": best["out_of_domain"]["top1"],
         "top1_far_domain": best.get("out_of_domain_docs", {}).get("top1"),
-        "methods": {m: {k: {"top1": r[k]["top1"], "recall_at_10": r[k]["recall_at_10"],
-                            "mean_cosine": round(r[k]["mean_cosine"], 4),
-                            "mean_rank": round(r[k]["mean_rank"], 2)}
-                        for k in r if k.startswith(("in_domain", "out_of_domain"))}
-                    for m, r in report["methods"].items()},
-        "gate": {"threshold": gate["threshold"],
-                 **{name: {"auc_top1": gate[name]["auc_top1"],
-                           "mean_agreement": round(gate[name]["mean_agreement"], 3),
-                           "proxy_share": at_gate[name]["proxy_share"],
-                           "accepted_top1": at_gate[name]["accepted_top1"],
-                           "combined_top1": at_gate[name]["combined_top1"]}
-                    for name in at_gate}},
+        "methods": {
+            m: {
+                k: {
+                    "top1": r[k]["top1"],
+                    "recall_at_10": r[k]["recall_at_10"],
+                    "mean_cosine": round(r[k]["mean_cosine"], 4),
+                    "mean_rank": round(r[k]["mean_rank"], 2),
+                }
+                for k in r
+                if k.startswith(("in_domain", "out_of_domain"))
+            }
+            for m, r in report["methods"].items()
+        },
+        "gate": {
+            "threshold": gate["threshold"],
+            **{
+                name: {
+                    "auc_top1": gate[name]["auc_top1"],
+                    "mean_agreement": round(gate[name]["mean_agreement"], 3),
+                    "proxy_share": at_gate[name]["proxy_share"],
+                    "accepted_top1": at_gate[name]["accepted_top1"],
+                    "combined_top1": at_gate[name]["combined_top1"],
+                }
+                for name in at_gate
+            },
+        },
     }
 
 
@@ -172,20 +207,26 @@ def time_projection(data_dir: Path, report: dict[str, Any], rounds: int) -> dict
         "numpy_batch1000_us": _median_us(lambda: projector(batch), batch_rounds),
         "onnx_gated_batch1000_us": _median_us(lambda: gated.run(batch), batch_rounds),
         "max_abs_diff": float(np.abs(gated.run(batch)["y"] - projector(batch)).max()),
-        "agreement_max_abs_diff": float(np.abs(gated.run(batch)["agreement"]
-                                               - gate.agreement(projector, batch)).max()),
+        "agreement_max_abs_diff": float(
+            np.abs(gated.run(batch)["agreement"] - gate.agreement(projector, batch)).max()
+        ),
     }
     for kind in ("single", "gated_single", "batch1000"):
         figures[f"{kind}_ratio_onnx_over_numpy"] = round(
-            figures[f"onnx_{kind}_us"] / figures[f"numpy_{kind}_us"], 3)
+            figures[f"onnx_{kind}_us"] / figures[f"numpy_{kind}_us"], 3
+        )
     return figures
 
 
 def time_bus(client: Client, source: str, dim: int, rounds: int = 200) -> float:
     """Median round trip of `align project` for one vector, through the bus."""
     vector = np.random.default_rng(1).standard_normal(dim).astype(np.float32)
-    return _median_us(lambda: client.request("align", {"op": "project", "from": source,
-                                                       "to": TARGET, "vector": vector}), rounds)
+    return _median_us(
+        lambda: client.request(
+            "align", {"op": "project", "from": source, "to": TARGET, "vector": vector}
+        ),
+        rounds,
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,13 @@ from aether_box.align.corpus import load_set
 # enough for a few minutes of SmolLM2 on two busy cores.
 FIT_TEXTS = 200
 TEST_PAIRS = 40
-ALIGN_OVERRIDES = {"mlp_epochs": 8, "mlp_hidden": 64, "test_pairs": TEST_PAIRS,
-                   "max_pairs": FIT_TEXTS - TEST_PAIRS, "embed_chunk": 50}
+ALIGN_OVERRIDES = {
+    "mlp_epochs": 8,
+    "mlp_hidden": 64,
+    "test_pairs": TEST_PAIRS,
+    "max_pairs": FIT_TEXTS - TEST_PAIRS,
+    "embed_chunk": 50,
+}
 
 
 @dataclass
@@ -36,14 +41,19 @@ class FittedBox:
 def fitted_box(models_dir: Path) -> Iterator[FittedBox]:
     """A box over the test models with smollm2 -> minilm fitted on a slice of the glosses."""
     data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
-    running = BoxInThread(data_dir, {"models": {"dir": str(models_dir)},
-                                     "align": dict(ALIGN_OVERRIDES)})
+    running = BoxInThread(
+        data_dir, {"models": {"dir": str(models_dir)}, "align": dict(ALIGN_OVERRIDES)}
+    )
     texts = load_set("glosses")[:FIT_TEXTS]
     try:
         with running.client(timeout=600) as client:
-            replies = list(client.stream("align", {"op": "fit", "from": "smollm2",
-                                                   "to": "minilm", "texts": texts},
-                                         timeout=600))
+            replies = list(
+                client.stream(
+                    "align",
+                    {"op": "fit", "from": "smollm2", "to": "minilm", "texts": texts},
+                    timeout=600,
+                )
+            )
         yield FittedBox(running, texts, replies[-1], replies[:-1])
     finally:
         running.stop(timeout=30)

@@ -66,7 +66,8 @@ def test_ridge_learns_the_map_and_chooses_lambda_on_validation() -> None:
     assert report["top1"] > 50 * report["chance_top1"]
     curve = ridge.params["lambda_curve"]
     assert ridge.params["lambda"] in [c["lambda"] for c in curve] or any(
-        abs(c["lambda"] - ridge.params["lambda"]) < 1e-3 for c in curve)
+        abs(c["lambda"] - ridge.params["lambda"]) < 1e-3 for c in curve
+    )
     # The chosen lambda is the best on validation, and the grid is not flat.
     assert ridge.params["val_top1"] == max(c["val_top1"] for c in curve)
     assert min(c["val_top1"] for c in curve) < ridge.params["val_top1"]
@@ -96,8 +97,13 @@ def test_mlp_gradients_match_finite_differences() -> None:
     rng = np.random.default_rng(1)
     xb = rng.standard_normal((6, 5))
     yb = normalise(rng.standard_normal((6, 4))).astype(np.float64)
-    params = [rng.standard_normal((5, 4)), rng.standard_normal(4), rng.standard_normal((5, 3)),
-              rng.standard_normal(3), rng.standard_normal((3, 4))]
+    params = [
+        rng.standard_normal((5, 4)),
+        rng.standard_normal(4),
+        rng.standard_normal((5, 3)),
+        rng.standard_normal(3),
+        rng.standard_normal((3, 4)),
+    ]
     _, grads = mlp_loss(params, xb, yb, 0.5, 0.7)
     for p, g in zip(params, grads, strict=True):
         for i in range(p.size):

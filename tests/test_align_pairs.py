@@ -35,8 +35,10 @@ def test_builtin_sets_are_shipped_distinct_and_split_without_overlap() -> None:
         load_set("news")
 
 
-@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7),
-                    reason="the shipped docs set was extracted from Python 3.11.7's stdlib")
+@pytest.mark.skipif(
+    sys.version_info[:3] != (3, 11, 7),
+    reason="the shipped docs set was extracted from Python 3.11.7's stdlib",
+)
 def test_docs_set_is_what_its_extractor_makes() -> None:
     assert extract_python_docs() == load_set("docs")
 

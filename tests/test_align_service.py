@@ -40,19 +40,22 @@ def test_fit_reports_every_method_on_held_out_pairs(fitted_box: FittedBox) -> No
     assert ridge["top1"] >= 0.4
     assert ridge["mean_rank"] < 5
     best = report["best"]
-    assert all(report["methods"][best]["in_domain"]["top1"] >= r["in_domain"]["top1"]
-               for r in report["methods"].values())
+    assert all(
+        report["methods"][best]["in_domain"]["top1"] >= r["in_domain"]["top1"]
+        for r in report["methods"].values()
+    )
     stages = {p["stage"] for p in fitted_box.partials}
     assert stages == {"embed", "fit"}
 
 
 def test_projection_lands_next_to_the_native_vector(fitted_box: FittedBox) -> None:
-    held_out = load_set("glosses")[FIT_TEXTS:FIT_TEXTS + TEST_PAIRS]  # never fitted on
+    held_out = load_set("glosses")[FIT_TEXTS : FIT_TEXTS + TEST_PAIRS]  # never fitted on
     with fitted_box.box.client(timeout=120) as client:
         a = _embed(client, "smollm2", held_out)
         b = _embed(client, "minilm", held_out)
-        reply = client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
-                                         "vectors": a})
+        reply = client.request(
+            "align", {"op": "project", "from": "smollm2", "to": "minilm", "vectors": a}
+        )
     y = reply["vectors"]
     assert y.shape == (len(held_out), 384) and y.dtype == np.float32
     assert np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
@@ -68,10 +71,12 @@ def test_projection_lands_next_to_the_native_vector(fitted_box: FittedBox) -> No
 def test_single_vector_and_gate_override(fitted_box: FittedBox) -> None:
     with fitted_box.box.client(timeout=120) as client:
         a = _embed(client, "smollm2", ["a small domesticated carnivorous mammal"])[0]
-        low = client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
-                                       "vector": a, "gate": 0.0})
-        high = client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
-                                        "vector": a, "gate": 1.0})
+        low = client.request(
+            "align", {"op": "project", "from": "smollm2", "to": "minilm", "vector": a, "gate": 0.0}
+        )
+        high = client.request(
+            "align", {"op": "project", "from": "smollm2", "to": "minilm", "vector": a, "gate": 1.0}
+        )
     assert low["vector"].shape == (384,)
     assert isinstance(low["agreement"], float)
     assert low["accepted"] is True and low["gate"] == 0.0
@@ -83,8 +88,9 @@ def test_status_counts_projections_per_projector(fitted_box: FittedBox) -> None:
     with fitted_box.box.client(timeout=60) as client:
         before = client.status()["align"]["projectors"].get(NAME, {}).get("projections", 0)
         vectors = np.random.default_rng(0).standard_normal((5, 576)).astype(np.float32)
-        reply = client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
-                                         "vectors": vectors})
+        reply = client.request(
+            "align", {"op": "project", "from": "smollm2", "to": "minilm", "vectors": vectors}
+        )
         section = client.status()["align"]
     counters = section["projectors"][NAME]
     assert counters["projections"] == before + 5
@@ -108,14 +114,20 @@ def test_list_and_fidelity(fitted_box: FittedBox) -> None:
 
 def test_pairs_again_come_from_the_cache(fitted_box: FittedBox) -> None:
     with fitted_box.box.client(timeout=120) as client:
-        replies = list(client.stream("align", {"op": "pairs", "from": "smollm2", "to": "minilm",
-                                               "texts": fitted_box.texts[:50]}))
+        replies = list(
+            client.stream(
+                "align",
+                {"op": "pairs", "from": "smollm2", "to": "minilm", "texts": fitted_box.texts[:50]},
+            )
+        )
     final = replies[-1]
     # The fit embedded these texts as part of bigger sets; a new set is embedded once...
     assert final["n"] == 50
     with fitted_box.box.client(timeout=120) as client:
-        again = client.request("align", {"op": "pairs", "from": "smollm2", "to": "minilm",
-                                         "texts": fitted_box.texts[:50]})
+        again = client.request(
+            "align",
+            {"op": "pairs", "from": "smollm2", "to": "minilm", "texts": fitted_box.texts[:50]},
+        )
     # ...and a rerun of the same set is served from the cache.
     assert again["cached"] is True and again["from_key"] == final["from_key"]
 
@@ -123,22 +135,52 @@ def test_pairs_again_come_from_the_cache(fitted_box: FittedBox) -> None:
 def test_bad_requests_say_what_to_do(fitted_box: FittedBox) -> None:
     with fitted_box.box.client(timeout=60) as client:
         with pytest.raises(NotFound, match="align fit --from minilm --to smollm2"):
-            client.request("align", {"op": "project", "from": "minilm", "to": "smollm2",
-                                      "vector": np.zeros(384, np.float32)})
+            client.request(
+                "align",
+                {
+                    "op": "project",
+                    "from": "minilm",
+                    "to": "smollm2",
+                    "vector": np.zeros(384, np.float32),
+                },
+            )
         with pytest.raises(BadRequest, match="576"):
-            client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
-                                     "vector": np.zeros(100, np.float32)})
+            client.request(
+                "align",
+                {
+                    "op": "project",
+                    "from": "smollm2",
+                    "to": "minilm",
+                    "vector": np.zeros(100, np.float32),
+                },
+            )
         with pytest.raises(BadRequest, match="NaN"):
-            client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
-                                     "vector": np.full(576, np.nan, np.float32)})
+            client.request(
+                "align",
+                {
+                    "op": "project",
+                    "from": "smollm2",
+                    "to": "minilm",
+                    "vector": np.full(576, np.nan, np.float32),
+                },
+            )
         with pytest.raises(BadRequest, match="gate"):
-            client.request("align", {"op": "project", "from": "smollm2", "to": "minilm",
-                                     "vector": np.ones(576, np.float32), "gate": 2})
+            client.request(
+                "align",
+                {
+                    "op": "project",
+                    "from": "smollm2",
+                    "to": "minilm",
+                    "vector": np.ones(576, np.float32),
+                    "gate": 2,
+                },
+            )
         with pytest.raises(BadRequest, match="same model"):
             client.request("align", {"op": "fit", "from": "minilm", "to": "minilm"})
         with pytest.raises(NotFound, match="not installed"):
-            client.request("align", {"op": "pairs", "from": "no-such-model", "to": "minilm",
-                                     "texts": ["x"]})
+            client.request(
+                "align", {"op": "pairs", "from": "no-such-model", "to": "minilm", "texts": ["x"]}
+            )
 
 
 def test_cli_lists_projectors_and_makes_pairs_from_a_file(
@@ -151,25 +193,45 @@ def test_cli_lists_projectors_and_makes_pairs_from_a_file(
     assert "smollm2->minilm" in listed.output and fitted_box.report["best"] in listed.output
     corpus = tmp_path / "texts.txt"
     corpus.write_text("\n".join(fitted_box.texts[:50]) + "\n\n")  # blank lines are skipped
-    made = runner.invoke(cli, ["--data-dir", data_dir, "align", "pairs", "--from", "smollm2",
-                               "--to", "minilm", "--corpus", str(corpus)])
+    made = runner.invoke(
+        cli,
+        [
+            "--data-dir",
+            data_dir,
+            "align",
+            "pairs",
+            "--from",
+            "smollm2",
+            "--to",
+            "minilm",
+            "--corpus",
+            str(corpus),
+        ],
+    )
     assert made.exit_code == 0, made.output
     assert "50 pairs smollm2 -> minilm" in made.output
-    missing = runner.invoke(cli, ["--data-dir", data_dir, "align", "fit", "--from", "minilm",
-                                  "--to", "minilm"])
+    missing = runner.invoke(
+        cli, ["--data-dir", data_dir, "align", "fit", "--from", "minilm", "--to", "minilm"]
+    )
     assert missing.exit_code == 1 and "same model" in missing.output
 
 
 def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox) -> None:
     align = fitted_box.box.box.component("align").service
-    texts = load_set("glosses")[FIT_TEXTS + TEST_PAIRS:FIT_TEXTS + TEST_PAIRS + 30]
+    texts = load_set("glosses")[FIT_TEXTS + TEST_PAIRS : FIT_TEXTS + TEST_PAIRS + 30]
     query = texts[3]
     with fitted_box.box.client(timeout=300) as client:
         client.request("memory", {"op": "create", "collection": "notes", "model": "minilm"})
         client.request("memory", {"op": "add", "collection": "notes", "texts": texts})
         vector = _embed(client, "smollm2", [query])[0]
-        body = {"op": "search", "collection": "notes", "vector": vector, "k": 3,
-                "query_model": "smollm2", "text": query}
+        body = {
+            "op": "search",
+            "collection": "notes",
+            "vector": vector,
+            "k": 3,
+            "query_model": "smollm2",
+            "text": query,
+        }
         try:
             align.settings.gate = 0.0  # every projection passes
             through = client.request("memory", body)
@@ -188,9 +250,19 @@ def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox)
 def test_fit_from_a_collection_reuses_its_vectors(fitted_box: FittedBox) -> None:
     # Runs last: it replaces the module's projector with one fitted on the collection.
     with fitted_box.box.client(timeout=600) as client:
-        replies = list(client.stream("align", {"op": "fit", "from": "smollm2", "to": "minilm",
-                                               "collection": "notes", "methods": ["ridge"]},
-                                     timeout=600))
+        replies = list(
+            client.stream(
+                "align",
+                {
+                    "op": "fit",
+                    "from": "smollm2",
+                    "to": "minilm",
+                    "collection": "notes",
+                    "methods": ["ridge"],
+                },
+                timeout=600,
+            )
+        )
     report = replies[-1]
     embedded = {p["model"] for p in replies[:-1] if p.get("stage") == "embed"}
     assert embedded == {"smollm2"}  # minilm vectors came from the collection itself

@@ -42,19 +42,26 @@ def _source(corpus: Path | None, collection: str | None, builtin: str | None) ->
 def _run(state: CliState, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Send one streaming request, showing its progress; the final reply."""
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     tasks: dict[str, Any] = {}
-    with state.client(timeout) as client, Progress(*columns, console=console,
-                                                   transient=False) as progress:
+    with (
+        state.client(timeout) as client,
+        Progress(*columns, console=console, transient=False) as progress,
+    ):
         final: dict[str, Any] = {}
         for reply in client.stream("align", body, timeout=timeout):
             stage = reply.get("stage")
             if stage == "embed":
                 key = f"embed {reply['model']}"
                 if key not in tasks:
-                    tasks[key] = progress.add_task(f"embedding with {reply['model']}",
-                                                   total=reply["total"])
+                    tasks[key] = progress.add_task(
+                        f"embedding with {reply['model']}", total=reply["total"]
+                    )
                 progress.update(tasks[key], completed=reply["done"], total=reply["total"])
             elif stage == "fit":
                 key = f"fit {reply['step']}"
@@ -73,13 +80,23 @@ def align() -> None:
 
 _from = click.option("--from", "source", required=True, help="Model whose vectors are projected.")
 _to = click.option("--to", "target", required=True, help="Model whose space they land in.")
-_corpus = click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                       help="A text file, one text a line.")
+_corpus = click.option(
+    "--corpus",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A text file, one text a line.",
+)
 _collection = click.option("--collection", help="A memory collection's texts.")
-_builtin = click.option("--builtin", type=click.Choice(["glosses", "examples", "docs"]),
-                        help="A built-in set (default: the standard glosses split).")
-_timeout = click.option("--timeout", default=900.0, show_default=True,
-                        help="Seconds to wait for each progress report from the box.")
+_builtin = click.option(
+    "--builtin",
+    type=click.Choice(["glosses", "examples", "docs"]),
+    help="A built-in set (default: the standard glosses split).",
+)
+_timeout = click.option(
+    "--timeout",
+    default=900.0,
+    show_default=True,
+    help="Seconds to wait for each progress report from the box.",
+)
 
 
 @align.command("pairs")
@@ -90,8 +107,15 @@ _timeout = click.option("--timeout", default=900.0, show_default=True,
 @_builtin
 @_timeout
 @pass_state
-def pairs_cmd(state: CliState, source: str, target: str, corpus: Path | None,
-              collection: str | None, builtin: str | None, timeout: float) -> None:
+def pairs_cmd(
+    state: CliState,
+    source: str,
+    target: str,
+    corpus: Path | None,
+    collection: str | None,
+    builtin: str | None,
+    timeout: float,
+) -> None:
     """Embed the same texts with both models (cached in the box's data dir)."""
     body = {"op": "pairs", "from": source, "to": target, **_source(corpus, collection, builtin)}
     reply = _run(state, body, timeout)
@@ -105,28 +129,51 @@ def pairs_cmd(state: CliState, source: str, target: str, corpus: Path | None,
 @_corpus
 @_collection
 @_builtin
-@click.option("--method", "methods", multiple=True,
-              type=click.Choice(["ridge", "procrustes", "mlp"]),
-              help="Fit only these (repeatable; default: [align] methods).")
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    type=click.Choice(["ridge", "procrustes", "mlp"]),
+    help="Fit only these (repeatable; default: [align] methods).",
+)
 @click.option("--max-pairs", type=int, help="Most pairs to fit on (default: [align] max_pairs).")
 @click.option("--test-pairs", type=int, help="Held-out pairs (default: [align] test_pairs).")
-@click.option("--ood/--no-ood", default=None,
-              help="Also measure on the built-in out-of-domain sets (default: only for the "
-                   "built-in corpus).")
+@click.option(
+    "--ood/--no-ood",
+    default=None,
+    help="Also measure on the built-in out-of-domain sets (default: only for the built-in corpus).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @_timeout
 @pass_state
-def fit_cmd(state: CliState, source: str, target: str, corpus: Path | None,
-            collection: str | None, builtin: str | None, methods: tuple[str, ...],
-            max_pairs: int | None, test_pairs: int | None, ood: bool | None, as_json: bool,
-            timeout: float) -> None:
+def fit_cmd(
+    state: CliState,
+    source: str,
+    target: str,
+    corpus: Path | None,
+    collection: str | None,
+    builtin: str | None,
+    methods: tuple[str, ...],
+    max_pairs: int | None,
+    test_pairs: int | None,
+    ood: bool | None,
+    as_json: bool,
+    timeout: float,
+) -> None:
     """Fit every method, keep the best on held-out pairs, and print the fidelity report."""
-    body: dict[str, Any] = {"op": "fit", "from": source, "to": target,
-                            **_source(corpus, collection, builtin)}
+    body: dict[str, Any] = {
+        "op": "fit",
+        "from": source,
+        "to": target,
+        **_source(corpus, collection, builtin),
+    }
     if methods:
         body["methods"] = list(methods)
-    for key, value in (("max_pairs", max_pairs), ("test_pairs", test_pairs),
-                       ("out_of_domain", ood)):
+    for key, value in (
+        ("max_pairs", max_pairs),
+        ("test_pairs", test_pairs),
+        ("out_of_domain", ood),
+    ):
         if value is not None:
             body[key] = value
     report = _run(state, body, timeout)
@@ -148,17 +195,32 @@ def list_cmd(state: CliState, as_json: bool, timeout: float) -> None:
         click.echo(json.dumps(reply, indent=2, default=float))
         return
     table = Table(title=f"projectors (gate {reply['gate']})")
-    for column in ("projector", "served", "pairs", "corpus", "top-1 in", "top-1 out",
-                   "R@10 in", "top-1 in by method", "projections"):
+    for column in (
+        "projector",
+        "served",
+        "pairs",
+        "corpus",
+        "top-1 in",
+        "top-1 out",
+        "R@10 in",
+        "top-1 in by method",
+        "projections",
+    ):
         table.add_column(column, overflow="fold")
     for p in reply["projectors"]:
         out = p.get("out_of_domain") or {}
         counters = p.get("counters") or {}
         table.add_row(
-            p["name"], p["method"], str(p["pairs"]), p["corpus"], _f(p["in_domain"]["top1"]),
-            _f(out.get("top1")), _f(p["in_domain"]["recall_at_10"]),
+            p["name"],
+            p["method"],
+            str(p["pairs"]),
+            p["corpus"],
+            _f(p["in_domain"]["top1"]),
+            _f(out.get("top1")),
+            _f(p["in_domain"]["recall_at_10"]),
             " ".join(f"{m} {_f(v)}" for m, v in p["methods"].items()),
-            str(counters.get("projections", 0)))
+            str(counters.get("projections", 0)),
+        )
     Console().print(table)
 
 
@@ -169,44 +231,77 @@ def _f(value: Any) -> str:
 def print_report(report: dict[str, Any]) -> None:
     """The fit report as tables: fidelity per method and held-out set, then the gate."""
     console = Console()
-    sets = [k for k in report["methods"][report["best"]] if k == "in_domain"
-            or k.startswith("out_of_domain")]
+    sets = [
+        k
+        for k in report["methods"][report["best"]]
+        if k == "in_domain" or k.startswith("out_of_domain")
+    ]
     pairs = report["pairs"]
-    table = Table(title=f"{report['name']}: fitted on {pairs['fit']} pairs of {pairs['corpus']};"
-                        f" served: {report['best']}")
+    table = Table(
+        title=f"{report['name']}: fitted on {pairs['fit']} pairs of {pairs['corpus']};"
+        f" served: {report['best']}"
+    )
     for column in ("method", "held-out set", "N", "top-1", "R@10", "mean rank", "mean cos"):
         table.add_column(column)
     for method, result in report["methods"].items():
         for name in sets:
             r = result[name]
-            table.add_row(method + (" *" if method == report["best"] else ""), name,
-                          str(r["n"]), _f(r["top1"]), _f(r["recall_at_10"]),
-                          f"{r['mean_rank']:.1f}", _f(r["mean_cosine"]))
+            table.add_row(
+                method + (" *" if method == report["best"] else ""),
+                name,
+                str(r["n"]),
+                _f(r["top1"]),
+                _f(r["recall_at_10"]),
+                f"{r['mean_rank']:.1f}",
+                _f(r["mean_cosine"]),
+            )
     first = report["methods"][report["best"]]
     for name in sets:
         base = first[name].get("unprojected")
         if base:
-            table.add_row("unprojected", name, str(base["n"]), _f(base["top1"]),
-                          _f(base["recall_at_10"]), f"{base['mean_rank']:.1f}",
-                          _f(base["mean_cosine"]))
+            table.add_row(
+                "unprojected",
+                name,
+                str(base["n"]),
+                _f(base["top1"]),
+                _f(base["recall_at_10"]),
+                f"{base['mean_rank']:.1f}",
+                _f(base["mean_cosine"]),
+            )
     console.print(table)
     if all(first[name].get("unprojected") is None for name in sets):
         d_in, d_out = report["dims"]
-        console.print(f"(no unprojected baseline: {d_in} and {d_out} dimensions differ; "
-                      f"chance top-1 is {_f(first['in_domain']['chance_top1'])})")
+        console.print(
+            f"(no unprojected baseline: {d_in} and {d_out} dimensions differ; "
+            f"chance top-1 is {_f(first['in_domain']['chance_top1'])})"
+        )
     gate = report["gate"]
-    g_table = Table(title=f"gate {gate['threshold']}: agreement = estimated chance that the "
-                          "projection finds the native top-1")
-    for column in ("held-out set", "top-1", "mean agreement", "AUC top-1", "r (cosine)",
-                   "to proxy", "accepted top-1", "combined top-1"):
+    g_table = Table(
+        title=f"gate {gate['threshold']}: agreement = estimated chance that the "
+        "projection finds the native top-1"
+    )
+    for column in (
+        "held-out set",
+        "top-1",
+        "mean agreement",
+        "AUC top-1",
+        "r (cosine)",
+        "to proxy",
+        "accepted top-1",
+        "combined top-1",
+    ):
         g_table.add_column(column)
     for name in sets:
         g = gate[name]
-        row = next((t for t in g["thresholds"] if abs(t["gate"] - gate["threshold"]) < 1e-9),
-                   None)
-        g_table.add_row(name, _f(g["top1"]), _f(g["mean_agreement"]), _f(g["auc_top1"]),
-                        _f(g["pearson_cosine"]),
-                        _f(row["proxy_share"]) if row else "-",
-                        _f(row["accepted_top1"]) if row else "-",
-                        _f(row["combined_top1"]) if row else "-")
+        row = next((t for t in g["thresholds"] if abs(t["gate"] - gate["threshold"]) < 1e-9), None)
+        g_table.add_row(
+            name,
+            _f(g["top1"]),
+            _f(g["mean_agreement"]),
+            _f(g["auc_top1"]),
+            _f(g["pearson_cosine"]),
+            _f(row["proxy_share"]) if row else "-",
+            _f(row["accepted_top1"]) if row else "-",
+            _f(row["combined_top1"]) if row else "-",
+        )
     console.print(g_table)

@@ -60,13 +60,16 @@ def read_texts(path: str | Path) -> list[str]:
         with opener(path, "rt", encoding="utf-8") as handle:
             lines = handle.read().splitlines()
     except (UnicodeDecodeError, OSError) as exc:
-        raise BadRequest(f"cannot read {path} as UTF-8 text ({exc}); give a text file, "
-                         "one text a line") from exc
+        raise BadRequest(
+            f"cannot read {path} as UTF-8 text ({exc}); give a text file, one text a line"
+        ) from exc
     texts = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
     too_long = next((i for i, t in enumerate(texts) if len(t) > MAX_TEXT_CHARS), None)
     if too_long is not None:
-        raise BadRequest(f"{path}: text {too_long + 1} is over {MAX_TEXT_CHARS} characters; "
-                         "split long documents into passages first")
+        raise BadRequest(
+            f"{path}: text {too_long + 1} is over {MAX_TEXT_CHARS} characters; "
+            "split long documents into passages first"
+        )
     return texts
 
 
@@ -87,14 +90,18 @@ class Split:
         if n_fit + n_test > len(glosses):
             raise BadRequest(f"n_fit + n_test must be at most {len(glosses)}")
         self.fit = glosses[:n_fit]
-        self.test_in = glosses[len(glosses) - n_test:]  # the tail never overlaps any fit size
+        self.test_in = glosses[len(glosses) - n_test :]  # the tail never overlaps any fit size
         self.test_out = load_set("examples")[:n_test]
         self.test_far = load_set("docs")[:n_test]
 
     def sets(self) -> dict[str, list[str]]:
         """Every part by name."""
-        return {"fit": self.fit, "in_domain": self.test_in, "out_of_domain": self.test_out,
-                "far_domain": self.test_far}
+        return {
+            "fit": self.fit,
+            "in_domain": self.test_in,
+            "out_of_domain": self.test_out,
+            "far_domain": self.test_far,
+        }
 
 
 def standard_split(n_fit: int = 5000, n_test: int = 1000) -> Split:
@@ -104,12 +111,14 @@ def standard_split(n_fit: int = 5000, n_test: int = 1000) -> Split:
 
 # -- rebuilding the shipped files -------------------------------------------------------------
 
+
 def _usable(text: str, low: int, high: int) -> bool:
     return low <= len(text) <= high and len(text.split()) >= 4
 
 
-def extract_wordnet(dict_dir: Path, n_glosses: int = 8000, n_examples: int = 2000,
-                    seed: int = 20240611) -> tuple[list[str], list[str]]:
+def extract_wordnet(
+    dict_dir: Path, n_glosses: int = 8000, n_examples: int = 2000, seed: int = 20240611
+) -> tuple[list[str], list[str]]:
     """Glosses and usage sentences from a WordNet 3.0 dict dir (data.noun, data.verb, ...)."""
     glosses: dict[str, str] = {}
     examples: dict[str, list[str]] = {}
@@ -140,8 +149,11 @@ def extract_wordnet(dict_dir: Path, n_glosses: int = 8000, n_examples: int = 200
         if key in used:
             continue
         for example in examples[key]:
-            if (_usable(example, 30, 200) and example.lower() not in seen
-                    and not example.startswith("-")):
+            if (
+                _usable(example, 30, 200)
+                and example.lower() not in seen
+                and not example.startswith("-")
+            ):
                 seen.add(example.lower())
                 sentences.append(example)
                 break
@@ -172,9 +184,13 @@ def extract_python_docs(n: int = 2000, seed: int = 20240611) -> list[str]:
             if para.startswith((" ", "*", "-", ">>>", "..")):
                 continue  # code, lists and directives
             for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", re.sub(r"\s+", " ", para)):
-                if (40 <= len(sentence) <= 220 and sentence.endswith(".")
-                        and sentence[0].isupper() and len(sentence.split()) >= 6
-                        and not re.search(r"[{}\[\]=_()*`|<>#@\\:;]|\.\.|--", sentence)):
+                if (
+                    40 <= len(sentence) <= 220
+                    and sentence.endswith(".")
+                    and sentence[0].isupper()
+                    and len(sentence.split()) >= 6
+                    and not re.search(r"[{}\[\]=_()*`|<>#@\\:;]|\.\.|--", sentence)
+                ):
                     found.add(sentence)
     ordered = sorted(found)
     random.Random(seed).shuffle(ordered)

@@ -40,12 +40,16 @@ def _gate_nodes(gate: Gate, nodes: list, inits: list) -> None:
     folds_w = np.concatenate([f.w0 for f in gate.folds], axis=1)  # one Gemm for all K maps
     folds_b = np.concatenate([f.b0 for f in gate.folds])
     inits += [
-        numpy_helper.from_array(r.w0, "rw0"), numpy_helper.from_array(r.b0, "rb0"),
-        numpy_helper.from_array(folds_w, "fw"), numpy_helper.from_array(folds_b, "fb"),
+        numpy_helper.from_array(r.w0, "rw0"),
+        numpy_helper.from_array(r.b0, "rb0"),
+        numpy_helper.from_array(folds_w, "fw"),
+        numpy_helper.from_array(folds_b, "fb"),
         numpy_helper.from_array(np.array([-1, k, dout], np.int64), "fold_shape"),
         numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
-        numpy_helper.from_array(c[0:1], "c0"), numpy_helper.from_array(c[1:2], "c1"),
-        numpy_helper.from_array(c[2:3], "c2"), numpy_helper.from_array(c[3:4], "c3"),
+        numpy_helper.from_array(c[0:1], "c0"),
+        numpy_helper.from_array(c[1:2], "c1"),
+        numpy_helper.from_array(c[2:3], "c2"),
+        numpy_helper.from_array(c[3:4], "c3"),
     ]
     nodes += [
         # cycle: cos(xn, reverse(y))
@@ -78,15 +82,21 @@ def _gate_nodes(gate: Gate, nodes: list, inits: list) -> None:
 def to_onnx(projector: Projector, gate: Gate | None = None) -> onnx.ModelProto:
     """The projector (and its gate) as a checked ONNX model: ``x`` (n, din) -> outputs."""
     p = projector
-    inits = [numpy_helper.from_array(np.array([EPS], np.float32), "eps"),
-             numpy_helper.from_array(p.w0, "w0"), numpy_helper.from_array(p.b0, "b0")]
+    inits = [
+        numpy_helper.from_array(np.array([EPS], np.float32), "eps"),
+        numpy_helper.from_array(p.w0, "w0"),
+        numpy_helper.from_array(p.b0, "b0"),
+    ]
     nodes: list = []
     _normalise(nodes, "x", "xn", "x_norm")
     nodes.append(helper.make_node("Gemm", ["xn", "w0", "b0"], ["z0"]))
     last = "z0"
     if p.w1 is not None and p.b1 is not None and p.w2 is not None:
-        inits += [numpy_helper.from_array(p.w1, "w1"), numpy_helper.from_array(p.b1, "b1"),
-                  numpy_helper.from_array(p.w2, "w2")]
+        inits += [
+            numpy_helper.from_array(p.w1, "w1"),
+            numpy_helper.from_array(p.b1, "b1"),
+            numpy_helper.from_array(p.w2, "w2"),
+        ]
         nodes += [
             helper.make_node("Gemm", ["xn", "w1", "b1"], ["a1"]),
             helper.make_node("Relu", ["a1"], ["h1"]),
@@ -95,16 +105,23 @@ def to_onnx(projector: Projector, gate: Gate | None = None) -> onnx.ModelProto:
         ]
         last = "z"
     _normalise(nodes, last, "y", "norm")
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", p.dout]),
-               helper.make_tensor_value_info("norm", TensorProto.FLOAT, ["n", 1])]
+    outputs = [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", p.dout]),
+        helper.make_tensor_value_info("norm", TensorProto.FLOAT, ["n", 1]),
+    ]
     if gate is not None:
         _gate_nodes(gate, nodes, inits)
         outputs.append(helper.make_tensor_value_info("agreement", TensorProto.FLOAT, ["n", 1]))
     graph = helper.make_graph(
-        nodes, f"project_{p.source}_to_{p.target}_{p.method}",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", p.din])], outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="aether-box align")
+        nodes,
+        f"project_{p.source}_to_{p.target}_{p.method}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", p.din])],
+        outputs,
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="aether-box align"
+    )
     model.ir_version = IR_VERSION
     model.doc_string = f"{p.method} projector {p.source} ({p.din}) -> {p.target} ({p.dout})"
     onnx.checker.check_model(model)
@@ -147,13 +164,16 @@ class OnnxProjector:
         """Every output for rows of `x`: ``y`` (n, dout), ``norm`` and ``agreement`` (n,)."""
         x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.din:
-            raise BadRequest(f"vectors have shape {x.shape}; this projector takes rows of "
-                             f"{self.din} numbers")
+            raise BadRequest(
+                f"vectors have shape {x.shape}; this projector takes rows of {self.din} numbers"
+            )
         if len(x) == 1:
             return self._run_one(x)
         values = self.session.run(self.outputs, {"x": x})
-        return {name: v if name == "y" else v[:, 0] for name, v in zip(self.outputs, values,
-                                                                         strict=True)}
+        return {
+            name: v if name == "y" else v[:, 0]
+            for name, v in zip(self.outputs, values, strict=True)
+        }
 
     def _run_one(self, x: np.ndarray) -> dict[str, np.ndarray]:
         # Single vectors reuse one IO binding per thread with preallocated buffers: no output
@@ -166,8 +186,9 @@ class OnnxProjector:
             buffers = {}
             for name in self.outputs:
                 buffers[name] = np.zeros((1, self.dims[name]), np.float32)
-                binding.bind_output(name, "cpu", 0, np.float32, [1, self.dims[name]],
-                                    buffers[name].ctypes.data)
+                binding.bind_output(
+                    name, "cpu", 0, np.float32, [1, self.dims[name]], buffers[name].ctypes.data
+                )
             state = self._local.state = (binding, x_buf, buffers)
         binding, x_buf, buffers = state
         x_buf[...] = x

@@ -24,10 +24,10 @@ def ranks(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     p, t = normalise(pred), normalise(target)
     out = np.empty(len(p), dtype=np.int64)
     for start in range(0, len(p), BLOCK):
-        sims = p[start:start + BLOCK] @ t.T
+        sims = p[start : start + BLOCK] @ t.T
         own = sims[np.arange(len(sims)), np.arange(start, start + len(sims))]
         # Rank = 1 + how many other targets score strictly higher than the true one.
-        out[start:start + BLOCK] = 1 + (sims > own[:, None]).sum(1)
+        out[start : start + BLOCK] = 1 + (sims > own[:, None]).sum(1)
     return out
 
 

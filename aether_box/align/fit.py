@@ -20,8 +20,15 @@ import numpy as np
 from aether_box.align.fidelity import retrieval
 from aether_box.align.projectors import Projector, normalise
 
-__all__ = ["FitOptions", "fit_mlp", "fit_procrustes", "fit_ridge", "mlp_loss", "ridge_with",
-           "split_validation"]
+__all__ = [
+    "FitOptions",
+    "fit_mlp",
+    "fit_procrustes",
+    "fit_ridge",
+    "mlp_loss",
+    "ridge_with",
+    "split_validation",
+]
 
 Progress = Callable[[str, float], None]  # (stage, fraction done)
 
@@ -90,7 +97,11 @@ def ridge_with(x: np.ndarray, y: np.ndarray, source: str, target: str, lam: floa
 
 
 def fit_ridge(
-    x: np.ndarray, y: np.ndarray, source: str, target: str, options: FitOptions | None = None,
+    x: np.ndarray,
+    y: np.ndarray,
+    source: str,
+    target: str,
+    options: FitOptions | None = None,
     progress: Progress | None = None,
 ) -> Projector:
     """Ridge map, lambda chosen on a validation split, then refitted on every pair."""
@@ -115,7 +126,11 @@ def fit_ridge(
 
 
 def fit_procrustes(
-    x: np.ndarray, y: np.ndarray, source: str, target: str, options: FitOptions | None = None,
+    x: np.ndarray,
+    y: np.ndarray,
+    source: str,
+    target: str,
+    options: FitOptions | None = None,
     progress: Progress | None = None,
 ) -> Projector:
     """Scaled (semi-)orthogonal map between the centred spaces."""
@@ -129,15 +144,17 @@ def fit_procrustes(
     b0 = y_mean - x_mean @ w0
     if progress:
         progress("procrustes", 1.0)
-    return Projector("procrustes", source, target, w0, b0,
-                     params={"scale": scale, "n_pairs": len(x)})
+    return Projector(
+        "procrustes", source, target, w0, b0, params={"scale": scale, "n_pairs": len(x)}
+    )
 
 
 class _Adam:
     """AdamW over a list of arrays, updated in place."""
 
-    def __init__(self, params: list[np.ndarray], lr: float, weight_decay: float,
-                 decay_mask: list[bool]) -> None:
+    def __init__(
+        self, params: list[np.ndarray], lr: float, weight_decay: float, decay_mask: list[bool]
+    ) -> None:
         self.params, self.lr, self.wd, self.mask = params, lr, weight_decay, decay_mask
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
@@ -186,8 +203,13 @@ def mlp_loss(
 
 
 def fit_mlp(
-    x: np.ndarray, y: np.ndarray, source: str, target: str, options: FitOptions | None = None,
-    progress: Progress | None = None, init: Projector | None = None,
+    x: np.ndarray,
+    y: np.ndarray,
+    source: str,
+    target: str,
+    options: FitOptions | None = None,
+    progress: Progress | None = None,
+    init: Projector | None = None,
 ) -> Projector:
     """Ridge map plus a ReLU branch, trained contrastively (InfoNCE, in-batch negatives)."""
     options = options or FitOptions()
@@ -223,7 +245,7 @@ def fit_mlp(
         order = rng.permutation(n)
         losses = []
         for step in range(steps):
-            idx = order[step * bs:(step + 1) * bs]
+            idx = order[step * bs : (step + 1) * bs]
             loss, grads = mlp_loss(params, xs[idx], ys[idx], tau, alpha)
             losses.append(loss)
             # Cosine decay of the learning rate over the whole run.
@@ -239,9 +261,25 @@ def fit_mlp(
     # Fold the standardisation back in, so the projector takes plain unit vectors.
     w0f, b0f = std.fold(w0, b0)
     w1f, b1f = std.fold(w1, b1)
-    return Projector("mlp", source, target, w0f, b0f, w1f, b1f, w2, params={
-        "hidden": h, "epochs": options.mlp_epochs, "best_epoch": best_epoch,
-        "val_top1": val_top1, "val_mean_cosine": val_cos, "temperature": tau,
-        "n_pairs": len(x), "n_fit": len(fit_idx), "ridge_lambda": base.params.get("lambda"),
-        "loss_history": history,
-    })
+    return Projector(
+        "mlp",
+        source,
+        target,
+        w0f,
+        b0f,
+        w1f,
+        b1f,
+        w2,
+        params={
+            "hidden": h,
+            "epochs": options.mlp_epochs,
+            "best_epoch": best_epoch,
+            "val_top1": val_top1,
+            "val_mean_cosine": val_cos,
+            "temperature": tau,
+            "n_pairs": len(x),
+            "n_fit": len(fit_idx),
+            "ridge_lambda": base.params.get("lambda"),
+            "loss_history": history,
+        },
+    )

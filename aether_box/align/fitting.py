@@ -54,8 +54,14 @@ class TextPlan:
 
 
 def plan_texts(
-    texts: list[str], label: str, max_pairs: int, test_pairs: int, ood: list[str], *,
-    standard: bool, builtin: bool = False,
+    texts: list[str],
+    label: str,
+    max_pairs: int,
+    test_pairs: int,
+    ood: list[str],
+    *,
+    standard: bool,
+    builtin: bool = False,
 ) -> TextPlan:
     """Split `texts` into fit and held-out parts (and add the chosen out-of-domain sets)."""
     if not standard:
@@ -63,16 +69,18 @@ def plan_texts(
     if builtin:
         # The built-in glosses are shipped shuffled; the test set is their tail, so every
         # fit size (at most 8000 - test) sees the same held-out texts.
-        test = texts[len(texts) - min(test_pairs, len(texts) // 5):]
+        test = texts[len(texts) - min(test_pairs, len(texts) // 5) :]
         fit = texts[: min(max_pairs, len(texts) - len(test))]
     else:
         if len(texts) < MIN_PAIRS + 5:
-            raise BadRequest(f"{len(texts)} distinct texts are too few to fit and test a "
-                             f"projector; give at least {MIN_PAIRS + 5}")
+            raise BadRequest(
+                f"{len(texts)} distinct texts are too few to fit and test a "
+                f"projector; give at least {MIN_PAIRS + 5}"
+            )
         order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
         n_test = min(test_pairs, max(5, len(texts) // 5))
         test = [texts[i] for i in order[:n_test]]
-        fit = [texts[i] for i in order[n_test:n_test + max_pairs]]
+        fit = [texts[i] for i in order[n_test : n_test + max_pairs]]
     parts = {"fit": fit, "in_domain": test}
     for name in ood:
         parts[f"ood:{name}"] = [t for t in load_set(name)[:test_pairs] if t not in set(fit)]
@@ -93,7 +101,10 @@ def _held_out(parts: dict[str, PairSet]) -> dict[str, PairSet]:
 
 
 def fit_pair(
-    parts: dict[str, PairSet], plan: TextPlan, settings: AlignSettings, methods: list[str],
+    parts: dict[str, PairSet],
+    plan: TextPlan,
+    settings: AlignSettings,
+    methods: list[str],
     progress: Callable[[str, float], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Projector], Gate]:
     """Fit, judge, pick and calibrate; (report, projectors by method, gate). Blocking."""
@@ -101,8 +112,9 @@ def fit_pair(
         raise BadRequest("internal: the plan has no fit part")
     fit = parts["fit"]
     if len(fit) < MIN_PAIRS:
-        raise BadRequest(f"{len(fit)} pairs are too few to fit a projector; give at least "
-                         f"{MIN_PAIRS} texts")
+        raise BadRequest(
+            f"{len(fit)} pairs are too few to fit a projector; give at least {MIN_PAIRS} texts"
+        )
     options = _options(settings)
     source, target = fit.source, fit.target
     held = _held_out(parts)
@@ -120,15 +132,22 @@ def fit_pair(
         results[method] = {
             "params": {k: v for k, v in projector.params.items() if k != "lambda_curve"},
             "fit_s": round(time.perf_counter() - started, 2),
-            **{name: evaluate(projector, ps.a, ps.b, n=settings.test_pairs)
-               for name, ps in held.items()},
+            **{
+                name: evaluate(projector, ps.a, ps.b, n=settings.test_pairs)
+                for name, ps in held.items()
+            },
         }
-    best = max(methods, key=lambda m: (results[m]["in_domain"]["top1"],
-                                       results[m]["in_domain"]["mean_cosine"]))
+    best = max(
+        methods,
+        key=lambda m: (results[m]["in_domain"]["top1"], results[m]["in_domain"]["mean_cosine"]),
+    )
     if progress:
         progress("gate: calibrating", 0.0)
-    ridge_lambda = float(projectors["ridge"].params["lambda"]) if "ridge" in projectors else (
-        float(fit_ridge(fit.a, fit.b, source, target, options).params["lambda"]))
+    ridge_lambda = (
+        float(projectors["ridge"].params["lambda"])
+        if "ridge" in projectors
+        else (float(fit_ridge(fit.a, fit.b, source, target, options).params["lambda"]))
+    )
     gate, gate_fit = _fit_gate(fit, best, projectors[best], ridge_lambda, options)
     for method, projector in projectors.items():
         engine = OnnxProjector.from_projector(projector, gate if method == best else None)
@@ -139,22 +158,34 @@ def fit_pair(
     if progress:
         progress("gate: calibrating", 1.0)
     report = {
-        "name": pair_name(source, target), "source": source, "target": target,
+        "name": pair_name(source, target),
+        "source": source,
+        "target": target,
         "dims": [int(fit.a.shape[1]), int(fit.b.shape[1])],
-        "best": best, "created": time.time(),
-        "pairs": {"corpus": plan.label, "fit": len(fit),
-                  **{name: len(ps) for name, ps in held.items()}},
+        "best": best,
+        "created": time.time(),
+        "pairs": {
+            "corpus": plan.label,
+            "fit": len(fit),
+            **{name: len(ps) for name, ps in held.items()},
+        },
         "methods": results,
-        "gate": {"threshold": settings.gate, "features": list(FEATURES),
-                 "coef": [float(c) for c in gate.coef], "calibration": gate_fit,
-                 **gate_report},
+        "gate": {
+            "threshold": settings.gate,
+            "features": list(FEATURES),
+            "coef": [float(c) for c in gate.coef],
+            "calibration": gate_fit,
+            **gate_report,
+        },
     }
     return report, projectors, gate
 
 
-def _fit_gate(fit: PairSet, best: str, projector: Projector, ridge_lambda: float,
-              options: FitOptions) -> tuple[Gate, dict[str, Any]]:
+def _fit_gate(
+    fit: PairSet, best: str, projector: Projector, ridge_lambda: float, options: FitOptions
+) -> tuple[Gate, dict[str, Any]]:
     """The gate for the served method, calibrated with a stand-in of that method (gate.py)."""
+
     def factory(a: np.ndarray, b: np.ndarray) -> Projector:
         if best == "ridge":
             return ridge_with(a, b, fit.source, fit.target, ridge_lambda)

@@ -43,8 +43,9 @@ FOLDS = 4
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def signals(projector: Projector, reverse: Projector, folds: list[Projector],
-            x: np.ndarray) -> np.ndarray:
+def signals(
+    projector: Projector, reverse: Projector, folds: list[Projector], x: np.ndarray
+) -> np.ndarray:
     """(n, 3): output norm, round-trip cosine and ensemble spread for each row of `x`."""
     xn = normalise(np.atleast_2d(x))
     z = projector.raw(xn)
@@ -80,8 +81,12 @@ class Gate:
         arrays = {"reverse_w0": self.reverse.w0, "reverse_b0": self.reverse.b0}
         for i, fold in enumerate(self.folds):
             arrays[f"fold{i}_w0"], arrays[f"fold{i}_b0"] = fold.w0, fold.b0
-        meta = {"source": self.reverse.target, "target": self.reverse.source,
-                "folds": len(self.folds), "features": list(FEATURES)}
+        meta = {
+            "source": self.reverse.target,
+            "target": self.reverse.source,
+            "folds": len(self.folds),
+            "features": list(FEATURES),
+        }
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, coef=self.coef, meta=np.array(json.dumps(meta)), **arrays)
         tmp.replace(path)
@@ -93,13 +98,16 @@ class Gate:
             meta = json.loads(str(data["meta"]))
             source, target = meta["source"], meta["target"]
             reverse = Projector("ridge", target, source, data["reverse_w0"], data["reverse_b0"])
-            folds = [Projector("ridge", source, target, data[f"fold{i}_w0"], data[f"fold{i}_b0"])
-                     for i in range(meta["folds"])]
+            folds = [
+                Projector("ridge", source, target, data[f"fold{i}_w0"], data[f"fold{i}_b0"])
+                for i in range(meta["folds"])
+            ]
             return cls(reverse, folds, data["coef"].astype(np.float64))
 
 
-def _fold_maps(x: np.ndarray, y: np.ndarray, lam: float, k: int, seed: int,
-               source: str, target: str) -> list[Projector]:
+def _fold_maps(
+    x: np.ndarray, y: np.ndarray, lam: float, k: int, seed: int, source: str, target: str
+) -> list[Projector]:
     fold = np.random.default_rng(seed).permutation(len(x)) % k
     return [ridge_with(x[fold != i], y[fold != i], source, target, lam) for i in range(k)]
 
@@ -124,7 +132,11 @@ def _logistic(features: np.ndarray, hit: np.ndarray, l2: float = 1e-2) -> np.nda
 
 
 def fit_gate(
-    projector: Projector, x: np.ndarray, y: np.ndarray, lam: float, seed: int = 0,
+    projector: Projector,
+    x: np.ndarray,
+    y: np.ndarray,
+    lam: float,
+    seed: int = 0,
     factory: Any = None,
 ) -> tuple[Gate, dict[str, Any]]:
     """Fit the gate's maps on every pair and calibrate it on a split none of its judged maps saw.
@@ -141,8 +153,7 @@ def fit_gate(
     make = factory or (lambda a, b: ridge_with(a, b, projector.source, projector.target, lam))
     judged = make(x[fit_idx], y[fit_idx])
     reverse = ridge_with(y[fit_idx], x[fit_idx], projector.target, projector.source, lam)
-    folds = _fold_maps(x[fit_idx], y[fit_idx], lam, FOLDS, seed, projector.source,
-                       projector.target)
+    folds = _fold_maps(x[fit_idx], y[fit_idx], lam, FOLDS, seed, projector.source, projector.target)
     s = signals(judged, reverse, folds, x[cal_idx]).astype(np.float64)
     hit = (ranks(judged(x[cal_idx]), y[cal_idx]) == 1).astype(np.float64)
     if 0 < hit.mean() < 1:
@@ -150,8 +161,11 @@ def fit_gate(
     else:  # all right or all wrong: nothing to tell apart, the base rate is the estimate
         rate = float(np.clip(hit.mean(), 1e-3, 1 - 1e-3))
         coef = np.array([np.log(rate / (1 - rate)), 0.0, 0.0, 0.0])
-    gate = Gate(ridge_with(y, x, projector.target, projector.source, lam),
-                _fold_maps(x, y, lam, FOLDS, seed, projector.source, projector.target), coef)
+    gate = Gate(
+        ridge_with(y, x, projector.target, projector.source, lam),
+        _fold_maps(x, y, lam, FOLDS, seed, projector.source, projector.target),
+        coef,
+    )
     return gate, {"pairs": int(len(cal_idx)), "top1": float(hit.mean()), "folds": FOLDS}
 
 
@@ -178,7 +192,10 @@ def _auc(score: np.ndarray, good: np.ndarray) -> float | None:
 
 
 def calibrate(
-    gate: Gate, projector: Projector, x: np.ndarray, y: np.ndarray,
+    gate: Gate,
+    projector: Projector,
+    x: np.ndarray,
+    y: np.ndarray,
     thresholds: tuple[float, ...] = THRESHOLDS,
 ) -> dict[str, Any]:
     """How well the agreement predicts real fidelity on held-out pairs, and what gating costs.
@@ -194,13 +211,15 @@ def calibrate(
     table = []
     for t in thresholds:
         accepted = agreement >= t
-        table.append({
-            "gate": t,
-            "proxy_share": float(1 - accepted.mean()),
-            "accepted_top1": float(hit[accepted].mean()) if accepted.any() else None,
-            "accepted_mean_cosine": float(true[accepted].mean()) if accepted.any() else None,
-            "combined_top1": float(np.where(accepted, hit, True).mean()),
-        })
+        table.append(
+            {
+                "gate": t,
+                "proxy_share": float(1 - accepted.mean()),
+                "accepted_top1": float(hit[accepted].mean()) if accepted.any() else None,
+                "accepted_mean_cosine": float(true[accepted].mean()) if accepted.any() else None,
+                "combined_top1": float(np.where(accepted, hit, True).mean()),
+            }
+        )
     enough = len(x) > 2 and np.std(agreement) > 0
     return {
         "n": int(len(x)),

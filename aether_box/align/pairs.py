@@ -78,8 +78,13 @@ class VectorCache:
 
 
 async def embed_texts(
-    embed: EmbedFn, model: str, key: str, texts: list[str], cache: VectorCache,
-    progress: ProgressFn | None = None, chunk: int = CHUNK,
+    embed: EmbedFn,
+    model: str,
+    key: str,
+    texts: list[str],
+    cache: VectorCache,
+    progress: ProgressFn | None = None,
+    chunk: int = CHUNK,
 ) -> tuple[np.ndarray, bool]:
     """Vectors of `texts` by `model`, from the cache when present; (vectors, were_cached)."""
     corpus = corpus_hash(texts)
@@ -96,16 +101,18 @@ async def embed_texts(
     last_save = time.monotonic()
     try:
         for begin in range(start, len(texts), chunk):
-            vectors = np.asarray(await embed(model, texts[begin:begin + chunk]), np.float32)
-            if vectors.ndim != 2 or len(vectors) != len(texts[begin:begin + chunk]):
-                raise BadRequest(f"embed returned {vectors.shape} for {model!r}; expected one "
-                                 "vector a text")
+            vectors = np.asarray(await embed(model, texts[begin : begin + chunk]), np.float32)
+            if vectors.ndim != 2 or len(vectors) != len(texts[begin : begin + chunk]):
+                raise BadRequest(
+                    f"embed returned {vectors.shape} for {model!r}; expected one vector a text"
+                )
             parts.append(vectors)
             end = begin + len(vectors)
             if end < len(texts) and time.monotonic() - last_save > 5.0:
                 # Every few seconds rather than every chunk: a checkpoint rewrites all rows.
-                await anyio.to_thread.run_sync(cache.checkpoint, key, corpus,
-                                               np.concatenate(parts), False)
+                await anyio.to_thread.run_sync(
+                    cache.checkpoint, key, corpus, np.concatenate(parts), False
+                )
                 last_save = time.monotonic()
             if progress:
                 await _report(progress, model, end, len(texts))
@@ -114,8 +121,9 @@ async def embed_texts(
         # next run resumes from here.
         if parts:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(cache.checkpoint, key, corpus,
-                                               np.concatenate(parts), False)
+                await anyio.to_thread.run_sync(
+                    cache.checkpoint, key, corpus, np.concatenate(parts), False
+                )
         raise
     result = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
     await anyio.to_thread.run_sync(cache.checkpoint, key, corpus, result, True)
@@ -146,16 +154,28 @@ class PairSet:
     def subset(self, index: np.ndarray | list[int]) -> PairSet:
         """The pairs at `index`."""
         idx = np.asarray(index, dtype=np.int64)
-        return PairSet(self.source, self.target, [self.texts[i] for i in idx], self.a[idx],
-                       self.b[idx], "", dict(self.meta))
+        return PairSet(
+            self.source,
+            self.target,
+            [self.texts[i] for i in idx],
+            self.a[idx],
+            self.b[idx],
+            "",
+            dict(self.meta),
+        )
 
     def save(self, path: Path) -> None:
         """One .npz with texts, both vector sets and how they were made."""
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"source": self.source, "target": self.target, "corpus": self.corpus, **self.meta}
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, texts=np.array(self.texts, dtype=np.str_), a=self.a, b=self.b,
-                 meta=np.array(json.dumps(meta)))
+        np.savez(
+            tmp,
+            texts=np.array(self.texts, dtype=np.str_),
+            a=self.a,
+            b=self.b,
+            meta=np.array(json.dumps(meta)),
+        )
         tmp.replace(path)
 
     @classmethod
@@ -175,9 +195,15 @@ def pairs_path(root: Path, source: str, target: str, corpus: str) -> Path:
 
 
 async def make_pairs(
-    embed: EmbedFn, source: str, target: str, texts: list[str], root: Path,
-    keys: Mapping[str, str], progress: ProgressFn | None = None,
-    known_target: np.ndarray | None = None, chunk: int = CHUNK,
+    embed: EmbedFn,
+    source: str,
+    target: str,
+    texts: list[str],
+    root: Path,
+    keys: Mapping[str, str],
+    progress: ProgressFn | None = None,
+    known_target: np.ndarray | None = None,
+    chunk: int = CHUNK,
 ) -> tuple[PairSet, bool]:
     """Embed `texts` with both models (cached) and save the pair set; (pairs, all_cached).
 
@@ -187,16 +213,24 @@ async def make_pairs(
     if not texts:
         raise BadRequest("no texts to make pairs from")
     cache = VectorCache(root)
-    a, cached_a = await embed_texts(embed, source, keys[source], texts, cache, progress,
-                                    chunk)
+    a, cached_a = await embed_texts(embed, source, keys[source], texts, cache, progress, chunk)
     if known_target is not None:
         b, cached_b = np.asarray(known_target, dtype=np.float32), True
     else:
-        b, cached_b = await embed_texts(embed, target, keys[target], texts, cache, progress,
-                                        chunk)
+        b, cached_b = await embed_texts(embed, target, keys[target], texts, cache, progress, chunk)
     corpus = corpus_hash(texts)
-    pairs = PairSet(source, target, texts, a, b, corpus, {
-        "source_key": keys[source], "target_key": keys.get(target, target),
-        "created": time.time()})
+    pairs = PairSet(
+        source,
+        target,
+        texts,
+        a,
+        b,
+        corpus,
+        {
+            "source_key": keys[source],
+            "target_key": keys.get(target, target),
+            "created": time.time(),
+        },
+    )
     await anyio.to_thread.run_sync(pairs.save, pairs_path(root, source, target, corpus))
     return pairs, cached_a and cached_b

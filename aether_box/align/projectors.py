@@ -82,8 +82,12 @@ class Projector:
         """Write the weights and their description to one .npz file."""
         names = ("w0", "b0", "w1", "b1", "w2")
         arrays = {k: v for k in names if (v := getattr(self, k)) is not None}
-        meta = {"method": self.method, "source": self.source, "target": self.target,
-                "params": self.params}
+        meta = {
+            "method": self.method,
+            "source": self.source,
+            "target": self.target,
+            "params": self.params,
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)

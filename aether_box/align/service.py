@@ -77,8 +77,9 @@ class Served:
         self.agreement_sum += float(agreement.sum())
         for value in agreement[-32:]:
             prior = self.agreement_recent
-            self.agreement_recent = float(value) if prior is None else (
-                (1 - RECENT) * prior + RECENT * float(value))
+            self.agreement_recent = (
+                float(value) if prior is None else ((1 - RECENT) * prior + RECENT * float(value))
+            )
 
     def summary(self) -> dict[str, Any]:
         """The status view of this projector."""
@@ -90,10 +91,12 @@ class Served:
             "projections": self.projections,
             "accepted": self.accepted,
             "proxied": self.projections - self.accepted,
-            "agreement_mean": (round(self.agreement_sum / self.projections, 4)
-                               if self.projections else None),
-            "agreement_recent": (round(self.agreement_recent, 4)
-                                 if self.agreement_recent is not None else None),
+            "agreement_mean": (
+                round(self.agreement_sum / self.projections, 4) if self.projections else None
+            ),
+            "agreement_recent": (
+                round(self.agreement_recent, 4) if self.agreement_recent is not None else None
+            ),
         }
 
 
@@ -140,15 +143,27 @@ class AlignService(OpService):
         agreement = out["agreement"]
         accepted = agreement >= gate
         served.count(agreement, accepted)
-        self.box.events.publish("metrics.align", {
-            "projector": served.name, "method": served.method, "n": int(len(x)),
-            "agreement": round(float(agreement.mean()), 4), "accepted": int(accepted.sum()),
-            "gate": float(gate), "collection": body.get("collection")})
-        reply: dict[str, Any] = {"projector": served.name, "method": served.method,
-                                 "gate": float(gate)}
+        self.box.events.publish(
+            "metrics.align",
+            {
+                "projector": served.name,
+                "method": served.method,
+                "n": int(len(x)),
+                "agreement": round(float(agreement.mean()), 4),
+                "accepted": int(accepted.sum()),
+                "gate": float(gate),
+                "collection": body.get("collection"),
+            },
+        )
+        reply: dict[str, Any] = {
+            "projector": served.name,
+            "method": served.method,
+            "gate": float(gate),
+        }
         if single:
-            reply.update(vector=out["y"][0], agreement=float(agreement[0]),
-                         accepted=bool(accepted[0]))
+            reply.update(
+                vector=out["y"][0], agreement=float(agreement[0]), accepted=bool(accepted[0])
+            )
         else:
             # The wire takes numeric arrays only: accepted travels as uint8 (1 = accepted).
             reply.update(vectors=out["y"], agreement=agreement, accepted=accepted.astype(np.uint8))
@@ -165,8 +180,10 @@ class AlignService(OpService):
                 path = self.store.served_path(source, target)
                 engine = await anyio.to_thread.run_sync(OnnxProjector, path)
                 if not engine.has_gate:
-                    raise BoxError(f"{path} has no gate output; refit it with "
-                                   f"`aether-box align fit --from {source} --to {target}`")
+                    raise BoxError(
+                        f"{path} has no gate output; refit it with "
+                        f"`aether-box align fit --from {source} --to {target}`"
+                    )
                 self.served[name] = Served(name, report["best"], engine, report)
             return self.served[name]
 
@@ -189,8 +206,10 @@ class AlignService(OpService):
 
     def status(self) -> dict[str, Any]:
         """The "align" section of `status`."""
-        return {"gate": self.settings.gate,
-                "projectors": {name: s.summary() for name, s in sorted(self.served.items())}}
+        return {
+            "gate": self.settings.gate,
+            "projectors": {name: s.summary() for name, s in sorted(self.served.items())},
+        }
 
     # ----------------------------------------------------------------- pairs and fits
 
@@ -200,12 +219,25 @@ class AlignService(OpService):
         plan = await self._plan(body, target, standard=False)
         texts = plan.all_texts()
         pairs, cached = await make_pairs(
-            self._embed, source, target, texts, self.settings.dir, await self._keys(source, target),
-            self._progress(request), known_target=plan.known_target,
-            chunk=self.settings.embed_chunk)
-        return {"from": source, "to": target, "n": len(pairs), "cached": cached,
-                "corpus": plan.label, "from_key": pairs.meta["source_key"],
-                "to_key": pairs.meta["target_key"]}
+            self._embed,
+            source,
+            target,
+            texts,
+            self.settings.dir,
+            await self._keys(source, target),
+            self._progress(request),
+            known_target=plan.known_target,
+            chunk=self.settings.embed_chunk,
+        )
+        return {
+            "from": source,
+            "to": target,
+            "n": len(pairs),
+            "cached": cached,
+            "corpus": plan.label,
+            "from_key": pairs.meta["source_key"],
+            "to_key": pairs.meta["target_key"],
+        }
 
     async def op_fit(self, request: Request) -> dict[str, Any]:
         body = request.body
@@ -213,8 +245,11 @@ class AlignService(OpService):
         if source == target:
             raise BadRequest("'from' and 'to' name the same model; nothing to align")
         methods = body.get("methods", self.settings.methods)
-        if (not isinstance(methods, list) or not methods
-                or any(m not in ("ridge", "procrustes", "mlp") for m in methods)):
+        if (
+            not isinstance(methods, list)
+            or not methods
+            or any(m not in ("ridge", "procrustes", "mlp") for m in methods)
+        ):
             raise BadRequest("'methods' must be a list from ridge, procrustes, mlp")
         plan = await self._plan(body, target, standard=True)
         keys = await self._keys(source, target)
@@ -223,9 +258,17 @@ class AlignService(OpService):
         whole: PairSet | None = None
         cached = []
         if plan.known_target is not None:  # a collection in the target's space: embed A only
-            whole, hit = await make_pairs(self._embed, source, target, plan.parts["all"],
-                                        self.settings.dir, keys, progress, plan.known_target,
-                                        self.settings.embed_chunk)
+            whole, hit = await make_pairs(
+                self._embed,
+                source,
+                target,
+                plan.parts["all"],
+                self.settings.dir,
+                keys,
+                progress,
+                plan.known_target,
+                self.settings.embed_chunk,
+            )
             cached.append(hit)
             index = {t: i for i, t in enumerate(whole.texts)}
         for part, texts in plan.parts.items():
@@ -234,16 +277,23 @@ class AlignService(OpService):
             if whole is not None and all(t in index for t in texts):
                 parts[part] = whole.subset([index[t] for t in texts])
             else:
-                parts[part], hit = await make_pairs(self._embed, source, target, texts,
-                                                    self.settings.dir, keys, progress,
-                                                    chunk=self.settings.embed_chunk)
+                parts[part], hit = await make_pairs(
+                    self._embed,
+                    source,
+                    target,
+                    texts,
+                    self.settings.dir,
+                    keys,
+                    progress,
+                    chunk=self.settings.embed_chunk,
+                )
                 cached.append(hit)
         send = _ThreadProgress(request)
         async with self._fit_limiter:
             report, projectors, gate = await anyio.to_thread.run_sync(
-                lambda: fit_pair(parts, plan, self.settings, methods, send))
-            report["pairs"].update(from_key=keys[source], to_key=keys[target],
-                                   cached=all(cached))
+                lambda: fit_pair(parts, plan, self.settings, methods, send)
+            )
+            report["pairs"].update(from_key=keys[source], to_key=keys[target], cached=all(cached))
             await anyio.to_thread.run_sync(self.store.save, projectors, gate, report)
         self.served.pop(pair_name(source, target), None)  # serve the new one from now on
         return report
@@ -259,40 +309,64 @@ class AlignService(OpService):
             if not isinstance(texts, list) or not all(isinstance(t, str) and t for t in texts):
                 raise BadRequest("'texts' must be a list of non-empty strings")
             unique, sets = list(dict.fromkeys(texts)), _ood(ood, default=False)
-            return await anyio.to_thread.run_sync(lambda: plan_texts(
-                unique, "texts", max_pairs, test_pairs, sets, standard=standard))
+            return await anyio.to_thread.run_sync(
+                lambda: plan_texts(unique, "texts", max_pairs, test_pairs, sets, standard=standard)
+            )
         if collection is not None:
             if not isinstance(collection, str):
                 raise BadRequest("'collection' must be a collection name")
             texts, vectors, model = await self._collection(collection)
             sets = _ood(ood, default=False)
-            plan = await anyio.to_thread.run_sync(lambda: plan_texts(
-                texts, f"collection:{collection}", max_pairs, test_pairs, sets,
-                standard=standard))
+            plan = await anyio.to_thread.run_sync(
+                lambda: plan_texts(
+                    texts,
+                    f"collection:{collection}",
+                    max_pairs,
+                    test_pairs,
+                    sets,
+                    standard=standard,
+                )
+            )
             if model == target:
                 plan.attach_target(texts, vectors)
             return plan
         if corpus is not None and corpus not in BUILTIN_SETS:
-            raise BadRequest(f"'corpus' must be a built-in set {list(BUILTIN_SETS)}; send "
-                             "your own as 'texts'")
+            raise BadRequest(
+                f"'corpus' must be a built-in set {list(BUILTIN_SETS)}; send your own as 'texts'"
+            )
         name = corpus or "glosses"
         sets = _ood(ood, default=name == "glosses")
         # Reading the gzip'd sets is file IO: off the event loop.
-        return await anyio.to_thread.run_sync(lambda: plan_texts(
-            load_set(name), f"builtin:{name}", max_pairs, test_pairs, sets, standard=standard,
-            builtin=name == "glosses"))
+        return await anyio.to_thread.run_sync(
+            lambda: plan_texts(
+                load_set(name),
+                f"builtin:{name}",
+                max_pairs,
+                test_pairs,
+                sets,
+                standard=standard,
+                builtin=name == "glosses",
+            )
+        )
 
     async def _collection(self, name: str) -> tuple[list[str], np.ndarray, str]:
         """Texts, vectors and model of a memory collection (paged through `memory list`)."""
-        info = (await self.box.broker.call("memory", {"op": "info", "collection": name}))
+        info = await self.box.broker.call("memory", {"op": "info", "collection": name})
         model = info["collection"]["model"]
         texts: list[str] = []
         vectors: list[np.ndarray] = []
         cursor = 0
         while cursor is not None:
-            page = await self.box.broker.call("memory", {
-                "op": "list", "collection": name, "limit": 500, "cursor": cursor,
-                "include_vectors": True})
+            page = await self.box.broker.call(
+                "memory",
+                {
+                    "op": "list",
+                    "collection": name,
+                    "limit": 500,
+                    "cursor": cursor,
+                    "include_vectors": True,
+                },
+            )
             for record, vector in zip(page["records"], page["vectors"], strict=True):
                 if record.get("text"):
                     texts.append(record["text"])
@@ -304,8 +378,7 @@ class AlignService(OpService):
         return list(unique), np.asarray(list(unique.values()), np.float32), model
 
     async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
-        reply = await self.box.broker.call("embed", {"op": "embed", "model": model,
-                                                     "texts": texts})
+        reply = await self.box.broker.call("embed", {"op": "embed", "model": model, "texts": texts})
         return np.asarray(reply["vectors"], dtype=np.float32)
 
     async def _keys(self, source: str, target: str) -> dict[str, str]:
@@ -313,8 +386,10 @@ class AlignService(OpService):
         from aether_box.models.store import ModelStore
 
         store = ModelStore(self.box.config.get(ModelsSettings).dir)
-        return {name: await anyio.to_thread.run_sync(_identity, store, name)
-                for name in (source, target)}
+        return {
+            name: await anyio.to_thread.run_sync(_identity, store, name)
+            for name in (source, target)
+        }
 
     def _progress(self, request: Request):
         last = [0.0]
@@ -323,8 +398,10 @@ class AlignService(OpService):
             now = time.monotonic()
             if done in (0, total) or now - last[0] >= PROGRESS_EVERY_S:
                 last[0] = now
-                await request.partial({"stage": "embed", "model": model, "done": done,
-                                       "total": total})
+                await request.partial(
+                    {"stage": "embed", "model": model, "done": done, "total": total}
+                )
+
         return report
 
 
@@ -339,8 +416,9 @@ class _ThreadProgress:
         now = time.monotonic()
         if fraction >= 1.0 or now - self.last >= PROGRESS_EVERY_S:
             self.last = now
-            anyio.from_thread.run(self.request.partial,
-                                  {"stage": "fit", "step": step, "fraction": round(fraction, 3)})
+            anyio.from_thread.run(
+                self.request.partial, {"stage": "fit", "step": step, "fraction": round(fraction, 3)}
+            )
 
 
 def _identity(store: Any, name: str) -> str:
@@ -382,8 +460,11 @@ def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
     """One line of `align list`: the served method's figures and every method's top-1."""
     best = report["methods"][report["best"]]
     return {
-        "name": report["name"], "from": report["source"], "to": report["target"],
-        "method": report["best"], "pairs": report["pairs"]["fit"],
+        "name": report["name"],
+        "from": report["source"],
+        "to": report["target"],
+        "method": report["best"],
+        "pairs": report["pairs"]["fit"],
         "corpus": report["pairs"]["corpus"],
         "in_domain": best["in_domain"],
         "out_of_domain": best.get("out_of_domain"),

@@ -44,8 +44,9 @@ class AlignSettings:
             raise ConfigError(f"align.gate must be from 0 to 1 (a probability), got {self.gate}")
         unknown = sorted(set(self.methods) - {"ridge", "procrustes", "mlp"})
         if unknown or not self.methods:
-            raise ConfigError(f"align.methods must name some of ridge, procrustes, mlp; "
-                              f"got {self.methods}")
+            raise ConfigError(
+                f"align.methods must name some of ridge, procrustes, mlp; got {self.methods}"
+            )
         for key in ("max_pairs", "test_pairs", "mlp_epochs", "mlp_hidden", "embed_chunk"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"align.{key} must be at least 1, got {getattr(self, key)}")

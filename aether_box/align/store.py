@@ -75,7 +75,8 @@ class ProjectorStore:
             fitted = ", ".join(r["name"] for r in self.reports()) or "none"
             raise NotFound(
                 f"no projector from {source!r} to {target!r} (fitted: {fitted}); fit one with "
-                f"`aether-box align fit --from {source} --to {target}`")
+                f"`aether-box align fit --from {source} --to {target}`"
+            )
         return json.loads(path.read_text())
 
     def onnx_path(self, source: str, target: str, method: str) -> Path:

@@ -463,7 +463,9 @@ class Broker:
         svc.stats.finished(time.monotonic() - started, error="error" in reply)
         await self._send(self._final_frames(svc, client, legacy, service, reply, rid))
 
-    def _on_cancel(self, client: bytes, legacy: bool, service: bytes, body: list[FrameBytes]) -> None:
+    def _on_cancel(
+        self, client: bytes, legacy: bool, service: bytes, body: list[FrameBytes]
+    ) -> None:
         try:
             request = decode_body(body)
         except ProtocolError as exc:

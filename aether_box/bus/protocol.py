@@ -65,7 +65,20 @@ BYTES_DTYPE = "bytes"
 # bytes value leaves the msgpack map for a frame of its own.
 LARGE_FRAME = zmq.COPY_THRESHOLD
 # Only plain numeric little-endian dtypes travel; anything else is a protocol error.
-_ALLOWED_DTYPES = {"<f2", "<f4", "<f8", "<i1", "<i2", "<i4", "<i8", "|u1", "|i1", "<u2", "<u4", "|b1"}
+_ALLOWED_DTYPES = {
+    "<f2",
+    "<f4",
+    "<f8",
+    "<i1",
+    "<i2",
+    "<i4",
+    "<i8",
+    "|u1",
+    "|i1",
+    "<u2",
+    "<u4",
+    "|b1",
+}
 
 
 def encode_body(body: Mapping[str, Any]) -> list[bytes | memoryview]:
