@@ -11,4 +11,5 @@ COMPONENTS: list[str] = [
     "aether_box.memory.service:MemoryComponent",
     "aether_box.engines.services:EnginesComponent",
     "aether_box.align.service:AlignComponent",
+    "aether_box.monitor.metrics:MetricsComponent",
 ]

@@ -24,6 +24,7 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
     console.print(
         f"bus: {', '.join(report['endpoints']['bus'])}   events: {', '.join(report['endpoints']['events'])}"
         f"   CURVE: {'on' if report.get('curve') else 'off'}"
+        f"   metrics: {report.get('metrics', {}).get('url', 'off')}"
     )
     table = Table("service", "kind", "workers", "requests", "errors", "queued", "p50 ms", "p95 ms")
     for name, svc in report["services"].items():

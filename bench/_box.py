@@ -33,6 +33,7 @@ def start_box(
     sets = [
         f"bus.endpoints={endpoints}",
         'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
+        "monitor.metrics_address=127.0.0.1:0",
         *settings,
     ]
     data_dir.mkdir(parents=True, exist_ok=True)

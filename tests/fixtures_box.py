@@ -27,6 +27,7 @@ TEST_ENDPOINTS = {
     "endpoints": ["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"],
     "event_endpoints": ["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"],
 }
+TEST_METRICS = "127.0.0.1:0"  # an ephemeral port too
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ class BoxInThread:
 
     def __init__(self, data_dir: Path, overrides: dict[str, dict[str, Any]] | None = None) -> None:
         load_components()
-        merged = {"bus": dict(TEST_ENDPOINTS)}
+        merged = {"bus": dict(TEST_ENDPOINTS), "monitor": {"metrics_address": TEST_METRICS}}
         for section, values in (overrides or {}).items():
             merged.setdefault(section, {}).update(values)
         self.data_dir = data_dir
@@ -89,6 +90,8 @@ class BoxProcess:
             'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
             "--set",
             'bus.event_endpoints=["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"]',
+            "--set",
+            f"monitor.metrics_address={TEST_METRICS}",
         ]
         self.log = open(data_dir / "box-process.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(

@@ -33,6 +33,8 @@ IPC_ONLY = [
     'bus.endpoints=["ipc://{data_dir}/bus.sock"]',
     "--set",
     'bus.event_endpoints=["ipc://{data_dir}/events.sock"]',
+    "--set",
+    "monitor.metrics_address=127.0.0.1:0",
 ]
 KIT = ["smollm2", "minilm"]
 # Terminal escape sequences (CSI, OSC, DCS...), removed to read the dashboard's text.

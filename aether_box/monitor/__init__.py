@@ -1,0 +1,1 @@
+"""Watching the box from outside: Prometheus metrics (observer and tuner are still to come)."""

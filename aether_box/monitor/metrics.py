@@ -1,0 +1,176 @@
+"""Prometheus metrics: GET http://127.0.0.1:7747/metrics, read from the same report as `status`.
+
+Nothing is counted twice: at each scrape the collector takes the status report on the event
+loop (where the counters live, so it never sees them half-updated) and turns it into metric
+families. prometheus-client's ProcessCollector adds the process's CPU seconds, memory and
+open files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import anyio
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from aether_box.monitor.settings import MonitorSettings
+
+if TYPE_CHECKING:
+    from aether_box.box import Box
+
+__all__ = ["MetricsComponent", "StatusCollector"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "aether_box"
+# A scrape waits this long for the event loop before it reports the box as not answering.
+SCRAPE_TIMEOUT_S = 5.0
+# How often the HTTP thread looks for a shutdown request: bounds how long stopping takes.
+POLL_S = 0.05
+
+
+class StatusCollector:
+    """Turns a status report (see aether_box.status) into Prometheus metric families."""
+
+    def __init__(self, read_report: Callable[[], dict[str, Any]]) -> None:
+        self._read_report = read_report
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._read_report()
+        yield _gauge("up", "1 when the box has started every component", int(report["ready"]))
+        yield _gauge("uptime_seconds", "Seconds since the box started", report["uptime_s"])
+        yield _gauge("in_flight", "Requests being served now, all services", report["in_flight"])
+
+        services = report["services"]
+        requests = _counter("requests", "Requests answered, by service", ["service"])
+        errors = _counter("request_errors", "Requests answered with an error", ["service"])
+        queued = _gauge("queued", "Requests waiting for a worker", None, ["service"])
+        busy = _gauge("service_in_flight", "Requests being served, by service", None, ["service"])
+        workers = _gauge("workers", "Workers offering the service", None, ["service"])
+        latency = _gauge(
+            "request_latency_seconds",
+            "Latency quantiles over the service's last 2,048 requests",
+            None,
+            ["service", "quantile"],
+        )
+        for name, svc in services.items():
+            requests.add_metric([name], svc["requests"])
+            errors.add_metric([name], svc["errors"])
+            queued.add_metric([name], svc["queued"])
+            busy.add_metric([name], svc["in_flight"])
+            workers.add_metric([name], svc["workers"])
+            for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")):
+                if svc.get(key) is not None:
+                    latency.add_metric([name, quantile], svc[key] / 1000.0)
+        yield from (requests, errors, queued, busy, workers, latency)
+
+        rejected = _counter(
+            "rejected",
+            "Messages refused: by the bus (scope 'bus') or by a service",
+            ["scope", "reason"],
+        )
+        for reason, count in report["rejected"].items():
+            rejected.add_metric(["bus", reason], count)
+        for name, svc in services.items():
+            for reason, count in svc["rejected"].items():
+                rejected.add_metric([name, reason], count)
+        yield rejected
+
+        events = report["events"]
+        yield _counter("events_published", "Events published", value=events["published"])
+        dropped = _counter("events_dropped", "Events not published, by topic", ["topic"])
+        for topic, count in events["dropped"].items():
+            dropped.add_metric([topic], count)
+        yield dropped
+
+
+class MetricsComponent:
+    """Serves /metrics over HTTP (in prometheus-client's own thread) while the box runs."""
+
+    name = "metrics"
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self.settings = box.config.get(MonitorSettings)
+        self.address: str | None = None  # what it is bound to, once serving
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        if not self.settings.metrics_address:
+            task_status.started()
+            return
+        host, port = self.settings.host_and_port()
+        status = self.box.components["status"]
+        loop = asyncio.get_running_loop()
+
+        async def report() -> dict[str, Any]:
+            return status.report()
+
+        def read_report() -> dict[str, Any]:
+            # Called from the HTTP thread: the report is taken on the loop, between messages.
+            return asyncio.run_coroutine_threadsafe(report(), loop).result(SCRAPE_TIMEOUT_S)
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StatusCollector(read_report))
+        ProcessCollector(namespace=PREFIX, registry=registry)
+        try:
+            server = make_server(
+                host, port, make_wsgi_app(registry), _Server, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            # Metrics are for watching the box, never a reason for it not to run.
+            log.warning(
+                "metrics not served: cannot bind %s (%s); set monitor.metrics_address to a "
+                'free host:port, or "" to turn metrics off',
+                self.settings.metrics_address,
+                exc,
+            )
+            task_status.started()
+            return
+        thread = threading.Thread(
+            target=server.serve_forever, args=(POLL_S,), name="metrics-http", daemon=True
+        )
+        thread.start()
+        self.address = f"{host}:{server.server_port}"
+        status.sections["metrics"] = lambda: {"url": f"http://{self.address}/metrics"}
+        log.info("metrics on http://%s/metrics", self.address)
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):  # stopping waits for the thread's next poll
+                await anyio.to_thread.run_sync(server.shutdown)
+            server.server_close()
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """Each scrape in its own daemon thread: a stalled client never holds up a stop."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Scrapes are not worth a line on stderr each."""
+
+    timeout = SCRAPE_TIMEOUT_S  # a client that sends nothing is dropped
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _gauge(
+    name: str, doc: str, value: float | None = None, labels: list[str] | None = None
+) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value, labels=labels)
+
+
+def _counter(
+    name: str, doc: str, labels: list[str] | None = None, *, value: float | None = None
+) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value, labels=labels)
