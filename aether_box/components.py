@@ -12,4 +12,5 @@ COMPONENTS: list[str] = [
     "aether_box.engines.services:EnginesComponent",
     "aether_box.align.service:AlignComponent",
     "aether_box.monitor.metrics:MetricsComponent",
+    "aether_box.monitor.observer:ObserverComponent",
 ]

@@ -43,6 +43,8 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
     if report.get("rejected"):
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(report["rejected"].items()))
         console.print(f"rejected messages: {rejected}")
+    for alert in report.get("alerts", [])[-3:]:  # the latest few; all are in --json
+        console.print(f"[yellow]alert[/] {alert['message']}")
 
 
 def _render_sections(report: dict[str, Any], console: Console) -> None:

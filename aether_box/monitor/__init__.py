@@ -1,1 +1,1 @@
-"""Watching the box from outside: Prometheus metrics (observer and tuner are still to come)."""
+"""Watching the box: Prometheus metrics, and an observer that publishes snapshots and alerts."""

@@ -13,14 +13,30 @@ __all__ = ["MonitorSettings"]
 @section("monitor")
 @dataclass
 class MonitorSettings:
-    """Where the Prometheus metrics are served."""
+    """Where the Prometheus metrics are served, and when the observer raises an alert."""
 
     # "host:port" for GET /metrics; "" turns the endpoint off; port 0 picks a free one.
     metrics_address: str = "127.0.0.1:7747"
+    # Seconds between the observer's looks at the status report (a `metrics.snapshot` each).
+    observe_s: float = 5.0
+    # A service whose share of error replies in a window reaches this raises an alert...
+    alert_error_ratio: float = 0.5
+    # ...when it answered at least this many requests in that window.
+    alert_min_requests: int = 5
+    # Resident memory of the box that raises an alert; 0 turns it off.
+    alert_rss_mb: int = 0
+    # The same alert (kind and subject) is raised at most once in this many seconds.
+    alert_every_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.metrics_address:
             self.host_and_port()
+        if not self.observe_s > 0:
+            raise ConfigError(f"monitor.observe_s must be > 0 seconds, got {self.observe_s}")
+        if not 0 < self.alert_error_ratio <= 1:
+            raise ConfigError(
+                f"monitor.alert_error_ratio must be in (0, 1], got {self.alert_error_ratio}"
+            )
 
     def host_and_port(self) -> tuple[str, int]:
         """The address split for binding; a ConfigError says how to write it."""

@@ -1,0 +1,147 @@
+"""The observer: every few seconds, compare the status report with the last one and speak up.
+
+It publishes `metrics.snapshot` (rates over the window, per service) and, when something
+looks wrong, `metrics.alert`: a service answering mostly with errors, messages being
+rejected, or the process holding more memory than allowed. Alerts are also kept for the
+`status` report (section `alerts`), and the same alert is not repeated within
+`monitor.alert_every_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from aether_box.monitor.settings import MonitorSettings
+
+if TYPE_CHECKING:
+    from aether_box.box import Box
+
+__all__ = ["ObserverComponent", "Window", "compare"]
+
+log = logging.getLogger(__name__)
+
+KEPT_ALERTS = 50
+
+
+@dataclass
+class Window:
+    """What changed between two status reports."""
+
+    seconds: float
+    # service -> {"requests": n, "errors": n, "per_s": rate, "error_ratio": r, "p95_ms": ms}
+    services: dict[str, dict[str, Any]]
+    # reason -> messages the bus refused in the window
+    rejected: dict[str, int]
+    rss_mb: float
+
+    def snapshot(self) -> dict[str, Any]:
+        """The `metrics.snapshot` event body."""
+        return {
+            "window_s": round(self.seconds, 3),
+            "services": self.services,
+            "rejected": self.rejected,
+            "rss_mb": self.rss_mb,
+        }
+
+
+def compare(before: dict[str, Any], after: dict[str, Any], seconds: float) -> Window:
+    """The window between two status reports (see aether_box.status)."""
+    services = {}
+    for name, svc in after["services"].items():
+        old = before["services"].get(name, {"requests": 0, "errors": 0})
+        requests = svc["requests"] - old["requests"]
+        errors = svc["errors"] - old["errors"]
+        services[name] = {
+            "requests": requests,
+            "errors": errors,
+            "per_s": round(requests / seconds, 2) if seconds > 0 else 0.0,
+            "error_ratio": round(errors / requests, 3) if requests else 0.0,
+            "p95_ms": svc.get("p95_ms"),
+        }
+    rejected = {
+        reason: count - before["rejected"].get(reason, 0)
+        for reason, count in after["rejected"].items()
+        if count > before["rejected"].get(reason, 0)
+    }
+    return Window(seconds, services, rejected, after["rss_mb"])
+
+
+def alerts_for(window: Window, settings: MonitorSettings) -> list[dict[str, Any]]:
+    """What in a window deserves a user's attention, each with what to do about it."""
+    alerts = []
+    for name, svc in window.services.items():
+        if svc["requests"] >= settings.alert_min_requests and (
+            svc["error_ratio"] >= settings.alert_error_ratio
+        ):
+            alerts.append(
+                {
+                    "kind": "errors",
+                    "subject": name,
+                    "message": f"{name} answered {svc['errors']} of {svc['requests']} requests "
+                    f"with an error in the last {window.seconds:.0f} s; see the box log "
+                    "(`log.` events) for the causes",
+                }
+            )
+    if window.rejected:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(window.rejected.items()))
+        alerts.append(
+            {
+                "kind": "rejected",
+                "subject": "bus",
+                "message": f"the bus refused messages in the last {window.seconds:.0f} s "
+                f"({reasons}); a client is sending malformed or oversized requests",
+            }
+        )
+    if settings.alert_rss_mb and window.rss_mb >= settings.alert_rss_mb:
+        alerts.append(
+            {
+                "kind": "memory",
+                "subject": "process",
+                "message": f"the box holds {window.rss_mb:.0f} MB (alert at "
+                f"{settings.alert_rss_mb} MB); unload models (engines.memory_budget_mb) or "
+                "raise monitor.alert_rss_mb",
+            }
+        )
+    return alerts
+
+
+class ObserverComponent:
+    """Watches the status report and publishes snapshots and alerts."""
+
+    name = "observer"
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self.settings = box.config.get(MonitorSettings)
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=KEPT_ALERTS)
+        self._last_said: dict[tuple[str, str], float] = {}
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        status = self.box.components["status"]
+        status.sections["alerts"] = lambda: list(self.alerts)
+        task_status.started()
+        before, then = status.report(), time.monotonic()
+        while True:
+            await anyio.sleep(self.settings.observe_s)
+            after, now = status.report(), time.monotonic()
+            window = compare(before, after, now - then)
+            before, then = after, now
+            self.box.events.publish("metrics.snapshot", window.snapshot())
+            for alert in alerts_for(window, self.settings):
+                self._raise(alert, now)
+
+    def _raise(self, alert: dict[str, Any], now: float) -> None:
+        key = (alert["kind"], alert["subject"])
+        if now - self._last_said.get(key, -float("inf")) < self.settings.alert_every_s:
+            return  # said recently: a persistent problem is one alert a while, not a flood
+        self._last_said[key] = now
+        alert = {**alert, "time": time.time()}
+        self.alerts.append(alert)
+        log.warning("alert: %s", alert["message"])
+        self.box.events.publish("metrics.alert", alert)

@@ -1,0 +1,94 @@
+"""The observer: snapshots and alerts from a real box's status report, published as events."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import zmq
+from fixtures_box import BoxInThread
+
+from aether_box.client import NotFound
+from aether_box.monitor.observer import alerts_for, compare
+from aether_box.monitor.settings import MonitorSettings
+
+FAST = {"monitor": {"observe_s": 0.2, "alert_min_requests": 3}}
+
+
+def report(requests: int, errors: int, rejected: dict[str, int], rss_mb: float = 100.0) -> dict:
+    return {
+        "services": {"memory": {"requests": requests, "errors": errors, "p95_ms": 1.0}},
+        "rejected": rejected,
+        "rss_mb": rss_mb,
+    }
+
+
+def test_a_window_is_the_difference_between_two_reports():
+    window = compare(report(10, 1, {"short": 2}), report(30, 16, {"short": 5}), 2.0)
+    assert window.services["memory"] == {
+        "requests": 20,
+        "errors": 15,
+        "per_s": 10.0,
+        "error_ratio": 0.75,
+        "p95_ms": 1.0,
+    }
+    assert window.rejected == {"short": 3}
+
+
+def test_alerts_need_enough_requests_and_name_what_to_do():
+    settings = MonitorSettings(alert_min_requests=5, alert_rss_mb=500)
+    quiet = compare(report(0, 0, {}), report(4, 4, {}), 1.0)  # all errors, but only 4
+    assert alerts_for(quiet, settings) == []
+    loud = compare(report(0, 0, {}), report(10, 6, {"bad_header": 1}, rss_mb=900), 1.0)
+    kinds = {a["kind"]: a["message"] for a in alerts_for(loud, settings)}
+    assert set(kinds) == {"errors", "rejected", "memory"}
+    assert "6 of 10" in kinds["errors"] and "bad_header 1" in kinds["rejected"]
+    assert "monitor.alert_rss_mb" in kinds["memory"]
+
+
+def test_a_failing_service_raises_one_alert_event_and_shows_in_status(data_dir):
+    running = BoxInThread(data_dir, FAST)
+    try:
+        with running.client(timeout=5) as client, running.client(timeout=5) as watcher:
+            events = watcher.events("metrics.", timeout=5)
+            assert next(events)[0] == "metrics.snapshot"  # subscribed before anything goes wrong
+            for _ in range(2):  # two bursts: the second is inside alert_every_s
+                # 8 errors: even split across two windows, one side reaches alert_min_requests.
+                for _ in range(8):
+                    with pytest.raises(NotFound):
+                        client.request("memory", {"op": "no-such-op"})
+                time.sleep(0.5)
+            alerts = [body for topic, body in _until_quiet(events) if topic == "metrics.alert"]
+            assert [a["subject"] for a in alerts] == ["memory"]
+            assert re.search(r"answered (\d+) of \1 requests with an error", alerts[0]["message"])
+            assert [a["kind"] for a in client.status()["alerts"]] == ["errors"]
+    finally:
+        running.stop()
+
+
+def test_rejected_messages_raise_an_alert(data_dir):
+    running = BoxInThread(data_dir, FAST)
+    try:
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.linger = 0
+        socket.connect(running.endpoint)
+        socket.send_multipart([b"NOT-MDP", b"junk"])
+        with running.client(timeout=5) as client:
+            deadline = time.monotonic() + 5
+            while not client.status()["alerts"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (alert,) = client.status()["alerts"]
+        assert alert["kind"] == "rejected" and "bad_header 1" in alert["message"]
+        socket.close()
+    finally:
+        running.stop()
+
+
+def _until_quiet(events, seconds: float = 1.5):
+    """Events for a while after the last burst (snapshots keep coming every 0.2 s)."""
+    deadline = time.monotonic() + seconds
+    for item in events:
+        yield item
+        if time.monotonic() > deadline:
+            return
