@@ -1,7 +1,8 @@
 """The box: one process, one anyio task group, every component inside it.
 
 Start order: data-dir lock, CURVE plan, events, broker, then each component of
-`components.COMPONENTS`. On SIGINT/SIGTERM (or `stop()`), new requests are refused,
+`components.COMPONENTS`, each under a Supervisor that restarts it if it fails later.
+On SIGINT/SIGTERM (or `stop()`), new requests are refused,
 in-flight ones get `bus.shutdown_grace_s` to finish, and whatever is left is cancelled.
 """
 
@@ -28,6 +29,7 @@ from aether_box.bus.settings import BusSettings
 from aether_box.components import COMPONENTS
 from aether_box.config import Config
 from aether_box.errors import BoxError, ConfigError
+from aether_box.monitor.supervisor import Supervisor
 
 __all__ = ["Box", "load_components"]
 
@@ -47,11 +49,14 @@ def load_components() -> list[type]:
 class Box:
     """Composes the bus and the components, and owns their lifecycle."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, components: list[type] | None = None) -> None:
+        """`components`: the component classes to run (default: `components.COMPONENTS`)."""
         self.config = config
+        self._component_classes = components
         self.settings = config.get(BusSettings)
         self.context: zmq.asyncio.Context
         self.components: dict[str, Any] = {}
+        self.supervisors: dict[str, Supervisor] = {}
         self.events: Events
         self.broker: Broker
         self._stop: anyio.Event | None = None
@@ -109,10 +114,11 @@ class Box:
             if handle_signals:
                 tg.start_soon(self._watch_signals)
             await tg.start(self.broker.serve)
-            for cls in load_components():
+            for cls in self._component_classes or load_components():
                 component = cls(self)
                 self.components[component.name] = component
-                await tg.start(self._supervise, component)
+                supervisor = self.supervisors[component.name] = Supervisor(self, component)
+                await tg.start(supervisor.run)
             self.ready = True
             log.info("box ready on %s (pid %d)", ", ".join(self.broker.bound), os.getpid())
             self.events.publish("status.ready", {"endpoints": self.broker.bound})
@@ -133,30 +139,6 @@ class Box:
                 await self.broker.abandon_in_flight()
             tg.cancel_scope.cancel()
 
-    async def _supervise(self, component: Any, *, task_status: anyio.abc.TaskStatus) -> None:
-        # A component that fails after starting is logged and published, never a silent hang;
-        # its services stay registered and answer with their own errors.
-        started = False
-
-        def mark_started(value: Any = None) -> None:
-            nonlocal started
-            started = True
-            task_status.started(value)
-
-        status = _Started(mark_started)
-        try:
-            await component.serve(task_status=status)
-        except Exception as exc:
-            if not started:
-                raise
-            log.exception("component %s failed", component.name)
-            self.events.publish(
-                "status.component_failed", {"component": component.name, "error": repr(exc)}
-            )
-            return
-        if not started:
-            task_status.started()
-
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
@@ -170,13 +152,6 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     for exc in group.exceptions:
         leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return leaves
-
-
-class _Started:
-    """A task_status that records whether the component reported it started."""
-
-    def __init__(self, callback: Callable[[Any], None]) -> None:
-        self.started = callback
 
 
 class _DataDirLock:

@@ -65,6 +65,10 @@ class StatusComponent:
         }
         report["data_dir"] = str(self.box.config.data_dir)
         report["curve"] = self.box.broker.curve is not None
+        report["components"] = {
+            name: {"restarts": s.restarts, "services": sorted(s.services)}
+            for name, s in self.box.supervisors.items()
+        }
         for name, section in self.sections.items():
             try:
                 report[name] = section()

@@ -41,13 +41,18 @@ def data_dir() -> Iterator[Path]:
 class BoxInThread:
     """A box running on its own event loop in a background thread of the test process."""
 
-    def __init__(self, data_dir: Path, overrides: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        components: list[type] | None = None,
+    ) -> None:
         load_components()
         merged = {"bus": dict(TEST_ENDPOINTS), "monitor": {"metrics_address": TEST_METRICS}}
         for section, values in (overrides or {}).items():
             merged.setdefault(section, {}).update(values)
         self.data_dir = data_dir
-        self.box = Box(Config(data_dir, merged))
+        self.box = Box(Config(data_dir, merged), components)
         self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
         self.portal = self._portal_cm.__enter__()
         ready = threading.Event()

@@ -162,6 +162,12 @@ class Broker:
         limit = concurrency or self.settings.local_concurrency
         self.services[name] = Service(name, handler, anyio.CapacityLimiter(limit), inline=inline)
 
+    def remove_service(self, name: str) -> None:
+        """Forget an in-process service; requests it is already serving still finish."""
+        svc = self.services.get(name)
+        if svc is not None and svc.handler is not None:
+            del self.services[name]
+
     def snapshot(self) -> dict[str, Any]:
         """Services, workers and counters, as `status` reports them."""
         return {
