@@ -17,6 +17,7 @@ from aether_box.tui.view import (
     projector_rows,
     service_rows,
 )
+from aether_box.tui.widgets.logtail import format_event
 
 
 def test_request_rate_comes_from_counts_between_polls():
@@ -153,3 +154,12 @@ def test_tui_command_is_wired_into_the_cli():
     shown = runner.invoke(cli, ["tui", "--help"])
     assert shown.exit_code == 0, shown.output
     assert "--endpoint" in shown.output and "--poll" in shown.output
+
+
+def test_the_log_tail_shows_alerts_and_skips_periodic_events():
+    alert = format_event("metrics.alert", {"ts": 0, "message": "memory answered 8 of 8 ..."})
+    assert alert is not None and "ALERT" in alert.plain and "8 of 8" in alert.plain
+    assert format_event("metrics.snapshot", {"services": {}}) is None
+    assert format_event("status.heartbeat", {}) is None
+    log = format_event("log.warning", {"logger": "aether_box.x", "message": "careful"})
+    assert log is not None and "WARNING" in log.plain and "careful" in log.plain

@@ -18,7 +18,8 @@ LEVEL_STYLES = {
     "error": "bold red",
     "critical": "bold red reverse",
 }
-QUIET_TOPICS = ("status.heartbeat",)  # every second: would drown the tail
+# Every second or few: they would drown the tail (the panels show what they carry).
+QUIET_TOPICS = ("status.heartbeat", "metrics.snapshot")
 
 
 def _clock(ts: Any) -> str:
@@ -39,6 +40,10 @@ def format_event(topic: str, body: Mapping[str, Any]) -> Text | None:
             (f"{level.upper():<7} ", LEVEL_STYLES.get(level, "")),
             (f"{body.get('logger', '?')}: ", "cyan"),
             (str(body.get("message", "")), LEVEL_STYLES.get(level, "")),
+        )
+    if topic == "metrics.alert":
+        return Text.assemble(
+            (f"{clock} ", "dim"), (f"{'ALERT':<7} ", "bold yellow"), str(body.get("message", ""))
         )
     details = " ".join(f"{k}={v}" for k, v in body.items() if k != "ts")
     return Text.assemble(
