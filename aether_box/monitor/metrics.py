@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from socketserver import ThreadingMixIn
@@ -121,7 +122,11 @@ class MetricsComponent:
         ProcessCollector(namespace=PREFIX, registry=registry)
         try:
             server = make_server(
-                host, port, make_wsgi_app(registry), _Server, handler_class=_QuietHandler
+                host,
+                port,
+                make_wsgi_app(registry),
+                _Server6 if ":" in host else _Server,
+                handler_class=_QuietHandler,
             )
         except OSError as exc:
             # Metrics are for watching the box, never a reason for it not to run.
@@ -137,7 +142,9 @@ class MetricsComponent:
             target=server.serve_forever, args=(POLL_S,), name="metrics-http", daemon=True
         )
         thread.start()
-        self.address = f"{host}:{server.server_port}"
+        self.address = (
+            f"[{host}]:{server.server_port}" if ":" in host else f"{host}:{server.server_port}"
+        )
         status.sections["metrics"] = lambda: {"url": f"http://{self.address}/metrics"}
         log.info("metrics on http://%s/metrics", self.address)
         task_status.started()
@@ -153,6 +160,10 @@ class _Server(ThreadingMixIn, WSGIServer):
     """Each scrape in its own daemon thread: a stalled client never holds up a stop."""
 
     daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
