@@ -34,7 +34,7 @@ PREFIX = "aether_box"
 # A scrape waits this long for the event loop before it reports the box as not answering.
 SCRAPE_TIMEOUT_S = 5.0
 # How often the HTTP thread looks for a shutdown request: bounds how long stopping takes.
-POLL_S = 0.05
+POLL_S = 0.2
 
 
 class StatusCollector:
@@ -93,7 +93,7 @@ class StatusCollector:
 
 
 class MetricsComponent:
-    """Serves /metrics over HTTP (in prometheus-client's own thread) while the box runs."""
+    """Serves /metrics over HTTP, from a thread of its own, while the box runs."""
 
     name = "metrics"
 
