@@ -43,6 +43,10 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
     if report.get("rejected"):
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(report["rejected"].items()))
         console.print(f"rejected messages: {rejected}")
+    restarted = {n: c["restarts"] for n, c in report.get("components", {}).items() if c["restarts"]}
+    if restarted:
+        listed = ", ".join(f"{name} {count}x" for name, count in sorted(restarted.items()))
+        console.print(f"[yellow]components restarted after failures:[/] {listed}")
     for alert in report.get("alerts", [])[-3:]:  # the latest few; all are in --json
         console.print(f"[yellow]alert[/] {alert['message']}")
 

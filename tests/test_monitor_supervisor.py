@@ -7,10 +7,12 @@ import time
 import anyio
 import pytest
 from fixtures_box import BoxInThread
+from rich.console import Console
 
 from aether_box.box import load_components
 from aether_box.client import ServiceUnavailable
 from aether_box.errors import ConfigError
+from aether_box.status_view import render_status
 
 
 class Flaky:
@@ -61,8 +63,11 @@ def test_a_failed_component_answers_unavailable_then_serves_again(data_dir):
                 except ServiceUnavailable:
                     time.sleep(0.1)
             assert reply == {"run": 2}
-            component = client.status()["components"]["flaky"]
-        assert component == {"restarts": 1, "services": ["flaky"]}
+            report = client.status()
+        assert report["components"]["flaky"] == {"restarts": 1, "services": ["flaky"]}
+        console = Console(record=True, width=200)
+        render_status(report, console)  # what `aether-box status` prints
+        assert "components restarted after failures: flaky 1x" in console.export_text()
     finally:
         running.stop()
 
