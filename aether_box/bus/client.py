@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -67,14 +67,14 @@ class _Session:
         endpoint: str | None,
         data_dir: str | os.PathLike | None,
         timeout: float,
-        curve: tuple[Any, bytes] | None,
+        curve: tuple[Any, bytes] | Literal[False] | None,
     ) -> None:
         self.data_dir = data_dir_from(data_dir)
         self.endpoint = resolve_endpoint(endpoint, self.data_dir)
         self.timeout = timeout
         if curve is None and self.endpoint.startswith("tcp"):
             curve = client_keys(Path(self.data_dir))  # local tools use the data dir's client keys
-        self.curve = curve
+        self.curve = curve or None  # False: plain, even where the data dir has keys
 
     def connect(self, socket: zmq.Socket, endpoint: str | None = None) -> None:
         """Connect to the bus (or another of the box's endpoints), with CURVE over tcp."""
@@ -129,7 +129,11 @@ class _Session:
 
 
 class Client:
-    """A blocking client. One per thread; use it as a context manager or call close()."""
+    """A blocking client. One per thread; use it as a context manager or call close().
+
+    `curve`: (client keys, the box's public key) for CURVE over tcp; None uses the data
+    dir's client keys when it has them; False connects without CURVE.
+    """
 
     def __init__(
         self,
@@ -137,7 +141,7 @@ class Client:
         *,
         data_dir: str | os.PathLike | None = None,
         timeout: float = 30.0,
-        curve: tuple[Any, bytes] | None = None,
+        curve: tuple[Any, bytes] | Literal[False] | None = None,
     ) -> None:
         self._session = _Session(endpoint, data_dir, timeout, curve)
         self.endpoint = self._session.endpoint
@@ -277,7 +281,7 @@ class AsyncClient:
         *,
         data_dir: str | os.PathLike | None = None,
         timeout: float = 30.0,
-        curve: tuple[Any, bytes] | None = None,
+        curve: tuple[Any, bytes] | Literal[False] | None = None,
     ) -> None:
         self._session = _Session(endpoint, data_dir, timeout, curve)
         self.endpoint = self._session.endpoint

@@ -1,0 +1,180 @@
+"""One link to a peer box: a client of its bus, a regular look at its status, and forwarding.
+
+While the peer answers, each of its own services is offered here as `name/service`: a request
+to `lab/llm` goes to the peer `lab`'s `llm`, partial replies included, and a cancel here
+cancels it there. When the peer stops answering, those services stay listed but answer
+`unavailable` with the reason, and the link keeps looking until the peer is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from aether_box.bus.security import CurveKeys
+from aether_box.bus.service import Request
+from aether_box.client import AsyncClient
+from aether_box.errors import BoxError, ServiceUnavailable, Timeout
+from aether_box.federation.book import PeerRecord
+from aether_box.federation.settings import FederationSettings
+
+if TYPE_CHECKING:
+    from aether_box.box import Box
+
+__all__ = ["PeerLink"]
+
+log = logging.getLogger(__name__)
+
+
+class PeerLink:
+    """Keeps one peer's services reachable from this box's bus."""
+
+    def __init__(
+        self,
+        box: Box,
+        record: PeerRecord,
+        settings: FederationSettings,
+        keys: CurveKeys | None,
+    ) -> None:
+        self.box = box
+        self.record = record
+        self.settings = settings
+        self.keys = keys
+        self.state = "connecting"
+        self.error: str | None = None
+        self.last_seen: float | None = None
+        self.services: list[str] = []  # the peer's own services, as it last reported them
+        self._client: AsyncClient | None = None
+        self._scope = anyio.CancelScope()
+        self._forwarding: set[anyio.CancelScope] = set()  # ended when the peer goes away
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def describe(self) -> dict[str, Any]:
+        """This link as the `peers` status section lists it."""
+        return {
+            "name": self.name,
+            "endpoint": self.record.endpoint,
+            "state": self.state,
+            "last_seen_s": None
+            if self.last_seen is None
+            else round(time.monotonic() - self.last_seen, 1),
+            "services": self.services,
+            "error": self.error,
+            "curve": self.record.server_key is not None,
+        }
+
+    async def run(self) -> None:
+        """Watch the peer until `close()`; then withdraw its services."""
+        with self._scope:
+            try:
+                curve = self._curve()
+            except BoxError as exc:  # cannot even try: say why, stay listed until unlinked
+                self._down(str(exc))
+                await anyio.sleep_forever()
+            try:
+                async with AsyncClient(
+                    self.record.endpoint, timeout=self.settings.refresh_s, curve=curve
+                ) as client:
+                    self._client = client
+                    while True:
+                        await self._look(client)
+                        await anyio.sleep(self.settings.refresh_s)
+            finally:
+                self._client = None
+                for service in self.services:
+                    self.box.broker.remove_service(self._local_name(service))
+
+    def close(self) -> None:
+        self._scope.cancel()
+
+    def _curve(self) -> tuple[CurveKeys, bytes] | bool:
+        if self.record.server_key is None:
+            return False  # a peer without CURVE (loopback or ipc)
+        if self.keys is None:
+            raise ServiceUnavailable(
+                f"peer {self.name} uses CURVE but this box has no keys; run `aether-box keys "
+                "init`, then authorise this box's keys/server.key on the peer"
+            )
+        return self.keys, self.record.server_key.encode()
+
+    async def _look(self, client: AsyncClient) -> None:
+        try:
+            with anyio.fail_after(self.settings.refresh_s + 1):
+                report = await client.status(timeout=self.settings.refresh_s)
+        except (BoxError, TimeoutError) as exc:
+            self._down(_why(exc, self.record))
+            return
+        self.last_seen = time.monotonic()
+        services = sorted(
+            name
+            for name in report.get("services", {})
+            # Not the peer's own forwards (no loops), nor its link management.
+            if "/" not in name and name != "federation"
+        )
+        for service in set(services) - set(self.services):
+            self.box.broker.add_service(self._local_name(service), self._forwarder(service))
+        for service in set(self.services) - set(services):
+            self.box.broker.remove_service(self._local_name(service))
+        self.services = services
+        if self.state != "up":
+            self.state, self.error = "up", None
+            log.info("peer %s is up at %s", self.name, self.record.endpoint)
+            self.box.events.publish("peer.up", {"name": self.name, "services": services})
+
+    def _down(self, why: str) -> None:
+        if self.state != "down":
+            log.warning("peer %s is unreachable: %s", self.name, why)
+            self.box.events.publish("peer.down", {"name": self.name, "error": why})
+        self.state, self.error = "down", why
+        for scope in self._forwarding:  # their replies will not come: fail them now
+            scope.cancel()
+
+    def _local_name(self, service: str) -> str:
+        return f"{self.name}/{service}"
+
+    def _forwarder(self, service: str):
+        async def forward(request: Request) -> Mapping[str, Any]:
+            if self.state != "up" or self._client is None:
+                raise ServiceUnavailable(
+                    f"peer {self.name} is unreachable ({self.error or 'not connected yet'}); "
+                    f"this box looks again every {self.settings.refresh_s:g} s"
+                )
+            last: Mapping[str, Any] = {}
+            with anyio.CancelScope() as scope:
+                self._forwarding.add(scope)
+                try:
+                    # Every reply but the last is a partial: pass each on once the next arrives.
+                    async for part in self._client.stream(
+                        service, request.body, timeout=self.settings.request_timeout_s
+                    ):
+                        if last:
+                            await request.partial(last)
+                        last = part
+                finally:
+                    self._forwarding.discard(scope)
+            if scope.cancelled_caught:
+                raise ServiceUnavailable(
+                    f"peer {self.name} stopped answering mid-request ({self.error}); retry "
+                    "when `aether-box status` shows it up"
+                )
+            return last
+
+        return forward
+
+
+def _why(exc: BaseException, record: PeerRecord) -> str:
+    if isinstance(exc, BoxError) and not isinstance(exc, Timeout):
+        return str(exc)
+    hint = (
+        "is this box's keys/server.key in the peer's keys/authorized/?"
+        if record.server_key
+        else "is it running, and if it uses CURVE, did you give its --server-key?"
+    )
+    return f"no answer from {record.endpoint}; {hint}"

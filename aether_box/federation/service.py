@@ -1,0 +1,97 @@
+"""The `federation` service: link, unlink and list peers; links are kept across restarts.
+
+A link is one-way: this box becomes a client of the peer's bus and offers the peer's services
+here as `peer/service`. Over tcp to a peer with CURVE, this box presents its own keypair
+(keys/server.key), so the peer admits it by that public key in its keys/authorized/.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from aether_box.bus.security import CurveKeys, server_keys
+from aether_box.bus.service import OpService, Request, require
+from aether_box.errors import BadRequest, NotFound
+from aether_box.federation.book import PeerBook, PeerRecord, default_name
+from aether_box.federation.link import PeerLink
+from aether_box.federation.settings import FederationSettings
+
+if TYPE_CHECKING:
+    from aether_box.box import Box
+
+__all__ = ["FederationComponent"]
+
+
+class FederationComponent(OpService):
+    """Serves `federation` and runs one PeerLink per linked peer."""
+
+    name = "federation"
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self.settings = box.config.get(FederationSettings)
+        assert self.settings.peers_file is not None
+        self.book = PeerBook(self.settings.peers_file)
+        self.links: dict[str, PeerLink] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._keys: CurveKeys | None = None
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        await anyio.to_thread.run_sync(self.book.load)
+        self._keys = await anyio.to_thread.run_sync(server_keys, self.box.config.data_dir)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for record in self.book.peers.values():
+                self._start(record)
+            self.box.broker.add_service("federation", self)
+            status = self.box.components.get("status")
+            if status is not None:
+                status.sections["peers"] = self.describe
+            task_status.started()
+            await anyio.sleep_forever()  # links made later run in this task group too
+
+    def describe(self) -> dict[str, Any]:
+        """The `peers` section of `status`."""
+        return {"peers": [link.describe() for link in self.links.values()]}
+
+    async def op_peers(self, request: Request) -> dict[str, Any]:
+        return self.describe()
+
+    async def op_link(self, request: Request) -> dict[str, Any]:
+        endpoint = require(request.body, "endpoint", str)
+        name = request.body.get("name") or default_name(endpoint)
+        key = request.body.get("server_key")
+        record = PeerRecord(str(name), endpoint, key if isinstance(key, str) else None)
+        if name in self.book.peers:
+            raise BadRequest(
+                f"a peer named {name!r} is already linked ({self.book.peers[name].endpoint}); "
+                "unlink it first, or choose another --name"
+            )
+        self.book.peers[record.name] = record
+        await anyio.to_thread.run_sync(self.book.save)
+        link = self._start(record)
+        # Give the first look a moment, so the reply can already say whether it answers.
+        with anyio.move_on_after(self.settings.refresh_s + 1):
+            while link.state == "connecting":
+                await anyio.sleep(0.05)
+        return {"linked": link.describe()}
+
+    async def op_unlink(self, request: Request) -> dict[str, Any]:
+        name = require(request.body, "name", str)
+        if name not in self.book.peers:
+            raise NotFound(f"no linked peer {name!r}; linked: {sorted(self.book.peers)}")
+        del self.book.peers[name]
+        await anyio.to_thread.run_sync(self.book.save)
+        link = self.links.pop(name, None)
+        if link is not None:
+            link.close()
+        self.box.events.publish("peer.removed", {"name": name})
+        return {"unlinked": name}
+
+    def _start(self, record: PeerRecord) -> PeerLink:
+        assert self._tg is not None
+        link = self.links[record.name] = PeerLink(self.box, record, self.settings, self._keys)
+        self._tg.start_soon(link.run)
+        return link
