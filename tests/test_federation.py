@@ -10,6 +10,7 @@ import pytest
 import zmq.auth
 from click.testing import CliRunner
 from fixtures_box import BoxInThread
+from fixtures_engines import engines_box
 from test_bus_broker import Probe, add_service
 
 from aether_box.bus.security import AUTHORIZED_DIR, init_keys, keys_dir
@@ -149,3 +150,31 @@ def test_the_link_command_links_lists_and_removes(data_dir, peer):
         assert "no linked peers" in empty.output
     finally:
         here.stop()
+
+
+def test_a_model_this_box_lacks_is_served_by_a_peer_that_has_it(data_dir, models_dir):
+    with engines_box(models_dir) as lab:  # has the kit; `here` has no models at all
+        empty = data_dir / "no-models"
+        empty.mkdir()
+        here = BoxInThread(data_dir, {**FAST, "models": {"dir": str(empty)}})
+        try:
+            with here.client(timeout=120) as client:
+                assert "minilm" in link(client, lab.tcp_endpoint, "lab")["models"]
+                vectors = client.embed("minilm", ["a cat", "a dog"])
+                assert vectors.shape == (2, 384)
+                pieces = list(
+                    client.chat_stream(
+                        "smollm2",
+                        [{"role": "user", "content": "Say hi"}],
+                        max_tokens=8,
+                        temperature=0,
+                    )
+                )
+                assert len(pieces) >= 2 and "".join(pieces).strip()
+                with pytest.raises(NotFound, match="not installed"):  # nowhere in the grid
+                    client.embed("no-such-model", ["x"])
+            with lab.client(timeout=10) as at_lab:
+                served = at_lab.status()["services"]
+            assert served["embed"]["requests"] >= 1 and served["llm"]["requests"] >= 1
+        finally:
+            here.stop()

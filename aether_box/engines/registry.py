@@ -145,6 +145,12 @@ class ModelRegistry:
         )
         return self._installed
 
+    async def has(self, name: str) -> bool:
+        """Whether model `name` is installed here (looking again if it was not last time)."""
+        if any(m.name == name for m in self._installed):
+            return True
+        return any(m.name == name for m in await self.refresh_installed())
+
     async def info(self, name: str) -> ModelInfo:
         """The installed model `name`, or NotFound listing the installed ones."""
         found = next((m for m in self._installed if m.name == name), None)

@@ -19,6 +19,8 @@
 ``embed`` op ``embed``: ``{"model", "texts": [str, ...]}`` -> ``{"model", "dim", "vectors":
 float32 (n, dim)}``, L2-normalised; GGUF models mean-pool their last layer, ONNX encoders pool
 as they were trained to.
+
+A model this box lacks is served by a linked peer that has it (see aether_box.federation).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from aether_box.engines.registry import (
     gpu_present,
 )
 from aether_box.errors import BadRequest, BoxError, TooLarge
+from aether_box.federation.link import ROUTED
 from aether_box.models.settings import ModelsSettings
 from aether_box.models.store import ModelStore
 
@@ -75,7 +78,7 @@ class EnginesComponent:
         self.registry = ModelRegistry(self.settings, store, gpu=gpu, threads=threads)
         await self._refresh()
         self.box.broker.add_service("llm", LlmService(self.registry, self.box))
-        self.box.broker.add_service("embed", EmbedService(self.registry))
+        self.box.broker.add_service("embed", EmbedService(self.registry, self.box))
         status = self.box.components.get("status")
         if status is not None:
             status.sections["models"] = self.registry.status
@@ -100,14 +103,34 @@ class EnginesComponent:
             log.warning("cannot list installed models: %s", exc)
 
 
-class LlmService(OpService):
-    """Chat and completion with GGUF models."""
+class ModelService(OpService):
+    """An OpService whose requests name a `model`; one this box lacks goes to a linked peer.
 
-    name = "llm"
+    A peer that reports the model installed (see aether_box.federation) serves the request,
+    partial replies included; without one, the local service answers (and says what is
+    installed here). A request another box routed here is never routed on.
+    """
 
     def __init__(self, registry: ModelRegistry, box: Box | None = None) -> None:
         self.registry = registry
         self.box = box
+
+    async def __call__(self, request: Request) -> Mapping[str, Any] | None:
+        routed = request.body.pop(ROUTED, False)
+        model = request.body.get("model")
+        if not routed and isinstance(model, str) and self.box is not None:
+            federation = self.box.components.get("federation")
+            if federation is not None and not await self.registry.has(model):
+                peer = federation.peer_for_model(self.name, model)
+                if peer is not None:
+                    return await peer.forward(self.name, request, routed=True)
+        return await super().__call__(request)
+
+
+class LlmService(ModelService):
+    """Chat and completion with GGUF models."""
+
+    name = "llm"
 
     async def op_chat(self, request: Request) -> dict[str, Any]:
         """Reply to `messages` with the model's chat template."""
@@ -231,13 +254,10 @@ class LlmService(OpService):
         }
 
 
-class EmbedService(OpService):
+class EmbedService(ModelService):
     """Sentence vectors from ONNX encoders and GGUF models."""
 
     name = "embed"
-
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
 
     async def op_embed(self, request: Request) -> dict[str, Any]:
         """L2-normalised float32 vectors, one row per text."""

@@ -25,7 +25,10 @@ from aether_box.federation.settings import FederationSettings
 if TYPE_CHECKING:
     from aether_box.box import Box
 
-__all__ = ["PeerLink"]
+__all__ = ["ROUTED", "PeerLink"]
+
+# In a request's body: sent on by a box that lacked the model; the receiver must not send it on.
+ROUTED = "_routed"
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class PeerLink:
         self.error: str | None = None
         self.last_seen: float | None = None
         self.services: list[str] = []  # the peer's own services, as it last reported them
+        self.models: list[str] = []  # the models installed there
         self._client: AsyncClient | None = None
         self._scope = anyio.CancelScope()
         self._forwarding: set[anyio.CancelScope] = set()  # ended when the peer goes away
@@ -66,6 +70,7 @@ class PeerLink:
             if self.last_seen is None
             else round(time.monotonic() - self.last_seen, 1),
             "services": self.services,
+            "models": self.models,
             "error": self.error,
             "curve": self.record.server_key is not None,
         }
@@ -123,6 +128,8 @@ class PeerLink:
         for service in set(self.services) - set(services):
             self.box.broker.remove_service(self._local_name(service))
         self.services = services
+        installed = (report.get("models") or {}).get("installed", [])
+        self.models = sorted(m["name"] for m in installed if isinstance(m, dict) and "name" in m)
         if self.state != "up":
             self.state, self.error = "up", None
             log.info("peer %s is up at %s", self.name, self.record.endpoint)
@@ -141,32 +148,43 @@ class PeerLink:
 
     def _forwarder(self, service: str):
         async def forward(request: Request) -> Mapping[str, Any]:
-            if self.state != "up" or self._client is None:
-                raise ServiceUnavailable(
-                    f"peer {self.name} is unreachable ({self.error or 'not connected yet'}); "
-                    f"this box looks again every {self.settings.refresh_s:g} s"
-                )
-            last: Mapping[str, Any] = {}
-            with anyio.CancelScope() as scope:
-                self._forwarding.add(scope)
-                try:
-                    # Every reply but the last is a partial: pass each on once the next arrives.
-                    async for part in self._client.stream(
-                        service, request.body, timeout=self.settings.request_timeout_s
-                    ):
-                        if last:
-                            await request.partial(last)
-                        last = part
-                finally:
-                    self._forwarding.discard(scope)
-            if scope.cancelled_caught:
-                raise ServiceUnavailable(
-                    f"peer {self.name} stopped answering mid-request ({self.error}); retry "
-                    "when `aether-box status` shows it up"
-                )
-            return last
+            return await self.forward(service, request)
 
         return forward
+
+    async def forward(
+        self, service: str, request: Request, *, routed: bool = False
+    ) -> Mapping[str, Any]:
+        """Serve `request` with the peer's `service`, passing partial replies on.
+
+        `routed` marks a request this box sends on by itself (a model it lacks): the peer
+        then serves it or fails, never sends it further, so routing cannot loop.
+        """
+        if self.state != "up" or self._client is None:
+            raise ServiceUnavailable(
+                f"peer {self.name} is unreachable ({self.error or 'not connected yet'}); "
+                f"this box looks again every {self.settings.refresh_s:g} s"
+            )
+        body = {**request.body, ROUTED: True} if routed else request.body
+        last: Mapping[str, Any] = {}
+        with anyio.CancelScope() as scope:
+            self._forwarding.add(scope)
+            try:
+                # Every reply but the last is a partial: pass each on once the next arrives.
+                async for part in self._client.stream(
+                    service, body, timeout=self.settings.request_timeout_s
+                ):
+                    if last:
+                        await request.partial(last)
+                    last = part
+            finally:
+                self._forwarding.discard(scope)
+        if scope.cancelled_caught:
+            raise ServiceUnavailable(
+                f"peer {self.name} stopped answering mid-request ({self.error}); retry "
+                "when `aether-box status` shows it up"
+            )
+        return last
 
 
 def _why(exc: BaseException, record: PeerRecord) -> str:

@@ -56,6 +56,13 @@ class FederationComponent(OpService):
         """The `peers` section of `status`."""
         return {"peers": [link.describe() for link in self.links.values()]}
 
+    def peer_for_model(self, service: str, model: str) -> PeerLink | None:
+        """A linked peer that answers now and offers `service` with `model` installed."""
+        for link in self.links.values():
+            if link.state == "up" and service in link.services and model in link.models:
+                return link
+        return None
+
     async def op_peers(self, request: Request) -> dict[str, Any]:
         return self.describe()
 
