@@ -11,6 +11,7 @@ COMPONENTS: list[str] = [
     "aether_box.memory.service:MemoryComponent",
     "aether_box.engines.services:EnginesComponent",
     "aether_box.align.service:AlignComponent",
+    "aether_box.sessions.service:SessionsComponent",
     "aether_box.federation.service:FederationComponent",
     "aether_box.monitor.metrics:MetricsComponent",
     "aether_box.monitor.observer:ObserverComponent",

@@ -36,7 +36,7 @@ from aether_box.bus.protocol import (
     send_frames,
 )
 from aether_box.bus.security import CurveKeys, bind_all
-from aether_box.bus.service import Handler, InlineHandler, Request
+from aether_box.bus.service import Handler, InlineHandler, PartialSender, Request
 from aether_box.bus.settings import BusSettings
 from aether_box.bus.stats import ServiceStats
 from aether_box.errors import (
@@ -180,8 +180,13 @@ class Broker:
     def in_flight(self) -> int:
         return sum(s.in_flight for s in self.services.values())
 
-    async def call(self, service: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Call an in-process service directly (no sockets); partial replies are ignored."""
+    async def call(
+        self,
+        service: str,
+        body: Mapping[str, Any],
+        on_partial: PartialSender | None = None,
+    ) -> dict[str, Any]:
+        """Call an in-process service directly (no sockets); partials go to `on_partial`."""
         svc = self.services.get(service)
         if svc is None or svc.handler is None:
             raise NotFound(f"no in-process service {service!r}")
@@ -189,7 +194,7 @@ class Broker:
         async def ignore(_: Mapping[str, Any]) -> None:
             return None
 
-        request = Request(service, dict(body), ignore)
+        request = Request(service, dict(body), on_partial or ignore)
         result = svc.handler(request) if svc.inline else await svc.handler(request)
         reply = dict(result or {})
         raise_if_error(reply)

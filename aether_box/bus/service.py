@@ -7,7 +7,7 @@ from typing import Any
 
 from aether_box.errors import BadRequest, NotFound
 
-__all__ = ["Handler", "InlineHandler", "OpService", "Request", "require"]
+__all__ = ["Handler", "InlineHandler", "OpService", "PartialSender", "Request", "require"]
 
 PartialSender = Callable[[Mapping[str, Any]], Awaitable[None]]
 

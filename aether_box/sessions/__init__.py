@@ -1,0 +1,1 @@
+"""Chat sessions: conversations the box remembers, so a client sends only its next message."""

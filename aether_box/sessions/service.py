@@ -1,0 +1,115 @@
+"""The `session` service: chat conversations that the box keeps.
+
+Ops:
+- ``create``: ``{"model", "system"?}`` -> ``{"session", "model"}``.
+- ``say``: ``{"session", "text", "stream"?, ...sampling as for llm chat}`` -> the llm chat
+  reply plus ``{"session", "messages"}``; with ``stream``, PARTIAL ``{"token"}`` replies first.
+  The model sees the system prompt and the newest messages that fit ``sessions.history_chars``.
+- ``history``: ``{"session"}`` -> ``{"session", "model", "system", "messages": [{"role",
+  "content", "at"}]}``; ``list`` -> ``{"sessions": [...]}``; ``delete``: ``{"session"}``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from aether_box.bus.service import OpService, Request, require
+from aether_box.sessions.settings import SessionSettings
+from aether_box.sessions.store import SessionStore
+
+if TYPE_CHECKING:
+    from aether_box.box import Box
+
+__all__ = ["SessionsComponent", "history_window"]
+
+# Fields of a `say` request that are the session's, not sampling for the model.
+OWN_FIELDS = ("op", "session", "text")
+
+
+def history_window(messages: list[dict[str, Any]], chars: int) -> list[dict[str, Any]]:
+    """The newest messages whose contents fit in `chars` (at least the newest one)."""
+    kept: list[dict[str, Any]] = []
+    used = 0
+    for message in reversed(messages):
+        used += len(message["content"])
+        if kept and used > chars:
+            break
+        kept.append(message)
+    return kept[::-1]
+
+
+class SessionsComponent(OpService):
+    """Serves `session`; the conversations live in sessions.db."""
+
+    name = "session"
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self.settings = box.config.get(SessionSettings)
+        self._store: SessionStore | None = None
+        self._db = anyio.CapacityLimiter(1)  # one connection: one call at a time
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        assert self.settings.file is not None
+        self._store = await anyio.to_thread.run_sync(SessionStore, self.settings.file)
+        try:
+            self.box.broker.add_service("session", self)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._run(self._store.close)
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._db)
+
+    @property
+    def store(self) -> SessionStore:
+        assert self._store is not None
+        return self._store
+
+    async def op_create(self, request: Request) -> dict[str, Any]:
+        model = require(request.body, "model", str)
+        system = require(request.body, "system", str) if "system" in request.body else None
+        session = await self._run(self.store.create, model, system)
+        return {"session": session["id"], "model": model}
+
+    async def op_say(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        session_id = require(body, "session", str)
+        text = require(body, "text", str)
+        session = await self._run(self.store.get, session_id)
+        history = await self._run(self.store.messages, session_id)
+        messages = [{"role": m["role"], "content": m["content"]} for m in history]
+        messages = history_window(
+            [*messages, {"role": "user", "content": text}], self.settings.history_chars
+        )
+        if session["system"]:
+            messages.insert(0, {"role": "system", "content": session["system"]})
+        sampling = {k: v for k, v in body.items() if k not in OWN_FIELDS}
+        chat = {**sampling, "op": "chat", "model": session["model"], "messages": messages}
+        reply = await self.box.broker.call("llm", chat, on_partial=request.partial)
+        # Only a finished reply is kept, together with the message it answers.
+        turn = [("user", text), ("assistant", reply.get("text", ""))]
+        count = await self._run(self.store.append, session_id, turn)
+        return {**reply, "session": session_id, "messages": count}
+
+    async def op_history(self, request: Request) -> dict[str, Any]:
+        session_id = require(request.body, "session", str)
+        session = await self._run(self.store.get, session_id)
+        messages = await self._run(self.store.messages, session_id)
+        return {
+            "session": session_id,
+            "model": session["model"],
+            "system": session["system"],
+            "messages": messages,
+        }
+
+    async def op_list(self, request: Request) -> dict[str, Any]:
+        return {"sessions": await self._run(self.store.list)}
+
+    async def op_delete(self, request: Request) -> dict[str, Any]:
+        session_id = require(request.body, "session", str)
+        return {"deleted": await self._run(self.store.delete, session_id)}

@@ -1,0 +1,120 @@
+"""Sessions and their messages in one SQLite file (apsw, WAL, synchronous FULL).
+
+A user message and the model's reply are written in one transaction, after the reply is
+complete: a crash or a cancelled request leaves the conversation as it was, never half a turn.
+All calls block: run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from aether_box.errors import ConfigError, NotFound
+
+__all__ = ["SessionStore"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    system TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    session TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (session, seq)
+);
+"""
+
+
+class SessionStore:
+    """Create, read, extend and delete sessions."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = apsw.Connection(str(path))
+            self._conn.set_busy_timeout(10_000)
+            self._conn.pragma("journal_mode", "wal")
+            self._conn.pragma("synchronous", "FULL")  # a finished turn survives a power cut
+            self._conn.pragma("foreign_keys", "ON")
+            with self._conn:
+                self._conn.execute(SCHEMA)
+        except apsw.Error as exc:
+            raise ConfigError(
+                f"cannot open the sessions database {path} ({exc}); move or delete it, "
+                "or set sessions.file"
+            ) from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def create(self, model: str, system: str | None) -> dict[str, Any]:
+        now = time.time()
+        session = {"id": uuid.uuid4().hex[:16], "model": model, "system": system}
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO sessions (id, model, system, created, updated) VALUES (?, ?, ?, ?, ?)",
+                (session["id"], model, system, now, now),
+            )
+        return session
+
+    def get(self, session_id: str) -> dict[str, Any]:
+        """The session's model and system prompt, or NotFound."""
+        rows = self._conn.execute(
+            "SELECT id, model, system FROM sessions WHERE id = ?", (session_id,)
+        ).fetchall()
+        if not rows:
+            raise NotFound(
+                f"no session {session_id!r}; list them with op 'list', or make one with 'create'"
+            )
+        return dict(zip(("id", "model", "system"), rows[0], strict=True))
+
+    def messages(self, session_id: str) -> list[dict[str, Any]]:
+        """The whole conversation, oldest first."""
+        self.get(session_id)
+        return [
+            {"role": role, "content": content, "at": at}
+            for role, content, at in self._conn.execute(
+                "SELECT role, content, at FROM messages WHERE session = ? ORDER BY seq",
+                (session_id,),
+            ).fetchall()
+        ]
+
+    def append(self, session_id: str, turn: list[tuple[str, str]]) -> int:
+        """Add a turn's messages in one transaction; returns how many the session now has."""
+        now = time.time()
+        with self._conn:
+            (count,) = self._conn.execute(
+                "SELECT count(*) FROM messages WHERE session = ?", (session_id,)
+            ).fetchall()[0]
+            self._conn.executemany(
+                "INSERT INTO messages (session, seq, role, content, at) VALUES (?, ?, ?, ?, ?)",
+                [(session_id, count + i, role, text, now) for i, (role, text) in enumerate(turn)],
+            )
+            self._conn.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
+        return count + len(turn)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every session, most recently used first, with its message count."""
+        rows = self._conn.execute(
+            "SELECT s.id, s.model, s.created, s.updated, count(m.seq) FROM sessions s "
+            "LEFT JOIN messages m ON m.session = s.id GROUP BY s.id ORDER BY s.updated DESC"
+        ).fetchall()
+        keys = ("id", "model", "created", "updated", "messages")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def delete(self, session_id: str) -> bool:
+        with self._conn:
+            self._conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            return self._conn.changes() > 0
