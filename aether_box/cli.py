@@ -31,6 +31,7 @@ LAZY_COMMANDS = {
     "align": "aether_box.align.cli:align",
     "tui": "aether_box.tui.cli:tui",
     "link": "aether_box.federation.cli:link",
+    "chat": "aether_box.sessions.cli:chat",
 }
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from click.testing import CliRunner
 from fixtures_box import BoxInThread
 from fixtures_engines import engines_box
 
+from aether_box.cli import cli
 from aether_box.client import NotFound
 from aether_box.sessions.service import history_window
 
@@ -110,3 +112,19 @@ def test_the_history_window_keeps_the_newest_messages_that_fit():
     messages = [{"role": "user", "content": "x" * n} for n in (50, 40, 30, 20)]
     assert [len(m["content"]) for m in history_window(messages, 55)] == [30, 20]
     assert [len(m["content"]) for m in history_window(messages, 5)] == [20]  # the newest, always
+
+
+def test_the_chat_command_streams_and_goes_on_with_a_session(box):
+    runner = CliRunner()
+    base = ["--data-dir", str(box.data_dir), "chat", "smollm2", "--temperature", "0"]
+    once = runner.invoke(cli, [*base, "--max-tokens", "6", "Hello!"])
+    assert once.exit_code == 0, once.output
+    session = once.stderr.split("session ")[1].strip(" )\n")
+    talk = runner.invoke(
+        cli, [*base, "--session", session, "--max-tokens", "6"], input="Hi again\n/history\n/quit\n"
+    )
+    assert talk.exit_code == 0, talk.output
+    assert "user: Hello!" in talk.stdout and "user: Hi again" in talk.stdout
+    with box.client(timeout=10) as client:
+        history = client.request("session", {"op": "history", "session": session})
+    assert len(history["messages"]) == 4

@@ -1,0 +1,83 @@
+"""`aether-box chat`: talk to a model in the terminal; the box keeps the conversation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from aether_box.cli import CliState, pass_state
+
+__all__ = ["chat"]
+
+SERVICE = "session"
+HELP_LINE = "/history shows the conversation, /new starts another, /quit (or Ctrl-D) leaves"
+
+
+@click.command()
+@click.argument("model")
+@click.argument("message", required=False)
+@click.option("--session", "session_id", help="Go on with this session (its id).")
+@click.option("--system", help="A system prompt for a new session.")
+@click.option("--max-tokens", default=256, show_default=True, help="Longest reply, in tokens.")
+@click.option("--temperature", default=0.7, show_default=True, type=float)
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait per piece.")
+@pass_state
+def chat(
+    state: CliState,
+    model: str,
+    message: str | None,
+    session_id: str | None,
+    system: str | None,
+    max_tokens: int,
+    temperature: float,
+    timeout: float,
+) -> None:
+    """Chat with MODEL; replies stream as they are written.
+
+    \b
+    aether-box chat smollm2                      # a conversation, line by line
+    aether-box chat smollm2 "Hello!"             # one message; prints the session id
+    aether-box chat smollm2 --session ID "And?"  # go on with an earlier one
+    """
+    sampling = {"max_tokens": max_tokens, "temperature": temperature}
+    with state.client(timeout) as client:
+        if session_id is None:
+            body: dict[str, Any] = {"op": "create", "model": model}
+            if system:
+                body["system"] = system
+            session_id = client.request(SERVICE, body)["session"]
+        if message is not None:
+            _say(client, session_id, message, sampling)
+            click.echo(f"(session {session_id})", err=True)
+            return
+        click.echo(f"session {session_id} with {model}; {HELP_LINE}", err=True)
+        while True:
+            try:
+                line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+            except click.Abort:  # Ctrl-D / Ctrl-C at the prompt
+                click.echo()
+                return
+            if line in ("/quit", "/exit"):
+                return
+            if line == "/new":
+                session_id = client.request(SERVICE, {"op": "create", "model": model})["session"]
+                click.echo(f"session {session_id}", err=True)
+            elif line == "/history":
+                _history(client, session_id)
+            elif line.strip():
+                _say(client, session_id, line, sampling)
+
+
+def _say(client: Any, session_id: str, text: str, sampling: dict[str, Any]) -> None:
+    body = {"op": "say", "session": session_id, "text": text, "stream": True, **sampling}
+    for part in client.stream(SERVICE, body):
+        if "token" in part:
+            click.echo(part["token"], nl=False)
+    click.echo()
+
+
+def _history(client: Any, session_id: str) -> None:
+    reply = client.request(SERVICE, {"op": "history", "session": session_id})
+    for message in reply["messages"]:
+        click.echo(f"{message['role']}: {message['content']}")
