@@ -12,6 +12,7 @@ COMPONENTS: list[str] = [
     "aether_box.engines.services:EnginesComponent",
     "aether_box.align.service:AlignComponent",
     "aether_box.sessions.service:SessionsComponent",
+    "aether_box.router.service:RouterComponent",
     "aether_box.federation.service:FederationComponent",
     "aether_box.monitor.metrics:MetricsComponent",
     "aether_box.monitor.observer:ObserverComponent",

@@ -1,0 +1,1 @@
+"""The semantic router: which model, with which system prompt, answers a message."""
