@@ -10,7 +10,7 @@ import zmq
 from fixtures_box import BoxInThread
 
 from aether_box.client import NotFound
-from aether_box.monitor.observer import alerts_for, compare
+from aether_box.monitor.observer import SpeedWatch, alerts_for, compare
 from aether_box.monitor.settings import MonitorSettings
 
 FAST = {"monitor": {"observe_s": 0.2, "alert_min_requests": 3}}
@@ -92,3 +92,18 @@ def _until_quiet(events, seconds: float = 1.5):
         yield item
         if time.monotonic() > deadline:
             return
+
+
+def test_a_model_far_slower_than_usual_raises_a_drift_alert():
+    watch = SpeedWatch(MonitorSettings(alert_speed_ratio=0.5, alert_speed_after=3))
+
+    def look(requests: int, speed: float) -> list[dict]:
+        entry = {"name": "smollm2", "role": "generate", "requests": requests, "tokens_per_s": speed}
+        return watch.update({"loaded": [entry]})
+
+    assert [look(n, s) for n, s in ((1, 100.0), (2, 90.0), (3, 110.0))] == [[], [], []]
+    assert look(3, 110.0) == []  # no new request: the same reading is not counted twice
+    assert look(4, 70.0) == []  # slower, but not under half of the usual 100
+    (alert,) = look(5, 40.0)
+    assert alert["kind"] == "slow" and alert["subject"] == "smollm2"
+    assert "40.0 tokens/s" in alert["message"] and "usual 95.0" in alert["message"]

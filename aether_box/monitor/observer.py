@@ -2,7 +2,8 @@
 
 It publishes `metrics.snapshot` (rates over the window, per service) and, when something
 looks wrong, `metrics.alert`: a service answering mostly with errors, messages being
-rejected, or the process holding more memory than allowed. Alerts are also kept for the
+rejected, the process holding more memory than allowed, or a model generating far slower
+than it usually does (drift). Alerts are also kept for the
 `status` report (section `alerts`), and the same alert is not repeated within
 `monitor.alert_every_s`.
 """
@@ -16,13 +17,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import numpy as np
 
 from aether_box.monitor.settings import MonitorSettings
 
 if TYPE_CHECKING:
     from aether_box.box import Box
 
-__all__ = ["ObserverComponent", "Window", "compare"]
+__all__ = ["ObserverComponent", "SpeedWatch", "Window", "compare"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,48 @@ def alerts_for(window: Window, settings: MonitorSettings) -> list[dict[str, Any]
     return alerts
 
 
+class SpeedWatch:
+    """Generation speed per model, against its own usual speed: drift shows as an alert.
+
+    Each new reading (the `tokens_per_s` of a loaded model's latest request, from the
+    status report's `models` section) is compared with the median of its earlier ones.
+    """
+
+    def __init__(self, settings: MonitorSettings, history: int = 50) -> None:
+        self.settings = settings
+        self.readings: dict[tuple[str, str], deque[float]] = {}
+        self._last: dict[tuple[str, str], tuple[int, float]] = {}
+        self._history = history
+
+    def update(self, models: dict[str, Any] | None) -> list[dict[str, Any]]:
+        alerts = []
+        for entry in (models or {}).get("loaded", []):
+            speed = entry.get("tokens_per_s")
+            if not isinstance(speed, int | float) or speed <= 0:
+                continue
+            key = (entry.get("name", "?"), entry.get("role", "?"))
+            seen = (entry.get("requests", 0), speed)
+            if self._last.get(key) == seen:
+                continue  # no request since the last look
+            self._last[key] = seen
+            earlier = self.readings.setdefault(key, deque(maxlen=self._history))
+            if len(earlier) >= self.settings.alert_speed_after:
+                usual = float(np.median(earlier))
+                if speed < usual * self.settings.alert_speed_ratio:
+                    alerts.append(
+                        {
+                            "kind": "slow",
+                            "subject": key[0],
+                            "message": f"{key[0]} generated at {speed:.1f} tokens/s, under "
+                            f"{self.settings.alert_speed_ratio:.0%} of its usual {usual:.1f}: "
+                            "the machine may be busy (see cpu_percent in status) or short of "
+                            "memory",
+                        }
+                    )
+            earlier.append(float(speed))
+        return alerts
+
+
 class ObserverComponent:
     """Watches the status report and publishes snapshots and alerts."""
 
@@ -120,6 +164,7 @@ class ObserverComponent:
         self.box = box
         self.settings = box.config.get(MonitorSettings)
         self.alerts: deque[dict[str, Any]] = deque(maxlen=KEPT_ALERTS)
+        self.speeds = SpeedWatch(self.settings)
         self._last_said: dict[tuple[str, str], float] = {}
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
@@ -133,7 +178,10 @@ class ObserverComponent:
             window = compare(before, after, now - then)
             before, then = after, now
             self.box.events.publish("metrics.snapshot", window.snapshot())
-            for alert in alerts_for(window, self.settings):
+            for alert in [
+                *alerts_for(window, self.settings),
+                *self.speeds.update(after.get("models")),
+            ]:
                 self._raise(alert, now)
 
     def _raise(self, alert: dict[str, Any], now: float) -> None:

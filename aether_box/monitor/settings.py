@@ -25,6 +25,10 @@ class MonitorSettings:
     alert_min_requests: int = 5
     # Resident memory of the box that raises an alert; 0 turns it off.
     alert_rss_mb: int = 0
+    # A model generating below this share of its usual tokens/s raises an alert...
+    alert_speed_ratio: float = 0.5
+    # ...once it has this many earlier readings to know what usual is.
+    alert_speed_after: int = 5
     # The same alert (kind and subject) is raised at most once in this many seconds.
     alert_every_s: float = 60.0
 
