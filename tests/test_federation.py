@@ -68,6 +68,11 @@ def test_a_linked_peer_serves_here_with_streams_errors_and_arrays(data_dir, peer
                 client.request("lab/probe", {"count": 1, "fail": True})
             with pytest.raises(BadRequest, match="already linked"):
                 link(client, peer.tcp_endpoint, "lab")
+            # Unlinked and linked again at once: the new link serves.
+            client.request("federation", {"op": "unlink", "name": "lab"})
+            assert link(client, peer.tcp_endpoint, "lab")["state"] == "up"
+            time.sleep(0.5)
+            assert client.request("lab/echo", {"again": 1}) == {"again": 1}
         with peer.client(timeout=10) as at_peer:
             assert at_peer.status()["services"]["probe"]["requests"] == 2
     finally:

@@ -162,10 +162,13 @@ class Broker:
         limit = concurrency or self.settings.local_concurrency
         self.services[name] = Service(name, handler, anyio.CapacityLimiter(limit), inline=inline)
 
-    def remove_service(self, name: str) -> None:
-        """Forget an in-process service; requests it is already serving still finish."""
+    def remove_service(self, name: str, handler: Handler | InlineHandler | None = None) -> None:
+        """Forget an in-process service (only if served by `handler`, when given).
+
+        Requests it is already serving still finish.
+        """
         svc = self.services.get(name)
-        if svc is not None and svc.handler is not None:
+        if svc is not None and svc.handler is not None and handler in (None, svc.handler):
             del self.services[name]
 
     def snapshot(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -52,6 +52,7 @@ class PeerLink:
         self.last_seen: float | None = None
         self.services: list[str] = []  # the peer's own services, as it last reported them
         self.models: list[str] = []  # the models installed there
+        self._forwarders: dict[str, Any] = {}  # local service name -> its handler here
         self._client: AsyncClient | None = None
         self._scope = anyio.CancelScope()
         self._forwarding: set[anyio.CancelScope] = set()  # ended when the peer goes away
@@ -93,13 +94,13 @@ class PeerLink:
                         await anyio.sleep(self.settings.refresh_s)
             finally:
                 self._client = None
-                for service in self.services:
-                    self.box.broker.remove_service(self._local_name(service))
+                for local, handler in self._forwarders.items():  # ours only: a new link
+                    self.box.broker.remove_service(local, handler)  # may have the names now
 
     def close(self) -> None:
         self._scope.cancel()
 
-    def _curve(self) -> tuple[CurveKeys, bytes] | bool:
+    def _curve(self) -> tuple[CurveKeys, bytes] | Literal[False]:
         if self.record.server_key is None:
             return False  # a peer without CURVE (loopback or ipc)
         if self.keys is None:
@@ -124,9 +125,20 @@ class PeerLink:
             if "/" not in name and name != "federation"
         )
         for service in set(services) - set(self.services):
-            self.box.broker.add_service(self._local_name(service), self._forwarder(service))
+            local = self._local_name(service)
+            self.box.broker.remove_service(local)  # a just-unlinked peer's, not yet withdrawn
+            forwarder = self._forwarder(service)
+            try:
+                self.box.broker.add_service(local, forwarder)
+                self._forwarders[local] = forwarder
+            except ValueError:  # an external worker took the name: it keeps it
+                log.warning(
+                    "peer %s: %s is served by a worker here; not forwarding it", self.name, local
+                )
         for service in set(self.services) - set(services):
-            self.box.broker.remove_service(self._local_name(service))
+            local = self._local_name(service)
+            if (handler := self._forwarders.pop(local, None)) is not None:
+                self.box.broker.remove_service(local, handler)
         self.services = services
         installed = (report.get("models") or {}).get("installed", [])
         self.models = sorted(m["name"] for m in installed if isinstance(m, dict) and "name" in m)
