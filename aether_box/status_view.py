@@ -66,6 +66,10 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         collections = memory.get("collections", {})
         listed = ", ".join(f"{name} ({c.get('count', '?')})" for name, c in collections.items())
         console.print(f"memory: {memory.get('db_mb', '?')} MB, collections {listed or 'none'}")
+    peers = (report.get("peers") or {}).get("peers")
+    if peers:
+        listed = ", ".join(f"{p.get('name')} ({p.get('state')})" for p in peers)
+        console.print(f"peers: {listed}")
     align = report.get("align")
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"
