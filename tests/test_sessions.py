@@ -99,6 +99,9 @@ def test_sessions_survive_a_restart_and_unknown_ones_say_so(models_dir):
             with again.client(timeout=30) as client:
                 history = client.request("session", {"op": "history", "session": session})
                 assert len(history["messages"]) == 2
+                with pytest.raises(NotFound, match="not installed"):  # no empty session made
+                    client.request("session", {"op": "create", "model": "no-such-model"})
+                assert len(client.request("session", {"op": "list"})["sessions"]) == 1
                 with pytest.raises(NotFound, match="no session 'nope'"):
                     client.request("session", {"op": "history", "session": "nope"})
                 assert client.request("session", {"op": "delete", "session": session}) == {

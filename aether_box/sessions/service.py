@@ -73,8 +73,19 @@ class SessionsComponent(OpService):
     async def op_create(self, request: Request) -> dict[str, Any]:
         model = require(request.body, "model", str)
         system = require(request.body, "system", str) if "system" in request.body else None
+        await self._check_model(model)
         session = await self._run(self.store.create, model, system)
         return {"session": session["id"], "model": model}
+
+    async def _check_model(self, model: str) -> None:
+        """NotFound (saying what is installed) unless this box or a linked peer has `model`."""
+        engines = self.box.components.get("engines")
+        if engines is None or await engines.registry.has(model):
+            return
+        federation = self.box.components.get("federation")
+        if federation is not None and federation.peer_for_model("llm", model) is not None:
+            return
+        await engines.registry.info(model)  # raises the store's NotFound: installed, how to add
 
     async def op_say(self, request: Request) -> dict[str, Any]:
         body = request.body
