@@ -103,6 +103,21 @@ class EnginesComponent:
             log.warning("cannot list installed models: %s", exc)
 
 
+async def chat_for(
+    box: Box,
+    request: Request,
+    model: str,
+    messages: list[dict[str, Any]],
+    own_fields: tuple[str, ...],
+) -> dict[str, Any]:
+    """`llm` chat on behalf of another service's request: its fields other than `own_fields`
+    are the sampling (``stream``, ``max_tokens``...), and its partial replies go to that request.
+    """
+    sampling = {k: v for k, v in request.body.items() if k not in own_fields}
+    chat = {**sampling, "op": "chat", "model": model, "messages": messages}
+    return await box.broker.call("llm", chat, on_partial=request.partial)
+
+
 class ModelService(OpService):
     """An OpService whose requests name a `model`; one this box lacks goes to a linked peer.
 

@@ -17,6 +17,7 @@ import anyio
 import numpy as np
 
 from aether_box.bus.service import OpService, Request, require
+from aether_box.engines.services import chat_for
 from aether_box.errors import BadRequest
 from aether_box.router.settings import RouterSettings
 
@@ -86,9 +87,7 @@ class RouterComponent(OpService):
         route = self.settings.routes[chosen["route"]]
         if route.get("system"):
             messages = [{"role": "system", "content": route["system"]}, *messages]
-        sampling = {k: v for k, v in body.items() if k not in OWN_FIELDS}
-        chat = {**sampling, "op": "chat", "model": route["model"], "messages": messages}
-        reply = await self.box.broker.call("llm", chat, on_partial=request.partial)
+        reply = await chat_for(self.box, request, route["model"], messages, OWN_FIELDS)
         return {**reply, "route": chosen["route"], "score": chosen["score"]}
 
     async def _route(self, text: str) -> dict[str, Any]:

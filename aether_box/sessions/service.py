@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from aether_box.bus.service import OpService, Request, require
+from aether_box.engines.services import chat_for
 from aether_box.sessions.settings import SessionSettings
 from aether_box.sessions.store import SessionStore
 
@@ -99,9 +100,7 @@ class SessionsComponent(OpService):
         )
         if session["system"]:
             messages.insert(0, {"role": "system", "content": session["system"]})
-        sampling = {k: v for k, v in body.items() if k not in OWN_FIELDS}
-        chat = {**sampling, "op": "chat", "model": session["model"], "messages": messages}
-        reply = await self.box.broker.call("llm", chat, on_partial=request.partial)
+        reply = await chat_for(self.box, request, session["model"], messages, OWN_FIELDS)
         # Only a finished reply is kept, together with the message it answers.
         turn = [("user", text), ("assistant", reply.get("text", ""))]
         count = await self._run(self.store.append, session_id, turn)
