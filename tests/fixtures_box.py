@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,16 @@ TEST_ENDPOINTS = {
     "event_endpoints": ["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"],
 }
 TEST_METRICS = "127.0.0.1:0"  # an ephemeral port too
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll `condition` until true; returns the seconds it took, fails the test after `timeout`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+    return time.monotonic() - started
 
 
 @pytest.fixture

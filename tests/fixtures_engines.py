@@ -6,13 +6,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, wait_for  # noqa: F401  (engine tests import it from here)
 
 
 @contextmanager
@@ -51,16 +51,6 @@ def own_models_dir(models_dir: Path) -> Iterator[Path]:
 def loaded(client: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The loaded model instances in the box's status, by (name, role)."""
     return {(m["name"], m["role"]): m for m in client.status()["models"]["loaded"]}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll `condition` until true; returns the seconds it took, fails the test after `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"{what} did not happen within {timeout} s")
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 class Streamer(threading.Thread):

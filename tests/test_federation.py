@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq.auth
 from click.testing import CliRunner
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, wait_for
 from fixtures_engines import engines_box
 from test_bus_broker import Probe, add_service
 
@@ -26,15 +26,6 @@ def peer(tmp_path_factory):
     running = BoxInThread(tmp_path_factory.mktemp("peer"))
     yield running
     running.stop()
-
-
-def wait_for(predicate, seconds: float = 10.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def peers(client) -> dict[str, dict]:
@@ -90,16 +81,16 @@ def test_links_survive_a_restart_and_a_peer_that_goes_away(data_dir, tmp_path_fa
         here.stop()
         here = BoxInThread(data_dir, FAST)  # the link is read back from peers.toml
         with here.client(timeout=10) as client:
-            wait_for(lambda: peers(client)["lab"]["state"] == "up")
+            wait_for(lambda: peers(client)["lab"]["state"] == "up", 10, "the link up")
             assert client.request("lab/echo", {"a": 1}) == {"a": 1}
             peer.stop()
-            wait_for(lambda: peers(client)["lab"]["state"] == "down")
+            wait_for(lambda: peers(client)["lab"]["state"] == "down", 10, "the link down")
             with pytest.raises(ServiceUnavailable, match="peer lab is unreachable"):
                 client.request("lab/echo", {"a": 1})
             # The peer comes back on the same port: the link notices by itself.
             port = endpoint.rsplit(":", 1)[1]
             peer = BoxInThread(peer_dir, {"bus": {"endpoints": [f"tcp://127.0.0.1:{port}"]}})
-            wait_for(lambda: peers(client)["lab"]["state"] == "up")
+            wait_for(lambda: peers(client)["lab"]["state"] == "up", 10, "the link up")
             assert client.request("lab/echo", {"a": 2}) == {"a": 2}
             assert client.request("federation", {"op": "unlink", "name": "lab"}) == {
                 "unlinked": "lab"

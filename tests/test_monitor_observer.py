@@ -7,7 +7,7 @@ import time
 
 import pytest
 import zmq
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, wait_for
 
 from aether_box.client import NotFound
 from aether_box.monitor.observer import SpeedWatch, alerts_for, compare
@@ -75,9 +75,7 @@ def test_rejected_messages_raise_an_alert(data_dir):
         socket.connect(running.endpoint)
         socket.send_multipart([b"NOT-MDP", b"junk"])
         with running.client(timeout=5) as client:
-            deadline = time.monotonic() + 5
-            while not client.status()["alerts"] and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_for(lambda: client.status()["alerts"], 5, "an alert")
             (alert,) = client.status()["alerts"]
         assert alert["kind"] == "rejected" and "bad_header 1" in alert["message"]
         socket.close()

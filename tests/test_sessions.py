@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from click.testing import CliRunner
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, wait_for
 from fixtures_engines import engines_box
 
 from aether_box.cli import cli
@@ -79,10 +77,9 @@ def test_a_cancelled_turn_leaves_the_conversation_as_it_was(box):
         next(stream)
         stream.close()  # the client stops reading: the turn is cancelled
         # Wait for the turn to end either way: were it not cancelled, it would be stored.
-        deadline = time.monotonic() + 60
-        while client.status()["services"]["session"]["in_flight"] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert client.status()["services"]["session"]["in_flight"] == 0
+        wait_for(
+            lambda: client.status()["services"]["session"]["in_flight"] == 0, 60, "the turn to end"
+        )
         history = client.request("session", {"op": "history", "session": session})["messages"]
         assert len(history) == 2
 
