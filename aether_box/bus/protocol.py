@@ -65,20 +65,7 @@ BYTES_DTYPE = "bytes"
 # bytes value leaves the msgpack map for a frame of its own.
 LARGE_FRAME = zmq.COPY_THRESHOLD
 # Only plain numeric little-endian dtypes travel; anything else is a protocol error.
-_ALLOWED_DTYPES = {
-    "<f2",
-    "<f4",
-    "<f8",
-    "<i1",
-    "<i2",
-    "<i4",
-    "<i8",
-    "|u1",
-    "|i1",
-    "<u2",
-    "<u4",
-    "|b1",
-}
+_ALLOWED_DTYPES = frozenset("<f2 <f4 <f8 <i1 <i2 <i4 <i8 |u1 |i1 <u2 <u4 |b1".split())
 
 
 def encode_body(body: Mapping[str, Any]) -> list[bytes | memoryview]:
@@ -101,7 +88,7 @@ def encode_body(body: Mapping[str, Any]) -> list[bytes | memoryview]:
     return [msgpack.packb(header, default=_to_msgpack), *frames]
 
 
-def decode_body(frames: Sequence[bytes | memoryview]) -> dict[str, Any]:
+def decode_body(frames: Sequence[FrameBytes]) -> dict[str, Any]:
     """The body map for received frames; arrays come back as read-only numpy arrays."""
     if not frames:
         return {}
@@ -123,7 +110,7 @@ def decode_body(frames: Sequence[bytes | memoryview]) -> dict[str, Any]:
     return header
 
 
-def _decode_frame(spec: Any, frame: bytes | memoryview) -> tuple[str, np.ndarray | bytes]:
+def _decode_frame(spec: Any, frame: FrameBytes) -> tuple[str, np.ndarray | bytes]:
     if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)):
         raise ProtocolError(f"array description must be [name, dtype, shape], got {spec!r}")
     name, dtype, shape = spec
