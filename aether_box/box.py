@@ -23,8 +23,9 @@ import zmq
 import zmq.asyncio
 
 from aether_box.bus.broker import Broker
+from aether_box.bus.discovery import clear_endpoints, write_endpoints
 from aether_box.bus.events import EventLogHandler, Events
-from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve
+from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve, uses_curve
 from aether_box.bus.settings import BusSettings
 from aether_box.components import COMPONENTS
 from aether_box.config import Config
@@ -84,6 +85,9 @@ class Box:
         data_dir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:
             stack.enter_context(_DataDirLock(data_dir / LOCK_FILE))
+            # Holding the lock proves no box runs here: what a crashed one left is stale.
+            _clear_stale_sockets(data_dir)
+            stack.callback(clear_endpoints, data_dir)
             self.context = zmq.asyncio.Context()
             # Registered first so it runs last: closes every socket, then ends the context.
             stack.callback(self.context.destroy, linger=0)
@@ -94,7 +98,12 @@ class Box:
             )
             if curve is not None:
                 stack.callback(_start_authenticator(self.context, data_dir).stop)
-            self.events = Events(self.context, self.settings.event_endpoints, curve)
+            self.events = Events(
+                self.context,
+                self.settings.event_endpoints,
+                curve,
+                curve_loopback=self.settings.curve_on_loopback,
+            )
             stack.callback(self.events.close)
             self.broker = Broker(self.settings, self.context, curve)
             log_handler = EventLogHandler(self.events)
@@ -119,6 +128,7 @@ class Box:
                 self.components[component.name] = component
                 supervisor = self.supervisors[component.name] = Supervisor(self, component)
                 await tg.start(supervisor.run)
+            await self._publish_endpoints()
             self.ready = True
             log.info("box ready on %s (pid %d)", ", ".join(self.broker.bound), os.getpid())
             self.events.publish("status.ready", {"endpoints": self.broker.bound})
@@ -139,6 +149,18 @@ class Box:
                 await self.broker.abandon_in_flight()
             tg.cancel_scope.cancel()
 
+    async def _publish_endpoints(self) -> None:
+        """Tell this data dir's clients where the box listens (and where CURVE is on)."""
+        curve = self.broker.curve
+        on_loopback = self.settings.curve_on_loopback
+        await anyio.to_thread.run_sync(
+            lambda: write_endpoints(
+                self.config.data_dir,
+                bus={e: uses_curve(e, curve, on_loopback) for e in self.broker.bound},
+                events={e: uses_curve(e, curve, on_loopback) for e in self.events.bound},
+            )
+        )
+
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
@@ -152,6 +174,15 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     for exc in group.exceptions:
         leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return leaves
+
+
+def _clear_stale_sockets(data_dir: Path) -> None:
+    for name in ("bus.sock", "events.sock"):
+        stale = data_dir / name
+        if stale.exists():
+            log.info("removing %s, left by a box that did not stop cleanly", stale)
+            stale.unlink(missing_ok=True)
+    clear_endpoints(data_dir)
 
 
 class _DataDirLock:

@@ -152,6 +152,9 @@ def run(state: CliState, binds: tuple[str, ...], log_level: str) -> None:
     anyio.run(Box(config).run, backend="asyncio")
 
 
+cli.add_command(run, "serve")  # the name other servers use; the same command
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw report as JSON.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the box.")
@@ -200,11 +203,48 @@ def keys_init(state: CliState, force: bool) -> None:
     click.echo(f"keys written to {root}")
     click.echo(f"box public key: {root / 'server.key'} (give it to remote clients)")
     click.echo(f"allowed clients: put their public .key files in {root / AUTHORIZED_DIR}")
+    click.echo(
+        "What changes at the next start: tcp endpoints on non-loopback addresses use CURVE and "
+        "admit only the allowed clients (binding them is allowed now). Loopback tcp and the ipc "
+        "socket stay plain, so local apps keep working; `--set bus.curve=on` puts loopback tcp "
+        "under CURVE too (local tools of this data dir use its client keys by themselves)."
+    )
+
+
+# Options of the top-level group that may also be written after the subcommand.
+GLOBAL_OPTIONS = ("--set", "--data-dir", "--endpoint")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move global options written after the subcommand to the front, where click reads them.
+
+    `aether-box config show --set bus.max_message_mb=8` then means what it says. Arguments
+    after `--` are left alone.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            if "=" in arg:
+                front.append(arg)
+            else:
+                front.extend(args[i : i + 2])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
 
 
 def main() -> None:
     """Entry point of the `aether-box` script."""
-    cli(prog_name="aether-box")
+    cli(args=hoist_global_options(sys.argv[1:]), prog_name="aether-box")
 
 
 if __name__ == "__main__":

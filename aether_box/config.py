@@ -20,7 +20,7 @@ import tomli_w
 
 from aether_box.errors import ConfigError
 
-__all__ = ["Config", "data_dir_from", "section", "SECTIONS"]
+__all__ = ["Config", "data_dir_from", "section", "setting", "SECTIONS"]
 
 HOME_ENV = "AETHER_BOX_HOME"
 CONFIG_FILE = "config.toml"
@@ -37,6 +37,23 @@ def section(name: str):
         return cls
 
     return register
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    min: float | None = None,  # noqa: A002 - reads as the range it is
+    max: float | None = None,  # noqa: A002
+    choices: typing.Collection[Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A settings field with its allowed range or choices, checked whenever config is read.
+
+    ``max_message_mb: float = setting(64.0, min=0.001)``: a value outside gets an error
+    that names the setting and the range.
+    """
+    metadata = {"min": min, "max": max, "choices": None if choices is None else tuple(choices)}
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def data_dir_from(explicit: str | os.PathLike | None = None) -> Path:
@@ -150,6 +167,8 @@ def _build(cls: type[T], name: str, values: dict[str, Any], data_dir: Path) -> T
     hints = typing.get_type_hints(cls)
     kwargs = {key: _coerce(f"{name}.{key}", hints[key], value) for key, value in values.items()}
     settings = cls(**kwargs)
+    for key, spec in fields.items():
+        _check_range(f"{name}.{key}", spec, getattr(settings, key))
     resolve = getattr(settings, "resolve", None)
     if resolve is not None:
         resolve(data_dir)  # sections may fill paths that depend on the data dir
@@ -171,7 +190,44 @@ def _coerce(where: str, hint: Any, value: Any) -> Any:
             return Path(value).expanduser()
         if isinstance(kind_origin, type) and isinstance(value, kind_origin):
             return value
-    raise ConfigError(f"{where} must be {hint}, got {value!r}")
+    raise ConfigError(f"{where} must be {_type_name(hint)}, got {value!r}")
+
+
+def _check_range(where: str, spec: dataclasses.Field, value: Any) -> None:
+    low, high, choices = (spec.metadata.get(k) for k in ("min", "max", "choices"))
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
+    if value is None or not isinstance(value, int | float):
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = (
+            f"from {low:g} to {high:g}"
+            if low is not None and high is not None
+            else f"at least {low:g}"
+            if low is not None
+            else f"at most {high:g}"
+        )
+        raise ConfigError(f"{where} must be {bounds}, got {value!r}")
+
+
+_PLAIN_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a text",
+    bool: "true or false",
+    Path: "a path",
+    list: "a list",
+    dict: "a table",
+    type(None): "nothing",
+}
+
+
+def _type_name(hint: Any) -> str:
+    """A type as a user reads it: "a number", "a text or nothing", not Python class names."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    return _PLAIN_NAMES.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
 def _plain(value: Any) -> Any:

@@ -12,6 +12,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "CorruptModel",
+    "NoBox",
     "NotFound",
     "Overloaded",
     "ProtocolError",
@@ -63,6 +64,10 @@ class ServiceUnavailable(BoxError):
     """The service exists but has no worker able to answer."""
 
     code = "unavailable"
+
+
+class NoBox(ServiceUnavailable):
+    """Nothing listens at the endpoint a client was about to use: no box is running there."""
 
 
 class Timeout(BoxError):

@@ -14,7 +14,7 @@ import pytest
 from fixtures_box import BoxInThread, BoxProcess
 
 from aether_box.bus.worker import Worker
-from aether_box.client import Client, ServiceUnavailable, Timeout
+from aether_box.client import Client, NoBox, ServiceUnavailable, Timeout
 from aether_box.errors import ConfigError
 
 
@@ -128,7 +128,8 @@ def test_status_cli_says_when_no_box_is_running(data_dir):
         "0.5",
     )
     assert result.returncode == 1
-    assert "is the box running" in result.stderr
+    assert "no box is running at" in result.stderr
+    assert f"start one with `aether-box --data-dir {data_dir} run`" in result.stderr
 
 
 def test_config_layers_file_env_and_flags(data_dir):
@@ -168,6 +169,14 @@ def test_data_dir_from_environment(data_dir):
     assert f"file: {data_dir}/config.toml" in result.stdout
 
 
-def test_client_timeout_when_nothing_listens(data_dir):
-    with Client(f"ipc://{data_dir}/nobody.sock", timeout=0.3) as client, pytest.raises(Timeout):
+def test_client_fails_at_once_when_nothing_listens(data_dir):
+    started = time.monotonic()
+    with pytest.raises(NoBox, match="no socket file"):
+        Client(f"ipc://{data_dir}/nobody.sock", timeout=30)
+    # Unchecked (a watcher waiting for a box to come), the request's own timeout decides.
+    with (
+        Client(f"ipc://{data_dir}/nobody.sock", timeout=0.3, check=False) as client,
+        pytest.raises(Timeout),
+    ):
         client.status()
+    assert time.monotonic() - started < 5

@@ -50,7 +50,7 @@ def test_exposed_bind_without_keys_is_refused_with_a_way_out(data_dir):
 
 def test_curve_admits_authorised_keys_only(data_dir):
     init_keys(data_dir)
-    running = BoxInThread(data_dir)
+    running = BoxInThread(data_dir, {"bus": {"curve": "on"}})  # loopback tcp under CURVE too
     try:
         with Client(running.tcp_endpoint, data_dir=data_dir, timeout=5) as client:
             status = client.status()

@@ -58,17 +58,22 @@ def test_import_export_round_trip(memory_box, tmp_path):
 
     exported = tmp_path / "out.jsonl"
     assert "exported 2500 records" in run(memory_box, "export", "docs", str(exported)).output
-    lines = [orjson.loads(line) for line in exported.read_bytes().splitlines()]
+    header, *lines = [orjson.loads(line) for line in exported.read_bytes().splitlines()]
+    assert header == {"collection": {"name": "docs", "model": "test", "dim": 8, "metric": "l2"}}
     assert [line["id"] for line in lines] == [f"n{i}" for i in range(2_500)]
     assert lines[7]["metadata"] == {"tag": "b", "i": 7} and lines[7]["text"] == "note 7"
     np.testing.assert_array_equal(np.array([line["vector"] for line in lines], np.float32), vectors)
 
-    # The export imports as is; a missing collection is created when --model is given.
-    result = run(memory_box, "import", str(exported), "--collection", "copy", ok=False)
-    assert result.exit_code != 0 and "pass --model" in result.output
-    run(memory_box, "import", str(exported), "--collection", "copy", "--model", "test")
+    # The export imports as is: a missing collection is made as its header describes it.
+    result = run(memory_box, "import", str(exported), "--collection", "copy")
+    assert "created collection copy (test, 8-d, l2)" in result.output
     listed = {c["name"]: c for c in json.loads(run(memory_box, "list", "--json").output)}
-    assert listed["copy"]["count"] == 2500 and listed["copy"]["metric"] == "cosine"
+    assert listed["copy"]["count"] == 2500 and listed["copy"]["metric"] == "l2"
+    # A file with no header needs a collection named.
+    plain = tmp_path / "plain.jsonl"
+    plain.write_bytes(b"".join(exported.read_bytes().splitlines(keepends=True)[1:]))
+    result = run(memory_box, "import", str(plain), ok=False)
+    assert result.exit_code != 0 and "pass --collection" in result.output
 
     records = json.loads(
         run(memory_box, "list", "docs", "--where", '{"i": {"$lt": 3}}', "--json").output

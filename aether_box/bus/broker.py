@@ -38,7 +38,7 @@ from aether_box.bus.protocol import (
 from aether_box.bus.security import CurveKeys, bind_all
 from aether_box.bus.service import Handler, InlineHandler, PartialSender, Request
 from aether_box.bus.settings import BusSettings
-from aether_box.bus.stats import ServiceStats
+from aether_box.bus.stats import ServiceStats, error_code
 from aether_box.errors import (
     BoxError,
     Cancelled,
@@ -218,7 +218,12 @@ class Broker:
         loop = asyncio.get_running_loop()
         self._loop = loop
         try:
-            self.bound = bind_all(router, self.settings.endpoints, self.curve)
+            self.bound = bind_all(
+                router,
+                self.settings.endpoints,
+                self.curve,
+                curve_loopback=self.settings.curve_on_loopback,
+            )
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 loop.add_reader(router.FD, self._on_readable)
@@ -406,7 +411,7 @@ class Broker:
         except Exception as exc:
             log.exception("service %s failed", svc.name)
             reply = BoxError(f"{svc.name} failed: {exc!r}; see the box log").to_wire()
-        svc.stats.finished(time.monotonic() - started, error="error" in reply)
+        svc.stats.finished(time.monotonic() - started, error_code(reply))
         self._send_nowait(self._final_frames(svc, client, legacy, service, reply, rid))
 
     def _final_frames(
@@ -474,7 +479,7 @@ class Broker:
                 else "the box shut down before it finished"
             )
             reply = Cancelled(why).to_wire()
-        svc.stats.finished(time.monotonic() - started, error="error" in reply)
+        svc.stats.finished(time.monotonic() - started, error_code(reply))
         await self._send(self._final_frames(svc, client, legacy, service, reply, rid))
 
     def _on_cancel(
@@ -566,7 +571,7 @@ class Broker:
         if final:
             svc = worker.service
             svc.in_flight -= 1
-            svc.stats.finished(time.monotonic() - job.received, error=False)
+            svc.stats.finished(time.monotonic() - job.received)
             worker.job = None
             svc.idle.append(worker)
             self._assign(svc)
@@ -591,7 +596,7 @@ class Broker:
         if worker.job is not None:
             job, worker.job = worker.job, None
             svc.in_flight -= 1
-            svc.stats.finished(time.monotonic() - job.received, error=True)
+            svc.stats.finished(time.monotonic() - job.received, "unavailable")
             self._reply_error(
                 job.client,
                 job.legacy,

@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 
 from aether_box.bus.broker import CANCEL_SERVICE, RID
+from aether_box.bus.discovery import check_listening, published_curve, read_endpoints
 from aether_box.bus.protocol import (
     CLIENT,
     ClientCmd,
@@ -46,13 +47,30 @@ _rids = itertools.count(1)
 
 
 def resolve_endpoint(endpoint: str | None = None, data_dir: str | os.PathLike | None = None) -> str:
-    """The bus endpoint: explicit, $AETHER_BOX_ENDPOINT, the data dir's ipc socket, or tcp."""
+    """The bus endpoint: explicit, $AETHER_BOX_ENDPOINT, else where the data dir's box listens.
+
+    That is its ipc socket, else the first endpoint it published; only the default data dir
+    falls back to tcp://127.0.0.1:7745, so a client of another data dir never reaches the
+    default box by mistake.
+    """
     if endpoint:
         return endpoint
     if os.environ.get(ENDPOINT_ENV):
         return os.environ[ENDPOINT_ENV]
-    ipc = data_dir_from(data_dir) / "bus.sock"
-    return f"ipc://{ipc}" if ipc.exists() else DEFAULT_TCP
+    home = data_dir_from(data_dir)
+    ipc = home / "bus.sock"
+    if ipc.exists():
+        return f"ipc://{ipc}"
+    published = list((read_endpoints(home) or {}).get("bus", {}))
+    if published:
+        return published[0]
+    return DEFAULT_TCP if home == data_dir_from(None) else f"ipc://{ipc}"
+
+
+def start_hint(data_dir: str | os.PathLike | None = None) -> str:
+    """The command that starts a box for this data dir (for 'no box' messages)."""
+    home = data_dir_from(data_dir)
+    return "aether-box run" if home == data_dir_from(None) else f"aether-box --data-dir {home} run"
 
 
 def _llm_body(op: str, model: str, **fields: Any) -> dict[str, Any]:
@@ -73,8 +91,15 @@ class _Session:
         self.endpoint = resolve_endpoint(endpoint, self.data_dir)
         self.timeout = timeout
         if curve is None and self.endpoint.startswith("tcp"):
-            curve = client_keys(Path(self.data_dir))  # local tools use the data dir's client keys
+            # Local tools use the data dir's client keys where its box speaks CURVE (a box
+            # with keys keeps loopback tcp plain unless bus.curve is "on": it says which).
+            if published_curve(self.data_dir, self.endpoint) is not False:
+                curve = client_keys(Path(self.data_dir))
         self.curve = curve or None  # False: plain, even where the data dir has keys
+
+    def check_box(self) -> None:
+        """Fail at once, saying how to start one, when no box listens at a local endpoint."""
+        check_listening(self.endpoint, start_hint(self.data_dir))
 
     def connect(self, socket: zmq.Socket, endpoint: str | None = None) -> None:
         """Connect to the bus (or another of the box's endpoints), with CURVE over tcp."""
@@ -132,7 +157,8 @@ class Client:
     """A blocking client. One per thread; use it as a context manager or call close().
 
     `curve`: (client keys, the box's public key) for CURVE over tcp; None uses the data
-    dir's client keys when it has them; False connects without CURVE.
+    dir's client keys when it has them; False connects without CURVE. A local endpoint
+    with nothing listening raises `NoBox` at once (`check=False` skips that look).
     """
 
     def __init__(
@@ -142,9 +168,12 @@ class Client:
         data_dir: str | os.PathLike | None = None,
         timeout: float = 30.0,
         curve: tuple[Any, bytes] | Literal[False] | None = None,
+        check: bool = True,
     ) -> None:
         self._session = _Session(endpoint, data_dir, timeout, curve)
         self.endpoint = self._session.endpoint
+        if check:
+            self._session.check_box()
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._session.connect(self._socket)
@@ -273,7 +302,11 @@ class Client:
 
 
 class AsyncClient:
-    """An anyio client; many calls may overlap. Use as ``async with AsyncClient() as client``."""
+    """An anyio client; many calls may overlap. Use as ``async with AsyncClient() as client``.
+
+    Entering it raises `NoBox` at once when nothing listens at a local endpoint; a watcher
+    that waits for a box to come (a federation link) passes `check=False`.
+    """
 
     def __init__(
         self,
@@ -282,14 +315,18 @@ class AsyncClient:
         data_dir: str | os.PathLike | None = None,
         timeout: float = 30.0,
         curve: tuple[Any, bytes] | Literal[False] | None = None,
+        check: bool = True,
     ) -> None:
         self._session = _Session(endpoint, data_dir, timeout, curve)
         self.endpoint = self._session.endpoint
+        self._check = check
         self._socket: zmq.asyncio.Socket | None = None
         self._waiting: dict[int, anyio.abc.ObjectSendStream] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> AsyncClient:
+        if self._check:  # a connect probe may wait up to a second: not on the loop
+            await anyio.to_thread.run_sync(self._session.check_box)
         self._socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self._session.connect(self._socket)
         self._tg = anyio.create_task_group()

@@ -27,7 +27,12 @@ class Events:
     """Publishes events to every subscriber of the box."""
 
     def __init__(
-        self, context: zmq.asyncio.Context, endpoints: list[str], curve: CurveKeys | None
+        self,
+        context: zmq.asyncio.Context,
+        endpoints: list[str],
+        curve: CurveKeys | None,
+        *,
+        curve_loopback: bool = False,
     ) -> None:
         # A plain socket: it only sends, so it needs no event-loop integration.
         self._socket = context.socket(zmq.PUB, socket_class=zmq.Socket)
@@ -35,7 +40,7 @@ class Events:
         self._thread = threading.get_ident()
         self._socket.linger = 0
         self._socket.sndhwm = 1000
-        self.bound = bind_all(self._socket, endpoints, curve)
+        self.bound = bind_all(self._socket, endpoints, curve, curve_loopback=curve_loopback)
         self.published = 0
         self.dropped: Counter[str] = Counter()
 

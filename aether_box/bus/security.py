@@ -9,7 +9,9 @@ Layout in the data dir::
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 import zmq
 import zmq.auth
 
+from aether_box.bus.settings import DEFAULT_TCP_ENDPOINTS
 from aether_box.errors import ConfigError
 
 __all__ = [
@@ -27,7 +30,10 @@ __all__ = [
     "init_keys",
     "is_loopback",
     "keys_dir",
+    "uses_curve",
 ]
+
+log = logging.getLogger(__name__)
 
 KEYS_DIR = "keys"
 AUTHORIZED_DIR = "authorized"
@@ -117,22 +123,41 @@ def plan_curve(data_dir: Path, mode: str, endpoints: list[str]) -> CurveKeys | N
     return keys
 
 
-def bind_all(socket: zmq.Socket, endpoints: list[str], keys: CurveKeys | None) -> list[str]:
-    """Bind ipc endpoints plain (file permissions guard them), then tcp ones with CURVE if keys."""
+def uses_curve(endpoint: str, keys: CurveKeys | None, on_loopback: bool) -> bool:
+    """Whether the box serves `endpoint` with CURVE: tcp, keys, and not loopback unless asked."""
+    if keys is None or not endpoint.startswith("tcp"):
+        return False
+    return on_loopback or not is_loopback(endpoint)
+
+
+def bind_all(
+    socket: zmq.Socket, endpoints: list[str], keys: CurveKeys | None, *, curve_loopback: bool
+) -> list[str]:
+    """Bind ipc endpoints plain (file permissions guard them), then tcp ones, with CURVE where
+    `uses_curve` says; a taken default port moves to a free one (see bus/settings.py)."""
     bound = []
     for endpoint in sorted(endpoints, key=lambda e: not e.startswith(("ipc", "inproc"))):
-        if keys is not None and not endpoint.startswith(("ipc", "inproc")):
-            # Security options apply to binds made after they are set.
+        # Security options apply to binds made after they are set.
+        curve = uses_curve(endpoint, keys, curve_loopback)
+        if curve:
             socket.curve_secretkey = keys.secret
             socket.curve_publickey = keys.public
-            socket.curve_server = True
+        socket.curve_server = curve
         try:
             socket.bind(endpoint)
         except zmq.ZMQError as exc:
-            raise ConfigError(
-                f"cannot listen on {endpoint}: {exc.strerror}. Is another box running? "
-                "Stop it, or choose other endpoints with --endpoint."
-            ) from exc
+            if exc.errno != errno.EADDRINUSE or endpoint not in DEFAULT_TCP_ENDPOINTS:
+                raise ConfigError(
+                    f"cannot listen on {endpoint}: {exc.strerror}. Is another box running? "
+                    "Stop it, or choose other endpoints with --bind or bus.endpoints."
+                ) from exc
+            socket.bind(endpoint.rsplit(":", 1)[0] + ":*")
+            log.warning(
+                "%s is taken (another box?); listening on %s instead (clients of this data "
+                "dir find it by themselves)",
+                endpoint,
+                socket.last_endpoint.decode(),
+            )
         bound.append(socket.last_endpoint.decode())
     return bound
 

@@ -57,6 +57,10 @@ __all__ = ["EmbedService", "EnginesComponent", "LlmService", "generation_params"
 
 log = logging.getLogger(__name__)
 
+# A model's usual speed (status, the observer's drift alert) comes from answers at least this
+# long: a two-token answer's rate is mostly fixed costs, not a sign of a slow model.
+MIN_TOKENS_FOR_SPEED = 16
+
 MAX_STOPS = 16
 REFRESH_S = 10.0
 
@@ -241,7 +245,8 @@ class LlmService(ModelService):
         result = outcome[0]
         if isinstance(result, BaseException):
             raise result
-        entry.tokens_per_s = result.tokens_per_s or entry.tokens_per_s
+        if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
+            entry.tokens_per_s = result.tokens_per_s or entry.tokens_per_s
         if self.box is not None:
             self.box.events.publish(
                 "metrics.llm",

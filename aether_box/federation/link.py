@@ -85,8 +85,8 @@ class PeerLink:
                 self._down(str(exc))
                 await anyio.sleep_forever()
             try:
-                async with AsyncClient(
-                    self.record.endpoint, timeout=self.settings.refresh_s, curve=curve
+                async with AsyncClient(  # a peer that is down now may come back: keep watching
+                    self.record.endpoint, timeout=self.settings.refresh_s, curve=curve, check=False
                 ) as client:
                     self._client = client
                     while True:

@@ -2,14 +2,17 @@
 
 A JSONL line is one record: ``{"id", "text", "metadata", "vector": [floats]}``; every field is
 optional except that a record needs a text or a vector (texts alone are embedded by the box
-with the collection's model). `export` writes the same shape, so an export imports as is.
+with the collection's model). `export` writes the same shape after one header line,
+``{"collection": {"name", "model", "dim", "metric"}}``, from which `import` re-creates the
+collection, so an export imports as is. A collection made without ``--model`` (by `create`,
+`add` or `import`) uses the default embedder: the one sentence encoder installed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -34,6 +37,8 @@ __all__ = ["memory"]
 
 SERVICE = "memory"
 TIMEOUT = 300.0  # embedding a batch of texts on a loaded machine takes a while
+DEFAULT_EMBEDDER = "minilm"  # the starter kit's sentence encoder
+HEADER = "collection"  # the key of an export's first line, which describes the collection
 
 
 def _where(text: str | None) -> Any:
@@ -64,7 +69,9 @@ def memory() -> None:
 
 @memory.command()
 @click.argument("name")
-@click.option("--model", required=True, help="Embedding model of the vectors, e.g. minilm.")
+@click.option(
+    "--model", help="Embedding model of the vectors, e.g. minilm (default: the installed encoder)."
+)
 @click.option("--dim", type=int, help="Vector size (default: what the model gives).")
 @click.option(
     "--metric",
@@ -74,22 +81,45 @@ def memory() -> None:
 @click.option("--exist-ok", is_flag=True, help="Succeed if it already exists with these settings.")
 @pass_state
 def create(
-    state: CliState, name: str, model: str, dim: int | None, metric: str | None, exist_ok: bool
+    state: CliState,
+    name: str,
+    model: str | None,
+    dim: int | None,
+    metric: str | None,
+    exist_ok: bool,
 ) -> None:
     """Create collection NAME."""
-    body = {
-        "op": "create",
-        "collection": name,
-        "model": model,
-        "dim": dim,
-        "metric": metric,
-        "exist_ok": exist_ok,
-    }
     with state.client(TIMEOUT) as client:
-        reply = client.request(SERVICE, {k: v for k, v in body.items() if v is not None})
-    info = reply["collection"]
+        reply = _create(client, name, model, dim=dim, metric=metric, exist_ok=exist_ok)
     verb = "created" if reply["created"] else "exists:"
-    click.echo(f"{verb} {info['name']} ({info['model']}, {info['dim']}-d, {info['metric']})")
+    click.echo(f"{verb} {_describe(reply['collection'])}")
+
+
+def _create(client: Any, name: str, model: str | None, **options: Any) -> dict[str, Any]:
+    """Create collection `name` (with the default embedder when no model is named)."""
+    body = {"op": "create", "collection": name, "model": model or _default_embedder(client)}
+    body |= {key: value for key, value in options.items() if value is not None}
+    return client.request(SERVICE, body, timeout=TIMEOUT)
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return f"{info['name']} ({info['model']}, {info['dim']}-d, {info['metric']})"
+
+
+def _default_embedder(client: Any) -> str:
+    """The installed sentence encoder, when there is exactly one (or the starter kit's)."""
+    installed = client.request("llm", {"op": "models"})["installed"]
+    encoders = sorted(m["name"] for m in installed if m["kind"] != "gguf")
+    if len(encoders) == 1:
+        return encoders[0]
+    if DEFAULT_EMBEDDER in encoders:
+        return DEFAULT_EMBEDDER
+    if not encoders:
+        raise click.UsageError(
+            "no embedding model is installed: run `aether-box models pull` (it brings "
+            f"{DEFAULT_EMBEDDER}), or pass --model with a GGUF model to embed with"
+        )
+    raise click.UsageError(f"several embedding models are installed ({encoders}); pass --model")
 
 
 @memory.command()
@@ -157,7 +187,10 @@ def add(
     meta: str | None,
     upsert: bool,
 ) -> None:
-    """Add TEXTS to COLLECTION (the box embeds them with the collection's model)."""
+    """Add TEXTS to COLLECTION (the box embeds them with the collection's model).
+
+    A COLLECTION that does not exist is created with the default embedder (and said so).
+    """
     body: dict[str, Any] = {
         "op": "add",
         "collection": collection,
@@ -169,6 +202,8 @@ def add(
     if meta:
         body["metadata"] = _where(meta)
     with state.client(TIMEOUT) as client:
+        if _ensure_collection(client, collection, None, None, []):
+            click.echo(f"created collection {_describe(_info(client, collection))}")
         reply = client.request(SERVICE, body)
     for record_id in reply["ids"]:
         click.echo(record_id)
@@ -277,6 +312,9 @@ def export(
     """Write the records of COLLECTION to FILE (default stdout) as JSONL."""
     console = Console(stderr=True)
     with state.client(TIMEOUT) as client:
+        info = _info(client, collection)
+        header = {key: info[key] for key in ("name", "model", "dim", "metric")}
+        file.write(orjson.dumps({HEADER: header}) + b"\n")
         total = client.request(
             SERVICE, {"op": "count", "collection": collection, "where": _where(where)}
         )["count"]
@@ -311,44 +349,73 @@ def export(
 
 
 @memory.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--collection", required=True, help="Collection to add to.")
-@click.option("--model", help="Create the collection with this model if it does not exist.")
+@click.argument("file", type=click.File("rb"), default="-")
+@click.option(
+    "--collection", help="Collection to add to (default: the one named in an export's header)."
+)
+@click.option(
+    "--model",
+    help="Model of a collection this creates (default: the export's, else the default embedder).",
+)
 @click.option(
     "--metric",
     type=click.Choice(["cosine", "l2", "dot"]),
-    help="Metric of a collection this creates.",
+    help="Metric of a collection this creates (default: the export's).",
 )
 @click.option("--batch", default=1_000, show_default=True, help="Records per request.")
 @click.option("--upsert", is_flag=True, help="Replace records whose ids exist.")
 @pass_state
 def import_(
     state: CliState,
-    file: Path,
-    collection: str,
+    file: IO[bytes],
+    collection: str | None,
     model: str | None,
     metric: str | None,
     batch: int,
     upsert: bool,
 ) -> None:
-    """Add the records of a JSONL FILE to a collection, in batches, with progress."""
+    """Add the records of a JSONL FILE (default stdin; what `export` writes) to a collection.
+
+    A collection that does not exist is created, as the export's header describes it.
+    """
     console = Console(stderr=True)
     added = 0
-    with (
-        state.client(TIMEOUT) as client,
-        file.open("rb") as stream,
-        _progress(console, in_bytes=True) as bar,
-    ):
-        task = bar.add_task(f"import {file.name}", total=file.stat().st_size)
+    size = _size(file)
+    with state.client(TIMEOUT) as client, _progress(console, in_bytes=True) as bar:
+        task = bar.add_task(f"import {file.name}", total=size)
+        header: dict[str, Any] = {}
         ensured = False
-        for records, done in _batches(stream, batch):
+        for records, done, found in _batches(file, batch):
+            header = header or found
+            collection = collection or header.get("name")
+            if collection is None:
+                raise click.UsageError("the file has no export header: pass --collection")
             if not ensured:
-                _ensure_collection(client, collection, model, metric, records)
+                if _ensure_collection(
+                    client,
+                    collection,
+                    model or header.get("model"),
+                    metric or header.get("metric"),
+                    records,
+                ):
+                    console.print(f"created collection {_describe(_info(client, collection))}")
                 ensured = True
             for body in _add_bodies(collection, records, upsert):
                 added += client.request(SERVICE, body)["count"]
             bar.update(task, completed=done)
     console.print(f"imported {added} records into {collection}")
+
+
+def _size(file: IO[bytes]) -> int | None:
+    """The file's size for the progress bar (None for a pipe)."""
+    try:
+        return os.fstat(file.fileno()).st_size or None
+    except (OSError, ValueError):
+        return None
+
+
+def _info(client: Any, name: str) -> dict[str, Any]:
+    return client.request(SERVICE, {"op": "info", "collection": name})["collection"]
 
 
 def _progress(console: Console, *, in_bytes: bool = False) -> Progress:
@@ -363,9 +430,13 @@ def _progress(console: Console, *, in_bytes: bool = False) -> Progress:
     )
 
 
-def _batches(stream: IO[bytes], size: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
-    """Batches of parsed JSONL records, each with the bytes read so far."""
+def _batches(
+    stream: IO[bytes], size: int
+) -> Iterator[tuple[list[dict[str, Any]], int, dict[str, Any]]]:
+    """Batches of parsed JSONL records, each with the bytes read so far and the export's
+    header (the collection it describes; empty when the file has none)."""
     records: list[dict[str, Any]] = []
+    header: dict[str, Any] = {}
     done = 0
     for number, line in enumerate(stream, start=1):
         done += len(line)
@@ -379,14 +450,17 @@ def _batches(stream: IO[bytes], size: int) -> Iterator[tuple[list[dict[str, Any]
                 f"{number - len(records)} were imported: fix it and import again "
                 "with --upsert"
             ) from None
+        if number == 1 and isinstance(record, dict) and isinstance(record.get(HEADER), dict):
+            header = record[HEADER]
+            continue
         if not isinstance(record, dict) or not (record.get("text") or record.get("vector")):
             raise BadRequest(f"line {number} needs a 'text' or a 'vector'")
         records.append(record)
         if len(records) == size:
-            yield records, done
+            yield records, done, header
             records = []
     if records:
-        yield records, done
+        yield records, done, header
 
 
 def _add_bodies(
@@ -419,22 +493,16 @@ def _add_bodies(
 
 def _ensure_collection(
     client: Any, name: str, model: str | None, metric: str | None, records: list[dict[str, Any]]
-) -> None:
+) -> bool:
+    """Create collection `name` unless it exists (True when it was created)."""
     try:
-        client.request(SERVICE, {"op": "info", "collection": name})
-        return
+        _info(client, name)
+        return False
     except NotFound:
-        if not model:
-            raise click.UsageError(
-                f"collection {name!r} does not exist; pass --model to create it"
-            ) from None
-    body: dict[str, Any] = {"op": "create", "collection": name, "model": model}
+        pass
     vector = next((r["vector"] for r in records if r.get("vector") is not None), None)
-    if vector is not None:
-        body["dim"] = len(vector)
-    if metric:
-        body["metric"] = metric
-    client.request(SERVICE, body, timeout=TIMEOUT)
+    _create(client, name, model, dim=None if vector is None else len(vector), metric=metric)
+    return True
 
 
 def _records_table(records: list[dict[str, Any]]) -> None:

@@ -9,6 +9,7 @@ open files.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import threading
@@ -21,7 +22,7 @@ import anyio
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from aether_box.monitor.settings import MonitorSettings
+from aether_box.monitor.settings import DEFAULT_METRICS_ADDRESS, MonitorSettings
 
 if TYPE_CHECKING:
     from aether_box.box import Box
@@ -120,14 +121,10 @@ class MetricsComponent:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StatusCollector(read_report))
         ProcessCollector(namespace=PREFIX, registry=registry)
+        # The default port taken (another box here) moves to a free one, shown in status.
+        ports = [port, 0] if self.settings.metrics_address == DEFAULT_METRICS_ADDRESS else [port]
         try:
-            server = make_server(
-                host,
-                port,
-                make_wsgi_app(registry),
-                _Server6 if ":" in host else _Server,
-                handler_class=_QuietHandler,
-            )
+            server = _bind_first(host, ports, make_wsgi_app(registry))
         except OSError as exc:
             # Metrics are for watching the box, never a reason for it not to run.
             log.warning(
@@ -154,6 +151,24 @@ class MetricsComponent:
             with anyio.CancelScope(shield=True):  # stopping waits for the thread's next poll
                 await anyio.to_thread.run_sync(server.shutdown)
             server.server_close()
+
+
+def _bind_first(host: str, ports: list[int], app: Any) -> WSGIServer:
+    """A server on the first of `ports` that is free (the last one's error if none is)."""
+    *earlier, last = ports
+    for port in earlier:
+        try:
+            return _make_server(host, port, app)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            log.warning("metrics port %d is taken (another box?); picking a free one", port)
+    return _make_server(host, last, app)
+
+
+def _make_server(host: str, port: int, app: Any) -> WSGIServer:
+    server_class = _Server6 if ":" in host else _Server
+    return make_server(host, port, app, server_class, handler_class=_QuietHandler)
 
 
 class _Server(ThreadingMixIn, WSGIServer):

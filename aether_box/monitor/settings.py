@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aether_box.config import section
+from aether_box.config import section, setting
 from aether_box.errors import ConfigError
 
-__all__ = ["MonitorSettings"]
+__all__ = ["DEFAULT_METRICS_ADDRESS", "MonitorSettings"]
+
+# Taken (by another box on this machine), it moves to a free port; a chosen address never does.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:7747"
 
 
 @section("monitor")
@@ -16,31 +19,25 @@ class MonitorSettings:
     """Where the Prometheus metrics are served, and when the observer raises an alert."""
 
     # "host:port" for GET /metrics; "" turns the endpoint off; port 0 picks a free one.
-    metrics_address: str = "127.0.0.1:7747"
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
     # Seconds between the observer's looks at the status report (a `metrics.snapshot` each).
-    observe_s: float = 5.0
+    observe_s: float = setting(5.0, min=0.01)
     # A service whose share of error replies in a window reaches this raises an alert...
-    alert_error_ratio: float = 0.5
+    alert_error_ratio: float = setting(0.5, min=0.001, max=1)
     # ...when it answered at least this many requests in that window.
-    alert_min_requests: int = 5
+    alert_min_requests: int = setting(5, min=1)
     # Resident memory of the box that raises an alert; 0 turns it off.
-    alert_rss_mb: int = 0
+    alert_rss_mb: int = setting(0, min=0)
     # A model generating below this share of its usual tokens/s raises an alert...
-    alert_speed_ratio: float = 0.5
+    alert_speed_ratio: float = setting(0.5, min=0, max=1)
     # ...once it has this many earlier readings to know what usual is.
-    alert_speed_after: int = 5
+    alert_speed_after: int = setting(5, min=1)
     # The same alert (kind and subject) is raised at most once in this many seconds.
-    alert_every_s: float = 60.0
+    alert_every_s: float = setting(60.0, min=0)
 
     def __post_init__(self) -> None:
         if self.metrics_address:
             self.host_and_port()
-        if not self.observe_s > 0:
-            raise ConfigError(f"monitor.observe_s must be > 0 seconds, got {self.observe_s}")
-        if not 0 < self.alert_error_ratio <= 1:
-            raise ConfigError(
-                f"monitor.alert_error_ratio must be in (0, 1], got {self.alert_error_ratio}"
-            )
 
     def host_and_port(self) -> tuple[str, int]:
         """The address split for binding; a ConfigError says how to write it."""

@@ -11,7 +11,10 @@ from aether_box.cli import CliState, pass_state
 __all__ = ["chat"]
 
 SERVICE = "session"
-HELP_LINE = "/history shows the conversation, /new starts another, /quit (or Ctrl-D) leaves"
+HELP_LINE = (
+    "/history shows the conversation, /new starts another, Ctrl-C stops an answer, "
+    "/quit (or Ctrl-D) leaves"
+)
 
 
 @click.command()
@@ -48,16 +51,21 @@ def chat(
                 body["system"] = system
             session_id = client.request(SERVICE, body)["session"]
         if message is not None:
-            _say(client, session_id, message, sampling)
+            finished = _say(client, session_id, message, sampling)
             click.echo(f"(session {session_id})", err=True)
+            if not finished:
+                raise SystemExit(130)  # the shell's code for "stopped by Ctrl-C"
             return
         click.echo(f"session {session_id} with {model}; {HELP_LINE}", err=True)
         while True:
             try:
-                line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
-            except click.Abort:  # Ctrl-D / Ctrl-C at the prompt
+                line = input("you> ")
+            except EOFError:  # Ctrl-D leaves
                 click.echo()
                 return
+            except KeyboardInterrupt:  # Ctrl-C drops the line, as in any REPL
+                click.echo("\n(Ctrl-D or /quit leaves)", err=True)
+                continue
             if line in ("/quit", "/exit"):
                 return
             if line == "/new":
@@ -69,12 +77,19 @@ def chat(
                 _say(client, session_id, line, sampling)
 
 
-def _say(client: Any, session_id: str, text: str, sampling: dict[str, Any]) -> None:
+def _say(client: Any, session_id: str, text: str, sampling: dict[str, Any]) -> bool:
+    """Stream one answer; Ctrl-C stops it (False). The stream's cancel reaches the box as the
+    interrupt leaves it, and the session keeps nothing of an unfinished turn."""
     body = {"op": "say", "session": session_id, "text": text, "stream": True, **sampling}
-    for part in client.stream(SERVICE, body):
-        if "token" in part:
-            click.echo(part["token"], nl=False)
+    try:
+        for part in client.stream(SERVICE, body):
+            if "token" in part:
+                click.echo(part["token"], nl=False)
+    except KeyboardInterrupt:
+        click.echo("\n(stopped; this turn was not kept)", err=True)
+        return False
     click.echo()
+    return True
 
 
 def _history(client: Any, session_id: str) -> None:
