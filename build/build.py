@@ -57,7 +57,25 @@ def missing_tools() -> list[str]:
         for tool, package in (("objdump", "binutils"), ("ldd", "libc-bin")):
             if shutil.which(tool) is None:
                 missing.append(f"{tool} ({package}), which PyInstaller needs on Linux")
+        if not _libpython_found():
+            version = f"{sys.version_info.major}.{sys.version_info.minor}"
+            missing.append(
+                f"Python's shared library libpython{version}.so, which PyInstaller bundles "
+                f"(Debian and Ubuntu ship it apart: sudo apt-get install libpython{version})"
+            )
     return missing
+
+
+def _libpython_found() -> bool:
+    """Whether this Python's shared library is where PyInstaller looks for it."""
+    import sysconfig
+
+    name = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    if not name or ".so" not in name:
+        return True  # a static-only or non-ELF build: PyInstaller handles those itself
+    dirs = {sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LIBPL"), sys.base_prefix}
+    dirs |= {f"/usr/lib/{sysconfig.get_config_var('MULTIARCH') or ''}", "/usr/lib", "/lib"}
+    return any(Path(d, name).exists() for d in dirs if d)
 
 
 def variant(onedir: bool = False, cuda: bool = False, stored: bool = False) -> str:

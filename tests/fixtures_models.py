@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from aether_box.models.pull import DownloadFailed, pull
 from aether_box.models.store import ModelStore
@@ -23,6 +25,26 @@ def test_models_dir() -> Path:
 
 
 test_models_dir.__test__ = False  # a helper, not a test, despite its name
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Pull missing test models before the first test, with progress on screen (once)."""
+    path = test_models_dir()
+    store = ModelStore(path)
+    have = {info.name for info in store.installed()}
+    missing = [name for name in TEST_KIT if name not in have]
+    if not missing:
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        console = Console(stderr=True)
+        console.print(f"pulling the test models {missing} into {path} (once; about 190 MB)")
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+        try:
+            with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
+                pull(store, missing, progress=progress)
+        except DownloadFailed as exc:  # the models_dir fixture says so again, as a skip
+            console.print(f"cannot pull the test models: {exc.message}")
 
 
 @pytest.fixture(scope="session")

@@ -162,6 +162,17 @@ def extract_wordnet(
     return chosen, sentences
 
 
+def is_prose_sentence(sentence: str) -> bool:
+    """The docs set's rule: one plain sentence of 6+ words, no code, markup or symbols."""
+    return (
+        40 <= len(sentence) <= 220
+        and sentence.endswith(".")
+        and sentence[0].isupper()
+        and len(sentence.split()) >= 6
+        and not re.search(r"[{}\[\]=_()*`|<>#@\\:;]|\.\.|--", sentence)
+    )
+
+
 def extract_python_docs(n: int = 2000, seed: int = 20240611) -> list[str]:
     """Plain-prose sentences from this Python's pydoc topics and stdlib docstrings."""
     import pydoc_data.topics
@@ -184,13 +195,7 @@ def extract_python_docs(n: int = 2000, seed: int = 20240611) -> list[str]:
             if para.startswith((" ", "*", "-", ">>>", "..")):
                 continue  # code, lists and directives
             for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", re.sub(r"\s+", " ", para)):
-                if (
-                    40 <= len(sentence) <= 220
-                    and sentence.endswith(".")
-                    and sentence[0].isupper()
-                    and len(sentence.split()) >= 6
-                    and not re.search(r"[{}\[\]=_()*`|<>#@\\:;]|\.\.|--", sentence)
-                ):
+                if is_prose_sentence(sentence):
                     found.add(sentence)
     ordered = sorted(found)
     random.Random(seed).shuffle(ordered)
