@@ -129,6 +129,7 @@ class Box:
                 supervisor = self.supervisors[component.name] = Supervisor(self, component)
                 await tg.start(supervisor.run)
             await self._publish_endpoints()
+            self.broker.starting = False  # an unknown service is now truly unknown
             self.ready = True
             log.info("box ready on %s (pid %d)", ", ".join(self.broker.bound), os.getpid())
             self.events.publish("status.ready", {"endpoints": self.broker.bound})

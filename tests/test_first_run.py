@@ -26,29 +26,13 @@ from pathlib import Path
 import pytest
 from fixtures_box import wait_for
 
-from aether_box.client import Client, NoBox, Timeout
+from aether_box.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from readme_commands import readme_blocks  # noqa: E402 - a script beside the tests, by path
+from quickstart import copy_checkout, readme_blocks, status_of  # noqa: E402 - shared, by path
 
 UP_S = 300  # the main command: the project's editable install, a models check, the start
-
-
-def copy_checkout(target: Path) -> Path:
-    """The checkout's files as a fresh clone has them (tracked and not ignored), no .venv."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
 
 
 def venv_over_this_one(checkout: Path) -> None:
@@ -76,15 +60,6 @@ def cli(checkout: Path, *args: str, timeout: float = 120, **kw) -> subprocess.Co
         timeout=timeout,
         **kw,
     )
-
-
-def status_of(data_dir: Path) -> dict | None:
-    """The status report of the data dir's box, or None while none answers."""
-    try:
-        with Client(data_dir=data_dir, timeout=2) as client:
-            return client.status()
-    except (NoBox, Timeout):
-        return None
 
 
 def stale_socket(path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import zmq
 from fixtures_box import BoxInThread, wait_for
 
-from aether_box.client import NotFound
+from aether_box.client import BoxError, NotFound
 from aether_box.monitor.observer import SpeedWatch, alerts_for, compare
 from aether_box.monitor.settings import MonitorSettings
 
@@ -47,22 +47,45 @@ def test_alerts_need_enough_requests_and_name_what_to_do():
     assert "monitor.alert_rss_mb" in kinds["memory"]
 
 
+def broken(request):
+    raise RuntimeError("a bug in the service")
+
+
 def test_a_failing_service_raises_one_alert_event_and_shows_in_status(data_dir):
     running = BoxInThread(data_dir, FAST)
     try:
+        running.portal.call(lambda: running.box.broker.add_service("broken", broken, inline=True))
         with running.client(timeout=5) as client, running.client(timeout=5) as watcher:
             events = watcher.events("metrics.", timeout=5)
             assert next(events)[0] == "metrics.snapshot"  # subscribed before anything goes wrong
             for _ in range(2):  # two bursts: the second is inside alert_every_s
                 # 8 errors: even split across two windows, one side reaches alert_min_requests.
                 for _ in range(8):
-                    with pytest.raises(NotFound):
-                        client.request("memory", {"op": "no-such-op"})
+                    with pytest.raises(BoxError, match="a bug in the service"):
+                        client.request("broken", {})
                 time.sleep(0.5)
             alerts = [body for topic, body in _until_quiet(events) if topic == "metrics.alert"]
-            assert [a["subject"] for a in alerts] == ["memory"]
+            assert [a["subject"] for a in alerts] == ["broken"]
             assert re.search(r"answered (\d+) of \1 requests with an error", alerts[0]["message"])
             assert [a["kind"] for a in client.status()["alerts"]] == ["errors"]
+    finally:
+        running.stop()
+
+
+def test_client_mistakes_and_cancels_are_not_the_boxs_errors(data_dir):
+    running = BoxInThread(data_dir, FAST)
+    try:
+        with running.client(timeout=5) as client, running.client(timeout=5) as watcher:
+            snapshots = watcher.events("metrics.snapshot", timeout=5)
+            next(snapshots)
+            for _ in range(8):
+                with pytest.raises(NotFound):
+                    client.request("memory", {"op": "no-such-op"})
+            memory = client.status()["services"]["memory"]
+            assert (memory["requests"], memory["errors"], memory["client_errors"]) == (8, 0, 8)
+            # The observer has looked twice since (a window holds them all): no alert.
+            next(snapshots), next(snapshots)
+            assert client.status()["alerts"] == []
     finally:
         running.stop()
 

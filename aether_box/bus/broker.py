@@ -129,6 +129,7 @@ class Broker:
         self.services: dict[str, Service] = {}
         self.rejected: Counter[str] = Counter()
         self.accepting = True
+        self.starting = True  # until the box has started every component (`started()`)
         self._workers: dict[bytes, RemoteWorker] = {}
         # (client identity, request id) -> cancel scope of a running local request.
         self._local: dict[tuple[bytes, Any], anyio.CancelScope] = {}
@@ -361,12 +362,12 @@ class Broker:
         svc = self.services.get(name)
         if svc is None:
             self.rejected["unknown_service"] += 1
-            self._reply_error(
-                client,
-                legacy,
-                service,
-                NotFound(f"no service {name!r}; services: {sorted(self.services)}"),
-            )
+            error: BoxError = NotFound(f"no service {name!r}; services: {sorted(self.services)}")
+            if self.starting:  # its component may not have registered it yet
+                error = ServiceUnavailable(
+                    f"the box is still starting (no {name!r} yet); retry in a moment"
+                )
+            self._reply_error(client, legacy, service, error)
             return
         if not self.accepting:
             svc.stats.rejected["shutting_down"] += 1

@@ -1,0 +1,53 @@
+"""What the first-run test and benchmark share: the README's quick-start commands, a clean
+copy of the checkout, and whether a data dir's box answers.
+
+The README's first two ``sh`` blocks are the set-up-and-run command and the test command;
+``stock-debian`` reads them the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from aether_box.client import Client, NoBox, Timeout
+
+__all__ = ["copy_checkout", "readme_blocks", "status_of"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_blocks(readme: Path = ROOT / "README.md") -> list[str]:
+    """Every shell block of the README, in order (the first two are the quick start)."""
+    text = readme.read_text(encoding="utf-8")
+    return [
+        block.strip()
+        for block in re.findall(r"^```(?:sh|bash|shell|console)\s*\n(.*?)^```", text, re.M | re.S)
+    ]
+
+
+def copy_checkout(target: Path) -> Path:
+    """The checkout's files as a fresh clone has them (tracked and not ignored), no .venv."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def status_of(data_dir: Path) -> dict | None:
+    """The status report of the data dir's box, or None while none answers."""
+    try:
+        with Client(data_dir=data_dir, timeout=2) as client:
+            return client.status()
+    except (NoBox, Timeout):
+        return None
