@@ -61,6 +61,8 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         )
         installed = ", ".join(m.get("name", "?") for m in models.get("installed", []))
         console.print(f"models: installed {installed or 'none'}; loaded {loaded or 'none'}")
+        if models.get("onnx_cuda", "available") != "available":
+            console.print(f"  gpu: {models['onnx_cuda']}")
     memory = report.get("memory")
     if isinstance(memory, dict):
         collections = memory.get("collections", {})

@@ -58,8 +58,14 @@ def test_big_requests_are_split_in_batches_and_keep_their_order(models_dir: Path
         for i in (0, 7, 22):
             alone = embed(client, "minilm", [texts[i]])["vectors"][0]
             assert float(vectors[i] @ alone) > 0.9999
-        entry = next(m for m in client.status()["models"]["loaded"] if m["name"] == "minilm")
+        models = client.status()["models"]
+        entry = next(m for m in models["loaded"] if m["name"] == "minilm")
         assert entry["requests"] == 5 + 3  # 23 texts in batches of 5, then 3 single texts
+        # Where it runs, and on a machine without CUDA, why: one plain line, no traceback.
+        assert entry["device"] == ("cuda" if models["onnx_cuda"] == "available" else "cpu")
+        assert models["onnx_cuda"] == "available" or models["onnx_cuda"].endswith(
+            "ONNX models run on the CPU"
+        )
 
 
 def test_no_texts_gives_an_empty_matrix(llm_box):

@@ -181,6 +181,25 @@ def gpu_present() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
+def cuda_unavailable_reason() -> str | None:
+    """Why ONNX models run on the CPU on this machine, in one plain line; None if CUDA can run.
+
+    Loads onnxruntime: call it off the event loop.
+    """
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        return "this onnxruntime has no CUDA provider (a CPU build): ONNX models run on the CPU"
+    if not _cuda_library_present(ort):
+        return (
+            "onnxruntime's CUDA provider library is not installed here (the standalone "
+            "executable leaves it out unless built with --cuda): ONNX models run on the CPU"
+        )
+    if not gpu_present():
+        return "no NVIDIA GPU or driver on this machine: ONNX models run on the CPU"
+    return None
+
+
 def _providers(device: str) -> list[str]:
     import onnxruntime as ort
 

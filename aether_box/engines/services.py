@@ -38,6 +38,7 @@ import numpy as np
 
 from aether_box.bus.service import OpService, Request, require
 from aether_box.engines.llama import Generation, GenerationParams
+from aether_box.engines.onnx import cuda_unavailable_reason
 from aether_box.engines.registry import (
     ROLES,
     EngineSettings,
@@ -75,6 +76,7 @@ class EnginesComponent:
         self.settings = box.config.get(EngineSettings)
         self.models_dir = box.config.get(ModelsSettings).dir
         self.registry: ModelRegistry
+        self._cuda_note: str | None = None
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         # Reading the manifest, looking for a GPU and loading llama.cpp's library touch files.
@@ -85,7 +87,7 @@ class EnginesComponent:
         self.box.broker.add_service("embed", EmbedService(self.registry, self.box))
         status = self.box.components.get("status")
         if status is not None:
-            status.sections["models"] = self.registry.status
+            status.sections["models"] = self.status
         task_status.started()
         try:
             while True:  # notice models pulled or added while the box runs
@@ -98,7 +100,12 @@ class EnginesComponent:
     def _probe(self) -> tuple[ModelStore, bool, int]:
         import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
 
+        self._cuda_note = cuda_unavailable_reason()
         return ModelStore(self.models_dir), gpu_present(), self.settings.probe_threads()
+
+    def status(self) -> dict[str, Any]:
+        """The "models" section: the registry's, and why ONNX runs on the CPU if it does."""
+        return {**self.registry.status(), "onnx_cuda": self._cuda_note or "available"}
 
     async def _refresh(self) -> None:
         try:
