@@ -37,7 +37,7 @@ async def test_starts_without_a_box_then_connects_when_one_runs(data_dir):
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: "DISCONNECTED" in screen_text(app), what="disconnected")
         text = screen_text(app)
-        assert "is the box running" in text and "reconnecting in" in text
+        assert "no box is running at" in text and "reconnecting in" in text
         assert not app.connected
         box = await anyio.to_thread.run_sync(BoxInThread, data_dir)
         try:

@@ -55,6 +55,7 @@ class PeerLink:
         self._forwarders: dict[str, Any] = {}  # local service name -> its handler here
         self._client: AsyncClient | None = None
         self._scope = anyio.CancelScope()
+        self._ended = anyio.Event()  # set once its services are withdrawn
         self._forwarding: set[anyio.CancelScope] = set()  # ended when the peer goes away
 
     @property
@@ -78,27 +79,38 @@ class PeerLink:
 
     async def run(self) -> None:
         """Watch the peer until `close()`; then withdraw its services."""
-        with self._scope:
-            try:
-                curve = self._curve()
-            except BoxError as exc:  # cannot even try: say why, stay listed until unlinked
-                self._down(str(exc))
-                await anyio.sleep_forever()
-            try:
-                async with AsyncClient(  # a peer that is down now may come back: keep watching
-                    self.record.endpoint, timeout=self.settings.refresh_s, curve=curve, check=False
-                ) as client:
-                    self._client = client
-                    while True:
-                        await self._look(client)
-                        await anyio.sleep(self.settings.refresh_s)
-            finally:
-                self._client = None
-                for local, handler in self._forwarders.items():  # ours only: a new link
-                    self.box.broker.remove_service(local, handler)  # may have the names now
+        try:
+            with self._scope:
+                try:
+                    curve = self._curve()
+                except BoxError as exc:  # cannot even try: say why, stay listed until unlinked
+                    self._down(str(exc))
+                    await anyio.sleep_forever()
+                try:
+                    async with AsyncClient(  # a peer that is down now may come back: keep watching
+                        self.record.endpoint,
+                        timeout=self.settings.refresh_s,
+                        curve=curve,
+                        check=False,
+                    ) as client:
+                        self._client = client
+                        while True:
+                            await self._look(client)
+                            await anyio.sleep(self.settings.refresh_s)
+                finally:
+                    self._client = None
+                    for local, handler in self._forwarders.items():  # ours only: a new link
+                        self.box.broker.remove_service(local, handler)  # may have the names now
+        finally:
+            self._ended.set()
 
     def close(self) -> None:
         self._scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close, and return once the peer's services are gone from this box."""
+        self.close()
+        await self._ended.wait()
 
     def _curve(self) -> tuple[CurveKeys, bytes] | Literal[False]:
         if self.record.server_key is None:

@@ -93,7 +93,7 @@ class FederationComponent(OpService):
         await anyio.to_thread.run_sync(self.book.save)
         link = self.links.pop(name, None)
         if link is not None:
-            link.close()
+            await link.aclose()  # the reply then means its services are gone
         self.box.events.publish("peer.removed", {"name": name})
         return {"unlinked": name}
 
