@@ -52,7 +52,11 @@ class StatusCollector:
 
         services = report["services"]
         requests = _counter("requests", "Requests answered, by service", ["service"])
-        errors = _counter("request_errors", "Requests answered with an error", ["service"])
+        errors = _counter("request_errors", "Requests the box failed, by service", ["service"])
+        client_errors = _counter(
+            "request_client_errors", "Requests refused as the caller's mistake", ["service"]
+        )
+        cancelled = _counter("request_cancelled", "Requests cancelled before done", ["service"])
         queued = _gauge("queued", "Requests waiting for a worker", None, ["service"])
         busy = _gauge("service_in_flight", "Requests being served, by service", None, ["service"])
         workers = _gauge("workers", "Workers offering the service", None, ["service"])
@@ -65,13 +69,15 @@ class StatusCollector:
         for name, svc in services.items():
             requests.add_metric([name], svc["requests"])
             errors.add_metric([name], svc["errors"])
+            client_errors.add_metric([name], svc.get("client_errors", 0))
+            cancelled.add_metric([name], svc.get("cancelled", 0))
             queued.add_metric([name], svc["queued"])
             busy.add_metric([name], svc["in_flight"])
             workers.add_metric([name], svc["workers"])
             for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")):
                 if svc.get(key) is not None:
                     latency.add_metric([name, quantile], svc[key] / 1000.0)
-        yield from (requests, errors, queued, busy, workers, latency)
+        yield from (requests, errors, client_errors, cancelled, queued, busy, workers, latency)
 
         rejected = _counter(
             "rejected",
