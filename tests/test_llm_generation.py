@@ -6,6 +6,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures_engines import engines_box, loaded
+
+from aether_box.engines.services import MIN_TOKENS_FOR_SPEED
 
 MODEL = "smollm2"
 PROMPT = "The capital of France is"
@@ -154,7 +157,7 @@ def test_top_p_and_top_k_narrow_sampling_to_the_likeliest_token(llm_box):
 
 def test_status_reports_the_loaded_model_and_its_speed(llm_box):
     with llm_box.client() as client:
-        complete(client)
+        assert complete(client, max_tokens=24)["usage"]["completion_tokens"] >= 16
         models = client.status()["models"]
     assert any(m["name"] == MODEL for m in models["installed"])
     entry = next(m for m in models["loaded"] if m["name"] == MODEL and m["role"] == "generate")
@@ -163,6 +166,17 @@ def test_status_reports_the_loaded_model_and_its_speed(llm_box):
     assert entry["tokens_per_s"] > 0
     assert models["used_mb"] >= entry["memory_mb"]
     assert models["budget_mb"] > 0
+
+
+def test_a_model_speed_comes_from_answers_long_enough_to_measure(models_dir):
+    # Its own box: the shared one's model has a speed already.
+    with engines_box(models_dir) as box, box.client() as client:
+        short = client.complete(MODEL, "1, 2, 3,", max_tokens=2, temperature=0)
+        assert short["usage"]["completion_tokens"] == 2
+        assert loaded(client)[(MODEL, "generate")]["tokens_per_s"] is None  # not a reading
+        long = client.complete(MODEL, "1, 2, 3,", max_tokens=24, temperature=0)
+        assert long["usage"]["completion_tokens"] >= MIN_TOKENS_FOR_SPEED
+        assert loaded(client)[(MODEL, "generate")]["tokens_per_s"] > 0
 
 
 def test_client_library_helpers_reach_the_services(llm_box):
