@@ -38,7 +38,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     capture = session.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         console = Console(stderr=True)
-        console.print(f"pulling the test models {missing} into {path} (once; about 190 MB)")
+        console.print(f"pulling the test models {missing} into {path} (once; about 280 MB)")
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
         try:
             with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
