@@ -23,9 +23,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from aether_box.bus.broker import CANCEL_SERVICE, RID
 from aether_box.bus.protocol import (
+    CANCEL_SERVICE,
     CLIENT,
+    RID,
     ClientCmd,
     FrameBytes,
     decode_body,
@@ -283,13 +284,17 @@ class AsyncClient:
         timeout: float = 30.0,
         curve: tuple[Any, bytes] | Literal[False] | None = None,
     ) -> None:
-        self._session = _Session(endpoint, data_dir, timeout, curve)
-        self.endpoint = self._session.endpoint
+        # Finding the endpoint and keys may read files: done as the client opens, in a thread.
+        self._session_args = (endpoint, data_dir, timeout, curve)
+        self._session: _Session
+        self.endpoint = endpoint or "(default endpoint)"
         self._socket: zmq.asyncio.Socket | None = None
         self._waiting: dict[int, anyio.abc.ObjectSendStream] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> AsyncClient:
+        self._session = await anyio.to_thread.run_sync(_Session, *self._session_args)
+        self.endpoint = self._session.endpoint
         self._socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self._session.connect(self._socket)
         self._tg = anyio.create_task_group()
