@@ -1,7 +1,8 @@
 """The box: one process, one anyio task group, every component inside it.
 
-Start order: data-dir lock, CURVE plan, events, broker, then each component of
-`components.COMPONENTS`, each under a Supervisor that restarts it if it fails later.
+Start order: data-dir lock, CURVE plan, events, broker, then each component the plugin
+registry lists (aether_box.plugins), each built with its own BoxContext (aether_box.context)
+and served under a Supervisor that restarts it if it fails later.
 On SIGINT/SIGTERM (or `stop()`), new requests are refused,
 in-flight ones get `bus.shutdown_grace_s` to finish, and whatever is left is cancelled.
 """
@@ -9,14 +10,13 @@ in-flight ones get `bus.shutdown_grace_s` to finish, and whatever is left is can
 from __future__ import annotations
 
 import fcntl
-import importlib
 import logging
 import os
 import signal
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import zmq
@@ -27,36 +27,37 @@ from aether_box.bus.discovery import clear_endpoints, write_endpoints
 from aether_box.bus.events import EventLogHandler, Events
 from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve, uses_curve
 from aether_box.bus.settings import BusSettings
-from aether_box.components import COMPONENTS
 from aether_box.config import Config
+from aether_box.context import BoxContext, BoxView
+from aether_box.contract import Component, ComponentFactory
 from aether_box.errors import BoxError, ConfigError
 from aether_box.monitor.supervisor import Supervisor
+from aether_box.plugins import LOAD_ENV
 
 __all__ = ["Box", "load_components"]
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "box.lock"
+T = TypeVar("T")
 
 
-def load_components() -> list[type]:
-    """Import every component class (this also registers their config sections)."""
-    classes = []
-    for path in COMPONENTS:
-        module, _, attr = path.partition(":")
-        classes.append(getattr(importlib.import_module(module), attr))
-    return classes
+def load_components() -> list[ComponentFactory]:
+    """Every registered component class, in start order (see aether_box.plugins)."""
+    from aether_box.plugins import registry
+
+    return registry().components()
 
 
 class Box:
     """Composes the bus and the components, and owns their lifecycle."""
 
-    def __init__(self, config: Config, components: list[type] | None = None) -> None:
-        """`components`: the component classes to run (default: `components.COMPONENTS`)."""
+    def __init__(self, config: Config, components: list[ComponentFactory] | None = None) -> None:
+        """`components`: the component classes to run (default: the registry's)."""
         self.config = config
         self._component_classes = components
         self.settings = config.get(BusSettings)
         self.context: zmq.asyncio.Context
-        self.components: dict[str, Any] = {}
+        self._components: list[Component] = []
         self.supervisors: dict[str, Supervisor] = {}
         self.events: Events
         self.broker: Broker
@@ -64,9 +65,15 @@ class Box:
         self.ready = False  # True once every component has started
         self._stop_requested = False
 
-    def component(self, name: str) -> Any:
-        """A running component by name (for components that call each other in-process)."""
-        return self.components[name]
+    def get(self, interface: type[T]) -> T | None:
+        """The running component that implements `interface` (a class or Protocol), if any."""
+        return next((c for c in self._components if isinstance(c, interface)), None)
+
+    def _supervision(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {"restarts": s.restarts, "services": sorted(s.services)}
+            for name, s in self.supervisors.items()
+        }
 
     def stop(self) -> None:
         """Begin a graceful shutdown (idempotent); call it from the box's event loop."""
@@ -82,22 +89,22 @@ class Box:
         if self._stop_requested:
             self._stop.set()
         data_dir = self.config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:
-            stack.enter_context(_DataDirLock(data_dir / LOCK_FILE))
-            # Holding the lock proves no box runs here: what a crashed one left is stale.
-            _clear_stale_sockets(data_dir)
-            stack.callback(clear_endpoints, data_dir)
+            # The data dir, its lock and the keys are files: opened in a worker thread.
+            lock = await anyio.to_thread.run_sync(_lock_data_dir, data_dir)
+            stack.callback(lock.__exit__)
             self.context = zmq.asyncio.Context()
             # Registered first so it runs last: closes every socket, then ends the context.
             stack.callback(self.context.destroy, linger=0)
-            curve = plan_curve(
+            curve = await anyio.to_thread.run_sync(
+                plan_curve,
                 data_dir,
                 self.settings.curve,
                 self.settings.endpoints + self.settings.event_endpoints,
             )
             if curve is not None:
-                stack.callback(_start_authenticator(self.context, data_dir).stop)
+                authenticator = await _start_authenticator(self.context, data_dir)
+                stack.callback(authenticator.stop)
             self.events = Events(
                 self.context,
                 self.settings.event_endpoints,
@@ -123,10 +130,24 @@ class Box:
             if handle_signals:
                 tg.start_soon(self._watch_signals)
             await tg.start(self.broker.serve)
+            view = BoxView(
+                self.broker,
+                self.events,
+                lambda: self._components,
+                self._supervision,
+                lambda: self.ready,
+            )
             for cls in self._component_classes or load_components():
-                component = cls(self)
-                self.components[component.name] = component
-                supervisor = self.supervisors[component.name] = Supervisor(self, component)
+                ctx = BoxContext(self.config, view, getattr(cls, "name", cls.__name__))
+                component = cls(ctx)
+                if component.name in self.supervisors:
+                    raise ConfigError(
+                        f"two components are called {component.name!r}; a plugin must "
+                        f"choose another name (or leave it out with {LOAD_ENV})"
+                    )
+                self._components.append(component)
+                supervisor = Supervisor(ctx, self.broker, component)
+                self.supervisors[component.name] = supervisor
                 await tg.start(supervisor.run)
             await self._publish_endpoints()
             self.broker.starting = False  # an unknown service is now truly unknown
@@ -148,6 +169,7 @@ class Box:
                     self.settings.shutdown_grace_s,
                 )
                 await self.broker.abandon_in_flight()
+            await anyio.to_thread.run_sync(clear_endpoints, self.config.data_dir)
             tg.cancel_scope.cancel()
 
     async def _publish_endpoints(self) -> None:
@@ -214,11 +236,23 @@ class _DataDirLock:
         self._file.close()
 
 
-def _start_authenticator(context: zmq.asyncio.Context, data_dir: Path) -> Any:
+def _lock_data_dir(data_dir: Path) -> _DataDirLock:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _DataDirLock(data_dir / LOCK_FILE).__enter__()
+    # Holding the lock proves no box runs here: what a crashed one left is stale.
+    _clear_stale_sockets(data_dir)
+    return lock
+
+
+async def _start_authenticator(context: zmq.asyncio.Context, data_dir: Path) -> Any:
     # ZAP: only clients whose public key is in keys/authorized/ get through CURVE.
     from zmq.auth.asyncio import AsyncioAuthenticator
 
     authenticator = AsyncioAuthenticator(context)
     authenticator.start()
-    authenticator.configure_curve(domain="*", location=str(keys_dir(data_dir) / AUTHORIZED_DIR))
+    location = str(keys_dir(data_dir) / AUTHORIZED_DIR)
+    # configure_curve reads every key file there: in a worker thread.
+    await anyio.to_thread.run_sync(
+        lambda: authenticator.configure_curve(domain="*", location=location)
+    )
     return authenticator

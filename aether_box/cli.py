@@ -1,14 +1,13 @@
 """The `aether-box` command: run the box, inspect it, and drive its capabilities.
 
-Subcommand groups live beside their capability (``aether_box/<name>/cli.py``) and are
-imported only when used, so `aether-box status` stays fast. Errors users can hit are
+Subcommand groups live beside their capability (``aether_box/<name>/cli.py``), are
+registered through the plugin registry (aether_box.plugins: built-ins and installed plugins
+alike) and imported only when used, so `aether-box status` stays fast. Errors users can hit are
 `BoxError`s, turned into one clear line (and exit code 1) only here, at the edge.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import sys
@@ -24,16 +23,6 @@ from aether_box.errors import BoxError
 
 __all__ = ["main", "CliState", "pass_state"]
 
-# name -> "module:attribute" of a click command or group, imported on first use.
-LAZY_COMMANDS = {
-    "models": "aether_box.models.cli:models",
-    "memory": "aether_box.memory.cli:memory",
-    "align": "aether_box.align.cli:align",
-    "tui": "aether_box.tui.cli:tui",
-    "link": "aether_box.federation.cli:link",
-    "chat": "aether_box.sessions.cli:chat",
-}
-
 
 @dataclass
 class CliState:
@@ -44,10 +33,7 @@ class CliState:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def config(self) -> Config:
-        from aether_box.box import load_components
-
-        load_components()  # registers every component's config section
-        return Config(self.data_dir, self.overrides)
+        return Config(self.data_dir, self.overrides)  # sections: the plugin registry's
 
     def client(self, timeout: float = 30.0):
         from aether_box.client import Client
@@ -62,14 +48,16 @@ class BoxGroup(click.Group):
     """A click group that loads lazy subcommands and shows BoxErrors as one clear line."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        lazy = [name for name, path in LAZY_COMMANDS.items() if _module_exists(path)]
-        return sorted({*super().list_commands(ctx), *lazy})
+        from aether_box.plugins import registry
+
+        return sorted({*super().list_commands(ctx), *registry().command_refs})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
-        if command is None and name in LAZY_COMMANDS and _module_exists(LAZY_COMMANDS[name]):
-            module, _, attr = LAZY_COMMANDS[name].partition(":")
-            command = getattr(importlib.import_module(module), attr)
+        if command is None:
+            from aether_box.plugins import registry
+
+            command = registry().command(name)
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -77,14 +65,6 @@ class BoxGroup(click.Group):
             return super().invoke(ctx)
         except BoxError as exc:
             raise click.ClickException(str(exc)) from exc
-
-
-def _module_exists(path: str) -> bool:
-    module = path.partition(":")[0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 @click.group(cls=BoxGroup, context_settings={"help_option_names": ["-h", "--help"]})

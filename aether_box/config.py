@@ -1,7 +1,10 @@
 """Configuration: one TOML file in the data dir, overridden by env and flags.
 
-Each component declares its own section as a dataclass with `@section("name")`; the
-effective config is defaults < ``<data_dir>/config.toml`` < ``AETHER_BOX_<SECTION>_<KEY>``
+Each section is a dataclass marked with `@section("name")` and registered through the plugin
+registry (aether_box.plugins: a component's `settings_class`, or the `register_settings`
+hook). One idiom for every section: fields with defaults, and ``resolve(data_dir)``, called
+once the values are merged, fills defaults that live in the data dir and checks the values
+(a ConfigError names the key and what it must be). The effective config is defaults < ``<data_dir>/config.toml`` < ``AETHER_BOX_<SECTION>_<KEY>``
 environment variables < command-line overrides (``section.key=value``).
 """
 
@@ -12,6 +15,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,23 +24,31 @@ import tomli_w
 
 from aether_box.errors import ConfigError
 
-__all__ = ["Config", "data_dir_from", "section", "setting", "SECTIONS"]
+__all__ = ["Config", "data_dir_from", "section", "section_name", "setting"]
 
 HOME_ENV = "AETHER_BOX_HOME"
 CONFIG_FILE = "config.toml"
 
 T = TypeVar("T")
-SECTIONS: dict[str, type] = {}
+SECTION_ATTR = "__config_section__"
 
 
-def section(name: str):
-    """Register a dataclass as the settings of config section `name`."""
+def section(name: str) -> Callable[[type[T]], type[T]]:
+    """Mark a dataclass as the settings of config section `name` (register it as a plugin)."""
 
-    def register(cls: type[T]) -> type[T]:
-        SECTIONS[name] = cls
+    def mark(cls: type[T]) -> type[T]:
+        setattr(cls, SECTION_ATTR, name)
         return cls
 
-    return register
+    return mark
+
+
+def section_name(cls: type) -> str:
+    """The config section a settings dataclass was marked with."""
+    name = getattr(cls, SECTION_ATTR, None)
+    if not isinstance(name, str):
+        raise ConfigError(f"{cls.__name__} is not marked as a config section (@section)")
+    return name
 
 
 def setting(
@@ -71,24 +83,32 @@ class Config:
         overrides: dict[str, dict[str, Any]] | None = None,
         *,
         environ: typing.Mapping[str, str] | None = None,
+        sections: typing.Mapping[str, type] | None = None,
     ) -> None:
+        """`sections`: name -> settings dataclass (default: the plugin registry's)."""
+        if sections is None:
+            from aether_box.plugins import registry
+
+            sections = registry().sections()
+        self.sections = dict(sections)
         self.data_dir = data_dir_from(data_dir)
         self.path = self.data_dir / CONFIG_FILE
         self._raw = _merge(
-            _read_toml(self.path), _from_env(os.environ if environ is None else environ)
+            _read_toml(self.path),
+            _from_env(os.environ if environ is None else environ, self.sections),
         )
         self._raw = _merge(self._raw, overrides or {})
-        unknown = sorted(set(self._raw) - set(SECTIONS))
+        unknown = sorted(set(self._raw) - set(self.sections))
         if unknown:
             raise ConfigError(
                 f"unknown config section(s) {unknown} in {self.path} or overrides; "
-                f"known sections: {sorted(SECTIONS)}"
+                f"known sections: {sorted(self.sections)}"
             )
         self._cache: dict[str, Any] = {}
 
     def get(self, cls: type[T]) -> T:
         """The settings object for a registered section dataclass."""
-        name = next((n for n, c in SECTIONS.items() if c is cls), None)
+        name = next((n for n, c in self.sections.items() if c is cls), None)
         if name is None:
             raise ConfigError(f"{cls.__name__} is not a registered config section")
         if name not in self._cache:
@@ -99,7 +119,7 @@ class Config:
         """Every registered section with its effective values."""
         return {
             name: _plain(dataclasses.asdict(self.get(cls)))
-            for name, cls in sorted(SECTIONS.items())
+            for name, cls in sorted(self.sections.items())
         }
 
     def to_toml(self) -> str:
@@ -140,9 +160,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix or delete it") from exc
 
 
-def _from_env(environ: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def _from_env(
+    environ: typing.Mapping[str, str], sections: typing.Mapping[str, type]
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for name, cls in SECTIONS.items():
+    for name, cls in sections.items():
         for field in dataclasses.fields(cls):
             value = environ.get(f"AETHER_BOX_{name}_{field.name}".upper())
             if value is not None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import anyio
+import anyio.abc
 
 from aether_box.bus.service import Request
-
-if TYPE_CHECKING:
-    from aether_box.box import Box
+from aether_box.context import BoxContext
 
 __all__ = ["EchoComponent"]
 
@@ -17,13 +16,19 @@ __all__ = ["EchoComponent"]
 class EchoComponent:
     """Serves `echo`."""
 
-    name = "echo"
+    name: ClassVar[str] = "echo"
+    settings_class: ClassVar[type | None] = None
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
+    def __init__(self, ctx: BoxContext) -> None:
+        self.ctx = ctx
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        self.box.broker.add_service("echo", self.echo, inline=True)
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        ctx.add_service("echo", self.echo, inline=True)
         task_status.started()
 
     @staticmethod

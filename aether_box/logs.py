@@ -1,9 +1,15 @@
-"""Logging for the box process: readable on the terminal, complete in the data dir."""
+"""Logging for the box process: readable on the terminal, complete in the data dir.
+
+Records are written by a listener thread, never by the thread that logs: the event loop only
+puts each record on a queue, so a slow terminal or disk never stalls it.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.handlers
+import queue
 from pathlib import Path
 
 from rich.logging import RichHandler
@@ -19,8 +25,21 @@ def setup_logging(data_dir: Path, level: str = "INFO") -> Path:
     file_handler = logging.handlers.RotatingFileHandler(path, maxBytes=10 * 2**20, backupCount=3)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console = RichHandler(show_path=False, rich_tracebacks=True)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(
+        records, console, file_handler, respect_handler_level=True
+    )
+    listener.start()
+    atexit.register(listener.stop)  # writes out what is queued, then ends the thread
     root = logging.getLogger()
     root.setLevel(level)
-    root.addHandler(console)
-    root.addHandler(file_handler)
+    root.addHandler(_Handoff(records))
     return path
+
+
+class _Handoff(logging.handlers.QueueHandler):
+    """Queues records whole (the stock handler flattens tracebacks, losing rich's rendering)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = record.getMessage(), None  # args may change after the call
+        return record

@@ -4,48 +4,55 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import anyio
+import anyio.abc
 import psutil
 
 from aether_box import __version__
 from aether_box.bus.service import Request
+from aether_box.context import BoxContext
+from aether_box.contract import StatusReporter
 from aether_box.errors import NotFound
-
-if TYPE_CHECKING:
-    from aether_box.box import Box
 
 __all__ = ["StatusComponent"]
 
 
-class StatusComponent:
+class StatusComponent(StatusReporter):
     """Answers `status` and publishes a heartbeat event every second.
 
     `status` runs inline on the broker's loop (it only reads counters), so it answers at
-    once even while every other service is busy.
+    once even while every other service is busy. Components add their own sections to the
+    report through their `status_section()` (see aether_box.contract).
     """
 
-    name = "status"
+    name: ClassVar[str] = "status"
+    settings_class: ClassVar[type | None] = None
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
+    def __init__(self, ctx: BoxContext) -> None:
+        self.ctx = ctx
+        self.view = ctx.view
         self.started = time.time()
-        self._process = psutil.Process(os.getpid())
-        self._process.cpu_percent(None)  # first call primes the CPU counter
-        # psutil reads /proc files: done once a second in a worker thread, never on the loop.
-        self._figures = self._read_process()
-        # Other components add their own sections to the status reply here.
-        self.sections: dict[str, Callable[[], Any]] = {}
+        self._process: psutil.Process | None = None
+        # psutil reads /proc files: done in a worker thread, never on the loop.
+        self._figures: dict[str, Any] = {"cpu_percent": None, "rss_mb": None, "threads": None}
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        self.box.broker.add_service("status", self.handle, inline=True)
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if self._process is None:
+            self._process = await anyio.to_thread.run_sync(_open_process)
+        self._figures = await anyio.to_thread.run_sync(self._read_process)
+        ctx.add_service("status", self.handle, inline=True)
         task_status.started()
         while True:
             await anyio.sleep(1.0)
             self._figures = await anyio.to_thread.run_sync(self._read_process)
-            self.box.events.publish("status.heartbeat", self.summary())
+            ctx.events.publish("status.heartbeat", self.summary())
 
     def handle(self, request: Request) -> dict[str, Any]:
         op = request.body.get("op", "get")  # a bare request asks for everything
@@ -57,41 +64,52 @@ class StatusComponent:
 
     def report(self) -> dict[str, Any]:
         """Everything: process, endpoints, services, counters and component sections."""
-        report = {**self.summary(), **self.box.broker.snapshot()}
-        report["endpoints"] = {"bus": self.box.broker.bound, "events": self.box.events.bound}
+        view = self.view
+        report = {**self.summary(), **view.broker.snapshot()}
+        report["endpoints"] = {"bus": view.broker.bound, "events": view.events.bound}
         report["events"] = {
-            "published": self.box.events.published,
-            "dropped": dict(self.box.events.dropped),
+            "published": view.events.published,
+            "dropped": dict(view.events.dropped),
         }
-        report["data_dir"] = str(self.box.config.data_dir)
-        report["curve"] = self.box.broker.curve is not None
-        report["components"] = {
-            name: {"restarts": s.restarts, "services": sorted(s.services)}
-            for name, s in self.box.supervisors.items()
-        }
-        for name, section in self.sections.items():
+        report["data_dir"] = str(self.ctx.data_dir)
+        report["curve"] = view.broker.curve is not None
+        report["components"] = view.supervision()
+        for component in view.components():
+            section = getattr(component, "status_section", None)
+            if section is None:
+                continue
+            key = getattr(component, "status_key", component.name)
             try:
-                report[name] = section()
+                value = section()
             except Exception as exc:  # one broken section must not hide the rest
-                report[name] = {"error": repr(exc)}
+                value = {"error": repr(exc)}
+            if value is not None:
+                report[key] = value
         return report
 
     def summary(self) -> dict[str, Any]:
         """The small part sent with every heartbeat."""
         return {
             "version": __version__,
-            "ready": self.box.ready,
-            "pid": self._process.pid,
+            "ready": self.view.ready,
+            "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
             **self._figures,
-            "in_flight": self.box.broker.in_flight,
-            "rejected_total": sum(self.box.broker.rejected.values()),
+            "in_flight": self.view.broker.in_flight,
+            "rejected_total": sum(self.view.broker.rejected.values()),
         }
 
     def _read_process(self) -> dict[str, Any]:
+        assert self._process is not None
         with self._process.oneshot():
             return {
                 "cpu_percent": self._process.cpu_percent(None),
                 "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
                 "threads": self._process.num_threads(),
             }
+
+
+def _open_process() -> psutil.Process:
+    process = psutil.Process(os.getpid())
+    process.cpu_percent(None)  # the first call primes the CPU counter
+    return process

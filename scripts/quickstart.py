@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from aether_box.client import Client, NoBox, Timeout
+from aether_box.client import Client, ServiceUnavailable, Timeout
 
 __all__ = ["copy_checkout", "readme_blocks", "status_of"]
 
@@ -45,9 +45,9 @@ def copy_checkout(target: Path) -> Path:
 
 
 def status_of(data_dir: Path) -> dict | None:
-    """The status report of the data dir's box, or None while none answers."""
+    """The status report of the data dir's box, or None while none answers (or it is starting)."""
     try:
         with Client(data_dir=data_dir, timeout=2) as client:
             return client.status()
-    except (NoBox, Timeout):
+    except (ServiceUnavailable, Timeout):  # NoBox is one: nothing listens yet
         return None

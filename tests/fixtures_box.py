@@ -18,7 +18,7 @@ from typing import Any
 import anyio.from_thread
 import pytest
 
-from aether_box.box import Box, load_components
+from aether_box.box import Box
 from aether_box.client import Client
 from aether_box.config import Config
 
@@ -28,6 +28,11 @@ TEST_ENDPOINTS = {
     "event_endpoints": ["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"],
 }
 TEST_METRICS = "127.0.0.1:0"  # an ephemeral port too
+# Box processes run under blockbuster too (see blockbuster_site/sitecustomize.py).
+_TESTS = Path(__file__).parent
+_BLOCKBUSTER_PATH = os.pathsep.join(
+    [str(_TESTS / "blockbuster_site"), str(_TESTS), os.environ.get("PYTHONPATH", "")]
+).rstrip(os.pathsep)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
@@ -57,7 +62,6 @@ class BoxInThread:
         overrides: dict[str, dict[str, Any]] | None = None,
         components: list[type] | None = None,
     ) -> None:
-        load_components()
         merged = {"bus": dict(TEST_ENDPOINTS), "monitor": {"metrics_address": TEST_METRICS}}
         for section, values in (overrides or {}).items():
             merged.setdefault(section, {}).update(values)
@@ -98,7 +102,13 @@ def box(data_dir: Path) -> Iterator[BoxInThread]:
 class BoxProcess:
     """`aether-box run` as a child process, for signal, crash and resource tests."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        python: str | os.PathLike[str] = sys.executable,
+    ) -> None:
         self.data_dir = data_dir
         sets = [
             "--set",
@@ -110,10 +120,10 @@ class BoxProcess:
         ]
         self.log = open(data_dir / "box-process.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aether_box", "--data-dir", str(data_dir), *sets, *extra, "run"],
+            [str(python), "-m", "aether_box", "--data-dir", str(data_dir), *sets, *extra, "run"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PYTHONPATH": _BLOCKBUSTER_PATH, **(env or {})},
         )
         self.endpoint = f"ipc://{data_dir}/bus.sock"
         self.wait_ready()
@@ -149,6 +159,9 @@ class BoxProcess:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+        output = (self.data_dir / "box-process.log").read_text()
+        blocked = [line for line in output.splitlines() if "BlockingError" in line]
+        assert not blocked, f"the box blocked its event loop: {blocked}\n{output}"
         return self.process.returncode
 
 

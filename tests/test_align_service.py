@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from fixtures_align import FIT_TEXTS, TEST_PAIRS, FittedBox
 
 from aether_box.align.corpus import load_set
+from aether_box.align.service import AlignComponent
 from aether_box.cli import cli
 from aether_box.errors import BadRequest, NotFound
 
@@ -217,7 +218,7 @@ def test_cli_lists_projectors_and_makes_pairs_from_a_file(
 
 
 def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox) -> None:
-    align = fitted_box.box.box.component("align").service
+    align = fitted_box.box.box.get(AlignComponent).service
     texts = load_set("glosses")[FIT_TEXTS + TEST_PAIRS : FIT_TEXTS + TEST_PAIRS + 30]
     query = texts[3]
     with fitted_box.box.client(timeout=300) as client:

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from fixtures_box import BoxInThread, BoxProcess
+from fixtures_box import BoxInThread, BoxProcess, wait_for
 
 from aether_box.bus.worker import Worker
 from aether_box.client import Client, NoBox, ServiceUnavailable, Timeout
@@ -30,9 +30,13 @@ def cli(
     )
 
 
-def start_slow_worker(endpoint: str, seconds: float) -> threading.Thread:
+def start_slow_worker(endpoint: str, seconds: float) -> threading.Event:
+    """A worker whose request takes `seconds`; the event is set once it has the request."""
+    busy = threading.Event()
+
     def slow(body):
-        time.sleep(seconds)
+        busy.set()
+        time.sleep(seconds)  # the work itself (a worker process, not the box's loop)
         return {"slept": seconds}
 
     thread = threading.Thread(
@@ -40,14 +44,11 @@ def start_slow_worker(endpoint: str, seconds: float) -> threading.Thread:
     )
     thread.start()
     with Client(endpoint, timeout=5) as client:
-        deadline = time.monotonic() + 5
-        while "slow" not in client.status()["services"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    return thread
+        wait_for(lambda: "slow" in client.status()["services"], 5, "the worker's READY")
+    return busy
 
 
-def request_in_background(endpoint: str, result: dict) -> threading.Thread:
+def request_in_background(endpoint: str, result: dict, busy: threading.Event) -> threading.Thread:
     def call():
         try:
             with Client(endpoint, timeout=10) as client:
@@ -57,16 +58,16 @@ def request_in_background(endpoint: str, result: dict) -> threading.Thread:
 
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
-    time.sleep(0.3)  # the request is now with the worker
+    assert busy.wait(10), "the worker never got the request"
     return thread
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_lets_in_flight_requests_finish_then_exits_0(data_dir, sig):
     box = BoxProcess(data_dir)
-    start_slow_worker(box.endpoint, 1.0)
+    busy = start_slow_worker(box.endpoint, 1.0)
     result: dict = {}
-    caller = request_in_background(box.endpoint, result)
+    caller = request_in_background(box.endpoint, result, busy)
     started = time.monotonic()
     code = box.stop(sig)
     caller.join(10)
@@ -77,9 +78,9 @@ def test_signal_lets_in_flight_requests_finish_then_exits_0(data_dir, sig):
 
 def test_requests_that_outlive_the_grace_are_failed_not_left_hanging(data_dir):
     box = BoxProcess(data_dir)
-    start_slow_worker(box.endpoint, 30.0)
+    busy = start_slow_worker(box.endpoint, 30.0)
     result: dict = {}
-    caller = request_in_background(box.endpoint, result)
+    caller = request_in_background(box.endpoint, result, busy)
     started = time.monotonic()
     code = box.stop(signal.SIGTERM)
     caller.join(10)

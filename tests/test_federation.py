@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from test_bus_broker import Probe, add_service
 from aether_box.bus.security import AUTHORIZED_DIR, init_keys, keys_dir
 from aether_box.cli import cli
 from aether_box.client import BadRequest, NotFound, ServiceUnavailable
+from aether_box.federation.service import FederationComponent
 
 FAST = {"federation": {"refresh_s": 0.3}}
 
@@ -59,10 +59,13 @@ def test_a_linked_peer_serves_here_with_streams_errors_and_arrays(data_dir, peer
                 client.request("lab/probe", {"count": 1, "fail": True})
             with pytest.raises(BadRequest, match="already linked"):
                 link(client, peer.tcp_endpoint, "lab")
-            # Unlinked and linked again at once: the new link serves.
+            # Unlinked and linked again at once: the new link serves, also once the old one
+            # has withdrawn its services.
+            federation = here.box.get(FederationComponent)
+            old = federation.links["lab"]
             client.request("federation", {"op": "unlink", "name": "lab"})
             assert link(client, peer.tcp_endpoint, "lab")["state"] == "up"
-            time.sleep(0.5)
+            here.portal.call(old.closed.wait)
             assert client.request("lab/echo", {"again": 1}) == {"again": 1}
         with peer.client(timeout=10) as at_peer:
             assert at_peer.status()["services"]["probe"]["requests"] == 2

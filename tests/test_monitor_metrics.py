@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aether_box.client import NotFound
 from aether_box.config import Config
 from aether_box.errors import ConfigError
+from aether_box.monitor.metrics import MetricsComponent
 from aether_box.monitor.settings import MonitorSettings
 
 
@@ -68,7 +69,7 @@ def test_a_taken_port_costs_the_metrics_not_the_box(data_dir):
 
 def test_a_stalled_scraper_does_not_hold_up_the_stop(data_dir):
     running = BoxInThread(data_dir)
-    host, port = running.box.components["metrics"].address.rsplit(":", 1)
+    host, port = running.box.get(MetricsComponent).address.rsplit(":", 1)
     stalled = socket.create_connection((host, int(port)))  # connects, never sends a request
     try:
         started = time.monotonic()

@@ -58,12 +58,13 @@ def test_a_failing_service_raises_one_alert_event_and_shows_in_status(data_dir):
         with running.client(timeout=5) as client, running.client(timeout=5) as watcher:
             events = watcher.events("metrics.", timeout=5)
             assert next(events)[0] == "metrics.snapshot"  # subscribed before anything goes wrong
-            for _ in range(2):  # two bursts: the second is inside alert_every_s
+            for burst in range(2):  # two bursts: the second is inside alert_every_s
                 # 8 errors: even split across two windows, one side reaches alert_min_requests.
                 for _ in range(8):
                     with pytest.raises(BoxError, match="a bug in the service"):
                         client.request("broken", {})
-                time.sleep(0.5)
+                if burst == 0:  # the first burst has been observed, and alerted on
+                    wait_for(lambda: client.status()["alerts"], 5, "the first alert")
             alerts = [body for topic, body in _until_quiet(events) if topic == "metrics.alert"]
             assert [a["subject"] for a in alerts] == ["broken"]
             assert re.search(r"answered (\d+) of \1 requests with an error", alerts[0]["message"])

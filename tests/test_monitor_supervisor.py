@@ -2,47 +2,63 @@
 
 from __future__ import annotations
 
-import time
+from typing import Any, ClassVar
 
 import anyio
 import pytest
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, wait_for
 from rich.console import Console
 
 from aether_box.box import load_components
 from aether_box.client import ServiceUnavailable
+from aether_box.context import BoxContext
 from aether_box.errors import ConfigError
 from aether_box.status_view import render_status
 
 
 class Flaky:
-    """Serves `flaky`; the first run fails a moment after starting, later runs stay up."""
+    """Serves `flaky`; the first run fails when asked to ({"fail": true}), later runs stay up."""
 
-    name = "flaky"
+    name: ClassVar[str] = "flaky"
+    settings_class: ClassVar[type | None] = None
     runs = 0
 
-    def __init__(self, box) -> None:
-        self.box = box
+    def __init__(self, ctx: BoxContext) -> None:
+        self.fail = anyio.Event()
 
-    async def serve(self, *, task_status) -> None:
+    async def serve(self, ctx: BoxContext, *, task_status: Any) -> None:
         Flaky.runs += 1
         run = Flaky.runs
-        self.box.broker.add_service("flaky", lambda request: {"run": run}, inline=True)
+
+        def handle(request: Any) -> dict[str, Any]:
+            if request.body.get("fail"):
+                self.fail.set()
+            return {"run": run}
+
+        ctx.add_service("flaky", handle, inline=True)
         task_status.started()
         if run == 1:
-            await anyio.sleep(0.3)
+            await self.fail.wait()
             raise RuntimeError("the disk went away")
         await anyio.sleep_forever()
 
 
 class NeverStarts:
-    name = "never"
+    name: ClassVar[str] = "never"
+    settings_class: ClassVar[type | None] = None
 
-    def __init__(self, box) -> None:
+    def __init__(self, ctx: BoxContext) -> None:
         pass
 
-    async def serve(self, *, task_status) -> None:
+    async def serve(self, ctx: BoxContext, *, task_status: Any) -> None:
         raise ConfigError("never.setting is wrong; fix it")
+
+
+def _answer(client: Any) -> Any:
+    try:
+        return client.request("flaky")
+    except ServiceUnavailable as exc:
+        return exc
 
 
 def test_a_failed_component_answers_unavailable_then_serves_again(data_dir):
@@ -50,19 +66,13 @@ def test_a_failed_component_answers_unavailable_then_serves_again(data_dir):
     running = BoxInThread(data_dir, components=[*load_components(), Flaky])
     try:
         with running.client(timeout=5) as client:
-            assert client.request("flaky") == {"run": 1}
-            time.sleep(0.5)  # it has failed; the restart waits 1 s
+            assert client.request("flaky", {"fail": True}) == {"run": 1}
+            # It fails now; the restart waits 1 s, and meanwhile the service says why.
+            wait_for(lambda: isinstance(_answer(client), ServiceUnavailable), 5, "the failure")
             with pytest.raises(ServiceUnavailable, match="the disk went away.*restarts in 1 s"):
                 client.request("flaky")
             assert client.request("echo", {"ok": 1}) == {"ok": 1}  # the rest of the box serves
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                try:
-                    reply = client.request("flaky")
-                    break
-                except ServiceUnavailable:
-                    time.sleep(0.1)
-            assert reply == {"run": 2}
+            wait_for(lambda: _answer(client) == {"run": 2}, 5, "the restart")
             report = client.status()
         assert report["components"]["flaky"] == {"restarts": 1, "services": ["flaky"]}
         console = Console(record=True, width=200)

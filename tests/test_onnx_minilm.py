@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aether_box.engines.bert_onnx import ENCODER_JSON, build_bert_graph, ensure_exported
 from aether_box.engines.onnx import CPU, OnnxEncoder
 from aether_box.errors import BadRequest, CorruptModel
+from aether_box.models.bert_export import ENCODER_JSON, build_bert_graph, ensure_exported
 from aether_box.models.store import ModelStore
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"

@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from fixtures_box import BoxInThread
 from fixtures_tui import screen_text, table_rows, wait_until
@@ -119,26 +120,34 @@ async def test_load_and_unload_keys(model_box):
         assert "unloaded smollm2" in screen_text(app)  # each outcome is noted in the log tail
         row = table_rows(app.query_one(ModelsPanel).table)["smollm2"]
         assert row[3].endswith("MiB") and row[5] != "-"  # memory and device of the live model
-    with model_box.client(timeout=10) as client:
-        loaded = client.request("llm", {"op": "models"})["loaded"]
+
+    def models() -> dict:  # a blocking client: in a thread, never on the app's loop
+        with model_box.client(timeout=10) as client:
+            return client.request("llm", {"op": "models"})
+
+    loaded = (await anyio.to_thread.run_sync(models))["loaded"]
     assert "smollm2" in {m["name"] for m in loaded}
 
 
 async def test_memory_panel_and_search_box(model_box):
-    with model_box.client(timeout=60) as client:
-        client.request(
-            "memory", {"op": "create", "collection": "notes", "model": "minilm", "exist_ok": True}
-        )
-        client.request(
-            "memory",
-            {
-                "op": "add",
-                "collection": "notes",
-                "texts": NOTES,
-                "ids": ["cat", "revenue", "ffi"],
-                "upsert": True,
-            },
-        )
+    def fill() -> None:  # a blocking client: in a thread, never on the app's loop
+        with model_box.client(timeout=60) as client:
+            client.request(
+                "memory",
+                {"op": "create", "collection": "notes", "model": "minilm", "exist_ok": True},
+            )
+            client.request(
+                "memory",
+                {
+                    "op": "add",
+                    "collection": "notes",
+                    "texts": NOTES,
+                    "ids": ["cat", "revenue", "ffi"],
+                    "upsert": True,
+                },
+            )
+
+    await anyio.to_thread.run_sync(fill)
     app = make_app(model_box)
     async with app.run_test(size=SIZE) as pilot:
         memory = app.query_one("#memory", SectionTable)

@@ -50,15 +50,23 @@ def make_app(box) -> BoxApp:
     return BoxApp(BoxLink(box.endpoint, box.data_dir, timeout_s=2.0, retry_max_s=1.0))
 
 
+def box_status(box) -> dict:
+    with box.client(timeout=5) as client:
+        return client.status()
+
+
 def services(app: BoxApp) -> dict[str, list[str]]:
     return table_rows(app.query_one("#services", SectionTable).table)
 
 
 async def test_services_health_and_sections_show_the_real_box(box):
-    with box.client(timeout=5) as client:
-        for i in range(7):
-            client.request("echo", {"i": i})
-        status = client.status()
+    def requests() -> dict:  # a blocking client: in a thread, never on the app's loop
+        with box.client(timeout=5) as client:
+            for i in range(7):
+                client.request("echo", {"i": i})
+            return client.status()
+
+    status = await anyio.to_thread.run_sync(requests)
     app = make_app(box)
     async with app.run_test(size=SIZE) as pilot:
         rows = await wait_until(pilot, lambda: services(app).get("echo"), what="the echo row")
@@ -216,14 +224,15 @@ async def test_help_lists_the_keys_and_each_key_does_what_it_says(box):
         await pilot.press("q")
         await pilot.pause()
         assert app.return_code == 0  # quit ends the app (the box keeps running)
-    with box.client(timeout=5) as client:
-        assert client.status()["pid"] == os.getpid()
+    assert await anyio.to_thread.run_sync(lambda: box_status(box)["pid"]) == os.getpid()
 
 
 async def test_attaches_over_tcp_with_curve(data_dir):
     """Over tcp the dashboard uses the data dir's CURVE client keys, like any local client."""
-    init_keys(data_dir)
-    box = BoxInThread(data_dir, overrides={"bus": {"curve": "on"}})
+    await anyio.to_thread.run_sync(init_keys, data_dir)
+    box = await anyio.to_thread.run_sync(
+        lambda: BoxInThread(data_dir, overrides={"bus": {"curve": "on"}})
+    )
     try:
         app = BoxApp(BoxLink(box.tcp_endpoint, data_dir, timeout_s=2.0))
         async with app.run_test(size=SIZE) as pilot:
@@ -232,4 +241,4 @@ async def test_attaches_over_tcp_with_curve(data_dir):
             assert f"● connected {box.tcp_endpoint}" in screen_text(app)
             assert "CURVE    on" in screen_text(app)
     finally:
-        box.stop()
+        await anyio.to_thread.run_sync(box.stop)

@@ -23,10 +23,11 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from aether_box.bus.broker import CANCEL_SERVICE, RID
 from aether_box.bus.discovery import check_listening, published_curve, read_endpoints
 from aether_box.bus.protocol import (
+    CANCEL_SERVICE,
     CLIENT,
+    RID,
     ClientCmd,
     FrameBytes,
     decode_body,
@@ -317,15 +318,20 @@ class AsyncClient:
         curve: tuple[Any, bytes] | Literal[False] | None = None,
         check: bool = True,
     ) -> None:
-        self._session = _Session(endpoint, data_dir, timeout, curve)
-        self.endpoint = self._session.endpoint
+        # Finding the endpoint and keys may read files, and the look for a box may wait up to
+        # a second: both done as the client opens, in a thread.
+        self._session_args = (endpoint, data_dir, timeout, curve)
         self._check = check
+        self._session: _Session
+        self.endpoint = endpoint or "(default endpoint)"
         self._socket: zmq.asyncio.Socket | None = None
         self._waiting: dict[int, anyio.abc.ObjectSendStream] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> AsyncClient:
-        if self._check:  # a connect probe may wait up to a second: not on the loop
+        self._session = await anyio.to_thread.run_sync(_Session, *self._session_args)
+        self.endpoint = self._session.endpoint
+        if self._check:
             await anyio.to_thread.run_sync(self._session.check_box)
         self._socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self._session.connect(self._socket)

@@ -20,7 +20,10 @@ import zmq
 from aether_box.errors import BoxError, ProtocolError, error_for_code
 
 __all__ = [
+    "CANCEL_SERVICE",
     "CLIENT",
+    "RID",
+    "ROUTED",
     "WORKER",
     "FrameBytes",
     "ClientCmd",
@@ -35,6 +38,13 @@ __all__ = [
 
 CLIENT = b"MDPC02"
 WORKER = b"MDPW02"
+
+# A client cancels one of its in-flight requests by sending {"rid": ...} here.
+CANCEL_SERVICE = "box.cancel"
+# The body key that carries a request id, so replies and cancels can name their request.
+RID = "_rid"
+# In a request's body: sent on by a box that lacked the model; the receiver must not send it on.
+ROUTED = "_routed"
 
 
 class ClientCmd:

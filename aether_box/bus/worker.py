@@ -14,8 +14,7 @@ from typing import Any
 
 import zmq
 
-from aether_box.bus.broker import RID
-from aether_box.bus.protocol import WORKER, WorkerCmd, decode_body, encode_body
+from aether_box.bus.protocol import RID, WORKER, WorkerCmd, decode_body, encode_body
 from aether_box.errors import BoxError
 
 __all__ = ["Worker"]

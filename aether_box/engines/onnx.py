@@ -2,7 +2,7 @@
 
 An encoder is a dir with ``encoder.json`` naming its ONNX file and tokenizer.json (paths
 relative to the dir, or absolute for user-added models). A dir that holds a BERT
-``model.safetensors`` is exported to ONNX first (once; see bert_onnx). The CUDA provider is
+``model.safetensors`` is exported to ONNX first (once; see aether_box.models.bert_export). The CUDA provider is
 used when a GPU is present, the CPU one otherwise; `provider` says which.
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 import psutil
 
 from aether_box.errors import BadRequest, NotFound
+from aether_box.models.encoders import ENCODER_JSON
 
-__all__ = ["OnnxEncoder", "register_encoder"]
+__all__ = ["OnnxEncoder"]
 
-ENCODER_JSON = "encoder.json"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # Texts run in length-sorted sub-batches, so short texts are not padded to the longest of a
@@ -123,59 +123,6 @@ class OnnxEncoder:
         return (result / norms).astype(np.float32, copy=False)
 
 
-def register_encoder(
-    onnx_file: Path,
-    encoder_dir: Path,
-    *,
-    tokenizer: str | Path | None = None,
-    max_length: int = 512,
-) -> int:
-    """Check a user's ONNX encoder and write an encoder dir pointing at it; returns its dim."""
-    import onnx
-    from tokenizers import Tokenizer
-
-    from aether_box.models.files import atomic_writer
-
-    try:
-        model = onnx.load(str(onnx_file), load_external_data=False)
-    except Exception as exc:  # protobuf decode errors have no common public type
-        raise BadRequest(f"{onnx_file} is not a valid ONNX model ({str(exc)[:200]})") from exc
-    inputs = {i.name for i in model.graph.input}
-    if not {"input_ids", "attention_mask"} <= inputs or not model.graph.output:
-        raise BadRequest(
-            f"{onnx_file} takes inputs {sorted(inputs)}; a sentence encoder needs input_ids and "
-            "attention_mask and one output (token or sentence embeddings)"
-        )
-    output = next(
-        (o for o in model.graph.output if o.name == "sentence_embedding"), model.graph.output[0]
-    )
-    dims = output.type.tensor_type.shape.dim
-    if len(dims) not in (2, 3) or not dims[-1].dim_value:
-        raise BadRequest(
-            f"{onnx_file}: output {output.name} must be (batch, [seq,] dim) with a fixed dim"
-        )
-    tokenizer_path = Path(tokenizer) if tokenizer else onnx_file.parent / "tokenizer.json"
-    try:
-        Tokenizer.from_file(str(tokenizer_path))
-    except Exception as exc:
-        raise BadRequest(
-            f"no usable tokenizer for {onnx_file.name} at {tokenizer_path} ({str(exc)[:200]}); "
-            "put its tokenizer.json beside it or pass --tokenizer"
-        ) from exc
-    dim = int(dims[-1].dim_value)
-    config = {
-        "onnx": str(onnx_file.resolve()),
-        "tokenizer": str(tokenizer_path.resolve()),
-        "max_length": max_length,
-        "dim": dim,
-        "output": output.name,
-    }
-    encoder_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(encoder_dir / ENCODER_JSON) as handle:
-        handle.write(json.dumps(config, indent=2).encode())
-    return dim
-
-
 def gpu_present() -> bool:
     """Whether an NVIDIA GPU and driver are visible (onnxruntime-gpu lists CUDA regardless)."""
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
@@ -228,7 +175,7 @@ def _encoder_config(path: Path) -> dict[str, Any]:
             f"no ONNX encoder at {path}; pull or add one (`aether-box models pull minilm`)"
         )
     if (path / "model.safetensors").is_file():
-        from aether_box.engines.bert_onnx import ensure_exported
+        from aether_box.models.bert_export import ensure_exported
 
         ensure_exported(path)
     config_path = path / ENCODER_JSON

@@ -11,7 +11,6 @@ recently used first; busy ones are waited for.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import sys
 import time
@@ -22,10 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
-import psutil
 
-from aether_box.config import section
-from aether_box.errors import BadRequest, ConfigError, NotFound, ServiceUnavailable, TooLarge
+from aether_box.engines.settings import EngineSettings
+from aether_box.errors import BadRequest, NotFound, ServiceUnavailable, TooLarge
 from aether_box.models.store import ModelInfo, ModelStore
 
 __all__ = ["EngineSettings", "LoadedModel", "ModelRegistry", "ROLES"]
@@ -35,43 +33,6 @@ log = logging.getLogger(__name__)
 ROLES = ("generate", "embed")
 # How long a load waits for busy models to free their share of the budget.
 ROOM_WAIT_S = 120.0
-
-
-@section("engines")
-@dataclass
-class EngineSettings:
-    """How models are loaded and run."""
-
-    # Total for all loaded models (weights, KV cache, compute buffers), as llama.cpp and
-    # ONNX Runtime account them; least recently used models are unloaded to stay within it.
-    memory_budget_mb: int = 3072
-    # Context length of generation instances (prompt plus reply, in tokens).
-    n_ctx: int = 2048
-    # Longest text, in tokens, that a GGUF embedding instance takes.
-    embed_n_ctx: int = 512
-    # llama.cpp threads; 0 = the machine's physical cores.
-    n_threads: int = 0
-    # "auto": offload to a GPU when llama.cpp / ONNX Runtime can and one is present; "off": CPU.
-    gpu: str = "auto"
-    # Texts per engine call; a bigger request is split, and other requests for the same
-    # model get their turn between the pieces.
-    embed_batch: int = 32
-    # Most texts one embed request may carry.
-    max_texts: int = 10_000
-
-    def resolve(self, data_dir: Path) -> None:
-        """Check the values."""
-        if self.gpu not in ("auto", "off"):
-            raise ConfigError(f"engines.gpu must be 'auto' or 'off', got {self.gpu!r}")
-        for key in ("memory_budget_mb", "n_ctx", "embed_n_ctx", "embed_batch", "max_texts"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"engines.{key} must be at least 1, got {getattr(self, key)}")
-        if self.n_threads < 0:
-            raise ConfigError(f"engines.n_threads must be 0 (auto) or more, got {self.n_threads}")
-
-    def probe_threads(self) -> int:
-        """The llama.cpp / ONNX Runtime thread count (reads the CPU topology: call off the loop)."""
-        return self.n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 class Engine(Protocol):
@@ -116,13 +77,30 @@ class LoadedModel:
         }
 
 
+def probe_llama_gpu(settings: EngineSettings, gpu: bool) -> bool:
+    """Whether llama.cpp will offload to the GPU (a call into libllama: run it off the loop)."""
+    if settings.gpu == "off" or not gpu:
+        return False
+    from aether_box.engines.llama import gpu_offload_supported
+
+    # Status reports where each model's buffers actually went (llama.cpp's own account).
+    return gpu_offload_supported()
+
+
 class ModelRegistry:
     """The box's loaded models, within a memory budget."""
 
     def __init__(
-        self, settings: EngineSettings, store: ModelStore, *, gpu: bool = False, threads: int = 1
+        self,
+        settings: EngineSettings,
+        store: ModelStore,
+        *,
+        gpu: bool = False,
+        threads: int = 1,
+        llama_gpu: bool = False,
     ) -> None:
-        """`gpu`: whether the machine has a GPU; `threads`: engine threads (both found off-loop)."""
+        """`gpu`: whether the machine has a GPU; `threads`: engine threads; `llama_gpu`:
+        whether llama.cpp offloads to it (all three found off-loop: see `probe_llama_gpu`)."""
         self.settings = settings
         self.store = store
         self.budget_bytes = settings.memory_budget_mb * 2**20
@@ -134,7 +112,7 @@ class ModelRegistry:
         self._threads = anyio.CapacityLimiter(8)
         self.gpu_present = gpu
         self.threads = threads
-        self.llama_gpu = self._llama_gpu()
+        self.llama_gpu = llama_gpu
 
     # -- what is installed ---------------------------------------------------------------
 
@@ -332,14 +310,6 @@ class ModelRegistry:
         entry.engine = None
         if close is not None:
             await anyio.to_thread.run_sync(close, limiter=self._threads)
-
-    def _llama_gpu(self) -> bool:
-        if self.settings.gpu == "off" or not self.gpu_present:
-            return False
-        from aether_box.engines.llama import gpu_offload_supported
-
-        # Status reports where each model's buffers actually went (llama.cpp's own account).
-        return gpu_offload_supported()
 
     # -- status --------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@
 float32 (n, dim)}``, L2-normalised; GGUF models mean-pool their last layer, ONNX encoders pool
 as they were trained to.
 
-A model this box lacks is served by a linked peer that has it (see aether_box.federation).
+A model this box lacks is served by a linked peer that has it: whichever component
+implements `PeerDirectory` (see aether_box.contract; the federation component does).
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import anyio
+import anyio.abc
 import numpy as np
 
+from aether_box.bus.protocol import ROUTED
 from aether_box.bus.service import OpService, Request, require
+from aether_box.context import BoxContext
+from aether_box.contract import ModelCatalog, PeerDirectory
 from aether_box.engines.llama import Generation, GenerationParams
 from aether_box.engines.onnx import cuda_unavailable_reason
 from aether_box.engines.registry import (
@@ -45,14 +50,11 @@ from aether_box.engines.registry import (
     LoadedModel,
     ModelRegistry,
     gpu_present,
+    probe_llama_gpu,
 )
-from aether_box.errors import BadRequest, BoxError, TooLarge
-from aether_box.federation.link import ROUTED
+from aether_box.errors import BadRequest, BoxError, ServiceUnavailable, TooLarge
 from aether_box.models.settings import ModelsSettings
 from aether_box.models.store import ModelStore
-
-if TYPE_CHECKING:
-    from aether_box.box import Box
 
 __all__ = ["EmbedService", "EnginesComponent", "LlmService", "generation_params"]
 
@@ -66,28 +68,33 @@ MAX_STOPS = 16
 REFRESH_S = 10.0
 
 
-class EnginesComponent:
+class EnginesComponent(ModelCatalog):
     """Registers `llm` and `embed`, and the "models" status section."""
 
-    name = "engines"
+    name: ClassVar[str] = "engines"
+    settings_class: ClassVar[type | None] = EngineSettings
+    status_key: ClassVar[str] = "models"
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
-        self.settings = box.config.get(EngineSettings)
-        self.models_dir = box.config.get(ModelsSettings).dir
-        self.registry: ModelRegistry
+    def __init__(self, ctx: BoxContext) -> None:
+        self.settings = ctx.config.get(EngineSettings)
+        self.models_dir = ctx.config.get(ModelsSettings).dir
+        self.registry: ModelRegistry | None = None
         self._cuda_note: str | None = None
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         # Reading the manifest, looking for a GPU and loading llama.cpp's library touch files.
-        store, gpu, threads = await anyio.to_thread.run_sync(self._probe)
-        self.registry = ModelRegistry(self.settings, store, gpu=gpu, threads=threads)
+        store, gpu, threads, llama_gpu = await anyio.to_thread.run_sync(self._probe)
+        self.registry = ModelRegistry(
+            self.settings, store, gpu=gpu, threads=threads, llama_gpu=llama_gpu
+        )
         await self._refresh()
-        self.box.broker.add_service("llm", LlmService(self.registry, self.box))
-        self.box.broker.add_service("embed", EmbedService(self.registry, self.box))
-        status = self.box.components.get("status")
-        if status is not None:
-            status.sections["models"] = self.status
+        ctx.add_service("llm", LlmService(self.registry, ctx))
+        ctx.add_service("embed", EmbedService(self.registry, ctx))
         task_status.started()
         try:
             while True:  # notice models pulled or added while the box runs
@@ -97,17 +104,32 @@ class EnginesComponent:
             with anyio.CancelScope(shield=True):
                 await self.registry.close()
 
-    def _probe(self) -> tuple[ModelStore, bool, int]:
-        import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
-
-        self._cuda_note = cuda_unavailable_reason()
-        return ModelStore(self.models_dir), gpu_present(), self.settings.probe_threads()
-
-    def status(self) -> dict[str, Any]:
-        """The "models" section: the registry's, and why ONNX runs on the CPU if it does."""
+    def status_section(self) -> dict[str, Any] | None:
+        """The "models" section of `status`: installed and loaded models, the budget, and why
+        ONNX runs on the CPU when it does."""
+        if self.registry is None:
+            return None
         return {**self.registry.status(), "onnx_cuda": self._cuda_note or "available"}
 
+    async def has_model(self, model: str) -> bool:
+        return self.registry is not None and await self.registry.has(model)
+
+    async def require_model(self, model: str) -> None:
+        if self.registry is None:
+            raise ServiceUnavailable("the engines are still starting; retry in a moment")
+        if not await self.registry.has(model):
+            await self.registry.info(model)  # raises the store's NotFound: installed, how to add
+
+    def _probe(self) -> tuple[ModelStore, bool, int, bool]:
+        import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
+
+        gpu = gpu_present()
+        store = ModelStore(self.models_dir)
+        self._cuda_note = cuda_unavailable_reason()
+        return store, gpu, self.settings.probe_threads(), probe_llama_gpu(self.settings, gpu)
+
     async def _refresh(self) -> None:
+        assert self.registry is not None
         try:
             await self.registry.refresh_installed()
         except BoxError as exc:  # e.g. a broken registry.toml: keep serving, say why
@@ -115,7 +137,7 @@ class EnginesComponent:
 
 
 async def chat_for(
-    box: Box,
+    ctx: BoxContext,
     request: Request,
     model: str,
     messages: list[dict[str, Any]],
@@ -126,7 +148,7 @@ async def chat_for(
     """
     sampling = {k: v for k, v in request.body.items() if k not in own_fields}
     chat = {**sampling, "op": "chat", "model": model, "messages": messages}
-    return await box.broker.call("llm", chat, on_partial=request.partial)
+    return await ctx.call("llm", chat, on_partial=request.partial)
 
 
 class ModelService(OpService):
@@ -137,17 +159,17 @@ class ModelService(OpService):
     installed here). A request another box routed here is never routed on.
     """
 
-    def __init__(self, registry: ModelRegistry, box: Box | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, ctx: BoxContext | None = None) -> None:
         self.registry = registry
-        self.box = box
+        self.ctx = ctx
 
     async def __call__(self, request: Request) -> Mapping[str, Any] | None:
         routed = request.body.pop(ROUTED, False)
         model = request.body.get("model")
-        if not routed and isinstance(model, str) and self.box is not None:
-            federation = self.box.components.get("federation")
-            if federation is not None and not await self.registry.has(model):
-                peer = federation.peer_for_model(self.name, model)
+        if not routed and isinstance(model, str) and self.ctx is not None:
+            peers = self.ctx.get(PeerDirectory)
+            if peers is not None and not await self.registry.has(model):
+                peer = peers.peer_for_model(self.name, model)
                 if peer is not None:
                     return await peer.forward(self.name, request, routed=True)
         return await super().__call__(request)
@@ -254,8 +276,8 @@ class LlmService(ModelService):
             raise result
         if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
             entry.tokens_per_s = result.tokens_per_s or entry.tokens_per_s
-        if self.box is not None:
-            self.box.events.publish(
+        if self.ctx is not None:
+            self.ctx.events.publish(
                 "metrics.llm",
                 {
                     "model": entry.name,

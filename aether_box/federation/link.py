@@ -15,39 +15,40 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from aether_box.bus.protocol import ROUTED
 from aether_box.bus.security import CurveKeys
 from aether_box.bus.service import Request
 from aether_box.client import AsyncClient
+from aether_box.contract import PeerForwarder
 from aether_box.errors import BoxError, ServiceUnavailable, Timeout
 from aether_box.federation.book import PeerRecord
 from aether_box.federation.settings import FederationSettings
 
 if TYPE_CHECKING:
-    from aether_box.box import Box
+    from aether_box.context import BoxContext
 
-__all__ = ["ROUTED", "PeerLink"]
-
-# In a request's body: sent on by a box that lacked the model; the receiver must not send it on.
-ROUTED = "_routed"
+__all__ = ["PeerLink"]
 
 log = logging.getLogger(__name__)
 
 
-class PeerLink:
+class PeerLink(PeerForwarder):
     """Keeps one peer's services reachable from this box's bus."""
 
     def __init__(
         self,
-        box: Box,
+        ctx: BoxContext,
         record: PeerRecord,
         settings: FederationSettings,
         keys: CurveKeys | None,
     ) -> None:
-        self.box = box
+        self.ctx = ctx
         self.record = record
         self.settings = settings
         self.keys = keys
         self.state = "connecting"
+        self.first_look = anyio.Event()  # set once the state is up or down, not connecting
+        self.closed = anyio.Event()  # set once closed and its services are withdrawn
         self.error: str | None = None
         self.last_seen: float | None = None
         self.services: list[str] = []  # the peer's own services, as it last reported them
@@ -55,7 +56,6 @@ class PeerLink:
         self._forwarders: dict[str, Any] = {}  # local service name -> its handler here
         self._client: AsyncClient | None = None
         self._scope = anyio.CancelScope()
-        self._ended = anyio.Event()  # set once its services are withdrawn
         self._forwarding: set[anyio.CancelScope] = set()  # ended when the peer goes away
 
     @property
@@ -86,31 +86,21 @@ class PeerLink:
                 except BoxError as exc:  # cannot even try: say why, stay listed until unlinked
                     self._down(str(exc))
                     await anyio.sleep_forever()
-                try:
-                    async with AsyncClient(  # a peer that is down now may come back: keep watching
-                        self.record.endpoint,
-                        timeout=self.settings.refresh_s,
-                        curve=curve,
-                        check=False,
-                    ) as client:
-                        self._client = client
-                        while True:
-                            await self._look(client)
-                            await anyio.sleep(self.settings.refresh_s)
-                finally:
-                    self._client = None
-                    for local, handler in self._forwarders.items():  # ours only: a new link
-                        self.box.broker.remove_service(local, handler)  # may have the names now
+                async with AsyncClient(  # a peer that is down now may come back: keep watching
+                    self.record.endpoint, timeout=self.settings.refresh_s, curve=curve, check=False
+                ) as client:
+                    self._client = client
+                    while True:
+                        await self._look(client)
+                        await anyio.sleep(self.settings.refresh_s)
         finally:
-            self._ended.set()
+            self._client = None
+            for local, handler in self._forwarders.items():  # ours only: a new link
+                self.ctx.remove_service(local, handler)  # may have the names now
+            self.closed.set()
 
     def close(self) -> None:
         self._scope.cancel()
-
-    async def aclose(self) -> None:
-        """Close, and return once the peer's services are gone from this box."""
-        self.close()
-        await self._ended.wait()
 
     def _curve(self) -> tuple[CurveKeys, bytes] | Literal[False]:
         if self.record.server_key is None:
@@ -138,10 +128,10 @@ class PeerLink:
         )
         for service in set(services) - set(self.services):
             local = self._local_name(service)
-            self.box.broker.remove_service(local)  # a just-unlinked peer's, not yet withdrawn
+            self.ctx.remove_service(local)  # a just-unlinked peer's, not yet withdrawn
             forwarder = self._forwarder(service)
             try:
-                self.box.broker.add_service(local, forwarder)
+                self.ctx.add_service(local, forwarder)
                 self._forwarders[local] = forwarder
             except ValueError:  # an external worker took the name: it keeps it
                 log.warning(
@@ -150,20 +140,22 @@ class PeerLink:
         for service in set(self.services) - set(services):
             local = self._local_name(service)
             if (handler := self._forwarders.pop(local, None)) is not None:
-                self.box.broker.remove_service(local, handler)
+                self.ctx.remove_service(local, handler)
         self.services = services
         installed = (report.get("models") or {}).get("installed", [])
         self.models = sorted(m["name"] for m in installed if isinstance(m, dict) and "name" in m)
+        self.first_look.set()
         if self.state != "up":
             self.state, self.error = "up", None
             log.info("peer %s is up at %s", self.name, self.record.endpoint)
-            self.box.events.publish("peer.up", {"name": self.name, "services": services})
+            self.ctx.events.publish("peer.up", {"name": self.name, "services": services})
 
     def _down(self, why: str) -> None:
         if self.state != "down":
             log.warning("peer %s is unreachable: %s", self.name, why)
-            self.box.events.publish("peer.down", {"name": self.name, "error": why})
+            self.ctx.events.publish("peer.down", {"name": self.name, "error": why})
         self.state, self.error = "down", why
+        self.first_look.set()
         for scope in self._forwarding:  # their replies will not come: fail them now
             scope.cancel()
 

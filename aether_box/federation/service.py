@@ -7,54 +7,61 @@ here as `peer/service`. Over tcp to a peer with CURVE, this box presents its own
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import anyio
+import anyio.abc
 
 from aether_box.bus.security import CurveKeys, server_keys
 from aether_box.bus.service import OpService, Request, require
+from aether_box.context import BoxContext
+from aether_box.contract import PeerDirectory
 from aether_box.errors import BadRequest, NotFound
 from aether_box.federation.book import PeerBook, PeerRecord, default_name
 from aether_box.federation.link import PeerLink
 from aether_box.federation.settings import FederationSettings
 
-if TYPE_CHECKING:
-    from aether_box.box import Box
-
 __all__ = ["FederationComponent"]
 
 
-class FederationComponent(OpService):
+class FederationComponent(OpService, PeerDirectory):
     """Serves `federation` and runs one PeerLink per linked peer."""
 
-    name = "federation"
+    name: ClassVar[str] = "federation"
+    settings_class: ClassVar[type | None] = FederationSettings
+    status_key: ClassVar[str] = "peers"
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
-        self.settings = box.config.get(FederationSettings)
+    def __init__(self, ctx: BoxContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.config.get(FederationSettings)
         assert self.settings.peers_file is not None
         self.book = PeerBook(self.settings.peers_file)
         self.links: dict[str, PeerLink] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._keys: CurveKeys | None = None
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         await anyio.to_thread.run_sync(self.book.load)
-        self._keys = await anyio.to_thread.run_sync(server_keys, self.box.config.data_dir)
+        self._keys = await anyio.to_thread.run_sync(server_keys, ctx.data_dir)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             for record in self.book.peers.values():
                 self._start(record)
-            self.box.broker.add_service("federation", self)
-            status = self.box.components.get("status")
-            if status is not None:
-                status.sections["peers"] = self.describe
+            ctx.add_service("federation", self)
             task_status.started()
             await anyio.sleep_forever()  # links made later run in this task group too
 
     def describe(self) -> dict[str, Any]:
         """The `peers` section of `status`."""
         return {"peers": [link.describe() for link in self.links.values()]}
+
+    def status_section(self) -> dict[str, Any]:
+        return self.describe()
 
     def peer_for_model(self, service: str, model: str) -> PeerLink | None:
         """A linked peer that answers now and offers `service` with `model` installed."""
@@ -81,8 +88,7 @@ class FederationComponent(OpService):
         link = self._start(record)
         # Give the first look a moment, so the reply can already say whether it answers.
         with anyio.move_on_after(self.settings.refresh_s + 1):
-            while link.state == "connecting":
-                await anyio.sleep(0.05)
+            await link.first_look.wait()
         return {"linked": link.describe()}
 
     async def op_unlink(self, request: Request) -> dict[str, Any]:
@@ -93,12 +99,14 @@ class FederationComponent(OpService):
         await anyio.to_thread.run_sync(self.book.save)
         link = self.links.pop(name, None)
         if link is not None:
-            await link.aclose()  # the reply then means its services are gone
-        self.box.events.publish("peer.removed", {"name": name})
+            link.close()
+            with anyio.move_on_after(self.settings.refresh_s + 1):
+                await link.closed.wait()  # its services are withdrawn when the reply comes
+        self.ctx.events.publish("peer.removed", {"name": name})
         return {"unlinked": name}
 
     def _start(self, record: PeerRecord) -> PeerLink:
         assert self._tg is not None
-        link = self.links[record.name] = PeerLink(self.box, record, self.settings, self._keys)
+        link = self.links[record.name] = PeerLink(self.ctx, record, self.settings, self._keys)
         self._tg.start_soon(link.run)
         return link

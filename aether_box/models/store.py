@@ -135,7 +135,7 @@ class ModelStore:
         if is_gguf(source):
             entry = {"kind": "gguf", "path": str(source)}
         elif _looks_like_onnx(source):
-            from aether_box.engines.onnx import register_encoder
+            from aether_box.models.encoders import register_encoder
 
             encoder_dir = self.model_dir(name)
             dim = register_encoder(source, encoder_dir, tokenizer=tokenizer, max_length=max_length)

@@ -15,17 +15,17 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import anyio
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from aether_box.context import BoxContext
+from aether_box.contract import StatusReporter
+from aether_box.errors import ServiceUnavailable
 from aether_box.monitor.settings import DEFAULT_METRICS_ADDRESS, MonitorSettings
-
-if TYPE_CHECKING:
-    from aether_box.box import Box
 
 __all__ = ["MetricsComponent", "StatusCollector"]
 
@@ -102,19 +102,26 @@ class StatusCollector:
 class MetricsComponent:
     """Serves /metrics over HTTP, from a thread of its own, while the box runs."""
 
-    name = "metrics"
+    name: ClassVar[str] = "metrics"
+    settings_class: ClassVar[type | None] = MonitorSettings
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
-        self.settings = box.config.get(MonitorSettings)
+    def __init__(self, ctx: BoxContext) -> None:
+        self.settings = ctx.config.get(MonitorSettings)
         self.address: str | None = None  # what it is bound to, once serving
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         if not self.settings.metrics_address:
             task_status.started()
             return
         host, port = self.settings.host_and_port()
-        status = self.box.components["status"]
+        status = ctx.get(StatusReporter)
+        if status is None:
+            raise ServiceUnavailable("metrics need the status component, which is not running")
         loop = asyncio.get_running_loop()
 
         async def report() -> dict[str, Any]:
@@ -148,7 +155,6 @@ class MetricsComponent:
         self.address = (
             f"[{host}]:{server.server_port}" if ":" in host else f"{host}:{server.server_port}"
         )
-        status.sections["metrics"] = lambda: {"url": f"http://{self.address}/metrics"}
         log.info("metrics on http://%s/metrics", self.address)
         task_status.started()
         try:
@@ -157,6 +163,11 @@ class MetricsComponent:
             with anyio.CancelScope(shield=True):  # stopping waits for the thread's next poll
                 await anyio.to_thread.run_sync(server.shutdown)
             server.server_close()
+            self.address = None
+
+    def status_section(self) -> dict[str, Any] | None:
+        """The "metrics" section of `status`: where /metrics is served (absent when off)."""
+        return None if self.address is None else {"url": f"http://{self.address}/metrics"}
 
 
 def _bind_first(host: str, ports: list[int], app: Any) -> WSGIServer:

@@ -14,15 +14,15 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import anyio
 import numpy as np
 
+from aether_box.context import BoxContext
+from aether_box.contract import StatusReporter
+from aether_box.errors import ServiceUnavailable
 from aether_box.monitor.settings import MonitorSettings
-
-if TYPE_CHECKING:
-    from aether_box.box import Box
 
 __all__ = ["ObserverComponent", "SpeedWatch", "Window", "compare"]
 
@@ -158,18 +158,28 @@ class SpeedWatch:
 class ObserverComponent:
     """Watches the status report and publishes snapshots and alerts."""
 
-    name = "observer"
+    name: ClassVar[str] = "observer"
+    settings_class: ClassVar[type | None] = MonitorSettings
+    status_key: ClassVar[str] = "alerts"
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
-        self.settings = box.config.get(MonitorSettings)
+    def __init__(self, ctx: BoxContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.config.get(MonitorSettings)
         self.alerts: deque[dict[str, Any]] = deque(maxlen=KEPT_ALERTS)
         self.speeds = SpeedWatch(self.settings)
         self._last_said: dict[tuple[str, str], float] = {}
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        status = self.box.components["status"]
-        status.sections["alerts"] = lambda: list(self.alerts)
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        status = ctx.get(StatusReporter)
+        if status is None:
+            raise ServiceUnavailable(
+                "the observer needs the status component, which is not running"
+            )
         task_status.started()
         before, then = status.report(), time.monotonic()
         while True:
@@ -177,7 +187,7 @@ class ObserverComponent:
             after, now = status.report(), time.monotonic()
             window = compare(before, after, now - then)
             before, then = after, now
-            self.box.events.publish("metrics.snapshot", window.snapshot())
+            ctx.events.publish("metrics.snapshot", window.snapshot())
             for alert in [
                 *alerts_for(window, self.settings),
                 *self.speeds.update(after.get("models")),
@@ -192,4 +202,8 @@ class ObserverComponent:
         alert = {**alert, "time": time.time()}
         self.alerts.append(alert)
         log.warning("alert: %s", alert["message"])
-        self.box.events.publish("metrics.alert", alert)
+        self.ctx.events.publish("metrics.alert", alert)
+
+    def status_section(self) -> list[dict[str, Any]]:
+        """The "alerts" section of `status`: the latest alerts, oldest first."""
+        return list(self.alerts)

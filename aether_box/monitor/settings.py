@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from aether_box.config import section, setting
 from aether_box.errors import ConfigError
@@ -35,7 +36,8 @@ class MonitorSettings:
     # The same alert (kind and subject) is raised at most once in this many seconds.
     alert_every_s: float = setting(60.0, min=0)
 
-    def __post_init__(self) -> None:
+    def resolve(self, data_dir: Path) -> None:
+        """Check the values."""
         if self.metrics_address:
             self.host_and_port()
 

@@ -11,18 +11,17 @@ Ops:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import anyio
+import anyio.abc
 import numpy as np
 
 from aether_box.bus.service import OpService, Request, require
+from aether_box.context import BoxContext
 from aether_box.engines.services import chat_for
 from aether_box.errors import BadRequest
 from aether_box.router.settings import RouterSettings
-
-if TYPE_CHECKING:
-    from aether_box.box import Box
 
 __all__ = ["RouterComponent", "choose"]
 
@@ -49,16 +48,22 @@ def choose(
 class RouterComponent(OpService):
     """Serves `router`; route examples are embedded on first use and kept."""
 
-    name = "router"
+    name: ClassVar[str] = "router"
+    settings_class: ClassVar[type | None] = RouterSettings
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
-        self.settings = box.config.get(RouterSettings)
+    def __init__(self, ctx: BoxContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.config.get(RouterSettings)
         self._examples: dict[str, np.ndarray] | None = None
         self._embedding = anyio.Lock()
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        self.box.broker.add_service("router", self)
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        ctx.add_service("router", self)
         task_status.started()
 
     async def op_routes(self, request: Request) -> dict[str, Any]:
@@ -87,7 +92,7 @@ class RouterComponent(OpService):
         route = self.settings.routes[chosen["route"]]
         if route.get("system"):
             messages = [{"role": "system", "content": route["system"]}, *messages]
-        reply = await chat_for(self.box, request, route["model"], messages, OWN_FIELDS)
+        reply = await chat_for(self.ctx, request, route["model"], messages, OWN_FIELDS)
         return {**reply, "route": chosen["route"], "score": chosen["score"]}
 
     async def _route(self, text: str) -> dict[str, Any]:
@@ -113,5 +118,5 @@ class RouterComponent(OpService):
 
     async def _embed(self, texts: list[str]) -> np.ndarray:
         body = {"op": "embed", "model": self.settings.embed_model, "texts": texts}
-        reply = await self.box.broker.call("embed", body)
+        reply = await self.ctx.call("embed", body)
         return np.asarray(reply["vectors"], dtype=np.float32)

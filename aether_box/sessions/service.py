@@ -11,17 +11,17 @@ Ops:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import anyio
+import anyio.abc
 
 from aether_box.bus.service import OpService, Request, require
+from aether_box.context import BoxContext
+from aether_box.contract import ModelCatalog, PeerDirectory
 from aether_box.engines.services import chat_for
 from aether_box.sessions.settings import SessionSettings
 from aether_box.sessions.store import SessionStore
-
-if TYPE_CHECKING:
-    from aether_box.box import Box
 
 __all__ = ["SessionsComponent", "history_window"]
 
@@ -44,19 +44,25 @@ def history_window(messages: list[dict[str, Any]], chars: int) -> list[dict[str,
 class SessionsComponent(OpService):
     """Serves `session`; the conversations live in sessions.db."""
 
-    name = "session"
+    name: ClassVar[str] = "session"
+    settings_class: ClassVar[type | None] = SessionSettings
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
-        self.settings = box.config.get(SessionSettings)
+    def __init__(self, ctx: BoxContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.config.get(SessionSettings)
         self._store: SessionStore | None = None
         self._db = anyio.CapacityLimiter(1)  # one connection: one call at a time
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        ctx: BoxContext,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         assert self.settings.file is not None
         self._store = await anyio.to_thread.run_sync(SessionStore, self.settings.file)
         try:
-            self.box.broker.add_service("session", self)
+            ctx.add_service("session", self)
             task_status.started()
             await anyio.sleep_forever()
         finally:
@@ -80,13 +86,13 @@ class SessionsComponent(OpService):
 
     async def _check_model(self, model: str) -> None:
         """NotFound (saying what is installed) unless this box or a linked peer has `model`."""
-        engines = self.box.components.get("engines")
-        if engines is None or await engines.registry.has(model):
+        models = self.ctx.get(ModelCatalog)
+        if models is None or await models.has_model(model):
             return
-        federation = self.box.components.get("federation")
-        if federation is not None and federation.peer_for_model("llm", model) is not None:
+        peers = self.ctx.get(PeerDirectory)
+        if peers is not None and peers.peer_for_model("llm", model) is not None:
             return
-        await engines.registry.info(model)  # raises the store's NotFound: installed, how to add
+        await models.require_model(model)  # raises NotFound: what is installed, how to add
 
     async def op_say(self, request: Request) -> dict[str, Any]:
         body = request.body
@@ -100,7 +106,7 @@ class SessionsComponent(OpService):
         )
         if session["system"]:
             messages.insert(0, {"role": "system", "content": session["system"]})
-        reply = await chat_for(self.box, request, session["model"], messages, OWN_FIELDS)
+        reply = await chat_for(self.ctx, request, session["model"], messages, OWN_FIELDS)
         # Only a finished reply is kept, together with the message it answers.
         turn = [("user", text), ("assistant", reply.get("text", ""))]
         count = await self._run(self.store.append, session_id, turn)

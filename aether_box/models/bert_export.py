@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from aether_box.errors import BadRequest
+from aether_box.models.encoders import ENCODER_JSON
 from aether_box.models.files import atomic_writer, directory_lock, sha256_file
 
 __all__ = ["EXPORTER_VERSION", "ENCODER_JSON", "build_bert_graph", "ensure_exported"]
 
 # Bump when the graph changes, so cached exports are redone.
 EXPORTER_VERSION = 2
-ENCODER_JSON = "encoder.json"  # also written by aether_box.engines.onnx
 ONNX_FILE = "model.onnx"
 SOURCE = "model.safetensors"
 OPSET = 17

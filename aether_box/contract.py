@@ -1,0 +1,92 @@
+"""The component contract: what a component is, and the public interfaces components offer.
+
+A component is a class with a `name`, an optional `settings_class` (its config section, a
+dataclass marked with `aether_box.config.section`), and ``async serve(ctx, *, task_status)``.
+The box builds it as ``cls(ctx)`` with a `BoxContext` (see aether_box.context), then serves it
+under a supervisor: `serve` registers its services through the context, calls
+``task_status.started()``, and runs until cancelled (or returns when it has nothing to run).
+An optional ``status_section()`` adds a section to the `status` reply, under `status_key`
+(default: the component's name); it runs on the event loop, so it only reads counters.
+
+Components reach each other through the interfaces below, never by name: ``ctx.get(Iface)``
+returns the running component that implements `Iface`, or None when none runs. An interface
+is a plain base class that the implementing component inherits (an explicit, exact
+isinstance match, and one that type checkers accept as ``type[T]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import anyio.abc
+
+from aether_box.bus.service import Request
+
+if TYPE_CHECKING:
+    from aether_box.context import BoxContext
+
+__all__ = [
+    "Component",
+    "ComponentFactory",
+    "ModelCatalog",
+    "PeerDirectory",
+    "PeerForwarder",
+    "StatusReporter",
+]
+
+
+@runtime_checkable
+class Component(Protocol):
+    """One capability of the box; see the module docstring."""
+
+    name: ClassVar[str]
+    settings_class: ClassVar[type | None]
+
+    async def serve(
+        self, ctx: BoxContext, *, task_status: anyio.abc.TaskStatus[None] = ...
+    ) -> None:
+        """Register services, report started, then run until cancelled."""
+        ...
+
+
+# How the box builds a component: the class itself, called with the component's context.
+ComponentFactory = Callable[["BoxContext"], Component]
+
+
+class ModelCatalog:
+    """The models this box can run (the engines component implements it)."""
+
+    async def has_model(self, model: str) -> bool:
+        """Whether `model` is installed here."""
+        raise NotImplementedError
+
+    async def require_model(self, model: str) -> None:
+        """Return if `model` is installed, else raise NotFound saying what is."""
+        raise NotImplementedError
+
+
+class PeerForwarder:
+    """A linked peer that can serve one request in this box's place."""
+
+    async def forward(
+        self, service: str, request: Request, *, routed: bool = False
+    ) -> Mapping[str, Any]:
+        """Serve `request` with the peer's `service`, passing partial replies on."""
+        raise NotImplementedError
+
+
+class PeerDirectory:
+    """Linked peer boxes (the federation component implements it)."""
+
+    def peer_for_model(self, service: str, model: str) -> PeerForwarder | None:
+        """A peer that answers now and offers `service` with `model` installed."""
+        raise NotImplementedError
+
+
+class StatusReporter:
+    """The box's own description of itself (the status component implements it)."""
+
+    def report(self) -> dict[str, Any]:
+        """Everything `status` answers: process, services, counters, sections."""
+        raise NotImplementedError
