@@ -45,9 +45,10 @@ def copy_checkout(target: Path) -> Path:
 
 
 def status_of(data_dir: Path) -> dict | None:
-    """The status report of the data dir's box, or None while none answers (or it is starting)."""
+    """The status report of the data dir's box once every component has started, else None."""
     try:
         with Client(data_dir=data_dir, timeout=2) as client:
-            return client.status()
+            report = client.status()
     except (ServiceUnavailable, Timeout):  # NoBox is one: nothing listens yet
         return None
+    return report if report.get("ready") else None
