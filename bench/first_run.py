@@ -55,6 +55,7 @@ def main() -> None:
     main_command, test_command = readme_blocks(checkout / "README.md")[:2]
     *steps, run_command = [step.strip() for step in main_command.split("&&")]
     codes: dict[str, int] = {}
+    box: subprocess.Popen | None = None
     try:
         setup, *rest = steps
         codes[setup], setup_s = run_step(setup, checkout, env)
@@ -87,6 +88,8 @@ def main() -> None:
         )
         no_box_status_s = time.monotonic() - started
     finally:
+        if box is not None and box.poll() is None:  # stopped early: never leave a box behind
+            os.killpg(box.pid, signal.SIGKILL)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     print(
