@@ -72,12 +72,13 @@ class BoxGroup(click.Group):
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where models, memory, keys and logs live "
-    "(default: $AETHER_BOX_HOME, else the user data dir).",
+    help="Where models, memory, keys and logs live (default: $AETHER_BOX_HOME, else the user "
+    "data dir). A second box needs only its own: its clients find it there.",
 )
 @click.option(
     "--endpoint",
-    help="The bus endpoint to talk to (default: the data dir's ipc socket, else tcp://127.0.0.1:7745).",
+    help="The bus endpoint to talk to (default: where the data dir's box listens; for the "
+    "default data dir with no box socket, tcp://127.0.0.1:7745).",
 )
 @click.option(
     "--set",
@@ -161,8 +162,9 @@ def config() -> None:
 def config_show(state: CliState) -> None:
     """Print the effective config (defaults < config.toml < env < --set) as TOML."""
     cfg = state.config()
+    text = cfg.to_toml()  # checks every value first: an error prints nothing else
     click.echo(f"# effective config; file: {cfg.path}{'' if cfg.path.exists() else ' (absent)'}")
-    click.echo(cfg.to_toml())
+    click.echo(text)
 
 
 @cli.group()
