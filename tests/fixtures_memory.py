@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, wait_for
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -20,12 +19,8 @@ def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def wait_for_memory(box: Any, timeout: float = 30.0) -> None:
     """Wait until a box process serves `memory` (its bus answers before every component runs)."""
-    deadline = time.monotonic() + timeout
     with box.client(timeout=5) as client:
-        while "memory" not in client.status()["services"]:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no memory service after {timeout} s:\n{box.output()}")
-            time.sleep(0.05)
+        wait_for(lambda: "memory" in client.status()["services"], timeout, "the memory service")
 
 
 @pytest.fixture

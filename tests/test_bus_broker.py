@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import anyio
 import msgpack
 import numpy as np
 import pytest
 import zmq
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, wait_for
 
 from aether_box.bus.protocol import CLIENT, ClientCmd, decode_body, encode_body
 from aether_box.bus.worker import Worker
@@ -194,9 +193,7 @@ def test_external_worker_streams_and_its_death_is_an_error_not_a_hang(data_dir):
         )
         worker.start()
         with running.client(timeout=5) as client:
-            deadline = time.monotonic() + 5
-            while "shout" not in client.status()["services"] and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: "shout" in client.status()["services"], 5, "the worker's READY")
             assert list(client.stream("shout", {"text": "hello bus"})) == [
                 {"word": "HELLO"},
                 {"word": "BUS"},

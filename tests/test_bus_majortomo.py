@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import msgpack
 import pytest
+from fixtures_box import wait_for
 
 majortomo = pytest.importorskip(
     "majortomo", reason="majortomo is a test dependency: pip install -e '.[test]'"
@@ -35,10 +35,11 @@ def test_majortomo_worker_serves_our_client(box):
     thread.start()
     try:
         with box.client(timeout=10) as client:
-            deadline = time.monotonic() + 5
-            while client.status()["services"].get("reverse", {}).get("workers", 0) < 1:
-                assert time.monotonic() < deadline, "majortomo worker never registered"
-                time.sleep(0.05)
+            wait_for(
+                lambda: client.status()["services"].get("reverse", {}).get("workers", 0) >= 1,
+                5,
+                "the majortomo worker's READY",
+            )
             replies = list(client.stream("reverse", {"text": "majortomo"}))
             assert replies == [{"step": "working"}, {"text": "omotrojam"}]
             assert served.wait(5)

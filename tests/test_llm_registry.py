@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from fixtures_engines import Streamer, engines_box, loaded
+from fixtures_engines import Streamer, engines_box, loaded, wait_for
 
 from aether_box.engines.llama import gpu_offload_supported
 from aether_box.engines.registry import gpu_present
@@ -101,7 +100,8 @@ def test_a_busy_model_is_waited_for_not_unloaded(models_dir: Path):
 
         waiter = threading.Thread(target=embed_once, daemon=True)
         waiter.start()
-        time.sleep(1.0)
+        # The embed request has arrived (it is in flight) and waits for the busy model.
+        wait_for(lambda: client.status()["services"]["embed"]["in_flight"] == 1, 60, "embed")
         assert waiter.is_alive(), "the embedding did not wait for the busy model"
         assert set(loaded(client)) == {(MODEL, "generate")}
         assert generation.finished_at is None
