@@ -28,20 +28,36 @@ def readme_blocks(readme: Path = ROOT / "README.md") -> list[str]:
     ]
 
 
+# What a checkout holds that a fresh clone does not (used where git cannot say: a copy).
+NOT_IN_A_CLONE = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
+
+
 def copy_checkout(target: Path) -> Path:
     """The checkout's files as a fresh clone has them (tracked and not ignored), no .venv."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
+    for name in _clone_files():
         source = ROOT / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     return target
+
+
+def _clone_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+    )
+    if listed.returncode == 0:
+        return [name for name in listed.stdout.decode().split("\0") if name]
+    # Not a git checkout (itself a copy): every file but environments, caches and builds.
+    return [
+        str(path.relative_to(ROOT))
+        for path in ROOT.rglob("*")
+        if not NOT_IN_A_CLONE & set(path.relative_to(ROOT).parts)
+        and not path.relative_to(ROOT).as_posix().startswith(("build/dist", "build/work"))
+        and ".egg-info" not in path.as_posix()
+    ]
 
 
 def status_of(data_dir: Path) -> dict | None:
