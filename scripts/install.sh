@@ -38,6 +38,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}"
 fi
 
+# llama-cpp-python compiles llama.cpp: on every core, and without the multimodal (mtmd)
+# library, which the box does not use (a variable you set yourself wins).
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}"
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 echo "install: installing aether-box${extras:+[$extras]} into .venv" \
