@@ -63,11 +63,14 @@ def test_gpu_off_keeps_llama_on_the_cpu(models_dir: Path):
 
 
 def test_least_recently_used_model_is_unloaded_to_fit_the_budget(own_models_dir: Path):
-    # A second name for the same GGUF: a third instance to juggle. Generation instances are
-    # ~240 MB here and embedding ones ~250 MB, so 600 MB holds two of them, not three.
+    # A second name for the same GGUF: a third instance to juggle. Generation instances with
+    # one slot are ~240 MB here and embedding ones ~250 MB, so 600 MB holds two, not three.
     gguf = next((own_models_dir / MODEL).glob("*.gguf"))
     ModelStore(own_models_dir).add(gguf, name="smol-copy")
-    with engines_box(own_models_dir, memory_budget_mb=600) as box, box.client() as client:
+    with (
+        engines_box(own_models_dir, memory_budget_mb=600, parallel=1) as box,
+        box.client() as client,
+    ):
         generate(client)  # A
         embed(client)  # B
         assert set(loaded(client)) == {(MODEL, "generate"), (MODEL, "embed")}
@@ -81,7 +84,7 @@ def test_least_recently_used_model_is_unloaded_to_fit_the_budget(own_models_dir:
 
 
 def test_a_busy_model_is_waited_for_not_unloaded(models_dir: Path):
-    # 300 MB holds one smollm2 instance (~240 MB) but not two.
+    # 300 MB holds one smollm2 instance with one slot (~240 MB) but not two.
     long = {
         "op": "complete",
         "model": MODEL,
@@ -90,7 +93,10 @@ def test_a_busy_model_is_waited_for_not_unloaded(models_dir: Path):
         "max_tokens": 2000,
         "temperature": 0.0,
     }
-    with engines_box(models_dir, memory_budget_mb=300) as box, box.client() as client:
+    with (
+        engines_box(models_dir, memory_budget_mb=300, parallel=1) as box,
+        box.client() as client,
+    ):
         generation = Streamer(box, long)
         generation.start()
         assert generation.first.wait(120)
