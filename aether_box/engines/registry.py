@@ -53,9 +53,13 @@ class EngineSettings:
     parallel: int = 4
     # Requests that may wait for a slot beyond those; more are refused at once as `busy`.
     max_queue: int = 32
-    # KV cache cells one generation instance shares between its sequences (and the
+    # KV cache cells of one generation instance, for all its sequences (and the
     # conversations its slots keep); 0 = n_ctx * parallel, room for every slot at full length.
     kv_cells: int = 0
+    # false: each sequence has kv_cells / parallel cells of its own, and batching leaves
+    # greedy answers exactly as they are alone. true: one shared pool (a long conversation may
+    # use what the others do not), but batched answers may drift from lone ones (README).
+    kv_unified: bool = False
     # Longest text, in tokens, that a GGUF embedding instance takes.
     embed_n_ctx: int = 512
     # llama.cpp threads; 0 = the machine's physical cores.
@@ -84,10 +88,12 @@ class EngineSettings:
                 raise ConfigError(f"engines.{key} must be at least 1, got {getattr(self, key)}")
         if self.max_queue < 0 or self.kv_cells < 0:
             raise ConfigError("engines.max_queue and engines.kv_cells must be 0 or more")
-        if self.kv_cells and self.kv_cells < self.n_ctx:
+        per_sequence = self.kv_cells if self.kv_unified else self.kv_cells // self.parallel
+        if self.kv_cells and per_sequence < self.n_ctx:
             raise ConfigError(
-                f"engines.kv_cells ({self.kv_cells}) must hold at least one whole context "
-                f"(engines.n_ctx = {self.n_ctx}), or be 0"
+                f"engines.kv_cells ({self.kv_cells}) must give each sequence a whole context "
+                f"(engines.n_ctx = {self.n_ctx}; {self.parallel} sequences"
+                f"{', unified' if self.kv_unified else ''}), or be 0"
             )
         if self.n_threads < 0:
             raise ConfigError(f"engines.n_threads must be 0 (auto) or more, got {self.n_threads}")
@@ -383,6 +389,7 @@ class ModelRegistry:
                     parallel=s.parallel,
                     max_queue=s.max_queue,
                     kv_cells=s.kv_cells,
+                    kv_unified=s.kv_unified,
                     name=info.name,
                 )
             return lambda: LlamaEmbedder.load(

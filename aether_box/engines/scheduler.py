@@ -10,10 +10,10 @@ chunks of prompts still being read, up to `n_batch` tokens. Generating sequences
 one token per step whatever else arrives, and a long prompt is read alongside them in chunks.
 Cancelled requests leave within one step, and their sequence's KV cells are freed.
 
-The KV cache is unified: all sequences draw on one pool of `kv_cells` cells. Finished requests
-leave their tokens cached in their slot (see `slots`) until the cells are wanted; when the pool
-is full even so, the youngest request that needs a cell fails with a clear error, and the
-others go on.
+Finished requests leave their tokens cached in their slot (see `slots`). With a KV stream per
+sequence (the default) a request always fits its slot's stream. With one unified pool, the
+cached tokens of idle slots are dropped when the cells are wanted; when the pool is full even
+so, the youngest request that needs a cell fails with a clear error, and the others go on.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ class Scheduler:
         max_queue: int,
         kv_cells: int,
         n_batch: int,
+        unified: bool,
     ) -> None:
         self.ctx = ctx
         self.vocab = vocab
@@ -134,6 +135,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.kv_cells = kv_cells
         self.n_batch = n_batch
+        self.unified = unified
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.slots = [Slot(i) for i in range(parallel)]
         self.batch = Batch(n_batch)
@@ -192,6 +194,7 @@ class Scheduler:
             "max_queue": self.max_queue,
             "kv_cells": self.kv_cells,
             "kv_cells_used": self.cells_used,
+            "kv_unified": self.unified,
             "prompt_tokens": self.prompt_tokens,
             "prompt_tokens_reused": self.reused_tokens,
             "generated_tokens": self.generated,
@@ -358,6 +361,8 @@ class Scheduler:
     def _make_room(self, needed: int) -> int:
         """Free cells for `needed` tokens: idle slots' caches first (least recently used),
         then the youngest generating requests. The cells left for prompts after them."""
+        if not self.unified:
+            return self.n_batch  # each sequence has a stream of its own, big enough for it
         free = self.kv_cells - self.cells_used
         idle = sorted(
             (s for s in self.slots if s.job is None and s.tokens), key=lambda s: s.last_used
