@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures_engines import Streamer, engines_box, loaded
 
 from aether_box.engines.llama import gpu_offload_supported
-from aether_box.engines.registry import gpu_present
+from aether_box.engines.registry import EngineSettings, gpu_present
+from aether_box.errors import ConfigError
 from aether_box.models.store import ModelStore
 
 MODEL = "smollm2"
@@ -115,3 +117,19 @@ def test_a_busy_model_is_waited_for_not_unloaded(models_dir: Path):
         waiter.join(120)
         assert not waiter.is_alive()
         assert set(loaded(client)) == {(MODEL, "embed")}
+
+
+def test_gpu_layer_settings_are_checked_and_shown(models_dir: Path, tmp_path: Path):
+    for bad in ("some", -1, True):
+        with pytest.raises(ConfigError, match="n_gpu_layers"):
+            EngineSettings(n_gpu_layers=bad).resolve(tmp_path)
+    with engines_box(models_dir, n_gpu_layers=3) as box, box.client() as client:
+        generate(client)
+        models = client.status()["models"]
+        entry = loaded(client)[(MODEL, "generate")]
+    assert models["n_gpu_layers"] == 3 and models["gpu"] == "auto"
+    if not models["llama_gpu_offload"]:
+        # Nothing offloaded: llama.cpp says "0/N" or nothing at all.
+        assert entry["gpu_layers"] is None or entry["gpu_layers"].startswith("0/")
+    else:
+        assert entry["gpu_layers"].startswith("3/")

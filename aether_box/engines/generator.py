@@ -24,7 +24,7 @@ from llama_cpp._internals import LlamaContext, LlamaModel
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from aether_box.engines.generation import GenerationParams
-from aether_box.engines.llama import LOAD_LOCK, corrupt, measure
+from aether_box.engines.llama import LOAD_LOCK, corrupt, measure, offloaded
 from aether_box.engines.llama_log import captured
 from aether_box.engines.sampling import Sampler
 from aether_box.engines.scheduler import Job, Scheduler
@@ -94,6 +94,7 @@ class LlamaGenerator:
             memory_bytes=memory,
             device=device,
             backends=backends,
+            offloaded=offloaded(lines),
             n_ctx=n_ctx,
             parallel=parallel,
             max_queue=max_queue,
@@ -111,6 +112,7 @@ class LlamaGenerator:
         memory_bytes: int,
         device: str,
         backends: list[str],
+        offloaded: str | None,
         n_ctx: int,
         parallel: int,
         max_queue: int,
@@ -124,6 +126,7 @@ class LlamaGenerator:
         self.memory_bytes = memory_bytes
         self.device = device
         self.backends = backends
+        self.offloaded = offloaded
         self.kv_cells = llama_cpp.llama_n_ctx(context.ctx)  # llama.cpp may round it up
         self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(context.ctx))
         self.dim = model.n_embd()

@@ -20,11 +20,19 @@ from llama_cpp import Llama
 from aether_box.engines.llama_log import captured, errors
 from aether_box.errors import BadRequest, BoxError, CorruptModel, NotFound
 
-__all__ = ["LOAD_LOCK", "LlamaEmbedder", "corrupt", "gpu_offload_supported", "measure"]
+__all__ = [
+    "LOAD_LOCK",
+    "LlamaEmbedder",
+    "corrupt",
+    "gpu_offload_supported",
+    "measure",
+    "offloaded",
+]
 
 # llama-cpp-python points fds 1 and 2 at /dev/null while a model loads (verbose=False);
 # two loads at once would race on those fds, so loads take turns.
 LOAD_LOCK = threading.Lock()
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _BUFFER = re.compile(r"(\S+)\s+(?:model|output|KV|compute) buffer size =\s*([\d.]+) MiB")
 
 
@@ -41,6 +49,15 @@ def corrupt(path: Path, lines: list[tuple[int, str]], exc: Exception) -> Corrupt
         "or not a model llama.cpp supports; pull it again (`aether-box models pull`) "
         "or re-add it"
     )
+
+
+def offloaded(lines: list[tuple[int, str]]) -> str | None:
+    """llama.cpp's count of layers it put on a GPU ("24/31"), or None if it said nothing."""
+    for _, text in lines:
+        match = _OFFLOADED.search(text)
+        if match:
+            return f"{match.group(1)}/{match.group(2)}"
+    return None
 
 
 def measure(lines: list[tuple[int, str]], model: Any) -> tuple[int, str, list[str]]:
@@ -66,6 +83,7 @@ class _Loaded:
     memory_bytes: int
     device: str
     backends: list[str] = field(default_factory=list)
+    offloaded: str | None = None
 
 
 def _load(path: Path, **kwargs: Any) -> _Loaded:
@@ -78,7 +96,7 @@ def _load(path: Path, **kwargs: Any) -> _Loaded:
         except ValueError as exc:
             raise corrupt(path, lines, exc) from exc
     memory, device, backends = measure(lines, llm.model)
-    return _Loaded(llm, memory, device, backends)
+    return _Loaded(llm, memory, device, backends, offloaded(lines))
 
 
 class _Base:
@@ -90,6 +108,7 @@ class _Base:
         self.memory_bytes = loaded.memory_bytes
         self.device = loaded.device
         self.backends = loaded.backends
+        self.offloaded = loaded.offloaded
         # llama.cpp may round the context up; llama-cpp-python's buffers keep the size asked for.
         self.n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))
         self.dim = self.llm.n_embd()

@@ -66,6 +66,8 @@ class EngineSettings:
     n_threads: int = 0
     # "auto": offload to a GPU when llama.cpp / ONNX Runtime can and one is present; "off": CPU.
     gpu: str = "auto"
+    # Layers of a GGUF model put on the GPU when one is used: "all", or a number (0 = none).
+    n_gpu_layers: int | str = "all"
     # Texts per engine call; a bigger request is split, and other requests for the same
     # model get their turn between the pieces.
     embed_batch: int = 32
@@ -76,6 +78,11 @@ class EngineSettings:
         """Check the values."""
         if self.gpu not in ("auto", "off"):
             raise ConfigError(f"engines.gpu must be 'auto' or 'off', got {self.gpu!r}")
+        layers = self.n_gpu_layers
+        if layers != "all" and (isinstance(layers, str) or isinstance(layers, bool) or layers < 0):
+            raise ConfigError(
+                f"engines.n_gpu_layers must be \"all\" or a number >= 0, got {layers!r}"
+            )
         for key in (
             "memory_budget_mb",
             "n_ctx",
@@ -152,6 +159,7 @@ class LoadedModel:
             "requests": self.requests,
             "idle_s": round(time.monotonic() - self.last_used, 1),
             "load_s": round(self.load_s, 3),
+            "gpu_layers": getattr(self.engine, "offloaded", None),  # "31/31" or None
             "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
             "texts_per_s": None if self.items_per_s is None else round(self.items_per_s, 1),
             **({"scheduler": extra} if extra else {}),
@@ -375,7 +383,9 @@ class ModelRegistry:
 
     def _loader(self, info: ModelInfo, role: str) -> Callable[[], Any]:
         s, threads = self.settings, self.threads
-        gpu_layers = -1 if self.llama_gpu else 0
+        gpu_layers = 0
+        if self.llama_gpu:
+            gpu_layers = -1 if s.n_gpu_layers == "all" else int(s.n_gpu_layers)
         if info.kind == "gguf":
             from aether_box.engines.generator import LlamaGenerator
             from aether_box.engines.llama import LlamaEmbedder
@@ -440,6 +450,8 @@ class ModelRegistry:
             "used_mb": round(self.used_bytes / 2**20, 1),
             "gpu_present": self.gpu_present,
             "llama_gpu_offload": self.llama_gpu,
+            "gpu": self.settings.gpu,
+            "n_gpu_layers": self.settings.n_gpu_layers,
             "n_threads": self.threads,
             "n_ctx": self.settings.n_ctx,
             "parallel": self.settings.parallel,
