@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fixtures_engines import Streamer, engines_box, loaded
+from fixtures_engines import Streamer, engines_box, loaded, wait_for
 
 from aether_box.engines.slots import Slot, choose_slot, common_prefix
 
@@ -145,3 +145,34 @@ def test_a_request_takes_the_free_slot_with_the_longest_prefix_then_the_least_re
     assert choose_slot(slots, [9]) == (slots[1], 0)  # no prefix anywhere: least recently used
     slots[0].job = slots[1].job = slots[2].job = object()
     assert choose_slot(slots, [1]) is None
+
+
+def test_a_sessions_conversation_is_saved_when_its_slot_is_reused_and_restored(models_dir):
+    system = {"role": "system", "content": "You are terse. " + "Keep every answer short. " * 40}
+    first_turn = [system, *user("What is a prime number?")]
+    with engines_box(models_dir, parallel=1) as box, box.client() as client:
+        first = client.request(
+            "llm",
+            {"op": "chat", "model": MODEL, "messages": first_turn, "max_tokens": 8,
+             "temperature": 0.0, "session": "alice"},
+            timeout=300,
+        )
+        # Another conversation takes the only slot: alice's is saved to disk first.
+        chat(client, user("Name a colour."), tokens=4)
+        wait_for(lambda: loaded(client)[KEY]["scheduler"]["states_saved"] == 1, 60, "a save")
+        second_turn = [
+            *first_turn,
+            {"role": "assistant", "content": first["text"]},
+            *user("Is 7 one?"),
+        ]
+        body = {"op": "chat", "model": MODEL, "messages": second_turn, "max_tokens": 8,
+                "temperature": 0.0}
+        # Another session with the very same prompt gets nothing of alice's.
+        bob = client.request("llm", {**body, "session": "bob"}, timeout=300)
+        assert bob["cached_tokens"] < 40  # at most the template's shared start
+        chat(client, user("Name a colour."), tokens=4)  # the slot holds something else again
+        alice = client.request("llm", {**body, "session": "alice"}, timeout=300)
+        stats = loaded(client)[KEY]["scheduler"]
+    assert alice["cached_tokens"] >= first["usage"]["prompt_tokens"]
+    assert stats["states_restored"] == 1 and stats["state_bytes"] > 0
+    assert alice["text"] == bob["text"]  # restored state, same reply as reading it all

@@ -27,6 +27,7 @@ from aether_box.engines.generation import GenerationParams
 from aether_box.engines.llama import LOAD_LOCK, corrupt, measure, offloaded
 from aether_box.engines.llama_log import captured
 from aether_box.engines.sampling import Sampler
+from aether_box.engines.saved_state import StateStore
 from aether_box.engines.scheduler import Job, Scheduler
 from aether_box.errors import BadRequest, NotFound
 
@@ -50,10 +51,13 @@ class LlamaGenerator:
         kv_unified: bool = False,
         n_batch: int = 512,
         name: str = "",
+        state_dir: Path | None = None,
+        state_bytes: int = 0,
     ) -> LlamaGenerator:
         """Load `path`: requests of up to `n_ctx` tokens, `parallel` at once, over `kv_cells`
         KV cells in all (0: room for `parallel` full contexts), split evenly between the
-        sequences or, with `kv_unified`, shared."""
+        sequences or, with `kv_unified`, shared. With `state_dir` and `state_bytes`, sessions'
+        conversations are saved there when their slot is reused (see `saved_state`)."""
         if not path.exists():
             raise NotFound(f"model file {path} has gone; pull or add the model again")
         kv_cells = kv_cells or n_ctx * parallel
@@ -101,6 +105,7 @@ class LlamaGenerator:
             n_batch=n_batch,
             unified=kv_unified,
             name=name or path.stem,
+            store=StateStore(state_dir, state_bytes) if state_dir and state_bytes else None,
         )
 
     def __init__(
@@ -119,8 +124,10 @@ class LlamaGenerator:
         n_batch: int,
         unified: bool,
         name: str,
+        store: StateStore | None = None,
     ) -> None:
         self.model = model
+        self.store = store
         self.context = context
         self.path = path
         self.memory_bytes = memory_bytes
@@ -156,6 +163,7 @@ class LlamaGenerator:
             kv_cells=self.kv_cells,
             n_batch=n_batch,
             unified=unified,
+            store=store,
         )
 
     # -- prompts (any thread) ------------------------------------------------------------
@@ -205,9 +213,11 @@ class LlamaGenerator:
         on_text: Callable[[str], None] | None,
         on_done: Callable[[Any], None],
         name: str = "",
+        session: str | None = None,
     ) -> Job:
         """A job for `submit`: checks the prompt's length and builds its sampler chain
-        (a grammar is parsed here, in the caller's worker thread, not the scheduler's)."""
+        (a grammar is parsed here, in the caller's worker thread, not the scheduler's), and
+        reads the session's saved conversation state if its tokens start this prompt."""
         n_prompt = len(tokens)
         if not n_prompt:
             raise BadRequest("the prompt is empty")
@@ -219,7 +229,11 @@ class LlamaGenerator:
                 f"{self.model.n_ctx_train()})"
             )
         sampler = Sampler(self._vocab, self._n_vocab, params)
-        return Job(tokens, params, sampler, min(params.max_tokens, room), on_text, on_done)
+        saved = None
+        if session is not None and self.store is not None:
+            saved = self.store.find(session, tokens)
+        limit = min(params.max_tokens, room)
+        return Job(tokens, params, sampler, limit, on_text, on_done, session, saved)
 
     def submit(self, job: Job) -> None:
         """Hand `job` to the scheduler (raises Busy when the queue is full); never blocks."""

@@ -60,6 +60,11 @@ class EngineSettings:
     # greedy answers exactly as they are alone. true: one shared pool (a long conversation may
     # use what the others do not), but batched answers may drift from lone ones (README).
     kv_unified: bool = False
+    # Disk kept for sessions' conversation states (restored instead of re-read; least
+    # recently used deleted first), per generation model; 0 = none kept.
+    state_cache_mb: int = 256
+    # Where they are kept; default: <data dir>/kv-state.
+    state_dir: Path | None = None
     # Longest text, in tokens, that a GGUF embedding instance takes.
     embed_n_ctx: int = 512
     # llama.cpp threads; 0 = the machine's physical cores.
@@ -93,8 +98,12 @@ class EngineSettings:
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"engines.{key} must be at least 1, got {getattr(self, key)}")
-        if self.max_queue < 0 or self.kv_cells < 0:
-            raise ConfigError("engines.max_queue and engines.kv_cells must be 0 or more")
+        if self.state_dir is None:
+            self.state_dir = data_dir / "kv-state"
+        if self.max_queue < 0 or self.kv_cells < 0 or self.state_cache_mb < 0:
+            raise ConfigError(
+                "engines.max_queue, engines.kv_cells and engines.state_cache_mb must be 0 or more"
+            )
         per_sequence = self.kv_cells if self.kv_unified else self.kv_cells // self.parallel
         if self.kv_cells and per_sequence < self.n_ctx:
             raise ConfigError(
@@ -401,6 +410,8 @@ class ModelRegistry:
                     kv_cells=s.kv_cells,
                     kv_unified=s.kv_unified,
                     name=info.name,
+                    state_dir=s.state_dir / info.name if s.state_dir else None,
+                    state_bytes=s.state_cache_mb * 2**20,
                 )
             return lambda: LlamaEmbedder.load(
                 info.path, n_ctx=s.embed_n_ctx, n_threads=threads, n_gpu_layers=gpu_layers

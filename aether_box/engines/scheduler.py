@@ -19,6 +19,7 @@ so, the youngest request that needs a cell fails with a clear error, and the oth
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
 import statistics
 import threading
@@ -32,6 +33,7 @@ import llama_cpp
 from aether_box.engines.batch import Batch
 from aether_box.engines.generation import Generation, GenerationParams, TextOut
 from aether_box.engines.sampling import Sampler
+from aether_box.engines.saved_state import SavedState, StateStore
 from aether_box.engines.slots import Slot, choose_slot
 from aether_box.errors import BoxError, Overloaded, ServiceUnavailable
 
@@ -69,8 +71,12 @@ class Job:
         limit: int,
         on_text: Callable[[str], None] | None,
         on_done: Callable[[Any], None],
+        session: str | None = None,
+        saved: SavedState | None = None,
     ) -> None:
         self.tokens = list(tokens)
+        self.session = session
+        self.saved = saved  # this session's state on disk, if its tokens start the prompt
         self.params = params
         self.sampler = sampler
         self.limit = limit  # most tokens it may generate
@@ -126,8 +132,10 @@ class Scheduler:
         kv_cells: int,
         n_batch: int,
         unified: bool,
+        store: StateStore | None = None,
     ) -> None:
         self.ctx = ctx
+        self.store = store
         self.vocab = vocab
         self.piece = piece
         self.name = name
@@ -181,6 +189,8 @@ class Scheduler:
             self._wake.set()
         self._thread.join()
         self.batch.close()
+        if self.store is not None:
+            self.store.close()
 
     def stats(self) -> dict[str, Any]:
         """Slots, queue, KV cache and speed figures for status."""
@@ -199,6 +209,15 @@ class Scheduler:
             "prompt_tokens_reused": self.reused_tokens,
             "generated_tokens": self.generated,
             "steps": self.steps,
+            **(
+                {
+                    "states_saved": self.store.saved,
+                    "states_restored": self.store.restored,
+                    "state_bytes": self.store.bytes_on_disk,
+                }
+                if self.store is not None
+                else {}
+            ),
             "aggregate_tokens_per_s": round(statistics.median(rates), 1) if rates else None,
             "ttft_ms": round(statistics.median(ttfts) * 1000, 1) if ttfts else None,
             "step_overhead_ms": (
@@ -257,18 +276,57 @@ class Scheduler:
         chosen = choose_slot(self.slots, job.tokens)
         assert chosen is not None, "admitted without a free slot"
         slot, shared = chosen
+        saved = job.saved
+        job.saved = None
+        if saved is not None and len(saved.tokens) > shared:
+            shared = max(shared, self._restore(slot, job, saved))
         # The last prompt token is always decoded again: its logits give the first reply token.
         keep = min(shared, len(job.tokens) - 1)
         if keep < len(slot.tokens):
+            if slot.session is not None and slot.session != job.session:
+                self._save(slot)  # another conversation takes the slot: keep this one on disk
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
             self.cells_used -= len(slot.tokens) - keep
             del slot.tokens[keep:]
+        slot.session = job.session
         slot.job = job
         job.slot = slot
         job.cached = keep
         job.todo = job.tokens[keep:]
         self.reused_tokens += keep
         self.prompt_tokens += len(job.tokens)
+
+    def _save(self, slot: Slot) -> None:
+        """Copy the slot's sequence state out for the store to write (in its own thread)."""
+        store = self.store
+        if store is None or not slot.tokens or slot.session is None:
+            return
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.seq)
+        if not size or size > store.max_bytes:
+            return
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, buffer, size, slot.seq)
+        if written:
+            store.save(slot.session, slot.tokens, bytes(memoryview(buffer)[:written]))
+
+    def _restore(self, slot: Slot, job: Job, saved: SavedState) -> int:
+        """Load `saved` into the slot's sequence instead of reading those tokens again;
+        how many tokens the slot then holds of the prompt (0 if llama.cpp refused it)."""
+        if slot.session is not None and slot.session != job.session:
+            self._save(slot)
+        self._drop_cache(slot)
+        data = saved.data
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not llama_cpp.llama_state_seq_set_data(self.ctx, buffer, len(data), slot.seq):
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+            log.warning("llama.cpp refused a saved state of %s; reading the prompt", self.name)
+            return 0
+        slot.tokens = list(saved.tokens)
+        slot.session = job.session
+        self.cells_used += len(slot.tokens)
+        if self.store is not None:
+            self.store.restored += 1
+        return len(slot.tokens)
 
     def _step(self) -> None:
         started = time.perf_counter()

@@ -9,6 +9,9 @@
   default 40; 0 = off), ``min_p`` (0..1, default 0.05), ``seed`` (int, default random),
   ``stop`` (a string or a list of strings), ``repeat_penalty`` (> 0, default 1.0 = off; over
   the last 64 generated tokens), ``stream`` (bool, default false).
+  ``session`` (a string): the conversation's id; when another request takes its slot, its KV
+  state is saved to disk, and a later request of the session whose prompt starts with exactly
+  those tokens gets it back instead of re-reading them.
   Constrained output: ``grammar`` (GBNF text, root rule ``root``) or ``json_schema`` (a JSON
   schema map): the reply follows the grammar; with a schema it is JSON that fits it (unless
   ``max_tokens`` cuts it short: finish_reason "length").
@@ -215,6 +218,7 @@ class LlmService(ModelService):
         cancel or disconnect) cancels the job, which leaves its slot within one step.
         """
         engine = entry.engine
+        session = _session(request.body)
         loop = asyncio.get_running_loop()
         send, receive = anyio.create_memory_object_stream[Any](math.inf)
 
@@ -231,7 +235,8 @@ class LlmService(ModelService):
                 pass
 
         def prepare() -> Any:
-            return engine.prepare(prompt(), params, post if stream else None, post, entry.name)
+            on_text = post if stream else None
+            return engine.prepare(prompt(), params, on_text, post, entry.name, session)
 
         try:
             job = await self.registry.run(prepare)
@@ -365,6 +370,14 @@ def generation_params(body: Mapping[str, Any]) -> tuple[GenerationParams, bool]:
         schema,
     )
     return params, stream
+
+
+def _session(body: Mapping[str, Any]) -> str | None:
+    """The request's `session` id (whose conversation state may be saved and restored)."""
+    session = body.get("session")
+    if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 256):
+        raise BadRequest("field 'session' must be a string of 1 to 256 characters")
+    return session
 
 
 def _constraint(body: Mapping[str, Any]) -> tuple[str | None, str | None]:

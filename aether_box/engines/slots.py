@@ -22,6 +22,7 @@ class Slot:
     seq: int
     tokens: list[int] = field(default_factory=list)  # in the KV cache, positions 0..n-1
     job: Any = None  # the request using it, or None when free
+    session: str | None = None  # whose conversation the cached tokens are
     last_used: float = 0.0
 
 
