@@ -120,12 +120,16 @@ async def chat_for(
     model: str,
     messages: list[dict[str, Any]],
     own_fields: tuple[str, ...],
+    session: str | None = None,
 ) -> dict[str, Any]:
     """`llm` chat on behalf of another service's request: its fields other than `own_fields`
     are the sampling (``stream``, ``max_tokens``...), and its partial replies go to that request.
+    `session` names the conversation, so the model may keep its KV state between turns.
     """
     sampling = {k: v for k, v in request.body.items() if k not in own_fields}
     chat = {**sampling, "op": "chat", "model": model, "messages": messages}
+    if session is not None:
+        chat["session"] = session
     return await box.broker.call("llm", chat, on_partial=request.partial)
 
 
