@@ -286,9 +286,15 @@ class ModelRegistry:
             for role in ROLES:
                 entry = self._loaded.get((name, role))
                 if entry is not None:
-                    await self._quiesce(entry)
-                    async with entry.lock:
-                        await self._drop(entry)
+                    try:
+                        await self._quiesce(entry)
+                        async with entry.lock:
+                            await self._drop(entry)
+                    except BaseException:
+                        if entry.engine is not None:  # not unloaded after all: serve again
+                            entry.closing = False
+                            self._notify()
+                        raise
                     roles.append(role)
         return roles
 
