@@ -330,6 +330,9 @@ class Scheduler:
 
     def _step(self) -> None:
         started = time.perf_counter()
+        # The Python overhead is CPU time of this thread outside llama.cpp's calls: a clock
+        # that a busy host's preemption does not inflate, as it does wall time.
+        cpu_started = time.thread_time()
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 self._end(slot.job, slot.job.result("cancelled"), drop_kv=True)
@@ -364,9 +367,9 @@ class Scheduler:
             room -= take
         if not batch.n:
             return
-        decode_started = time.perf_counter()
+        cpu_decode = time.thread_time()
         rc = batch.decode(self.ctx)
-        decoded = time.perf_counter()
+        cpu_decode = time.thread_time() - cpu_decode
         if rc != 0:
             self._failed_decode(rc, generating, chunks)
             return
@@ -380,18 +383,16 @@ class Scheduler:
         sampling = 0.0
         produced = 0
         for job, index in outputs:
-            before = time.perf_counter()
+            before = time.thread_time()
             token = job.sampler.sample(self.ctx, index)
-            sampling += time.perf_counter() - before
+            sampling += time.thread_time() - before
             produced += 1
             self._on_token(job, token)
-        ended = time.perf_counter()
         self.steps += 1
         self.generated += produced
         if produced and not chunks:
-            self._rates.append(produced / (ended - started))
-        overhead = (ended - started) - (decoded - decode_started) - sampling
-        self._overheads.append(overhead)
+            self._rates.append(produced / (time.perf_counter() - started))
+        self._overheads.append(time.thread_time() - cpu_started - cpu_decode - sampling)
 
     def _on_token(self, job: Job, token: int) -> None:
         now = time.perf_counter()
