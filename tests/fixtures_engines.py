@@ -60,6 +60,7 @@ class Streamer(threading.Thread):
         super().__init__(daemon=True)
         self.box, self.body, self.stop_after = box, body, stop_after
         self.replies: list[dict[str, Any]] = []
+        self.times: list[float] = []  # when each reply arrived (time.monotonic)
         self.first = threading.Event()
         self.cancel = threading.Event()
         self.finished_at: float | None = None
@@ -71,6 +72,7 @@ class Streamer(threading.Thread):
                 replies = client.stream("llm", self.body)
                 for reply in replies:
                     self.replies.append(reply)
+                    self.times.append(time.monotonic())
                     self.first.set()
                     if self.cancel.is_set() or len(self.replies) == self.stop_after:
                         replies.close()  # the client library cancels the request

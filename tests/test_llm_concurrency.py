@@ -1,4 +1,5 @@
-"""Several clients at once: fair queues per model, cancellation, and a loop that never blocks."""
+"""Several clients at once: side-by-side service, a bounded queue, cancellation, and a loop that
+never blocks."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import time
 
 import pytest
 import zmq
-from fixtures_engines import Streamer, loaded, wait_for
+from fixtures_engines import Streamer, engines_box, loaded, wait_for
 
 from aether_box.bus.protocol import CLIENT, ClientCmd, decode_body, encode_body
-from aether_box.errors import Timeout
+from aether_box.errors import BoxError, Timeout
 
 MODEL = "smollm2"
 KEY = (MODEL, "generate")
@@ -112,33 +113,73 @@ def test_a_cancel_during_a_long_prompt_is_noticed_between_prompt_chunks(llm_box)
     assert freed < 0.8 * full["ttft_s"], (freed, full["ttft_s"])
 
 
-def test_requests_for_one_model_are_served_first_come_first_served(llm_box):
+def short(prompt: str, tokens: int = 4) -> dict:
+    return {
+        "op": "complete",
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0.0,
+        "stream": True,
+    }
+
+
+def test_short_requests_run_beside_a_long_one(llm_box):
     blocker = Streamer(llm_box, LONG)
     blocker.start()
     assert blocker.first.wait(120)
-    waiting = []
     try:
-        for i in range(3):
-            body = {
-                "op": "complete",
-                "model": MODEL,
-                "prompt": f"Count: {i}",
-                "max_tokens": 2,
-                "temperature": 0.0,
-                "stream": True,
-            }
-            waiting.append(Streamer(llm_box, body))
-            waiting[-1].start()
-            # Each is queued before the next is sent.
-            with llm_box.client() as client:
-                wait_for(lambda n=i + 1: loaded(client)[KEY]["queued"] >= n, 10, f"{i + 1} queued")
+        shorts = [Streamer(llm_box, short(f"Count: {i}")) for i in range(3)]
+        for thread in shorts:
+            thread.start()
+        for thread in shorts:
+            thread.join(120)
+            assert thread.error is None, thread.error
+            assert thread.replies[-1]["usage"]["completion_tokens"] >= 1
+        # They did not wait for the long generation to end: each had a slot of its own.
+        assert blocker.finished_at is None
+        assert blocker.error is None
     finally:
         blocker.stop()
-    for thread in waiting:
-        thread.join(120)
-        assert thread.error is None and thread.replies[-1]["usage"]["completion_tokens"] >= 1
-    order = sorted(range(3), key=lambda i: waiting[i].finished_at)
-    assert order == [0, 1, 2]
+
+
+def test_clients_at_once_are_served_side_by_side_and_alike(llm_box):
+    streams = [Streamer(llm_box, short(f"Story {i}: once upon a time", 32)) for i in range(4)]
+    for thread in streams:
+        thread.start()
+    for thread in streams:
+        thread.join(300)
+        assert thread.error is None, thread.error
+    # Every client had its first token before any had its last: none waited for another.
+    first_tokens = max(t.times[0] for t in streams)
+    assert first_tokens < min(t.times[-1] for t in streams)
+    # And they advanced at much the same pace (one batch a step, one token each).
+    rates = [(len(t.times) - 2) / (t.times[-2] - t.times[0]) for t in streams]
+    assert min(rates) > 0.5 * max(rates), rates
+
+
+def test_requests_beyond_the_slots_wait_and_a_full_queue_answers_busy(models_dir):
+    with engines_box(models_dir, parallel=1, max_queue=1) as box, box.client() as client:
+        blocker = Streamer(box, LONG)
+        blocker.start()
+        assert blocker.first.wait(120)
+        queued = Streamer(box, short("Count: 1", 2))
+        try:
+            queued.start()
+            wait_for(lambda: loaded(client)[KEY]["queued"] == 1, 10, "one request queued")
+            started = time.monotonic()
+            with pytest.raises(BoxError) as caught:
+                client.request("llm", {**short("Count: 2", 2), "stream": False}, timeout=60)
+            assert time.monotonic() - started < 5  # at once, not after the long generation
+            assert caught.value.code == "busy"
+            assert (
+                "1 queued" in caught.value.message and "engines.max_queue" in caught.value.message
+            )
+            assert queued.finished_at is None  # still waiting its turn
+        finally:
+            blocker.stop()
+        queued.join(120)
+        assert queued.error is None and queued.replies[-1]["usage"]["completion_tokens"] == 2
 
 
 def test_other_models_are_not_held_up_by_a_long_generation(llm_box):

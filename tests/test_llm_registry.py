@@ -6,10 +6,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures_engines import Streamer, engines_box, loaded, wait_for
 
 from aether_box.engines.llama import gpu_offload_supported
-from aether_box.engines.registry import gpu_present
+from aether_box.engines.registry import EngineSettings, gpu_present
+from aether_box.errors import ConfigError
 from aether_box.models.store import ModelStore
 
 MODEL = "smollm2"
@@ -62,11 +64,14 @@ def test_gpu_off_keeps_llama_on_the_cpu(models_dir: Path):
 
 
 def test_least_recently_used_model_is_unloaded_to_fit_the_budget(own_models_dir: Path):
-    # A second name for the same GGUF: a third instance to juggle. Generation instances are
-    # ~240 MB here and embedding ones ~250 MB, so 600 MB holds two of them, not three.
+    # A second name for the same GGUF: a third instance to juggle. Generation instances with
+    # one slot are ~240 MB here and embedding ones ~250 MB, so 600 MB holds two, not three.
     gguf = next((own_models_dir / MODEL).glob("*.gguf"))
     ModelStore(own_models_dir).add(gguf, name="smol-copy")
-    with engines_box(own_models_dir, memory_budget_mb=600) as box, box.client() as client:
+    with (
+        engines_box(own_models_dir, memory_budget_mb=600, parallel=1) as box,
+        box.client() as client,
+    ):
         generate(client)  # A
         embed(client)  # B
         assert set(loaded(client)) == {(MODEL, "generate"), (MODEL, "embed")}
@@ -80,7 +85,7 @@ def test_least_recently_used_model_is_unloaded_to_fit_the_budget(own_models_dir:
 
 
 def test_a_busy_model_is_waited_for_not_unloaded(models_dir: Path):
-    # 300 MB holds one smollm2 instance (~240 MB) but not two.
+    # 300 MB holds one smollm2 instance with one slot (~240 MB) but not two.
     long = {
         "op": "complete",
         "model": MODEL,
@@ -89,7 +94,10 @@ def test_a_busy_model_is_waited_for_not_unloaded(models_dir: Path):
         "max_tokens": 2000,
         "temperature": 0.0,
     }
-    with engines_box(models_dir, memory_budget_mb=300) as box, box.client() as client:
+    with (
+        engines_box(models_dir, memory_budget_mb=300, parallel=1) as box,
+        box.client() as client,
+    ):
         generation = Streamer(box, long)
         generation.start()
         assert generation.first.wait(120)
@@ -109,3 +117,19 @@ def test_a_busy_model_is_waited_for_not_unloaded(models_dir: Path):
         waiter.join(120)
         assert not waiter.is_alive()
         assert set(loaded(client)) == {(MODEL, "embed")}
+
+
+def test_gpu_layer_settings_are_checked_and_shown(models_dir: Path, tmp_path: Path):
+    for bad in ("some", -1, True):
+        with pytest.raises(ConfigError, match="n_gpu_layers"):
+            EngineSettings(n_gpu_layers=bad).resolve(tmp_path)
+    with engines_box(models_dir, n_gpu_layers=3) as box, box.client() as client:
+        generate(client)
+        models = client.status()["models"]
+        entry = loaded(client)[(MODEL, "generate")]
+    assert models["n_gpu_layers"] == 3 and models["gpu"] == "auto"
+    if not models["llama_gpu_offload"]:
+        # Nothing offloaded: llama.cpp says "0/N" or nothing at all.
+        assert entry["gpu_layers"] is None or entry["gpu_layers"].startswith("0/")
+    else:
+        assert entry["gpu_layers"].startswith("3/")

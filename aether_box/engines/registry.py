@@ -2,8 +2,10 @@
 
 A model is loaded on first use, for one role: ``"generate"`` (a GGUF for chat/completion) or
 ``"embed"`` (a GGUF with mean pooling, or an ONNX encoder). A GGUF used both ways is two
-instances, each counted against the budget. Each instance serves one request at a time; the
-others wait on its lock, first come first served, so one model's queue never holds up another's.
+instances, each counted against the budget. A generation instance serves many requests at
+once (its own scheduler batches and queues them, see `scheduler`); an embedding instance
+serves one request at a time, the others waiting on its lock, first come first served. Either
+way one model's queue never holds up another's.
 When a load would go over ``engines.memory_budget_mb``, idle instances are unloaded, least
 recently used first; busy ones are waited for.
 """
@@ -54,26 +56,40 @@ class LoadedModel:
     load_s: float
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     users: int = 0  # requests holding or waiting for it; pins it against eviction
+    active: int = 0  # requests inside `use` (a shared instance has several at once)
+    closing: bool = False  # being unloaded: new requests wait for it to go, then reload
     requests: int = 0
     last_used: float = field(default_factory=time.monotonic)
     tokens_per_s: float | None = None
     items_per_s: float | None = None
 
+    @property
+    def shared(self) -> bool:
+        """Whether it serves several requests at once (a generation scheduler)."""
+        return hasattr(self.engine, "submit")
+
     def snapshot(self) -> dict[str, Any]:
         waiting = self.lock.statistics().tasks_waiting
+        busy = self.lock.locked()
+        stats = getattr(self.engine, "stats", None)
+        extra = stats() if stats is not None else {}
+        if extra:
+            busy, waiting = extra["slots_busy"] > 0, extra["queue"]
         return {
             "name": self.name,
             "role": self.role,
             "kind": self.kind,
             "memory_mb": round(self.memory_bytes / 2**20, 1),
             "device": self.device,
-            "busy": self.lock.locked(),
+            "busy": busy,
             "queued": waiting,
             "requests": self.requests,
             "idle_s": round(time.monotonic() - self.last_used, 1),
             "load_s": round(self.load_s, 3),
+            "gpu_layers": getattr(self.engine, "offloaded", None),  # "31/31" or None
             "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
             "texts_per_s": None if self.items_per_s is None else round(self.items_per_s, 1),
+            **({"scheduler": extra} if extra else {}),
         }
 
 
@@ -145,7 +161,8 @@ class ModelRegistry:
 
     @asynccontextmanager
     async def use(self, name: str, role: str) -> AsyncIterator[LoadedModel]:
-        """Hold model `name` loaded for `role`, alone, until the block ends (waits its turn)."""
+        """Hold model `name` loaded for `role` until the block ends: alone (waiting its turn)
+        unless the instance serves several requests at once."""
         while True:
             entry = self._loaded.get((name, role))
             if entry is None:
@@ -153,6 +170,17 @@ class ModelRegistry:
             else:
                 entry.users += 1
             try:
+                if entry.shared or entry.closing:
+                    if entry.closing or entry.engine is None:
+                        await self._released.wait()  # it is being unloaded: then load again
+                        continue
+                    entry.active += 1
+                    try:
+                        entry.requests += 1
+                        yield entry
+                        return
+                    finally:
+                        entry.active -= 1
                 async with entry.lock:
                     if entry.engine is None:
                         continue  # unloaded (`unload` op) while we queued: load it again
@@ -162,8 +190,18 @@ class ModelRegistry:
             finally:
                 entry.users -= 1
                 entry.last_used = time.monotonic()
-                self._released.set()
-                self._released = anyio.Event()
+                self._notify()
+
+    def _notify(self) -> None:
+        """Wake whoever waits for an instance to be released or dropped."""
+        self._released.set()
+        self._released = anyio.Event()
+
+    async def _quiesce(self, entry: LoadedModel) -> None:
+        """Wait until no request uses `entry` (taking its lock, for one-at-a-time instances)."""
+        entry.closing = True
+        while entry.active:
+            await self._released.wait()
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking engine call in a worker thread (the caller holds the model's lock)."""
@@ -183,14 +221,23 @@ class ModelRegistry:
             for role in ROLES:
                 entry = self._loaded.get((name, role))
                 if entry is not None:
-                    async with entry.lock:
-                        await self._drop(entry)
+                    try:
+                        await self._quiesce(entry)
+                        async with entry.lock:
+                            await self._drop(entry)
+                    except BaseException:
+                        if entry.engine is not None:  # not unloaded after all: serve again
+                            entry.closing = False
+                            self._notify()
+                        raise
                     roles.append(role)
         return roles
 
     async def close(self) -> None:
         """Unload everything (at shutdown)."""
         for entry in list(self._loaded.values()):
+            with anyio.move_on_after(10):
+                await self._quiesce(entry)
             with anyio.move_on_after(10):
                 async with entry.lock:
                     await self._drop(entry)
@@ -286,13 +333,26 @@ class ModelRegistry:
 
     def _loader(self, info: ModelInfo, role: str) -> Callable[[], Any]:
         s, threads = self.settings, self.threads
-        gpu_layers = -1 if self.llama_gpu else 0
+        gpu_layers = 0
+        if self.llama_gpu:
+            gpu_layers = -1 if s.n_gpu_layers == "all" else int(s.n_gpu_layers)
         if info.kind == "gguf":
-            from aether_box.engines.llama import LlamaEmbedder, LlamaGenerator
+            from aether_box.engines.generator import LlamaGenerator
+            from aether_box.engines.llama import LlamaEmbedder
 
             if role == "generate":
                 return lambda: LlamaGenerator.load(
-                    info.path, n_ctx=s.n_ctx, n_threads=threads, n_gpu_layers=gpu_layers
+                    info.path,
+                    n_ctx=s.n_ctx,
+                    n_threads=threads,
+                    n_gpu_layers=gpu_layers,
+                    parallel=s.parallel,
+                    max_queue=s.max_queue,
+                    kv_cells=s.kv_cells,
+                    kv_unified=s.kv_unified,
+                    name=info.name,
+                    state_dir=s.state_dir / info.name if s.state_dir else None,
+                    state_bytes=s.state_cache_mb * 2**20,
                 )
             return lambda: LlamaEmbedder.load(
                 info.path, n_ctx=s.embed_n_ctx, n_threads=threads, n_gpu_layers=gpu_layers
@@ -308,8 +368,11 @@ class ModelRegistry:
         self._loaded.pop((entry.name, entry.role), None)
         close = getattr(entry.engine, "close", None)
         entry.engine = None
-        if close is not None:
-            await anyio.to_thread.run_sync(close, limiter=self._threads)
+        try:
+            if close is not None:
+                await anyio.to_thread.run_sync(close, limiter=self._threads)
+        finally:
+            self._notify()  # requests that waited for it to go load it again
 
     # -- status --------------------------------------------------------------------------
 
@@ -331,8 +394,11 @@ class ModelRegistry:
             "used_mb": round(self.used_bytes / 2**20, 1),
             "gpu_present": self.gpu_present,
             "llama_gpu_offload": self.llama_gpu,
+            "gpu": self.settings.gpu,
+            "n_gpu_layers": self.settings.n_gpu_layers,
             "n_threads": self.threads,
             "n_ctx": self.settings.n_ctx,
+            "parallel": self.settings.parallel,
         }
 
 

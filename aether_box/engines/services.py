@@ -7,11 +7,22 @@
   Sampling fields, all optional: ``max_tokens`` (int >= 1, default 256), ``temperature``
   (0..2, default 0.8; 0 is greedy), ``top_p`` (0 < p <= 1, default 0.95), ``top_k`` (int >= 0,
   default 40; 0 = off), ``min_p`` (0..1, default 0.05), ``seed`` (int, default random),
-  ``stop`` (a string or a list of strings), ``stream`` (bool, default false).
+  ``stop`` (a string or a list of strings), ``repeat_penalty`` (> 0, default 1.0 = off; over
+  the last 64 generated tokens), ``stream`` (bool, default false).
+  ``session`` (a string): the conversation's id; when another request takes its slot, its KV
+  state is saved to disk, and a later request of the session whose prompt starts with exactly
+  those tokens gets it back instead of re-reading them.
+  Constrained output: ``grammar`` (GBNF text, root rule ``root``) or ``json_schema`` (a JSON
+  schema map): the reply follows the grammar; with a schema it is JSON that fits it (unless
+  ``max_tokens`` cuts it short: finish_reason "length").
   With ``stream``, each piece of text arrives as a PARTIAL ``{"token": str}`` (one per token,
   except that bytes of a multi-byte character wait for the rest, and text that may begin a
   stop sequence waits until it cannot). FINAL: ``{"model", "text", "finish_reason" ("stop" or
-  "length"), "usage": {"prompt_tokens", "completion_tokens"}, "tokens_per_s", "ttft_s"}``.
+  "length"), "usage": {"prompt_tokens", "completion_tokens"}, "cached_tokens", "tokens_per_s",
+  "ttft_s"}``; ``cached_tokens`` are prompt tokens found in the model's KV cache (a
+  conversation's earlier turns), not computed again.
+  Requests run ``engines.parallel`` at a time per model, batched together; up to
+  ``engines.max_queue`` more wait, and beyond that a request fails at once with code ``busy``.
   Cancelling the request (or disconnecting) stops the generation within a token.
 - ``models``: what is installed and loaded (the same map as status's "models" section).
 - ``load``: ``{"model", "role"?: "generate" | "embed"}`` loads it now; ``unload``: ``{"model"}``.
@@ -27,9 +38,9 @@ implements `PeerDirectory` (see aether_box.contract; the federation component do
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -42,7 +53,7 @@ from aether_box.bus.protocol import ROUTED
 from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
 from aether_box.contract import ModelCatalog, PeerDirectory
-from aether_box.engines.llama import Generation, GenerationParams
+from aether_box.engines.generation import Generation, GenerationParams
 from aether_box.engines.onnx import cuda_unavailable_reason
 from aether_box.engines.registry import (
     ROLES,
@@ -142,12 +153,16 @@ async def chat_for(
     model: str,
     messages: list[dict[str, Any]],
     own_fields: tuple[str, ...],
+    session: str | None = None,
 ) -> dict[str, Any]:
     """`llm` chat on behalf of another service's request: its fields other than `own_fields`
     are the sampling (``stream``, ``max_tokens``...), and its partial replies go to that request.
+    `session` names the conversation, so the model may keep its KV state between turns.
     """
     sampling = {k: v for k, v in request.body.items() if k not in own_fields}
     chat = {**sampling, "op": "chat", "model": model, "messages": messages}
+    if session is not None:
+        chat["session"] = session
     return await ctx.call("llm", chat, on_partial=request.partial)
 
 
@@ -232,46 +247,53 @@ class LlmService(ModelService):
         params: GenerationParams,
         stream: bool,
     ) -> Generation:
-        """Generate in a worker thread, streaming the text; stop it if the request is cancelled.
+        """Hand the request to the model's scheduler and stream its text as it comes.
 
-        `prompt` makes the prompt's tokens; it runs in the same worker call as the generation.
+        `prompt` makes the prompt's tokens; it runs in a worker thread, with the sampler's
+        set-up (a grammar is parsed there), so the loop never waits on either. The scheduler's
+        thread posts text and the result back to this loop; cancelling the request (client
+        cancel or disconnect) cancels the job, which leaves its slot within one step.
         """
         engine = entry.engine
-        stop = threading.Event()
+        session = _session(request.body)
         loop = asyncio.get_running_loop()
-        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        send, receive = anyio.create_memory_object_stream[Any](math.inf)
 
-        def deliver(text: str) -> None:  # on the event loop
+        def deliver(item: Any) -> None:  # on the event loop
             try:
-                send.send_nowait(text)
+                send.send_nowait(item)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the request was cancelled; the worker stops at its next token
+                pass  # the request is gone; its job was cancelled
 
-        on_text = (lambda text: loop.call_soon_threadsafe(deliver, text)) if stream else None
-        outcome: list[Any] = []
-
-        def generate() -> Generation:
-            return engine.generate(prompt(), params, on_text, stop.is_set, entry.name)
-
-        async def work() -> None:
+        def post(item: Any) -> None:  # in the scheduler's thread
             try:
-                outcome.append(await self.registry.run(generate))
-            except Exception as exc:  # re-raised below, outside the task group
-                outcome.append(exc)
-            finally:
-                send.close()
+                loop.call_soon_threadsafe(deliver, item)
+            except RuntimeError:  # the loop has closed (shutdown): nobody is listening
+                pass
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(work)
-            try:
-                async with receive:
-                    async for text in receive:
-                        await request.partial({"token": text})
-            finally:
-                # Cancelled (client cancel or gone) or done: either way the worker stops at
-                # its next token, and the task group waits for it, so the model is free after.
-                stop.set()
-        result = outcome[0]
+        def prepare() -> Any:
+            on_text = post if stream else None
+            return engine.prepare(prompt(), params, on_text, post, entry.name, session)
+
+        try:
+            job = await self.registry.run(prepare)
+            engine.submit(job)
+        except BaseException:
+            send.close()
+            receive.close()
+            raise
+        result: Any = None
+        try:
+            async with receive:
+                async for item in receive:
+                    if isinstance(item, str):
+                        await request.partial({"token": item})
+                    else:
+                        result = item
+                        break
+        finally:
+            job.cancel()  # a no-op once it has finished
+            send.close()
         if isinstance(result, BaseException):
             raise result
         if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
@@ -298,6 +320,7 @@ class LlmService(ModelService):
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,
             },
+            "cached_tokens": result.cached_tokens,
             "tokens_per_s": round(result.tokens_per_s, 2),
             "ttft_s": round(result.ttft_s, 4),
         }
@@ -370,6 +393,8 @@ def generation_params(body: Mapping[str, Any]) -> tuple[GenerationParams, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(f"field 'stream' must be true or false, got {stream!r}")
+    repeat_penalty = _number(body, "repeat_penalty", d.repeat_penalty, 0.0, 4.0, open_low=True)
+    grammar, schema = _constraint(body)
     params = GenerationParams(
         int(max_tokens),
         float(temperature),
@@ -378,8 +403,36 @@ def generation_params(body: Mapping[str, Any]) -> tuple[GenerationParams, bool]:
         float(min_p),
         seed,
         tuple(stop),
+        float(repeat_penalty),
+        grammar,
+        schema,
     )
     return params, stream
+
+
+def _session(body: Mapping[str, Any]) -> str | None:
+    """The request's `session` id (whose conversation state may be saved and restored)."""
+    session = body.get("session")
+    if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 256):
+        raise BadRequest("field 'session' must be a string of 1 to 256 characters")
+    return session
+
+
+def _constraint(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The request's `grammar` (GBNF) or `json_schema` (as JSON text); at most one of them."""
+    grammar, schema = body.get("grammar"), body.get("json_schema")
+    if grammar is not None and schema is not None:
+        raise BadRequest("send 'grammar' or 'json_schema', not both")
+    if grammar is not None and (not isinstance(grammar, str) or not grammar.strip()):
+        raise BadRequest("field 'grammar' must be GBNF text (a non-empty string)")
+    if schema is None:
+        return grammar, None
+    if not isinstance(schema, dict):
+        raise BadRequest(f"field 'json_schema' must be a map (a JSON schema), got {schema!r}")
+    try:
+        return None, json.dumps(schema)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"field 'json_schema' is not plain JSON: {exc}") from exc
 
 
 def _number(

@@ -22,14 +22,32 @@ class EngineSettings:
     # Total for all loaded models (weights, KV cache, compute buffers), as llama.cpp and
     # ONNX Runtime account them; least recently used models are unloaded to stay within it.
     memory_budget_mb: int = 3072
-    # Context length of generation instances (prompt plus reply, in tokens).
+    # Context length of one generation request (prompt plus reply, in tokens).
     n_ctx: int = 2048
+    # Requests one generation instance serves at once (continuous batching, one sequence each).
+    parallel: int = 4
+    # Requests that may wait for a slot beyond those; more are refused at once as `busy`.
+    max_queue: int = 32
+    # KV cache cells of one generation instance, for all its sequences (and the
+    # conversations its slots keep); 0 = n_ctx * parallel, room for every slot at full length.
+    kv_cells: int = 0
+    # false: each sequence has kv_cells / parallel cells of its own, and batching leaves
+    # greedy answers exactly as they are alone. true: one shared pool (a long conversation may
+    # use what the others do not), but batched answers may drift from lone ones (README).
+    kv_unified: bool = False
+    # Disk kept for sessions' conversation states (restored instead of re-read; least
+    # recently used deleted first), per generation model; 0 = none kept.
+    state_cache_mb: int = 256
+    # Where they are kept; default: <data dir>/kv-state.
+    state_dir: Path | None = None
     # Longest text, in tokens, that a GGUF embedding instance takes.
     embed_n_ctx: int = 512
     # llama.cpp threads; 0 = the machine's physical cores.
     n_threads: int = 0
     # "auto": offload to a GPU when llama.cpp / ONNX Runtime can and one is present; "off": CPU.
     gpu: str = "auto"
+    # Layers of a GGUF model put on the GPU when one is used: "all", or a number (0 = none).
+    n_gpu_layers: int | str = "all"
     # Texts per engine call; a bigger request is split, and other requests for the same
     # model get their turn between the pieces.
     embed_batch: int = 32
@@ -40,9 +58,34 @@ class EngineSettings:
         """Check the values."""
         if self.gpu not in ("auto", "off"):
             raise ConfigError(f"engines.gpu must be 'auto' or 'off', got {self.gpu!r}")
-        for key in ("memory_budget_mb", "n_ctx", "embed_n_ctx", "embed_batch", "max_texts"):
+        layers = self.n_gpu_layers
+        if layers != "all" and (isinstance(layers, str) or isinstance(layers, bool) or layers < 0):
+            raise ConfigError(
+                f'engines.n_gpu_layers must be "all" or a number >= 0, got {layers!r}'
+            )
+        for key in (
+            "memory_budget_mb",
+            "n_ctx",
+            "embed_n_ctx",
+            "embed_batch",
+            "max_texts",
+            "parallel",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"engines.{key} must be at least 1, got {getattr(self, key)}")
+        if self.state_dir is None:
+            self.state_dir = data_dir / "kv-state"
+        if self.max_queue < 0 or self.kv_cells < 0 or self.state_cache_mb < 0:
+            raise ConfigError(
+                "engines.max_queue, engines.kv_cells and engines.state_cache_mb must be 0 or more"
+            )
+        per_sequence = self.kv_cells if self.kv_unified else self.kv_cells // self.parallel
+        if self.kv_cells and per_sequence < self.n_ctx:
+            raise ConfigError(
+                f"engines.kv_cells ({self.kv_cells}) must give each sequence a whole context "
+                f"(engines.n_ctx = {self.n_ctx}; {self.parallel} sequences"
+                f"{', unified' if self.kv_unified else ''}), or be 0"
+            )
         if self.n_threads < 0:
             raise ConfigError(f"engines.n_threads must be 0 (auto) or more, got {self.n_threads}")
 

@@ -106,7 +106,9 @@ class SessionsComponent(OpService):
         )
         if session["system"]:
             messages.insert(0, {"role": "system", "content": session["system"]})
-        reply = await chat_for(self.ctx, request, session["model"], messages, OWN_FIELDS)
+        reply = await chat_for(
+            self.ctx, request, session["model"], messages, OWN_FIELDS, session=session_id
+        )
         # Only a finished reply is kept, together with the message it answers.
         turn = [("user", text), ("assistant", reply.get("text", ""))]
         count = await self._run(self.store.append, session_id, turn)

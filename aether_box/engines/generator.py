@@ -1,0 +1,254 @@
+"""A GGUF model loaded for generation: its prompts, and its scheduler.
+
+The model and one context are made on llama-cpp-python's low-level API (its `Llama` class has
+one sequence per context); the context holds `parallel` sequences and a `Scheduler` thread
+drives it. By default each sequence has a KV stream of its own: a sequence's cells then lie
+just as they would if it ran alone, so batching does not change a single bit of its logits
+(measured: greedy replies identical alone and four at a time). `kv_unified` shares one pool
+instead, so one long conversation may use what the others do not; but then the other
+sequences' cells sit among a sequence's own, attention sums in another order, and greedy
+replies drift apart after a few tokens (measured: 1 to 3 of 8 replies identical). Prompt rendering and tokenizing only read the vocabulary,
+so they run in the caller's worker thread, never in the scheduler's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp._internals import LlamaContext, LlamaModel
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from aether_box.engines.generation import GenerationParams
+from aether_box.engines.llama import LOAD_LOCK, corrupt, measure, offloaded
+from aether_box.engines.llama_log import captured
+from aether_box.engines.sampling import Sampler
+from aether_box.engines.saved_state import StateStore
+from aether_box.engines.scheduler import Job, Scheduler
+from aether_box.errors import BadRequest, NotFound
+
+__all__ = ["LlamaGenerator"]
+
+
+class LlamaGenerator:
+    """Chat and raw completion with one GGUF model, several requests at a time."""
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_gpu_layers: int,
+        parallel: int = 4,
+        max_queue: int = 32,
+        kv_cells: int = 0,
+        kv_unified: bool = False,
+        n_batch: int = 512,
+        name: str = "",
+        state_dir: Path | None = None,
+        state_bytes: int = 0,
+    ) -> LlamaGenerator:
+        """Load `path`: requests of up to `n_ctx` tokens, `parallel` at once, over `kv_cells`
+        KV cells in all (0: room for `parallel` full contexts), split evenly between the
+        sequences or, with `kv_unified`, shared. With `state_dir` and `state_bytes`, sessions'
+        conversations are saved there when their slot is reused (see `saved_state`)."""
+        if not path.exists():
+            raise NotFound(f"model file {path} has gone; pull or add the model again")
+        kv_cells = kv_cells or n_ctx * parallel
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = max(kv_cells, n_ctx)
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = parallel
+        params.kv_unified = kv_unified
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.no_perf = True
+        # On the CPU, as llama-cpp-python's `Llama` does: the same maths, so the same replies
+        # as before the scheduler; on a GPU flash attention pays, and llama.cpp decides.
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if n_gpu_layers
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        with LOAD_LOCK, captured() as lines, contextlib.ExitStack() as stack:
+            try:
+                model = LlamaModel(path_model=str(path), params=model_params, verbose=False)
+            except ValueError as exc:
+                raise corrupt(path, lines, exc) from exc
+            stack.callback(model.close)
+            try:
+                context = LlamaContext(model=model, params=params, verbose=False)
+            except ValueError as exc:
+                raise corrupt(path, lines, exc) from exc
+            stack.pop_all()
+        memory, device, backends = measure(lines, model.model)
+        return cls(
+            model,
+            context,
+            path,
+            memory_bytes=memory,
+            device=device,
+            backends=backends,
+            offloaded=offloaded(lines),
+            n_ctx=n_ctx,
+            parallel=parallel,
+            max_queue=max_queue,
+            n_batch=n_batch,
+            unified=kv_unified,
+            name=name or path.stem,
+            store=StateStore(state_dir, state_bytes) if state_dir and state_bytes else None,
+        )
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        context: LlamaContext,
+        path: Path,
+        *,
+        memory_bytes: int,
+        device: str,
+        backends: list[str],
+        offloaded: str | None,
+        n_ctx: int,
+        parallel: int,
+        max_queue: int,
+        n_batch: int,
+        unified: bool,
+        name: str,
+        store: StateStore | None = None,
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.context = context
+        self.path = path
+        self.memory_bytes = memory_bytes
+        self.device = device
+        self.backends = backends
+        self.offloaded = offloaded
+        self.kv_cells = llama_cpp.llama_n_ctx(context.ctx)  # llama.cpp may round it up
+        self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(context.ctx))
+        self.dim = model.n_embd()
+        self._vocab = model.vocab
+        self._n_vocab = model.n_vocab()
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._bos = model.token_bos()
+        self._bos_text = model.token_get_text(self._bos) if self._bos != -1 else ""
+        self._add_bos = model.add_bos_token()
+        template = model.metadata().get("tokenizer.chat_template")
+        self._chat: Jinja2ChatFormatter | None = None
+        if template:
+            eos = model.token_eos()
+            self._chat = Jinja2ChatFormatter(
+                template=template,
+                eos_token=model.token_get_text(eos) if eos != -1 else "",
+                bos_token=self._bos_text,
+            )
+        self.scheduler = Scheduler(
+            context.ctx,
+            self._vocab,
+            self._piece,
+            name=name,
+            parallel=parallel,
+            max_queue=max_queue,
+            kv_cells=self.kv_cells,
+            n_batch=n_batch,
+            unified=unified,
+            store=store,
+        )
+
+    # -- prompts (any thread) ------------------------------------------------------------
+
+    def chat_tokens(self, messages: list[dict[str, str]], name: str) -> list[int]:
+        """The prompt for `messages`, rendered with the model's own chat template."""
+        if self._chat is None:
+            raise BadRequest(
+                f"model {name!r} has no chat template in its GGUF file; use op 'complete' "
+                "with a prompt you format yourself"
+            )
+        try:
+            prompt = self._chat(messages=messages).prompt
+        except Exception as exc:  # jinja2 errors and the template's own raise_exception
+            raise BadRequest(
+                f"the chat template of {name!r} rejected these messages: {exc}"
+            ) from exc
+        # Templates usually write the BOS themselves; add it only when the model wants one
+        # and the template left it out.
+        add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
+        return self.model.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The tokens of a raw completion prompt (special tokens allowed, as llama.cpp does)."""
+        tokens = self.model.tokenize(prompt.encode("utf-8"), add_bos=self._add_bos, special=True)
+        if not tokens and self._bos != -1:
+            tokens = [self._bos]  # an empty prompt starts from the beginning of a text
+        return tokens
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = self._piece_buf
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    # -- generation ----------------------------------------------------------------------
+
+    def prepare(
+        self,
+        tokens: Sequence[int],
+        params: GenerationParams,
+        on_text: Callable[[str], None] | None,
+        on_done: Callable[[Any], None],
+        name: str = "",
+        session: str | None = None,
+    ) -> Job:
+        """A job for `submit`: checks the prompt's length and builds its sampler chain
+        (a grammar is parsed here, in the caller's worker thread, not the scheduler's), and
+        reads the session's saved conversation state if its tokens start this prompt."""
+        n_prompt = len(tokens)
+        if not n_prompt:
+            raise BadRequest("the prompt is empty")
+        room = self.n_ctx - n_prompt
+        if room <= 0:
+            raise BadRequest(
+                f"the prompt is {n_prompt} tokens but {name or 'the model'}'s context holds "
+                f"{self.n_ctx}; shorten it, or raise engines.n_ctx (up to the model's "
+                f"{self.model.n_ctx_train()})"
+            )
+        sampler = Sampler(self._vocab, self._n_vocab, params)
+        saved = None
+        if session is not None and self.store is not None:
+            saved = self.store.find(session, tokens)
+        limit = min(params.max_tokens, room)
+        return Job(tokens, params, sampler, limit, on_text, on_done, session, saved)
+
+    def submit(self, job: Job) -> None:
+        """Hand `job` to the scheduler (raises Busy when the queue is full); never blocks."""
+        try:
+            self.scheduler.submit(job)
+        except BaseException:
+            job.sampler.close()
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        """The scheduler's figures, for status."""
+        return self.scheduler.stats()
+
+    def close(self) -> None:
+        """Stop the scheduler (requests in it end as cancelled), then free context and model."""
+        self.scheduler.close()
+        self.context.close()
+        self.model.close()
