@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from fixtures_box import BoxInThread
 from fixtures_gateway import gateway_box
+from test_monitor_metrics import scrape
 
 from aether_box.cli import cli
 from aether_box.errors import ConfigError
@@ -64,6 +65,11 @@ def test_keys_are_required_limited_counted_and_revoked_at_once(models_dir, data_
         assert keys["-"]["requests"] == 2  # refused: no key, then bob's revoked one
         text = json.dumps(report)
         assert full not in text and embed_only not in text
+        samples = scrape(report["metrics"]["url"])
+        assert samples[("aether_box_http_key_requests_total", (("key", "bob"),))] == 3
+        route = (("route", "/v1/embeddings"),)
+        assert samples[("aether_box_http_route_requests_total", route)] == 2
+        assert samples[("aether_box_http_route_client_errors_total", route)] == 1
 
 
 def test_a_taken_default_port_moves_to_a_free_one(data_dir):

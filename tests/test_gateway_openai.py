@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shutil
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -172,3 +176,28 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_generation(gateway):
     # The model answers the next request at once.
     reply = gateway.openai().chat.completions.create(model="smollm2", messages=CHAT, **GREEDY)
     assert reply.choices[0].message.content
+
+
+def readme_blocks(language: str) -> list[str]:
+    """The README's ```language blocks in its "HTTP gateway" section."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## HTTP gateway", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+def test_the_readmes_examples_work_as_written(gateway, capsys):
+    (curl,) = readme_blocks("sh")
+    (python,) = readme_blocks("python")
+    documented = "http://127.0.0.1:7748"
+    assert documented in curl and documented in python
+    if shutil.which("curl"):
+        done = subprocess.run(
+            ["bash", "-c", curl.replace(documented, gateway.url)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["choices"][0]["message"]["content"]
+    exec(compile(python.replace(documented, gateway.url), "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip()

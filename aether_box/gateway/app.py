@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from aether_box import __version__
 from aether_box.context import BoxContext
-from aether_box.errors import BadRequest, BoxError
+from aether_box.errors import BadRequest, BoxError, ServiceUnavailable
 from aether_box.gateway import ollama, openai
 from aether_box.gateway.exchange import Exchange, Reply, http_status
 from aether_box.gateway.keys import ApiKey, KeyRing
@@ -139,6 +139,9 @@ class Gateway:
             key_name = key.name if key is not None else ANONYMOUS
             target, reply = translate(await _json_body(request))
             _check_allowed(key, target.service, target.model)
+            if not self.ctx.view.broker.accepting:
+                # As the bus does for socket requests: the box is finishing what it has.
+                raise ServiceUnavailable("the box is shutting down; retry once it is back")
         except BoxError as exc:
             return self._refuse(route, key_name, started, exc, error_body)
         ctx = self.ctx

@@ -9,6 +9,7 @@ picks the change up by itself within a second or two.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -24,10 +25,12 @@ def _names(values: tuple[str, ...]) -> list[str] | None:
     return names or None
 
 
-def _keys_file(state: CliState):  # type: ignore[no-untyped-def]
+def _keys_file(state: CliState) -> Path:
     from aether_box.gateway.settings import HttpSettings
 
-    return state.config().get(HttpSettings).keys_file
+    path = state.config().get(HttpSettings).keys_file
+    assert path is not None  # resolve() fills the default
+    return path
 
 
 def _tell_box(state: CliState) -> str:

@@ -35,6 +35,9 @@ KEYS_POLL_S = 1.0
 # How long requests in flight get to finish once the box stops (their bus calls are over).
 GRACE_S = 1.0
 BACKLOG = 128
+# Apps (editors, chat front-ends) send requests seconds to minutes apart; a connection kept
+# that long spares each a new handshake (Hypercorn's default is 5 s).
+KEEP_ALIVE_S = 75.0
 
 
 class HttpComponent:
@@ -90,6 +93,7 @@ class HttpComponent:
         config.accesslog = None  # requests are counted per route and key, not logged
         config.errorlog = logging.getLogger("aether_box.gateway.hypercorn")
         config.graceful_timeout = GRACE_S
+        config.keep_alive_timeout = KEEP_ALIVE_S
         stop = anyio.Event()
         ctx.add_service("http", self._handle)
         log.info(

@@ -146,10 +146,10 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
         content = message.get("content")
         if isinstance(content, list):  # content parts: the text ones, joined
-            texts = [p.get("text") for p in content if isinstance(p, dict)]
-            if not all(isinstance(t, str) for t in texts) or len(texts) != len(content):
+            texts = [p.get("text") if isinstance(p, dict) else None for p in content]
+            if not all(isinstance(t, str) for t in texts):
                 raise BadRequest(f"messages[{i}].content: only text parts are supported")
-            content = "".join(texts)
+            content = "".join(t for t in texts if isinstance(t, str))
         elif content is None:
             content = ""
         if not isinstance(content, str):
