@@ -15,7 +15,8 @@ from fixtures_gateway import gateway_box
 from test_monitor_metrics import scrape
 
 from aether_box.cli import cli
-from aether_box.errors import ConfigError
+from aether_box.errors import BadRequest, ConfigError, NotFound
+from aether_box.gateway.keys import KeyRing, create_key, load_keys, revoke_key
 
 
 def keys_cli(data_dir, *args: str) -> str:
@@ -85,3 +86,22 @@ def test_a_taken_default_port_moves_to_a_free_one(data_dir):
             assert not gateway.url.endswith(":7748")
     finally:
         taken.close()
+
+
+def test_the_keys_file_keeps_hashes_and_its_errors_say_what_to_do(tmp_path):
+    path = tmp_path / "api_keys.json"
+    record, secret = create_key(path, "ci", models=["minilm"])
+    assert KeyRing(load_keys(path)).check(secret) == record
+    assert KeyRing(load_keys(path)).check(secret + "x") is None
+    with pytest.raises(BadRequest, match="exists"):
+        create_key(path, "ci")
+    with pytest.raises(BadRequest, match="letters"):
+        create_key(path, "no spaces")
+    revoke_key(path, "ci")
+    assert KeyRing(load_keys(path)).check(secret) is None
+    create_key(path, "ci")  # the name is free again once revoked
+    with pytest.raises(NotFound, match=r"live keys: \['ci'\]"):
+        revoke_key(path, "other")
+    path.write_text("{broken")
+    with pytest.raises(ConfigError, match="keys api create"):
+        load_keys(path)

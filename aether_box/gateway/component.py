@@ -145,9 +145,10 @@ class HttpComponent:
         stamp = await anyio.to_thread.run_sync(file_stamp, path)
         if stamp == self._stamp and not force:
             return
+        # Noted first: a broken file is reported once per change, not at every look.
+        self._stamp = stamp
         keys = await anyio.to_thread.run_sync(load_keys, path)
         self.keyring.replace(keys)
-        self._stamp = stamp
 
     async def _watch_keys(self) -> None:
         while True:
