@@ -25,6 +25,7 @@ COMPONENTS = [
     "aether_box.sessions.service:SessionsComponent",
     "aether_box.router.service:RouterComponent",
     "aether_box.federation.service:FederationComponent",
+    "aether_box.gateway.component:HttpComponent",
     "aether_box.monitor.metrics:MetricsComponent",
     "aether_box.monitor.observer:ObserverComponent",
 ]

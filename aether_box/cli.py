@@ -169,7 +169,7 @@ def config_show(state: CliState) -> None:
 
 @cli.group()
 def keys() -> None:
-    """Manage CURVE keys for encrypted, authenticated tcp access."""
+    """Manage CURVE keys (encrypted tcp access) and API keys (`keys api`, the HTTP gateway)."""
 
 
 @keys.command("init")
@@ -191,6 +191,17 @@ def keys_init(state: CliState, force: bool) -> None:
         "socket stay plain, so local apps keep working; `--set bus.curve=on` puts loopback tcp "
         "under CURVE too (local tools of this data dir use its client keys by themselves)."
     )
+
+
+def _add_api_keys() -> None:
+    # `keys api ...` (the HTTP gateway's keys) beside the CURVE keys; the module is small and
+    # imports neither Starlette nor Hypercorn.
+    from aether_box.gateway.cli import api
+
+    keys.add_command(api)
+
+
+_add_api_keys()
 
 
 # Options of the top-level group that may also be written after the subcommand.

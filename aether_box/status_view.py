@@ -25,6 +25,7 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
         f"bus: {', '.join(report['endpoints']['bus'])}   events: {', '.join(report['endpoints']['events'])}"
         f"   CURVE: {'on' if report.get('curve') else 'off'}"
         f"   metrics: {report.get('metrics', {}).get('url', 'off')}"
+        f"   http: {report.get('http', {}).get('url', 'off')}"
     )
     table = Table("service", "kind", "workers", "requests", "errors", "queued", "p50 ms", "p95 ms")
     for name, svc in report["services"].items():
@@ -72,6 +73,14 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     if peers:
         listed = ", ".join(f"{p.get('name')} ({p.get('state')})" for p in peers)
         console.print(f"peers: {listed}")
+    http = report.get("http")
+    if isinstance(http, dict) and http.get("keys"):
+        keys = ", ".join(
+            f"{name if name != '-' else 'no key'} {c.get('requests', 0)}"
+            for name, c in http["keys"].items()
+        )
+        need = "required" if http.get("require_key") else "optional"
+        console.print(f"http requests by API key ({need}): {keys}")
     align = report.get("align")
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"

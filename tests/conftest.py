@@ -20,6 +20,7 @@ pytest_plugins = [
     "fixtures_memory",
     "fixtures_engines",
     "fixtures_align",
+    "fixtures_gateway",
 ]
 
 

@@ -28,6 +28,7 @@ TEST_ENDPOINTS = {
     "event_endpoints": ["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"],
 }
 TEST_METRICS = "127.0.0.1:0"  # an ephemeral port too
+TEST_HTTP = "127.0.0.1:0"  # the HTTP gateway's too
 # Box processes run under blockbuster too (see blockbuster_site/sitecustomize.py).
 _TESTS = Path(__file__).parent
 _BLOCKBUSTER_PATH = os.pathsep.join(
@@ -62,7 +63,11 @@ class BoxInThread:
         overrides: dict[str, dict[str, Any]] | None = None,
         components: list[type] | None = None,
     ) -> None:
-        merged = {"bus": dict(TEST_ENDPOINTS), "monitor": {"metrics_address": TEST_METRICS}}
+        merged = {
+            "bus": dict(TEST_ENDPOINTS),
+            "monitor": {"metrics_address": TEST_METRICS},
+            "http": {"address": TEST_HTTP},
+        }
         for section, values in (overrides or {}).items():
             merged.setdefault(section, {}).update(values)
         self.data_dir = data_dir
@@ -117,6 +122,8 @@ class BoxProcess:
             'bus.event_endpoints=["ipc://{data_dir}/events.sock", "tcp://127.0.0.1:*"]',
             "--set",
             f"monitor.metrics_address={TEST_METRICS}",
+            "--set",
+            f"http.address={TEST_HTTP}",
         ]
         self.log = open(data_dir / "box-process.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(

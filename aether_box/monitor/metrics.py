@@ -97,6 +97,35 @@ class StatusCollector:
         for topic, count in events["dropped"].items():
             dropped.add_metric([topic], count)
         yield dropped
+        yield from _http_families(report.get("http"))
+
+
+def _http_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """The HTTP gateway's counters (its status section), per route and per key name."""
+    if not section:
+        return
+    for label, counts in (("route", section.get("routes", {})), ("key", section.get("keys", {}))):
+        requests = _counter(f"http_{label}_requests", f"HTTP requests, by {label}", [label])
+        errors = _counter(f"http_{label}_errors", f"HTTP 5xx answers, by {label}", [label])
+        client_errors = _counter(
+            f"http_{label}_client_errors",
+            f"HTTP 4xx answers (and clients gone before the answer), by {label}",
+            [label],
+        )
+        latency = _gauge(
+            f"http_{label}_latency_seconds",
+            f"HTTP latency quantiles over the last 2,048 requests, by {label}",
+            None,
+            [label, "quantile"],
+        )
+        for name, c in counts.items():
+            requests.add_metric([name], c["requests"])
+            errors.add_metric([name], c["errors"])
+            client_errors.add_metric([name], c["client_errors"])
+            for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")):
+                if c.get(key) is not None:
+                    latency.add_metric([name, quantile], c[key] / 1000.0)
+        yield from (requests, errors, client_errors, latency)
 
 
 class MetricsComponent:

@@ -88,6 +88,12 @@ class HealthPanel(Static):
             grid.add_row("bus", "\n".join(endpoints.get("bus", [])) or MISSING)
             grid.add_row("events", "\n".join(endpoints.get("events", [])) or MISSING)
             grid.add_row("CURVE", "on" if r.get("curve") else "off")
+            http = r.get("http")
+            if isinstance(http, Mapping) and http.get("url"):  # only boxes with the gateway
+                keys = http.get("keys") if isinstance(http.get("keys"), Mapping) else {}
+                requests = sum(c.get("requests", 0) for c in keys.values())
+                need = "keys required" if http.get("require_key") else "keys optional"
+                grid.add_row("http", f"{http['url']}   {need}   {fmt_count(requests)} requests")
             grid.add_row("data dir", str(r.get("data_dir", MISSING)))
         outer = Table.grid()
         outer.add_row(self.state)

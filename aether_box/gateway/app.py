@@ -1,0 +1,240 @@
+"""The gateway's Starlette app: routes, API keys, and errors in each API's own shape.
+
+Every route that reaches a model is one bus call through `BoxContext.call` (the broker's
+limiter, counters and cancellation, as a socket request), made by an `Exchange` (streamed,
+and cancelled when the client hangs up). Keys are checked on the event loop against the
+in-memory `KeyRing` (a sha256 and a dict lookup); the component keeps it in step with the
+keys file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from aether_box import __version__
+from aether_box.context import BoxContext
+from aether_box.errors import BadRequest, BoxError, ServiceUnavailable
+from aether_box.gateway import ollama, openai
+from aether_box.gateway.exchange import Exchange, Reply, http_status
+from aether_box.gateway.keys import ApiKey, KeyRing
+from aether_box.gateway.openai import ROUTER_MODEL, Target
+from aether_box.gateway.stats import ANONYMOUS, GatewayStats
+
+__all__ = ["Gateway"]
+
+# Builds (bus target, reply writer) from a request's JSON body.
+Translate = Callable[[dict[str, Any]], tuple[Target, Reply]]
+ErrorBody = Callable[[BoxError], bytes]
+
+
+class Gateway:
+    """The routes over one box's context, its key ring and its counters."""
+
+    def __init__(self, ctx: BoxContext, keyring: KeyRing, *, require_key: bool) -> None:
+        self.ctx = ctx
+        self.keyring = keyring
+        self.require_key = require_key
+        self.stats = GatewayStats()
+        self.app = Starlette(
+            routes=[
+                Route("/", self.root, methods=["GET", "HEAD"]),
+                Route("/v1/models", self.openai_models, methods=["GET"]),
+                Route("/v1/chat/completions", self.openai_chat, methods=["POST"]),
+                Route("/v1/completions", self.openai_completions, methods=["POST"]),
+                Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
+                Route("/api/version", self.ollama_version, methods=["GET"]),
+                Route("/api/tags", self.ollama_tags, methods=["GET"]),
+                Route("/api/chat", self.ollama_chat, methods=["POST"]),
+                Route("/api/generate", self.ollama_generate, methods=["POST"]),
+                Route("/api/embed", self.ollama_embed, methods=["POST"]),
+            ]
+        )
+
+    # -- OpenAI ------------------------------------------------------------------------
+
+    async def openai_chat(self, request: Request) -> Any:
+        def translate(body: dict[str, Any]) -> tuple[Target, Reply]:
+            target = openai.chat_target(body)
+            return target, openai.ChatReply(target)
+
+        return await self._bus_route(request, "/v1/chat/completions", openai.error_body, translate)
+
+    async def openai_completions(self, request: Request) -> Any:
+        def translate(body: dict[str, Any]) -> tuple[Target, Reply]:
+            target = openai.completion_target(body)
+            return target, openai.CompletionReply(target)
+
+        return await self._bus_route(request, "/v1/completions", openai.error_body, translate)
+
+    async def openai_embeddings(self, request: Request) -> Any:
+        def translate(body: dict[str, Any]) -> tuple[Target, Reply]:
+            target, as_base64 = openai.embeddings_target(body)
+            return target, openai.EmbeddingsReply(target, as_base64)
+
+        return await self._bus_route(request, "/v1/embeddings", openai.error_body, translate)
+
+    async def openai_models(self, request: Request) -> Response:
+        async def answer(key: ApiKey | None) -> bytes:
+            return openai.models_body([m["name"] for m in await self._models(key)])
+
+        return await self._local_route(request, "/v1/models", openai.error_body, answer)
+
+    # -- Ollama ------------------------------------------------------------------------
+
+    async def ollama_chat(self, request: Request) -> Any:
+        def translate(body: dict[str, Any]) -> tuple[Target, Reply]:
+            target = ollama.chat_target(body)
+            return target, ollama.ChatReply(target)
+
+        return await self._bus_route(request, "/api/chat", ollama.error_body, translate)
+
+    async def ollama_generate(self, request: Request) -> Any:
+        def translate(body: dict[str, Any]) -> tuple[Target, Reply]:
+            target = ollama.generate_target(body)
+            return target, ollama.GenerateReply(target)
+
+        return await self._bus_route(request, "/api/generate", ollama.error_body, translate)
+
+    async def ollama_embed(self, request: Request) -> Any:
+        def translate(body: dict[str, Any]) -> tuple[Target, Reply]:
+            target = ollama.embed_target(body)
+            return target, ollama.EmbedReply(target)
+
+        return await self._bus_route(request, "/api/embed", ollama.error_body, translate)
+
+    async def ollama_tags(self, request: Request) -> Response:
+        async def answer(key: ApiKey | None) -> bytes:
+            return ollama.tags_body(await self._models(key))
+
+        return await self._local_route(request, "/api/tags", ollama.error_body, answer)
+
+    async def ollama_version(self, request: Request) -> Response:
+        async def answer(key: ApiKey | None) -> bytes:
+            return orjson.dumps({"version": __version__})
+
+        return await self._local_route(request, "/api/version", ollama.error_body, answer)
+
+    async def root(self, request: Request) -> Response:
+        # Ollama clients and health checks look here first; no key needed to learn that.
+        return PlainTextResponse("Aether Box is running\n")
+
+    # -- shared ------------------------------------------------------------------------
+
+    async def _bus_route(
+        self, request: Request, route: str, error_body: ErrorBody, translate: Translate
+    ) -> Any:
+        """Check the key, translate the body, and answer with one bus call (an Exchange)."""
+        started = time.perf_counter()
+        key_name = ANONYMOUS
+        try:
+            key = self._authorize(request)
+            key_name = key.name if key is not None else ANONYMOUS
+            target, reply = translate(await _json_body(request))
+            _check_allowed(key, target.service, target.model)
+            if not self.ctx.view.broker.accepting:
+                # As the bus does for socket requests: the box is finishing what it has.
+                raise ServiceUnavailable("the box is shutting down; retry once it is back")
+        except BoxError as exc:
+            return self._refuse(route, key_name, started, exc, error_body)
+        ctx = self.ctx
+
+        async def call(on_partial: Any) -> dict[str, Any]:
+            return await ctx.call(target.service, target.body, on_partial=on_partial)
+
+        def done(status: int, seconds: float) -> None:
+            self.stats.finished(route, key_name, status, seconds)
+
+        return Exchange(call, reply, stream=target.stream, done=done, started=started)
+
+    async def _local_route(
+        self,
+        request: Request,
+        route: str,
+        error_body: ErrorBody,
+        answer: Callable[[ApiKey | None], Any],
+    ) -> Response:
+        """Check the key and answer from the box's state (a quick call, not streamed)."""
+        started = time.perf_counter()
+        key_name = ANONYMOUS
+        try:
+            key = self._authorize(request)
+            key_name = key.name if key is not None else ANONYMOUS
+            body = await answer(key)
+        except BoxError as exc:
+            return self._refuse(route, key_name, started, exc, error_body)
+        self.stats.finished(route, key_name, 200, time.perf_counter() - started)
+        return Response(body, media_type="application/json")
+
+    def _refuse(
+        self, route: str, key_name: str, started: float, exc: BoxError, error_body: ErrorBody
+    ) -> Response:
+        status = http_status(exc)
+        self.stats.finished(route, key_name, status, time.perf_counter() - started)
+        headers = {"www-authenticate": "Bearer"} if status == 401 else None
+        return Response(error_body(exc), status, headers, media_type="application/json")
+
+    def _authorize(self, request: Request) -> ApiKey | None:
+        """The request's live key; 401 when keys are required and it has none.
+
+        Where keys are optional (loopback without http.require_key), an unknown key is
+        ignored: OpenAI clients always send one, often a placeholder.
+        """
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        key = self.keyring.check(token) if token else None
+        if key is None and self.require_key:
+            why = (
+                "this API key is not valid (unknown or revoked)"
+                if token
+                else "an API key is required: send 'Authorization: Bearer <key>'"
+            )
+            raise BoxError(
+                f"{why}; the box's owner makes keys with `aether-box keys api create NAME`",
+                code="unauthorized",
+            )
+        return key
+
+    async def _models(self, key: ApiKey | None) -> list[dict[str, Any]]:
+        """The installed models this key may use, and the router when it runs."""
+        reply = await self.ctx.call("llm", {"op": "models"})
+        models = list(reply.get("installed", []))
+        if self.ctx.has_service("router"):
+            models.append({"name": ROUTER_MODEL, "kind": "router"})
+        return [m for m in models if key is None or key.allows_model(m["name"])]
+
+
+def _check_allowed(key: ApiKey | None, service: str, model: str) -> None:
+    if key is None:
+        return
+    if not key.allows_service(service):
+        raise BoxError(
+            f"API key {key.name!r} may not use the {service} service; it may use "
+            f"{list(key.services or [])} (make a key with --services {service} for it)",
+            code="forbidden",
+        )
+    if not key.allows_model(model):
+        raise BoxError(
+            f"API key {key.name!r} may not use model {model!r}; it may use "
+            f"{list(key.models or [])}",
+            code="forbidden",
+        )
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body

@@ -1,0 +1,220 @@
+"""The Ollama API on the bus, enough for front-ends that expect an Ollama server.
+
+Routes (see aether_box.gateway.app): ``GET /api/tags``, ``GET /api/version``, ``POST
+/api/chat``, ``POST /api/generate``, ``POST /api/embed``. As Ollama does, chat and generate
+stream by default (``"stream": false`` for one object), as NDJSON: one JSON object a line,
+the last with ``"done": true`` and the counts. ``options`` map onto the llm service's
+sampling (``num_predict`` is ``max_tokens``); generate without ``raw`` goes through the
+model's chat template, as Ollama's does. Errors are ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from aether_box.errors import BadRequest, BoxError
+from aether_box.gateway.openai import Target
+
+__all__ = [
+    "ChatReply",
+    "EmbedReply",
+    "GenerateReply",
+    "chat_target",
+    "embed_target",
+    "error_body",
+    "generate_target",
+    "tags_body",
+]
+
+OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop")
+
+
+def error_body(exc: BoxError) -> bytes:
+    return orjson.dumps({"error": exc.message})
+
+
+def chat_target(body: Mapping[str, Any]) -> Target:
+    """`POST /api/chat` as llm chat."""
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("field 'messages' must be a non-empty list of {role, content} objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
+            raise BadRequest(f"messages[{i}] must be an object with string role and content")
+    plain = [{"role": m.get("role"), "content": m.get("content", "")} for m in messages]
+    stream = _stream(body)
+    chat = {"op": "chat", "model": model, "messages": plain, **_options(body), "stream": stream}
+    return Target("llm", chat, model, stream)
+
+
+def generate_target(body: Mapping[str, Any]) -> Target:
+    """`POST /api/generate`: raw completion with ``raw``, else a one-turn chat."""
+    model = _model(body)
+    prompt = body.get("prompt", "")
+    system = body.get("system")
+    if not isinstance(prompt, str) or not isinstance(system, str | None):
+        raise BadRequest("fields 'prompt' and 'system' must be strings")
+    stream = _stream(body)
+    if not prompt:  # Ollama's way to load a model ahead of use
+        return Target("llm", {"op": "load", "model": model, "role": "generate"}, model, stream)
+    sampling = {**_options(body), "stream": stream}
+    if body.get("raw"):
+        return Target(
+            "llm", {"op": "complete", "model": model, "prompt": prompt, **sampling}, model, stream
+        )
+    messages = [{"role": "user", "content": prompt}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    chat = {"op": "chat", "model": model, "messages": messages, **sampling}
+    return Target("llm", chat, model, stream)
+
+
+def embed_target(body: Mapping[str, Any]) -> Target:
+    """`POST /api/embed` as embed."""
+    model = _model(body)
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise BadRequest("field 'input' must be a string or a list of strings")
+    return Target("embed", {"op": "embed", "model": model, "texts": texts}, model)
+
+
+def tags_body(installed: list[dict[str, Any]]) -> bytes:
+    """`GET /api/tags`: the installed models, in Ollama's shape."""
+    models = [
+        {
+            "name": m["name"],
+            "model": m["name"],
+            "modified_at": "1970-01-01T00:00:00Z",  # the box keeps no such date
+            "size": int(m.get("size_mb", 0) * 2**20),
+            "digest": "",
+            "details": {"format": "gguf" if m.get("kind") == "gguf" else m.get("kind", "")},
+        }
+        for m in installed
+    ]
+    return orjson.dumps({"models": models})
+
+
+def _model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest(f"field 'model' must be a model name, got {model!r}")
+    return model.removesuffix(":latest")  # Ollama clients add the tag; box models have none
+
+
+def _stream(body: Mapping[str, Any]) -> bool:
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise BadRequest(f"field 'stream' must be true or false, got {stream!r}")
+    return stream
+
+
+def _options(body: Mapping[str, Any]) -> dict[str, Any]:
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("field 'options' must be an object")
+    out = {k: options[k] for k in OPTIONS if options.get(k) is not None}
+    predict = options.get("num_predict")
+    if predict is not None and predict != -1:  # -1: until the model stops (box default)
+        out["max_tokens"] = predict
+    return out
+
+
+def _line(obj: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(obj) + b"\n"
+
+
+class _Reply:
+    media_type = "application/x-ndjson"
+    field = ""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.started = time.perf_counter()
+
+    def _now(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def _text(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def opening(self) -> bytes:
+        return b""
+
+    def piece(self, partial: Mapping[str, Any]) -> bytes:
+        head = {"model": self.target.model, "created_at": self._now()}
+        return _line({**head, **self._text(partial.get("token", "")), "done": False})
+
+    def _done(self, final: Mapping[str, Any], text: str) -> dict[str, Any]:
+        usage = final.get("usage") or {}
+        completion = usage.get("completion_tokens", 0)
+        rate = final.get("tokens_per_s") or 0
+        done = {
+            "model": self.target.model,
+            "created_at": self._now(),
+            **self._text(text),
+            "done": True,
+            "done_reason": final.get("finish_reason", "load" if "text" not in final else "stop"),
+            "total_duration": int((time.perf_counter() - self.started) * 1e9),
+            "load_duration": 0,
+            "prompt_eval_count": usage.get("prompt_tokens", 0),
+            "prompt_eval_duration": int((final.get("ttft_s") or 0) * 1e9),
+            "eval_count": completion,
+            "eval_duration": int(completion / rate * 1e9) if rate else 0,
+        }
+        return done
+
+    def closing(self, final: Mapping[str, Any]) -> bytes:
+        return _line(self._done(final, ""))
+
+    def whole(self, final: Mapping[str, Any]) -> bytes:
+        return orjson.dumps(self._done(final, final.get("text", "")))
+
+    def error(self, exc: BoxError) -> bytes:
+        return _line({"error": exc.message}) if self.target.stream else error_body(exc)
+
+
+class ChatReply(_Reply):
+    def _text(self, text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}}
+
+
+class GenerateReply(_Reply):
+    def _text(self, text: str) -> dict[str, Any]:
+        return {"response": text}
+
+
+class EmbedReply:
+    media_type = "application/json"
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.started = time.perf_counter()
+
+    def opening(self) -> bytes:
+        return b""
+
+    def piece(self, partial: Mapping[str, Any]) -> bytes:
+        return b""
+
+    def closing(self, final: Mapping[str, Any]) -> bytes:
+        return self.whole(final)
+
+    def error(self, exc: BoxError) -> bytes:
+        return error_body(exc)
+
+    def whole(self, final: Mapping[str, Any]) -> bytes:
+        vectors = np.asarray(final["vectors"], dtype=np.float32)
+        body = {
+            "model": self.target.model,
+            "embeddings": list(vectors),
+            "total_duration": int((time.perf_counter() - self.started) * 1e9),
+        }
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,342 @@
+"""The OpenAI API on the bus: request bodies to bus bodies, bus replies to OpenAI's shapes.
+
+Routes (see aether_box.gateway.app): ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/completions``, ``POST /v1/embeddings``. Sampling fields map one to one onto the
+llm service's (``max_tokens`` or ``max_completion_tokens``, ``temperature``, ``top_p``,
+``seed``, ``stop``, and the box's own ``top_k`` and ``min_p``); other fields are ignored, as
+OpenAI ignores what it does not know. Box extras: ``model: "router"`` routes by meaning
+(the router service), ``session: "<id>"`` continues a box session (the session service:
+only the newest user message is sent, the box keeps the history).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from aether_box.errors import BadRequest, BoxError
+from aether_box.gateway.exchange import http_status
+
+__all__ = [
+    "ChatReply",
+    "CompletionReply",
+    "EmbeddingsReply",
+    "Target",
+    "chat_target",
+    "completion_target",
+    "embeddings_target",
+    "error_body",
+    "models_body",
+]
+
+ROUTER_MODEL = "router"
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", "stop")
+SSE_DONE = b"data: [DONE]\n\n"
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+@dataclass
+class Target:
+    """Where a request goes on the bus, and what the reply needs to know."""
+
+    service: str
+    body: dict[str, Any]
+    model: str  # as the client named it (checked against the key's models)
+    stream: bool = False
+    include_usage: bool = False
+
+
+def error_body(exc: BoxError, param: str | None = None) -> bytes:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    status = http_status(exc)
+    kind = _ERROR_TYPES.get(status, "server_error")
+    error = {"message": exc.message, "type": kind, "param": param, "code": exc.code}
+    return orjson.dumps({"error": error})
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+def chat_target(body: Mapping[str, Any]) -> Target:
+    """`POST /v1/chat/completions` as a bus call: llm chat, router chat or session say."""
+    model = _field(body, "model", str)
+    messages = _messages(body.get("messages"))
+    stream, include_usage = _stream(body)
+    sampling = _sampling(body)
+    session = body.get("session")
+    if session is not None:
+        if not isinstance(session, str):
+            raise BadRequest(f"field 'session' must be a session id (a string), got {session!r}")
+        users = [m for m in messages if m["role"] == "user"]
+        if not users:
+            raise BadRequest("a session continues with a user message; none was sent")
+        say = {"op": "say", "session": session, "text": users[-1]["content"], **sampling}
+        return Target("session", {**say, "stream": stream}, model, stream, include_usage)
+    if model == ROUTER_MODEL:
+        chat = {"op": "chat", "messages": messages, **sampling, "stream": stream}
+        return Target("router", chat, model, stream, include_usage)
+    chat = {"op": "chat", "model": model, "messages": messages, **sampling, "stream": stream}
+    return Target("llm", chat, model, stream, include_usage)
+
+
+def completion_target(body: Mapping[str, Any]) -> Target:
+    """`POST /v1/completions` as llm complete (one prompt)."""
+    model = _field(body, "model", str)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise BadRequest("field 'prompt' must be a string (or a list of exactly one string)")
+    stream, include_usage = _stream(body)
+    complete = {"op": "complete", "model": model, "prompt": prompt, **_sampling(body)}
+    return Target("llm", {**complete, "stream": stream}, model, stream, include_usage)
+
+
+def embeddings_target(body: Mapping[str, Any]) -> tuple[Target, bool]:
+    """`POST /v1/embeddings` as embed; the flag: whether vectors go back as base64."""
+    model = _field(body, "model", str)
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise BadRequest(
+            "field 'input' must be a string or a list of strings (token arrays are not "
+            "supported: send the text)"
+        )
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise BadRequest(f"field 'encoding_format' must be 'float' or 'base64', got {encoding!r}")
+    target = Target("embed", {"op": "embed", "model": model, "texts": texts}, model)
+    return target, encoding == "base64"
+
+
+def models_body(names: list[str]) -> bytes:
+    """`GET /v1/models`: the models a client may name."""
+    data = [{"id": n, "object": "model", "created": 0, "owned_by": "aether-box"} for n in names]
+    return orjson.dumps({"object": "list", "data": data})
+
+
+def _field(body: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = body.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadRequest(f"field {key!r} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise BadRequest("field 'messages' must be a non-empty list of {role, content} objects")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: the text ones, joined
+            texts = [p.get("text") if isinstance(p, dict) else None for p in content]
+            if not all(isinstance(t, str) for t in texts):
+                raise BadRequest(f"messages[{i}].content: only text parts are supported")
+            content = "".join(t for t in texts if isinstance(t, str))
+        elif content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content must be a string or a list of text parts")
+        role = "system" if message["role"] == "developer" else message["role"]
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise BadRequest(f"field 'stream' must be true or false, got {stream!r}")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("field 'stream_options' must be an object")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequest(f"field 'n' must be 1 (one choice per request), got {n!r}")
+    return stream, bool(options.get("include_usage"))
+
+
+def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling fields the llm service takes (it checks their types and ranges)."""
+    out = {k: body[k] for k in SAMPLING if body.get(k) is not None}
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        out["max_tokens"] = max_tokens
+    return out
+
+
+# -- replies -----------------------------------------------------------------------------
+
+
+def _usage(final: Mapping[str, Any]) -> dict[str, int]:
+    usage = final.get("usage") or {}
+    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _sse(chunk: Mapping[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+class _Stream:
+    """What chat and completion replies share: ids, the SSE framing, the usage chunk."""
+
+    media_type = "text/event-stream"
+    object = ""
+    prefix = ""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.id = self.prefix + secrets.token_hex(12)
+        self.created = int(time.time())
+
+    def _chunk(self, choices: list[dict[str, Any]], model: str | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": model or self.target.model,
+            "choices": choices,
+        }
+        if self.target.include_usage:
+            chunk["usage"] = None  # as OpenAI: present, null, until the last chunk
+        return chunk
+
+    def _end(self, final: Mapping[str, Any], choice: dict[str, Any]) -> bytes:
+        model = final.get("model") or self.target.model
+        out = _sse(self._chunk([choice], model))
+        if self.target.include_usage:
+            out += _sse({**self._chunk([], model), "usage": _usage(final)})
+        return out + SSE_DONE
+
+    def error(self, exc: BoxError) -> bytes:
+        body = error_body(exc)
+        return b"data: " + body + b"\n\n" if self.target.stream else body
+
+
+class ChatReply(_Stream):
+    """`chat.completion` and its chunks."""
+
+    object = "chat.completion.chunk"
+    prefix = "chatcmpl-"
+
+    def opening(self) -> bytes:
+        delta = {"role": "assistant", "content": ""}
+        return _sse(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
+
+    def piece(self, partial: Mapping[str, Any]) -> bytes:
+        delta = {"content": partial.get("token", "")}
+        return _sse(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
+
+    def closing(self, final: Mapping[str, Any]) -> bytes:
+        choice = {"index": 0, "delta": {}, "finish_reason": final.get("finish_reason", "stop")}
+        return self._end(final, choice)
+
+    def whole(self, final: Mapping[str, Any]) -> bytes:
+        message = {"role": "assistant", "content": final.get("text", "")}
+        reply: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": final.get("model") or self.target.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": final.get("finish_reason", "stop"),
+                }
+            ],
+            "usage": _usage(final),
+        }
+        for extra in ("session", "route"):  # the box's own: which session, which route
+            if extra in final:
+                reply[extra] = final[extra]
+        return orjson.dumps(reply)
+
+
+class CompletionReply(_Stream):
+    """`text_completion`, streamed or whole."""
+
+    object = "text_completion"
+    prefix = "cmpl-"
+
+    def opening(self) -> bytes:
+        return b""
+
+    def piece(self, partial: Mapping[str, Any]) -> bytes:
+        choice = {"index": 0, "text": partial.get("token", ""), "logprobs": None}
+        return _sse(self._chunk([{**choice, "finish_reason": None}]))
+
+    def closing(self, final: Mapping[str, Any]) -> bytes:
+        choice = {"index": 0, "text": "", "logprobs": None}
+        return self._end(final, {**choice, "finish_reason": final.get("finish_reason", "stop")})
+
+    def whole(self, final: Mapping[str, Any]) -> bytes:
+        choice = {"index": 0, "text": final.get("text", ""), "logprobs": None}
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": final.get("model") or self.target.model,
+                "choices": [{**choice, "finish_reason": final.get("finish_reason", "stop")}],
+                "usage": _usage(final),
+            }
+        )
+
+
+class EmbeddingsReply:
+    """The `list` of `embedding` objects; vectors as floats or base64 little-endian float32."""
+
+    media_type = "application/json"
+
+    def __init__(self, target: Target, as_base64: bool) -> None:
+        self.target = target
+        self.as_base64 = as_base64
+
+    def opening(self) -> bytes:
+        return b""
+
+    def piece(self, partial: Mapping[str, Any]) -> bytes:
+        return b""
+
+    def closing(self, final: Mapping[str, Any]) -> bytes:
+        return self.whole(final)
+
+    def error(self, exc: BoxError) -> bytes:
+        return error_body(exc)
+
+    def whole(self, final: Mapping[str, Any]) -> bytes:
+        vectors = np.asarray(final["vectors"], dtype="<f4")
+        if self.as_base64:
+            rows: list[Any] = [base64.b64encode(row.tobytes()).decode() for row in vectors]
+        else:
+            rows = list(vectors)  # orjson writes numpy rows directly
+        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+        # The embed service does not count tokens: usage says 0 rather than guess.
+        usage = {"prompt_tokens": 0, "total_tokens": 0}
+        body = {"object": "list", "data": data, "model": final.get("model"), "usage": usage}
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

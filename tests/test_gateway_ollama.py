@@ -1,0 +1,62 @@
+"""The Ollama API of the HTTP gateway, driven by the official `ollama` client against a real
+box (SmolLM2 and MiniLM)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import numpy as np
+import ollama
+import pytest
+
+MESSAGES = [{"role": "user", "content": "Name a colour."}]
+OPTIONS = {"temperature": 0, "num_predict": 6, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def client(gateway):
+    client = ollama.Client(host=gateway.url, timeout=60)
+    yield client
+    client.close()
+
+
+def test_tags_and_version(gateway, client):
+    names = {m.model for m in client.list().models}
+    assert {"smollm2", "minilm"} <= names
+    with urllib.request.urlopen(f"{gateway.url}/api/version", timeout=10) as response:
+        assert json.loads(response.read())["version"]
+
+
+def test_chat_whole_and_streamed_as_ndjson(client):
+    whole = client.chat(model="smollm2", messages=MESSAGES, options=OPTIONS, stream=False)
+    assert whole.done and whole.message.role == "assistant" and whole.message.content
+    assert whole.eval_count == 6 and whole.done_reason == "length"
+    parts = list(
+        client.chat(model="smollm2:latest", messages=MESSAGES, options=OPTIONS, stream=True)
+    )
+    *pieces, last = parts
+    assert pieces and not any(p.done for p in pieces) and last.done
+    assert "".join(p.message.content for p in pieces)
+    assert last.eval_count == 6 and last.prompt_eval_count > 0
+
+
+def test_generate_raw_and_templated(client):
+    templated = client.generate(model="smollm2", prompt="Name a colour.", options=OPTIONS)
+    assert templated.done and templated.response
+    streamed = list(
+        client.generate(
+            model="smollm2", prompt="The sky is", raw=True, options=OPTIONS, stream=True
+        )
+    )
+    assert streamed[-1].done and "".join(p.response for p in streamed[:-1])
+
+
+def test_embed_and_errors(gateway, client):
+    reply = client.embed(model="minilm", input=["a cat", "a dog"])
+    vectors = np.array(reply.embeddings)
+    assert vectors.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.chat(model="no-such-model", messages=MESSAGES, stream=False)
+    assert missing.value.status_code == 404 and "installed" in missing.value.error
