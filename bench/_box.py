@@ -14,7 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aether_box.client import Client  # noqa: E402
 
-__all__ = ["cpu_model", "machine", "start_box", "stop_box"]
+__all__ = ["TOPICS", "cpu_model", "machine", "start_box", "stop_box"]
+
+
+# What the generation benches ask stories about: one per request, so no two share a prompt.
+TOPICS = [
+    "a dragon who learns to cook",
+    "a lighthouse keeper and a storm",
+    "a robot that paints",
+    "two rival bakers",
+    "a lost map in an old library",
+    "a cat that runs a post office",
+]
 
 
 def start_box(

@@ -51,7 +51,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _box import machine, start_box, stop_box  # noqa: E402
+from _box import TOPICS, machine, start_box, stop_box  # noqa: E402
 
 from aether_box.client import Client  # noqa: E402
 from aether_box.config import Config  # noqa: E402
@@ -62,14 +62,6 @@ GEN_MODEL = "smollm2"
 DIRECT = ("direct_completion", "direct_generate")
 EMBED_MODEL = "minilm"
 BATCH = 32
-TOPICS = [
-    "a dragon who learns to cook",
-    "a lighthouse keeper and a storm",
-    "a robot that paints",
-    "two rival bakers",
-    "a lost map in an old library",
-    "a cat that runs a post office",
-]
 
 
 def main() -> None:

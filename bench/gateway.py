@@ -40,7 +40,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _box import machine, start_box, stop_box  # noqa: E402
+from _box import TOPICS, machine, start_box, stop_box  # noqa: E402
 
 from aether_box.client import Client  # noqa: E402
 from aether_box.config import Config  # noqa: E402
@@ -50,14 +50,6 @@ from aether_box.models.store import ModelStore  # noqa: E402
 GEN_MODEL = "smollm2"
 EMBED_MODEL = "minilm"
 TEXTS = ["a cat sat on the mat", "stock markets fell", "how to bake bread", "rain tomorrow"]
-TOPICS = [
-    "a dragon who learns to cook",
-    "a lighthouse keeper and a storm",
-    "a robot that paints",
-    "two rival bakers",
-    "a lost map in an old library",
-    "a cat that runs a post office",
-]
 
 
 def main() -> None:

@@ -71,6 +71,25 @@ class Reply(Protocol):
         ...
 
 
+class WholeReply:
+    """Shared by the answers that are never streamed (embeddings): one JSON body, made by
+    `whole` from the final reply."""
+
+    media_type = "application/json"
+
+    def opening(self) -> bytes:
+        return b""
+
+    def piece(self, partial: Mapping[str, Any]) -> bytes:
+        return b""
+
+    def closing(self, final: Mapping[str, Any]) -> bytes:
+        return self.whole(final)
+
+    def whole(self, final: Mapping[str, Any]) -> bytes:
+        raise NotImplementedError
+
+
 BusCall = Callable[[PartialSender | None], Awaitable[dict[str, Any]]]
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from aether_box.errors import BadRequest, BoxError
+from aether_box.gateway.exchange import WholeReply
 from aether_box.gateway.openai import Target
 
 __all__ = [
@@ -191,21 +192,12 @@ class GenerateReply(_Reply):
         return {"response": text}
 
 
-class EmbedReply:
-    media_type = "application/json"
+class EmbedReply(WholeReply):
+    """Ollama's /api/embed answer: every vector as a list of floats."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
         self.started = time.perf_counter()
-
-    def opening(self) -> bytes:
-        return b""
-
-    def piece(self, partial: Mapping[str, Any]) -> bytes:
-        return b""
-
-    def closing(self, final: Mapping[str, Any]) -> bytes:
-        return self.whole(final)
 
     def error(self, exc: BoxError) -> bytes:
         return error_body(exc)

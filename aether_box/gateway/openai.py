@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from aether_box.errors import BadRequest, BoxError
-from aether_box.gateway.exchange import http_status
+from aether_box.gateway.exchange import WholeReply, http_status
 
 __all__ = [
     "ChatReply",
@@ -308,23 +308,12 @@ class CompletionReply(_Stream):
         )
 
 
-class EmbeddingsReply:
+class EmbeddingsReply(WholeReply):
     """The `list` of `embedding` objects; vectors as floats or base64 little-endian float32."""
-
-    media_type = "application/json"
 
     def __init__(self, target: Target, as_base64: bool) -> None:
         self.target = target
         self.as_base64 = as_base64
-
-    def opening(self) -> bytes:
-        return b""
-
-    def piece(self, partial: Mapping[str, Any]) -> bytes:
-        return b""
-
-    def closing(self, final: Mapping[str, Any]) -> bytes:
-        return self.whole(final)
 
     def error(self, exc: BoxError) -> bytes:
         return error_body(exc)
