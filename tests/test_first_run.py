@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import pty
 import select
 import shutil
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from quickstart import copy_checkout, readme_blocks, status_of  # noqa: E402 - shared, by path
 
+# The read syscall's number, for telling when a program waits at its prompt (/proc/PID/syscall).
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}[platform.machine()]
 UP_S = 300  # the main command: the project's editable install, a models check, the start
 
 
@@ -236,6 +239,13 @@ class Terminal:
         seen, self.seen = self.seen[:cut], self.seen[cut:]
         return seen
 
+    def reading_its_input(self) -> bool:
+        """Whether the program is blocked reading the terminal now. A Ctrl-C sent between
+        printing a prompt and that read is seen by Python only after the next Enter (a
+        race in input() itself), so a test waits for the read before sending one."""
+        fields = Path(f"/proc/{self.pid}/syscall").read_text().split()
+        return fields[:2] == [READ_SYSCALL, "0x0"]  # read(0, ...)
+
     def send(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
 
@@ -263,6 +273,7 @@ def test_ctrl_c_in_chat_stops_the_answer_and_ctrl_d_leaves(first_box):
     chat.send("\x03")
     chat.expect("(stopped; this turn was not kept)")
     chat.expect("you> ")
+    wait_for(chat.reading_its_input, 60, "chat waiting at its prompt")
     chat.send("\x03")  # at the prompt: a new line, not an exit
     chat.expect("(Ctrl-D or /quit leaves)")
     chat.send("/history\r")
