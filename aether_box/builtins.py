@@ -24,6 +24,7 @@ COMPONENTS = [
     "aether_box.align.service:AlignComponent",
     "aether_box.sessions.service:SessionsComponent",
     "aether_box.router.service:RouterComponent",
+    "aether_box.tools.service:ToolsComponent",
     "aether_box.federation.service:FederationComponent",
     "aether_box.gateway.component:HttpComponent",
     "aether_box.monitor.metrics:MetricsComponent",
@@ -38,6 +39,7 @@ COMMANDS = {
     "tui": "aether_box.tui.cli:tui",
     "link": "aether_box.federation.cli:link",
     "chat": "aether_box.sessions.cli:chat",
+    "tools": "aether_box.tools.cli:tools",
 }
 
 # Config sections that no component declares as its settings_class.

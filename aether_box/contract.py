@@ -25,6 +25,7 @@ from aether_box.bus.service import Request
 
 if TYPE_CHECKING:
     from aether_box.context import BoxContext
+    from aether_box.tools.spec import Tool
 
 __all__ = [
     "Component",
@@ -33,6 +34,7 @@ __all__ = [
     "PeerDirectory",
     "PeerForwarder",
     "StatusReporter",
+    "ToolCatalog",
 ]
 
 
@@ -89,4 +91,17 @@ class StatusReporter:
 
     def report(self) -> dict[str, Any]:
         """Everything `status` answers: process, services, counters, sections."""
+        raise NotImplementedError
+
+
+class ToolCatalog:
+    """The tools the box may call (the tools component implements it)."""
+
+    def callable_tools(self) -> list[Tool]:
+        """The tools that are on, allowed and reachable now."""
+        raise NotImplementedError
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> Any:
+        """Check `arguments` against the tool's schema, call it (with the configured
+        timeout) and return its result; its failure is raised as a BoxError."""
         raise NotImplementedError

@@ -13,12 +13,14 @@ __all__ = [
     "ConfigError",
     "CorruptModel",
     "NoBox",
+    "NotAllowed",
     "NotFound",
     "Overloaded",
     "ProtocolError",
     "ServiceUnavailable",
     "Timeout",
     "TooLarge",
+    "ToolFailed",
     "error_for_code",
 ]
 
@@ -106,6 +108,18 @@ class ConfigError(BoxError):
     code = "config"
 
 
+class NotAllowed(BoxError):
+    """The configuration does not allow this (a tool that is off, private data sent out)."""
+
+    code = "not_allowed"
+
+
+class ToolFailed(BoxError):
+    """A tool answered with an error of its own (a worker's, an MCP server's)."""
+
+    code = "tool_failed"
+
+
 _BY_CODE: dict[str, type[BoxError]] = {
     cls.code: cls
     for cls in (
@@ -120,6 +134,8 @@ _BY_CODE: dict[str, type[BoxError]] = {
         Cancelled,
         CorruptModel,
         ConfigError,
+        NotAllowed,
+        ToolFailed,
     )
 }
 
