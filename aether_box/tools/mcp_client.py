@@ -45,8 +45,11 @@ def result_value(result: Any) -> Any:
     texts = [block.text for block in result.content if getattr(block, "type", "") == "text"]
     if result.is_error:
         raise ToolFailed("; ".join(texts) or "the MCP tool reported an error")
-    if result.structured_content is not None:
-        return result.structured_content
+    structured = result.structured_content
+    if isinstance(structured, dict) and set(structured) == {"result"}:
+        return structured["result"]  # how SDK servers wrap a return value that is no object
+    if structured is not None:
+        return structured
     if len(texts) == len(result.content):
         return texts[0] if len(texts) == 1 else texts
     return [block.model_dump(mode="json", exclude_none=True) for block in result.content]
