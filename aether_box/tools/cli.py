@@ -105,7 +105,7 @@ def run(
                 click.echo(
                     f"step {part['step']}: {part['tool']}("
                     f"{json.dumps(part['arguments'], ensure_ascii=False)}) -> "
-                    f"{json.dumps(part.get('result', part.get('error')), ensure_ascii=False)}",
+                    f"{json.dumps(part.get('result', part.get('failed', part.get('blocked'))), ensure_ascii=False)}",
                     err=True,
                 )
             elif "answer" in part:

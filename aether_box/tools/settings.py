@@ -61,7 +61,7 @@ class ToolsSettings:
     # cosine below which no tool is called (fitted on bench/data/tools_suite.json by
     # bench/tools.py --fit), how many tools the model sees, and the default model.
     embed_model: str = "minilm"
-    min_score: float = setting(0.45, min=-1.0, max=1.0)
+    min_score: float = setting(0.31, min=-1.0, max=1.0)
     shortlist: int = setting(3, min=1, max=32)
     model: str = "smollm2"
     max_steps: int = setting(3, min=1, max=16)
