@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from fixtures_box import BoxInThread, wait_for
+from test_monitor_metrics import scrape
 
 from aether_box.cli import cli
 from aether_box.client import BadRequest, NotFound
@@ -92,8 +93,12 @@ def test_worker_tool_is_listed_and_called(tools_box: BoxInThread, worker: Worker
         assert client.request("tools", {"op": "call", "tool": "add", "arguments": {"a": 2, "b": 3}})[
             "result"
         ] == 5
-        section = client.status()["tools"]
+        status = client.status()
+        section = status["tools"]
         assert section["enabled"] and section["by_source"]["worker"] == 5 and section["calls"] >= 2
+    samples = scrape(status["metrics"]["url"])
+    assert samples[("aether_box_tool_calls_total", (("tool", "echo"),))] >= 1
+    assert samples[("aether_box_tools", (("source", "worker"),))] == 5
 
 
 def test_arguments_that_miss_the_schema_never_reach_the_tool(
@@ -193,3 +198,6 @@ def test_cli_lists_and_calls(tools_box: BoxInThread, worker: WorkerProcess) -> N
     assert json.loads(called.output) == 42
     bad = runner.invoke(cli, [*base, "tools", "call", "add", '{"a": 1}'])
     assert bad.exit_code == 1 and "'b' is a required property" in bad.output
+    status = runner.invoke(cli, [*base, "status"])
+    assert status.exit_code == 0, status.output
+    assert "tools: 9 callable (4 builtin, 5 worker)" in status.output

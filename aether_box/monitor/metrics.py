@@ -98,6 +98,27 @@ class StatusCollector:
             dropped.add_metric([topic], count)
         yield dropped
         yield from _http_families(report.get("http"))
+        yield from _tools_families(report.get("tools"), report.get("orchestrate"))
+
+
+def _tools_families(
+    tools: dict[str, Any] | None, orchestrate: dict[str, Any] | None
+) -> Iterator[Metric]:
+    """The tools service's and the orchestrator's counters (their status sections)."""
+    if tools:
+        available = _gauge("tools", "Tools reachable now, by source", None, ["source"])
+        for source, count in tools["by_source"].items():
+            available.add_metric([source], count)
+        calls = _counter("tool_calls", "Tool calls answered, by tool", ["tool"])
+        for tool, count in tools["calls_by_tool"].items():
+            calls.add_metric([tool], count)
+        failures = _counter("tool_failures", "Tool calls that failed, by error code", ["code"])
+        for code, count in tools["failures"].items():
+            failures.add_metric([code], count)
+        yield from (available, calls, failures)
+    if orchestrate:
+        yield _counter("orchestrate_runs", "Tasks orchestrated", value=orchestrate["runs"])
+        yield _counter("orchestrate_steps", "Tool steps taken", value=orchestrate["steps"])
 
 
 def _http_families(section: dict[str, Any] | None) -> Iterator[Metric]:

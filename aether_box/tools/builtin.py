@@ -34,9 +34,10 @@ BUILTIN_TOOLS = [
         source="builtin",
         where="memory",
         examples=[
-            "what did I write down about the meeting",
+            "what did I write down about my trip",
             "find my notes on the garden",
             "do I have a memory of where I parked",
+            "search what I saved earlier about the car",
         ],
     ),
     Tool(

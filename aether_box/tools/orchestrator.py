@@ -17,7 +17,8 @@ Then the model answers with the results in its prompt. FINAL: ``{"answer", "step
 "model"}`` (``answer`` is omitted with ``"answer": false``). With ``session``, the task, each
 step and the answer are kept in that session's history.
 
-``{"op": "select", "task", "tools"?}`` only picks: ``{"tool", "score", "scores"}``.
+``{"op": "select", "task", "tools"?}`` only picks: ``{"tool", "score", "scores", "no_tool"}``
+(``no_tool``: the task's best cosine with ``tools.no_tool_examples``).
 
 Safety: once a private tool's result (memory, sessions) is in the task's context, a step
 that picks a tool that sends data out is blocked (and says so), unless
@@ -144,8 +145,11 @@ class OrchestratorComponent:
     async def select(self, request: Request) -> dict[str, Any]:
         task = require(request.body, "task", str)
         tools = self._candidates(request.body)
-        tool, score, scores = await self.chooser.rank(task, tools, self.settings.min_score)
-        return {"tool": tool or None, "score": score, "scores": scores}
+        tool, score, scores = await self.chooser.rank(
+            task, tools, self.settings.min_score, self.settings.no_tool_examples
+        )
+        no_tool_score = scores.pop(NO_TOOL, None)
+        return {"tool": tool or None, "score": score, "scores": scores, "no_tool": no_tool_score}
 
     # ----------------------------------------------------------------- running
 
@@ -168,7 +172,9 @@ class OrchestratorComponent:
         steps: list[dict[str, Any]] = []
         private_seen = False
         for number, part in enumerate(split_task(task, max_steps), start=1):
-            name, score, _ = await self.chooser.rank(part, candidates, self.settings.min_score)
+            name, score, _ = await self.chooser.rank(
+                part, candidates, self.settings.min_score, self.settings.no_tool_examples
+            )
             if name == NO_TOOL:
                 self.no_tool += 1
                 continue

@@ -54,33 +54,53 @@ class ToolChooser:
         return {name: self._vectors[key] for name, key in keys.items()}
 
     async def rank(
-        self, task: str, tools: Sequence[Tool], floor: float
+        self, task: str, tools: Sequence[Tool], floor: float, no_tool: Sequence[str] = ()
     ) -> tuple[str, float, dict[str, float]]:
-        """(best tool or NO_TOOL, its score, every tool's score) for `task`."""
+        """(best tool or NO_TOOL, its score, every tool's score) for `task`.
+
+        `no_tool` are tasks that need no tool (as the router's default route has
+        examples): a task closest to one of them gets no tool whatever its tool scores.
+        Its score shows under NO_TOOL in the scores.
+        """
         if not tools:
             return NO_TOOL, 0.0, {}
         examples = await self._tool_vectors(tools)
+        if no_tool:
+            key = (NO_TOOL, tuple(no_tool))
+            if key not in self._vectors:
+                self._vectors[key] = await self.embed(list(no_tool))
+            examples[NO_TOOL] = self._vectors[key]
         (query,) = await self.embed([task])
-        return choose(query, examples, floor, NO_TOOL)
+        best, score, scores = choose(query, examples, floor, NO_TOOL)
+        return best, score if best != NO_TOOL else 0.0, scores
 
 
 def fit_floor(
-    best_scores: Sequence[float], needs_tool: Sequence[bool], max_false_call: float = 0.05
+    best_scores: Sequence[float],
+    needs_tool: Sequence[bool],
+    top_right: Sequence[bool] | None = None,
+    no_tool_wins: Sequence[bool] | None = None,
+    max_false_call: float = 0.05,
 ) -> float:
-    """The floor that gets most tasks right, among those that call a tool on at most
-    `max_false_call` of the tasks needing none (each task's best score, and whether it
-    needs a tool; a task needing one counts right when its best score clears the floor).
+    """The floor that gets most labelled tasks right, among floors that call a tool on at
+    most `max_false_call` of the tasks needing none.
+
+    Per task: its best tool score, whether it needs a tool, whether that best tool is the
+    right one (default: yes), and whether a no-tool example beat every tool (then no floor
+    makes it call one).
     """
     scores = np.asarray(best_scores, dtype=np.float64)
     needs = np.asarray(needs_tool, dtype=bool)
+    right_top = np.ones_like(needs) if top_right is None else np.asarray(top_right, dtype=bool)
+    held = np.zeros_like(needs) if no_tool_wins is None else np.asarray(no_tool_wins, dtype=bool)
     best, best_right = 1.0, -1
     for floor in np.unique(np.round(scores, 4)):
         for candidate in (float(floor), float(floor) + 1e-4):
-            called = scores >= candidate
+            called = (scores >= candidate) & ~held
             false_share = called[~needs].mean() if (~needs).any() else 0.0
             if false_share > max_false_call:
                 continue
-            right = int((called == needs).sum())
+            right = int(((called & needs & right_top) | (~called & ~needs)).sum())
             if right > best_right:
                 best, best_right = candidate, right
     return round(best, 4)

@@ -215,5 +215,6 @@ class ToolsComponent(OpService, ToolCatalog):
             "by_source": dict(by_source),
             "mcp_servers": self.mcp.status(),
             "calls": sum(self.calls.values()),
+            "calls_by_tool": dict(self.calls),
             "failures": dict(self.failures),
         }

@@ -15,6 +15,20 @@ __all__ = ["ToolsSettings", "DEFAULT_MCP_ENV"]
 # write temporary files, never the box's secrets. The mcp SDK adds HOME, PATH, SHELL, TERM,
 # USER and LOGNAME itself; a server's own "env" map in config comes on top.
 DEFAULT_MCP_ENV = ["LANG", "LC_ALL", "TMPDIR", "PYTHONPATH"]
+NO_TOOL_EXAMPLES = [
+    "hello, nice to meet you",
+    "thanks a lot, bye",
+    "tell me something funny",
+    "write a story about a dragon",
+    "compose a song about summer love",
+    "who invented the telephone",
+    "explain how vaccines work",
+    "what is the meaning of this word",
+    "how do I make pancakes",
+    "suggest a name for my dog",
+    "what is the square root of 81",
+    "say this sentence in German",
+]
 SERVER_KEYS = {"command", "args", "env", "cwd", "url", "headers", "effect", "private", "type"}
 
 
@@ -59,10 +73,13 @@ class ToolsSettings:
     mcp_start_s: float = setting(20.0, min=0.1, max=600)
     # Orchestration: the encoder that compares a task with tool descriptions, the best
     # cosine below which no tool is called (fitted on bench/data/tools_suite.json by
-    # bench/tools.py --fit), how many tools the model sees, and the default model.
+    # bench/tools.py: its `fitted_floor`; 2-fold cross-validated accuracy 0.86), the default
+    # model that fills arguments and answers, and the most tool calls per task.
     embed_model: str = "minilm"
-    min_score: float = setting(0.31, min=-1.0, max=1.0)
-    shortlist: int = setting(3, min=1, max=32)
+    # Tasks that need no tool: one closer to these than to every tool's texts calls none
+    # (as the router's default route's examples do). Kinds of talk, not test questions.
+    no_tool_examples: list[str] = field(default_factory=lambda: list(NO_TOOL_EXAMPLES))
+    min_score: float = setting(0.27, min=-1.0, max=1.0)
     model: str = "smollm2"
     max_steps: int = setting(3, min=1, max=16)
 

@@ -25,8 +25,8 @@ FACTORS = {("km", "mi"): 0.621371, ("mi", "km"): 1.609344, ("kg", "lb"): 2.20462
         "properties": {"city": {"type": "string", "minLength": 1}},
         "required": ["city"],
     },
-    examples=["will it rain in Paris tomorrow", "how warm is it in Tokyo",
-              "what is the weather like in Berlin"],
+    examples=["will it rain tomorrow", "how warm will it be this afternoon",
+              "what is the weather like in my town"],
 )
 def weather_forecast(city: str) -> dict:
     return {"city": city, "temperature_c": 14, "rain": "light showers", "wind_kmh": 12}
@@ -65,7 +65,7 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> dict:
         },
         "required": ["to", "subject", "body"],
     },
-    examples=["email Anna that I will be late", "send a mail to Bob about the invoice",
+    examples=["email my colleague that I will be late", "send a mail about the invoice",
               "write to my boss that the report is done"],
 )
 def send_email(to: str, subject: str, body: str) -> dict:
