@@ -33,6 +33,7 @@ from aether_box.contract import Component, ComponentFactory
 from aether_box.errors import BoxError, ConfigError
 from aether_box.monitor.supervisor import Supervisor
 from aether_box.plugins import LOAD_ENV
+from aether_box.private import make_private
 
 __all__ = ["Box", "load_components"]
 
@@ -237,7 +238,7 @@ class _DataDirLock:
 
 
 def _lock_data_dir(data_dir: Path) -> _DataDirLock:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(data_dir)  # before the first file of this run is made
     lock = _DataDirLock(data_dir / LOCK_FILE).__enter__()
     # Holding the lock proves no box runs here: what a crashed one left is stale.
     _clear_stale_sockets(data_dir)

@@ -20,6 +20,7 @@ import click
 from aether_box import __version__
 from aether_box.config import Config, data_dir_from, overrides_from
 from aether_box.errors import BoxError
+from aether_box.private import private_umask
 
 __all__ = ["main", "CliState", "pass_state"]
 
@@ -99,6 +100,7 @@ def cli(
         overrides = overrides_from(settings)
     except BoxError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from exc
+    private_umask()  # keys, exports and logs any command writes are the user's alone
     ctx.obj = CliState(data_dir_from(data_dir), endpoint, overrides)
 
 

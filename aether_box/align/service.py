@@ -40,7 +40,7 @@ from aether_box.align.fitting import TextPlan, fit_pair, plan_texts
 from aether_box.align.pairs import PairSet, make_pairs, model_key
 from aether_box.align.settings import AlignSettings
 from aether_box.align.store import ProjectorStore, pair_name
-from aether_box.bus.service import OpService, Request, require
+from aether_box.bus.service import OpService, Request, require_name
 from aether_box.context import BoxContext
 from aether_box.errors import BadRequest, BoxError, TooLarge
 
@@ -119,7 +119,7 @@ class AlignService(OpService):
 
     async def op_project(self, request: Request) -> dict[str, Any]:
         body = request.body
-        source, target = require(body, "from", str), require(body, "to", str)
+        source, target = require_name(body, "from"), require_name(body, "to")
         single = "vector" in body and body.get("vector") is not None
         raw = body.get("vector") if single else body.get("vectors")
         if raw is None:
@@ -202,7 +202,7 @@ class AlignService(OpService):
         return {"projectors": out, "gate": self.settings.gate}
 
     async def op_fidelity(self, request: Request) -> dict[str, Any]:
-        source, target = require(request.body, "from", str), require(request.body, "to", str)
+        source, target = require_name(request.body, "from"), require_name(request.body, "to")
         return await anyio.to_thread.run_sync(self.store.report, source, target)
 
     def status(self) -> dict[str, Any]:
@@ -437,7 +437,7 @@ def _identity(store: Any, name: str) -> str:
 
 
 def _models(body: Mapping[str, Any]) -> tuple[str, str]:
-    return require(body, "from", str), require(body, "to", str)
+    return require_name(body, "from"), require_name(body, "to")
 
 
 def _count(body: Mapping[str, Any], key: str, default: int) -> int:

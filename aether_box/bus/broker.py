@@ -33,6 +33,7 @@ from aether_box.bus.protocol import (
     WorkerCmd,
     decode_body,
     encode_body,
+    pop_request_id,
     raise_if_error,
     recv_frames,
     send_frames,
@@ -448,7 +449,7 @@ class Broker:
         rid: Any = None
         try:
             body = decode_body(frames)
-            rid = body.pop(RID, None)
+            rid = pop_request_id(body)
             reply = dict(svc.handler(Request(svc.name, body, _no_streaming)) or {})
         except BoxError as exc:
             reply = exc.to_wire()
@@ -497,7 +498,7 @@ class Broker:
             self._scopes.add(scope)
             try:
                 body = decode_body(frames)
-                rid = body.pop(RID, None)
+                rid = pop_request_id(body)
                 if rid is not None:
                     key = (client, rid)
                     self._local[key] = scope
@@ -534,7 +535,12 @@ class Broker:
         except ProtocolError as exc:
             self._reply_error(client, legacy, service, exc)
             return
-        scope = self._local.get((client, request.get("rid")))
+        try:
+            rid = pop_request_id(request, "rid")
+        except ProtocolError as exc:
+            self._reply_error(client, legacy, service, exc)
+            return
+        scope = self._local.get((client, rid))
         if scope is not None:
             scope.cancel()
         reply: dict[str, Any] = {"cancelled": scope is not None}

@@ -19,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from aether_box.bus.security import CurveKeys, bind_all
+from aether_box.logs import capped
 
 __all__ = ["Events", "EventLogHandler"]
 
@@ -74,7 +75,7 @@ class EventLogHandler(logging.Handler):
         try:
             self.events.publish(
                 f"log.{record.levelname.lower()}",
-                {"logger": record.name, "message": record.getMessage()},
+                {"logger": record.name, "message": capped(record.getMessage())},
             )
         except Exception:  # logging must never raise into the caller
             self.handleError(record)

@@ -70,7 +70,10 @@ def init_keys(data_dir: Path, *, force: bool = False) -> Path:
     (root / AUTHORIZED_DIR).mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     zmq.auth.create_certificates(root, "server")
-    client_public, _ = zmq.auth.create_certificates(root, "client")
+    client_public, client_secret = zmq.auth.create_certificates(root, "client")
+    # pyzmq writes them with the umask's mode: secrets are the user's alone, whatever it was.
+    for secret in (root / "server.key_secret", Path(client_secret)):
+        secret.chmod(0o600)
     shutil.copy(client_public, root / AUTHORIZED_DIR / "client.key")
     return root
 

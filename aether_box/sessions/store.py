@@ -95,6 +95,13 @@ class SessionStore:
         """Add a turn's messages in one transaction; returns how many the session now has."""
         now = time.time()
         with self._conn:
+            if not self._conn.execute(
+                "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+            ).fetchall():
+                raise NotFound(
+                    f"session {session_id!r} was deleted while it answered; the reply was "
+                    "not kept (make a new session with 'create')"
+                )
             (count,) = self._conn.execute(
                 "SELECT count(*) FROM messages WHERE session = ?", (session_id,)
             ).fetchall()[0]
