@@ -12,13 +12,14 @@ import os
 import queue
 import stat
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
 import tomli_w
 import zmq
-from fixtures_box import BoxInThread, BoxProcess
+from fixtures_box import BoxInThread, BoxProcess, wait_for
 
 from aether_box.bus.protocol import CANCEL_SERVICE, CLIENT, RID, ClientCmd, decode_body
 from aether_box.client import BadRequest, NotFound
@@ -256,3 +257,125 @@ def test_huge_shapes_are_refused(kit_box):
         np.testing.assert_array_equal(
             client.request("echo", {"v": np.ones((2, 3), np.float32)})["v"], np.ones((2, 3))
         )
+
+
+# ----------------------------------------------------------------- events
+
+
+def test_a_subscriber_that_stops_reading_costs_a_bounded_queue_and_stalls_nothing(box):
+    import psutil
+
+    from aether_box.bus.events import MAX_EVENT_BYTES, QUEUE_BYTES
+
+    context = zmq.Context.instance()
+    stuck = context.socket(zmq.SUB)  # subscribes to everything, then never reads
+    stuck.linger = 0
+    stuck.rcvhwm = 10
+    stuck.subscribe(b"")
+    stuck.connect(f"ipc://{box.data_dir}/events.sock")
+    reader = context.socket(zmq.SUB)
+    reader.linger = 0
+    reader.subscribe(b"flood.")
+    reader.connect(f"ipc://{box.data_dir}/events.sock")
+    events = box.box.events
+    with box.client(timeout=10) as client:
+        client.request("echo", {"warm": True})
+        # The subscribers are connected once an event reaches the reader.
+        wait_for(
+            lambda: (box.portal.call(events.publish, "flood.hello", {}), reader.poll(50))[1],
+            10,
+            "the subscriber connecting",
+        )
+        reader.recv_multipart()
+        process = psutil.Process()
+        rss_before = process.memory_info().rss
+        payload = "x" * (MAX_EVENT_BYTES // 2)
+
+        def flood() -> float:
+            started = time.monotonic()
+            for _ in range(20_000):  # 160 MB of events, were they all kept
+                events.publish("flood.big", {"payload": payload})
+            return time.monotonic() - started
+
+        took = box.portal.call(_run_sync_on_loop, flood)
+        assert took < 10  # publishing never waited on the subscriber
+        started = time.monotonic()
+        client.request("echo", {"after": "flood"})
+        assert time.monotonic() - started < 1
+        growth = process.memory_info().rss - rss_before
+        assert growth < 2 * QUEUE_BYTES + 64 * 2**20, growth / 2**20
+        dropped_before = sum(client.status()["events"]["dropped"].values())
+        box.portal.call(events.publish, "flood.huge", {"payload": "x" * MAX_EVENT_BYTES})
+        report = client.status()["events"]
+        assert sum(report["dropped"].values()) == dropped_before + 1
+        assert report["queue_bytes_max"] == QUEUE_BYTES
+        # The reader saw the flood in order, and can count what it missed from `seq`.
+        seqs = []
+        while reader.poll(200):
+            seqs.append(msgpack.unpackb(reader.recv_multipart()[1])["seq"])
+        assert seqs and seqs == sorted(seqs)
+    stuck.close()
+    reader.close()
+
+
+async def _run_sync_on_loop(func):
+    return func()
+
+
+# ----------------------------------------------------------------- metrics address
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:7747", "[::]:0", "example.org:7747", "10.1.2.3:9"])
+def test_metrics_on_a_non_loopback_address_are_refused_unless_made_public(data_dir, address):
+    from aether_box.config import Config
+    from aether_box.errors import ConfigError
+    from aether_box.monitor.settings import MonitorSettings
+
+    with pytest.raises(ConfigError, match="metrics_public"):
+        Config(data_dir, {"monitor": {"metrics_address": address}}).get(MonitorSettings)
+    public = {"metrics_address": address, "metrics_public": True}
+    assert Config(data_dir, {"monitor": public}).get(MonitorSettings).metrics_public
+    for loopback in ("127.0.0.1:0", "localhost:7747", "[::1]:7747"):
+        settings = Config(data_dir, {"monitor": {"metrics_address": loopback}}).get(MonitorSettings)
+        assert settings.metrics_address == loopback
+
+
+# ----------------------------------------------------------------- models add
+
+
+def _broken_copies(good: Path, where: Path) -> dict[str, Path]:
+    """Copies of a real GGUF file, each broken the way downloads and disks break them."""
+    data = good.read_bytes()
+    broken = {
+        "truncated": data[: len(data) - 4096],  # the tail of the last tensor is missing
+        "header_only": data[:100_000],
+        "bad_version": data[:4] + (99).to_bytes(4, "little") + data[8:],
+        "huge_count": data[:8] + (2**62).to_bytes(8, "little") + data[16:],
+        "zeroed_metadata": data[:24] + b"\xff" * 4096 + data[24 + 4096 :],
+    }
+    paths = {}
+    for name, content in broken.items():
+        paths[name] = where / f"{name}.gguf"
+        paths[name].write_bytes(content)
+    return paths
+
+
+def test_models_add_reads_the_gguf_header_and_refuses_broken_files(models_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from aether_box.cli import cli
+
+    good = next((models_dir / "smollm2").glob("*.gguf"))
+    data_dir = tmp_path / "box"
+    own = tmp_path / "models"
+    runner = CliRunner()
+    base = ["--data-dir", str(data_dir), "--set", f"models.dir={own}", "models"]
+    for name, path in _broken_copies(good, tmp_path).items():
+        result = runner.invoke(cli, [*base, "add", str(path)])
+        assert result.exit_code != 0, name
+        assert "[corrupt_model]" in result.output, (name, result.output)
+    listed = runner.invoke(cli, [*base, "list"]).output
+    assert "truncated" not in listed and "header" not in listed
+    result = runner.invoke(cli, [*base, "add", str(good), "--name", "mine"])
+    assert result.exit_code == 0, result.output
+    assert "mine" in runner.invoke(cli, [*base, "list"]).output
