@@ -25,6 +25,7 @@ import zmq.asyncio
 from aether_box.bus.broker import Broker
 from aether_box.bus.discovery import clear_endpoints, write_endpoints
 from aether_box.bus.events import EventLogHandler, Events
+from aether_box.bus.failures import is_disk_full
 from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve, uses_curve
 from aether_box.bus.settings import BusSettings
 from aether_box.config import Config
@@ -177,13 +178,19 @@ class Box:
         """Tell this data dir's clients where the box listens (and where CURVE is on)."""
         curve = self.broker.curve
         on_loopback = self.settings.curve_on_loopback
-        await anyio.to_thread.run_sync(
-            lambda: write_endpoints(
-                self.config.data_dir,
-                bus={e: uses_curve(e, curve, on_loopback) for e in self.broker.bound},
-                events={e: uses_curve(e, curve, on_loopback) for e in self.events.bound},
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: write_endpoints(
+                    self.config.data_dir,
+                    bus={e: uses_curve(e, curve, on_loopback) for e in self.broker.bound},
+                    events={e: uses_curve(e, curve, on_loopback) for e in self.events.bound},
+                )
             )
-        )
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # Clients still find the box by its ipc socket in the data dir.
+            log.warning("the disk is full: endpoints not published (%s)", exc)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

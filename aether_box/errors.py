@@ -12,6 +12,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "CorruptModel",
+    "DiskFull",
     "NoBox",
     "NotFound",
     "Overloaded",
@@ -100,6 +101,12 @@ class CorruptModel(BoxError):
     code = "corrupt_model"
 
 
+class DiskFull(BoxError):
+    """The disk holding the data dir is full: nothing was written."""
+
+    code = "disk_full"
+
+
 class ConfigError(BoxError):
     """The configuration or the command line is invalid."""
 
@@ -119,6 +126,7 @@ _BY_CODE: dict[str, type[BoxError]] = {
         Overloaded,
         Cancelled,
         CorruptModel,
+        DiskFull,
         ConfigError,
     )
 }

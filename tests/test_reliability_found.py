@@ -379,3 +379,87 @@ def test_models_add_reads_the_gguf_header_and_refuses_broken_files(models_dir, t
     result = runner.invoke(cli, [*base, "add", str(good), "--name", "mine"])
     assert result.exit_code == 0, result.output
     assert "mine" in runner.invoke(cli, [*base, "list"]).output
+
+
+# ----------------------------------------------------------------- full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB file system made for the test (tmpfs; needs root), and a way to fill it."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small file system for the test: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError:
+        pass
+    try:
+        while True:
+            os.write(fd, b"\0")
+    except OSError:
+        pass
+    os.close(fd)
+    return filler
+
+
+def test_a_full_disk_answers_disk_full_keeps_reads_and_the_box_starts(small_disk, tmp_path):
+    data_dir = small_disk / "box"
+    data_dir.mkdir()
+    vectors = np.eye(8, dtype=np.float32)[:3]
+    query = {"op": "search", "collection": "c", "vector": vectors[0]}
+    running = BoxProcess(data_dir, log_path=tmp_path / "box1.log")
+    try:
+        with running.client(timeout=30) as client:
+            client.request("memory", {"op": "create", "collection": "c", "model": "m", "dim": 8})
+            added = client.request(
+                "memory", {"op": "add", "collection": "c", "vectors": vectors, "texts": list("abc")}
+            )
+            filler = _fill(small_disk)
+            big = {"op": "add", "collection": "c", "vectors": np.ones((500, 8), np.float32),
+                   "texts": ["x" * 2000] * 500}  # fmt: skip
+            with pytest.raises(Exception) as refused:
+                client.request("memory", big)
+            assert getattr(refused.value, "code", None) == "disk_full", refused.value
+            assert "Free space" in str(refused.value)
+            assert client.request("memory", query)["results"][0]["id"] == added["ids"][0]
+            assert client.request("memory", {"op": "check"})["ok"]
+            # Space freed: writes work again, without a restart.
+            filler.unlink()
+            client.request("memory", {"op": "add", "collection": "c", "vectors": vectors[:1],
+                                      "texts": ["d"]})  # fmt: skip
+            _fill(small_disk)
+    finally:
+        running.stop()
+    # It starts on the full disk, reads what was acknowledged, and says why writes fail.
+    again = BoxProcess(data_dir, log_path=tmp_path / "box2.log")
+    try:
+        with again.client(timeout=30) as client:
+            assert client.request("memory", {"op": "count", "collection": "c"})["count"] == 4
+            assert client.request("memory", query)["results"][0]["text"] == "a"
+            with pytest.raises(Exception) as refused:
+                client.request("memory", {"op": "add", "collection": "c",
+                                          "vectors": vectors[:1], "texts": ["e"]})  # fmt: skip
+            assert getattr(refused.value, "code", None) == "disk_full"
+            assert client.request("session", {"op": "list"})["sessions"] == []
+            assert client.status()["services"]["memory"]["requests"] >= 3
+    finally:
+        again.stop()

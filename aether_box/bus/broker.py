@@ -23,6 +23,7 @@ import anyio
 import zmq
 import zmq.asyncio
 
+from aether_box.bus.failures import failure_error
 from aether_box.bus.protocol import (
     CANCEL_SERVICE,
     CLIENT,
@@ -454,8 +455,7 @@ class Broker:
         except BoxError as exc:
             reply = exc.to_wire()
         except Exception as exc:
-            log.exception("service %s failed", svc.name)
-            reply = BoxError(f"{svc.name} failed: {exc!r}; see the box log").to_wire()
+            reply = failure_error(svc.name, exc).to_wire()
         svc.stats.finished(time.monotonic() - started, error_code(reply))
         self._send_nowait(self._final_frames(svc, client, legacy, service, reply, rid))
 
@@ -508,8 +508,7 @@ class Broker:
             except BoxError as exc:
                 reply = exc.to_wire()
             except Exception as exc:
-                log.exception("service %s failed", svc.name)
-                reply = BoxError(f"{svc.name} failed: {exc!r}; see the box log").to_wire()
+                reply = failure_error(svc.name, exc).to_wire()
         self._scopes.discard(scope)
         if key is not None:
             self._local.pop(key, None)
