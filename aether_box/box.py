@@ -21,12 +21,19 @@ from typing import Any, TypeVar
 import anyio
 import zmq
 import zmq.asyncio
+from zmq.utils import z85
 
 from aether_box.bus.broker import Broker
 from aether_box.bus.discovery import clear_endpoints, write_endpoints
 from aether_box.bus.events import EventLogHandler, Events
 from aether_box.bus.failures import is_disk_full
-from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve, uses_curve
+from aether_box.bus.security import (
+    AUTHORIZED_DIR,
+    authorized_scopes,
+    keys_dir,
+    plan_curve,
+    uses_curve,
+)
 from aether_box.bus.settings import BusSettings
 from aether_box.config import Config
 from aether_box.context import BoxContext, BoxView
@@ -256,11 +263,21 @@ async def _start_authenticator(context: zmq.asyncio.Context, data_dir: Path) -> 
     # ZAP: only clients whose public key is in keys/authorized/ get through CURVE.
     from zmq.auth.asyncio import AsyncioAuthenticator
 
-    authenticator = AsyncioAuthenticator(context)
+    class ScopedAuthenticator(AsyncioAuthenticator):
+        """Gives each CURVE connection its key's scope as User-Id (see bus/scopes.py)."""
+
+        scopes: dict[bytes, str] = {}
+
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            return self.scopes.get(z85.encode(client_public_key), "use")
+
+    authenticator = ScopedAuthenticator(context)
     authenticator.start()
     location = str(keys_dir(data_dir) / AUTHORIZED_DIR)
-    # configure_curve reads every key file there: in a worker thread.
-    await anyio.to_thread.run_sync(
-        lambda: authenticator.configure_curve(domain="*", location=location)
-    )
+
+    def configure() -> None:  # reads every key file there: in a worker thread
+        authenticator.configure_curve(domain="*", location=location)
+        authenticator.scopes = authorized_scopes(data_dir)
+
+    await anyio.to_thread.run_sync(configure)
     return authenticator

@@ -195,6 +195,29 @@ def keys_init(state: CliState, force: bool) -> None:
     )
 
 
+@keys.command("authorize")
+@click.argument("key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "use", "admin"]),
+    default="use",
+    show_default=True,
+    help="read: status, lists, search. use: also chat, embed, memory add, sessions. "
+    "admin: also memory drop/delete, federation links, models, projectors, adapters, tuner.",
+)
+@click.option("--name", help="The name it is kept under (default: the file's name).")
+@pass_state
+def keys_authorize(state: CliState, key_file: Path, scope: str, name: str | None) -> None:
+    """Allow a CURVE client (its public .key file) to use the box, with an access scope."""
+    from aether_box.bus.security import authorize_key
+
+    target = authorize_key(state.data_dir, key_file, scope, name)
+    click.echo(
+        f"authorized {target.stem} with scope {scope} ({target}); takes effect at the "
+        "box's next start"
+    )
+
+
 def _add_api_keys() -> None:
     # `keys api ...` (the HTTP gateway's keys) beside the CURVE keys; the module is small and
     # imports neither Starlette nor Hypercorn.

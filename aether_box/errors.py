@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "CorruptModel",
     "DiskFull",
+    "Forbidden",
     "NoBox",
     "NotFound",
     "Overloaded",
@@ -101,6 +102,12 @@ class CorruptModel(BoxError):
     code = "corrupt_model"
 
 
+class Forbidden(BoxError):
+    """The connection's access scope does not allow the op (see aether_box.bus.scopes)."""
+
+    code = "forbidden"
+
+
 class DiskFull(BoxError):
     """The disk holding the data dir is full: nothing was written."""
 
@@ -127,6 +134,7 @@ _BY_CODE: dict[str, type[BoxError]] = {
         Cancelled,
         CorruptModel,
         DiskFull,
+        Forbidden,
         ConfigError,
     )
 }

@@ -4,7 +4,8 @@ The box keeps people's memory, conversations and CURVE secrets, on machines that
 users share. Rather than trust each writer to pass a mode, the process that owns a data dir
 clears the group and other bits from its umask (so every file, database, WAL, log, key and
 ipc socket it makes is private whatever the user's umask was), and tightens what an older
-version, or another umask, left readable.
+version, or another umask, left readable. Names that come from requests become file names
+only through `child_path`, which never leaves the directory it is given.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["PRIVATE_UMASK", "make_private", "private_umask"]
+from aether_box.errors import BadRequest
+
+__all__ = ["PRIVATE_UMASK", "child_path", "make_private", "private_umask"]
 
 PRIVATE_UMASK = 0o077  # no bits for group and others
 
@@ -37,3 +40,21 @@ def make_private(data_dir: Path) -> None:
                 os.chmod(path, stat.S_IMODE(mode) & ~PRIVATE_UMASK)
             except FileNotFoundError:  # removed while we walked (a socket, a temp file)
                 continue
+
+
+def child_path(root: Path, name: str) -> Path:
+    """`root / name` for a name taken from a request: BadRequest if it could leave `root`."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or name.startswith(".")
+        or len(name.encode()) > 255
+    ):
+        raise BadRequest(
+            f"{name[:80]!r} cannot name a file: use letters, digits, '_', '-' or '.' "
+            "(not first), without '/' or '\\'"
+        )
+    return root / name

@@ -36,9 +36,10 @@ from aether_box.bus.protocol import (
     encode_body,
     pop_request_id,
     raise_if_error,
-    recv_frames,
+    recv_message,
     send_frames,
 )
+from aether_box.bus.scopes import connection_scope, refusal
 from aether_box.bus.security import CurveKeys, bind_all
 from aether_box.bus.service import Handler, InlineHandler, PartialSender, Request
 from aether_box.bus.settings import BusSettings
@@ -142,6 +143,7 @@ class Broker:
         # Every running local request, so a shutdown can cancel what outlives its grace.
         self._scopes: set[anyio.CancelScope] = set()
         self._router: zmq.Socket | None = None
+        self._peer: zmq.Frame | None = None  # the first frame of the message being handled
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._recheck_scheduled = False
@@ -292,7 +294,7 @@ class Broker:
         try:
             for _ in range(DRAIN_BATCH):
                 try:
-                    frames = recv_frames(self._router)
+                    frames, self._peer = recv_message(self._router)
                 except zmq.Again:
                     return
                 try:
@@ -398,6 +400,11 @@ class Broker:
             )
             return
         name = service.decode("utf-8", "replace")
+        denied = self._refusal(name, body)
+        if denied is not None:
+            self.rejected["forbidden"] += 1
+            self._reply_error(client, legacy, service, denied)
+            return
         if name.startswith("mmi."):
             self._on_mmi(client, legacy, service, body)
             return
@@ -525,6 +532,12 @@ class Broker:
             reply = Cancelled(why).to_wire()
         svc.stats.finished(time.monotonic() - started, error_code(reply))
         await self._send(self._final_frames(svc, client, legacy, service, reply, rid))
+
+    def _refusal(self, name: str, body: list[FrameBytes]) -> BoxError | None:
+        """The Forbidden error for a request its connection's scope does not allow."""
+        assert self._peer is not None
+        scope, how = connection_scope(self._peer, self.settings.loopback_admin)
+        return refusal(scope, how, name, body[0] if body else b"")
 
     def _on_cancel(
         self, client: bytes, legacy: bool, service: bytes, body: list[FrameBytes]

@@ -25,6 +25,7 @@ __all__ = [
     "CLIENT",
     "RID",
     "pop_request_id",
+    "recv_message",
     "ROUTED",
     "WORKER",
     "FrameBytes",
@@ -225,3 +226,14 @@ def _to_msgpack(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     raise TypeError(f"cannot encode {type(value).__name__} in a message body")
+
+
+def recv_message(socket: zmq.Socket) -> tuple[list[FrameBytes], zmq.Frame]:
+    """Like recv_frames (never waits), and the first frame itself, for its connection's
+    metadata (peer address, the User-Id the ZAP handler gave it)."""
+    first = frame = _recv(socket, _NOBLOCK, False)
+    parts = [frame.bytes if len(frame) < LARGE_FRAME else frame.buffer]
+    while frame.more:
+        frame = _recv(socket, _NOBLOCK, False)
+        parts.append(frame.bytes if len(frame) < LARGE_FRAME else frame.buffer)
+    return parts, first
