@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -124,7 +125,12 @@ class AlignService(OpService):
         raw = body.get("vector") if single else body.get("vectors")
         if raw is None:
             raise BadRequest("project needs a 'vector' (d,) or 'vectors' (n, d) float32 array")
-        x = np.asarray(raw, dtype=np.float32)
+        try:  # a list of numbers works too; too large for float32 becomes inf, refused below
+            with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                x = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise BadRequest("'vector' / 'vectors' must be float32 arrays (d,) or (n, d)") from None
         if single:
             x = x.reshape(1, -1)
         if x.ndim != 2 or not len(x):

@@ -55,7 +55,7 @@ class Compiled:
 
 def parse_filter(where: Any) -> Mapping[str, Any] | None:
     """A filter given as a map or as JSON text (the CLI's form); None when there is none."""
-    if where is None or where == "":
+    if where is None or (isinstance(where, str) and not where):
         return None
     if isinstance(where, str):
         try:
