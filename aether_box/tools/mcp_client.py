@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from aether_box.errors import ConfigError, NotFound, ServiceUnavailable, ToolFailed
+from aether_box.errors import BadRequest, ConfigError, NotFound, ServiceUnavailable, ToolFailed
 from aether_box.tools.settings import ToolsSettings, check_servers
 from aether_box.tools.spec import Tool, tool_from_wire
 
@@ -93,7 +93,7 @@ class McpServer:
                 async with Client(self.target(), raise_exceptions=True) as client:
                     with anyio.fail_after(start_s):
                         listed = await client.list_tools()
-                    self.tools = [self._tool(t) for t in listed.tools]
+                    self.tools = self._tools(listed.tools)
                     self.client, self.state, self.error = client, "up", None
                     self.connects += 1
                     attempt = 0
@@ -113,6 +113,16 @@ class McpServer:
             await anyio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
             attempt += 1
 
+    def _tools(self, listed: list[Any]) -> list[Tool]:
+        """The server's tools that the box can describe (the others are logged, skipped)."""
+        tools = []
+        for tool in listed:
+            try:
+                tools.append(self._tool(tool))
+            except BadRequest as exc:
+                log.warning("MCP server %s: tool %r skipped: %s", self.name, tool.name, exc)
+        return tools
+
     def _tool(self, listed: Any) -> Tool:
         return tool_from_wire(
             {
@@ -131,7 +141,7 @@ class McpServer:
 class McpServers:
     """Every configured MCP server; see the module docstring."""
 
-    def __init__(self, settings: ToolsSettings, data_dir: Path) -> None:
+    def __init__(self, settings: ToolsSettings) -> None:
         self.settings = settings
         self.servers: dict[str, McpServer] = {}
 

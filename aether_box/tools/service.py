@@ -57,7 +57,7 @@ class ToolsComponent(OpService, ToolCatalog):
     def __init__(self, ctx: BoxContext) -> None:
         self.ctx = ctx
         self.settings = ctx.config.get(ToolsSettings)
-        self.mcp = McpServers(self.settings, ctx.data_dir)
+        self.mcp = McpServers(self.settings)
         self._worker_tools: dict[str, dict[str, Tool]] = {}  # service -> name -> tool
         self.calls: Counter[str] = Counter()  # tool -> calls answered
         self.failures: Counter[str] = Counter()  # error code -> calls that failed

@@ -12,12 +12,11 @@ from jsonschema.exceptions import SchemaError
 
 from aether_box.errors import BadRequest
 
-__all__ = ["EFFECTS", "SOURCES", "Tool", "tool_from_wire"]
+__all__ = ["EFFECTS", "Tool", "tool_from_wire"]
 
 # What a tool does beyond answering: nothing ("read"), changes state ("write"), or makes
 # data leave the machine ("send").
 EFFECTS = ("read", "write", "send")
-SOURCES = ("builtin", "worker", "mcp")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
@@ -30,7 +29,7 @@ class Tool:
     description: str
     schema: dict[str, Any]
     effect: str
-    source: str
+    source: str  # "builtin", "worker" or "mcp"
     where: str  # the worker's service, the MCP server's name, or the box service it wraps
     target: str = ""
     private: bool = False
