@@ -90,7 +90,11 @@ class HttpComponent:
         if settings.mcp:
             from aether_box.tools.mcp_server import http_endpoint
 
-            mcp_app, mcp_sessions = http_endpoint(ctx.call, str(host))
+            # In a thread: the first use imports the mcp SDK (file reads, seconds on a
+            # loaded machine), which the event loop must not wait on.
+            mcp_app, mcp_sessions = await anyio.to_thread.run_sync(
+                http_endpoint, ctx.call, str(host)
+            )
         self.gateway = Gateway(ctx, self.keyring, require_key=self.require_key, mcp_app=mcp_app)
 
         config = HypercornConfig()

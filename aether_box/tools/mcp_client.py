@@ -150,6 +150,8 @@ class McpServers:
         specs = dict(self.settings.mcpServers)
         if self.settings.mcp_config is not None:
             specs.update(await anyio.to_thread.run_sync(_read_file, self.settings.mcp_config))
+        if specs:  # import the SDK in a thread: its first import reads many files
+            await anyio.to_thread.run_sync(_import_sdk)
         for name, spec in specs.items():
             server = McpServer(name, spec, self.settings.mcp_env)
             self.servers[name] = server
@@ -178,6 +180,11 @@ class McpServers:
             name: {"state": s.state, "tools": len(s.tools), "error": s.error}
             for name, s in self.servers.items()
         }
+
+
+def _import_sdk() -> None:
+    import mcp.client.stdio  # noqa: F401
+    from mcp import Client  # noqa: F401
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -99,6 +99,8 @@ def mcp(state: CliState, timeout: float) -> None:
         {"mcpServers": {"aether-box": {"command": "aether-box", "args": ["mcp"]}}}
     The box must be running (`aether-box run`); the gateway also serves MCP at /mcp.
     """
+    import mcp.server.mcpserver  # noqa: F401  (imported before the event loop runs)
+
     anyio.run(_serve_stdio, state, timeout)
 
 
