@@ -21,7 +21,7 @@ EXPECTED = {"memory_search", "memory_add", "chat", "embed"}
 
 @pytest.fixture(scope="module")
 def served(models_dir: Path) -> Iterator[GatewayBox]:
-    with gateway_box(models_dir) as running:
+    with gateway_box(models_dir, mcp=True) as running:
         yield running
 
 
