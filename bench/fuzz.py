@@ -139,6 +139,10 @@ def main() -> None:
         with Client(endpoint, data_dir=data_dir, timeout=60) as client:
             client.request("memory", {"op": "create", "collection": "c", "model": "m", "dim": 8})
             client.request("echo", {"warm": True})
+            if settings:  # load the models garbage may reach, so RSS measures growth, not loads
+                client.request("embed", {"op": "embed", "model": "minilm", "texts": ["warm"]})
+                client.request("llm", {"op": "chat", "model": "smollm2", "max_tokens": 1,
+                                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
         rss_start = box.memory_info().rss / 2**20
         stop = threading.Event()
         probes = [Probe(endpoint, data_dir, s, stop) for s in ("echo", "status")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,21 @@ from aether_box.align.export import to_onnx
 from aether_box.align.gate import Gate
 from aether_box.align.projectors import Projector
 from aether_box.errors import NotFound
+from aether_box.models.files import fsync_dir
 from aether_box.private import child_path
 
 __all__ = ["ProjectorStore"]
+
+
+# A save in progress, and the old pair dir while the new one takes its place.
+PARTIAL, ASIDE = ".partial-", ".aside-"
+
+
+def _fsync_tree(path: Path) -> None:
+    for child in path.iterdir():
+        with open(child, "rb") as handle:
+            os.fsync(handle.fileno())
+    fsync_dir(path)
 
 
 def pair_name(source: str, target: str) -> str:
@@ -39,30 +52,53 @@ class ProjectorStore:
         return child_path(self.root, f"{source}__{target}")
 
     def save(self, projectors: dict[str, Projector], gate: Gate, report: dict[str, Any]) -> Path:
-        """Write every method's weights and ONNX graph, the gate and the report."""
+        """Write every method's weights and ONNX graph, the gate and the report.
+
+        All of it goes to a new dir first, which then takes the pair dir's place: a crash
+        leaves the old projector whole (or, between the two renames, its copy aside, which
+        `reports` puts back), never new weights under an old report.
+        """
         first = next(iter(projectors.values()))
         where = self._dir(first.source, first.target)
-        where.mkdir(parents=True, exist_ok=True)
+        fresh = where.with_name(f"{PARTIAL}{where.name}")
+        aside = where.with_name(f"{ASIDE}{where.name}")
+        shutil.rmtree(fresh, ignore_errors=True)  # a crashed save's
+        fresh.mkdir(parents=True)
         best = report["best"]
         graphs = {f"{m}.onnx": to_onnx(p) for m, p in projectors.items()}
         graphs["served.onnx"] = to_onnx(projectors[best], gate)
         for method, projector in projectors.items():
-            projector.save(where / f"{method}.npz")
+            projector.save(fresh / f"{method}.npz")
         for name, model in graphs.items():
-            tmp = where / f"{name}.tmp"
-            onnx.save(model, str(tmp))
-            tmp.replace(where / name)
-        gate.save(where / "gate.npz")
-        tmp = where / "report.json.tmp"
-        tmp.write_text(json.dumps(report, indent=2, default=float))
-        os.replace(tmp, where / "report.json")
+            onnx.save(model, str(fresh / name))
+        gate.save(fresh / "gate.npz")
+        (fresh / "report.json").write_text(json.dumps(report, indent=2, default=float))
+        _fsync_tree(fresh)
+        if where.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(where, aside)
+        os.rename(fresh, where)
+        fsync_dir(self.root)
+        shutil.rmtree(aside, ignore_errors=True)
         return where
+
+    def _recover(self) -> None:
+        """Put back a pair dir a crash left aside mid-swap; drop unfinished saves."""
+        for aside in self.root.glob(f"{ASIDE}*"):
+            where = aside.with_name(aside.name[len(ASIDE) :])
+            if where.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.rename(aside, where)
+        for fresh in self.root.glob(f"{PARTIAL}*"):
+            shutil.rmtree(fresh, ignore_errors=True)
 
     def reports(self) -> list[dict[str, Any]]:
         """The report of every fitted projector pair, by name."""
         found = []
         if self.root.is_dir():
-            for path in sorted(self.root.glob("*/report.json")):
+            self._recover()
+            for path in sorted(self.root.glob("[!.]*/report.json")):
                 try:
                     found.append(json.loads(path.read_text()))
                 except (OSError, json.JSONDecodeError):
