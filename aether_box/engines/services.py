@@ -286,10 +286,23 @@ class LlmService(ModelService):
         try:
             async with receive:
                 async for item in receive:
-                    if isinstance(item, str):
-                        await request.partial({"token": item})
-                    else:
+                    if not isinstance(item, str):
                         result = item
+                        break
+                    # Pieces that queued while the last one was sent go out as one PARTIAL:
+                    # a loaded box sends fewer, larger messages instead of falling behind.
+                    pieces = [item]
+                    while result is None:
+                        try:
+                            more = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+                        if isinstance(more, str):
+                            pieces.append(more)
+                        else:
+                            result = more
+                    await request.partial({"token": "".join(pieces)})
+                    if result is not None:
                         break
         finally:
             job.cancel()  # a no-op once it has finished
