@@ -122,6 +122,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--models", type=Path, help="a models dir (default: the test models)")
+    parser.add_argument(
+        "--kinds",
+        default="chat,embed,memory,session,status,memory,chat,session",
+        help="one client per entry: chat, embed, memory, session or status",
+    )
     args = parser.parse_args()
     models = args.models or Path.home() / ".cache" / "aether-box" / "test-models"
     before = machine()
@@ -131,9 +136,9 @@ def main() -> None:
         box = psutil.Process(process.pid)
         with Client(endpoint, data_dir=data_dir, timeout=300) as client:  # warm-up: loads
             client.request("memory", {"op": "create", "collection": "soak", "model": "minilm"})
-            client.request(
-                "llm", {"op": "chat", **CHAT, "messages": [{"role": "user", "content": "hi"}]}
-            )
+            if {"chat", "session"} & set(args.kinds.split(",")):
+                hello = [{"role": "user", "content": "hi"}]
+                client.request("llm", {"op": "chat", **CHAT, "messages": hello})
             client.request("embed", {"op": "embed", "model": "minilm", "texts": ["warm"]})
         # A subscriber that stops reading at once: the box must never wait for it.
         stuck = zmq.Context.instance().socket(zmq.SUB)
@@ -143,7 +148,7 @@ def main() -> None:
         rss_start, files_start = box.memory_info().rss / 2**20, box.num_fds()
         started = time.monotonic()
         until = started + args.minutes * 60
-        kinds = ["chat", "embed", "memory", "session", "status", "memory", "chat", "session"]
+        kinds = args.kinds.split(",")
         workers = [Worker(n, kind, endpoint, data_dir, until) for n, kind in enumerate(kinds)]
         for worker in workers:
             worker.start()
