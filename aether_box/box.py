@@ -25,7 +25,13 @@ import zmq.asyncio
 from aether_box.bus.broker import Broker
 from aether_box.bus.discovery import clear_endpoints, write_endpoints
 from aether_box.bus.events import EventLogHandler, Events
-from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve, uses_curve
+from aether_box.bus.security import (
+    AUTHORIZED_DIR,
+    AllowList,
+    keys_dir,
+    plan_curve,
+    uses_curve,
+)
 from aether_box.bus.settings import BusSettings
 from aether_box.config import Config
 from aether_box.context import BoxContext, BoxView
@@ -61,6 +67,7 @@ class Box:
         self.supervisors: dict[str, Supervisor] = {}
         self.events: Events
         self.broker: Broker
+        self.allow_list: AllowList | None = None  # the CURVE keys admitted, when CURVE is on
         self._stop: anyio.Event | None = None
         self.ready = False  # True once every component has started
         self._stop_requested = False
@@ -103,7 +110,10 @@ class Box:
                 self.settings.endpoints + self.settings.event_endpoints,
             )
             if curve is not None:
-                authenticator = await _start_authenticator(self.context, data_dir)
+                self.allow_list = await anyio.to_thread.run_sync(
+                    AllowList(keys_dir(data_dir) / AUTHORIZED_DIR).load
+                )
+                authenticator = _start_authenticator(self.context, self.allow_list)
                 stack.callback(authenticator.stop)
             self.events = Events(
                 self.context,
@@ -113,6 +123,8 @@ class Box:
             )
             stack.callback(self.events.close)
             self.broker = Broker(self.settings, self.context, curve)
+            if self.allow_list is not None:
+                self.broker.refused = self.allow_list.revoked
             log_handler = EventLogHandler(self.events)
             logging.getLogger().addHandler(log_handler)
             stack.callback(logging.getLogger().removeHandler, log_handler)
@@ -136,6 +148,7 @@ class Box:
                 lambda: self._components,
                 self._supervision,
                 lambda: self.ready,
+                self.allow_list,
             )
             for cls in self._component_classes or load_components():
                 ctx = BoxContext(self.config, view, getattr(cls, "name", cls.__name__))
@@ -244,15 +257,12 @@ def _lock_data_dir(data_dir: Path) -> _DataDirLock:
     return lock
 
 
-async def _start_authenticator(context: zmq.asyncio.Context, data_dir: Path) -> Any:
-    # ZAP: only clients whose public key is in keys/authorized/ get through CURVE.
+def _start_authenticator(context: zmq.asyncio.Context, allow_list: AllowList) -> Any:
+    # ZAP: only clients whose public key the allow list holds (keys/authorized/, and grid
+    # members admitted while the box runs) get through CURVE.
     from zmq.auth.asyncio import AsyncioAuthenticator
 
     authenticator = AsyncioAuthenticator(context)
     authenticator.start()
-    location = str(keys_dir(data_dir) / AUTHORIZED_DIR)
-    # configure_curve reads every key file there: in a worker thread.
-    await anyio.to_thread.run_sync(
-        lambda: authenticator.configure_curve(domain="*", location=location)
-    )
+    authenticator.configure_curve_callback(domain="*", credentials_provider=allow_list)
     return authenticator

@@ -25,6 +25,7 @@ COMPONENTS = [
     "aether_box.sessions.service:SessionsComponent",
     "aether_box.router.service:RouterComponent",
     "aether_box.federation.service:FederationComponent",
+    "aether_box.grid.service:GridComponent",
     "aether_box.gateway.component:HttpComponent",
     "aether_box.monitor.metrics:MetricsComponent",
     "aether_box.monitor.observer:ObserverComponent",
@@ -37,6 +38,7 @@ COMMANDS = {
     "align": "aether_box.align.cli:align",
     "tui": "aether_box.tui.cli:tui",
     "link": "aether_box.federation.cli:link",
+    "grid": "aether_box.grid.cli:grid",
     "chat": "aether_box.sessions.cli:chat",
 }
 

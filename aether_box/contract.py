@@ -16,7 +16,7 @@ isinstance match, and one that type checkers accept as ``type[T]``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import anyio.abc
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Component",
     "ComponentFactory",
+    "Grid",
     "ModelCatalog",
     "PeerDirectory",
     "PeerForwarder",
@@ -65,6 +66,14 @@ class ModelCatalog:
         """Return if `model` is installed, else raise NotFound saying what is."""
         raise NotImplementedError
 
+    def installed(self) -> list[str]:
+        """The installed models' names, as last read (no disk access)."""
+        raise NotImplementedError
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: slots, busy, queue and request_s (seconds per request)."""
+        raise NotImplementedError
+
 
 class PeerForwarder:
     """A linked peer that can serve one request in this box's place."""
@@ -81,6 +90,37 @@ class PeerDirectory:
 
     def peer_for_model(self, service: str, model: str) -> PeerForwarder | None:
         """A peer that answers now and offers `service` with `model` installed."""
+        raise NotImplementedError
+
+
+class Grid:
+    """The grid this box is a member of (the grid component implements it)."""
+
+    def places(self, service: str, model: str) -> bool:
+        """Whether a member that is up offers `service` with `model` (placement applies)."""
+        raise NotImplementedError
+
+    async def place(
+        self,
+        service: str,
+        model: str,
+        request: Request,
+        here: Callable[[Request], Awaitable[Mapping[str, Any] | None]] | None,
+    ) -> Mapping[str, Any]:
+        """Serve `request` on the box with the shortest expected wait for `model` (`here`
+        serves it on this box, None when this box lacks the model), failing over once; the
+        reply says where it ran and why (its "grid" field)."""
+        raise NotImplementedError
+
+    async def ask_members(
+        self, service: str, body: Mapping[str, Any], *, timeout: float
+    ) -> dict[str, Mapping[str, Any] | BaseException]:
+        """Send `body` to `service` on every member at once: each member's reply or error."""
+        raise NotImplementedError
+
+    @property
+    def member_name(self) -> str:
+        """This box's name in the grid."""
         raise NotImplementedError
 
 

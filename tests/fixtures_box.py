@@ -113,7 +113,9 @@ class BoxProcess:
         *extra: str,
         env: dict[str, str] | None = None,
         python: str | os.PathLike[str] = sys.executable,
+        prefix: tuple[str, ...] = (),
     ) -> None:
+        """`prefix` runs the box under a wrapper (`ip netns exec NS`, `taskset -c 0`)."""
         self.data_dir = data_dir
         sets = [
             "--set",
@@ -127,7 +129,17 @@ class BoxProcess:
         ]
         self.log = open(data_dir / "box-process.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [str(python), "-m", "aether_box", "--data-dir", str(data_dir), *sets, *extra, "run"],
+            [
+                *prefix,
+                str(python),
+                "-m",
+                "aether_box",
+                "--data-dir",
+                str(data_dir),
+                *sets,
+                *extra,
+                "run",
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": _BLOCKBUSTER_PATH, **(env or {})},

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +145,8 @@ class Broker:
         self._recheck_scheduled = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.bound: list[str] = []
+        # CURVE senders whose messages are dropped (AllowList.revoked; empty without CURVE).
+        self.refused: Container[str] = ()
 
     # ----------------------------------------------------------------- registry
 
@@ -290,9 +292,12 @@ class Broker:
         try:
             for _ in range(DRAIN_BATCH):
                 try:
-                    frames = recv_frames(self._router)
+                    frames = recv_frames(self._router, refuse=self.refused)
                 except zmq.Again:
                     return
+                if not frames:  # from a key revoked since its connection was admitted
+                    self.rejected["revoked"] += 1
+                    continue
                 try:
                     self._dispatch(frames)
                 except Exception:  # a bug here must cost one message, never the broker

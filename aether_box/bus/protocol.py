@@ -10,7 +10,7 @@ without copying and read without copying until the body is decoded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -169,19 +169,34 @@ def send_frames(socket: zmq.Socket, frames: list[Any], *, wait: bool = False) ->
     _send(socket, frames[-1], last, len(frames[-1]) < LARGE_FRAME)
 
 
-def recv_frames(socket: zmq.Socket, *, wait: bool = False) -> list[FrameBytes]:
+def recv_frames(
+    socket: zmq.Socket, *, wait: bool = False, refuse: Container[str] = ()
+) -> list[FrameBytes]:
     """Receive one multipart message; without `wait`, raise zmq.Again if none is queued.
 
     Frames come back as bytes, except large ones: a read-only view of the received
-    message, so a megabyte is not copied before anyone needs it.
+    message, so a megabyte is not copied before anyone needs it. A message whose CURVE
+    sender (its ZAP "User-Id", a z85 public key) is in `refuse` comes back empty.
     """
     # A Frame knows whether more follow; asking the socket (RCVMORE) builds an enum per call.
     frame = _recv(socket, 0 if wait else _NOBLOCK, False)
+    if refuse and _sender(frame) in refuse:
+        while frame.more:
+            frame = _recv(socket, _NOBLOCK, False)
+        return []
     parts = [frame.bytes if len(frame) < LARGE_FRAME else frame.buffer]
     while frame.more:
         frame = _recv(socket, _NOBLOCK, False)  # the rest of a message arrives with its first
         parts.append(frame.bytes if len(frame) < LARGE_FRAME else frame.buffer)
     return parts
+
+
+def _sender(frame: zmq.Frame) -> str | None:
+    """The z85 public key a CURVE peer authenticated with; None over plain tcp or ipc."""
+    try:
+        return str(frame.get("User-Id"))
+    except zmq.ZMQError:
+        return None
 
 
 def _to_msgpack(value: Any) -> Any:

@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from aether_box.bus.settings import DEFAULT_TCP_ENDPOINTS
 from aether_box.errors import ConfigError
 
 __all__ = [
+    "AllowList",
     "CurveKeys",
     "bind_all",
     "configure_curve_client",
@@ -36,6 +38,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KEYS_DIR = "keys"
+RELOAD_EVERY_S = 0.5
 AUTHORIZED_DIR = "authorized"
 
 
@@ -58,6 +61,83 @@ class CurveKeys:
 
 def keys_dir(data_dir: Path) -> Path:
     return data_dir / KEYS_DIR
+
+
+class AllowList:
+    """The public keys the bus admits over CURVE: keys/authorized/*.key, changeable while
+    the box runs (the grid admits its members and revokes them).
+
+    ZAP asks `allowed` at each CURVE handshake. A revoked key is refused from then on, and
+    `revoked` tells the broker to drop messages from connections admitted before (see
+    Broker), so a revoked member is cut off at once, not at its next reconnect.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.keys: set[bytes] = set()  # z85 public keys
+        self.revoked: set[str] = set()  # z85, as ZAP reports the sender ("User-Id")
+        self._read_at = 0.0
+
+    def load(self) -> AllowList:
+        """Read every key file in the directory (blocking: call it in a worker thread)."""
+        self.keys = {_public_key(f) for f in sorted(self.directory.glob("*.key"))}
+        return self
+
+    async def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP's question (zmq.auth credentials provider): is `key` (z85) admitted?
+
+        An unknown key has the directory read again first (at most twice a second), so a
+        key file copied there while the box runs admits its client at once.
+        """
+        if key not in self.keys and time.monotonic() - self._read_at > RELOAD_EVERY_S:
+            import anyio.to_thread
+
+            self._read_at = time.monotonic()
+            await anyio.to_thread.run_sync(self.load)
+        return key in self.keys
+
+    def admit(self, name: str, public: str) -> Path:
+        """Admit `public` (z85) now and across restarts, in keys/authorized/NAME.key (blocking)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{name}.key"
+        partial = path.with_suffix(".key.partial")
+        partial.write_text(
+            "#   ZeroMQ CURVE Public Certificate\n"
+            f"#   written by aether-box for {name}\n\nmetadata\ncurve\n"
+            f'    public-key = "{public}"\n'
+        )
+        partial.replace(path)
+        self.keys.add(public.encode())
+        self.revoked.discard(public)
+        return path
+
+    def remove(self, file_name: str) -> None:
+        """Delete keys/authorized/FILE_NAME and read the directory again (blocking)."""
+        (self.directory / file_name).unlink(missing_ok=True)
+        self.load()
+
+    def revoke(self, public: str) -> list[Path]:
+        """Refuse `public` from now on: forget it and delete every key file that holds it
+        (blocking). Returns the files deleted."""
+        self.keys.discard(public.encode())
+        self.revoked.add(public)
+        deleted = []
+        for path in self.directory.glob("*.key"):
+            try:
+                if _public_key(path) == public.encode():
+                    path.unlink()
+                    deleted.append(path)
+            except ConfigError:
+                continue  # not a key file: not ours to judge here
+        return deleted
+
+
+def _public_key(path: Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a public key file ({exc}); remove it") from exc
+    return public
 
 
 def init_keys(data_dir: Path, *, force: bool = False) -> Path:

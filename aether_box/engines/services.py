@@ -52,7 +52,7 @@ import numpy as np
 from aether_box.bus.protocol import ROUTED
 from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
-from aether_box.contract import ModelCatalog, PeerDirectory
+from aether_box.contract import Grid, ModelCatalog, PeerDirectory
 from aether_box.engines.generation import Generation, GenerationParams
 from aether_box.engines.onnx import cuda_unavailable_reason
 from aether_box.engines.registry import (
@@ -122,6 +122,12 @@ class EnginesComponent(ModelCatalog):
             return None
         return {**self.registry.status(), "onnx_cuda": self._cuda_note or "available"}
 
+    def installed(self) -> list[str]:
+        return [] if self.registry is None else self.registry.installed_names()
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        return {} if self.registry is None else self.registry.loads()
+
     async def has_model(self, model: str) -> bool:
         return self.registry is not None and await self.registry.has(model)
 
@@ -178,12 +184,24 @@ class ModelService(OpService):
         self.registry = registry
         self.ctx = ctx
 
+    # The ops that do a model's work: in a grid they go where the wait is shortest.
+    placed_ops: frozenset[str] = frozenset()
+
     async def __call__(self, request: Request) -> Mapping[str, Any] | None:
         routed = request.body.pop(ROUTED, False)
         model = request.body.get("model")
         if not routed and isinstance(model, str) and self.ctx is not None:
+            here = await self.registry.has(model)
+            grid = self.ctx.get(Grid)
+            if (
+                grid is not None
+                and request.body.get("op") in self.placed_ops
+                and grid.places(self.name, model)
+            ):
+                serve_here = super().__call__ if here else None
+                return await grid.place(self.name, model, request, serve_here)
             peers = self.ctx.get(PeerDirectory)
-            if peers is not None and not await self.registry.has(model):
+            if peers is not None and not here:
                 peer = peers.peer_for_model(self.name, model)
                 if peer is not None:
                     return await peer.forward(self.name, request, routed=True)
@@ -194,6 +212,7 @@ class LlmService(ModelService):
     """Chat and completion with GGUF models."""
 
     name = "llm"
+    placed_ops = frozenset({"chat", "complete"})
 
     async def op_chat(self, request: Request) -> dict[str, Any]:
         """Reply to `messages` with the model's chat template."""
@@ -330,6 +349,7 @@ class EmbedService(ModelService):
     """Sentence vectors from ONNX encoders and GGUF models."""
 
     name = "embed"
+    placed_ops = frozenset({"embed"})
 
     async def op_embed(self, request: Request) -> dict[str, Any]:
         """L2-normalised float32 vectors, one row per text."""

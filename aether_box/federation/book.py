@@ -55,10 +55,14 @@ def default_name(endpoint: str) -> str:
 
 
 class PeerBook:
-    """Linked peers by name, read from and written to one TOML file."""
+    """Linked peers by name, read from and written to one TOML file (under `table`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, table: str = "peers", redo: str = "link again with `aether-box link`"
+    ) -> None:
         self.path = path
+        self.table = table
+        self.redo = redo  # what to do once the broken file is gone
         self.peers: dict[str, PeerRecord] = {}
 
     def load(self) -> PeerBook:
@@ -67,12 +71,13 @@ class PeerBook:
         try:
             data = tomllib.loads(self.path.read_text())
             self.peers = {
-                name: PeerRecord(name, **fields) for name, fields in data.get("peers", {}).items()
+                name: PeerRecord(name, **fields)
+                for name, fields in data.get(self.table, {}).items()
             }
         except (tomllib.TOMLDecodeError, TypeError, BadRequest) as exc:
             raise ConfigError(
-                f"{self.path} is not a valid peers file ({exc}); fix it, or delete it and "
-                "link again with `aether-box link`"
+                f"{self.path} is not a valid {self.table} file ({exc}); fix it, or delete it "
+                f"and {self.redo}"
             ) from exc
         return self
 
@@ -84,5 +89,5 @@ class PeerBook:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".toml.partial")
-        partial.write_text(tomli_w.dumps({"peers": peers}))
+        partial.write_text(tomli_w.dumps({self.table: peers}))
         os.replace(partial, self.path)
