@@ -73,6 +73,13 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     if peers:
         listed = ", ".join(f"{p.get('name')} ({p.get('state')})" for p in peers)
         console.print(f"peers: {listed}")
+    grid = report.get("grid")
+    if isinstance(grid, dict) and grid.get("members"):
+        listed = ", ".join(f"{m.get('name')} ({m.get('state')})" for m in grid["members"])
+        console.print(f"grid: {grid.get('name')} with {listed}")
+        placed = ", ".join(f"{p['box']} {p['count']}" for p in grid.get("placements", []))
+        if placed:
+            console.print(f"  requests placed: {placed}")
     http = report.get("http")
     if isinstance(http, dict) and http.get("keys"):
         keys = ", ".join(

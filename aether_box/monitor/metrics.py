@@ -98,6 +98,35 @@ class StatusCollector:
             dropped.add_metric([topic], count)
         yield dropped
         yield from _http_families(report.get("http"))
+        yield from _grid_families(report.get("grid"))
+
+
+def _grid_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """The grid's members (up, load) and where this box placed requests, and why."""
+    if not section:
+        return
+    up = _gauge("grid_member_up", "1 while a grid member answers heartbeats", None, ["member"])
+    queue = _gauge("grid_member_queue", "Requests queued on a member", None, ["member"])
+    free = _gauge("grid_member_free_slots", "Free generation slots on a member", None, ["member"])
+    for member in section.get("members", []):
+        name = str(member.get("name"))
+        up.add_metric([name], int(member.get("state") == "up"))
+        models = (member.get("load") or {}).get("models") or {}
+        queue.add_metric([name], sum(int(m.get("queue", 0)) for m in models.values()))
+        free.add_metric(
+            [name], sum(int(m.get("slots", 0)) - int(m.get("busy", 0)) for m in models.values())
+        )
+    placed = _counter(
+        "grid_placements", "Requests placed by this box, by box and reason", ["box", "reason"]
+    )
+    for item in section.get("placements", []):
+        placed.add_metric([str(item["box"]), str(item["reason"])], item["count"])
+    failovers = _counter(
+        "grid_failovers", "Placed requests whose box went down, by outcome", ["outcome"]
+    )
+    for outcome, count in (section.get("failovers") or {}).items():
+        failovers.add_metric([outcome], count)
+    yield from (up, queue, free, placed, failovers)
 
 
 def _http_families(section: dict[str, Any] | None) -> Iterator[Metric]:

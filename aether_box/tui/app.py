@@ -27,6 +27,7 @@ from aether_box.tui.screens.search import SearchScreen
 from aether_box.tui.view import (
     History,
     RateTracker,
+    grid_rows,
     memory_rows,
     model_rows,
     peer_rows,
@@ -178,7 +179,10 @@ class BoxApp(App[None]):
         self._show_models(report)
         self._show_section("memory", report, memory_rows)
         self._show_section("projectors", report, projector_rows, key="align")
-        self._show_section("peers", report, peer_rows)
+        # Linked peers and grid members share the panel: both are other boxes.
+        self._show_section(
+            "peers", report, lambda section: {**peer_rows(section), **grid_rows(report.get("grid"))}
+        )
 
     def on_box_event(self, message: BoxEvent) -> None:
         self.events_seen += 1
