@@ -203,6 +203,8 @@ def test_leave_then_join_again_then_revoke_cuts_a_member_off_at_once(grid):
     wait_for(lambda: not up(g3, "g1") and not up(g3, "g2"), 5, "g3 cut off")
     with g1.client(timeout=10) as client:
         assert client.status()["grid"]["revoked"] == ["g3"]
+        # What g3 still sends on the connection it had is dropped, not served.
+        wait_for(lambda: client.status()["rejected"].get("revoked", 0) > 0, 5, "g3's dropped")
 
 
 def test_a_stream_that_already_sent_tokens_fails_with_what_was_sent(grid):

@@ -13,7 +13,6 @@ import errno
 import ipaddress
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,7 +37,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KEYS_DIR = "keys"
-RELOAD_EVERY_S = 0.5
 AUTHORIZED_DIR = "authorized"
 
 
@@ -76,23 +74,23 @@ class AllowList:
         self.directory = directory
         self.keys: set[bytes] = set()  # z85 public keys
         self.revoked: set[str] = set()  # z85, as ZAP reports the sender ("User-Id")
-        self._read_at = 0.0
 
     def load(self) -> AllowList:
         """Read every key file in the directory (blocking: call it in a worker thread)."""
         self.keys = {_public_key(f) for f in sorted(self.directory.glob("*.key"))}
+        self.revoked -= {key.decode() for key in self.keys}  # a key put back is admitted again
         return self
 
     async def callback(self, domain: str, key: bytes) -> bool:
         """ZAP's question (zmq.auth credentials provider): is `key` (z85) admitted?
 
-        An unknown key has the directory read again first (at most twice a second), so a
-        key file copied there while the box runs admits its client at once.
+        An unknown key has the directory read again first (in a worker thread), so a key
+        file copied there while the box runs admits its client at once. (A refused client
+        is not retried by ZeroMQ: it must connect again, so the read cannot wait for later.)
         """
-        if key not in self.keys and time.monotonic() - self._read_at > RELOAD_EVERY_S:
+        if key not in self.keys:
             import anyio.to_thread
 
-            self._read_at = time.monotonic()
             await anyio.to_thread.run_sync(self.load)
         return key in self.keys
 
