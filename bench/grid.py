@@ -1,6 +1,6 @@
 """The grid against one box, in one run: forwarding cost, failover, grid search, load spread.
 
-    python bench/grid.py [--models-dir DIR] [--echoes 400] [--docs 3000] [--searches 60]
+    python bench/grid.py [--models-dir DIR] [--echoes 400] [--docs 20000] [--searches 60]
                          [--clients 8] [--requests 3] [--tokens 32]
 
 Three `aether-box run` processes on loopback, CURVE on every tcp link (`bus.curve=on`):
@@ -165,6 +165,18 @@ def completions(member: Member, clients: int, requests: int, tokens: int) -> dic
     }
 
 
+def add(member: Member, collection: str, vectors: np.ndarray, batch: int = 10_000) -> None:
+    """A collection of `vectors` on `member`, added in batches (messages stay small)."""
+    with member.client() as client:
+        client.request("memory", {"op": "create", "collection": collection, "model": "minilm"})
+        for start in range(0, len(vectors), batch):
+            part = vectors[start : start + batch]
+            texts = [f"{member.name} {start + j}" for j in range(len(part))]
+            client.request(
+                "memory", {"op": "add", "collection": collection, "vectors": part, "texts": texts}
+            )
+
+
 def p50_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 3)
 
@@ -175,7 +187,7 @@ def main() -> None:
     )
     parser.add_argument("--models-dir", type=Path, help="models dir holding smollm2 and minilm")
     parser.add_argument("--echoes", type=int, default=400)
-    parser.add_argument("--docs", type=int, default=3000, help="vectors per member")
+    parser.add_argument("--docs", type=int, default=20_000, help="vectors per member")
     parser.add_argument("--searches", type=int, default=60)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=3, help="completions per client")
@@ -248,29 +260,9 @@ def main() -> None:
         vectors = rng.standard_normal((3 * args.docs, DIM), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         for i, member in enumerate(members):
-            part = vectors[i * args.docs : (i + 1) * args.docs]
-            with member.client() as client:
-                client.request("memory", {"op": "create", "collection": "bench", "model": "minilm"})
-                client.request(
-                    "memory",
-                    {
-                        "op": "add",
-                        "collection": "bench",
-                        "vectors": part,
-                        "texts": [f"{member.name} {j}" for j in range(len(part))],
-                    },
-                )
+            add(member, "bench", vectors[i * args.docs : (i + 1) * args.docs])
+        add(hub, "all", vectors)
         with hub.client() as client:
-            client.request("memory", {"op": "create", "collection": "all", "model": "minilm"})
-            client.request(
-                "memory",
-                {
-                    "op": "add",
-                    "collection": "all",
-                    "vectors": vectors,
-                    "texts": [str(j) for j in range(len(vectors))],
-                },
-            )
             queries = rng.standard_normal((args.searches + 5, DIM), dtype=np.float32)
             one, grid = [], []
             for i, q in enumerate(queries):
