@@ -16,6 +16,7 @@ from fixtures_grid import GridBox, Network, admit
 
 from aether_box.cli import cli
 from aether_box.client import ServiceUnavailable
+from aether_box.monitor.metrics import StatusCollector
 
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8,"  # a continuation that rarely ends early
 
@@ -80,6 +81,8 @@ def test_joining_one_member_links_every_member_both_ways_over_curve(grid):
     assert {"smollm2", "minilm"} <= set(g1.members()["g2"]["models"])
     shown = grid_cli(g1, "status")
     assert shown.exit_code == 0 and "g2" in shown.output and "up" in shown.output
+    summary = CliRunner().invoke(cli, ["--data-dir", str(g1.data_dir), "status"])
+    assert "grid: g1 with g2 (up), g3 (up)" in summary.output
     with g1.client(timeout=10) as client:
         assert client.status()["grid"]["name"] == "g1"
         assert client.request("g3/echo", {"hop": 1}) == {"hop": 1}  # members' services too
@@ -109,8 +112,14 @@ def test_requests_go_to_the_box_with_the_shortest_expected_wait(grid):
     assert {p["reason"] for p in placed} & {"tie_local", "shortest_wait"}
     assert all(p["why"] for p in placed)
     with g2.client(timeout=10) as client:
-        counted = {(p["box"], p["reason"]) for p in client.status()["grid"]["placements"]}
+        report = client.status()
+    counted = {(p["box"], p["reason"]) for p in report["grid"]["placements"]}
     assert any(box == "g3" for box, _ in counted)
+    families = {f.name: f for f in StatusCollector(lambda: report).collect()}
+    placed = families["aether_box_grid_placements"].samples
+    assert {s.labels["box"] for s in placed} == {"g2", "g3"}
+    up = {s.labels["member"]: s.value for s in families["aether_box_grid_member_up"].samples}
+    assert up == {"g1": 1, "g3": 1}
 
 
 def test_grid_memory_search_merges_three_collections(grid):

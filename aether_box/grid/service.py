@@ -248,12 +248,13 @@ class GridComponent(OpService, Grid):
         first = ranked[0]
         try:
             reply = await self._serve_on(first, service, model, counted, here)
-            self.placements[(first.box, kind)] += 1
-            return _with_grid(reply, first, kind, why)
         except ServiceUnavailable as exc:
-            if first.local or not sent and len(ranked) == 1:
+            if first.local:  # this box's own answer: nothing went away
                 raise
             failed = exc
+        else:
+            self.placements[(first.box, kind)] += 1
+            return _with_grid(reply, first, kind, why)
         if sent:  # a stream already went out: it cannot start again elsewhere
             self.failovers["failed_after_partial"] += 1
             text = "".join(str(p.get("token", "")) for p in sent)
@@ -261,6 +262,8 @@ class GridComponent(OpService, Grid):
                 f"member {first.box} stopped mid-stream after {len(sent)} partial replies "
                 f"(text so far: {text!r}); {failed}. Ask again: it will go to another box"
             )
+        if len(ranked) == 1:
+            raise failed
         self.failovers["retried"] += 1
         second = ranked[1]
         reply = await self._serve_on(second, service, model, counted, here)

@@ -18,7 +18,7 @@ import anyio.abc
 
 from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
-from aether_box.contract import ModelCatalog, PeerDirectory
+from aether_box.contract import Grid, ModelCatalog, PeerDirectory
 from aether_box.engines.services import chat_for
 from aether_box.sessions.settings import SessionSettings
 from aether_box.sessions.store import SessionStore
@@ -85,12 +85,16 @@ class SessionsComponent(OpService):
         return {"session": session["id"], "model": model}
 
     async def _check_model(self, model: str) -> None:
-        """NotFound (saying what is installed) unless this box or a linked peer has `model`."""
+        """NotFound (saying what is installed) unless this box, a linked peer or a grid member
+        has `model`."""
         models = self.ctx.get(ModelCatalog)
         if models is None or await models.has_model(model):
             return
         peers = self.ctx.get(PeerDirectory)
         if peers is not None and peers.peer_for_model("llm", model) is not None:
+            return
+        grid = self.ctx.get(Grid)
+        if grid is not None and grid.places("llm", model):
             return
         await models.require_model(model)  # raises NotFound: what is installed, how to add
 
