@@ -318,7 +318,10 @@ def failover(hub: Member, b: Member, c: Member, tokens: int) -> dict[str, Any]:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(ask)
-        wait_until(lambda: llm(b)["in_flight"] > 0, 60, "the request on b")
+        wait_until(lambda: llm(b)["in_flight"] > 0 or pending.done(), 60, "the request on b")
+        if pending.done():
+            pending.result()  # raises what went wrong
+            raise SystemExit(f"the request did not go to b: {answer.get('grid')}")
         b.process.kill()
         killed = time.monotonic()
         b.process.wait()
