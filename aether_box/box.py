@@ -21,10 +21,13 @@ from typing import Any, TypeVar
 import anyio
 import zmq
 import zmq.asyncio
+from zmq.utils import z85
 
 from aether_box.bus.broker import Broker
 from aether_box.bus.discovery import clear_endpoints, write_endpoints
 from aether_box.bus.events import EventLogHandler, Events
+from aether_box.bus.failures import is_disk_full
+from aether_box.bus.scopes import USE, user_id
 from aether_box.bus.security import (
     AUTHORIZED_DIR,
     AllowList,
@@ -39,6 +42,7 @@ from aether_box.contract import Component, ComponentFactory
 from aether_box.errors import BoxError, ConfigError
 from aether_box.monitor.supervisor import Supervisor
 from aether_box.plugins import LOAD_ENV
+from aether_box.private import make_private
 
 __all__ = ["Box", "load_components"]
 
@@ -189,13 +193,19 @@ class Box:
         """Tell this data dir's clients where the box listens (and where CURVE is on)."""
         curve = self.broker.curve
         on_loopback = self.settings.curve_on_loopback
-        await anyio.to_thread.run_sync(
-            lambda: write_endpoints(
-                self.config.data_dir,
-                bus={e: uses_curve(e, curve, on_loopback) for e in self.broker.bound},
-                events={e: uses_curve(e, curve, on_loopback) for e in self.events.bound},
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: write_endpoints(
+                    self.config.data_dir,
+                    bus={e: uses_curve(e, curve, on_loopback) for e in self.broker.bound},
+                    events={e: uses_curve(e, curve, on_loopback) for e in self.events.bound},
+                )
             )
-        )
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # Clients still find the box by its ipc socket in the data dir.
+            log.warning("the disk is full: endpoints not published (%s)", exc)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -250,7 +260,7 @@ class _DataDirLock:
 
 
 def _lock_data_dir(data_dir: Path) -> _DataDirLock:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(data_dir)  # before the first file of this run is made
     lock = _DataDirLock(data_dir / LOCK_FILE).__enter__()
     # Holding the lock proves no box runs here: what a crashed one left is stale.
     _clear_stale_sockets(data_dir)
@@ -259,10 +269,17 @@ def _lock_data_dir(data_dir: Path) -> _DataDirLock:
 
 def _start_authenticator(context: zmq.asyncio.Context, allow_list: AllowList) -> Any:
     # ZAP: only clients whose public key the allow list holds (keys/authorized/, and grid
-    # members admitted while the box runs) get through CURVE.
+    # members admitted while the box runs) get through CURVE, each with its key's scope.
     from zmq.auth.asyncio import AsyncioAuthenticator
 
-    authenticator = AsyncioAuthenticator(context)
+    class ScopedAuthenticator(AsyncioAuthenticator):
+        """Names each CURVE connection by its key's scope and the key (see bus/scopes.py)."""
+
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            key = z85.encode(client_public_key)
+            return user_id(allow_list.scopes.get(key, USE), key)
+
+    authenticator = ScopedAuthenticator(context)
     authenticator.start()
     authenticator.configure_curve_callback(domain="*", credentials_provider=allow_list)
     return authenticator

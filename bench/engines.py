@@ -3,7 +3,7 @@
     python bench/engines.py [--models-dir DIR] [--tokens 96] [--rounds 7] [--texts 512]
 
 Generation (SmolLM2-135M-Instruct Q4_1, greedy, the physical cores as llama.cpp threads):
-- bus:    `aether-box run` in its own process; `llm` op `complete`, streamed, one PARTIAL a token.
+- bus:    `aether-box run` in its own process; `llm` op `complete`, streamed, one PARTIAL a token (pieces that queue while one is sent go together).
 - direct: llama-cpp-python in this process, `Llama.create_completion(stream=True)`, and the
           leanest direct loop, `Llama.generate` + `llama_token_to_piece`.
 Each round runs every path once on a prompt no path has seen (so no KV-cache reuse), and

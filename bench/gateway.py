@@ -4,7 +4,7 @@
 
 One `aether-box run` process with the gateway on an ephemeral loopback port. Each path is a
 lean client in this process, on one kept-alive connection:
-- bus:  the `llm` op `complete`, streamed (one PARTIAL a token); `embed` with 4 short texts.
+- bus:  the `llm` op `complete`, streamed (one PARTIAL a token, or the pieces queued meanwhile); `embed` with 4 short texts.
 - http: `POST /v1/completions` streamed as SSE (with `stream_options.include_usage`, for the
         token count); `POST /v1/embeddings` with the same texts, base64 as the `openai`
         client asks by default (floats too, as `embed_float_delta_ms`).

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _box import machine, start_box, stop_box  # noqa: E402
 
-from aether_box.bus.security import AUTHORIZED_DIR, init_keys, keys_dir  # noqa: E402
+from aether_box.bus.security import authorize_key, init_keys, keys_dir  # noqa: E402
 from aether_box.client import Client  # noqa: E402
 from aether_box.models.store import ModelStore  # noqa: E402
 
@@ -103,10 +103,8 @@ class Member:
 
 
 def join(newcomer: Member, member: Member) -> None:
-    shutil.copy(
-        keys_dir(newcomer.data_dir) / "server.key",
-        keys_dir(member.data_dir) / AUTHORIZED_DIR / f"{newcomer.name}.key",
-    )
+    # What `aether-box keys authorize NEWCOMER.key --scope admin` does on the member.
+    authorize_key(member.data_dir, keys_dir(newcomer.data_dir) / "server.key", "admin")
     with newcomer.client(60) as client:
         client.request(
             "grid",

@@ -19,7 +19,8 @@ from pathlib import Path
 import zmq.auth
 from fixtures_box import BoxProcess
 
-from aether_box.bus.security import AUTHORIZED_DIR, init_keys, keys_dir
+from aether_box.bus.scopes import ADMIN
+from aether_box.bus.security import authorize_key, init_keys, keys_dir
 
 __all__ = ["GridBox", "Network", "admit", "public_key"]
 
@@ -154,5 +155,6 @@ def public_key(box: GridBox) -> str:
 
 
 def admit(host: GridBox, guest: GridBox) -> None:
-    """The step a person does once: copy guest's keys/server.key into host's keys/authorized/."""
-    shutil.copy(guest.key_file, keys_dir(host.data_dir) / AUTHORIZED_DIR / f"{guest.name}.key")
+    """The step a person does once: `aether-box keys authorize GUEST.key --scope admin` on
+    the host, with the guest's keys/server.key."""
+    authorize_key(host.data_dir, guest.key_file, ADMIN, guest.name)

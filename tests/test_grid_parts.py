@@ -39,9 +39,9 @@ def test_the_allow_list_admits_revokes_and_rereads_its_directory(tmp_path):
     public = zmq.auth.load_certificate(keys_dir(guest) / "server.key")[0]
     allow = AllowList(allowed).load()
     assert public not in allow.keys
-    allow.admit("grid-guest", public.decode())
+    allow.admit("grid-guest", public.decode(), "admin")
     assert asyncio.run(allow.callback("*", public))
-    assert public in AllowList(allowed).load().keys  # kept across restarts
+    assert AllowList(allowed).load().scopes[public] == "admin"  # kept across restarts
     shutil.copy(keys_dir(guest) / "server.key", allowed / "by-hand.key")
     deleted = allow.revoke(public.decode())
     assert sorted(p.name for p in deleted) == ["by-hand.key", "grid-guest.key"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,12 @@ from aether_box.errors import ConfigError
 
 __all__ = [
     "AllowList",
+    "scopes_in",
+    "write_authorized",
     "CurveKeys",
     "bind_all",
     "configure_curve_client",
+    "authorize_key",
     "init_keys",
     "is_loopback",
     "keys_dir",
@@ -62,23 +67,27 @@ def keys_dir(data_dir: Path) -> Path:
 
 
 class AllowList:
-    """The public keys the bus admits over CURVE: keys/authorized/*.key, changeable while
-    the box runs (the grid admits its members and revokes them).
+    """The public keys the bus admits over CURVE, with their scopes: keys/authorized/*.key,
+    changeable while the box runs (the grid admits its members and revokes them).
 
-    ZAP asks `allowed` at each CURVE handshake. A revoked key is refused from then on, and
+    ZAP asks `callback` at each CURVE handshake. A revoked key is refused from then on, and
     `revoked` tells the broker to drop messages from connections admitted before (see
     Broker), so a revoked member is cut off at once, not at its next reconnect.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.keys: set[bytes] = set()  # z85 public keys
-        self.revoked: set[str] = set()  # z85, as ZAP reports the sender ("User-Id")
+        self.scopes: dict[bytes, str] = {}  # z85 public key -> its scope
+        self.revoked: set[str] = set()  # z85 keys whose connections the broker drops
+
+    @property
+    def keys(self) -> set[bytes]:
+        return set(self.scopes)
 
     def load(self) -> AllowList:
         """Read every key file in the directory (blocking: call it in a worker thread)."""
-        self.keys = {_public_key(f) for f in sorted(self.directory.glob("*.key"))}
-        self.revoked -= {key.decode() for key in self.keys}  # a key put back is admitted again
+        self.scopes = scopes_in(self.directory)
+        self.revoked -= {key.decode() for key in self.scopes}  # a key put back is admitted
         return self
 
     async def callback(self, domain: str, key: bytes) -> bool:
@@ -88,24 +97,17 @@ class AllowList:
         file copied there while the box runs admits its client at once. (A refused client
         is not retried by ZeroMQ: it must connect again, so the read cannot wait for later.)
         """
-        if key not in self.keys:
+        if key not in self.scopes:
             import anyio.to_thread
 
             await anyio.to_thread.run_sync(self.load)
-        return key in self.keys
+        return key in self.scopes
 
-    def admit(self, name: str, public: str) -> Path:
-        """Admit `public` (z85) now and across restarts, in keys/authorized/NAME.key (blocking)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{name}.key"
-        partial = path.with_suffix(".key.partial")
-        partial.write_text(
-            "#   ZeroMQ CURVE Public Certificate\n"
-            f"#   written by aether-box for {name}\n\nmetadata\ncurve\n"
-            f'    public-key = "{public}"\n'
-        )
-        partial.replace(path)
-        self.keys.add(public.encode())
+    def admit(self, name: str, public: str, scope: str) -> Path:
+        """Admit `public` (z85) with `scope` now and across restarts, as
+        keys/authorized/NAME.key (blocking)."""
+        path = write_authorized(self.directory / f"{name}.key", public, scope, "aether-box grid")
+        self.scopes[public.encode()] = scope
         self.revoked.discard(public)
         return path
 
@@ -117,25 +119,18 @@ class AllowList:
     def revoke(self, public: str) -> list[Path]:
         """Refuse `public` from now on: forget it and delete every key file that holds it
         (blocking). Returns the files deleted."""
-        self.keys.discard(public.encode())
+        self.scopes.pop(public.encode(), None)
         self.revoked.add(public)
         deleted = []
         for path in self.directory.glob("*.key"):
             try:
-                if _public_key(path) == public.encode():
-                    path.unlink()
-                    deleted.append(path)
-            except ConfigError:
+                held, _ = zmq.auth.load_certificate(path)
+            except (OSError, ValueError):
                 continue  # not a key file: not ours to judge here
+            if held == public.encode():
+                path.unlink()
+                deleted.append(path)
         return deleted
-
-
-def _public_key(path: Path) -> bytes:
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is not a public key file ({exc}); remove it") from exc
-    return public
 
 
 def init_keys(data_dir: Path, *, force: bool = False) -> Path:
@@ -148,9 +143,65 @@ def init_keys(data_dir: Path, *, force: bool = False) -> Path:
     (root / AUTHORIZED_DIR).mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     zmq.auth.create_certificates(root, "server")
-    client_public, _ = zmq.auth.create_certificates(root, "client")
+    client_public, client_secret = zmq.auth.create_certificates(
+        root,
+        "client",
+        metadata={"scope": "admin"},  # the data dir's own CLI and dashboard
+    )
+    # pyzmq writes them with the umask's mode: secrets are the user's alone, whatever it was.
+    for secret in (root / "server.key_secret", Path(client_secret)):
+        secret.chmod(0o600)
     shutil.copy(client_public, root / AUTHORIZED_DIR / "client.key")
     return root
+
+
+def authorize_key(data_dir: Path, key_file: Path, scope: str, name: str | None = None) -> Path:
+    """Allow the CURVE public key in `key_file` (a zmq certificate) with `scope`."""
+    from aether_box.bus.scopes import SCOPES
+
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
+    try:
+        public, _ = zmq.auth.load_certificate(key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{key_file} is not a CURVE public key file ({exc}); give the peer's .key file "
+            "(made by `aether-box keys init` there: keys/client.key or keys/server.key)"
+        ) from exc
+    name = name or key_file.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ConfigError(f"key name {name!r}: letters, digits, '.', '_' or '-'; use --name")
+    target = keys_dir(data_dir) / AUTHORIZED_DIR / f"{name}.key"
+    return write_authorized(target, public.decode(), scope, "aether-box keys authorize")
+
+
+def write_authorized(target: Path, public: str, scope: str, by: str) -> Path:
+    """Write an authorized key file (z85 `public`, its `scope`), whole or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".key.partial")
+    tmp.write_text(
+        f'# authorized by {by}\nmetadata\n    scope = "{scope}"\n'
+        f'curve\n    public-key = "{public}"\n'
+    )
+    os.replace(tmp, target)
+    return target
+
+
+def scopes_in(directory: Path) -> dict[bytes, str]:
+    """Each authorized public key (z85) in `directory` and its scope; a key file without
+    one is `use`; a file that is no key file is skipped."""
+    found: dict[bytes, str] = {}
+    for path in sorted(directory.glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+            match = _SCOPE_LINE.search(path.read_text())
+        except (OSError, ValueError):
+            continue  # the authenticator skips it too
+        found[public] = match.group(1) if match else "use"
+    return found
+
+
+_SCOPE_LINE = re.compile(r'^\s+scope\s*=\s*"(read|use|admin)"', re.MULTILINE)
 
 
 def server_keys(data_dir: Path) -> CurveKeys | None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import zmq
 
 from aether_box.bus.protocol import ROUTED
 from aether_box.bus.security import CurveKeys
@@ -94,16 +95,11 @@ class PeerLink(PeerForwarder):
                 except BoxError as exc:  # cannot even try: say why, stay listed until unlinked
                     self._down(str(exc))
                     await anyio.sleep_forever()
-                while True:  # a peer that is down now may come back: keep watching
-                    async with AsyncClient(
-                        self.record.endpoint, timeout=self.refresh_s, curve=curve, check=False
-                    ) as client:
-                        self._client = client
-                        while True:
-                            if not await self._look(client):
-                                break  # this connection is no good: make a new one
-                            await anyio.sleep(self.refresh_s)
-                    await anyio.sleep(self.refresh_s)
+                try:
+                    await self._watch(curve)
+                except zmq.ZMQError as exc:  # an endpoint zmq refuses: report, never crash-loop
+                    self._down(f"cannot connect to {self.record.endpoint[:80]!r}: {exc.strerror}")
+                    await anyio.sleep_forever()
         finally:
             self._client = None
             for local, handler in self._forwarders.items():  # ours only: a new link
@@ -112,6 +108,18 @@ class PeerLink(PeerForwarder):
 
     def close(self) -> None:
         self._scope.cancel()
+
+    async def _watch(self, curve: tuple[CurveKeys, bytes] | Literal[False]) -> None:
+        while True:  # a peer that is down now may come back: keep watching
+            async with AsyncClient(
+                self.record.endpoint, timeout=self.refresh_s, curve=curve, check=False
+            ) as client:
+                self._client = client
+                while True:
+                    if not await self._look(client):
+                        break  # this connection is no good: make a new one
+                    await anyio.sleep(self.refresh_s)
+            await anyio.sleep(self.refresh_s)
 
     def _curve(self) -> tuple[CurveKeys, bytes] | Literal[False]:
         if self.record.server_key is None:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.abc
 
+from aether_box.bus.scopes import ADMIN
 from aether_box.bus.security import AllowList, CurveKeys, server_keys, uses_curve
 from aether_box.bus.service import OpService, Request, require
 from aether_box.bus.settings import BusSettings
@@ -125,7 +126,8 @@ class GridComponent(OpService, Grid):
                 f"{endpoint} did not answer within {HELLO_TIMEOUT_S:g} s. Is it a box with "
                 f"grid support listening there, does --server-key match its keys/server.key, "
                 f"and is this box's public key ({me['key']}, the file keys/server.key here) "
-                "in its keys/authorized/? Copy it there; the box admits it at once."
+                "authorized there? Run `aether-box keys authorize THIS-BOX.key --scope admin` "
+                "on it; it takes effect at once."
             ) from None
         joined = []
         for member in reply.get("members", []):
@@ -343,7 +345,9 @@ class GridComponent(OpService, Grid):
         """Admit `member`'s key, keep it in the book, and link to it (again if it moved)."""
         name, endpoint, key = member["name"], member["endpoint"], member["key"]
         allow = self._allow_list()
-        await anyio.to_thread.run_sync(allow.admit, KEY_FILE.format(name=name)[:-4], key)
+        # Members hold `admin` on each other: the grid's own messages (hello, heartbeats,
+        # introductions, revocations) are admin ops (see aether_box.bus.scopes).
+        await anyio.to_thread.run_sync(allow.admit, KEY_FILE.format(name=name)[:-4], key, ADMIN)
         record = PeerRecord(name, endpoint, key)
         if self.book.peers.get(name) == record and name in self.links:
             return
