@@ -28,9 +28,9 @@ def grid() -> None:
 
     \b
     Every link is CURVE. Before joining, on the member you join through, admit this box:
-    copy THIS box's keys/server.key into THAT box's keys/authorized/ (any NAME.key);
-    then give THAT box's keys/server.key here as --server-key. The other members admit
-    this box by themselves (the member list travels with the join).
+    there, `aether-box keys authorize THIS-BOX.key --scope admin` with THIS box's
+    keys/server.key; then give THAT box's keys/server.key here as --server-key. The other
+    members admit this box by themselves (the member list travels with the join).
     """
 
 
