@@ -40,7 +40,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _box import TOPICS, machine, start_box, stop_box  # noqa: E402
+from _box import TOPICS, machine, start_box, stop_box, stream_completion  # noqa: E402
 
 from aether_box.client import Client  # noqa: E402
 from aether_box.config import Config  # noqa: E402
@@ -96,23 +96,7 @@ def prompt(topic: str) -> str:
 
 
 def gen_bus(client: Client, text: str, tokens: int) -> tuple[float, float, int]:
-    body = {
-        "op": "complete",
-        "model": GEN_MODEL,
-        "prompt": text,
-        "max_tokens": tokens,
-        "temperature": 0.0,
-        "stream": True,
-    }
-    times: list[float] = []
-    final: dict[str, Any] = {}
-    started = time.perf_counter()
-    for reply in client.stream("llm", body):
-        if "token" in reply:
-            if reply["token"]:
-                times.append(time.perf_counter())
-        else:
-            final = reply
+    started, times, final = stream_completion(client, GEN_MODEL, text, tokens)
     return _figures(started, times, final["usage"]["completion_tokens"])
 
 
