@@ -199,12 +199,17 @@ class GridComponent(OpService, Grid):
 
     async def op_beat(self, request: Request) -> dict[str, Any]:
         link = self._link_from(request.body)
-        link.heard(request.body.get("load") or {})
+        load = request.body.get("load")
+        link.heard(load if isinstance(load, Mapping) else {})
         return {"need_capabilities": request.body.get("digest") != link.capabilities_hash}
 
     async def op_capabilities(self, request: Request) -> dict[str, Any]:
         link = self._link_from(request.body)
-        caps = {k: v for k, v in request.body.items() if k not in ("op", "from", "digest")}
+        caps = {
+            key: [str(item) for item in value] if isinstance(value, list) else []
+            for key, value in request.body.items()
+            if key not in ("op", "from", "digest")
+        }
         link.pushed(caps, str(request.body.get("digest")))
         return {"ok": True}
 
@@ -219,7 +224,8 @@ class GridComponent(OpService, Grid):
         for name, record in list(self.book.peers.items()):
             if record.server_key == key:
                 await self._drop(name, revoke=True)
-        if key == self._me()["key"]:  # this box itself was revoked: the grid is gone for it
+        if self._keys is not None and key == self._keys.public.decode():
+            # This box itself was revoked: the grid is gone for it.
             for name in list(self.book.peers):
                 await self._drop(name, revoke=False)
         return {"ok": True}
@@ -454,7 +460,7 @@ class GridComponent(OpService, Grid):
 
     def _me(self) -> dict[str, str]:
         if self._keys is None:
-            raise ServiceUnavailable(
+            raise BadRequest(
                 "the grid links boxes over CURVE only, and this box has no keys: run "
                 "`aether-box keys init`, then restart it"
             )
@@ -474,13 +480,13 @@ class GridComponent(OpService, Grid):
         if not check:
             return endpoint
         if endpoint is None:
-            raise ServiceUnavailable(
+            raise BadRequest(
                 "this box listens on no tcp address members could reach; bind one "
                 "(`--set bus.endpoints=[...]`) or set grid.advertise"
             )
         on_loopback = self.ctx.config.get(BusSettings).curve_on_loopback
         if not uses_curve(endpoint, broker.curve, on_loopback):
-            raise ServiceUnavailable(
+            raise BadRequest(
                 f"this box serves {endpoint} without CURVE, and grid links are CURVE only: "
                 "run `aether-box keys init` (and for a loopback address `--set bus.curve=on`), "
                 "then restart it"
@@ -496,7 +502,7 @@ class GridComponent(OpService, Grid):
     def _allow_list(self) -> AllowList:
         allow = self.ctx.view.allow_list
         if allow is None:
-            raise ServiceUnavailable(
+            raise BadRequest(
                 "this box does not use CURVE, and grid links are CURVE only: run "
                 "`aether-box keys init` (on loopback also `--set bus.curve=on`), then restart it"
             )
