@@ -436,7 +436,8 @@ class GridComponent(OpService, Grid):
         caps: dict[str, Any] = {
             "services": [s for s in services if "/" not in s],
             "models": sorted(catalog.installed()) if catalog is not None else [],
-            "adapters": [],  # this box has no adapters (LoRA) to offer yet
+            # LoRA adapters, once a box serves `adapters` (none yet: then an empty list).
+            "adapters": await self._names("adapters", {"op": "list"}, "adapters"),
             "projectors": await self._names("align", {"op": "list"}, "projectors"),
             "collections": await self._names("memory", {"op": "collections"}, "collections"),
         }
@@ -450,7 +451,11 @@ class GridComponent(OpService, Grid):
             reply = await self.ctx.call(service, body)
         except BoxError:
             return []
-        return sorted(str(item.get("name")) for item in reply.get(key, []))
+        items = reply.get(key)
+        return sorted(
+            str(item.get("name") if isinstance(item, Mapping) else item)
+            for item in (items if isinstance(items, list) else [])
+        )
 
     def _records(self) -> list[dict[str, str]]:
         return [
