@@ -21,6 +21,7 @@ COMPONENTS = [
     "aether_box.echo:EchoComponent",
     "aether_box.memory.service:MemoryComponent",
     "aether_box.engines.services:EnginesComponent",
+    "aether_box.adapters.service:AdaptersComponent",
     "aether_box.align.service:AlignComponent",
     "aether_box.sessions.service:SessionsComponent",
     "aether_box.router.service:RouterComponent",
@@ -38,6 +39,7 @@ COMMANDS = {
     "tui": "aether_box.tui.cli:tui",
     "link": "aether_box.federation.cli:link",
     "chat": "aether_box.sessions.cli:chat",
+    "adapters": "aether_box.adapters.cli:adapters",
 }
 
 # Config sections that no component declares as its settings_class.

@@ -16,7 +16,7 @@ isinstance match, and one that type checkers accept as ``type[T]``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import anyio.abc
@@ -24,15 +24,21 @@ import anyio.abc
 from aether_box.bus.service import Request
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from aether_box.context import BoxContext
+    from aether_box.engines.generation import AdapterRef
 
 __all__ = [
+    "AdapterCatalog",
+    "AdapterLease",
     "Component",
     "ComponentFactory",
     "ModelCatalog",
     "PeerDirectory",
     "PeerForwarder",
     "StatusReporter",
+    "TextScorer",
 ]
 
 
@@ -89,4 +95,33 @@ class StatusReporter:
 
     def report(self) -> dict[str, Any]:
         """Everything `status` answers: process, services, counters, sections."""
+        raise NotImplementedError
+
+
+class AdapterLease:
+    """The adapters one request runs with, held until it ends (a held adapter is not removed)."""
+
+    refs: tuple[AdapterRef, ...] = ()
+
+    def release(self, tokens: int = 0, tokens_per_s: float = 0.0) -> None:
+        """The request ended, having generated `tokens` at `tokens_per_s`."""
+        raise NotImplementedError
+
+
+class AdapterCatalog:
+    """LoRA adapters kept by this box (the adapters component implements it)."""
+
+    async def lease(self, model: str, specs: Sequence[Mapping[str, Any]]) -> AdapterLease:
+        """Resolve a request's ``adapters`` field (``[{"name", "scale"?, "force"?}]``) for
+        `model`: NotFound, BadRequest or AdapterPruned (saying why) when it cannot run."""
+        raise NotImplementedError
+
+
+class TextScorer:
+    """Teacher-forced logits of texts under an adapter set (the engines component)."""
+
+    async def score(
+        self, model: str, texts: Sequence[str], adapters: Sequence[AdapterRef]
+    ) -> list[np.ndarray]:
+        """For each text, the logits (n_tokens, n_vocab) at every position."""
         raise NotImplementedError

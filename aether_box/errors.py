@@ -100,6 +100,18 @@ class CorruptModel(BoxError):
     code = "corrupt_model"
 
 
+class AdapterPruned(BoxError):
+    """The fusion log judged an adapter harmful to the base model; a request must force it."""
+
+    code = "adapter_pruned"
+
+
+class AdapterInUse(BoxError):
+    """An adapter cannot be removed while requests run with it."""
+
+    code = "adapter_in_use"
+
+
 class ConfigError(BoxError):
     """The configuration or the command line is invalid."""
 

@@ -12,6 +12,10 @@
   ``session`` (a string): the conversation's id; when another request takes its slot, its KV
   state is saved to disk, and a later request of the session whose prompt starts with exactly
   those tokens gets it back instead of re-reading them.
+  ``adapters``: ``[{"name", "scale"?: float (default 1.0), "force"?: bool}]``, LoRA adapters
+  kept by the `adapters` service for this model, applied to this request only (the model stays
+  loaded; see aether_box.adapters). An adapter the fusion log judged ``prune`` is refused
+  unless ``force`` is true.
   Constrained output: ``grammar`` (GBNF text, root rule ``root``) or ``json_schema`` (a JSON
   schema map): the reply follows the grammar; with a schema it is JSON that fits it (unless
   ``max_tokens`` cuts it short: finish_reason "length").
@@ -42,7 +46,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -52,8 +56,14 @@ import numpy as np
 from aether_box.bus.protocol import ROUTED
 from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
-from aether_box.contract import ModelCatalog, PeerDirectory
-from aether_box.engines.generation import Generation, GenerationParams
+from aether_box.contract import (
+    AdapterCatalog,
+    AdapterLease,
+    ModelCatalog,
+    PeerDirectory,
+    TextScorer,
+)
+from aether_box.engines.generation import AdapterRef, Generation, GenerationParams
 from aether_box.engines.onnx import cuda_unavailable_reason
 from aether_box.engines.registry import (
     ROLES,
@@ -79,7 +89,7 @@ MAX_STOPS = 16
 REFRESH_S = 10.0
 
 
-class EnginesComponent(ModelCatalog):
+class EnginesComponent(ModelCatalog, TextScorer):
     """Registers `llm` and `embed`, and the "models" status section."""
 
     name: ClassVar[str] = "engines"
@@ -131,6 +141,21 @@ class EnginesComponent(ModelCatalog):
         if not await self.registry.has(model):
             await self.registry.info(model)  # raises the store's NotFound: installed, how to add
 
+    async def score(
+        self, model: str, texts: Sequence[str], adapters: Sequence[AdapterRef]
+    ) -> list[np.ndarray]:
+        """Teacher-forced logits of each text under `adapters` (see TextScorer)."""
+        if self.registry is None:
+            raise ServiceUnavailable("the engines are still starting; retry in a moment")
+        registry = self.registry
+        out = []
+        async with registry.use(model, "generate") as entry:
+            engine = entry.engine
+            for text in texts:
+                tokens = await registry.run(engine.prompt_tokens, text)
+                out.append(await _score(registry, engine, tokens, adapters))
+        return out
+
     def _probe(self) -> tuple[ModelStore, bool, int, bool]:
         import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
 
@@ -164,6 +189,32 @@ async def chat_for(
     if session is not None:
         chat["session"] = session
     return await ctx.call("llm", chat, on_partial=request.partial)
+
+
+async def _score(
+    registry: ModelRegistry, engine: Any, tokens: list[int], adapters: Sequence[AdapterRef]
+) -> np.ndarray:
+    """One scoring job through the model's scheduler, its logits posted back to this loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def post(item: Any) -> None:  # in the scheduler's thread
+        try:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(item))
+        except RuntimeError:  # the loop has closed (shutdown): nobody is listening
+            pass
+
+    job = await registry.run(engine.prepare_score, tokens, adapters, post)
+    engine.submit(job)
+    try:
+        result = await done
+    finally:
+        job.cancel()
+    if isinstance(result, BaseException):
+        raise result
+    if not isinstance(result, np.ndarray):
+        raise BoxError(f"scoring ended as {getattr(result, 'finish_reason', result)!r}")
+    return result
 
 
 class ModelService(OpService):
@@ -256,6 +307,8 @@ class LlmService(ModelService):
         """
         engine = entry.engine
         session = _session(request.body)
+        lease = await self._adapters(entry.name, request.body)
+        refs = lease.refs if lease is not None else ()
         loop = asyncio.get_running_loop()
         send, receive = anyio.create_memory_object_stream[Any](math.inf)
 
@@ -273,7 +326,7 @@ class LlmService(ModelService):
 
         def prepare() -> Any:
             on_text = post if stream else None
-            return engine.prepare(prompt(), params, on_text, post, entry.name, session)
+            return engine.prepare(prompt(), params, on_text, post, entry.name, session, refs)
 
         try:
             job = await self.registry.run(prepare)
@@ -281,6 +334,8 @@ class LlmService(ModelService):
         except BaseException:
             send.close()
             receive.close()
+            if lease is not None:
+                lease.release()
             raise
         result: Any = None
         try:
@@ -294,6 +349,11 @@ class LlmService(ModelService):
         finally:
             job.cancel()  # a no-op once it has finished
             send.close()
+            if lease is not None:
+                done = isinstance(result, Generation)
+                lease.release(
+                    result.completion_tokens if done else 0, result.tokens_per_s if done else 0.0
+                )
         if isinstance(result, BaseException):
             raise result
         if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
@@ -309,6 +369,20 @@ class LlmService(ModelService):
                 },
             )
         return result
+
+    async def _adapters(self, model: str, body: Mapping[str, Any]) -> AdapterLease | None:
+        """The lease on the request's ``adapters`` (None without any)."""
+        specs = body.get("adapters")
+        if specs is None or specs == []:
+            return None
+        if not isinstance(specs, list):
+            raise BadRequest(
+                f'field \'adapters\' must be a list of {{"name", "scale"?}} maps, got {specs!r}'
+            )
+        catalog = self.ctx.get(AdapterCatalog) if self.ctx is not None else None
+        if catalog is None:
+            raise ServiceUnavailable("this box serves no adapters (the adapters component is off)")
+        return await catalog.lease(model, specs)
 
     @staticmethod
     def _final(name: str, result: Generation) -> dict[str, Any]:

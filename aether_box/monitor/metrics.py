@@ -98,6 +98,39 @@ class StatusCollector:
             dropped.add_metric([topic], count)
         yield dropped
         yield from _http_families(report.get("http"))
+        yield from _adapter_families(report.get("adapters"))
+
+
+def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """Per LoRA adapter: requests, tokens, speed and the fusion log's KL (its status section)."""
+    if not section:
+        return
+    requests = _counter("adapter_requests", "Requests run with the adapter", ["adapter"])
+    tokens = _counter("adapter_tokens", "Tokens generated with the adapter", ["adapter"])
+    speed = _gauge(
+        "adapter_tokens_per_second", "Decode speed of the last long request", None, ["adapter"]
+    )
+    kl = _gauge(
+        "adapter_kl_nats",
+        "Fusion probe: KL(base || adapted) per token, mean and p95",
+        None,
+        ["adapter", "stat"],
+    )
+    top1 = _gauge("adapter_top1_agreement", "Fusion probe: top-1 agreement", None, ["adapter"])
+    pruned = _gauge("adapter_pruned", "1 when the fusion log prunes it", None, ["adapter"])
+    for a in section.get("adapters", []):
+        name = a["name"]
+        requests.add_metric([name], a["requests"])
+        tokens.add_metric([name], a["tokens"])
+        if a.get("tokens_per_s") is not None:
+            speed.add_metric([name], a["tokens_per_s"])
+        for stat in ("kl_mean", "kl_p95"):
+            if a.get(stat) is not None:
+                kl.add_metric([name, stat.removeprefix("kl_")], a[stat])
+        if a.get("top1") is not None:
+            top1.add_metric([name], a["top1"])
+        pruned.add_metric([name], int(a.get("verdict") == "prune"))
+    yield from (requests, tokens, speed, kl, top1, pruned)
 
 
 def _http_families(section: dict[str, Any] | None) -> Iterator[Metric]:
