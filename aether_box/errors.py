@@ -132,6 +132,8 @@ _BY_CODE: dict[str, type[BoxError]] = {
         Cancelled,
         CorruptModel,
         ConfigError,
+        AdapterPruned,
+        AdapterInUse,
     )
 }
 

@@ -33,9 +33,8 @@ SUFFIX_A, SUFFIX_B = ".lora_a", ".lora_b"
 
 
 class AdapterRejected(BadRequest):
-    """An adapter file failed one of the checks made before it is kept."""
-
-    code = "adapter_rejected"
+    """An adapter file failed one of the checks made before it is kept (a BadRequest to
+    clients, its message naming the check)."""
 
     def __init__(self, check: str, message: str) -> None:
         super().__init__(f"adapter rejected by the {check!r} check: {message}")

@@ -344,15 +344,17 @@ class AdaptersComponent(AdapterCatalog):
     async def _run_probe(self, name: str) -> None:
         store = self._need_store()
         state = self.probes
+        # Running before it leaves the queue: a waiter always sees it in one or the other.
+        state.running, state.done, state.total = name, 0, 0
         if name in state.queued:
             state.queued.remove(name)
         try:
             adapter = await anyio.to_thread.run_sync(store.get, name)
         except NotFound:
+            state.running = None
             state.touch()
             return  # removed while it waited
         entry = await anyio.to_thread.run_sync(store.log_start, name, adapter["sha256"])
-        state.running, state.done = name, 0
         state.touch()
         started = time.perf_counter()
         try:
@@ -363,8 +365,8 @@ class AdaptersComponent(AdapterCatalog):
             fields = {"state": "failed", "reason": str(exc)}
         fields["seconds"] = round(time.perf_counter() - started, 3)
         await anyio.to_thread.run_sync(lambda: store.log_finish(entry, **fields))
+        await self.refresh()  # before it stops running: waiters then read the new entry
         state.running = None
-        await self.refresh()
         state.touch()
 
     async def _probe(self, adapter: dict[str, Any]) -> dict[str, Any]:
@@ -372,7 +374,7 @@ class AdaptersComponent(AdapterCatalog):
         if scorer is None:
             raise ServiceUnavailable("no engine to score with (the engines component is off)")
         store = self._need_store()
-        texts = probe.probe_prompts()[: self.settings.probe_prompts]
+        texts = (await anyio.to_thread.run_sync(probe.probe_prompts))[: self.settings.probe_prompts]
         model = adapter["base"]
         adapted = (AdapterRef(adapter["path"], adapter["sha256"], 1.0),)
         stacked: tuple[AdapterRef, ...] = ()
