@@ -53,7 +53,8 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
 
 
 def _render_sections(report: dict[str, Any], console: Console) -> None:
-    """One line each for the models, memory and projectors sections, when the box has them."""
+    """One line each for the models, memory, adapters and projectors sections, when the box has
+    them."""
     models = report.get("models")
     if isinstance(models, dict):
         loaded = ", ".join(
@@ -81,6 +82,21 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         )
         need = "required" if http.get("require_key") else "optional"
         console.print(f"http requests by API key ({need}): {keys}")
+    adapters = report.get("adapters")
+    if isinstance(adapters, dict) and adapters.get("adapters"):
+        listed = ", ".join(
+            f"{a.get('name')} ({a.get('verdict')}"
+            + (f", KL {a['kl_mean']:.3f}" if isinstance(a.get("kl_mean"), float) else "")
+            + f", {a.get('requests', 0)} requests)"
+            for a in adapters["adapters"]
+        )
+        console.print(f"adapters: {listed}")
+        probe = adapters.get("probe") or {}
+        if probe.get("running"):
+            console.print(
+                f"  probing {probe['running']} {probe.get('done', 0)}/{probe.get('total', '?')}"
+                f", queued {len(probe.get('queued', []))}"
+            )
     align = report.get("align")
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"

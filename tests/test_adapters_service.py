@@ -153,3 +153,18 @@ def test_the_trained_peft_adapter_converts_and_shows_in_the_text(adapter_box):
         )["text"]
         assert "Arr" not in base
         assert pirate.startswith("Arr, matey"), pirate
+
+        # A session's default adapters apply to each turn that names none of its own.
+        create = {
+            "op": "create",
+            "model": "smollm2",
+            "adapters": [{"name": "pirate", "force": True}],
+        }
+        turn = {"op": "say", "text": "What is the tallest mountain?"}
+        turn |= {"max_tokens": 12, "temperature": 0.0}
+        first = client.request("session", create)["session"]
+        said = client.request("session", {**turn, "session": first}, timeout=300)["text"]
+        assert said.startswith("Arr, matey"), said
+        second = client.request("session", create)["session"]
+        plain = client.request("session", {**turn, "session": second, "adapters": []}, timeout=300)
+        assert "Arr" not in plain["text"]  # a turn's own (empty) list wins

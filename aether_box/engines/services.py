@@ -179,15 +179,20 @@ async def chat_for(
     messages: list[dict[str, Any]],
     own_fields: tuple[str, ...],
     session: str | None = None,
+    adapters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`llm` chat on behalf of another service's request: its fields other than `own_fields`
     are the sampling (``stream``, ``max_tokens``...), and its partial replies go to that request.
     `session` names the conversation, so the model may keep its KV state between turns.
+    `adapters` are the default LoRA adapters (a session's, a route's), used unless the
+    request names its own (an empty list: none).
     """
     sampling = {k: v for k, v in request.body.items() if k not in own_fields}
     chat = {**sampling, "op": "chat", "model": model, "messages": messages}
     if session is not None:
         chat["session"] = session
+    if adapters and "adapters" not in chat:
+        chat["adapters"] = adapters
     return await ctx.call("llm", chat, on_partial=request.partial)
 
 

@@ -92,7 +92,9 @@ class RouterComponent(OpService):
         route = self.settings.routes[chosen["route"]]
         if route.get("system"):
             messages = [{"role": "system", "content": route["system"]}, *messages]
-        reply = await chat_for(self.ctx, request, route["model"], messages, OWN_FIELDS)
+        reply = await chat_for(
+            self.ctx, request, route["model"], messages, OWN_FIELDS, adapters=route.get("adapters")
+        )
         return {**reply, "route": chosen["route"], "score": chosen["score"]}
 
     async def _route(self, text: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from aether_box.tui.screens.search import SearchScreen
 from aether_box.tui.view import (
     History,
     RateTracker,
+    adapter_rows,
     memory_rows,
     model_rows,
     peer_rows,
@@ -202,7 +203,8 @@ class BoxApp(App[None]):
             if tps is not None:
                 self.record_speed(name, tps)
         panel.show_rows(
-            {name: cells for name, (cells, _) in rows.items()},
+            {name: cells for name, (cells, _) in rows.items()}
+            | adapter_rows(report.get("adapters")),
             _summary(section, skip=("loaded", "installed", "models")),
         )
 

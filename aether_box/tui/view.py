@@ -296,6 +296,35 @@ def model_rows(section: Any) -> dict[str, tuple[Row, float | None]]:
     return dict(sorted(rows.items()))
 
 
+def adapter_rows(section: Any) -> dict[str, Row]:
+    """LoRA adapters as rows of the models table: "↳ name" -> (name, "lora rN · base",
+    fusion verdict with KL and top-1, requests, tok/s, probe progress)."""
+    if not isinstance(section, Mapping):
+        return {}
+    probe = section.get("probe") if isinstance(section.get("probe"), Mapping) else {}
+    rows: dict[str, Row] = {}
+    for record in records(section.get("adapters")):
+        name = _name(record)
+        verdict = str(record.get("verdict") or MISSING)
+        kl, top1 = _number(record.get("kl_mean")), _number(record.get("top1"))
+        if kl is not None and top1 is not None:
+            verdict += f" KL {kl:.3f} top-1 {top1:.0%}"
+        progress = (
+            f"probing {probe.get('done', 0)}/{probe.get('total', '?')}"
+            if probe.get("running") == name
+            else MISSING
+        )
+        rows[f"↳ {name}"] = (
+            f"↳ {name}",
+            f"lora r{record.get('rank', '?')} · {record.get('base', '?')}",
+            verdict,
+            f"{fmt_count(record.get('requests'))} req",
+            fmt_float(_number(record.get("tokens_per_s"))),
+            progress,
+        )
+    return rows
+
+
 def memory_rows(section: Any) -> dict[str, Row]:
     """collection -> (name, model, dim, count, size)."""
     rows: dict[str, Row] = {}
