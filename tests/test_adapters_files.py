@@ -145,3 +145,30 @@ def test_ties_and_dare_come_back_at_the_asked_rank_with_their_energy(smollm2_pat
     want = (0.7 * one.delta(name) + 0.6 * two.delta(name)).ravel()
     got = report.lora.delta(name).ravel()
     assert float(want @ got / np.linalg.norm(want) / np.linalg.norm(got)) > 0.3
+
+
+def test_router_routes_may_name_default_adapters():
+    from aether_box.errors import ConfigError
+    from aether_box.router.settings import RouterSettings
+
+    good = {"general": {"model": "smollm2", "adapters": [{"name": "pirate", "scale": 0.5}]}}
+    RouterSettings(routes=good).resolve(Path("."))
+    bad = {"general": {"model": "smollm2", "adapters": ["pirate"]}}
+    with pytest.raises(ConfigError, match="adapters must be a list"):
+        RouterSettings(routes=bad).resolve(Path("."))
+
+
+def test_the_dashboard_shows_adapters_under_the_models():
+    from aether_box.tui.view import adapter_rows
+
+    section = {
+        "adapters": [
+            {"name": "pirate", "base": "smollm2", "rank": 8, "verdict": "warn", "kl_mean": 0.31,
+             "top1": 0.8, "requests": 3, "tokens_per_s": 50.2},
+        ],
+        "probe": {"running": "pirate", "done": 3, "total": 16, "queued": []},
+    }  # fmt: skip
+    row = adapter_rows(section)["↳ pirate"]
+    assert row[1] == "lora r8 · smollm2" and row[2] == "warn KL 0.310 top-1 80%"
+    assert row[5] == "probing 3/16"
+    assert adapter_rows(None) == {}

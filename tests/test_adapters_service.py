@@ -168,3 +168,26 @@ def test_the_trained_peft_adapter_converts_and_shows_in_the_text(adapter_box):
         second = client.request("session", create)["session"]
         plain = client.request("session", {**turn, "session": second, "adapters": []}, timeout=300)
         assert "Arr" not in plain["text"]  # a turn's own (empty) list wins
+
+
+def test_the_cli_adds_lists_shows_and_removes(adapter_box, tmp_path, smollm2_path):
+    from click.testing import CliRunner
+
+    from aether_box.cli import cli
+
+    def run(*args: str, ok: bool = True):  # type: ignore[no-untyped-def]
+        where = ["--data-dir", str(adapter_box.data_dir), "--endpoint", adapter_box.endpoint]
+        result = CliRunner().invoke(cli, [*where, "adapters", *args])
+        assert (result.exit_code == 0) == ok, result.output
+        return result.output
+
+    path = write_random(tmp_path / "cli.gguf", smollm2_path, std=0.01, seed=31)
+    out = run("add", str(path), "--base", "smollm2", "--name", "via-cli")
+    assert "added via-cli for smollm2 (rank 8" in out and "fusion probe: ok" in out
+    assert "via-cli" in run("list")
+    shown = run("show", "via-cli")
+    assert "sha256" in shown and "done" in shown
+    out = run("add", str(path), "--base", "nope", "--name", "x", ok=False)
+    assert "nope" in out
+    assert "removed via-cli" in run("remove", "via-cli")
+    assert "via-cli" not in run("list")

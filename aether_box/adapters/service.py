@@ -117,7 +117,6 @@ class AdaptersComponent(AdapterCatalog):
         self.usage: dict[str, Usage] = {}
         self.released = anyio.Event()
         self.probes = ProbeState()
-        self._wanted: anyio.abc.ObjectStream[str] | None = None
         self._send: Any = None
         self._view: list[dict[str, Any]] = []  # status's copy, refreshed after each change
 
@@ -130,15 +129,16 @@ class AdaptersComponent(AdapterCatalog):
         self.store = await anyio.to_thread.run_sync(AdapterStore, ctx.data_dir / "adapters")
         await anyio.to_thread.run_sync(self.store.abandon_running)
         send, receive = anyio.create_memory_object_stream[str](1000)
-        self._send = send
-        await self.refresh()
-        ctx.add_service("adapters", AdaptersService(self))
-        task_status.started()
         try:
-            async with receive:
+            async with send, receive:
+                self._send = send
+                await self.refresh()
+                ctx.add_service("adapters", AdaptersService(self))
+                task_status.started()
                 async for name in receive:
                     await self._run_probe(name)
         finally:
+            self._send = None
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.store.close)
 
