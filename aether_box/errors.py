@@ -12,6 +12,8 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "CorruptModel",
+    "DiskFull",
+    "Forbidden",
     "NoBox",
     "NotFound",
     "Overloaded",
@@ -112,6 +114,18 @@ class AdapterInUse(BoxError):
     code = "adapter_in_use"
 
 
+class Forbidden(BoxError):
+    """The connection's access scope does not allow the op (see aether_box.bus.scopes)."""
+
+    code = "forbidden"
+
+
+class DiskFull(BoxError):
+    """The disk holding the data dir is full: nothing was written."""
+
+    code = "disk_full"
+
+
 class ConfigError(BoxError):
     """The configuration or the command line is invalid."""
 
@@ -131,6 +145,8 @@ _BY_CODE: dict[str, type[BoxError]] = {
         Overloaded,
         Cancelled,
         CorruptModel,
+        DiskFull,
+        Forbidden,
         ConfigError,
         AdapterPruned,
         AdapterInUse,

@@ -170,5 +170,5 @@ def test_the_dashboard_shows_adapters_under_the_models():
     }  # fmt: skip
     row = adapter_rows(section)["↳ pirate"]
     assert row[1] == "lora r8 · smollm2" and row[2] == "warn KL 0.310 top-1 80%"
-    assert row[5] == "probing 3/16"
+    assert row[7] == "probing 3/16" and len(row) == 8
     assert adapter_rows(None) == {}
