@@ -25,6 +25,8 @@ COMPONENTS = [
     "aether_box.align.service:AlignComponent",
     "aether_box.sessions.service:SessionsComponent",
     "aether_box.router.service:RouterComponent",
+    "aether_box.tools.service:ToolsComponent",
+    "aether_box.tools.orchestrator:OrchestratorComponent",
     "aether_box.federation.service:FederationComponent",
     "aether_box.gateway.component:HttpComponent",
     "aether_box.monitor.metrics:MetricsComponent",
@@ -40,6 +42,8 @@ COMMANDS = {
     "link": "aether_box.federation.cli:link",
     "chat": "aether_box.sessions.cli:chat",
     "adapters": "aether_box.adapters.cli:adapters",
+    "tools": "aether_box.tools.cli:tools",
+    "mcp": "aether_box.tools.mcp_server:mcp",
 }
 
 # Config sections that no component declares as its settings_class.

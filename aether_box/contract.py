@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from aether_box.context import BoxContext
     from aether_box.engines.generation import AdapterRef
+    from aether_box.tools.spec import Tool
 
 __all__ = [
     "AdapterCatalog",
@@ -39,6 +40,7 @@ __all__ = [
     "PeerForwarder",
     "StatusReporter",
     "TextScorer",
+    "ToolCatalog",
 ]
 
 
@@ -124,4 +126,16 @@ class TextScorer:
         self, model: str, texts: Sequence[str], adapters: Sequence[AdapterRef]
     ) -> list[np.ndarray]:
         """For each text, the logits (n_tokens, n_vocab) at every position."""
+
+
+class ToolCatalog:
+    """The tools the box may call (the tools component implements it)."""
+
+    def callable_tools(self) -> list[Tool]:
+        """The tools that are on, allowed and reachable now."""
+        raise NotImplementedError
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> Any:
+        """Check `arguments` against the tool's schema, call it (with the configured
+        timeout) and return its result; its failure is raised as a BoxError."""
         raise NotImplementedError

@@ -100,6 +100,7 @@ class StatusCollector:
         yield from _model_families(report.get("models"))
         yield from _http_families(report.get("http"))
         yield from _adapter_families(report.get("adapters"))
+        yield from _tools_families(report.get("tools"), report.get("orchestrate"))
 
 
 def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
@@ -132,6 +133,26 @@ def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
             top1.add_metric([name], a["top1"])
         pruned.add_metric([name], int(a.get("verdict") == "prune"))
     yield from (requests, tokens, speed, kl, top1, pruned)
+
+
+def _tools_families(
+    tools: dict[str, Any] | None, orchestrate: dict[str, Any] | None
+) -> Iterator[Metric]:
+    """The tools service's and the orchestrator's counters (their status sections)."""
+    if tools:
+        available = _gauge("tools", "Tools reachable now, by source", None, ["source"])
+        for source, count in tools["by_source"].items():
+            available.add_metric([source], count)
+        calls = _counter("tool_calls", "Tool calls answered, by tool", ["tool"])
+        for tool, count in tools["calls_by_tool"].items():
+            calls.add_metric([tool], count)
+        failures = _counter("tool_failures", "Tool calls that failed, by error code", ["code"])
+        for code, count in tools["failures"].items():
+            failures.add_metric([code], count)
+        yield from (available, calls, failures)
+    if orchestrate:
+        yield _counter("orchestrate_runs", "Tasks orchestrated", value=orchestrate["runs"])
+        yield _counter("orchestrate_steps", "Tool steps taken", value=orchestrate["steps"])
 
 
 # Per loaded generation model: (metric, help, scheduler figure, is a counter).

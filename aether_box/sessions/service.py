@@ -9,6 +9,8 @@ Ops:
   The model sees the system prompt and the newest messages that fit ``sessions.history_chars``.
 - ``history``: ``{"session"}`` -> ``{"session", "model", "system", "messages": [{"role",
   "content", "at"}]}``; ``list`` -> ``{"sessions": [...]}``; ``delete``: ``{"session"}``.
+- ``append``: ``{"session", "messages": [{"role", "content"}]}`` -> ``{"session", "messages"}``
+  keeps messages another service made (an orchestrated task's steps), in one transaction.
 """
 
 from __future__ import annotations
@@ -138,6 +140,22 @@ class SessionsComponent(OpService):
             "system": session["system"],
             "messages": messages,
         }
+
+    async def op_append(self, request: Request) -> dict[str, Any]:
+        session_id = require(request.body, "session", str)
+        messages = require(request.body, "messages", list)
+        turn = []
+        for message in messages:
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise BadRequest("each message must be a map with a role and a text content")
+            turn.append((message["role"], message["content"]))
+        await self._run(self.store.get, session_id)  # NotFound for an unknown session
+        count = await self._run(self.store.append, session_id, turn)
+        return {"session": session_id, "messages": count}
 
     async def op_list(self, request: Request) -> dict[str, Any]:
         return {"sessions": await self._run(self.store.list)}
