@@ -28,6 +28,7 @@ COMPONENTS = [
     "aether_box.gateway.component:HttpComponent",
     "aether_box.monitor.metrics:MetricsComponent",
     "aether_box.monitor.observer:ObserverComponent",
+    "aether_box.tuner.component:TunerComponent",
 ]
 
 # Subcommand groups live beside their capability (aether_box/<name>/cli.py).
@@ -38,6 +39,7 @@ COMMANDS = {
     "tui": "aether_box.tui.cli:tui",
     "link": "aether_box.federation.cli:link",
     "chat": "aether_box.sessions.cli:chat",
+    "tuner": "aether_box.tuner.cli:tuner",
 }
 
 # Config sections that no component declares as its settings_class.

@@ -52,7 +52,7 @@ import numpy as np
 from aether_box.bus.protocol import ROUTED
 from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
-from aether_box.contract import ModelCatalog, PeerDirectory
+from aether_box.contract import ModelCatalog, ModelResidency, PeerDirectory
 from aether_box.engines.generation import Generation, GenerationParams
 from aether_box.engines.onnx import cuda_unavailable_reason
 from aether_box.engines.registry import (
@@ -79,7 +79,7 @@ MAX_STOPS = 16
 REFRESH_S = 10.0
 
 
-class EnginesComponent(ModelCatalog):
+class EnginesComponent(ModelCatalog, ModelResidency):
     """Registers `llm` and `embed`, and the "models" status section."""
 
     name: ClassVar[str] = "engines"
@@ -130,6 +130,27 @@ class EnginesComponent(ModelCatalog):
             raise ServiceUnavailable("the engines are still starting; retry in a moment")
         if not await self.registry.has(model):
             await self.registry.info(model)  # raises the store's NotFound: installed, how to add
+
+    def residency(self) -> list[dict[str, Any]]:
+        if self.registry is None:
+            return []
+        return [
+            {
+                "name": e["name"],
+                "role": e["role"],
+                "memory_mb": e["memory_mb"],
+                "idle_s": e["idle_s"],
+                "in_use": e["in_use"],
+                "requests": e["requests"],
+                "load_s": e["load_s"],
+            }
+            for e in self.registry.status()["loaded"]
+        ]
+
+    async def unload_if_idle(self, model: str, role: str, idle_s: float) -> int | None:
+        if self.registry is None:
+            return None
+        return await self.registry.unload_if_idle(model, role, idle_s)
 
     def _probe(self) -> tuple[ModelStore, bool, int, bool]:
         import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
