@@ -220,7 +220,13 @@ class DriftWatch:
                 follow.recent, follow.tested_at = [], 0
 
     async def _read(self, name: str, follow: _Follow, call: Call) -> None:
-        """Page through what the collection received since the last look."""
+        """Page through what the collection received since the last look.
+
+        What it held at the first look is its reference (the newest `reference` texts); an
+        empty collection's reference is the first `min_texts` it receives. Later texts are
+        recent.
+        """
+        first = follow.reference is None and follow.cursor == 0
         while True:
             page = await call(
                 "memory",
@@ -235,18 +241,31 @@ class DriftWatch:
             vectors = np.asarray(page.get("vectors", []), np.float32)
             follow.cursor = page["last"]
             if len(vectors):
-                if follow.reference is None:
-                    need = self.reference_size
-                    follow.reference = vectors[:need]
-                    vectors = vectors[need:]
-                elif len(follow.reference) < self.reference_size and not follow.recent:
-                    room = self.reference_size - len(follow.reference)
-                    follow.reference = np.concatenate([follow.reference, vectors[:room]])
-                    vectors = vectors[room:]
-                if len(vectors):
+                if first:
+                    held = vectors if follow.reference is None else [follow.reference, vectors]
+                    follow.reference = np.concatenate(held) if isinstance(held, list) else held
+                    follow.reference = follow.reference[-self.reference_size :]
+                elif follow.reference is None or len(follow.reference) < self.min_texts:
+                    have = 0 if follow.reference is None else len(follow.reference)
+                    take = vectors[: self.min_texts - have]
+                    follow.reference = (
+                        take
+                        if follow.reference is None
+                        else np.concatenate([follow.reference, take])
+                    )
+                    if len(vectors) > len(take):
+                        follow.recent.append(vectors[len(take) :])
+                else:
                     follow.recent.append(vectors)
             if page.get("next") is None:
-                return
+                break
+        if first and follow.reference is not None:
+            self.signals.set(
+                "drift",
+                name,
+                False,
+                {"n_reference": len(follow.reference), "n_recent": 0, "model": follow.model},
+            )
 
 
 class NllWatch:

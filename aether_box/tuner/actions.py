@@ -90,8 +90,17 @@ class RefitProjector(Action):
     exclusive = True
 
     async def apply(self, ctx: BoxContext, decision: dict[str, Any], progress: Progress) -> Result:
-        p = decision["params"]
-        ask = {"op": "refit", "from": p["from"], "to": p["to"], "collection": p["collection"]}
+        from aether_box.tuner.settings import TunerSettings
+
+        p, settings = decision["params"], ctx.config.get(TunerSettings)
+        ask = {
+            "op": "refit",
+            "from": p["from"],
+            "to": p["to"],
+            "collection": p["collection"],
+            "holdout": settings.refit_holdout,
+            "max_loss": settings.refit_max_loss,
+        }
         report = await ctx.call("align", ask, on_partial=progress)
         figures = {"before": report["before"], "after": report["after"]}
         if not report["promote"]:

@@ -279,8 +279,10 @@ class TunerComponent(OpService):
     def status_section(self) -> dict[str, Any]:
         """The "tuner" section of `status`: modes, how often each action reached each state
         (since the log began: a Prometheus counter), work in progress, the latest decisions."""
+        observer = self.ctx.get(Observations)
         return {
             "modes": {a: self.settings.mode(a) for a in ACTIONS},
+            "signals": observer.signals() if observer is not None else [],
             "counts": self.counts,
             "running": {str(k): v for k, v in self.running.items()},
             "recent": self.recent[:10],
