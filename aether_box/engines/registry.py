@@ -62,6 +62,8 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     tokens_per_s: float | None = None
     items_per_s: float | None = None
+    nll_last: float | None = None  # mean per-token NLL of its latest answer (8 tokens or more)
+    nll_answers: int = 0
 
     @property
     def idle_s(self) -> float:
@@ -100,6 +102,11 @@ class LoadedModel:
             "gpu_layers": getattr(self.engine, "offloaded", None),  # "31/31" or None
             "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
             "texts_per_s": None if self.items_per_s is None else round(self.items_per_s, 1),
+            "nll": (
+                None
+                if self.nll_last is None
+                else {"last": round(self.nll_last, 4), "answers": self.nll_answers}
+            ),
             **({"scheduler": extra} if extra else {}),
         }
 

@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 # A model's usual speed (status, the observer's drift alert) comes from answers at least this
 # long: a two-token answer's rate is mostly fixed costs, not a sign of a slow model.
 MIN_TOKENS_FOR_SPEED = 16
+# The NLL signal (aether_box/monitor/watches.py) judges answers of at least this many tokens.
+MIN_TOKENS_FOR_NLL = 8
 
 MAX_STOPS = 16
 REFRESH_S = 10.0
@@ -319,6 +321,8 @@ class LlmService(ModelService):
             raise result
         if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
             entry.tokens_per_s = result.tokens_per_s or entry.tokens_per_s
+        if result.nll is not None and result.completion_tokens >= MIN_TOKENS_FOR_NLL:
+            entry.nll_last, entry.nll_answers = result.nll, entry.nll_answers + 1
         if self.ctx is not None:
             self.ctx.events.publish(
                 "metrics.llm",
@@ -327,6 +331,7 @@ class LlmService(ModelService):
                     "completion_tokens": result.completion_tokens,
                     "tokens_per_s": round(result.tokens_per_s, 2),
                     "ttft_s": round(result.ttft_s, 4),
+                    "nll": None if result.nll is None else round(result.nll, 4),
                 },
             )
         return result
