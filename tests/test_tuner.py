@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from fixtures_box import BoxInThread
 from fixtures_engines import Streamer, loaded, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from aether_box.client import BadRequest
 from aether_box.monitor.statistics import SpikeRule, drift, mmd2
@@ -81,6 +83,16 @@ def test_an_idle_model_is_unloaded_never_mid_request_and_reloads(models_dir: Pat
         )
         counts = client.status()["tuner"]["counts"]["unload"]
         assert counts["applied"] >= 1
+        # Prometheus counts the tuner's decisions per action and state.
+        with urllib.request.urlopen(client.status()["metrics"]["url"], timeout=10) as response:
+            text = response.read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        applied = (("action", "unload"), ("state", "applied"))
+        assert samples[("aether_box_tuner_actions_total", applied)] >= 1
 
 
 def stream_end_wall(stream: Streamer) -> float:

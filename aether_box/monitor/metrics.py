@@ -98,6 +98,29 @@ class StatusCollector:
             dropped.add_metric([topic], count)
         yield dropped
         yield from _http_families(report.get("http"))
+        yield from _tuner_families(report.get("tuner"))
+
+
+def _tuner_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """The tuner's decisions per action and state, and the signals it watches."""
+    if not section:
+        return
+    actions = _counter(
+        "tuner_actions",
+        "Tuner decisions reaching each state (proposed, applied, rejected, ...), by action",
+        ["action", "state"],
+    )
+    for action, states in section.get("counts", {}).items():
+        for state, count in states.items():
+            actions.add_metric([action, state], count)
+    yield actions
+    yield _gauge("tuner_running", "Tuner actions in progress", len(section.get("running", {})))
+    triggered = _gauge(
+        "signal_triggered", "1 while an observer signal is triggered", None, ["kind", "subject"]
+    )
+    for signal in section.get("signals", []):
+        triggered.add_metric([signal["kind"], signal["subject"]], int(signal["triggered"]))
+    yield triggered
 
 
 def _http_families(section: dict[str, Any] | None) -> Iterator[Metric]:
