@@ -10,17 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures_box import BoxProcess, wait_for
 
-TOPICS = ["lighthouses", "bread", "trains", "markets", "libraries", "rivers", "chess",
-          "mountains", "painting", "football", "letters"]  # fmt: skip
+TOPICS = ["lighthouses", "bread", "trains", "markets", "libraries", "rivers"]
 
 
 def complete(client: Any, topic: str, **sampling: Any) -> dict[str, Any]:
     ask = [{"role": "user", "content": f"Write a short paragraph about {topic}."}]
-    body = {"op": "chat", "model": "smollm2", "messages": ask, "max_tokens": 20,
+    body = {"op": "chat", "model": "smollm2", "messages": ask, "max_tokens": 16,
             "temperature": 0.0, **sampling}  # fmt: skip
-    return client.request("llm", body, timeout=120)
+    return client.request("llm", body, timeout=600)
 
 
 def readings(client: Any, kind: str) -> list[dict[str, Any]]:
@@ -33,16 +33,18 @@ def proposals(client: Any) -> dict[str, dict[str, Any]]:
     return {d["subject"]: d for d in found if d["state"] == "proposed"}
 
 
+@pytest.mark.timeout(900)  # 8 short answers: seconds on a quiet machine, minutes on a busy one
 def test_a_slowdown_and_an_nll_spike_raise_alerts_and_proposals(data_dir: Path, models_dir: Path):
     box = BoxProcess(
         data_dir,
         "--set", f"models.dir={models_dir}",
         "--set", "monitor.observe_s=0.1",
         "--set", "monitor.alert_speed_after=4",
+        "--set", "monitor.nll_after=5",
         "--set", "tuner.check_s=0.1",
     )  # fmt: skip
     try:
-        with box.client(timeout=120) as client:
+        with box.client(timeout=600) as client:
             seen = 0
             for topic in TOPICS:  # the usual: one reading of speed and NLL per answer
                 reply = complete(client, topic)

@@ -186,7 +186,7 @@ class ObserverComponent(Observations):
         self.residency = ResidencyWatch(self.table)
         self.align = AlignWatch(self.table, s.align_pass_min, s.align_min_projections)
         self.drift = DriftWatch(self.table, s.drift_min_texts, s.drift_p_value)
-        self.nll = NllWatch(self.table, s.nll_mad)
+        self.nll = NllWatch(self.table, s.nll_mad, s.nll_after)
         self.router = RouterWatch(self.table, s.router_fallback_max, s.router_min_decisions)
 
     async def serve(

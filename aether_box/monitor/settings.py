@@ -46,6 +46,8 @@ class MonitorSettings:
     align_min_projections: int = setting(20, min=1)
     # A model's per-token NLL above its rolling median by this many MADs is a spike.
     nll_mad: float = setting(3.0, min=0.5)
+    # ...once it has this many earlier answers to know what usual is.
+    nll_after: int = setting(10, min=3)
     # The router's share of messages taking the default route, in a window, that is news...
     router_fallback_max: float = setting(0.5, min=0, max=1)
     # ...judged on at least this many messages.

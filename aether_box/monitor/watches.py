@@ -271,9 +271,9 @@ class DriftWatch:
 class NllWatch:
     """Per model: the mean per-token NLL of each answer, against its rolling median."""
 
-    def __init__(self, signals: Signals, k: float, window: int = 50) -> None:
+    def __init__(self, signals: Signals, k: float, after: int = 10, window: int = 50) -> None:
         self.signals = signals
-        self.k, self.window = k, window
+        self.k, self.after, self.window = k, after, window
         self.rules: dict[str, SpikeRule] = {}
         self._last: dict[str, int] = {}
 
@@ -286,7 +286,7 @@ class NllWatch:
             if self._last.get(name) == seen:
                 continue
             self._last[name] = seen
-            rule = self.rules.setdefault(name, SpikeRule(self.window, self.k))
+            rule = self.rules.setdefault(name, SpikeRule(self.window, self.k, self.after))
             limit = rule.limit()
             spike = rule.add(float(nll["last"]))
             self.signals.set(
