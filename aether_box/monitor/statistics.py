@@ -22,7 +22,8 @@ def _kernel(z: np.ndarray) -> np.ndarray:
     sq = np.maximum(np.sum(z * z, 1)[:, None] + np.sum(z * z, 1)[None, :] - 2 * z @ z.T, 0.0)
     upper = sq[np.triu_indices(len(z), 1)]
     bandwidth = float(np.median(upper)) if len(upper) else 1.0
-    return np.exp(-sq / max(bandwidth, 1e-12))
+    kernel: np.ndarray = np.exp(-sq / max(bandwidth, 1e-12))
+    return kernel
 
 
 def _mmd2_from(k: np.ndarray, first: np.ndarray) -> float:

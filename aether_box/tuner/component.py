@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import anyio.abc
@@ -36,9 +36,34 @@ from aether_box.tuner.settings import ACTIONS, TunerSettings
 __all__ = ["TunerComponent"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-class TunerComponent(OpService):
+class TunerService(OpService):
+    """The `tuner` service's ops (module docstring), answered by the component."""
+
+    name = "tuner"
+
+    def __init__(self, tuner: TunerComponent) -> None:
+        self.tuner = tuner
+
+    async def op_log(self, request: Request) -> dict[str, Any]:
+        return await self.tuner.op_log(request)
+
+    async def op_status(self, request: Request) -> dict[str, Any]:
+        return self.tuner.status_section()
+
+    async def op_apply(self, request: Request) -> dict[str, Any]:
+        return await self.tuner.op_apply(request)
+
+    async def op_rollback(self, request: Request) -> dict[str, Any]:
+        return await self.tuner.op_rollback(request)
+
+    async def op_dismiss(self, request: Request) -> dict[str, Any]:
+        return await self.tuner.op_dismiss(request)
+
+
+class TunerComponent:
     """Serves `tuner` and runs the decision loop."""
 
     name: ClassVar[str] = "tuner"
@@ -73,7 +98,7 @@ class TunerComponent(OpService):
             await self._refresh()
             async with anyio.create_task_group() as work:
                 self._work = work
-                ctx.add_service("tuner", self)
+                ctx.add_service("tuner", TunerService(self))
                 task_status.started()
                 while True:
                     await anyio.sleep(self.settings.check_s)
@@ -213,9 +238,6 @@ class TunerComponent(OpService):
         found = await self._db_call(self._log().recent, limit, action, state)
         return {"decisions": found}
 
-    async def op_status(self, request: Request) -> dict[str, Any]:
-        return self.status_section()
-
     async def op_apply(self, request: Request) -> dict[str, Any]:
         decision = await self._decision(request)
         if decision["state"] != "proposed":
@@ -273,7 +295,7 @@ class TunerComponent(OpService):
             raise ServiceUnavailable("the tuner's log is still opening; retry in a moment")
         return self.store
 
-    async def _db_call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _db_call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs), limiter=self._db)
 
     def status_section(self) -> dict[str, Any]:
