@@ -46,8 +46,10 @@ def test_a_slowdown_and_an_nll_spike_raise_alerts_and_proposals(data_dir: Path, 
     try:
         with box.client(timeout=600) as client:
             seen = 0
+            usual_replies = []
             for topic in TOPICS:  # the usual: one reading of speed and NLL per answer
                 reply = complete(client, topic)
+                usual_replies.append(reply)
                 assert reply["usage"]["completion_tokens"] >= 16, "speed needs 16 tokens"
                 seen += 1
                 wait_for(
@@ -62,15 +64,15 @@ def test_a_slowdown_and_an_nll_spike_raise_alerts_and_proposals(data_dir: Path, 
             usual = nll["figures"]["median"]
             assert 0 < usual < 3, "greedy answers are the model's likely tokens"
 
-            # A deliberate slowdown: the box is stopped 60% of the time while it answers.
+            # A deliberate slowdown: the box is stopped 80% of the time while it answers.
             stop = threading.Event()
 
             def throttle() -> None:
                 while not stop.is_set():
                     os.kill(box.process.pid, signal.SIGSTOP)
-                    time.sleep(0.06)
+                    time.sleep(0.08)
                     os.kill(box.process.pid, signal.SIGCONT)
-                    time.sleep(0.04)
+                    time.sleep(0.02)
 
             thread = threading.Thread(target=throttle, daemon=True)
             thread.start()
@@ -80,6 +82,11 @@ def test_a_slowdown_and_an_nll_spike_raise_alerts_and_proposals(data_dir: Path, 
                 stop.set()
                 thread.join()
                 os.kill(box.process.pid, signal.SIGCONT)
+            speeds = [r["tokens_per_s"] for r in usual_replies]
+            assert slowed["tokens_per_s"] < 0.5 * sorted(speeds)[len(speeds) // 2], (
+                f"the throttle did not slow the answer enough: {slowed['tokens_per_s']} "
+                f"against {speeds}"
+            )
             wait_for(lambda: "speed:smollm2" in proposals(client), 30, "the slowdown proposal")
             alerts = client.status()["alerts"]
             assert any(a["kind"] == "slow" and a["subject"] == "smollm2" for a in alerts)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -46,7 +47,7 @@ from aether_box.align.pairs import PairSet, make_pairs, model_key
 from aether_box.align.refit import refit, split_new
 from aether_box.align.settings import AlignSettings
 from aether_box.align.store import ProjectorStore, pair_name
-from aether_box.bus.service import OpService, Request, require
+from aether_box.bus.service import OpService, Request, require_name
 from aether_box.context import BoxContext
 from aether_box.errors import BadRequest, BoxError, TooLarge
 
@@ -125,12 +126,17 @@ class AlignService(OpService):
 
     async def op_project(self, request: Request) -> dict[str, Any]:
         body = request.body
-        source, target = require(body, "from", str), require(body, "to", str)
+        source, target = require_name(body, "from"), require_name(body, "to")
         single = "vector" in body and body.get("vector") is not None
         raw = body.get("vector") if single else body.get("vectors")
         if raw is None:
             raise BadRequest("project needs a 'vector' (d,) or 'vectors' (n, d) float32 array")
-        x = np.asarray(raw, dtype=np.float32)
+        try:  # a list of numbers works too; too large for float32 becomes inf, refused below
+            with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                x = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise BadRequest("'vector' / 'vectors' must be float32 arrays (d,) or (n, d)") from None
         if single:
             x = x.reshape(1, -1)
         if x.ndim != 2 or not len(x):
@@ -208,7 +214,7 @@ class AlignService(OpService):
         return {"projectors": out, "gate": self.settings.gate}
 
     async def op_fidelity(self, request: Request) -> dict[str, Any]:
-        source, target = require(request.body, "from", str), require(request.body, "to", str)
+        source, target = require_name(request.body, "from"), require_name(request.body, "to")
         return await anyio.to_thread.run_sync(self.store.report, source, target)
 
     def status(self) -> dict[str, Any]:
@@ -313,7 +319,7 @@ class AlignService(OpService):
         nothing is served differently until `promote`."""
         body = request.body
         source, target = _models(body)
-        name = require(body, "collection", str)
+        name = require_name(body, "collection")
         max_loss = body.get("max_loss", 0.01)
         if isinstance(max_loss, bool) or not isinstance(max_loss, int | float) or max_loss < 0:
             raise BadRequest(f"'max_loss' must be a number >= 0, got {max_loss!r}")
@@ -382,7 +388,7 @@ class AlignService(OpService):
     async def op_promote(self, request: Request) -> dict[str, Any]:
         """Serve a refit's candidate; the served projector is kept for `rollback`."""
         source, target = _models(request.body)
-        candidate = require(request.body, "candidate", str)
+        candidate = require_name(request.body, "candidate")
         async with self._load_lock:
             previous = await anyio.to_thread.run_sync(self.store.promote, source, target, candidate)
             self.served.pop(pair_name(source, target), None)  # serve the new one from now on
@@ -392,7 +398,7 @@ class AlignService(OpService):
     async def op_rollback(self, request: Request) -> dict[str, Any]:
         """Serve a kept version again (the one served now is kept in its turn)."""
         source, target = _models(request.body)
-        version = require(request.body, "version", str)
+        version = require_name(request.body, "version")
         async with self._load_lock:
             shelved = await anyio.to_thread.run_sync(self.store.restore, source, target, version)
             self.served.pop(pair_name(source, target), None)
@@ -537,7 +543,7 @@ def _identity(store: Any, name: str) -> str:
 
 
 def _models(body: Mapping[str, Any]) -> tuple[str, str]:
-    return require(body, "from", str), require(body, "to", str)
+    return require_name(body, "from"), require_name(body, "to")
 
 
 def _count(body: Mapping[str, Any], key: str, default: int) -> int:

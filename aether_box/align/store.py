@@ -26,6 +26,7 @@ from aether_box.align.gate import Gate
 from aether_box.align.pairs import PairSet
 from aether_box.align.projectors import Projector
 from aether_box.errors import BadRequest, NotFound
+from aether_box.private import child_path
 
 __all__ = ["ProjectorStore"]
 
@@ -42,7 +43,7 @@ class ProjectorStore:
         self.root = Path(root) / "projectors"
 
     def _dir(self, source: str, target: str) -> Path:
-        return self.root / f"{source}__{target}"
+        return child_path(self.root, f"{source}__{target}")
 
     def save(
         self,
@@ -128,7 +129,7 @@ class ProjectorStore:
     def promote(self, source: str, target: str, candidate: str) -> str:
         """Serve candidate `candidate`; the served files go to history. Returns their version."""
         where = self._dir(source, target)
-        found = where / "candidates" / candidate
+        found = child_path(where / "candidates", candidate)
         if not (found / "report.json").is_file():
             raise NotFound(f"no finished candidate {candidate!r} for {source}->{target}")
         version = self._shelve(where)
@@ -139,7 +140,7 @@ class ProjectorStore:
     def restore(self, source: str, target: str, version: str) -> str:
         """Serve history `version` again; the served files go to history. Returns their version."""
         where = self._dir(source, target)
-        found = where / "history" / version
+        found = child_path(where / "history", version)
         if not (found / "report.json").is_file():
             kept = sorted(p.name for p in (where / "history").glob("*")) or "none"
             raise NotFound(f"no kept version {version!r} of {source}->{target} (kept: {kept})")
