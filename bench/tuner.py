@@ -212,19 +212,19 @@ def generate(box: Client) -> float:
 
 
 def slowdown(box: Client, pid: int) -> dict[str, Any]:
-    """Usual speed, then the box stopped 60% of the time: the alert and the proposal."""
+    """Usual speed, then the box stopped 90% of the time: the alert and the proposal."""
     usual = []
     for _ in range(5):  # one reading per observer window (monitor.observe_s = 1)
         usual.append(generate(box))
         time.sleep(1.2)
     stop = threading.Event()
 
-    def throttle() -> None:  # SIGSTOP 120 ms of every 200: a machine gone busy
+    def throttle() -> None:  # SIGSTOP 500 ms of every 550: a machine gone very busy
         while not stop.is_set():
             os.kill(pid, signal.SIGSTOP)
-            time.sleep(0.12)
+            time.sleep(0.5)
             os.kill(pid, signal.SIGCONT)
-            time.sleep(0.08)
+            time.sleep(0.05)
 
     thread = threading.Thread(target=throttle, daemon=True)
     started = time.monotonic()

@@ -64,15 +64,16 @@ def test_a_slowdown_and_an_nll_spike_raise_alerts_and_proposals(data_dir: Path, 
             usual = nll["figures"]["median"]
             assert 0 < usual < 3, "greedy answers are the model's likely tokens"
 
-            # A deliberate slowdown: the box is stopped 80% of the time while it answers.
+            # A deliberate slowdown: the box is stopped 90% of the time while it answers (a
+            # margin that the noise of a shared machine's readings does not cross).
             stop = threading.Event()
 
             def throttle() -> None:
                 while not stop.is_set():
                     os.kill(box.process.pid, signal.SIGSTOP)
-                    time.sleep(0.08)
+                    time.sleep(0.5)
                     os.kill(box.process.pid, signal.SIGCONT)
-                    time.sleep(0.02)
+                    time.sleep(0.05)
 
             thread = threading.Thread(target=throttle, daemon=True)
             thread.start()

@@ -120,8 +120,11 @@ class TunerComponent:
             if not signal["triggered"] or self._handled.get(key) == signal["seq"]:
                 continue
             self._handled[key] = signal["seq"]
-            for plan in await plans_for(signal, self.ctx, self.keep_alive):
-                await self._decide(plan)
+            try:
+                for plan in await plans_for(signal, self.ctx, self.keep_alive):
+                    await self._decide(plan)
+            except BoxError as exc:  # e.g. a service restarting: the next trigger tries again
+                log.warning("tuner: cannot act on %s %s: %s", *key, exc)
 
     async def _decide(self, plan: Plan) -> None:
         mode = self.settings.mode(plan.action.kind)
@@ -129,6 +132,8 @@ class TunerComponent:
             return
         if plan.action.heavy and mode == "auto":
             mode = "propose"  # never applied by the box itself
+        if mode == "auto" and plan.action.exclusive and plan.action.kind in self._busy:
+            mode = "propose"  # one refit at a time: this one waits for `tuner apply`
         if await self._cooling(plan):
             return
         decision = await self._db_call(
