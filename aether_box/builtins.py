@@ -31,6 +31,7 @@ COMPONENTS = [
     "aether_box.gateway.component:HttpComponent",
     "aether_box.monitor.metrics:MetricsComponent",
     "aether_box.monitor.observer:ObserverComponent",
+    "aether_box.tuner.component:TunerComponent",
 ]
 
 # Subcommand groups live beside their capability (aether_box/<name>/cli.py).
@@ -44,6 +45,7 @@ COMMANDS = {
     "adapters": "aether_box.adapters.cli:adapters",
     "tools": "aether_box.tools.cli:tools",
     "mcp": "aether_box.tools.mcp_server:mcp",
+    "tuner": "aether_box.tuner.cli:tuner",
 }
 
 # Config sections that no component declares as its settings_class.

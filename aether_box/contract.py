@@ -36,6 +36,8 @@ __all__ = [
     "Component",
     "ComponentFactory",
     "ModelCatalog",
+    "ModelResidency",
+    "Observations",
     "PeerDirectory",
     "PeerForwarder",
     "StatusReporter",
@@ -71,6 +73,28 @@ class ModelCatalog:
 
     async def require_model(self, model: str) -> None:
         """Return if `model` is installed, else raise NotFound saying what is."""
+        raise NotImplementedError
+
+
+class ModelResidency:
+    """Loaded models and how idle they are; unloads only idle ones (the engines implement it)."""
+
+    def residency(self) -> list[dict[str, Any]]:
+        """Per loaded instance: name, role, memory_mb, idle_s, in_use, requests, load_s."""
+        raise NotImplementedError
+
+    async def unload_if_idle(self, model: str, role: str, idle_s: float) -> int | None:
+        """Unload it if no request holds or waits for it and it has been idle `idle_s`
+        seconds; the bytes freed, or None when it stays loaded."""
+        raise NotImplementedError
+
+
+class Observations:
+    """What the observer notices beyond alerts: the signals the tuner acts on."""
+
+    def signals(self) -> list[dict[str, Any]]:
+        """Current readings, each ``{kind, subject, triggered, seq, figures, message}`` (see
+        aether_box.monitor.watches); `seq` grows each time that signal triggers again."""
         raise NotImplementedError
 
 
@@ -126,6 +150,7 @@ class TextScorer:
         self, model: str, texts: Sequence[str], adapters: Sequence[AdapterRef]
     ) -> list[np.ndarray]:
         """For each text, the logits (n_tokens, n_vocab) at every position."""
+        raise NotImplementedError
 
 
 class ToolCatalog:

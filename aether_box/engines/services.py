@@ -60,6 +60,7 @@ from aether_box.contract import (
     AdapterCatalog,
     AdapterLease,
     ModelCatalog,
+    ModelResidency,
     PeerDirectory,
     TextScorer,
 )
@@ -84,12 +85,14 @@ log = logging.getLogger(__name__)
 # A model's usual speed (status, the observer's drift alert) comes from answers at least this
 # long: a two-token answer's rate is mostly fixed costs, not a sign of a slow model.
 MIN_TOKENS_FOR_SPEED = 16
+# The NLL signal (aether_box/monitor/watches.py) judges answers of at least this many tokens.
+MIN_TOKENS_FOR_NLL = 8
 
 MAX_STOPS = 16
 REFRESH_S = 10.0
 
 
-class EnginesComponent(ModelCatalog, TextScorer):
+class EnginesComponent(ModelCatalog, ModelResidency, TextScorer):
     """Registers `llm` and `embed`, and the "models" status section."""
 
     name: ClassVar[str] = "engines"
@@ -155,6 +158,27 @@ class EnginesComponent(ModelCatalog, TextScorer):
                 tokens = await registry.run(engine.prompt_tokens, text)
                 out.append(await _score(registry, engine, tokens, adapters))
         return out
+
+    def residency(self) -> list[dict[str, Any]]:
+        if self.registry is None:
+            return []
+        return [
+            {
+                "name": e["name"],
+                "role": e["role"],
+                "memory_mb": e["memory_mb"],
+                "idle_s": e["idle_s"],
+                "in_use": e["in_use"],
+                "requests": e["requests"],
+                "load_s": e["load_s"],
+            }
+            for e in self.registry.status()["loaded"]
+        ]
+
+    async def unload_if_idle(self, model: str, role: str, idle_s: float) -> int | None:
+        if self.registry is None:
+            return None
+        return await self.registry.unload_if_idle(model, role, idle_s)
 
     def _probe(self) -> tuple[ModelStore, bool, int, bool]:
         import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
@@ -376,6 +400,8 @@ class LlmService(ModelService):
             raise result
         if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
             entry.tokens_per_s = result.tokens_per_s or entry.tokens_per_s
+        if result.nll is not None and result.completion_tokens >= MIN_TOKENS_FOR_NLL:
+            entry.nll_last, entry.nll_answers = result.nll, entry.nll_answers + 1
         if self.ctx is not None:
             self.ctx.events.publish(
                 "metrics.llm",
@@ -384,6 +410,7 @@ class LlmService(ModelService):
                     "completion_tokens": result.completion_tokens,
                     "tokens_per_s": round(result.tokens_per_s, 2),
                     "ttft_s": round(result.ttft_s, 4),
+                    "nll": None if result.nll is None else round(result.nll, 4),
                 },
             )
         return result

@@ -101,6 +101,7 @@ class StatusCollector:
         yield from _http_families(report.get("http"))
         yield from _adapter_families(report.get("adapters"))
         yield from _tools_families(report.get("tools"), report.get("orchestrate"))
+        yield from _tuner_families(report.get("tuner"))
 
 
 def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
@@ -153,6 +154,28 @@ def _tools_families(
     if orchestrate:
         yield _counter("orchestrate_runs", "Tasks orchestrated", value=orchestrate["runs"])
         yield _counter("orchestrate_steps", "Tool steps taken", value=orchestrate["steps"])
+
+
+def _tuner_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """The tuner's decisions per action and state, and the signals it watches."""
+    if not section:
+        return
+    actions = _counter(
+        "tuner_actions",
+        "Tuner decisions reaching each state (proposed, applied, rejected, ...), by action",
+        ["action", "state"],
+    )
+    for action, states in section.get("counts", {}).items():
+        for state, count in states.items():
+            actions.add_metric([action, state], count)
+    yield actions
+    yield _gauge("tuner_running", "Tuner actions in progress", len(section.get("running", {})))
+    triggered = _gauge(
+        "signal_triggered", "1 while an observer signal is triggered", None, ["kind", "subject"]
+    )
+    for signal in section.get("signals", []):
+        triggered.add_metric([signal["kind"], signal["subject"]], int(signal["triggered"]))
+    yield triggered
 
 
 # Per loaded generation model: (metric, help, scheduler figure, is a counter).

@@ -421,3 +421,22 @@ def peer_rows(section: Any) -> dict[str, Row]:
             listed or MISSING,
         )
     return rows
+
+
+def tuner_rows(section: Any) -> dict[str, Row]:
+    """decision -> (#id, action, subject, state, outcome): the tuner's latest decisions,
+    open proposals first (apply them with `aether-box tuner apply ID`)."""
+    rows: dict[str, Row] = {}
+    decisions = records(section, "recent")
+    decisions.sort(key=lambda d: (d.get("state") != "proposed", -int(d.get("id", 0))))
+    for record in decisions:
+        ident = f"#{pick(record, 'id', default='?')}"
+        outcome = str(pick(record, "outcome", default="") or "")
+        rows[ident] = (
+            ident,
+            str(pick(record, "action", default=MISSING)),
+            str(pick(record, "subject", default=MISSING)),
+            str(pick(record, "state", default=MISSING)),
+            outcome[:60] + ("..." if len(outcome) > 60 else "") or MISSING,
+        )
+    return rows
