@@ -15,7 +15,7 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
                                                                   -> {ids, count}
     delete       collection, ids | where                          -> {deleted}
     list         collection, [where], [limit], [cursor], [include_vectors]
-                                                                  -> {records, next, [vectors]}
+                                                                  -> {records, next, last, [vectors]}
     count        collection, [where]                              -> {count}
     search       collection, text | vector, [k], [where], [hybrid], [query_model], [gate],
                  [include_vectors], [index], [scope]              -> {results, path, took_ms, ...}
@@ -260,7 +260,13 @@ class MemoryService(OpService):
             after=cursor,
             vectors=bool(body.get("include_vectors")),
         )
-        reply: dict[str, Any] = {"records": [r.to_wire() for r in records], "next": following}
+        reply: dict[str, Any] = {
+            "records": [r.to_wire() for r in records],
+            "next": following,
+            # Where the next page will start once more records arrive (for following a
+            # growing collection, as the observer's drift watch does).
+            "last": records[-1].rowid if records else cursor,
+        }
         if vectors is not None:
             reply["vectors"] = vectors
         return reply
