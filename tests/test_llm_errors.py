@@ -131,8 +131,9 @@ def test_prompt_over_the_context_is_refused_and_long_replies_are_cut(models_dir)
 def test_a_broken_model_file_gets_a_clear_error(models_dir, own_models_dir, tmp_path, damage):
     gguf = next((models_dir / MODEL).glob("*.gguf"))
     broken = tmp_path / "broken.gguf"
-    # Sound when added (`models add` refuses a broken file), damaged afterwards on disk.
     shutil.copyfile(gguf, broken)
+    # `models add` refuses a damaged file, so the damage comes after it was added (a disk
+    # error, a file overwritten in place): the engines must still fail cleanly.
     ModelStore(own_models_dir).add(broken, name="broken")
     if damage == "truncated":
         with open(gguf, "rb") as source:
