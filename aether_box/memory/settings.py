@@ -33,6 +33,9 @@ class MemorySettings:
     synchronous: str = "full"
     readers: int = 4
     max_metadata_bytes: int = 65_536
+    # Indexes of collections with at least this many vectors are saved beside the database
+    # when the box closes, so the next start loads them instead of rebuilding from SQLite.
+    snapshot_min_rows: int = 10_000
 
     def resolve(self, data_dir: Path) -> None:
         """Fill the data dir into the db path and check the choices."""
@@ -47,6 +50,11 @@ class MemorySettings:
         for key in ("max_batch", "max_k", "readers", "max_metadata_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"memory.{key} must be at least 1, got {getattr(self, key)}")
+
+        if self.snapshot_min_rows < 0:
+            raise ConfigError(
+                f"memory.snapshot_min_rows must be 0 or more, got {self.snapshot_min_rows}"
+            )
 
     @property
     def db_path(self) -> Path:

@@ -471,6 +471,15 @@ class MemoryStore:
         return out
 
     @staticmethod
+    def extent(conn: apsw.Connection, collection: Collection) -> tuple[int, int]:
+        """(record count, largest rowid or 0) of the collection: a saved index must match both."""
+        count, last = conn.execute(
+            "SELECT count(*), coalesce(max(rowid), 0) FROM records WHERE collection_id = ?",
+            (collection.id,),
+        ).fetchall()[0]
+        return int(count), int(last)
+
+    @staticmethod
     def load_vectors(
         conn: apsw.Connection, collection: Collection
     ) -> tuple[np.ndarray, np.ndarray]:
