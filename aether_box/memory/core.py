@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ import numpy as np
 from aether_box.errors import BadRequest, NotFound
 from aether_box.memory.filters import Compiled
 from aether_box.memory.fusion import reciprocal_rank_fusion
-from aether_box.memory.index import VectorIndex
+from aether_box.memory.index import Prepared, VectorIndex
 from aether_box.memory.settings import MemorySettings
 from aether_box.memory.snapshot import Snapshots
 from aether_box.memory.store import Collection, MemoryStore, Record
@@ -73,6 +74,8 @@ class Memory:
         self.indexes: dict[int, VectorIndex] = {}
         self.snapshots = Snapshots(settings.db_path)
         self.db_bytes = 0
+        # One thread beside the writer's: prepares index rows while SQLite commits.
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="memory-index")
         self._write_lock = anyio.Lock()
         self._writer = anyio.CapacityLimiter(1)
         self._readers = anyio.CapacityLimiter(settings.readers)
@@ -81,6 +84,7 @@ class Memory:
 
     async def open(self) -> None:
         """Open (or create) the database and read its catalog."""
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="memory-index")
 
         def work() -> None:
             store = MemoryStore(self.settings.db_path, synchronous=self.settings.synchronous)
@@ -99,6 +103,7 @@ class Memory:
                 await anyio.to_thread.run_sync(self._save_indexes, limiter=self._writer)
                 await anyio.to_thread.run_sync(self.store.close, limiter=self._writer)
                 self.store = None
+        self._helper.shutdown(wait=False)
 
     def _save_indexes(self) -> None:
         # A failed save costs only the next start's rebuild from SQLite: log it and go on.
@@ -191,11 +196,23 @@ class Memory:
 
             def work() -> int:
                 self.snapshots.invalidate(collection.id)
-                rowids, replaced = self._store.insert(
-                    collection, ids, texts, metadata, vectors, upsert=upsert, check_keys=check_ids
-                )
+                index = self.indexes.get(collection.id)
+                # The index's copy of the rows is made on the other core while SQLite writes.
+                prepared = self._helper.submit(_prepare, index, vectors) if index else None
+                try:
+                    rowids, replaced = self._store.insert(
+                        collection,
+                        ids,
+                        texts,
+                        metadata,
+                        vectors,
+                        upsert=upsert,
+                        check_keys=check_ids,
+                    )
+                finally:
+                    rows = prepared.result() if prepared is not None else vectors
                 self._sync_index(
-                    collection, lambda index: (index.remove(replaced), index.add(rowids, vectors))
+                    collection, lambda index: (index.remove(replaced), index.add(rowids, rows))
                 )
                 return len(replaced)
 
@@ -464,6 +481,11 @@ class Memory:
             if self.catalog.get(collection.name) != collection:
                 raise NotFound(f"collection {collection.name!r} was dropped") from None
             raise exc
+
+
+def _prepare(index: VectorIndex, vectors: np.ndarray) -> Prepared:
+    index.reserve(len(vectors))
+    return index.prepare(vectors)
 
 
 def _similarity(distance: float, metric: str) -> float:

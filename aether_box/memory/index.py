@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 
 import numkong
 import numpy as np
 
-__all__ = ["VectorIndex", "prepare_rows", "distances_from_scores", "quantize"]
+__all__ = ["Prepared", "VectorIndex", "prepare_rows", "distances_from_scores", "quantize"]
 
-_GROWTH = 1.5
+# Doubling: each growth copies every row, so growing by half copied 100k rows six times.
+_GROWTH = 2.0
 _MIN_CAPACITY = 1_024
 # Below this share of the collection, a filter's rows are gathered rather than masked.
 _GATHER_SHARE = 0.25
@@ -49,10 +51,20 @@ def prepare_rows(vectors: np.ndarray, metric: str) -> np.ndarray:
 def quantize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int8 codes, float32 step per row): each row scaled so its largest component is 127."""
     rows = np.atleast_2d(rows)
-    peak = np.abs(rows).max(axis=1)
-    step = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    codes = np.rint(rows / step[:, None]).astype(np.int8)
-    return codes, step
+    peak = np.maximum(rows.max(axis=1), -rows.min(axis=1))  # no |rows| temporary
+    step = np.where(peak > 0, peak / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    scaled = rows * (1.0 / step)[:, None]
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int8), step
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Rows as an index stores them (see VectorIndex.prepare): made before taking its lock."""
+
+    rows: np.ndarray
+    codes: np.ndarray
+    steps: np.ndarray
 
 
 def distances_from_scores(scores: np.ndarray, metric: str, query_sqnorm: float) -> np.ndarray:
@@ -130,13 +142,26 @@ class VectorIndex:
             raise ValueError("saved index arrays do not match the collection's dimension")
         return index
 
-    def add(self, rowids: np.ndarray, vectors: np.ndarray) -> None:
+    def prepare(self, vectors: np.ndarray) -> Prepared:
+        """Normalise and quantise rows for `add`: the CPU work, free to overlap other work."""
+        rows = prepare_rows(vectors, self.metric)
+        return Prepared(rows, *quantize(rows))
+
+    def reserve(self, extra: int) -> None:
+        """Make room for `extra` more rows now, so a later `add` only copies them in."""
+        with self._lock:
+            if self._n + extra > len(self._rows):
+                self._grow(self._n + extra)
+
+    def add(self, rowids: np.ndarray, vectors: np.ndarray | Prepared) -> None:
         """Append rows; their rowids must be increasing and larger than any already here."""
         rowids = np.asarray(rowids, np.int64)
         if not len(rowids):
             return
-        rows = prepare_rows(vectors, self.metric)
-        codes, steps = quantize(rows)
+        prepared = vectors if isinstance(vectors, Prepared) else self.prepare(vectors)
+        rows, codes, steps = prepared.rows, prepared.codes, prepared.steps
+        if len(rows) != len(rowids):
+            raise ValueError("add: as many rowids as rows, please")
         with self._lock:
             if self._n and rowids[0] <= self._rowids[self._n - 1]:
                 raise ValueError("rowids must grow: new rows always come after existing ones")
