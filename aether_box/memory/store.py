@@ -295,15 +295,25 @@ class MemoryStore:
             rowids = np.arange(first_rowid, first_rowid + len(keys), dtype=np.int64)
             ids = rowids.tolist()
             created = [existing[k][1] if k in existing else now for k in keys]
+            distinct = set(metadata)
+            if len(distinct) <= len(keys) // 4:
+                # A batch sharing its metadata (one object for all, as `add` allows) converts
+                # each distinct value to JSONB once, not once a row.
+                blobs = {
+                    m: conn.execute("SELECT jsonb(?)", (m,)).fetchall()[0][0] for m in distinct
+                }
+                stored, sql_value = [blobs[m] for m in metadata], "?"
+            else:
+                stored, sql_value = list(metadata), "jsonb(?)"
             conn.executemany(
                 "INSERT INTO records(rowid, collection_id, key, text, metadata, created, updated) "
-                "VALUES (?, ?, ?, ?, jsonb(?), ?, ?)",
+                f"VALUES (?, ?, ?, ?, {sql_value}, ?, ?)",
                 zip(
                     ids,
                     [cid] * len(ids),
                     keys,
                     texts,
-                    metadata,
+                    stored,
                     created,
                     [now] * len(ids),
                     strict=True,
