@@ -159,7 +159,7 @@ class Memory:
             self.catalog = {**self.catalog, name: collection}
             self.counts[collection.id] = 0
             if self.settings.index == "memory":
-                self.indexes[collection.id] = VectorIndex(dim, metric)
+                self.indexes[collection.id] = self._new_index(dim, metric)
         return collection
 
     async def drop(self, name: str) -> int:
@@ -425,17 +425,22 @@ class Memory:
             raise NotFound("the memory database is closed")
         return self.store
 
+    def _new_index(self, dim: int, metric: str) -> VectorIndex:
+        return VectorIndex(dim, metric, quantized_min_rows=self.settings.quantized_min_rows)
+
     def _load_index(self, collection: Collection) -> VectorIndex:
         # The caller holds the write lock: the saved copy and the snapshot read stay current.
         started = time.perf_counter()
         with self._store.reader() as conn:
             count, last_rowid = self._store.extent(conn, collection)
-            index = self.snapshots.load(collection, count, last_rowid)
+            index = self.snapshots.load(
+                collection, count, last_rowid, self.settings.quantized_min_rows
+            )
             source = "its saved copy"
             if index is None:
                 self.snapshots.invalidate(collection.id)  # stale or unreadable: never trusted
                 rowids, rows = self._store.load_vectors(conn, collection)
-                index = VectorIndex(collection.dim, collection.metric)
+                index = self._new_index(collection.dim, collection.metric)
                 index.add(rowids, rows)
                 source = "SQLite"
         log.info(

@@ -44,7 +44,9 @@ class Snapshots:
     def path(self, collection_id: int) -> Path:
         return self.directory / f"c{int(collection_id)}.npz"
 
-    def load(self, collection: Collection, count: int, last_rowid: int) -> VectorIndex | None:
+    def load(
+        self, collection: Collection, count: int, last_rowid: int, quantized_min_rows: int
+    ) -> VectorIndex | None:
         """The saved index of `collection` if it is there and matches the database, else None."""
         path = self.path(collection.id)
         try:
@@ -62,7 +64,9 @@ class Snapshots:
                     log.info("memory: saved index of %r is stale; rebuilding", collection.name)
                     return None
                 arrays = {name: saved[name] for name in ("rowids", "rows", "codes", "steps")}
-            return VectorIndex.from_arrays(collection.dim, collection.metric, arrays)
+            index = VectorIndex.from_arrays(collection.dim, collection.metric, arrays)
+            index.quantized_min_rows = quantized_min_rows
+            return index
         except FileNotFoundError:
             self._absent.add(collection.id)
             return None
