@@ -21,11 +21,19 @@ from typing import Any, TypeVar
 import anyio
 import zmq
 import zmq.asyncio
+from zmq.utils import z85
 
 from aether_box.bus.broker import Broker
 from aether_box.bus.discovery import clear_endpoints, write_endpoints
 from aether_box.bus.events import EventLogHandler, Events
-from aether_box.bus.security import AUTHORIZED_DIR, keys_dir, plan_curve, uses_curve
+from aether_box.bus.failures import is_disk_full
+from aether_box.bus.security import (
+    AUTHORIZED_DIR,
+    authorized_scopes,
+    keys_dir,
+    plan_curve,
+    uses_curve,
+)
 from aether_box.bus.settings import BusSettings
 from aether_box.config import Config
 from aether_box.context import BoxContext, BoxView
@@ -33,6 +41,7 @@ from aether_box.contract import Component, ComponentFactory
 from aether_box.errors import BoxError, ConfigError
 from aether_box.monitor.supervisor import Supervisor
 from aether_box.plugins import LOAD_ENV
+from aether_box.private import make_private
 
 __all__ = ["Box", "load_components"]
 
@@ -176,13 +185,19 @@ class Box:
         """Tell this data dir's clients where the box listens (and where CURVE is on)."""
         curve = self.broker.curve
         on_loopback = self.settings.curve_on_loopback
-        await anyio.to_thread.run_sync(
-            lambda: write_endpoints(
-                self.config.data_dir,
-                bus={e: uses_curve(e, curve, on_loopback) for e in self.broker.bound},
-                events={e: uses_curve(e, curve, on_loopback) for e in self.events.bound},
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: write_endpoints(
+                    self.config.data_dir,
+                    bus={e: uses_curve(e, curve, on_loopback) for e in self.broker.bound},
+                    events={e: uses_curve(e, curve, on_loopback) for e in self.events.bound},
+                )
             )
-        )
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # Clients still find the box by its ipc socket in the data dir.
+            log.warning("the disk is full: endpoints not published (%s)", exc)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -237,7 +252,7 @@ class _DataDirLock:
 
 
 def _lock_data_dir(data_dir: Path) -> _DataDirLock:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(data_dir)  # before the first file of this run is made
     lock = _DataDirLock(data_dir / LOCK_FILE).__enter__()
     # Holding the lock proves no box runs here: what a crashed one left is stale.
     _clear_stale_sockets(data_dir)
@@ -248,11 +263,21 @@ async def _start_authenticator(context: zmq.asyncio.Context, data_dir: Path) -> 
     # ZAP: only clients whose public key is in keys/authorized/ get through CURVE.
     from zmq.auth.asyncio import AsyncioAuthenticator
 
-    authenticator = AsyncioAuthenticator(context)
+    class ScopedAuthenticator(AsyncioAuthenticator):
+        """Gives each CURVE connection its key's scope as User-Id (see bus/scopes.py)."""
+
+        scopes: dict[bytes, str] = {}
+
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            return self.scopes.get(z85.encode(client_public_key), "use")
+
+    authenticator = ScopedAuthenticator(context)
     authenticator.start()
     location = str(keys_dir(data_dir) / AUTHORIZED_DIR)
-    # configure_curve reads every key file there: in a worker thread.
-    await anyio.to_thread.run_sync(
-        lambda: authenticator.configure_curve(domain="*", location=location)
-    )
+
+    def configure() -> None:  # reads every key file there: in a worker thread
+        authenticator.configure_curve(domain="*", location=location)
+        authenticator.scopes = authorized_scopes(data_dir)
+
+    await anyio.to_thread.run_sync(configure)
     return authenticator

@@ -20,6 +20,7 @@ import click
 from aether_box import __version__
 from aether_box.config import Config, data_dir_from, overrides_from
 from aether_box.errors import BoxError
+from aether_box.private import private_umask
 
 __all__ = ["main", "CliState", "pass_state"]
 
@@ -99,6 +100,7 @@ def cli(
         overrides = overrides_from(settings)
     except BoxError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from exc
+    private_umask()  # keys, exports and logs any command writes are the user's alone
     ctx.obj = CliState(data_dir_from(data_dir), endpoint, overrides)
 
 
@@ -190,6 +192,29 @@ def keys_init(state: CliState, force: bool) -> None:
         "admit only the allowed clients (binding them is allowed now). Loopback tcp and the ipc "
         "socket stay plain, so local apps keep working; `--set bus.curve=on` puts loopback tcp "
         "under CURVE too (local tools of this data dir use its client keys by themselves)."
+    )
+
+
+@keys.command("authorize")
+@click.argument("key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "use", "admin"]),
+    default="use",
+    show_default=True,
+    help="read: status, lists, search. use: also chat, embed, memory add, sessions. "
+    "admin: also memory drop/delete, federation links, models, projectors, adapters, tuner.",
+)
+@click.option("--name", help="The name it is kept under (default: the file's name).")
+@pass_state
+def keys_authorize(state: CliState, key_file: Path, scope: str, name: str | None) -> None:
+    """Allow a CURVE client (its public .key file) to use the box, with an access scope."""
+    from aether_box.bus.security import authorize_key
+
+    target = authorize_key(state.data_dir, key_file, scope, name)
+    click.echo(
+        f"authorized {target.stem} with scope {scope} ({target}); takes effect at the "
+        "box's next start"
     )
 
 

@@ -12,6 +12,8 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "CorruptModel",
+    "DiskFull",
+    "Forbidden",
     "NoBox",
     "NotFound",
     "Overloaded",
@@ -100,6 +102,18 @@ class CorruptModel(BoxError):
     code = "corrupt_model"
 
 
+class Forbidden(BoxError):
+    """The connection's access scope does not allow the op (see aether_box.bus.scopes)."""
+
+    code = "forbidden"
+
+
+class DiskFull(BoxError):
+    """The disk holding the data dir is full: nothing was written."""
+
+    code = "disk_full"
+
+
 class ConfigError(BoxError):
     """The configuration or the command line is invalid."""
 
@@ -119,6 +133,8 @@ _BY_CODE: dict[str, type[BoxError]] = {
         Overloaded,
         Cancelled,
         CorruptModel,
+        DiskFull,
+        Forbidden,
         ConfigError,
     )
 }

@@ -1,7 +1,9 @@
 """Logging for the box process: readable on the terminal, complete in the data dir.
 
 Records are written by a listener thread, never by the thread that logs: the event loop only
-puts each record on a queue, so a slow terminal or disk never stalls it.
+puts each record on a queue, so a slow terminal or disk never stalls it. Every message is cut
+to MAX_LOG_CHARS first: a request field of a megabyte, quoted in a log line, would otherwise
+hold the interpreter (and so the event loop) for minutes in rich's highlighter.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from pathlib import Path
 
 from rich.logging import RichHandler
 
-__all__ = ["setup_logging"]
+__all__ = ["MAX_LOG_CHARS", "capped", "setup_logging"]
+
+# Long enough for any message of our own; user strings beyond it are cut, with a mark.
+MAX_LOG_CHARS = 2_000
+
+
+def capped(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters not logged]"
 
 
 def setup_logging(data_dir: Path, level: str = "INFO") -> Path:
@@ -41,5 +53,8 @@ class _Handoff(logging.handlers.QueueHandler):
     """Queues records whole (the stock handler flattens tracebacks, losing rich's rendering)."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record.msg, record.args = record.getMessage(), None  # args may change after the call
+        record.msg, record.args = (
+            capped(record.getMessage()),
+            None,
+        )  # args may change after the call
         return record

@@ -11,6 +11,7 @@ import anyio.abc
 import psutil
 
 from aether_box import __version__
+from aether_box.bus.events import QUEUE_BYTES
 from aether_box.bus.service import Request
 from aether_box.context import BoxContext
 from aether_box.contract import StatusReporter
@@ -70,6 +71,8 @@ class StatusComponent(StatusReporter):
         report["events"] = {
             "published": view.events.published,
             "dropped": dict(view.events.dropped),
+            "seq": view.events.seq,  # a subscriber's gap in `seq` is what it missed
+            "queue_bytes_max": QUEUE_BYTES,  # what a subscriber that stops reading costs
         }
         report["data_dir"] = str(self.ctx.data_dir)
         report["curve"] = view.broker.curve is not None

@@ -52,6 +52,20 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
         console.print(f"[yellow]alert[/] {alert['message']}")
 
 
+def _scheduler_line(s: dict[str, Any]) -> str:
+    """A generation model's slots, queue, KV cache, prompt reuse and speed, in one line."""
+    reused = s.get("prompt_tokens_reused", 0) / max(1, s.get("prompt_tokens", 0))
+    speed = s.get("aggregate_tokens_per_s")
+    ttft = s.get("ttft_ms")
+    return (
+        f"slots {s.get('slots_busy', '?')}/{s.get('slots', '?')} busy, "
+        f"{s.get('queue', 0)} queued; KV {s.get('kv_cells_used', '?')}/{s.get('kv_cells', '?')} "
+        f"cells; {reused:.0%} of prompt tokens reused"
+        + (f"; {speed} tok/s in all" if speed is not None else "")
+        + (f"; first token {ttft} ms" if ttft is not None else "")
+    )
+
+
 def _render_sections(report: dict[str, Any], console: Console) -> None:
     """One line each for the models, memory and projectors sections, when the box has them."""
     models = report.get("models")
@@ -62,6 +76,9 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         )
         installed = ", ".join(m.get("name", "?") for m in models.get("installed", []))
         console.print(f"models: installed {installed or 'none'}; loaded {loaded or 'none'}")
+        for m in models.get("loaded", []):
+            if isinstance(m.get("scheduler"), dict):
+                console.print(f"  {m.get('name')}: {_scheduler_line(m['scheduler'])}")
         if models.get("onnx_cuda", "available") != "available":
             console.print(f"  gpu: {models['onnx_cuda']}")
     memory = report.get("memory")

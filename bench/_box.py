@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aether_box.client import Client  # noqa: E402
 
-__all__ = ["TOPICS", "cpu_model", "machine", "start_box", "stop_box"]
+__all__ = ["TOPICS", "cpu_model", "machine", "start_box", "stop_box", "stream_completion"]
 
 
 # What the generation benches ask stories about: one per request, so no two share a prompt.
@@ -106,3 +106,28 @@ def cpu_model() -> str:
 def machine() -> dict[str, Any]:
     """Cores, CPU model and load: the context every figure needs."""
     return {"cores": os.cpu_count(), "cpu": cpu_model(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def stream_completion(
+    client: Client, model: str, prompt: str, tokens: int
+) -> tuple[float, list[float], dict[str, Any]]:
+    """A greedy streamed `llm` complete: (start time, arrival time of each non-empty piece,
+    the final reply)."""
+    body = {
+        "op": "complete",
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0.0,
+        "stream": True,
+    }
+    times: list[float] = []
+    final: dict[str, Any] = {}
+    started = time.perf_counter()
+    for reply in client.stream("llm", body):
+        if "token" in reply:
+            if reply["token"]:
+                times.append(time.perf_counter())
+        else:
+            final = reply
+    return started, times, final

@@ -4,7 +4,7 @@
     python bench/engines.py --only embed     # the embedding figures alone
 
 Generation (SmolLM2-135M-Instruct Q4_1, greedy, the physical cores as llama.cpp threads):
-- bus:    `aether-box run` in its own process; `llm` op `complete`, streamed, one PARTIAL a token.
+- bus:    `aether-box run` in its own process; `llm` op `complete`, streamed, one PARTIAL a token (pieces that queue while one is sent go together).
 - direct: llama-cpp-python in this process, `Llama.create_completion(stream=True)`, and the
           leanest direct loop, `Llama.generate` + `llama_token_to_piece`.
 Each round runs every path once on a prompt no path has seen (so no KV-cache reuse), and
@@ -57,7 +57,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _box import TOPICS, machine, start_box, stop_box  # noqa: E402
+from _box import TOPICS, machine, start_box, stop_box, stream_completion  # noqa: E402
 
 from aether_box.client import Client  # noqa: E402
 from aether_box.config import Config  # noqa: E402
@@ -207,22 +207,7 @@ class Run:
 
 
 def gen_bus(client: Client, prompt: str, tokens: int) -> Run:
-    body = {
-        "op": "complete",
-        "model": GEN_MODEL,
-        "prompt": prompt,
-        "max_tokens": tokens,
-        "temperature": 0.0,
-        "stream": True,
-    }
-    times: list[float] = []
-    final: dict[str, Any] = {}
-    started = time.perf_counter()
-    for reply in client.stream("llm", body):
-        if "token" in reply:
-            times.append(time.perf_counter())
-        else:
-            final = reply
+    started, times, final = stream_completion(client, GEN_MODEL, prompt, tokens)
     return Run(final["text"], final["usage"]["completion_tokens"], started, times)
 
 

@@ -4,7 +4,7 @@
 
 One `aether-box run` process with the gateway on an ephemeral loopback port. Each path is a
 lean client in this process, on one kept-alive connection:
-- bus:  the `llm` op `complete`, streamed (one PARTIAL a token); `embed` with 4 short texts.
+- bus:  the `llm` op `complete`, streamed (one PARTIAL a token, or the pieces queued meanwhile); `embed` with 4 short texts.
 - http: `POST /v1/completions` streamed as SSE (with `stream_options.include_usage`, for the
         token count); `POST /v1/embeddings` with the same texts, base64 as the `openai`
         client asks by default (floats too, as `embed_float_delta_ms`).
@@ -40,7 +40,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _box import TOPICS, machine, start_box, stop_box  # noqa: E402
+from _box import TOPICS, machine, start_box, stop_box, stream_completion  # noqa: E402
 
 from aether_box.client import Client  # noqa: E402
 from aether_box.config import Config  # noqa: E402
@@ -96,23 +96,7 @@ def prompt(topic: str) -> str:
 
 
 def gen_bus(client: Client, text: str, tokens: int) -> tuple[float, float, int]:
-    body = {
-        "op": "complete",
-        "model": GEN_MODEL,
-        "prompt": text,
-        "max_tokens": tokens,
-        "temperature": 0.0,
-        "stream": True,
-    }
-    times: list[float] = []
-    final: dict[str, Any] = {}
-    started = time.perf_counter()
-    for reply in client.stream("llm", body):
-        if "token" in reply:
-            if reply["token"]:
-                times.append(time.perf_counter())
-        else:
-            final = reply
+    started, times, final = stream_completion(client, GEN_MODEL, text, tokens)
     return _figures(started, times, final["usage"]["completion_tokens"])
 
 

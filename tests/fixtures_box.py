@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -44,6 +45,19 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
             pytest.fail(f"{what} did not happen within {timeout} s")
         time.sleep(0.02)
     return time.monotonic() - started
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of one Prometheus scrape, keyed by (name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @pytest.fixture
@@ -113,8 +127,11 @@ class BoxProcess:
         *extra: str,
         env: dict[str, str] | None = None,
         python: str | os.PathLike[str] = sys.executable,
+        log_path: Path | None = None,
     ) -> None:
+        """`log_path`: where its output goes (default: box-process.log in the data dir)."""
         self.data_dir = data_dir
+        self.log_path = log_path or data_dir / "box-process.log"
         sets = [
             "--set",
             'bus.endpoints=["ipc://{data_dir}/bus.sock", "tcp://127.0.0.1:*"]',
@@ -125,7 +142,7 @@ class BoxProcess:
             "--set",
             f"http.address={TEST_HTTP}",
         ]
-        self.log = open(data_dir / "box-process.log", "w")  # noqa: SIM115
+        self.log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(python), "-m", "aether_box", "--data-dir", str(data_dir), *sets, *extra, "run"],
             stdout=self.log,
@@ -155,7 +172,7 @@ class BoxProcess:
 
     def output(self) -> str:
         self.log.flush()
-        return (self.data_dir / "box-process.log").read_text()
+        return self.log_path.read_text()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.process.poll() is None:
@@ -166,7 +183,7 @@ class BoxProcess:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
-        output = (self.data_dir / "box-process.log").read_text()
+        output = self.log_path.read_text()
         blocked = [line for line in output.splitlines() if "BlockingError" in line]
         assert not blocked, f"the box blocked its event loop: {blocked}\n{output}"
         return self.process.returncode

@@ -6,9 +6,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from fixtures_box import scrape
 from fixtures_engines import Streamer, engines_box, loaded, wait_for
+from rich.console import Console
 
 from aether_box.engines.slots import Slot, choose_slot, common_prefix
+from aether_box.status_view import render_status
 
 MODEL = "smollm2"
 KEY = (MODEL, "generate")
@@ -109,11 +112,13 @@ def test_running_out_of_kv_cells_fails_only_the_request_that_needed_them(models_
     assert stats["kv_cells"] == 256 and stats["slots_busy"] == 0
 
 
-def test_status_reports_slots_queue_cache_and_speed(llm_box):
+def test_status_and_metrics_report_slots_queue_cache_and_speed(llm_box):
     with llm_box.client() as client:
         chat(client, user("Name a colour."), tokens=8)
         entry = loaded(client)[KEY]
-        models = client.status()["models"]
+        report = client.status()
+        models = report["models"]
+        samples = scrape(report["metrics"]["url"])
     stats = entry["scheduler"]
     assert stats["slots"] == models["parallel"] == 4
     assert stats["slots_busy"] + stats["slots_free"] == 4
@@ -122,6 +127,21 @@ def test_status_reports_slots_queue_cache_and_speed(llm_box):
     assert stats["prompt_tokens"] > 0 and stats["prompt_tokens_reused"] >= 0
     assert stats["ttft_ms"] > 0 and stats["step_overhead_ms"] >= 0
     assert stats["aggregate_tokens_per_s"] > 0
+
+    def metric(name: str) -> float:
+        return samples[(f"aether_box_{name}", (("model", MODEL),))]
+
+    assert metric("model_slots") == 4
+    assert metric("model_queue") == 0
+    assert metric("model_kv_cells") == stats["kv_cells"]
+    assert metric("model_generated_tokens_total") >= stats["generated_tokens"]
+    assert metric("model_prompt_tokens_total") >= stats["prompt_tokens"]
+    assert metric("model_tokens_per_second") > 0
+    assert metric("model_time_to_first_token_seconds") > 0
+
+    console = Console(record=True, width=200)
+    render_status(report, console)
+    assert f"{MODEL}: slots 0/4 busy, 0 queued; KV " in console.export_text()
 
 
 # -- slot choice, without a model ----------------------------------------------------------

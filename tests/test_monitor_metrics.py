@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import socket
 import time
-import urllib.request
 
 import pytest
-from fixtures_box import BoxInThread
-from prometheus_client.parser import text_string_to_metric_families
+from fixtures_box import BoxInThread, scrape
 
 from aether_box.client import NotFound
 from aether_box.config import Config
 from aether_box.errors import ConfigError
 from aether_box.monitor.metrics import MetricsComponent
 from aether_box.monitor.settings import MonitorSettings
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of one scrape, keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_a_scrape_counts_requests_errors_and_rejections(box):

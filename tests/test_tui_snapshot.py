@@ -67,6 +67,7 @@ REPORT = {
                 "memory_mb": 236.7,
                 "device": "cpu",
                 "tokens_per_s": 104.2,
+                "scheduler": {"slots": 4, "slots_busy": 2, "queue": 1, "ttft_ms": 38.4},
             },
             {
                 "name": "minilm",

@@ -44,6 +44,7 @@ def test_models_section_as_the_engines_report_it():
                 "memory_mb": 200.0,
                 "device": "cpu",
                 "tokens_per_s": 101.5,
+                "scheduler": {"slots": 4, "slots_busy": 3, "queue": 2, "ttft_ms": 41.6},
             },
             {
                 "name": "smollm2",
@@ -58,7 +59,16 @@ def test_models_section_as_the_engines_report_it():
     rows = model_rows(section)
     assert list(rows) == ["gemma3-270m", "smollm2"]
     cells, tps = rows["smollm2"]
-    assert cells == ("smollm2", "gguf", "loaded (generate, embed)", "256.0 MiB", "101.5", "cpu")
+    assert cells == (
+        "smollm2",
+        "gguf",
+        "loaded (generate, embed)",
+        "256.0 MiB",
+        "101.5",
+        "3/4 +2",
+        "42 ms",
+        "cpu",
+    )
     assert tps == 101.5
     assert rows["gemma3-270m"][0][2:5] == ("installed", "241.5 MiB", "-")
 

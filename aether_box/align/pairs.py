@@ -22,6 +22,7 @@ import numpy as np
 
 from aether_box.align.corpus import corpus_hash
 from aether_box.errors import BadRequest
+from aether_box.private import child_path
 
 __all__ = ["EmbedFn", "PairSet", "VectorCache", "embed_texts", "make_pairs", "model_key"]
 
@@ -47,7 +48,7 @@ class VectorCache:
         self.root = Path(root)
 
     def _paths(self, key: str, corpus: str) -> tuple[Path, Path]:
-        base = self.root / "vectors" / key
+        base = child_path(self.root / "vectors", key)
         return base / f"{corpus[:24]}.npy", base / f"{corpus[:24]}.partial.npy"
 
     def load(self, key: str, corpus: str, n: int) -> np.ndarray | None:
@@ -191,7 +192,7 @@ class PairSet:
 
 def pairs_path(root: Path, source: str, target: str, corpus: str) -> Path:
     """Where the pair set of `corpus` (a corpus hash) from source to target is kept."""
-    return Path(root) / "pairs" / f"{source}__{target}" / f"{corpus[:24]}.npz"
+    return child_path(Path(root) / "pairs", f"{source}__{target}") / f"{corpus[:24]}.npz"
 
 
 async def make_pairs(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,7 +41,7 @@ from aether_box.align.fitting import TextPlan, fit_pair, plan_texts
 from aether_box.align.pairs import PairSet, make_pairs, model_key
 from aether_box.align.settings import AlignSettings
 from aether_box.align.store import ProjectorStore, pair_name
-from aether_box.bus.service import OpService, Request, require
+from aether_box.bus.service import OpService, Request, require_name
 from aether_box.context import BoxContext
 from aether_box.errors import BadRequest, BoxError, TooLarge
 
@@ -119,12 +120,17 @@ class AlignService(OpService):
 
     async def op_project(self, request: Request) -> dict[str, Any]:
         body = request.body
-        source, target = require(body, "from", str), require(body, "to", str)
+        source, target = require_name(body, "from"), require_name(body, "to")
         single = "vector" in body and body.get("vector") is not None
         raw = body.get("vector") if single else body.get("vectors")
         if raw is None:
             raise BadRequest("project needs a 'vector' (d,) or 'vectors' (n, d) float32 array")
-        x = np.asarray(raw, dtype=np.float32)
+        try:  # a list of numbers works too; too large for float32 becomes inf, refused below
+            with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                x = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise BadRequest("'vector' / 'vectors' must be float32 arrays (d,) or (n, d)") from None
         if single:
             x = x.reshape(1, -1)
         if x.ndim != 2 or not len(x):
@@ -202,7 +208,7 @@ class AlignService(OpService):
         return {"projectors": out, "gate": self.settings.gate}
 
     async def op_fidelity(self, request: Request) -> dict[str, Any]:
-        source, target = require(request.body, "from", str), require(request.body, "to", str)
+        source, target = require_name(request.body, "from"), require_name(request.body, "to")
         return await anyio.to_thread.run_sync(self.store.report, source, target)
 
     def status(self) -> dict[str, Any]:
@@ -437,7 +443,7 @@ def _identity(store: Any, name: str) -> str:
 
 
 def _models(body: Mapping[str, Any]) -> tuple[str, str]:
-    return require(body, "from", str), require(body, "to", str)
+    return require_name(body, "from"), require_name(body, "to")
 
 
 def _count(body: Mapping[str, Any], key: str, default: int) -> int:

@@ -19,6 +19,7 @@ from aether_box.align.export import to_onnx
 from aether_box.align.gate import Gate
 from aether_box.align.projectors import Projector
 from aether_box.errors import NotFound
+from aether_box.private import child_path
 
 __all__ = ["ProjectorStore"]
 
@@ -35,7 +36,7 @@ class ProjectorStore:
         self.root = Path(root) / "projectors"
 
     def _dir(self, source: str, target: str) -> Path:
-        return self.root / f"{source}__{target}"
+        return child_path(self.root, f"{source}__{target}")
 
     def save(self, projectors: dict[str, Projector], gate: Gate, report: dict[str, Any]) -> Path:
         """Write every method's weights and ONNX graph, the gate and the report."""

@@ -23,6 +23,7 @@ import anyio
 import zmq
 import zmq.asyncio
 
+from aether_box.bus.failures import failure_error
 from aether_box.bus.protocol import (
     CANCEL_SERVICE,
     CLIENT,
@@ -33,10 +34,12 @@ from aether_box.bus.protocol import (
     WorkerCmd,
     decode_body,
     encode_body,
+    pop_request_id,
     raise_if_error,
-    recv_frames,
+    recv_message,
     send_frames,
 )
+from aether_box.bus.scopes import connection_scope, refusal
 from aether_box.bus.security import CurveKeys, bind_all
 from aether_box.bus.service import Handler, InlineHandler, PartialSender, Request
 from aether_box.bus.settings import BusSettings
@@ -140,6 +143,7 @@ class Broker:
         # Every running local request, so a shutdown can cancel what outlives its grace.
         self._scopes: set[anyio.CancelScope] = set()
         self._router: zmq.Socket | None = None
+        self._peer: zmq.Frame | None = None  # the first frame of the message being handled
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._recheck_scheduled = False
@@ -290,7 +294,7 @@ class Broker:
         try:
             for _ in range(DRAIN_BATCH):
                 try:
-                    frames = recv_frames(self._router)
+                    frames, self._peer = recv_message(self._router)
                 except zmq.Again:
                     return
                 try:
@@ -396,6 +400,11 @@ class Broker:
             )
             return
         name = service.decode("utf-8", "replace")
+        denied = self._refusal(name, body)
+        if denied is not None:
+            self.rejected["forbidden"] += 1
+            self._reply_error(client, legacy, service, denied)
+            return
         if name.startswith("mmi."):
             self._on_mmi(client, legacy, service, body)
             return
@@ -448,13 +457,12 @@ class Broker:
         rid: Any = None
         try:
             body = decode_body(frames)
-            rid = body.pop(RID, None)
+            rid = pop_request_id(body)
             reply = dict(svc.handler(Request(svc.name, body, _no_streaming)) or {})
         except BoxError as exc:
             reply = exc.to_wire()
         except Exception as exc:
-            log.exception("service %s failed", svc.name)
-            reply = BoxError(f"{svc.name} failed: {exc!r}; see the box log").to_wire()
+            reply = failure_error(svc.name, exc).to_wire()
         svc.stats.finished(time.monotonic() - started, error_code(reply))
         self._send_nowait(self._final_frames(svc, client, legacy, service, reply, rid))
 
@@ -497,7 +505,7 @@ class Broker:
             self._scopes.add(scope)
             try:
                 body = decode_body(frames)
-                rid = body.pop(RID, None)
+                rid = pop_request_id(body)
                 if rid is not None:
                     key = (client, rid)
                     self._local[key] = scope
@@ -507,8 +515,7 @@ class Broker:
             except BoxError as exc:
                 reply = exc.to_wire()
             except Exception as exc:
-                log.exception("service %s failed", svc.name)
-                reply = BoxError(f"{svc.name} failed: {exc!r}; see the box log").to_wire()
+                reply = failure_error(svc.name, exc).to_wire()
         self._scopes.discard(scope)
         if key is not None:
             self._local.pop(key, None)
@@ -526,6 +533,12 @@ class Broker:
         svc.stats.finished(time.monotonic() - started, error_code(reply))
         await self._send(self._final_frames(svc, client, legacy, service, reply, rid))
 
+    def _refusal(self, name: str, body: list[FrameBytes]) -> BoxError | None:
+        """The Forbidden error for a request its connection's scope does not allow."""
+        assert self._peer is not None
+        scope, how = connection_scope(self._peer, self.settings.loopback_admin)
+        return refusal(scope, how, name, body[0] if body else b"")
+
     def _on_cancel(
         self, client: bytes, legacy: bool, service: bytes, body: list[FrameBytes]
     ) -> None:
@@ -534,7 +547,12 @@ class Broker:
         except ProtocolError as exc:
             self._reply_error(client, legacy, service, exc)
             return
-        scope = self._local.get((client, request.get("rid")))
+        try:
+            rid = pop_request_id(request, "rid")
+        except ProtocolError as exc:
+            self._reply_error(client, legacy, service, exc)
+            return
+        scope = self._local.get((client, rid))
         if scope is not None:
             scope.cancel()
         reply: dict[str, Any] = {"cancelled": scope is not None}

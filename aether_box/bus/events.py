@@ -2,6 +2,13 @@
 
 A message is two frames: the topic, then a msgpack map. Slow subscribers never stall the
 box: sends never wait, and what a full queue refuses is dropped and counted.
+
+The queue is bounded in bytes, not only in events: an event is at most MAX_EVENT_BYTES (a
+bigger one is dropped and counted under its topic), and each subscriber's queue holds at
+most QUEUE_EVENTS of them, so a subscriber that stops reading costs the box at most
+QUEUE_BYTES. ZeroMQ drops what a slow subscriber's full queue cannot take without telling
+the sender, so every event carries `seq`, one more than the last: a subscriber counts its
+own gaps (the box's `dropped` counts what it refused itself).
 """
 
 from __future__ import annotations
@@ -19,8 +26,13 @@ import zmq
 import zmq.asyncio
 
 from aether_box.bus.security import CurveKeys, bind_all
+from aether_box.logs import capped
 
-__all__ = ["Events", "EventLogHandler"]
+__all__ = ["MAX_EVENT_BYTES", "QUEUE_BYTES", "Events", "EventLogHandler"]
+
+MAX_EVENT_BYTES = 16 * 2**10
+QUEUE_EVENTS = 1000
+QUEUE_BYTES = MAX_EVENT_BYTES * QUEUE_EVENTS  # per subscriber, at most
 
 
 class Events:
@@ -39,9 +51,10 @@ class Events:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._socket.linger = 0
-        self._socket.sndhwm = 1000
+        self._socket.sndhwm = QUEUE_EVENTS
         self.bound = bind_all(self._socket, endpoints, curve, curve_loopback=curve_loopback)
         self.published = 0
+        self.seq = 0
         self.dropped: Counter[str] = Counter()
 
     def publish(self, topic: str, body: Mapping[str, Any]) -> None:
@@ -50,14 +63,17 @@ class Events:
             # zmq sockets belong to one thread: hand the event to the loop's thread.
             self._loop.call_soon_threadsafe(self.publish, topic, dict(body))
             return
+        kind = topic.split(".", 1)[0]
+        payload = msgpack.packb({"ts": time.time(), "seq": self.seq + 1, **body}, default=str)
+        if len(payload) > MAX_EVENT_BYTES:
+            self.dropped[kind] += 1
+            return
         try:
-            self._socket.send_multipart(
-                [topic.encode(), msgpack.packb({"ts": time.time(), **body}, default=str)],
-                flags=zmq.NOBLOCK,
-            )
+            self._socket.send_multipart([topic.encode(), payload], flags=zmq.NOBLOCK)
+            self.seq += 1
             self.published += 1
         except zmq.Again:
-            self.dropped[topic.split(".", 1)[0]] += 1
+            self.dropped[kind] += 1
 
     def close(self) -> None:
         self._socket.close(linger=0)
@@ -74,7 +90,7 @@ class EventLogHandler(logging.Handler):
         try:
             self.events.publish(
                 f"log.{record.levelname.lower()}",
-                {"logger": record.name, "message": record.getMessage()},
+                {"logger": record.name, "message": capped(record.getMessage())},
             )
         except Exception:  # logging must never raise into the caller
             self.handleError(record)

@@ -10,6 +10,7 @@ without copying and read without copying until the body is decoded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ __all__ = [
     "CANCEL_SERVICE",
     "CLIENT",
     "RID",
+    "pop_request_id",
+    "recv_message",
     "ROUTED",
     "WORKER",
     "FrameBytes",
@@ -75,6 +78,9 @@ BYTES_DTYPE = "bytes"
 # bytes value leaves the msgpack map for a frame of its own.
 LARGE_FRAME = zmq.COPY_THRESHOLD
 # Only plain numeric little-endian dtypes travel; anything else is a protocol error.
+# Bounds on a described shape, so that no product or reshape can overflow.
+MAX_DIMS = 8
+MAX_AXIS = 2**31 - 1
 _ALLOWED_DTYPES = frozenset("<f2 <f4 <f8 <i1 <i2 <i4 <i8 |u1 |i1 <u2 <u4 |b1".split())
 
 
@@ -130,15 +136,42 @@ def _decode_frame(spec: Any, frame: FrameBytes) -> tuple[str, np.ndarray | bytes
         return name, bytes(frame)
     if dtype not in _ALLOWED_DTYPES:
         raise ProtocolError(f"array {name!r}: dtype {dtype!r} not allowed; use '<f4'")
-    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
-        raise ProtocolError(f"array {name!r}: shape must be a list of non-negative ints")
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= MAX_DIMS
+        and all(isinstance(n, int) and 0 <= n <= MAX_AXIS for n in shape)
+    ):
+        raise ProtocolError(
+            f"array {name!r}: shape must be a list of at most {MAX_DIMS} ints from 0 to {MAX_AXIS}"
+        )
     array = np.frombuffer(frame, dtype=np.dtype(dtype))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # exact: numpy's int64 product could wrap
     if array.size != expected:
         raise ProtocolError(
             f"array {name!r}: frame holds {array.size} values but shape {shape} needs {expected}"
         )
     return name, array.reshape(shape)
+
+
+def pop_request_id(body: dict[str, Any], key: str = RID) -> int | str | bytes | None:
+    """Remove and return a body's request id: an int, a short string or bytes, or None.
+
+    A request id keys the table of running requests: anything else (a list, a map) is a
+    protocol error, never a crash of the code that looks it up.
+    """
+    rid = body.pop(key, None)
+    if rid is None or (
+        isinstance(rid, (int, str, bytes)) and not isinstance(rid, bool) and _short(rid)
+    ):
+        return rid
+    raise ProtocolError(
+        f"a request id ({key}) must be an integer or a string of at most 64 characters, "
+        f"got {type(rid).__name__}"
+    )
+
+
+def _short(rid: int | str | bytes) -> bool:
+    return len(rid) <= 64 if isinstance(rid, (str, bytes)) else -(2**63) <= rid < 2**64
 
 
 def encode_error(error: BoxError) -> list[bytes | memoryview]:
@@ -193,3 +226,14 @@ def _to_msgpack(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     raise TypeError(f"cannot encode {type(value).__name__} in a message body")
+
+
+def recv_message(socket: zmq.Socket) -> tuple[list[FrameBytes], zmq.Frame]:
+    """Like recv_frames (never waits), and the first frame itself, for its connection's
+    metadata (peer address, the User-Id the ZAP handler gave it)."""
+    first = frame = _recv(socket, _NOBLOCK, False)
+    parts = [frame.bytes if len(frame) < LARGE_FRAME else frame.buffer]
+    while frame.more:
+        frame = _recv(socket, _NOBLOCK, False)
+        parts.append(frame.bytes if len(frame) < LARGE_FRAME else frame.buffer)
+    return parts, first

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ __all__ = [
     "CurveKeys",
     "bind_all",
     "configure_curve_client",
+    "authorize_key",
+    "authorized_scopes",
     "init_keys",
     "is_loopback",
     "keys_dir",
@@ -70,9 +74,59 @@ def init_keys(data_dir: Path, *, force: bool = False) -> Path:
     (root / AUTHORIZED_DIR).mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     zmq.auth.create_certificates(root, "server")
-    client_public, _ = zmq.auth.create_certificates(root, "client")
+    client_public, client_secret = zmq.auth.create_certificates(
+        root,
+        "client",
+        metadata={"scope": "admin"},  # the data dir's own CLI and dashboard
+    )
+    # pyzmq writes them with the umask's mode: secrets are the user's alone, whatever it was.
+    for secret in (root / "server.key_secret", Path(client_secret)):
+        secret.chmod(0o600)
     shutil.copy(client_public, root / AUTHORIZED_DIR / "client.key")
     return root
+
+
+def authorize_key(data_dir: Path, key_file: Path, scope: str, name: str | None = None) -> Path:
+    """Allow the CURVE public key in `key_file` (a zmq certificate) with `scope`."""
+    from aether_box.bus.scopes import SCOPES
+
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
+    try:
+        public, _ = zmq.auth.load_certificate(key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{key_file} is not a CURVE public key file ({exc}); give the peer's .key file "
+            "(made by `aether-box keys init` there: keys/client.key or keys/server.key)"
+        ) from exc
+    name = name or key_file.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ConfigError(f"key name {name!r}: letters, digits, '.', '_' or '-'; use --name")
+    target = keys_dir(data_dir) / AUTHORIZED_DIR / f"{name}.key"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".key.partial")
+    tmp.write_text(
+        f'# authorized by aether-box keys authorize\nmetadata\n    scope = "{scope}"\n'
+        f'curve\n    public-key = "{public.decode()}"\n'
+    )
+    os.replace(tmp, target)
+    return target
+
+
+def authorized_scopes(data_dir: Path) -> dict[bytes, str]:
+    """Each authorized public key (z85) and its scope; a key file without one is `use`."""
+    found: dict[bytes, str] = {}
+    for path in sorted((keys_dir(data_dir) / AUTHORIZED_DIR).glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+            match = _SCOPE_LINE.search(path.read_text())
+        except (OSError, ValueError):
+            continue  # the authenticator skips it too
+        found[public] = match.group(1) if match else "use"
+    return found
+
+
+_SCOPE_LINE = re.compile(r'^\s+scope\s*=\s*"(read|use|admin)"', re.MULTILINE)
 
 
 def server_keys(data_dir: Path) -> CurveKeys | None:

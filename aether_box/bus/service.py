@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aether_box.errors import BadRequest, NotFound
 
-__all__ = ["Handler", "InlineHandler", "OpService", "PartialSender", "Request", "require"]
+__all__ = [
+    "MAX_NAME_CHARS",
+    "Handler",
+    "InlineHandler",
+    "OpService",
+    "PartialSender",
+    "Request",
+    "require",
+    "require_name",
+    "shown",
+]
+
+# Names (models, sessions, peers, projectors) are short words: anything longer is a bad request,
+# refused before it reaches a log line, a file name or a database.
+MAX_NAME_CHARS = 256
+# How much of a value a user sees quoted back in an error message.
+SHOWN_CHARS = 80
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = SHOWN_CHARS
+_SHORT.maxlevel = 2
 
 PartialSender = Callable[[Mapping[str, Any]], Awaitable[None]]
 
@@ -47,7 +68,7 @@ class OpService:
             raise BadRequest(f"{self.name}: the body needs an 'op'; one of {self.ops()}")
         method = getattr(self, f"op_{op}", None)
         if method is None:
-            raise NotFound(f"{self.name} has no op {op!r}; ops: {self.ops()}")
+            raise NotFound(f"{self.name} has no op {shown(op)}; ops: {self.ops()}")
         return await method(request)
 
 
@@ -62,3 +83,20 @@ def require(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) ->
         names = " or ".join(k.__name__ for k in kinds)
         raise BadRequest(f"field {key!r} must be {names}, got {type(value).__name__}")
     return value
+
+
+def require_name(body: Mapping[str, Any], key: str) -> str:
+    """A required name field: a non-empty string of at most MAX_NAME_CHARS characters."""
+    value = require(body, key, str)
+    if not 1 <= len(value) <= MAX_NAME_CHARS:
+        raise BadRequest(
+            f"field {key!r} must be a name of 1 to {MAX_NAME_CHARS} characters, "
+            f"got {len(value)} ({shown(value)})"
+        )
+    return value
+
+
+def shown(value: Any) -> str:
+    """`value` as an error message quotes it: its repr, cut to SHOWN_CHARS characters."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."

@@ -34,6 +34,9 @@ class BusSettings:
     # loopback stays plain, so local apps keep working after `keys init`), "on" (every tcp
     # endpoint, loopback too: local clients then need the data dir's keys) or "off".
     curve: str = setting("auto", choices=("auto", "on", "off"))
+    # Plain tcp on loopback (any local user can connect there) gets the `use` scope; true
+    # gives it `admin` too (memory drop, federation links, ...). See aether_box.bus.scopes.
+    loopback_admin: bool = False
     heartbeat_s: float = setting(2.5, min=0.05, max=3600)
     heartbeat_liveness: int = setting(3, min=1, max=1000)
     queue_limit: int = setting(10_000, min=1)

@@ -50,7 +50,7 @@ import anyio.abc
 import numpy as np
 
 from aether_box.bus.protocol import ROUTED
-from aether_box.bus.service import OpService, Request, require
+from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
 from aether_box.contract import ModelCatalog, PeerDirectory
 from aether_box.engines.generation import Generation, GenerationParams
@@ -198,7 +198,7 @@ class LlmService(ModelService):
     async def op_chat(self, request: Request) -> dict[str, Any]:
         """Reply to `messages` with the model's chat template."""
         body = request.body
-        name = require(body, "model", str)
+        name = require_name(body, "model")
         messages = _messages(body)
         params, stream = generation_params(body)
         async with self.registry.use(name, "generate") as entry:
@@ -210,7 +210,7 @@ class LlmService(ModelService):
     async def op_complete(self, request: Request) -> dict[str, Any]:
         """Continue a raw `prompt`."""
         body = request.body
-        name = require(body, "model", str)
+        name = require_name(body, "model")
         prompt = require(body, "prompt", str)
         params, stream = generation_params(body)
         async with self.registry.use(name, "generate") as entry:
@@ -227,7 +227,7 @@ class LlmService(ModelService):
 
     async def op_load(self, request: Request) -> dict[str, Any]:
         """Load a model now rather than on first use."""
-        name = require(request.body, "model", str)
+        name = require_name(request.body, "model")
         role = request.body.get("role")
         if role is not None and role not in ROLES:
             raise BadRequest(f"field 'role' must be one of {list(ROLES)}, got {role!r}")
@@ -236,7 +236,7 @@ class LlmService(ModelService):
 
     async def op_unload(self, request: Request) -> dict[str, Any]:
         """Unload every instance of a model (after the requests in progress)."""
-        name = require(request.body, "model", str)
+        name = require_name(request.body, "model")
         return {"model": name, "unloaded": await self.registry.unload(name)}
 
     async def _generate(
@@ -286,10 +286,23 @@ class LlmService(ModelService):
         try:
             async with receive:
                 async for item in receive:
-                    if isinstance(item, str):
-                        await request.partial({"token": item})
-                    else:
+                    if not isinstance(item, str):
                         result = item
+                        break
+                    # Pieces that queued while the last one was sent go out as one PARTIAL:
+                    # a loaded box sends fewer, larger messages instead of falling behind.
+                    pieces = [item]
+                    while result is None:
+                        try:
+                            more = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+                        if isinstance(more, str):
+                            pieces.append(more)
+                        else:
+                            result = more
+                    await request.partial({"token": "".join(pieces)})
+                    if result is not None:
                         break
         finally:
             job.cancel()  # a no-op once it has finished
@@ -334,7 +347,7 @@ class EmbedService(ModelService):
     async def op_embed(self, request: Request) -> dict[str, Any]:
         """L2-normalised float32 vectors, one row per text."""
         body = request.body
-        name = require(body, "model", str)
+        name = require_name(body, "model")
         texts = require(body, "texts", list)
         limit = self.registry.settings.max_texts
         if len(texts) > limit:

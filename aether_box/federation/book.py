@@ -18,6 +18,9 @@ __all__ = ["PeerBook", "PeerRecord", "default_name"]
 # Peer names prefix forwarded services (`name/service`): keep them short and plain.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")
 DEFAULT_PORT = 7745
+MAX_ENDPOINT_CHARS = 512
+# sockaddr_un holds 108 bytes with the final NUL: a longer ipc path can never be connected.
+MAX_IPC_PATH_BYTES = 107
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,7 @@ class PeerRecord:
                 f"peer name {self.name!r} must be letters, digits, '.', '_', ':' or '-' "
                 "(it prefixes the services it offers, e.g. 'lab/llm')"
             )
-        if urlsplit(self.endpoint).scheme not in ("tcp", "ipc"):
-            raise BadRequest(
-                f"peer endpoint {self.endpoint!r} must be tcp://host:port (or ipc://path)"
-            )
+        _check_endpoint(self.endpoint)
         if self.server_key is not None and len(self.server_key) != 40:
             raise BadRequest(
                 "server_key must be the peer's z85 public key (40 characters, the `public-key` "
@@ -45,13 +45,43 @@ class PeerRecord:
             )
 
 
+def _check_endpoint(endpoint: str) -> None:
+    """BadRequest unless `endpoint` is one this box could connect to: saved, it is tried forever."""
+    shown = repr(endpoint[:80] + ("..." if len(endpoint) > 80 else ""))
+    usage = "must be tcp://host:port (or ipc://path)"
+    if len(endpoint) > MAX_ENDPOINT_CHARS:
+        raise BadRequest(
+            f"peer endpoint {shown} is over {MAX_ENDPOINT_CHARS} characters; it {usage}"
+        )
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError:
+        raise BadRequest(f"peer endpoint {shown} {usage}") from None
+    if parts.scheme == "tcp" and parts.hostname and port:
+        return
+    if parts.scheme == "ipc":
+        path = endpoint[len("ipc://") :]
+        if path and len(path.encode()) <= MAX_IPC_PATH_BYTES:
+            return
+        raise BadRequest(
+            f"peer endpoint {shown}: an ipc path has 1 to {MAX_IPC_PATH_BYTES} bytes "
+            f"(a socket's limit), this one {len(path.encode())}"
+        )
+    raise BadRequest(f"peer endpoint {shown} {usage}")
+
+
 def default_name(endpoint: str) -> str:
     """A peer's name when the user gives none: its host, and the port unless it is 7745."""
-    parts = urlsplit(endpoint)
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError:  # not an endpoint at all: PeerRecord says what is wrong with it
+        return "peer"
     if parts.scheme != "tcp":
-        return Path(parts.path).stem or "peer"
-    host = (parts.hostname or "peer").strip("[]")
-    return host if parts.port in (None, DEFAULT_PORT) else f"{host}:{parts.port}"
+        return Path(parts.path).stem[:63] or "peer"
+    host = (parts.hostname or "peer").strip("[]")[:56]
+    return host if port in (None, DEFAULT_PORT) else f"{host}:{port}"
 
 
 class PeerBook:
@@ -60,20 +90,28 @@ class PeerBook:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.peers: dict[str, PeerRecord] = {}
+        # Saved links that cannot be used (an older version's, or edited by hand), and why:
+        # reported and skipped, never a reason to stop the component.
+        self.invalid: dict[str, str] = {}
 
     def load(self) -> PeerBook:
         if not self.path.exists():
             return self
         try:
             data = tomllib.loads(self.path.read_text())
-            self.peers = {
-                name: PeerRecord(name, **fields) for name, fields in data.get("peers", {}).items()
-            }
-        except (tomllib.TOMLDecodeError, TypeError, BadRequest) as exc:
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(
                 f"{self.path} is not a valid peers file ({exc}); fix it, or delete it and "
                 "link again with `aether-box link`"
             ) from exc
+        peers = data.get("peers", {})
+        for name, fields in peers.items() if isinstance(peers, dict) else ():
+            try:
+                if not isinstance(fields, dict):
+                    raise TypeError("not a table")
+                self.peers[name] = PeerRecord(name, **fields)
+            except (TypeError, BadRequest) as exc:
+                self.invalid[str(name)] = f"skipped: {exc}; unlink it, and link it again"
         return self
 
     def save(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import zmq
 
 from aether_box.bus.protocol import ROUTED
 from aether_box.bus.security import CurveKeys
@@ -86,13 +87,11 @@ class PeerLink(PeerForwarder):
                 except BoxError as exc:  # cannot even try: say why, stay listed until unlinked
                     self._down(str(exc))
                     await anyio.sleep_forever()
-                async with AsyncClient(  # a peer that is down now may come back: keep watching
-                    self.record.endpoint, timeout=self.settings.refresh_s, curve=curve, check=False
-                ) as client:
-                    self._client = client
-                    while True:
-                        await self._look(client)
-                        await anyio.sleep(self.settings.refresh_s)
+                try:
+                    await self._watch(curve)
+                except zmq.ZMQError as exc:  # an endpoint zmq refuses: report, never crash-loop
+                    self._down(f"cannot connect to {self.record.endpoint[:80]!r}: {exc.strerror}")
+                    await anyio.sleep_forever()
         finally:
             self._client = None
             for local, handler in self._forwarders.items():  # ours only: a new link
@@ -101,6 +100,15 @@ class PeerLink(PeerForwarder):
 
     def close(self) -> None:
         self._scope.cancel()
+
+    async def _watch(self, curve: tuple[CurveKeys, bytes] | Literal[False]) -> None:
+        async with AsyncClient(  # a peer that is down now may come back: keep watching
+            self.record.endpoint, timeout=self.settings.refresh_s, curve=curve, check=False
+        ) as client:
+            self._client = client
+            while True:
+                await self._look(client)
+                await anyio.sleep(self.settings.refresh_s)
 
     def _curve(self) -> tuple[CurveKeys, bytes] | Literal[False]:
         if self.record.server_key is None:

@@ -13,7 +13,7 @@ import anyio
 import anyio.abc
 
 from aether_box.bus.security import CurveKeys, server_keys
-from aether_box.bus.service import OpService, Request, require
+from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
 from aether_box.contract import PeerDirectory
 from aether_box.errors import BadRequest, NotFound
@@ -58,7 +58,11 @@ class FederationComponent(OpService, PeerDirectory):
 
     def describe(self) -> dict[str, Any]:
         """The `peers` section of `status`."""
-        return {"peers": [link.describe() for link in self.links.values()]}
+        invalid = [
+            {"name": name, "state": "invalid", "error": why, "services": [], "models": []}
+            for name, why in self.book.invalid.items()
+        ]
+        return {"peers": [link.describe() for link in self.links.values()] + invalid}
 
     def status_section(self) -> dict[str, Any]:
         return self.describe()
@@ -78,6 +82,7 @@ class FederationComponent(OpService, PeerDirectory):
         name = request.body.get("name") or default_name(endpoint)
         key = request.body.get("server_key")
         record = PeerRecord(str(name), endpoint, key if isinstance(key, str) else None)
+        name = record.name  # checked: a short plain name
         if name in self.book.peers:
             raise BadRequest(
                 f"a peer named {name!r} is already linked ({self.book.peers[name].endpoint}); "
@@ -92,7 +97,10 @@ class FederationComponent(OpService, PeerDirectory):
         return {"linked": link.describe()}
 
     async def op_unlink(self, request: Request) -> dict[str, Any]:
-        name = require(request.body, "name", str)
+        name = require_name(request.body, "name")
+        if self.book.invalid.pop(name, None) is not None:  # saved, never started: forget it
+            await anyio.to_thread.run_sync(self.book.save)
+            return {"unlinked": name}
         if name not in self.book.peers:
             raise NotFound(f"no linked peer {name!r}; linked: {sorted(self.book.peers)}")
         del self.book.peers[name]

@@ -32,6 +32,7 @@ MAX_DEPTH = 8
 MAX_CONDITIONS = 64
 MAX_IN = 1_000
 MAX_FIELD_CHARS = 256
+INT64 = -(2**63)  # the smallest integer SQLite binds; the largest is -INT64 - 1
 
 _COMPARE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _FIELD_OPS = ("$eq", "$ne", *_COMPARE, "$in", "$nin", "$contains", "$exists")
@@ -54,7 +55,7 @@ class Compiled:
 
 def parse_filter(where: Any) -> Mapping[str, Any] | None:
     """A filter given as a map or as JSON text (the CLI's form); None when there is none."""
-    if where is None or where == "":
+    if where is None or (isinstance(where, str) and not where):
         return None
     if isinstance(where, str):
         try:
@@ -183,6 +184,8 @@ def _scalar(value: Any, where: str, *, allow_null: bool = True) -> Scalar:
         return None
     if isinstance(value, float) and not math.isfinite(value):
         raise _error(where, "NaN and infinity cannot be compared")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64 <= value < -INT64:
+        raise _error(where, f"{value} is beyond SQLite's 64-bit integers; write it as a float")
     if isinstance(value, (str, int, float, bool)) and value is not None:
         return value
     raise _error(where, f"expected a string, number or boolean, got {type(value).__name__}")

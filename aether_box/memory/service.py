@@ -52,7 +52,7 @@ import anyio
 import anyio.abc
 import numpy as np
 
-from aether_box.bus.service import OpService, Request, require
+from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
 from aether_box.errors import BadRequest, NotFound, ServiceUnavailable
 from aether_box.memory.core import Memory
@@ -95,7 +95,7 @@ class MemoryService(OpService):
     async def op_create(self, request: Request) -> dict[str, Any]:
         body = request.body
         name = collection_name(require(body, "collection", str))
-        model = require(body, "model", str)
+        model = require_name(body, "model")
         if not model:
             raise BadRequest("model must name the embedding model (or space) of the vectors")
         metric = metric_field(body.get("metric") or self.settings.default_metric)
@@ -248,7 +248,7 @@ class MemoryService(OpService):
         cursor = body.get("cursor") or 0
         if not isinstance(limit, int) or not 1 <= limit <= self.settings.max_batch:
             raise BadRequest(f"limit must be an integer from 1 to {self.settings.max_batch}")
-        if not isinstance(cursor, int) or cursor < 0:
+        if not isinstance(cursor, int) or not 0 <= cursor < 2**63:
             raise BadRequest("cursor must be the 'next' value of the previous page")
         records, vectors, following = await self.memory.page(
             collection.name,

@@ -32,7 +32,8 @@ import apsw
 import numpy as np
 import sqlite_vec
 
-from aether_box.errors import BadRequest, ConfigError, NotFound
+from aether_box.bus.failures import DISK_FULL_HINT, no_space_at
+from aether_box.errors import BadRequest, ConfigError, DiskFull, NotFound
 from aether_box.memory.filters import Compiled
 
 __all__ = ["Collection", "MemoryStore", "Record", "SCHEMA_VERSION"]
@@ -122,10 +123,17 @@ class MemoryStore:
         self._readers: list[apsw.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        # Opened on a full disk: read-only and immutable (SQLite cannot even make the WAL's
+        # index there), so the box starts and answers reads; every write says disk_full.
+        self.frozen = False
         try:
-            self._writer = self._connect(readonly=False)
+            self._conn = self._connect(readonly=False)
             self._migrate()
         except apsw.Error as exc:
+            if no_space_at(self.path.parent):
+                self.frozen = True
+                self._conn = self._connect(readonly=False)  # but _writer refuses writes
+                return
             raise ConfigError(
                 f"cannot open the memory database {self.path}: {exc}; check memory.db and "
                 "its directory, or move the file aside to start with an empty memory"
@@ -140,6 +148,10 @@ class MemoryStore:
             else (apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
         )
         conn = apsw.Connection(str(self.path), flags=flags)
+        if self.frozen:
+            # One connection with an exclusive lock keeps the WAL's index in memory, where no
+            # -shm file could be made: it still reads what the WAL holds.
+            conn.pragma("locking_mode", "exclusive")
         conn.set_busy_timeout(10_000)
         conn.enable_load_extension(True)
         conn.load_extension(sqlite_vec.loadable_path())
@@ -147,7 +159,7 @@ class MemoryStore:
         # Double-quoted strings are identifiers only: a typo can never become a string literal.
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
-        if not readonly:
+        if not readonly and not self.frozen:
             mode = conn.pragma("journal_mode", "wal")
             if str(mode).lower() != "wal":
                 raise ConfigError(
@@ -164,6 +176,10 @@ class MemoryStore:
     @contextmanager
     def reader(self) -> Iterator[apsw.Connection]:
         """A read-only connection holding one read transaction (a consistent snapshot)."""
+        if self.frozen:
+            with self._readers_lock, self._conn:  # one connection: one reader at a time
+                yield self._conn
+            return
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
@@ -179,6 +195,16 @@ class MemoryStore:
             else:
                 self._idle.put(conn)
 
+    @property
+    def _writer(self) -> apsw.Connection:
+        """The connection that writes; DiskFull while the memory is frozen."""
+        if self.frozen:
+            raise DiskFull(
+                "memory: the disk was full when the box started, so the memory is read-only "
+                f"until the box restarts with free space. {DISK_FULL_HINT}"
+            )
+        return self._conn
+
     def close(self) -> None:
         """Close every connection (the writer last, after updating planner statistics)."""
         self._closed = True
@@ -187,10 +213,11 @@ class MemoryStore:
         for conn in readers:
             conn.close()
         try:
-            self._writer.pragma("optimize")
+            if not self.frozen:
+                self._conn.pragma("optimize")
         except apsw.Error:
             pass  # statistics are an optimisation; closing must still happen
-        self._writer.close()
+        self._conn.close()
 
     def _migrate(self) -> None:
         version = self._writer.pragma("user_version")
@@ -207,7 +234,7 @@ class MemoryStore:
 
     def collections(self) -> dict[str, Collection]:
         """Every collection by name."""
-        rows = self._writer.execute(
+        rows = self._conn.execute(
             "SELECT id, name, model, dim, metric, created FROM collections ORDER BY name"
         )
         return {row[1]: Collection(*row) for row in rows}
@@ -215,7 +242,7 @@ class MemoryStore:
     def counts(self) -> dict[int, int]:
         """Record count per collection id."""
         return dict(
-            self._writer.execute(
+            self._conn.execute(
                 "SELECT collection_id, count(*) FROM records GROUP BY collection_id"
             ).fetchall()
         )

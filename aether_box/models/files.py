@@ -70,7 +70,7 @@ def atomic_writer(target: Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; models are ordinary readable files
+        os.chmod(tmp, 0o600)  # the data dir's files are its user's alone (aether_box.private)
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:

@@ -16,6 +16,7 @@ import tomli_w
 
 from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.models.files import PARTIAL_PREFIX, is_gguf
+from aether_box.models.gguf import read_gguf_header
 from aether_box.models.manifest import Manifest, ModelSpec
 
 __all__ = ["ModelInfo", "ModelStore", "REGISTRY"]
@@ -133,6 +134,7 @@ class ModelStore:
                 f"a model called {name!r} is already registered; choose another with --name"
             )
         if is_gguf(source):
+            read_gguf_header(source)  # a truncated or corrupt file is refused, not registered
             entry = {"kind": "gguf", "path": str(source)}
         elif _looks_like_onnx(source):
             from aether_box.models.encoders import register_encoder

@@ -97,7 +97,55 @@ class StatusCollector:
         for topic, count in events["dropped"].items():
             dropped.add_metric([topic], count)
         yield dropped
+        yield from _model_families(report.get("models"))
         yield from _http_families(report.get("http"))
+
+
+# Per loaded generation model: (metric, help, scheduler figure, is a counter).
+_SCHEDULER_FIGURES = (
+    ("model_slots", "Sequences the model's scheduler serves at once", "slots", False),
+    ("model_slots_busy", "Slots generating or reading a prompt now", "slots_busy", False),
+    ("model_queue", "Requests waiting for a free slot", "queue", False),
+    ("model_kv_cells", "KV cache cells of the model's context", "kv_cells", False),
+    ("model_kv_cells_used", "KV cache cells holding tokens now", "kv_cells_used", False),
+    ("model_prompt_tokens", "Prompt tokens asked for", "prompt_tokens", True),
+    (
+        "model_prompt_tokens_reused",
+        "Prompt tokens found in a slot's KV (or a saved state), not read again",
+        "prompt_tokens_reused",
+        True,
+    ),
+    ("model_generated_tokens", "Tokens generated", "generated_tokens", True),
+    (
+        "model_tokens_per_second",
+        "Aggregate tokens/s of the model's recent decode steps, all sequences",
+        "aggregate_tokens_per_s",
+        False,
+    ),
+    (
+        "model_time_to_first_token_seconds",
+        "Median time to first token over recent requests",
+        "ttft_ms",
+        False,
+    ),
+)
+
+
+def _model_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """Each loaded generation model's scheduler figures, labelled by model."""
+    if not section:
+        return
+    loaded = [m for m in section.get("loaded", []) if m.get("scheduler")]
+    for name, doc, key, is_counter in _SCHEDULER_FIGURES:
+        family = (
+            _counter(name, doc, ["model"]) if is_counter else _gauge(name, doc, None, ["model"])
+        )
+        for model in loaded:
+            value = model["scheduler"].get(key)
+            if value is not None:
+                scale = 1000.0 if key == "ttft_ms" else 1.0
+                family.add_metric([model["name"]], value / scale)
+        yield family
 
 
 def _http_families(section: dict[str, Any] | None) -> Iterator[Metric]:

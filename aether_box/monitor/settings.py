@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ class MonitorSettings:
 
     # "host:port" for GET /metrics; "" turns the endpoint off; port 0 picks a free one.
     metrics_address: str = DEFAULT_METRICS_ADDRESS
+    # Serve /metrics on a non-loopback address (it tells anyone who can reach it what the
+    # box runs and how busy it is): refused unless this says so.
+    metrics_public: bool = False
     # Seconds between the observer's looks at the status report (a `metrics.snapshot` each).
     observe_s: float = setting(5.0, min=0.01)
     # A service whose share of error replies in a window reaches this raises an alert...
@@ -39,7 +43,13 @@ class MonitorSettings:
     def resolve(self, data_dir: Path) -> None:
         """Check the values."""
         if self.metrics_address:
-            self.host_and_port()
+            host, _ = self.host_and_port()
+            if not self.metrics_public and not _loopback(host):
+                raise ConfigError(
+                    f"monitor.metrics_address {self.metrics_address!r} is not a loopback "
+                    "address: anyone who reaches it reads the box's models, services and load. "
+                    "Use 127.0.0.1:PORT, or set monitor.metrics_public = true to serve it there"
+                )
 
     def host_and_port(self) -> tuple[str, int]:
         """The address split for binding; a ConfigError says how to write it."""
@@ -50,3 +60,12 @@ class MonitorSettings:
                 f"to turn metrics off; got {self.metrics_address!r}"
             )
         return host.strip("[]"), int(port)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or a wildcard such as 0.0.0.0: not provably loopback

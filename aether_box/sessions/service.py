@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.abc
 
-from aether_box.bus.service import OpService, Request, require
+from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
 from aether_box.contract import ModelCatalog, PeerDirectory
 from aether_box.engines.services import chat_for
@@ -78,7 +78,7 @@ class SessionsComponent(OpService):
         return self._store
 
     async def op_create(self, request: Request) -> dict[str, Any]:
-        model = require(request.body, "model", str)
+        model = require_name(request.body, "model")
         system = require(request.body, "system", str) if "system" in request.body else None
         await self._check_model(model)
         session = await self._run(self.store.create, model, system)
@@ -96,7 +96,7 @@ class SessionsComponent(OpService):
 
     async def op_say(self, request: Request) -> dict[str, Any]:
         body = request.body
-        session_id = require(body, "session", str)
+        session_id = require_name(body, "session")
         text = require(body, "text", str)
         session = await self._run(self.store.get, session_id)
         history = await self._run(self.store.messages, session_id)
@@ -115,7 +115,7 @@ class SessionsComponent(OpService):
         return {**reply, "session": session_id, "messages": count}
 
     async def op_history(self, request: Request) -> dict[str, Any]:
-        session_id = require(request.body, "session", str)
+        session_id = require_name(request.body, "session")
         session = await self._run(self.store.get, session_id)
         messages = await self._run(self.store.messages, session_id)
         return {
@@ -129,5 +129,5 @@ class SessionsComponent(OpService):
         return {"sessions": await self._run(self.store.list)}
 
     async def op_delete(self, request: Request) -> dict[str, Any]:
-        session_id = require(request.body, "session", str)
+        session_id = require_name(request.body, "session")
         return {"deleted": await self._run(self.store.delete, session_id)}

@@ -14,7 +14,8 @@ from typing import Any
 
 import apsw
 
-from aether_box.errors import ConfigError, NotFound
+from aether_box.bus.failures import DISK_FULL_HINT, no_space_at
+from aether_box.errors import ConfigError, DiskFull, NotFound
 
 __all__ = ["SessionStore"]
 
@@ -42,6 +43,7 @@ class SessionStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.frozen = False
         try:
             self._conn = apsw.Connection(str(path))
             self._conn.set_busy_timeout(10_000)
@@ -51,15 +53,28 @@ class SessionStore:
             with self._conn:
                 self._conn.execute(SCHEMA)
         except apsw.Error as exc:
+            if no_space_at(path.parent):  # start anyway, read-only: see MemoryStore.frozen
+                self._conn = apsw.Connection(str(path))  # _check_writable refuses writes
+                self._conn.pragma("locking_mode", "exclusive")  # the WAL index in memory
+                self.frozen = True
+                return
             raise ConfigError(
                 f"cannot open the sessions database {path} ({exc}); move or delete it, "
                 "or set sessions.file"
             ) from exc
 
+    def _check_writable(self) -> None:
+        if self.frozen:
+            raise DiskFull(
+                "session: the disk was full when the box started, so conversations are "
+                f"read-only until the box restarts with free space. {DISK_FULL_HINT}"
+            )
+
     def close(self) -> None:
         self._conn.close()
 
     def create(self, model: str, system: str | None) -> dict[str, Any]:
+        self._check_writable()
         now = time.time()
         session = {"id": uuid.uuid4().hex[:16], "model": model, "system": system}
         with self._conn:
@@ -93,8 +108,16 @@ class SessionStore:
 
     def append(self, session_id: str, turn: list[tuple[str, str]]) -> int:
         """Add a turn's messages in one transaction; returns how many the session now has."""
+        self._check_writable()
         now = time.time()
         with self._conn:
+            if not self._conn.execute(
+                "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+            ).fetchall():
+                raise NotFound(
+                    f"session {session_id!r} was deleted while it answered; the reply was "
+                    "not kept (make a new session with 'create')"
+                )
             (count,) = self._conn.execute(
                 "SELECT count(*) FROM messages WHERE session = ?", (session_id,)
             ).fetchall()[0]
@@ -115,6 +138,7 @@ class SessionStore:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def delete(self, session_id: str) -> bool:
+        self._check_writable()
         with self._conn:
             self._conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             return self._conn.changes() > 0

@@ -249,7 +249,10 @@ def _is_loaded(record: Mapping[str, Any]) -> bool:
 
 
 def model_rows(section: Any) -> dict[str, tuple[Row, float | None]]:
-    """name -> ((name, kind, state, memory or size, tok/s, device), tok/s or None).
+    """name -> ((name, kind, state, memory or size, tok/s, slots, ttft, device), tok/s or None).
+
+    Slots read "busy/all" with "+N" for requests queued behind them, from the generation
+    scheduler's figures; ttft is its recent median time to first token.
 
     A model loaded in several roles (generate, embed) is one row: memory summed, roles listed.
     """
@@ -266,7 +269,10 @@ def model_rows(section: Any) -> dict[str, tuple[Row, float | None]]:
         info[name] = record
         size = _bytes(record, ("size_mb",), ("size_bytes", "size", "bytes"))
         kind = str(pick(record, "kind", "type", default=MISSING))
-        rows[name] = ((name, kind, "installed", fmt_bytes(size), MISSING, MISSING), None)
+        rows[name] = (
+            (name, kind, "installed", fmt_bytes(size), MISSING, MISSING, MISSING, MISSING),
+            None,
+        )
     instances: dict[str, list[dict[str, Any]]] = {}
     for record in loaded:
         instances.setdefault(_name(record), []).append(record)
@@ -282,6 +288,9 @@ def model_rows(section: Any) -> dict[str, tuple[Row, float | None]]:
         speeds = [_number(pick(r, "tokens_per_s", "tok_per_s", "tps")) for r in group]
         tps = next((x for x in speeds if x is not None), None)
         devices = sorted({str(d) for r in group if (d := pick(r, "device", "provider", "backend"))})
+        scheduler = next(
+            (r["scheduler"] for r in group if isinstance(r.get("scheduler"), Mapping)), {}
+        )
         rows[name] = (
             (
                 name,
@@ -289,11 +298,26 @@ def model_rows(section: Any) -> dict[str, tuple[Row, float | None]]:
                 "loaded" + (f" ({', '.join(roles)})" if roles else ""),
                 fmt_bytes(memory),
                 fmt_float(tps),
+                _slots(scheduler),
+                _ms(_number(scheduler.get("ttft_ms"))),
                 ", ".join(devices) or MISSING,
             ),
             tps,
         )
     return dict(sorted(rows.items()))
+
+
+def _slots(scheduler: Mapping[str, Any]) -> str:
+    """ "busy/all", with "+N" when N requests wait for a slot; "-" without a scheduler."""
+    busy, slots = _number(scheduler.get("slots_busy")), _number(scheduler.get("slots"))
+    if busy is None or slots is None:
+        return MISSING
+    queue = _number(scheduler.get("queue")) or 0
+    return f"{busy:.0f}/{slots:.0f}" + (f" +{queue:.0f}" if queue else "")
+
+
+def _ms(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.0f} ms"
 
 
 def memory_rows(section: Any) -> dict[str, Row]:

@@ -1,4 +1,5 @@
-"""Models: installed and loaded, memory, tokens/s, and a sparkline of recent tokens/s."""
+"""Models: installed and loaded, memory, tokens/s, generation slots and time to first token,
+and a sparkline of recent tokens/s."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from aether_box.tui.widgets.section import SectionTable
 
 __all__ = ["ModelsPanel", "MODEL_COLUMNS"]
 
-MODEL_COLUMNS = ("model", "kind", "state", "memory", "tok/s", "device")
+MODEL_COLUMNS = ("model", "kind", "state", "memory", "tok/s", "slots", "ttft", "device")
 
 
 class ModelsPanel(SectionTable):

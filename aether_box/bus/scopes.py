@@ -1,0 +1,122 @@
+"""Access scopes: what a connection to the bus may ask of the box.
+
+Three scopes, each allowing what the one before it does and more:
+
+- ``read``: look (status, lists, search, history);
+- ``use``: work with the box (chat, embed, add to memory, sessions); what most apps need;
+- ``admin``: destroy or reconfigure (memory drop and delete, federation and grid changes,
+  models, projectors and adapters added or removed, tuner actions).
+
+A connection's scope comes from how it reached the box. The ipc socket in the data dir is
+``admin`` (only its user can open it: the data dir is 0700). A CURVE client carries the scope
+its public key was authorized with (`aether-box keys authorize FILE --scope ...`), which the
+ZAP handler hands to the broker as the connection's User-Id. Plain tcp on loopback (any local
+user can connect there) is ``use``, or ``admin`` when ``bus.loopback_admin`` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import zmq
+
+from aether_box.errors import Forbidden
+
+__all__ = [
+    "ADMIN",
+    "READ",
+    "SCOPES",
+    "USE",
+    "connection_scope",
+    "refusal",
+    "required_scope",
+]
+
+READ, USE, ADMIN = "read", "use", "admin"
+SCOPES = (READ, USE, ADMIN)  # in order: each allows what the ones before it do
+_RANK = {scope: rank for rank, scope in enumerate(SCOPES)}
+ANY_OP = "*"
+
+# Ops that only look. Everything not listed here or below needs `use`.
+READ_OPS: Mapping[str, frozenset[str]] = {
+    "status": frozenset({ANY_OP}),
+    "echo": frozenset({ANY_OP}),
+    "memory": frozenset({"collections", "info", "get", "list", "count", "search", "check"}),
+    "session": frozenset({"history", "list"}),
+    "federation": frozenset({"peers"}),
+    "grid": frozenset({"status", "members", "peers"}),
+    "llm": frozenset({"models"}),
+    "router": frozenset({"routes"}),
+    "align": frozenset({"list", "fidelity"}),
+    "adapters": frozenset({"list"}),
+    "tuner": frozenset({"list", "log", "status"}),
+}
+# Ops that destroy or reconfigure.
+ADMIN_OPS: Mapping[str, frozenset[str]] = {
+    "memory": frozenset({"drop", "delete"}),
+    "federation": frozenset({"link", "unlink"}),
+    "grid": frozenset({ANY_OP}),  # but the reads above
+    "models": frozenset({ANY_OP}),
+    "llm": frozenset({"load", "unload"}),
+    "align": frozenset({"delete", "drop"}),
+    "adapters": frozenset({ANY_OP}),
+    "tuner": frozenset({ANY_OP}),
+}
+# What each way in is called in a refusal, so the user knows what to change.
+_HOW = {
+    "ipc": "the data dir's ipc socket",
+    "curve": "a CURVE key authorized with --scope {scope}",
+    "loopback": "plain tcp on loopback",
+}
+
+
+def required_scope(service: str, op: Any) -> str:
+    """The scope that `service`'s `op` needs (forwarded `peer/service` names: their own)."""
+    service = service.rsplit("/", 1)[-1]
+    reads = READ_OPS.get(service, frozenset())
+    if ANY_OP in reads or op in reads:
+        return READ
+    admin = ADMIN_OPS.get(service, frozenset())
+    if ANY_OP in admin or op in admin:
+        return ADMIN
+    return USE
+
+
+def connection_scope(frame: zmq.Frame, loopback_admin: bool) -> tuple[str, str]:
+    """The scope of the connection `frame` arrived on, and how it came (for messages)."""
+    address = frame.get("Peer-Address")
+    if address.startswith("localhost:"):  # libzmq's ipc peer: localhost:uid:gid:pid
+        return ADMIN, "ipc"
+    try:
+        user = frame.get("User-Id")  # set by the ZAP handler: a CURVE key's scope
+    except zmq.ZMQError:
+        user = None
+    if user in _RANK:
+        return user, "curve"
+    return (ADMIN if loopback_admin else USE), "loopback"
+
+
+def refusal(scope: str, how: str, service: str, header: bytes | memoryview) -> Forbidden | None:
+    """None when `scope` allows the request; else the error that says what it needs."""
+    if scope == ADMIN:
+        return None
+    op = None
+    if service.rsplit("/", 1)[-1] in READ_OPS or service.rsplit("/", 1)[-1] in ADMIN_OPS:
+        try:  # only the op is needed; a body that does not decode is refused later anyway
+            body = msgpack.unpackb(header, strict_map_key=False)
+            op = body.get("op") if isinstance(body, dict) else None
+        except Exception:
+            op = None
+    needed = required_scope(service, op)
+    if _RANK[scope] >= _RANK[needed]:
+        return None
+    what = f"{service} {op}" if isinstance(op, str) else service
+    came = _HOW[how].format(scope=scope)
+    return Forbidden(
+        f"{what[:300]} needs the {needed} scope; this connection ({came}) has {scope}. "
+        "Use the ipc socket in the box's data dir, a CURVE key authorized with "
+        f"`aether-box keys authorize FILE --scope {needed}`"
+        + (", or set bus.loopback_admin = true" if how == "loopback" and needed == ADMIN else "")
+    )
