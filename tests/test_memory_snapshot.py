@@ -47,11 +47,14 @@ def test_a_clean_close_saves_the_index_and_a_stale_copy_is_rebuilt(tmp_path):
 
     saved = anyio.run(first_run)
     assert saved.is_file()
-    shutil.copy(saved, tmp_path / "old.npz")
+    shutil.copy(saved, tmp_path / "old.idx")
+    leftover = saved.parent / f".partial-{saved.name}.x1"  # a save cut short by a kill
+    leftover.write_bytes(b"half")
 
     async def second_run():
         memory = Memory(settings(tmp_path))
         await memory.open()
+        assert not leftover.exists()
         index = await memory.index_for(memory.collection("c"))
         assert len(index) == 500 and (await top_ids(memory, query))[0] == "r0"
         await add(memory, 500, 1)  # the copy goes before this write commits
@@ -60,7 +63,7 @@ def test_a_clean_close_saves_the_index_and_a_stale_copy_is_rebuilt(tmp_path):
 
     anyio.run(second_run)
     assert saved.is_file()
-    shutil.copy(tmp_path / "old.npz", saved)  # a copy from before the last write: stale
+    shutil.copy(tmp_path / "old.idx", saved)  # a copy from before the last write: stale
 
     async def third_run():
         memory = Memory(settings(tmp_path))
@@ -87,7 +90,7 @@ def test_writes_after_a_clean_restart_survive_kill_9(data_dir):
             )
     finally:
         assert box.stop() == 0
-    assert list((data_dir / "memory.db.index").glob("c*.npz"))  # saved on the clean stop
+    assert list((data_dir / "memory.db.index").glob("c*.idx"))  # saved on the clean stop
 
     box = BoxProcess(data_dir, *saved_flag)
     try:

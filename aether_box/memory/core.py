@@ -89,6 +89,7 @@ class Memory:
         def work() -> None:
             store = MemoryStore(self.settings.db_path, synchronous=self.settings.synchronous)
             self.store = store
+            self.snapshots.clean()
             self.catalog = store.collections()
             counts = store.counts()
             self.counts = {c.id: counts.get(c.id, 0) for c in self.catalog.values()}

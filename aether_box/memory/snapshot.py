@@ -8,7 +8,9 @@ so the deletion is on disk first), and saves copies when it closes cleanly. Afte
 copy of every collection written since the last clean close is gone, and that index is rebuilt
 from SQLite; a copy that does not match the database's count and last rowid is ignored too.
 
-Layout: ``<db file>.index/c<collection id>.npz`` (numpy arrays; see VectorIndex.arrays).
+Layout: ``<db file>.index/c<collection id>.idx``: one JSON line (format, collection, count,
+last rowid), then the arrays of VectorIndex.arrays as .npy records one after another (no zip:
+zipfile's CRC over 1.9 GB made a 1M-vector save outlast a stop's grace period).
 """
 
 from __future__ import annotations
@@ -17,20 +19,20 @@ import contextlib
 import json
 import logging
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from aether_box.memory.index import VectorIndex
 from aether_box.memory.store import Collection
-from aether_box.models.files import atomic_writer, fsync_dir
+from aether_box.models.files import atomic_writer, fsync_dir, remove_partials
 
 __all__ = ["Snapshots", "SNAPSHOT_FORMAT"]
 
 log = logging.getLogger(__name__)
 # Bump when the saved arrays change meaning, so older copies are rebuilt instead of misread.
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+_ARRAYS = ("rowids", "rows", "codes", "steps")
 
 
 class Snapshots:
@@ -41,36 +43,39 @@ class Snapshots:
         # Collections whose copy is known to be gone: a write needs no unlink then.
         self._absent: set[int] = set()
 
+    def clean(self) -> None:
+        """Delete what saves cut short by a kill left behind."""
+        remove_partials(self.directory)
+
     def path(self, collection_id: int) -> Path:
-        return self.directory / f"c{int(collection_id)}.npz"
+        return self.directory / f"c{int(collection_id)}.idx"
 
     def load(
         self, collection: Collection, count: int, last_rowid: int, quantized_min_rows: int
     ) -> VectorIndex | None:
         """The saved index of `collection` if it is there and matches the database, else None."""
         path = self.path(collection.id)
+        expected = {
+            "format": SNAPSHOT_FORMAT,
+            "dim": collection.dim,
+            "metric": collection.metric,
+            "created": collection.created,
+            "count": count,
+            "last_rowid": last_rowid,
+        }
         try:
-            with np.load(path, allow_pickle=False) as saved:
-                meta = json.loads(bytes(saved["meta"]).decode())
-                expected = {
-                    "format": SNAPSHOT_FORMAT,
-                    "dim": collection.dim,
-                    "metric": collection.metric,
-                    "created": collection.created,
-                    "count": count,
-                    "last_rowid": last_rowid,
-                }
-                if meta != expected:
+            with open(path, "rb") as handle:
+                if json.loads(handle.readline()) != expected:
                     log.info("memory: saved index of %r is stale; rebuilding", collection.name)
                     return None
-                arrays = {name: saved[name] for name in ("rowids", "rows", "codes", "steps")}
+                arrays = {name: np.load(handle, allow_pickle=False) for name in _ARRAYS}
             index = VectorIndex.from_arrays(collection.dim, collection.metric, arrays)
             index.quantized_min_rows = quantized_min_rows
             return index
         except FileNotFoundError:
             self._absent.add(collection.id)
             return None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, KeyError, EOFError) as exc:
             log.warning("memory: saved index %s unreadable (%s); rebuilding", path, exc)
             return None
 
@@ -87,7 +92,9 @@ class Snapshots:
             "last_rowid": int(rowids[-1]) if len(rowids) else 0,
         }
         with atomic_writer(self.path(collection.id)) as handle:
-            np.savez(handle, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+            handle.write(json.dumps(meta).encode() + b"\n")
+            for name in _ARRAYS:
+                np.save(handle, arrays[name], allow_pickle=False)
         self._absent.discard(collection.id)
 
     def has(self, collection_id: int) -> bool:
