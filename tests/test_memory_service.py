@@ -480,6 +480,9 @@ def test_filters_stay_exact_through_the_int8_scan(data_dir):
             create(client)
             _, vectors, metadata = add_sample(client, n=2_000)
             queries = unit_vectors(10, DIM, seed=11)
+            client.request("memory", {"op": "search", "collection": "docs", "vector": queries[0]})
+            collections = client.status()["memory"]["collections"]
+            assert collections["docs"]["index_scan"] == "int8+rescore"
             for where in (None, {"tag": "odd"}, {"year": {"$gte": 2025}}, {"i": {"$in": [7, 9]}}):
                 keep = None if where is None else np.array([_passes(m, where) for m in metadata])
                 for query in queries:

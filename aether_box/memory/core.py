@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -74,8 +74,8 @@ class Memory:
         self.indexes: dict[int, VectorIndex] = {}
         self.snapshots = Snapshots(settings.db_path)
         self.db_bytes = 0
-        # One thread beside the writer's: prepares index rows while SQLite commits.
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="memory-index")
+        # One thread beside the writer's, made by open(): prepares index rows while SQLite writes.
+        self._helper: ThreadPoolExecutor
         self._write_lock = anyio.Lock()
         self._writer = anyio.CapacityLimiter(1)
         self._readers = anyio.CapacityLimiter(settings.readers)
@@ -211,7 +211,7 @@ class Memory:
                         check_keys=check_ids,
                     )
                 finally:
-                    rows = prepared.result() if prepared is not None else vectors
+                    rows = _settled(prepared, vectors)
                 self._sync_index(
                     collection, lambda index: (index.remove(replaced), index.add(rowids, rows))
                 )
@@ -487,6 +487,19 @@ class Memory:
             if self.catalog.get(collection.name) != collection:
                 raise NotFound(f"collection {collection.name!r} was dropped") from None
             raise exc
+
+
+def _settled(prepared: Future[Prepared] | None, vectors: np.ndarray) -> Prepared | np.ndarray:
+    # Waits even when the insert failed, so no preparation outlives its write. A failed one
+    # only means `add` prepares the rows itself (and the index is dropped if that fails too):
+    # it must not fail a write that has committed.
+    if prepared is None:
+        return vectors
+    try:
+        return prepared.result()
+    except Exception:
+        log.exception("memory: preparing index rows failed; adding them unprepared")
+        return vectors
 
 
 def _prepare(index: VectorIndex, vectors: np.ndarray) -> Prepared:

@@ -113,6 +113,11 @@ class VectorIndex:
             )
         )
 
+    @property
+    def quantized(self) -> bool:
+        """Whether searches scan the int8 copy (else the float32 rows alone)."""
+        return self._n >= self.quantized_min_rows
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The live rows as saved beside the database (see snapshot.py): copies, by rowid."""
         with self._lock:
@@ -222,7 +227,7 @@ class VectorIndex:
                 keep[positions] = True
             else:
                 keep = self._alive[:n] if self._dead else None
-            if n >= self.quantized_min_rows:
+            if self.quantized:
                 return self._shortlisted(q, k, keep, query_sqnorm)
             scores = self._score(self._rows[:n], q, slice(0, n))
             if keep is not None:
