@@ -105,8 +105,10 @@ def _export(model_dir: Path, onnx_path: Path) -> None:
     try:
         model = fuse_transformer(model, config)
         int8 = quantize_int8(model)
-    except ImportError as exc:  # an onnxruntime without its Python tools: the plain graph runs
-        log.warning("exporting %s unfused, without an int8 copy: %s", model_dir, exc)
+    except Exception as exc:  # e.g. a frozen app without onnxruntime's Python tools
+        # Fusion and the int8 copy only speed things up: the plain graph gives the same vectors.
+        log.warning("exporting %s unfused, without an int8 copy: %r", model_dir, exc)
+        model = build_bert_graph(weights, config)
     with atomic_writer(onnx_path) as handle:
         handle.write(model.SerializeToString())
     if int8 is not None:
