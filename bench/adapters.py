@@ -85,7 +85,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--noise-prompts", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=48)
+    # llama.cpp threads, here and in the box. On a machine other work keeps busy, fewer threads
+    # than cores is far faster: measured at load 16 on 2 cores, 1 thread decodes 15-30x faster
+    # than 2, whose barrier waits for a thread the OS has descheduled.
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     models_dir = (args.models_dir or Config().get(ModelsSettings).dir).resolve()
@@ -120,6 +124,7 @@ def main() -> None:
             ask(one, 2)
             same.append(ask(one, 2).ttft_s)  # same set as before
             switched.append(ask(two, 2).ttft_s)  # another set than before
+        print(f"switching measured, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
         result["switch_ms"] = round(
             (statistics.median(switched) - statistics.median(same)) * 1000, 2
         )
@@ -135,6 +140,7 @@ def main() -> None:
             base_rates.append(rates[False])
             adapted_rates.append(rates[True])
             ratios.append(rates[True] / rates[False])
+        print(f"decode measured, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
         result["decode_ratio"] = round(statistics.median(ratios), 3)
         result["base_tokens_per_s"] = round(statistics.median(base_rates), 1)
         result["adapter_tokens_per_s"] = round(statistics.median(adapted_rates), 1)
@@ -164,13 +170,14 @@ def main() -> None:
             for tokens, want in zip(token_lists, stacked, strict=True):
                 got = run(engine, lambda d, t=tokens, r=ref: engine.prepare_score(t, [r], d))
                 divergence.add(want, got)
+            print(f"merge {method} measured", file=sys.stderr)
             result[f"merge_kl_{method}"] = round(divergence.summary()["kl_mean"], 6)
             result[f"merge_{method}_energy"] = round(report.energy_mean, 4)
             result[f"merge_{method}_s"] = round(merge_s, 2)
 
         # The noise floor: the base read in one batch against token by token.
         noise = Divergence()
-        for tokens in token_lists[:4]:
+        for tokens in token_lists[: args.noise_prompts]:
             batched = run(engine, lambda d, t=tokens: engine.prepare_score(t, [], d))
             singles = [
                 run(engine, lambda d, t=tokens[: i + 1]: engine.prepare_score(t, [], d))[-1]
@@ -185,7 +192,9 @@ def main() -> None:
         engine.close()
 
     data_dir = work / "box"
-    box, endpoint = start_box(data_dir, f'models.dir="{models_dir}"')
+    box, endpoint = start_box(
+        data_dir, f'models.dir="{models_dir}"', f"engines.n_threads={args.threads}"
+    )
     try:
         with Client(endpoint, data_dir=data_dir, timeout=600) as client:
             client.request(
