@@ -16,7 +16,7 @@ isinstance match, and one that type checkers accept as ``type[T]``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import anyio.abc
@@ -28,17 +28,22 @@ if TYPE_CHECKING:
 
     from aether_box.context import BoxContext
     from aether_box.engines.generation import AdapterRef
+    from aether_box.tools.spec import Tool
 
 __all__ = [
     "AdapterCatalog",
     "AdapterLease",
     "Component",
     "ComponentFactory",
+    "Grid",
     "ModelCatalog",
+    "ModelResidency",
+    "Observations",
     "PeerDirectory",
     "PeerForwarder",
     "StatusReporter",
     "TextScorer",
+    "ToolCatalog",
 ]
 
 
@@ -71,6 +76,36 @@ class ModelCatalog:
         """Return if `model` is installed, else raise NotFound saying what is."""
         raise NotImplementedError
 
+    def installed(self) -> list[str]:
+        """The installed models' names, as last read (no disk access)."""
+        raise NotImplementedError
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: slots, busy, queue and request_s (seconds per request)."""
+        raise NotImplementedError
+
+
+class ModelResidency:
+    """Loaded models and how idle they are; unloads only idle ones (the engines implement it)."""
+
+    def residency(self) -> list[dict[str, Any]]:
+        """Per loaded instance: name, role, memory_mb, idle_s, in_use, requests, load_s."""
+        raise NotImplementedError
+
+    async def unload_if_idle(self, model: str, role: str, idle_s: float) -> int | None:
+        """Unload it if no request holds or waits for it and it has been idle `idle_s`
+        seconds; the bytes freed, or None when it stays loaded."""
+        raise NotImplementedError
+
+
+class Observations:
+    """What the observer notices beyond alerts: the signals the tuner acts on."""
+
+    def signals(self) -> list[dict[str, Any]]:
+        """Current readings, each ``{kind, subject, triggered, seq, figures, message}`` (see
+        aether_box.monitor.watches); `seq` grows each time that signal triggers again."""
+        raise NotImplementedError
+
 
 class PeerForwarder:
     """A linked peer that can serve one request in this box's place."""
@@ -87,6 +122,37 @@ class PeerDirectory:
 
     def peer_for_model(self, service: str, model: str) -> PeerForwarder | None:
         """A peer that answers now and offers `service` with `model` installed."""
+        raise NotImplementedError
+
+
+class Grid:
+    """The grid this box is a member of (the grid component implements it)."""
+
+    def places(self, service: str, model: str) -> bool:
+        """Whether a member that is up offers `service` with `model` (placement applies)."""
+        raise NotImplementedError
+
+    async def place(
+        self,
+        service: str,
+        model: str,
+        request: Request,
+        here: Callable[[Request], Awaitable[Mapping[str, Any] | None]] | None,
+    ) -> Mapping[str, Any]:
+        """Serve `request` on the box with the shortest expected wait for `model` (`here`
+        serves it on this box, None when this box lacks the model), failing over once; the
+        reply says where it ran and why (its "grid" field)."""
+        raise NotImplementedError
+
+    async def ask_members(
+        self, service: str, body: Mapping[str, Any], *, timeout: float
+    ) -> dict[str, Mapping[str, Any] | BaseException]:
+        """Send `body` to `service` on every member at once: each member's reply or error."""
+        raise NotImplementedError
+
+    @property
+    def member_name(self) -> str:
+        """This box's name in the grid."""
         raise NotImplementedError
 
 
@@ -124,4 +190,17 @@ class TextScorer:
         self, model: str, texts: Sequence[str], adapters: Sequence[AdapterRef]
     ) -> list[np.ndarray]:
         """For each text, the logits (n_tokens, n_vocab) at every position."""
+        raise NotImplementedError
+
+
+class ToolCatalog:
+    """The tools the box may call (the tools component implements it)."""
+
+    def callable_tools(self) -> list[Tool]:
+        """The tools that are on, allowed and reachable now."""
+        raise NotImplementedError
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> Any:
+        """Check `arguments` against the tool's schema, call it (with the configured
+        timeout) and return its result; its failure is raised as a BoxError."""
         raise NotImplementedError

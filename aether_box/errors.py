@@ -15,12 +15,14 @@ __all__ = [
     "DiskFull",
     "Forbidden",
     "NoBox",
+    "NotAllowed",
     "NotFound",
     "Overloaded",
     "ProtocolError",
     "ServiceUnavailable",
     "Timeout",
     "TooLarge",
+    "ToolFailed",
     "error_for_code",
 ]
 
@@ -132,6 +134,18 @@ class ConfigError(BoxError):
     code = "config"
 
 
+class NotAllowed(BoxError):
+    """The configuration does not allow this (a tool that is off, private data sent out)."""
+
+    code = "not_allowed"
+
+
+class ToolFailed(BoxError):
+    """A tool answered with an error of its own (a worker's, an MCP server's)."""
+
+    code = "tool_failed"
+
+
 _BY_CODE: dict[str, type[BoxError]] = {
     cls.code: cls
     for cls in (
@@ -150,6 +164,8 @@ _BY_CODE: dict[str, type[BoxError]] = {
         ConfigError,
         AdapterPruned,
         AdapterInUse,
+        NotAllowed,
+        ToolFailed,
     )
 }
 

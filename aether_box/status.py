@@ -37,7 +37,12 @@ class StatusComponent(StatusReporter):
         self.started = time.time()
         self._process: psutil.Process | None = None
         # psutil reads /proc files: done in a worker thread, never on the loop.
-        self._figures: dict[str, Any] = {"cpu_percent": None, "rss_mb": None, "threads": None}
+        self._figures: dict[str, Any] = {
+            "cpu_percent": None,
+            "rss_mb": None,
+            "threads": None,
+            "system_memory_percent": None,
+        }
 
     async def serve(
         self,
@@ -109,6 +114,8 @@ class StatusComponent(StatusReporter):
                 "cpu_percent": self._process.cpu_percent(None),
                 "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
                 "threads": self._process.num_threads(),
+                # The machine's, not the box's: the tuner unloads idle models under pressure.
+                "system_memory_percent": psutil.virtual_memory().percent,
             }
 
 

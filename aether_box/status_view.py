@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_status"]
+__all__ = ["render_status", "tools_line"]
 
 
 def _ms(value: float | None) -> str:
@@ -91,6 +91,13 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     if peers:
         listed = ", ".join(f"{p.get('name')} ({p.get('state')})" for p in peers)
         console.print(f"peers: {listed}")
+    grid = report.get("grid")
+    if isinstance(grid, dict) and grid.get("members"):
+        listed = ", ".join(f"{m.get('name')} ({m.get('state')})" for m in grid["members"])
+        console.print(f"grid: {grid.get('name')} with {listed}")
+        placed = ", ".join(f"{p['box']} {p['count']}" for p in grid.get("placements", []))
+        if placed:
+            console.print(f"  requests placed: {placed}")
     http = report.get("http")
     if isinstance(http, dict) and http.get("keys"):
         keys = ", ".join(
@@ -114,7 +121,24 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
                 f"  probing {probe['running']} {probe.get('done', 0)}/{probe.get('total', '?')}"
                 f", queued {len(probe.get('queued', []))}"
             )
+    tools = report.get("tools")
+    if isinstance(tools, dict):
+        console.print(f"tools: {tools_line(tools)}")
     align = report.get("align")
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"
         console.print(f"projectors: {projectors} (gate {align.get('gate')})")
+
+
+def tools_line(tools: dict[str, Any]) -> str:
+    """The tools section in one line: on or off, how many from where, calls, MCP servers."""
+    if not tools.get("enabled"):
+        return "off (set [tools] enabled = true)"
+    sources = ", ".join(f"{n} {source}" for source, n in tools.get("by_source", {}).items())
+    servers = ", ".join(
+        f"{name} {s.get('state')}" for name, s in tools.get("mcp_servers", {}).items()
+    )
+    line = (
+        f"{tools.get('callable', 0)} callable ({sources or 'none'}), {tools.get('calls', 0)} calls"
+    )
+    return line + (f"; MCP servers: {servers}" if servers else "")

@@ -63,6 +63,7 @@ class Generation:
     ttft_s: float
     tokens_per_s: float
     cached_tokens: int = 0  # prompt tokens found in the slot's KV cache, not computed again
+    nll: float | None = None  # mean negative log-likelihood per generated token (sampled)
 
 
 class TextOut:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
+import math
 import statistics
 import threading
 import time
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 WINDOW = 256
 # Steps one adapter set keeps the context while requests under another set wait.
 ADAPTER_TURN = 8
+# The NLL signal reads every n-th generated token's logits: the mean over them estimates the
+# answer's mean per-token NLL at a half of the cost (a log-sum-exp over the vocabulary).
+NLL_EVERY = 2
 
 
 class Busy(Overloaded):
@@ -111,6 +115,8 @@ class Job:
         self.last = 0.0
         self.out = TextOut(params.stop, on_text)
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.nll_sum = 0.0  # -log p of sampled tokens under the model's raw logits
+        self.nll_n = 0
 
     def cancel(self) -> None:
         """Stop it: the scheduler frees its sequence at its next step (callable from any thread)."""
@@ -131,6 +137,7 @@ class Job:
             first - self.submitted,
             rate,
             self.cached,
+            self.nll_sum / self.nll_n if self.nll_n else None,
         )
 
 
@@ -182,6 +189,9 @@ class Scheduler:
         self._overheads: deque[float] = deque(maxlen=WINDOW)
         self._rates: deque[float] = deque(maxlen=WINDOW)  # tokens/s of steps that generated
         self._ttfts: deque[float] = deque(maxlen=32)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self._nll_s: deque[float] = deque(maxlen=WINDOW)  # CPU time of the NLL, per token
+        self._step_s: deque[float] = deque(maxlen=WINDOW)  # wall time of steps that generated
         self._thread = threading.Thread(target=self._run, name=f"llama-{name}", daemon=True)
         self._thread.start()
 
@@ -244,6 +254,12 @@ class Scheduler:
             "ttft_ms": round(statistics.median(ttfts) * 1000, 1) if ttfts else None,
             "step_overhead_ms": (
                 round(statistics.mean(overheads) * 1000, 3) if overheads else None
+            ),
+            # The NLL signal's cost against the time per generated token (the goal: under 1%).
+            "nll_overhead_percent": (
+                round(100 * statistics.mean(nll) / NLL_EVERY / statistics.mean(steps), 3)
+                if (nll := list(self._nll_s)) and (steps := list(self._step_s))
+                else None
             ),
         }
 
@@ -417,12 +433,18 @@ class Scheduler:
             before = time.thread_time()
             token = job.sampler.sample(self.ctx, index)
             sampling += time.thread_time() - before
+            if job.count % NLL_EVERY == 0:
+                before = time.thread_time()
+                self._nll(job, index, token)
+                self._nll_s.append(time.thread_time() - before)
             produced += 1
             self._on_token(job, token)
         self.steps += 1
         self.generated += produced
         if produced and not chunks:
-            self._rates.append(produced / (time.perf_counter() - started))
+            took = time.perf_counter() - started
+            self._rates.append(produced / took)
+            self._step_s.append(took / produced)
         self._overheads.append(time.thread_time() - cpu_started - cpu_decode - sampling)
 
     def _adapter_group(self, jobs: list[Job]) -> list[Job]:
@@ -463,6 +485,17 @@ class Scheduler:
             result = np.stack(job.scores)
             job.scores = []
             self._end(job, result, drop_kv=False)
+
+    def _nll(self, job: Job, index: int, token: int) -> None:
+        """Add the sampled token's negative log-likelihood under the raw logits (the
+        observer's spike signal): a log-sum-exp over the vocabulary, about 50 us."""
+        if token < 0 or token >= self.n_vocab:
+            return
+        pointer = llama_cpp.llama_get_logits_ith(self.ctx, index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        top = float(logits.max())
+        job.nll_sum += top + math.log(float(np.exp(logits - top).sum())) - float(logits[token])
+        job.nll_n += 1
 
     def _on_token(self, job: Job, token: int) -> None:
         now = time.perf_counter()

@@ -59,7 +59,9 @@ from aether_box.context import BoxContext
 from aether_box.contract import (
     AdapterCatalog,
     AdapterLease,
+    Grid,
     ModelCatalog,
+    ModelResidency,
     PeerDirectory,
     TextScorer,
 )
@@ -84,12 +86,14 @@ log = logging.getLogger(__name__)
 # A model's usual speed (status, the observer's drift alert) comes from answers at least this
 # long: a two-token answer's rate is mostly fixed costs, not a sign of a slow model.
 MIN_TOKENS_FOR_SPEED = 16
+# The NLL signal (aether_box/monitor/watches.py) judges answers of at least this many tokens.
+MIN_TOKENS_FOR_NLL = 8
 
 MAX_STOPS = 16
 REFRESH_S = 10.0
 
 
-class EnginesComponent(ModelCatalog, TextScorer):
+class EnginesComponent(ModelCatalog, ModelResidency, TextScorer):
     """Registers `llm` and `embed`, and the "models" status section."""
 
     name: ClassVar[str] = "engines"
@@ -132,6 +136,12 @@ class EnginesComponent(ModelCatalog, TextScorer):
             return None
         return {**self.registry.status(), "onnx_cuda": self._cuda_note or "available"}
 
+    def installed(self) -> list[str]:
+        return [] if self.registry is None else self.registry.installed_names()
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        return {} if self.registry is None else self.registry.loads()
+
     async def has_model(self, model: str) -> bool:
         return self.registry is not None and await self.registry.has(model)
 
@@ -155,6 +165,27 @@ class EnginesComponent(ModelCatalog, TextScorer):
                 tokens = await registry.run(engine.prompt_tokens, text)
                 out.append(await _score(registry, engine, tokens, adapters))
         return out
+
+    def residency(self) -> list[dict[str, Any]]:
+        if self.registry is None:
+            return []
+        return [
+            {
+                "name": e["name"],
+                "role": e["role"],
+                "memory_mb": e["memory_mb"],
+                "idle_s": e["idle_s"],
+                "in_use": e["in_use"],
+                "requests": e["requests"],
+                "load_s": e["load_s"],
+            }
+            for e in self.registry.status()["loaded"]
+        ]
+
+    async def unload_if_idle(self, model: str, role: str, idle_s: float) -> int | None:
+        if self.registry is None:
+            return None
+        return await self.registry.unload_if_idle(model, role, idle_s)
 
     def _probe(self) -> tuple[ModelStore, bool, int, bool]:
         import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
@@ -234,12 +265,24 @@ class ModelService(OpService):
         self.registry = registry
         self.ctx = ctx
 
+    # The ops that do a model's work: in a grid they go where the wait is shortest.
+    placed_ops: frozenset[str] = frozenset()
+
     async def __call__(self, request: Request) -> Mapping[str, Any] | None:
         routed = request.body.pop(ROUTED, False)
         model = request.body.get("model")
         if not routed and isinstance(model, str) and self.ctx is not None:
+            here = await self.registry.has(model)
+            grid = self.ctx.get(Grid)
+            if (
+                grid is not None
+                and request.body.get("op") in self.placed_ops
+                and grid.places(self.name, model)
+            ):
+                serve_here = super().__call__ if here else None
+                return await grid.place(self.name, model, request, serve_here)
             peers = self.ctx.get(PeerDirectory)
-            if peers is not None and not await self.registry.has(model):
+            if peers is not None and not here:
                 peer = peers.peer_for_model(self.name, model)
                 if peer is not None:
                     return await peer.forward(self.name, request, routed=True)
@@ -250,6 +293,7 @@ class LlmService(ModelService):
     """Chat and completion with GGUF models."""
 
     name = "llm"
+    placed_ops = frozenset({"chat", "complete"})
 
     async def op_chat(self, request: Request) -> dict[str, Any]:
         """Reply to `messages` with the model's chat template."""
@@ -376,6 +420,8 @@ class LlmService(ModelService):
             raise result
         if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
             entry.tokens_per_s = result.tokens_per_s or entry.tokens_per_s
+        if result.nll is not None and result.completion_tokens >= MIN_TOKENS_FOR_NLL:
+            entry.nll_last, entry.nll_answers = result.nll, entry.nll_answers + 1
         if self.ctx is not None:
             self.ctx.events.publish(
                 "metrics.llm",
@@ -384,6 +430,7 @@ class LlmService(ModelService):
                     "completion_tokens": result.completion_tokens,
                     "tokens_per_s": round(result.tokens_per_s, 2),
                     "ttft_s": round(result.ttft_s, 4),
+                    "nll": None if result.nll is None else round(result.nll, 4),
                 },
             )
         return result
@@ -422,6 +469,7 @@ class EmbedService(ModelService):
     """Sentence vectors from ONNX encoders and GGUF models."""
 
     name = "embed"
+    placed_ops = frozenset({"embed"})
 
     async def op_embed(self, request: Request) -> dict[str, Any]:
         """L2-normalised float32 vectors, one row per text."""

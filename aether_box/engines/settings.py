@@ -22,6 +22,9 @@ class EngineSettings:
     # Total for all loaded models (weights, KV cache, compute buffers), as llama.cpp and
     # ONNX Runtime account them; least recently used models are unloaded to stay within it.
     memory_budget_mb: int = 3072
+    # Seconds a loaded model may sit idle before the tuner unloads it (it reloads on its next
+    # request); 0 keeps models loaded until the budget needs room. Ollama's default is 300.
+    keep_alive: float = 900.0
     # Context length of one generation request (prompt plus reply, in tokens).
     n_ctx: int = 2048
     # Requests one generation instance serves at once (continuous batching, one sequence each).
@@ -86,6 +89,8 @@ class EngineSettings:
                 f"(engines.n_ctx = {self.n_ctx}; {self.parallel} sequences"
                 f"{', unified' if self.kv_unified else ''}), or be 0"
             )
+        if self.keep_alive < 0:
+            raise ConfigError(f"engines.keep_alive must be 0 (keep) or more, got {self.keep_alive}")
         if self.n_threads < 0:
             raise ConfigError(f"engines.n_threads must be 0 (auto) or more, got {self.n_threads}")
 

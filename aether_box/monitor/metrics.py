@@ -99,7 +99,38 @@ class StatusCollector:
         yield dropped
         yield from _model_families(report.get("models"))
         yield from _http_families(report.get("http"))
+        yield from _grid_families(report.get("grid"))
         yield from _adapter_families(report.get("adapters"))
+        yield from _tools_families(report.get("tools"), report.get("orchestrate"))
+        yield from _tuner_families(report.get("tuner"))
+
+
+def _grid_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """The grid's members (up, load) and where this box placed requests, and why."""
+    if not section:
+        return
+    up = _gauge("grid_member_up", "1 while a grid member answers heartbeats", None, ["member"])
+    queue = _gauge("grid_member_queue", "Requests queued on a member", None, ["member"])
+    free = _gauge("grid_member_free_slots", "Free generation slots on a member", None, ["member"])
+    for member in section.get("members", []):
+        name = str(member.get("name"))
+        up.add_metric([name], int(member.get("state") == "up"))
+        models = (member.get("load") or {}).get("models") or {}
+        queue.add_metric([name], sum(int(m.get("queue", 0)) for m in models.values()))
+        free.add_metric(
+            [name], sum(int(m.get("slots", 0)) - int(m.get("busy", 0)) for m in models.values())
+        )
+    placed = _counter(
+        "grid_placements", "Requests placed by this box, by box and reason", ["box", "reason"]
+    )
+    for item in section.get("placements", []):
+        placed.add_metric([str(item["box"]), str(item["reason"])], item["count"])
+    failovers = _counter(
+        "grid_failovers", "Placed requests whose box went down, by outcome", ["outcome"]
+    )
+    for outcome, count in (section.get("failovers") or {}).items():
+        failovers.add_metric([outcome], count)
+    yield from (up, queue, free, placed, failovers)
 
 
 def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
@@ -132,6 +163,48 @@ def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
             top1.add_metric([name], a["top1"])
         pruned.add_metric([name], int(a.get("verdict") == "prune"))
     yield from (requests, tokens, speed, kl, top1, pruned)
+
+
+def _tools_families(
+    tools: dict[str, Any] | None, orchestrate: dict[str, Any] | None
+) -> Iterator[Metric]:
+    """The tools service's and the orchestrator's counters (their status sections)."""
+    if tools:
+        available = _gauge("tools", "Tools reachable now, by source", None, ["source"])
+        for source, count in tools["by_source"].items():
+            available.add_metric([source], count)
+        calls = _counter("tool_calls", "Tool calls answered, by tool", ["tool"])
+        for tool, count in tools["calls_by_tool"].items():
+            calls.add_metric([tool], count)
+        failures = _counter("tool_failures", "Tool calls that failed, by error code", ["code"])
+        for code, count in tools["failures"].items():
+            failures.add_metric([code], count)
+        yield from (available, calls, failures)
+    if orchestrate:
+        yield _counter("orchestrate_runs", "Tasks orchestrated", value=orchestrate["runs"])
+        yield _counter("orchestrate_steps", "Tool steps taken", value=orchestrate["steps"])
+
+
+def _tuner_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """The tuner's decisions per action and state, and the signals it watches."""
+    if not section:
+        return
+    actions = _counter(
+        "tuner_actions",
+        "Tuner decisions reaching each state (proposed, applied, rejected, ...), by action",
+        ["action", "state"],
+    )
+    for action, states in section.get("counts", {}).items():
+        for state, count in states.items():
+            actions.add_metric([action, state], count)
+    yield actions
+    yield _gauge("tuner_running", "Tuner actions in progress", len(section.get("running", {})))
+    triggered = _gauge(
+        "signal_triggered", "1 while an observer signal is triggered", None, ["kind", "subject"]
+    )
+    for signal in section.get("signals", []):
+        triggered.add_metric([signal["kind"], signal["subject"]], int(signal["triggered"]))
+    yield triggered
 
 
 # Per loaded generation model: (metric, help, scheduler figure, is a counter).

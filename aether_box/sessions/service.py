@@ -9,6 +9,8 @@ Ops:
   The model sees the system prompt and the newest messages that fit ``sessions.history_chars``.
 - ``history``: ``{"session"}`` -> ``{"session", "model", "system", "messages": [{"role",
   "content", "at"}]}``; ``list`` -> ``{"sessions": [...]}``; ``delete``: ``{"session"}``.
+- ``append``: ``{"session", "messages": [{"role", "content"}]}`` -> ``{"session", "messages"}``
+  keeps messages another service made (an orchestrated task's steps), in one transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import anyio.abc
 
 from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
-from aether_box.contract import ModelCatalog, PeerDirectory
+from aether_box.contract import Grid, ModelCatalog, PeerDirectory
 from aether_box.engines.services import chat_for
 from aether_box.errors import BadRequest
 from aether_box.sessions.settings import SessionSettings
@@ -93,12 +95,16 @@ class SessionsComponent(OpService):
         return {"session": session["id"], "model": model, "adapters": adapters}
 
     async def _check_model(self, model: str) -> None:
-        """NotFound (saying what is installed) unless this box or a linked peer has `model`."""
+        """NotFound (saying what is installed) unless this box, a linked peer or a grid member
+        has `model`."""
         models = self.ctx.get(ModelCatalog)
         if models is None or await models.has_model(model):
             return
         peers = self.ctx.get(PeerDirectory)
         if peers is not None and peers.peer_for_model("llm", model) is not None:
+            return
+        grid = self.ctx.get(Grid)
+        if grid is not None and grid.places("llm", model):
             return
         await models.require_model(model)  # raises NotFound: what is installed, how to add
 
@@ -138,6 +144,22 @@ class SessionsComponent(OpService):
             "system": session["system"],
             "messages": messages,
         }
+
+    async def op_append(self, request: Request) -> dict[str, Any]:
+        session_id = require(request.body, "session", str)
+        messages = require(request.body, "messages", list)
+        turn = []
+        for message in messages:
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise BadRequest("each message must be a map with a role and a text content")
+            turn.append((message["role"], message["content"]))
+        await self._run(self.store.get, session_id)  # NotFound for an unknown session
+        count = await self._run(self.store.append, session_id, turn)
+        return {"session": session_id, "messages": count}
 
     async def op_list(self, request: Request) -> dict[str, Any]:
         return {"sessions": await self._run(self.store.list)}

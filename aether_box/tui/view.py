@@ -421,3 +421,46 @@ def peer_rows(section: Any) -> dict[str, Row]:
             listed or MISSING,
         )
     return rows
+
+
+def grid_rows(section: Any) -> dict[str, Row]:
+    """Grid members as peer rows: (name (grid), state, endpoint, last seen, load and models)."""
+    rows: dict[str, Row] = {}
+    for record in records(section, "members"):
+        name = str(pick(record, "name", default=MISSING))
+        load = record.get("load") if isinstance(record.get("load"), Mapping) else {}
+        models = load.get("models") if isinstance(load.get("models"), Mapping) else {}
+        queue = sum(int(m.get("queue", 0)) for m in models.values() if isinstance(m, Mapping))
+        free = sum(
+            int(m.get("slots", 0)) - int(m.get("busy", 0))
+            for m in models.values()
+            if isinstance(m, Mapping)
+        )
+        offered = ", ".join(str(m) for m in record.get("models") or []) or "no models"
+        rows[f"grid:{name}"] = (
+            f"{name} (grid)",
+            str(pick(record, "state", default=MISSING)),
+            str(pick(record, "endpoint", default=MISSING)),
+            fmt_float(pick(record, "last_seen_s")),
+            f"queue {queue}, free slots {free if models else '-'}; {offered}",
+        )
+    return rows
+
+
+def tuner_rows(section: Any) -> dict[str, Row]:
+    """decision -> (#id, action, subject, state, outcome): the tuner's latest decisions,
+    open proposals first (apply them with `aether-box tuner apply ID`)."""
+    rows: dict[str, Row] = {}
+    decisions = records(section, "recent")
+    decisions.sort(key=lambda d: (d.get("state") != "proposed", -int(d.get("id", 0))))
+    for record in decisions:
+        ident = f"#{pick(record, 'id', default='?')}"
+        outcome = str(pick(record, "outcome", default="") or "")
+        rows[ident] = (
+            ident,
+            str(pick(record, "action", default=MISSING)),
+            str(pick(record, "subject", default=MISSING)),
+            str(pick(record, "state", default=MISSING)),
+            outcome[:60] + ("..." if len(outcome) > 60 else "") or MISSING,
+        )
+    return rows
