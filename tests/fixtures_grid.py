@@ -113,6 +113,8 @@ class GridBox:
             f"grid.name={self.name}",
             "--set",
             f"models.dir={self.models}",
+            "--set",
+            'http.address=""',  # no HTTP gateway: the grid is on the bus
             # One llama.cpp thread per box: on a shared machine, more spin against each other.
             "--set",
             "engines.n_threads=1",

@@ -590,7 +590,9 @@ class Broker:
     def _refusal(self, name: str, body: list[FrameBytes]) -> BoxError | None:
         """The Forbidden error for a request its connection's scope does not allow."""
         assert self._peer is not None
-        scope, how = connection_scope(self._peer, self.settings.loopback_admin)
+        scope, how = connection_scope(
+            self._peer, self.settings.loopback_admin, self.curve is not None
+        )
         return refusal(scope, how, name, body[0] if body else b"")
 
     def _on_cancel(

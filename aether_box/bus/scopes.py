@@ -86,18 +86,23 @@ def required_scope(service: str, op: Any) -> str:
     return USE
 
 
-def connection_scope(frame: zmq.Frame, loopback_admin: bool) -> tuple[str, str]:
-    """The scope of the connection `frame` arrived on, and how it came (for messages)."""
+def connection_scope(frame: zmq.Frame, loopback_admin: bool, curve: bool) -> tuple[str, str]:
+    """The scope of the connection `frame` arrived on, and how it came (for messages).
+
+    `curve`: whether the box runs a ZAP handler at all (without one no frame has a User-Id,
+    and asking for it costs an exception per message).
+    """
     address = frame.get("Peer-Address")
     if address.startswith("localhost:"):  # libzmq's ipc peer: localhost:uid:gid:pid
         return ADMIN, "ipc"
-    try:
-        user = frame.get("User-Id")  # set by the ZAP handler: "SCOPE KEY" (see user_id)
-    except zmq.ZMQError:
-        user = None
-    scope = user.split(" ", 1)[0] if user else None
-    if scope in _RANK:
-        return scope, "curve"
+    if curve:
+        try:
+            user = frame.get("User-Id")  # set by the ZAP handler: "SCOPE KEY" (see user_id)
+        except zmq.ZMQError:
+            user = None
+        scope = user.split(" ", 1)[0] if user else None
+        if scope in _RANK:
+            return scope, "curve"
     return (ADMIN if loopback_admin else USE), "loopback"
 
 
@@ -120,8 +125,11 @@ def refusal(scope: str, how: str, service: str, header: bytes | memoryview) -> F
     """None when `scope` allows the request; else the error that says what it needs."""
     if scope == ADMIN:
         return None
+    own = service.rsplit("/", 1)[-1]
+    if scope == USE and own not in ADMIN_OPS:
+        return None  # every op of it is `use` or less: no need to read the body
     op = None
-    if service.rsplit("/", 1)[-1] in READ_OPS or service.rsplit("/", 1)[-1] in ADMIN_OPS:
+    if own in READ_OPS or own in ADMIN_OPS:
         try:  # only the op is needed; a body that does not decode is refused later anyway
             body = msgpack.unpackb(header, strict_map_key=False)
             op = body.get("op") if isinstance(body, dict) else None

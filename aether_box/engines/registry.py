@@ -427,7 +427,9 @@ class ModelRegistry:
             from aether_box.engines.onnx import OnnxEncoder
 
             device = "cpu" if s.gpu == "off" else "auto"
-            return lambda: OnnxEncoder.load(info.path, device=device, threads=threads)
+            return lambda: OnnxEncoder.load(
+                info.path, device=device, threads=threads, int8=s.onnx_int8
+            )
         raise BadRequest(f"model {info.name!r} is of kind {info.kind!r}, which no engine serves")
 
     async def _drop(self, entry: LoadedModel) -> None:
@@ -463,6 +465,7 @@ class ModelRegistry:
             "gpu": self.settings.gpu,
             "n_gpu_layers": self.settings.n_gpu_layers,
             "n_threads": self.threads,
+            "onnx_int8": self.settings.onnx_int8,
             "n_ctx": self.settings.n_ctx,
             "parallel": self.settings.parallel,
         }

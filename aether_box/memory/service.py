@@ -504,6 +504,8 @@ class MemoryComponent:
             info = memory.info(collection)
             index = memory.indexes.get(collection.id)
             info["index_mb"] = round(index.nbytes / 2**20, 1) if index is not None else None
+            if index is not None:
+                info["index_scan"] = "int8+rescore" if index.quantized else "float32"
             collections[collection.name] = info
         return {
             "db": str(self.settings.db_path),
