@@ -52,7 +52,13 @@ def smollm2_path(model_store) -> Path:  # type: ignore[no-untyped-def]
 def adapter_box(models_dir: Path) -> Iterator[BoxInThread]:
     """A box with the test kit whose fusion probe reads 4 prompts (a quick, coarse probe)."""
     data_dir = Path(tempfile.mkdtemp(prefix="abx-ad-"))
-    overrides = {"models": {"dir": str(models_dir)}, "adapters": {"probe_prompts": 4}}
+    # One llama.cpp thread: on the shared 2-core test machine two threads' barriers wait on a
+    # descheduled thread (measured 15-30x slower at load 16).
+    overrides = {
+        "models": {"dir": str(models_dir)},
+        "adapters": {"probe_prompts": 4},
+        "engines": {"n_threads": 1},
+    }
     running = BoxInThread(data_dir, overrides)
     try:
         yield running

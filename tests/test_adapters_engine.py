@@ -20,7 +20,7 @@ TEXT = "The capital of France is Paris, and the capital of Italy is"
 @pytest.fixture(scope="module")
 def generator(model_store) -> Iterator[LlamaGenerator]:  # type: ignore[no-untyped-def]
     engine = LlamaGenerator.load(
-        model_store.path("smollm2"), n_ctx=256, n_threads=2, n_gpu_layers=0, parallel=2
+        model_store.path("smollm2"), n_ctx=256, n_threads=1, n_gpu_layers=0, parallel=2
     )
     yield engine
     engine.close()
