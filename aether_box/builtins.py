@@ -21,15 +21,18 @@ COMPONENTS = [
     "aether_box.echo:EchoComponent",
     "aether_box.memory.service:MemoryComponent",
     "aether_box.engines.services:EnginesComponent",
+    "aether_box.adapters.service:AdaptersComponent",
     "aether_box.align.service:AlignComponent",
     "aether_box.sessions.service:SessionsComponent",
     "aether_box.router.service:RouterComponent",
     "aether_box.tools.service:ToolsComponent",
     "aether_box.tools.orchestrator:OrchestratorComponent",
     "aether_box.federation.service:FederationComponent",
+    "aether_box.grid.service:GridComponent",
     "aether_box.gateway.component:HttpComponent",
     "aether_box.monitor.metrics:MetricsComponent",
     "aether_box.monitor.observer:ObserverComponent",
+    "aether_box.tuner.component:TunerComponent",
 ]
 
 # Subcommand groups live beside their capability (aether_box/<name>/cli.py).
@@ -39,9 +42,12 @@ COMMANDS = {
     "align": "aether_box.align.cli:align",
     "tui": "aether_box.tui.cli:tui",
     "link": "aether_box.federation.cli:link",
+    "grid": "aether_box.grid.cli:grid",
     "chat": "aether_box.sessions.cli:chat",
+    "adapters": "aether_box.adapters.cli:adapters",
     "tools": "aether_box.tools.cli:tools",
     "mcp": "aether_box.tools.mcp_server:mcp",
+    "tuner": "aether_box.tuner.cli:tuner",
 }
 
 # Config sections that no component declares as its settings_class.

@@ -18,6 +18,7 @@ from aether_box.config import Config
 if TYPE_CHECKING:
     from aether_box.bus.broker import Broker
     from aether_box.bus.events import Events
+    from aether_box.bus.security import AllowList
     from aether_box.contract import Component
 
 __all__ = ["BoxContext", "BoxView"]
@@ -38,8 +39,11 @@ class BoxView:
         components: Callable[[], Iterable[Component]],
         supervision: Callable[[], dict[str, dict[str, Any]]],
         ready: Callable[[], bool],
+        allow_list: AllowList | None = None,
     ) -> None:
         self.broker = broker
+        # The CURVE keys the bus admits, changeable while it runs; None without CURVE.
+        self.allow_list = allow_list
         self.events = events
         self._components = components
         self._supervision = supervision

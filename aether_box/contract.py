@@ -16,7 +16,7 @@ isinstance match, and one that type checkers accept as ``type[T]``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import anyio.abc
@@ -24,16 +24,25 @@ import anyio.abc
 from aether_box.bus.service import Request
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from aether_box.context import BoxContext
+    from aether_box.engines.generation import AdapterRef
     from aether_box.tools.spec import Tool
 
 __all__ = [
+    "AdapterCatalog",
+    "AdapterLease",
     "Component",
     "ComponentFactory",
+    "Grid",
     "ModelCatalog",
+    "ModelResidency",
+    "Observations",
     "PeerDirectory",
     "PeerForwarder",
     "StatusReporter",
+    "TextScorer",
     "ToolCatalog",
 ]
 
@@ -67,6 +76,36 @@ class ModelCatalog:
         """Return if `model` is installed, else raise NotFound saying what is."""
         raise NotImplementedError
 
+    def installed(self) -> list[str]:
+        """The installed models' names, as last read (no disk access)."""
+        raise NotImplementedError
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: slots, busy, queue and request_s (seconds per request)."""
+        raise NotImplementedError
+
+
+class ModelResidency:
+    """Loaded models and how idle they are; unloads only idle ones (the engines implement it)."""
+
+    def residency(self) -> list[dict[str, Any]]:
+        """Per loaded instance: name, role, memory_mb, idle_s, in_use, requests, load_s."""
+        raise NotImplementedError
+
+    async def unload_if_idle(self, model: str, role: str, idle_s: float) -> int | None:
+        """Unload it if no request holds or waits for it and it has been idle `idle_s`
+        seconds; the bytes freed, or None when it stays loaded."""
+        raise NotImplementedError
+
+
+class Observations:
+    """What the observer notices beyond alerts: the signals the tuner acts on."""
+
+    def signals(self) -> list[dict[str, Any]]:
+        """Current readings, each ``{kind, subject, triggered, seq, figures, message}`` (see
+        aether_box.monitor.watches); `seq` grows each time that signal triggers again."""
+        raise NotImplementedError
+
 
 class PeerForwarder:
     """A linked peer that can serve one request in this box's place."""
@@ -86,11 +125,71 @@ class PeerDirectory:
         raise NotImplementedError
 
 
+class Grid:
+    """The grid this box is a member of (the grid component implements it)."""
+
+    def places(self, service: str, model: str) -> bool:
+        """Whether a member that is up offers `service` with `model` (placement applies)."""
+        raise NotImplementedError
+
+    async def place(
+        self,
+        service: str,
+        model: str,
+        request: Request,
+        here: Callable[[Request], Awaitable[Mapping[str, Any] | None]] | None,
+    ) -> Mapping[str, Any]:
+        """Serve `request` on the box with the shortest expected wait for `model` (`here`
+        serves it on this box, None when this box lacks the model), failing over once; the
+        reply says where it ran and why (its "grid" field)."""
+        raise NotImplementedError
+
+    async def ask_members(
+        self, service: str, body: Mapping[str, Any], *, timeout: float
+    ) -> dict[str, Mapping[str, Any] | BaseException]:
+        """Send `body` to `service` on every member at once: each member's reply or error."""
+        raise NotImplementedError
+
+    @property
+    def member_name(self) -> str:
+        """This box's name in the grid."""
+        raise NotImplementedError
+
+
 class StatusReporter:
     """The box's own description of itself (the status component implements it)."""
 
     def report(self) -> dict[str, Any]:
         """Everything `status` answers: process, services, counters, sections."""
+        raise NotImplementedError
+
+
+class AdapterLease:
+    """The adapters one request runs with, held until it ends (a held adapter is not removed)."""
+
+    refs: tuple[AdapterRef, ...] = ()
+
+    def release(self, tokens: int = 0, tokens_per_s: float = 0.0) -> None:
+        """The request ended, having generated `tokens` at `tokens_per_s`."""
+        raise NotImplementedError
+
+
+class AdapterCatalog:
+    """LoRA adapters kept by this box (the adapters component implements it)."""
+
+    async def lease(self, model: str, specs: Sequence[Mapping[str, Any]]) -> AdapterLease:
+        """Resolve a request's ``adapters`` field (``[{"name", "scale"?, "force"?}]``) for
+        `model`: NotFound, BadRequest or AdapterPruned (saying why) when it cannot run."""
+        raise NotImplementedError
+
+
+class TextScorer:
+    """Teacher-forced logits of texts under an adapter set (the engines component)."""
+
+    async def score(
+        self, model: str, texts: Sequence[str], adapters: Sequence[AdapterRef]
+    ) -> list[np.ndarray]:
+        """For each text, the logits (n_tokens, n_vocab) at every position."""
         raise NotImplementedError
 
 

@@ -104,6 +104,18 @@ class CorruptModel(BoxError):
     code = "corrupt_model"
 
 
+class AdapterPruned(BoxError):
+    """The fusion log judged an adapter harmful to the base model; a request must force it."""
+
+    code = "adapter_pruned"
+
+
+class AdapterInUse(BoxError):
+    """An adapter cannot be removed while requests run with it."""
+
+    code = "adapter_in_use"
+
+
 class Forbidden(BoxError):
     """The connection's access scope does not allow the op (see aether_box.bus.scopes)."""
 
@@ -150,6 +162,8 @@ _BY_CODE: dict[str, type[BoxError]] = {
         DiskFull,
         Forbidden,
         ConfigError,
+        AdapterPruned,
+        AdapterInUse,
         NotAllowed,
         ToolFailed,
     )

@@ -37,7 +37,12 @@ class StatusComponent(StatusReporter):
         self.started = time.time()
         self._process: psutil.Process | None = None
         # psutil reads /proc files: done in a worker thread, never on the loop.
-        self._figures: dict[str, Any] = {"cpu_percent": None, "rss_mb": None, "threads": None}
+        self._figures: dict[str, Any] = {
+            "cpu_percent": None,
+            "rss_mb": None,
+            "threads": None,
+            "system_memory_percent": None,
+        }
 
     async def serve(
         self,
@@ -76,6 +81,12 @@ class StatusComponent(StatusReporter):
         }
         report["data_dir"] = str(self.ctx.data_dir)
         report["curve"] = view.broker.curve is not None
+        # What each way in may do (aether_box.bus.scopes); refusals: rejected["forbidden"].
+        report["access"] = {
+            "ipc": "admin",
+            "loopback_tcp": "admin" if view.broker.settings.loopback_admin else "use",
+            "curve": "the key's scope",
+        }
         report["components"] = view.supervision()
         for component in view.components():
             section = getattr(component, "status_section", None)
@@ -109,6 +120,8 @@ class StatusComponent(StatusReporter):
                 "cpu_percent": self._process.cpu_percent(None),
                 "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
                 "threads": self._process.num_threads(),
+                # The machine's, not the box's: the tuner unloads idle models under pressure.
+                "system_memory_percent": psutil.virtual_memory().percent,
             }
 
 

@@ -130,6 +130,29 @@ REPORT = {
             },
         ]
     },
+    "tuner": {  # as the tuner component reports it
+        "modes": {"unload": "auto", "refit_projector": "propose"},
+        "counts": {"unload": {"applying": 1, "applied": 1}},
+        "running": {},
+        "signals": [],
+        "recent": [
+            {
+                "id": 2,
+                "action": "refit_projector",
+                "subject": "smollm2->minilm",
+                "state": "proposed",
+                "outcome": None,
+            },
+            {
+                "id": 1,
+                "action": "unload",
+                "subject": "smollm2:generate",
+                "state": "applied",
+                "outcome": "unloaded; it reloads on its next request",
+            },
+        ],
+        "proposed": [],
+    },
 }
 
 EVENTS = [

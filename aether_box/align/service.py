@@ -14,6 +14,11 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     pairs     from, to, [texts | corpus | collection] -> {n, cached, corpus, from_key, to_key}
     fit       from, to, [texts | corpus | collection], [methods], [max_pairs], [test_pairs],
               [out_of_domain] -> the fit report (see `aether_box.align.fitting.fit_pair`)
+    refit     from, to, collection, [holdout], [max_loss] -> {candidate, before, after,
+              promote, verdict, pairs, took_s}: a candidate fitted on the served projector's
+              pairs plus the collection's new texts, judged by aether_box.align.refit's rule
+    promote   from, to, candidate -> {projector, previous}: serve it; the old one is kept
+    rollback  from, to, version -> {projector, restored, previous}: serve a kept version
 
 `pairs` and `fit` stream PARTIAL progress: ``{"stage": "embed", "model", "done", "total"}``
 and ``{"stage": "fit", "step", "fraction"}``. Texts come from `texts` (a list), a built-in
@@ -39,6 +44,7 @@ from aether_box.align.corpus import BUILTIN_SETS, load_set
 from aether_box.align.export import OnnxProjector
 from aether_box.align.fitting import TextPlan, fit_pair, plan_texts
 from aether_box.align.pairs import PairSet, make_pairs, model_key
+from aether_box.align.refit import refit, split_new
 from aether_box.align.settings import AlignSettings
 from aether_box.align.store import ProjectorStore, pair_name
 from aether_box.bus.service import OpService, Request, require_name
@@ -301,9 +307,103 @@ class AlignService(OpService):
                 lambda: fit_pair(parts, plan, self.settings, methods, send)
             )
             report["pairs"].update(from_key=keys[source], to_key=keys[target], cached=all(cached))
-            await anyio.to_thread.run_sync(self.store.save, projectors, gate, report)
+            kept = {"fit": parts["fit"], "in_domain": parts["in_domain"]}
+            await anyio.to_thread.run_sync(self.store.save, projectors, gate, report, kept)
         self.served.pop(pair_name(source, target), None)  # serve the new one from now on
         return report
+
+    # ----------------------------------------------------------------- refits (the tuner's)
+
+    async def op_refit(self, request: Request) -> dict[str, Any]:
+        """Fit a candidate from a collection's new texts and judge it (aether_box.align.refit);
+        nothing is served differently until `promote`."""
+        body = request.body
+        source, target = _models(body)
+        name = require_name(body, "collection")
+        max_loss = body.get("max_loss", 0.01)
+        if isinstance(max_loss, bool) or not isinstance(max_loss, int | float) or max_loss < 0:
+            raise BadRequest(f"'max_loss' must be a number >= 0, got {max_loss!r}")
+        started = time.monotonic()
+        report = await anyio.to_thread.run_sync(self.store.report, source, target)
+        served = await anyio.to_thread.run_sync(
+            self.store.projector, source, target, report["best"]
+        )
+        old_fit = await anyio.to_thread.run_sync(self.store.pairs, source, target, "fit")
+        standard = await anyio.to_thread.run_sync(self.store.pairs, source, target, "in_domain")
+        texts, vectors, model = await self._collection(name)
+        if model != target:
+            raise BadRequest(
+                f"collection {name!r} holds {model!r} vectors, not {target!r}'s; refit "
+                f"the projector into {model!r} instead"
+            )
+        known = set(old_fit.texts) | set(standard.texts)
+        holdout = body.get("holdout", 0.2)
+        if isinstance(holdout, bool) or not isinstance(holdout, int | float):
+            raise BadRequest(f"'holdout' must be a share from 0.05 to 0.5, got {holdout!r}")
+        if not 0.05 <= holdout <= 0.5:
+            raise BadRequest(f"'holdout' must be a share from 0.05 to 0.5, got {holdout!r}")
+        fit_idx, held_idx = split_new(texts, known, float(holdout), self.settings.test_pairs)
+        picked = [texts[i] for i in (*fit_idx, *held_idx)]
+        keys = await self._keys(source, target)
+        pairs, _ = await make_pairs(
+            self._embed,
+            source,
+            target,
+            picked,
+            self.settings.dir,
+            keys,
+            self._progress(request),
+            vectors[[*fit_idx, *held_idx]],
+            self.settings.embed_chunk,
+        )
+        new_fit = pairs.subset(list(range(len(fit_idx))))
+        new_held = pairs.subset(list(range(len(fit_idx), len(picked))))
+        send = _ThreadProgress(request)
+        candidate = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
+        async with self._fit_limiter:
+            result, report, projectors, gate, kept = await anyio.to_thread.run_sync(
+                lambda: refit(
+                    served,
+                    old_fit,
+                    standard,
+                    new_fit,
+                    new_held,
+                    self.settings,
+                    f"refit:collection:{name}",
+                    float(max_loss),
+                    send,
+                )
+            )
+            report["pairs"].update(from_key=keys[source], to_key=keys[target])
+            await anyio.to_thread.run_sync(
+                lambda: self.store.save(projectors, gate, report, kept, candidate)
+            )
+        return {
+            **result,
+            "candidate": candidate,
+            "collection": name,
+            "took_s": round(time.monotonic() - started, 2),
+        }
+
+    async def op_promote(self, request: Request) -> dict[str, Any]:
+        """Serve a refit's candidate; the served projector is kept for `rollback`."""
+        source, target = _models(request.body)
+        candidate = require_name(request.body, "candidate")
+        async with self._load_lock:
+            previous = await anyio.to_thread.run_sync(self.store.promote, source, target, candidate)
+            self.served.pop(pair_name(source, target), None)  # serve the new one from now on
+        log.info("align: %s promoted candidate %s", pair_name(source, target), candidate)
+        return {"projector": pair_name(source, target), "previous": previous}
+
+    async def op_rollback(self, request: Request) -> dict[str, Any]:
+        """Serve a kept version again (the one served now is kept in its turn)."""
+        source, target = _models(request.body)
+        version = require_name(request.body, "version")
+        async with self._load_lock:
+            shelved = await anyio.to_thread.run_sync(self.store.restore, source, target, version)
+            self.served.pop(pair_name(source, target), None)
+        log.info("align: %s rolled back to %s", pair_name(source, target), version)
+        return {"projector": pair_name(source, target), "restored": version, "previous": shelved}
 
     async def _plan(self, body: Mapping[str, Any], target: str, *, standard: bool) -> TextPlan:
         texts, corpus, collection = body.get("texts"), body.get("corpus"), body.get("collection")

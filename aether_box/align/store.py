@@ -2,14 +2,20 @@
 
 Each pair dir holds ``<method>.npz`` (numpy weights) and ``<method>.onnx`` (the projection
 alone) for every method, ``served.onnx`` (the best method with its gate: what `align project`
-runs), ``gate.npz`` and ``report.json``: every method's fidelity, which one is served, the
-gate's calibration and where the pairs came from.
+runs), ``gate.npz``, ``report.json`` (every method's fidelity, which one is served, the
+gate's calibration and where the pairs came from) and ``pairs-fit.npz`` /
+``pairs-in_domain.npz``: the pairs it was fitted and judged on, which a refit starts from.
+
+A refit (the tuner's) writes a candidate under ``candidates/<id>/``; promoting it moves the
+served files to ``history/<version>/`` first, so a rollback can bring them back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +23,9 @@ import onnx
 
 from aether_box.align.export import to_onnx
 from aether_box.align.gate import Gate
+from aether_box.align.pairs import PairSet
 from aether_box.align.projectors import Projector
-from aether_box.errors import NotFound
+from aether_box.errors import BadRequest, NotFound
 from aether_box.private import child_path
 
 __all__ = ["ProjectorStore"]
@@ -38,11 +45,23 @@ class ProjectorStore:
     def _dir(self, source: str, target: str) -> Path:
         return child_path(self.root, f"{source}__{target}")
 
-    def save(self, projectors: dict[str, Projector], gate: Gate, report: dict[str, Any]) -> Path:
-        """Write every method's weights and ONNX graph, the gate and the report."""
+    def save(
+        self,
+        projectors: dict[str, Projector],
+        gate: Gate,
+        report: dict[str, Any],
+        pairs: dict[str, PairSet] | None = None,
+        candidate: str | None = None,
+    ) -> Path:
+        """Write every method's weights and ONNX graph, the gate, the pairs and the report
+        (the report last: a dir without one is unfinished). `candidate`: under candidates/."""
         first = next(iter(projectors.values()))
         where = self._dir(first.source, first.target)
+        if candidate is not None:
+            where = where / "candidates" / candidate
         where.mkdir(parents=True, exist_ok=True)
+        for part, pair_set in (pairs or {}).items():
+            pair_set.save(where / f"pairs-{part}.npz")
         best = report["best"]
         graphs = {f"{m}.onnx": to_onnx(p) for m, p in projectors.items()}
         graphs["served.onnx"] = to_onnx(projectors[best], gate)
@@ -95,3 +114,53 @@ class ProjectorStore:
     def gate(self, source: str, target: str) -> Gate:
         """The gate calibrated for this pair."""
         return Gate.load(self._dir(source, target) / "gate.npz")
+
+    def pairs(self, source: str, target: str, part: str) -> PairSet:
+        """The pairs the served projector was fitted (`fit`) or judged (`in_domain`) on."""
+        path = self._dir(source, target) / f"pairs-{part}.npz"
+        if not path.is_file():
+            raise BadRequest(
+                f"the projector {source}->{target} was fitted before projectors kept their "
+                f"pairs; fit it again (`aether-box align fit --from {source} --to {target}`) "
+                "so that it can be refitted"
+            )
+        return PairSet.load(path)
+
+    def promote(self, source: str, target: str, candidate: str) -> str:
+        """Serve candidate `candidate`; the served files go to history. Returns their version."""
+        where = self._dir(source, target)
+        found = child_path(where / "candidates", candidate)
+        if not (found / "report.json").is_file():
+            raise NotFound(f"no finished candidate {candidate!r} for {source}->{target}")
+        version = self._shelve(where)
+        self._move_files(found, where)
+        shutil.rmtree(found, ignore_errors=True)
+        return version
+
+    def restore(self, source: str, target: str, version: str) -> str:
+        """Serve history `version` again; the served files go to history. Returns their version."""
+        where = self._dir(source, target)
+        found = child_path(where / "history", version)
+        if not (found / "report.json").is_file():
+            kept = sorted(p.name for p in (where / "history").glob("*")) or "none"
+            raise NotFound(f"no kept version {version!r} of {source}->{target} (kept: {kept})")
+        shelved = self._shelve(where)
+        self._move_files(found, where)
+        shutil.rmtree(found, ignore_errors=True)
+        return shelved
+
+    def _shelve(self, where: Path) -> str:
+        version = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
+        self._move_files(where, where / "history" / version)
+        return version
+
+    @staticmethod
+    def _move_files(source: Path, dest: Path) -> None:
+        """Move the plain files of `source` into `dest`, report.json last (it marks whole)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        files = sorted(
+            (p for p in source.iterdir() if p.is_file()), key=lambda p: p.name == "report.json"
+        )
+        (dest / "report.json").unlink(missing_ok=True)
+        for path in files:
+            os.replace(path, dest / path.name)

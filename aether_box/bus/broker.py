@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from aether_box.bus.protocol import (
     recv_message,
     send_frames,
 )
-from aether_box.bus.scopes import connection_scope, refusal
+from aether_box.bus.scopes import connection_key, connection_scope, refusal
 from aether_box.bus.security import CurveKeys, bind_all
 from aether_box.bus.service import Handler, InlineHandler, PartialSender, Request
 from aether_box.bus.settings import BusSettings
@@ -152,6 +152,8 @@ class Broker:
         self._recheck_scheduled = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.bound: list[str] = []
+        # CURVE keys (z85) whose messages are dropped (AllowList.revoked; empty without CURVE).
+        self.refused: Container[str] = ()
 
     # ----------------------------------------------------------------- registry
 
@@ -346,6 +348,9 @@ class Broker:
                     frames, self._peer = recv_message(self._router)
                 except zmq.Again:
                     return
+                if self.refused and connection_key(self._peer) in self.refused:
+                    self.rejected["revoked"] += 1  # a key revoked since it connected
+                    continue
                 try:
                     self._dispatch(frames)
                 except Exception:  # a bug here must cost one message, never the broker
@@ -585,7 +590,9 @@ class Broker:
     def _refusal(self, name: str, body: list[FrameBytes]) -> BoxError | None:
         """The Forbidden error for a request its connection's scope does not allow."""
         assert self._peer is not None
-        scope, how = connection_scope(self._peer, self.settings.loopback_admin)
+        scope, how = connection_scope(
+            self._peer, self.settings.loopback_admin, self.curve is not None
+        )
         return refusal(scope, how, name, body[0] if body else b"")
 
     def _on_cancel(

@@ -62,6 +62,18 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     tokens_per_s: float | None = None
     items_per_s: float | None = None
+    nll_last: float | None = None  # mean per-token NLL of its latest answer (8 tokens or more)
+    nll_answers: int = 0
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds since a request last let go of it."""
+        return time.monotonic() - self.last_used
+
+    def idle_for(self, seconds: float) -> bool:
+        """No request holds, waits for or runs on it, and none has for `seconds`."""
+        in_use = self.users or self.active or self.lock.locked() or self.closing
+        return not in_use and self.engine is not None and self.idle_s >= seconds
 
     @property
     def shared(self) -> bool:
@@ -84,11 +96,17 @@ class LoadedModel:
             "busy": busy,
             "queued": waiting,
             "requests": self.requests,
-            "idle_s": round(time.monotonic() - self.last_used, 1),
+            "idle_s": round(self.idle_s, 1),
+            "in_use": self.users + self.active,
             "load_s": round(self.load_s, 3),
             "gpu_layers": getattr(self.engine, "offloaded", None),  # "31/31" or None
             "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
             "texts_per_s": None if self.items_per_s is None else round(self.items_per_s, 1),
+            "nll": (
+                None
+                if self.nll_last is None
+                else {"last": round(self.nll_last, 4), "answers": self.nll_answers}
+            ),
             **({"scheduler": extra} if extra else {}),
         }
 
@@ -101,6 +119,11 @@ def probe_llama_gpu(settings: EngineSettings, gpu: bool) -> bool:
 
     # Status reports where each model's buffers actually went (llama.cpp's own account).
     return gpu_offload_supported()
+
+
+# A request's length in tokens, to turn a model's tokens/s into seconds per request for
+# placement (only the ratio between boxes matters, so a typical answer is enough).
+PLACEMENT_TOKENS = 64
 
 
 class ModelRegistry:
@@ -138,6 +161,34 @@ class ModelRegistry:
             self.store.installed, limiter=self._threads
         )
         return self._installed
+
+    def installed_names(self) -> list[str]:
+        """The installed models' names, as last read (no disk access)."""
+        return [m.name for m in self._installed]
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: its slots, busy slots, queue and seconds per request (the grid
+        places requests by these; see aether_box.grid.placement)."""
+        out: dict[str, dict[str, Any]] = {}
+        for entry in self._loaded.values():
+            stats = getattr(entry.engine, "stats", None)
+            if stats is not None:  # a generation scheduler: its own slots and queue
+                figures = stats()
+                slots, busy, queue = figures["slots"], figures["slots_busy"], figures["queue"]
+                rate = entry.tokens_per_s and entry.tokens_per_s / PLACEMENT_TOKENS
+            else:  # one request at a time, the rest wait for its lock
+                slots, busy = 1, entry.active
+                queue = entry.lock.statistics().tasks_waiting
+                rate = entry.items_per_s
+            load = out.setdefault(
+                entry.name, {"slots": 0, "busy": 0, "queue": 0, "request_s": None}
+            )
+            load["slots"] += slots
+            load["busy"] += busy
+            load["queue"] += queue
+            if rate:
+                load["request_s"] = round(1 / rate, 4)
+        return out
 
     async def has(self, name: str) -> bool:
         """Whether model `name` is installed here (looking again if it was not last time)."""
@@ -232,6 +283,21 @@ class ModelRegistry:
                         raise
                     roles.append(role)
         return roles
+
+    async def unload_if_idle(self, name: str, role: str, idle_s: float) -> int | None:
+        """Unload one instance only if no request holds or waits for it and none has used it
+        for `idle_s` seconds; the bytes freed, or None when it stayed.
+
+        The check and the removal happen without an await between them, so a request either
+        got the instance before (and it stays) or finds it gone and loads it again.
+        """
+        async with self._admin:
+            entry = self._loaded.get((name, role))
+            if entry is None or not entry.idle_for(idle_s):
+                return None
+            log.info("unloading %s (%s): idle %.0f s", name, role, entry.idle_s)
+            await self._drop(entry)
+            return entry.memory_bytes
 
     async def close(self) -> None:
         """Unload everything (at shutdown)."""
@@ -361,7 +427,9 @@ class ModelRegistry:
             from aether_box.engines.onnx import OnnxEncoder
 
             device = "cpu" if s.gpu == "off" else "auto"
-            return lambda: OnnxEncoder.load(info.path, device=device, threads=threads)
+            return lambda: OnnxEncoder.load(
+                info.path, device=device, threads=threads, int8=s.onnx_int8
+            )
         raise BadRequest(f"model {info.name!r} is of kind {info.kind!r}, which no engine serves")
 
     async def _drop(self, entry: LoadedModel) -> None:
@@ -397,6 +465,7 @@ class ModelRegistry:
             "gpu": self.settings.gpu,
             "n_gpu_layers": self.settings.n_gpu_layers,
             "n_threads": self.threads,
+            "onnx_int8": self.settings.onnx_int8,
             "n_ctx": self.settings.n_ctx,
             "parallel": self.settings.parallel,
         }

@@ -88,13 +88,11 @@ class HttpComponent:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         mcp_app, mcp_sessions = None, None
         if settings.mcp:
-            from aether_box.tools.mcp_server import http_endpoint
+            from aether_box.tools import mcp_server
 
-            # In a thread: the first use imports the mcp SDK (file reads, seconds on a
-            # loaded machine), which the event loop must not wait on.
-            mcp_app, mcp_sessions = await anyio.to_thread.run_sync(
-                http_endpoint, ctx.call, str(host)
-            )
+            # The mcp SDK's first import reads files (pydantic, zoneinfo): off the loop.
+            await anyio.to_thread.run_sync(mcp_server.import_sdk)
+            mcp_app, mcp_sessions = mcp_server.http_endpoint(ctx.call, str(host))
         self.gateway = Gateway(ctx, self.keyring, require_key=self.require_key, mcp_app=mcp_app)
 
         config = HypercornConfig()

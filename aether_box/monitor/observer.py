@@ -20,15 +20,26 @@ import anyio
 import numpy as np
 
 from aether_box.context import BoxContext
-from aether_box.contract import StatusReporter
-from aether_box.errors import ServiceUnavailable
+from aether_box.contract import Observations, StatusReporter
+from aether_box.engines.settings import EngineSettings
+from aether_box.errors import BoxError, ServiceUnavailable
 from aether_box.monitor.settings import MonitorSettings
+from aether_box.monitor.watches import (
+    AlignWatch,
+    DriftWatch,
+    NllWatch,
+    ResidencyWatch,
+    RouterWatch,
+    Signals,
+)
 
 __all__ = ["ObserverComponent", "SpeedWatch", "Window", "compare"]
 
 log = logging.getLogger(__name__)
 
 KEPT_ALERTS = 50
+# Signals that are also alerts (idle models and memory pressure are routine, not news).
+ALERTING = ("align", "drift", "nll", "router")
 
 
 @dataclass
@@ -149,14 +160,15 @@ class SpeedWatch:
                             f"{self.settings.alert_speed_ratio:.0%} of its usual {usual:.1f}: "
                             "the machine may be busy (see cpu_percent in status) or short of "
                             "memory",
+                            "figures": {"tokens_per_s": speed, "usual": round(usual, 2)},
                         }
                     )
             earlier.append(float(speed))
         return alerts
 
 
-class ObserverComponent:
-    """Watches the status report and publishes snapshots and alerts."""
+class ObserverComponent(Observations):
+    """Watches the status report and publishes snapshots, alerts and the tuner's signals."""
 
     name: ClassVar[str] = "observer"
     settings_class: ClassVar[type | None] = MonitorSettings
@@ -168,6 +180,14 @@ class ObserverComponent:
         self.alerts: deque[dict[str, Any]] = deque(maxlen=KEPT_ALERTS)
         self.speeds = SpeedWatch(self.settings)
         self._last_said: dict[tuple[str, str], float] = {}
+        s = self.settings
+        self.keep_alive = ctx.config.get(EngineSettings).keep_alive
+        self.table = Signals()
+        self.residency = ResidencyWatch(self.table)
+        self.align = AlignWatch(self.table, s.align_pass_min, s.align_min_projections)
+        self.drift = DriftWatch(self.table, s.drift_min_texts, s.drift_p_value)
+        self.nll = NllWatch(self.table, s.nll_mad, s.nll_after)
+        self.router = RouterWatch(self.table, s.router_fallback_max, s.router_min_decisions)
 
     async def serve(
         self,
@@ -188,13 +208,44 @@ class ObserverComponent:
             window = compare(before, after, now - then)
             before, then = after, now
             ctx.events.publish("metrics.snapshot", window.snapshot())
-            for alert in [
-                *alerts_for(window, self.settings),
-                *self.speeds.update(after.get("models")),
-            ]:
+            slow = self.speeds.update(after.get("models"))
+            for alert in [*alerts_for(window, self.settings), *slow]:
                 self._raise(alert, now)
+            for alert in slow:  # the tuner's signal too: it proposes what to do about it
+                self.table.set(
+                    "slow", alert["subject"], True, alert["figures"], alert["message"], edge=False
+                )
+            await self._watch(after, now)
+
+    async def _watch(self, report: dict[str, Any], now: float) -> None:
+        """Update the tuner's signals; a triggered one that a user should see is an alert."""
+        before = {(x["kind"], x["subject"]): x["seq"] for x in self.table.all()}
+        self.residency.update(report, self.keep_alive, self.settings.memory_pressure_percent)
+        self.align.update(report.get("align"))
+        self.nll.update(report.get("models"))
+        self.router.update(report.get("router"))
+        try:
+            await self.drift.update(report.get("memory"), self.ctx.call)
+        except BoxError as exc:  # a collection dropped mid-read: next look starts again
+            log.info("drift watch: %s", exc)
+        for signal in self.table.all():
+            news = signal["seq"] != before.get((signal["kind"], signal["subject"]))
+            if news and signal["triggered"] and signal["kind"] in ALERTING:
+                self._raise(
+                    {
+                        "kind": signal["kind"],
+                        "subject": signal["subject"],
+                        "message": signal["message"],
+                    },
+                    now,
+                )
+
+    def signals(self) -> list[dict[str, Any]]:
+        """The tuner's signals (see aether_box.monitor.watches)."""
+        return self.table.all()
 
     def _raise(self, alert: dict[str, Any], now: float) -> None:
+        alert = {k: v for k, v in alert.items() if k != "figures"}
         key = (alert["kind"], alert["subject"])
         if now - self._last_said.get(key, -float("inf")) < self.settings.alert_every_s:
             return  # said recently: a persistent problem is one alert a while, not a flood

@@ -39,6 +39,25 @@ class MonitorSettings:
     alert_speed_after: int = setting(5, min=1)
     # The same alert (kind and subject) is raised at most once in this many seconds.
     alert_every_s: float = setting(60.0, min=0)
+    # Signals the tuner acts on (aether_box/monitor/watches.py):
+    # a collection's drift is tested once this many new texts arrived...
+    drift_min_texts: int = setting(50, min=5)
+    # ...and called a shift at this permutation p-value or under (200 permutations).
+    drift_p_value: float = setting(0.01, min=0.001, max=1)
+    # A projector whose gate passes less than this share of a window's queries...
+    align_pass_min: float = setting(0.7, min=0, max=1)
+    # ...judged on at least this many queries.
+    align_min_projections: int = setting(20, min=1)
+    # A model's per-token NLL above its rolling median by this many MADs is a spike.
+    nll_mad: float = setting(3.0, min=0.5)
+    # ...once it has this many earlier answers to know what usual is.
+    nll_after: int = setting(10, min=3)
+    # The router's share of messages taking the default route, in a window, that is news...
+    router_fallback_max: float = setting(0.5, min=0, max=1)
+    # ...judged on at least this many messages.
+    router_min_decisions: int = setting(20, min=1)
+    # The machine's memory in use (percent) from which idle models are unloaded.
+    memory_pressure_percent: float = setting(92.0, min=1, max=100)
 
     def resolve(self, data_dir: Path) -> None:
         """Check the values."""

@@ -1,12 +1,19 @@
 """The `router` service: pick a route for a message by meaning, and chat through it.
 
 Ops:
-- ``route``: ``{"text"}`` -> ``{"route", "model", "score", "scores": {route: cosine}}``. A
-  route's score is the best cosine between the message and one of its examples (embedded
-  once with ``router.embed_model``); below ``router.min_score`` everywhere, the default route.
+- ``route``: ``{"text"}`` -> ``{"route", "model", "score", "scores": {route: cosine},
+  "message_id"}``. A route's score is the best cosine between the message and one of its
+  examples (embedded once with ``router.embed_model``); a route whose score is below its
+  threshold (``router.min_score`` unless refitted) is not taken; none left: the default.
 - ``chat``: ``{"messages" | "text", "stream"?, ...sampling}`` -> the llm chat reply of the
-  chosen route's model (its system prompt first, if it has one), plus ``route`` and ``score``.
-- ``routes``: the configured routes.
+  chosen route's model (its system prompt first, if it has one), plus ``route``, ``score``
+  and ``message_id``.
+- ``feedback``: ``{"message_id", "route", "good"}``: whether `route` was right for it.
+- ``refit``: new per-route thresholds from the feedback (aether_box.router.feedback), not
+  applied: ``{promote, verdict, before, after, min_score: {route: threshold}}``.
+- ``threshold``: ``{"min_score": number | {route: number}}`` applies thresholds now ->
+  ``{"previous"}``.
+- ``routes``: the configured routes and the thresholds in force.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
 from aether_box.engines.services import chat_for
 from aether_box.errors import BadRequest
+from aether_box.router.feedback import DecisionLog, refit_thresholds
 from aether_box.router.settings import RouterSettings
 
 __all__ = ["RouterComponent", "choose"]
@@ -30,16 +38,23 @@ OWN_FIELDS = ("op", "text", "messages")
 
 
 def choose(
-    query: np.ndarray, examples: dict[str, np.ndarray], min_score: float, default: str
+    query: np.ndarray,
+    examples: dict[str, np.ndarray],
+    min_score: float | dict[str, float],
+    default: str,
 ) -> tuple[str, float, dict[str, float]]:
-    """(route, score, every route's score) for one L2-normalised query vector."""
+    """(route, score, every route's score) for one L2-normalised query vector; `min_score`
+    is one threshold for all routes or one per route."""
     scores = {
         name: float((vectors @ query).max()) if len(vectors) else float("-inf")
         for name, vectors in examples.items()
     }
-    best = max(scores, key=scores.__getitem__, default=default)
-    if scores.get(best, float("-inf")) < min_score:
-        best = default
+
+    def limit(name: str) -> float:
+        return min_score if isinstance(min_score, int | float) else min_score[name]
+
+    passing = {name: s for name, s in scores.items() if s >= limit(name)}
+    best = max(passing, key=passing.__getitem__, default=default)
     score = scores.get(best, float("-inf"))
     shown = {name: round(s, 4) for name, s in scores.items() if s != float("-inf")}
     return best, round(score, 4) if score != float("-inf") else 0.0, shown
@@ -56,6 +71,8 @@ class RouterComponent(OpService):
         self.settings = ctx.config.get(RouterSettings)
         self._examples: dict[str, np.ndarray] | None = None
         self._embedding = anyio.Lock()
+        self.log = DecisionLog()
+        self.thresholds = {name: self.settings.min_score for name in self.settings.routes}
 
     async def serve(
         self,
@@ -72,6 +89,47 @@ class RouterComponent(OpService):
             "default": self.settings.default,
             "embed_model": self.settings.embed_model,
             "min_score": self.settings.min_score,
+            "thresholds": dict(self.thresholds),
+        }
+
+    async def op_feedback(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        good = body.get("good")
+        if not isinstance(good, bool):
+            raise BadRequest("'good' must be true or false")
+        label = self.log.feedback(
+            require(body, "message_id", str), require(body, "route", str), good
+        )
+        return {"route": label.route, "score": round(label.score, 4), "good": label.good,
+                "feedback": len(self.log.labels)}  # fmt: skip
+
+    async def op_refit(self, request: Request) -> dict[str, Any]:
+        found = refit_thresholds(list(self.log.labels), self.thresholds)
+        return {**found, "min_score": found.pop("thresholds")}
+
+    async def op_threshold(self, request: Request) -> dict[str, Any]:
+        wanted = request.body.get("min_score")
+        if isinstance(wanted, int | float) and not isinstance(wanted, bool):
+            wanted = {name: float(wanted) for name in self.thresholds}
+        if not isinstance(wanted, dict) or not all(
+            name in self.thresholds and isinstance(v, int | float) and -1 <= v <= 1
+            for name, v in wanted.items()
+        ):
+            raise BadRequest(
+                f"'min_score' must be a cosine from -1 to 1, or a map from routes "
+                f"{sorted(self.thresholds)} to one"
+            )
+        previous = dict(self.thresholds)
+        self.thresholds.update({k: float(v) for k, v in wanted.items()})
+        return {"previous": previous, "min_score": dict(self.thresholds)}
+
+    def status_section(self) -> dict[str, Any]:
+        """The "router" section of `status`: decisions, fallbacks, feedback, thresholds."""
+        return {
+            "decisions": self.log.total,
+            "fallbacks": self.log.fallbacks,
+            "feedback": len(self.log.labels),
+            "min_score": dict(self.thresholds),
         }
 
     async def op_route(self, request: Request) -> dict[str, Any]:
@@ -92,17 +150,27 @@ class RouterComponent(OpService):
         route = self.settings.routes[chosen["route"]]
         if route.get("system"):
             messages = [{"role": "system", "content": route["system"]}, *messages]
-        reply = await chat_for(self.ctx, request, route["model"], messages, OWN_FIELDS)
-        return {**reply, "route": chosen["route"], "score": chosen["score"]}
+        reply = await chat_for(
+            self.ctx, request, route["model"], messages, OWN_FIELDS, adapters=route.get("adapters")
+        )
+        return {
+            **reply,
+            "route": chosen["route"],
+            "score": chosen["score"],
+            "message_id": chosen["message_id"],
+        }
 
     async def _route(self, text: str) -> dict[str, Any]:
         examples = await self._example_vectors()
         (query,) = await self._embed([text])
-        route, score, scores = choose(
-            query, examples, self.settings.min_score, self.settings.default
-        )
+        route, score, scores = choose(query, examples, self.thresholds, self.settings.default)
         model = self.settings.routes[route]["model"]
-        return {"route": route, "model": model, "score": score, "scores": scores}
+        fallback = route == self.settings.default and not any(
+            s >= self.thresholds[name] for name, s in scores.items()
+        )
+        ident = self.log.add(route, scores, fallback)
+        return {"route": route, "model": model, "score": score, "scores": scores,
+                "message_id": ident}  # fmt: skip
 
     async def _example_vectors(self) -> dict[str, np.ndarray]:
         async with self._embedding:  # the first requests wait for one embedding, not several

@@ -79,6 +79,13 @@ def build_server(call: Call) -> Any:
     return server
 
 
+def import_sdk() -> None:
+    """Import the mcp SDK's server parts (their first import reads files: call it off the
+    event loop, before http_endpoint)."""
+    import mcp.server.mcpserver  # noqa: F401
+    import mcp.server.streamable_http_manager  # noqa: F401
+
+
 def http_endpoint(call: Call, host: str) -> tuple[Any, Any]:
     """(ASGI app for /mcp, the session manager to run while it serves)."""
     from mcp.server.streamable_http_manager import StreamableHTTPASGIApp

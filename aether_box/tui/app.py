@@ -27,12 +27,15 @@ from aether_box.tui.screens.search import SearchScreen
 from aether_box.tui.view import (
     History,
     RateTracker,
+    adapter_rows,
+    grid_rows,
     memory_rows,
     model_rows,
     peer_rows,
     projector_rows,
     scalars,
     service_rows,
+    tuner_rows,
 )
 from aether_box.tui.widgets.health import HealthPanel
 from aether_box.tui.widgets.logtail import LogTail
@@ -56,6 +59,7 @@ SERVICE_COLUMNS = (
 MEMORY_COLUMNS = ("collection", "model", "dim", "count", "index")
 PROJECTOR_COLUMNS = ("projector", "method", "top-1 in", "top-1 out", "uses", "proxied", "agreement")
 PEER_COLUMNS = ("peer", "state", "endpoint", "seen s", "services")
+TUNER_COLUMNS = ("decision", "action", "subject", "state", "outcome")
 DEFAULT_CHAT_MODEL = "smollm2"
 
 
@@ -118,6 +122,9 @@ class BoxApp(App[None]):
                     "projectors", PROJECTOR_COLUMNS, id="projectors", empty="no projectors fitted"
                 )
                 yield SectionTable("peers", PEER_COLUMNS, id="peers", empty="no linked peers")
+                yield SectionTable(
+                    "tuner", TUNER_COLUMNS, id="tuner", empty="no tuner decisions yet"
+                )
             yield LogTail(id="log", now=self.now)
         yield Footer()
 
@@ -128,7 +135,7 @@ class BoxApp(App[None]):
         self.models_panel = self.query_one(ModelsPanel)
         self.panels = {
             name: self.query_one(f"#{name}", SectionTable)
-            for name in ("services", "memory", "projectors", "peers")
+            for name in ("services", "memory", "projectors", "peers", "tuner")
         }
         for panel in (self.models_panel, *self.panels.values()):
             panel.show_unavailable("waiting for the box…")
@@ -178,7 +185,11 @@ class BoxApp(App[None]):
         self._show_models(report)
         self._show_section("memory", report, memory_rows)
         self._show_section("projectors", report, projector_rows, key="align")
-        self._show_section("peers", report, peer_rows)
+        # Linked peers and grid members share the panel: both are other boxes.
+        self._show_section(
+            "peers", report, lambda section: {**peer_rows(section), **grid_rows(report.get("grid"))}
+        )
+        self._show_section("tuner", report, tuner_rows)
 
     def on_box_event(self, message: BoxEvent) -> None:
         self.events_seen += 1
@@ -202,7 +213,8 @@ class BoxApp(App[None]):
             if tps is not None:
                 self.record_speed(name, tps)
         panel.show_rows(
-            {name: cells for name, (cells, _) in rows.items()},
+            {name: cells for name, (cells, _) in rows.items()}
+            | adapter_rows(report.get("adapters")),
             _summary(section, skip=("loaded", "installed", "models")),
         )
 

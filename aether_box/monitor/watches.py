@@ -1,0 +1,369 @@
+"""The observer's signals beyond alerts: what the tuner acts on.
+
+Each watch turns what the box reports into readings ``{kind, subject, triggered, seq,
+figures, message}``, kept in one `Signals` table; `seq` grows each time a signal goes from
+calm to triggered (a condition that lasts is one piece of news), so a reader acts once.
+
+- idle: a loaded model nobody has used for `engines.keep_alive` seconds.
+- memory_pressure: the machine's memory in use passed `tuner.memory_pressure_percent`.
+- align: a projector's gate pass rate over the last window fell under
+  `monitor.align_pass_min` (the running agreement is reported with it).
+- drift: the texts a collection received lately differ from its earlier ones (MMD² with a
+  permutation null, aether_box.tuner.signals).
+- nll: a model's per-token negative log-likelihood of its own text spiked (median + k MAD).
+- router: the router's share of messages falling back to the default route in a window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+
+from aether_box.monitor.statistics import SpikeRule, drift
+
+__all__ = ["AlignWatch", "DriftWatch", "NllWatch", "ResidencyWatch", "RouterWatch", "Signals"]
+
+Call = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Signals:
+    """The latest reading of every signal, by (kind, subject)."""
+
+    def __init__(self) -> None:
+        self._table: dict[tuple[str, str], dict[str, Any]] = {}
+        self._seq = 0
+
+    def set(
+        self,
+        kind: str,
+        subject: str,
+        triggered: bool,
+        figures: dict[str, Any],
+        message: str = "",
+        *,
+        edge: bool = True,
+    ) -> None:
+        """Record a reading. A new trigger gets a new `seq`; so does every triggered reading
+        when not `edge` (each one is an event, such as a slow answer)."""
+        old = self._table.get((kind, subject))
+        if triggered and not (edge and old is not None and old["triggered"]):
+            self._seq += 1
+            seq = self._seq
+        else:
+            seq = old["seq"] if old else 0
+        self._table[(kind, subject)] = {
+            "kind": kind,
+            "subject": subject,
+            "triggered": triggered,
+            "seq": seq,
+            "figures": figures,
+            "message": message,
+            "time": time.time(),
+        }
+
+    def drop(self, kind: str, subject: str) -> None:
+        self._table.pop((kind, subject), None)
+
+    def subjects(self, kind: str) -> list[str]:
+        return [s for k, s in self._table if k == kind]
+
+    def all(self) -> list[dict[str, Any]]:
+        return [dict(v) for v in self._table.values()]
+
+
+class ResidencyWatch:
+    """Idle time of each loaded model, and the machine's memory pressure."""
+
+    def __init__(self, signals: Signals) -> None:
+        self.signals = signals
+
+    def update(self, report: dict[str, Any], keep_alive: float, pressure_percent: float) -> None:
+        loaded = (report.get("models") or {}).get("loaded", [])
+        seen = set()
+        for entry in loaded:
+            subject = f"{entry['name']}:{entry['role']}"
+            seen.add(subject)
+            idle = bool(keep_alive) and not entry.get("in_use") and entry["idle_s"] >= keep_alive
+            self.signals.set(
+                "idle",
+                subject,
+                idle,
+                {
+                    "idle_s": entry["idle_s"],
+                    "keep_alive": keep_alive,
+                    "memory_mb": entry["memory_mb"],
+                },
+                f"{entry['name']} ({entry['role']}) idle {entry['idle_s']:.0f} s "
+                f"(engines.keep_alive {keep_alive:.0f} s)"
+                if idle
+                else "",
+            )
+        for subject in set(self.signals.subjects("idle")) - seen:
+            self.signals.drop("idle", subject)
+        used = report.get("system_memory_percent")
+        if used is not None:
+            pressed = used >= pressure_percent and bool(loaded)
+            self.signals.set(
+                "memory_pressure",
+                "machine",
+                pressed,
+                {"memory_percent": used, "limit_percent": pressure_percent},
+                f"the machine's memory is {used:.0f}% used (limit {pressure_percent:.0f}%)"
+                if pressed
+                else "",
+            )
+
+
+class AlignWatch:
+    """Each projector's gate pass rate and running agreement, per window."""
+
+    def __init__(self, signals: Signals, pass_min: float, min_projections: int) -> None:
+        self.signals = signals
+        self.pass_min = pass_min
+        self.min_projections = min_projections
+        self._last: dict[str, tuple[int, int]] = {}
+
+    def update(self, section: dict[str, Any] | None) -> None:
+        for name, served in ((section or {}).get("projectors") or {}).items():
+            projections, accepted = served["projections"], served["accepted"]
+            before = self._last.get(name, (0, 0))
+            if projections < before[0]:  # the projector was reloaded: counters restarted
+                before = (0, 0)
+            n, passed = projections - before[0], accepted - before[1]
+            if n < self.min_projections:
+                continue  # too few to judge: wait for more in the next windows
+            self._last[name] = (projections, accepted)
+            rate = passed / n
+            low = rate < self.pass_min
+            self.signals.set(
+                "align",
+                name,
+                low,
+                {
+                    "pass_rate": round(rate, 4),
+                    "projections": n,
+                    "agreement_recent": served.get("agreement_recent"),
+                    "agreement_mean": served.get("agreement_mean"),
+                    "pass_min": self.pass_min,
+                },
+                f"projector {name} passed its gate for {rate:.0%} of {n} queries "
+                f"(under {self.pass_min:.0%}): queries left the domain it was fitted on"
+                if low
+                else "",
+            )
+
+
+@dataclass
+class _Follow:
+    """What the drift watch knows of one collection."""
+
+    model: str
+    cursor: int = 0
+    reference: np.ndarray | None = None
+    recent: list[np.ndarray] = field(default_factory=list)  # the newest `reference` at most
+    arrived: int = 0  # recent texts received since the last shift
+    tested_at: int = 0
+
+
+class DriftWatch:
+    """Embedding drift of each collection's incoming texts against its earlier ones.
+
+    The first `reference` vectors a collection holds (or received since the box started)
+    are its reference; later ones are compared with it once `min_texts` have arrived, and
+    again every `min_texts` more. After a trigger the recent texts join the reference, so
+    a lasting shift is news once.
+    """
+
+    def __init__(
+        self, signals: Signals, min_texts: int, p_value: float, reference: int = 200
+    ) -> None:
+        self.signals = signals
+        self.min_texts = min_texts
+        self.p_value = p_value
+        self.reference_size = reference
+        self._follow: dict[str, _Follow] = {}
+
+    async def update(self, memory: dict[str, Any] | None, call: Call) -> None:
+        collections = (memory or {}).get("collections") or {}
+        for name in set(self._follow) - set(collections):
+            del self._follow[name]
+            self.signals.drop("drift", name)
+        for name, info in collections.items():
+            follow = self._follow.get(name)
+            if follow is None or follow.model != info["model"]:
+                follow = self._follow[name] = _Follow(info["model"])
+            await self._read(name, follow, call, info.get("count"))
+            fresh = follow.arrived
+            if follow.reference is None or fresh - follow.tested_at < self.min_texts:
+                continue
+            follow.tested_at = fresh
+            recent = np.concatenate(follow.recent)[-self.reference_size :]
+            result = await anyio.to_thread.run_sync(drift, follow.reference, recent)
+            shifted = result.p_value <= self.p_value
+            self.signals.set(
+                "drift",
+                name,
+                shifted,
+                {**result.as_dict(), "model": follow.model, "p_limit": self.p_value},
+                f"collection {name!r}: its last {result.n_recent} texts differ from its "
+                f"earlier ones (MMD² {result.mmd2:.4f}, p = {result.p_value:.3f})"
+                if shifted
+                else "",
+            )
+            if shifted:
+                pooled = np.concatenate([follow.reference, recent])
+                follow.reference = pooled[-self.reference_size :]
+                follow.recent, follow.tested_at, follow.arrived = [], 0, 0
+
+    async def _skip(self, name: str, follow: _Follow, call: Call, records: int) -> None:
+        """Move the cursor past `records` records without reading their vectors."""
+        while records > 0:
+            page = await call(
+                "memory",
+                {
+                    "op": "list",
+                    "collection": name,
+                    "cursor": follow.cursor,
+                    "limit": min(records, 500),
+                },
+            )
+            follow.cursor = page["last"]
+            records -= len(page["records"])
+            if page.get("next") is None or not page["records"]:
+                return
+
+    def _add_recent(self, follow: _Follow, vectors: np.ndarray) -> None:
+        follow.arrived += len(vectors)
+        follow.recent.append(vectors)
+        kept = np.concatenate(follow.recent)[-self.reference_size :]
+        follow.recent = [kept]
+
+    async def _read(self, name: str, follow: _Follow, call: Call, count: Any) -> None:
+        """Page through what the collection received since the last look.
+
+        What it held at the first look is its reference (the newest `reference` texts); an
+        empty collection's reference is the first `min_texts` it receives. Later texts are
+        recent; only the newest `reference` of them are kept.
+        """
+        first = follow.reference is None and follow.cursor == 0
+        if first and isinstance(count, int) and count > self.reference_size:
+            # Vectors are read one row at a time: skip the older records without them.
+            await self._skip(name, follow, call, count - self.reference_size)
+        while True:
+            page = await call(
+                "memory",
+                {
+                    "op": "list",
+                    "collection": name,
+                    "cursor": follow.cursor,
+                    "limit": 500,
+                    "include_vectors": True,
+                },
+            )
+            vectors = np.asarray(page.get("vectors", []), np.float32)
+            follow.cursor = page["last"]
+            if len(vectors):
+                if first:
+                    held = vectors if follow.reference is None else [follow.reference, vectors]
+                    follow.reference = np.concatenate(held) if isinstance(held, list) else held
+                    follow.reference = follow.reference[-self.reference_size :]
+                elif follow.reference is None or len(follow.reference) < self.min_texts:
+                    have = 0 if follow.reference is None else len(follow.reference)
+                    take = vectors[: self.min_texts - have]
+                    follow.reference = (
+                        take
+                        if follow.reference is None
+                        else np.concatenate([follow.reference, take])
+                    )
+                    if len(vectors) > len(take):
+                        self._add_recent(follow, vectors[len(take) :])
+                else:
+                    self._add_recent(follow, vectors)
+            if page.get("next") is None:
+                break
+        if first and follow.reference is not None:
+            self.signals.set(
+                "drift",
+                name,
+                False,
+                {"n_reference": len(follow.reference), "n_recent": 0, "model": follow.model},
+            )
+
+
+class NllWatch:
+    """Per model: the mean per-token NLL of each answer, against its rolling median."""
+
+    def __init__(self, signals: Signals, k: float, after: int = 10, window: int = 50) -> None:
+        self.signals = signals
+        self.k, self.after, self.window = k, after, window
+        self.rules: dict[str, SpikeRule] = {}
+        self._last: dict[str, int] = {}
+
+    def update(self, models: dict[str, Any] | None) -> None:
+        for entry in (models or {}).get("loaded", []):
+            nll = entry.get("nll")
+            if entry.get("role") != "generate" or not nll:
+                continue
+            name, seen = entry["name"], nll["answers"]
+            if self._last.get(name) == seen:
+                continue
+            self._last[name] = seen
+            rule = self.rules.setdefault(name, SpikeRule(self.window, self.k, self.after))
+            limit = rule.limit()
+            spike = rule.add(float(nll["last"]))
+            self.signals.set(
+                "nll",
+                name,
+                spike,
+                {
+                    "nll": round(float(nll["last"]), 4),
+                    "median": None if rule.median is None else round(rule.median, 4),
+                    "limit": None if limit is None else round(limit, 4),
+                    "answers": seen,
+                },
+                f"{name}'s last answer scored {nll['last']:.2f} nats/token against its usual "
+                f"{rule.median:.2f} (limit {limit:.2f}): it is writing unlike itself"
+                if spike and limit is not None and rule.median is not None
+                else "",
+            )
+
+
+class RouterWatch:
+    """The router's fallback share and mean best score, per window."""
+
+    def __init__(self, signals: Signals, fallback_max: float, min_decisions: int) -> None:
+        self.signals = signals
+        self.fallback_max = fallback_max
+        self.min_decisions = min_decisions
+        self._last = (0, 0)
+
+    def update(self, section: dict[str, Any] | None) -> None:
+        if not section:
+            return
+        decisions, fallbacks = section.get("decisions", 0), section.get("fallbacks", 0)
+        n, fell = decisions - self._last[0], fallbacks - self._last[1]
+        if n < self.min_decisions:
+            return
+        self._last = (decisions, fallbacks)
+        share = fell / n
+        high = share > self.fallback_max
+        self.signals.set(
+            "router",
+            "router",
+            high,
+            {
+                "fallback_share": round(share, 4),
+                "decisions": n,
+                "min_score": section.get("min_score"),
+                "feedback": section.get("feedback", 0),
+            },
+            f"{share:.0%} of {n} messages fell back to the default route "
+            f"(over {self.fallback_max:.0%}): router.min_score may be too high"
+            if high
+            else "",
+        )

@@ -1,0 +1,1 @@
+"""The tuner: acts on what the observer notices, logs every decision, and can undo it."""

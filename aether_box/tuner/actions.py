@@ -1,0 +1,262 @@
+"""What the tuner can do, and which signal calls for which action.
+
+Each action applies a logged decision and can roll it back; `plans_for` turns one triggered
+signal (aether_box.monitor.watches) into the decisions it calls for. Heavy actions are advice:
+logged and shown with their evidence, never carried out by the box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from aether_box.context import BoxContext
+from aether_box.contract import ModelResidency
+from aether_box.errors import BadRequest, BoxError, NotFound
+
+__all__ = ["Action", "Plan", "plans_for"]
+
+Progress = Callable[[Mapping[str, Any]], Awaitable[None]]
+Result = dict[str, Any]  # {"state": applied | rejected | failed, "after"?, "outcome"?}
+
+
+class Action:
+    """One kind of action: applies a decision, and undoes an applied one."""
+
+    kind: ClassVar[str]
+    heavy: ClassVar[bool] = False  # advice only: never applied by the box
+    exclusive: ClassVar[bool] = False  # at most one at a time (it takes the cores)
+    _kinds: ClassVar[dict[str, type[Action]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Action._kinds[cls.kind] = cls
+
+    @staticmethod
+    def named(kind: str) -> Action:
+        found = Action._kinds.get(kind)
+        if found is None:
+            raise NotFound(f"the tuner has no action {kind!r}; actions: {sorted(Action._kinds)}")
+        return found()
+
+    async def apply(self, ctx: BoxContext, decision: dict[str, Any], progress: Progress) -> Result:
+        raise NotImplementedError
+
+    async def rollback(self, ctx: BoxContext, decision: dict[str, Any]) -> str:
+        raise BadRequest(f"a {self.kind} decision cannot be rolled back")
+
+
+@dataclass
+class Plan:
+    """A decision to log: the action, its subject, the evidence and the figures before."""
+
+    action: Action
+    subject: str
+    signal: dict[str, Any]
+    params: dict[str, Any]
+    before: dict[str, Any] | None = None
+
+
+class Unload(Action):
+    """Unload an idle model instance; it reloads on its next request."""
+
+    kind = "unload"
+
+    async def apply(self, ctx: BoxContext, decision: dict[str, Any], progress: Progress) -> Result:
+        residency = ctx.get(ModelResidency)
+        if residency is None:
+            return {"state": "failed", "outcome": "no engines component runs"}
+        p = decision["params"]
+        freed = await residency.unload_if_idle(p["model"], p["role"], p["idle_s"])
+        if freed is None:
+            return {"state": "rejected", "outcome": "in use (or unloaded) since: kept as it is"}
+        return {
+            "state": "applied",
+            "after": {"freed_mb": round(freed / 2**20, 1)},
+            "outcome": "unloaded; it reloads on its next request",
+        }
+
+    async def rollback(self, ctx: BoxContext, decision: dict[str, Any]) -> str:
+        p = decision["params"]
+        reply = await ctx.call("llm", {"op": "load", "model": p["model"], "role": p["role"]})
+        return f"loaded again in {reply['load_s']} s"
+
+
+class RefitProjector(Action):
+    """Refit a projector from a collection's texts; promote it only if it is better."""
+
+    kind = "refit_projector"
+    exclusive = True
+
+    async def apply(self, ctx: BoxContext, decision: dict[str, Any], progress: Progress) -> Result:
+        from aether_box.tuner.settings import TunerSettings
+
+        p, settings = decision["params"], ctx.config.get(TunerSettings)
+        ask = {
+            "op": "refit",
+            "from": p["from"],
+            "to": p["to"],
+            "collection": p["collection"],
+            "holdout": settings.refit_holdout,
+            "max_loss": settings.refit_max_loss,
+        }
+        report = await ctx.call("align", ask, on_partial=progress)
+        figures = {"before": report["before"], "after": report["after"]}
+        if not report["promote"]:
+            return {"state": "rejected", "after": figures, "outcome": report["verdict"]}
+        await progress({"stage": "promote", "fraction": 1.0})
+        promoted = await ctx.call(
+            "align",
+            {"op": "promote", "from": p["from"], "to": p["to"], "candidate": report["candidate"]},
+        )
+        figures["previous"] = promoted["previous"]
+        figures["loop_s"] = report.get("took_s")
+        return {"state": "applied", "after": figures, "outcome": report["verdict"]}
+
+    async def rollback(self, ctx: BoxContext, decision: dict[str, Any]) -> str:
+        p, after = decision["params"], decision["after"] or {}
+        if not after.get("previous"):
+            raise BadRequest(f"decision {decision['id']} kept no previous projector to restore")
+        await ctx.call(
+            "align",
+            {"op": "rollback", "from": p["from"], "to": p["to"], "version": after["previous"]},
+        )
+        return f"projector {p['from']}->{p['to']} restored to {after['previous']}"
+
+
+class RefitRouter(Action):
+    """Refit the router's threshold from its logged decisions and users' feedback."""
+
+    kind = "refit_router"
+    exclusive = True
+
+    async def apply(self, ctx: BoxContext, decision: dict[str, Any], progress: Progress) -> Result:
+        report = await ctx.call("router", {"op": "refit"})
+        figures = {"before": report["before"], "after": report["after"]}
+        if not report["promote"]:
+            return {"state": "rejected", "after": figures, "outcome": report["verdict"]}
+        applied = await ctx.call("router", {"op": "threshold", "min_score": report["min_score"]})
+        figures["previous"] = applied["previous"]
+        return {"state": "applied", "after": figures, "outcome": report["verdict"]}
+
+    async def rollback(self, ctx: BoxContext, decision: dict[str, Any]) -> str:
+        previous = (decision["after"] or {}).get("previous")
+        if previous is None:
+            raise BadRequest(f"decision {decision['id']} kept no previous threshold")
+        await ctx.call("router", {"op": "threshold", "min_score": previous})
+        return f"router.min_score back to {previous}"
+
+
+class Adapters(Action):
+    """Prune or restore an adapter from its fusion-log verdict.
+
+    The hook for the adapters component: a signal of kind "adapter" (subject: the adapter,
+    figures: its verdict, ``{"op": "prune" | "restore", ...}``) becomes a decision that calls
+    the `adapters` service's op of that name. Until that service exists it fails, saying so.
+    """
+
+    kind = "adapters"
+
+    async def apply(self, ctx: BoxContext, decision: dict[str, Any], progress: Progress) -> Result:
+        p = decision["params"]
+        if not ctx.has_service("adapters"):
+            return {"state": "failed", "outcome": "no adapters service runs in this box"}
+        reply = await ctx.call("adapters", {"op": p["op"], "adapter": decision["subject"]})
+        return {"state": "applied", "after": dict(reply), "outcome": f"adapter {p['op']}d"}
+
+    async def rollback(self, ctx: BoxContext, decision: dict[str, Any]) -> str:
+        undo = {"prune": "restore", "restore": "prune"}[decision["params"]["op"]]
+        await ctx.call("adapters", {"op": undo, "adapter": decision["subject"]})
+        return f"adapter {undo}d"
+
+
+class Advice(Action):
+    """Something heavier than the box should do by itself: shown with its evidence."""
+
+    kind = "heavy"
+    heavy = True
+
+
+async def plans_for(signal: dict[str, Any], ctx: BoxContext, keep_alive: float) -> list[Plan]:
+    """The decisions one triggered signal calls for."""
+    kind, subject, figures = signal["kind"], signal["subject"], signal["figures"]
+    evidence = {k: signal[k] for k in ("kind", "subject", "figures", "message", "time")}
+    if kind == "idle":
+        model, role = subject.rsplit(":", 1)
+        params = {"model": model, "role": role, "idle_s": keep_alive}
+        return [Plan(Unload(), subject, evidence, params, figures)]
+    if kind == "memory_pressure":
+        return _relieve(ctx, evidence)
+    if kind == "drift":
+        return await _refits_for_collection(ctx, subject, figures["model"], evidence)
+    if kind == "align":
+        return await _refits_for_projector(ctx, subject, evidence)
+    if kind == "router":
+        return [Plan(RefitRouter(), "router", evidence, {}, figures)]
+    if kind == "adapter":
+        return [Plan(Adapters(), subject, evidence, {"op": figures["op"]}, figures)]
+    if kind == "nll":
+        advice = (
+            f"{subject} writes text it finds unlikely: check the prompts sent to it, a changed "
+            "adapter or model file; if it persists, consider another model"
+        )
+        return [Plan(Advice(), f"model:{subject}", evidence, {"advice": advice}, figures)]
+    if kind == "slow":
+        advice = (
+            f"{subject} generates far below its usual speed: free the machine's cores or "
+            "memory, lower engines.parallel, or move the model to a faster machine (a linked "
+            "box) or a smaller quantisation"
+        )
+        return [Plan(Advice(), f"speed:{subject}", evidence, {"advice": advice}, figures)]
+    return []
+
+
+def _relieve(ctx: BoxContext, evidence: dict[str, Any]) -> list[Plan]:
+    """Under memory pressure: the least recently used instance that no request holds."""
+    residency = ctx.get(ModelResidency)
+    idle = [e for e in (residency.residency() if residency else []) if not e["in_use"]]
+    if not idle:
+        return []
+    victim = max(idle, key=lambda e: e["idle_s"])
+    params = {"model": victim["name"], "role": victim["role"], "idle_s": 0.0}
+    subject = f"{victim['name']}:{victim['role']}"
+    return [Plan(Unload(), subject, evidence, params, {"idle_s": victim["idle_s"]})]
+
+
+async def _projectors(ctx: BoxContext) -> list[dict[str, Any]]:
+    if not ctx.has_service("align"):
+        return []
+    try:
+        return list((await ctx.call("align", {"op": "list"}))["projectors"])
+    except BoxError:
+        return []
+
+
+async def _refits_for_collection(
+    ctx: BoxContext, collection: str, model: str, evidence: dict[str, Any]
+) -> list[Plan]:
+    """A drifting collection: refit every projector into its space from its texts."""
+    plans = []
+    for p in await _projectors(ctx):
+        if p["to"] == model:
+            params = {"from": p["from"], "to": p["to"], "collection": collection}
+            before = {"in_domain": p["in_domain"], "out_of_domain": p.get("out_of_domain")}
+            plans.append(Plan(RefitProjector(), p["name"], evidence, params, before))
+    return plans
+
+
+async def _refits_for_projector(ctx: BoxContext, name: str, evidence: dict[str, Any]) -> list[Plan]:
+    """A projector whose gate passes few queries: refit it from the biggest collection in
+    its target's space (where its queries go)."""
+    found = next((p for p in await _projectors(ctx) if p["name"] == name), None)
+    if found is None or not ctx.has_service("memory"):
+        return []
+    listed = (await ctx.call("memory", {"op": "collections"}))["collections"]
+    mine = [c for c in listed if c["model"] == found["to"] and c["count"]]
+    if not mine:
+        return []
+    biggest = max(mine, key=lambda c: c["count"])
+    params = {"from": found["from"], "to": found["to"], "collection": biggest["name"]}
+    before = {"in_domain": found["in_domain"], "out_of_domain": found.get("out_of_domain")}
+    return [Plan(RefitProjector(), name, evidence, params, before)]
