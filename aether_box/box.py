@@ -27,9 +27,10 @@ from aether_box.bus.broker import Broker
 from aether_box.bus.discovery import clear_endpoints, write_endpoints
 from aether_box.bus.events import EventLogHandler, Events
 from aether_box.bus.failures import is_disk_full
+from aether_box.bus.scopes import USE, user_id
 from aether_box.bus.security import (
     AUTHORIZED_DIR,
-    authorized_scopes,
+    AllowList,
     keys_dir,
     plan_curve,
     uses_curve,
@@ -70,6 +71,7 @@ class Box:
         self.supervisors: dict[str, Supervisor] = {}
         self.events: Events
         self.broker: Broker
+        self.allow_list: AllowList | None = None  # the CURVE keys admitted, when CURVE is on
         self._stop: anyio.Event | None = None
         self.ready = False  # True once every component has started
         self._stop_requested = False
@@ -112,7 +114,10 @@ class Box:
                 self.settings.endpoints + self.settings.event_endpoints,
             )
             if curve is not None:
-                authenticator = await _start_authenticator(self.context, data_dir)
+                self.allow_list = await anyio.to_thread.run_sync(
+                    AllowList(keys_dir(data_dir) / AUTHORIZED_DIR).load
+                )
+                authenticator = _start_authenticator(self.context, self.allow_list)
                 stack.callback(authenticator.stop)
             self.events = Events(
                 self.context,
@@ -122,6 +127,8 @@ class Box:
             )
             stack.callback(self.events.close)
             self.broker = Broker(self.settings, self.context, curve)
+            if self.allow_list is not None:
+                self.broker.refused = self.allow_list.revoked
             log_handler = EventLogHandler(self.events)
             logging.getLogger().addHandler(log_handler)
             stack.callback(logging.getLogger().removeHandler, log_handler)
@@ -145,6 +152,7 @@ class Box:
                 lambda: self._components,
                 self._supervision,
                 lambda: self.ready,
+                self.allow_list,
             )
             for cls in self._component_classes or load_components():
                 ctx = BoxContext(self.config, view, getattr(cls, "name", cls.__name__))
@@ -259,25 +267,19 @@ def _lock_data_dir(data_dir: Path) -> _DataDirLock:
     return lock
 
 
-async def _start_authenticator(context: zmq.asyncio.Context, data_dir: Path) -> Any:
-    # ZAP: only clients whose public key is in keys/authorized/ get through CURVE.
+def _start_authenticator(context: zmq.asyncio.Context, allow_list: AllowList) -> Any:
+    # ZAP: only clients whose public key the allow list holds (keys/authorized/, and grid
+    # members admitted while the box runs) get through CURVE, each with its key's scope.
     from zmq.auth.asyncio import AsyncioAuthenticator
 
     class ScopedAuthenticator(AsyncioAuthenticator):
-        """Gives each CURVE connection its key's scope as User-Id (see bus/scopes.py)."""
-
-        scopes: dict[bytes, str] = {}
+        """Names each CURVE connection by its key's scope and the key (see bus/scopes.py)."""
 
         def curve_user_id(self, client_public_key: bytes) -> str:
-            return self.scopes.get(z85.encode(client_public_key), "use")
+            key = z85.encode(client_public_key)
+            return user_id(allow_list.scopes.get(key, USE), key)
 
     authenticator = ScopedAuthenticator(context)
     authenticator.start()
-    location = str(keys_dir(data_dir) / AUTHORIZED_DIR)
-
-    def configure() -> None:  # reads every key file there: in a worker thread
-        authenticator.configure_curve(domain="*", location=location)
-        authenticator.scopes = authorized_scopes(data_dir)
-
-    await anyio.to_thread.run_sync(configure)
+    authenticator.configure_curve_callback(domain="*", credentials_provider=allow_list)
     return authenticator

@@ -213,8 +213,8 @@ def keys_authorize(state: CliState, key_file: Path, scope: str, name: str | None
 
     target = authorize_key(state.data_dir, key_file, scope, name)
     click.echo(
-        f"authorized {target.stem} with scope {scope} ({target}); takes effect at the "
-        "box's next start"
+        f"authorized {target.stem} with scope {scope} ({target}); a new key is admitted at "
+        "once, a changed scope at the box's next start"
     )
 
 

@@ -18,6 +18,7 @@ from aether_box.config import Config
 if TYPE_CHECKING:
     from aether_box.bus.broker import Broker
     from aether_box.bus.events import Events
+    from aether_box.bus.security import AllowList
     from aether_box.contract import Component
 
 __all__ = ["BoxContext", "BoxView"]
@@ -38,8 +39,11 @@ class BoxView:
         components: Callable[[], Iterable[Component]],
         supervision: Callable[[], dict[str, dict[str, Any]]],
         ready: Callable[[], bool],
+        allow_list: AllowList | None = None,
     ) -> None:
         self.broker = broker
+        # The CURVE keys the bus admits, changeable while it runs; None without CURVE.
+        self.allow_list = allow_list
         self.events = events
         self._components = components
         self._supervision = supervision
@@ -104,6 +108,15 @@ class BoxContext:
         """Whether any service (local or a remote worker's) is registered as `name`."""
         return name in self.view.broker.services
 
+    def service_alive(self, name: str) -> bool:
+        """Whether `name` is served now: in-process, or by at least one live worker."""
+        return self.view.broker.alive(name)
+
+    def serves_in_process(self, name: str) -> bool:
+        """Whether `name` is one of the box's in-process services (not a worker's)."""
+        service = self.view.broker.services.get(name)
+        return service is not None and service.handler is not None
+
     async def call(
         self,
         service: str,
@@ -111,7 +124,9 @@ class BoxContext:
         *,
         on_partial: PartialSender | None = None,
     ) -> dict[str, Any]:
-        """Call an in-process service and return its final reply (errors are raised).
+        """Call a service (in-process, or a remote worker's) and return its final reply.
+
+        Errors are raised.
 
         It counts in the service's stats, waits for its concurrency limiter, is cancelled
         with the caller and by a shutdown, exactly as a request from a socket would be.

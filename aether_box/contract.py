@@ -16,7 +16,7 @@ isinstance match, and one that type checkers accept as ``type[T]``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import anyio.abc
@@ -24,17 +24,26 @@ import anyio.abc
 from aether_box.bus.service import Request
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from aether_box.context import BoxContext
+    from aether_box.engines.generation import AdapterRef
+    from aether_box.tools.spec import Tool
 
 __all__ = [
+    "AdapterCatalog",
+    "AdapterLease",
     "Component",
     "ComponentFactory",
+    "Grid",
     "ModelCatalog",
     "ModelResidency",
     "Observations",
     "PeerDirectory",
     "PeerForwarder",
     "StatusReporter",
+    "TextScorer",
+    "ToolCatalog",
 ]
 
 
@@ -65,6 +74,14 @@ class ModelCatalog:
 
     async def require_model(self, model: str) -> None:
         """Return if `model` is installed, else raise NotFound saying what is."""
+        raise NotImplementedError
+
+    def installed(self) -> list[str]:
+        """The installed models' names, as last read (no disk access)."""
+        raise NotImplementedError
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: slots, busy, queue and request_s (seconds per request)."""
         raise NotImplementedError
 
 
@@ -108,9 +125,82 @@ class PeerDirectory:
         raise NotImplementedError
 
 
+class Grid:
+    """The grid this box is a member of (the grid component implements it)."""
+
+    def places(self, service: str, model: str) -> bool:
+        """Whether a member that is up offers `service` with `model` (placement applies)."""
+        raise NotImplementedError
+
+    async def place(
+        self,
+        service: str,
+        model: str,
+        request: Request,
+        here: Callable[[Request], Awaitable[Mapping[str, Any] | None]] | None,
+    ) -> Mapping[str, Any]:
+        """Serve `request` on the box with the shortest expected wait for `model` (`here`
+        serves it on this box, None when this box lacks the model), failing over once; the
+        reply says where it ran and why (its "grid" field)."""
+        raise NotImplementedError
+
+    async def ask_members(
+        self, service: str, body: Mapping[str, Any], *, timeout: float
+    ) -> dict[str, Mapping[str, Any] | BaseException]:
+        """Send `body` to `service` on every member at once: each member's reply or error."""
+        raise NotImplementedError
+
+    @property
+    def member_name(self) -> str:
+        """This box's name in the grid."""
+        raise NotImplementedError
+
+
 class StatusReporter:
     """The box's own description of itself (the status component implements it)."""
 
     def report(self) -> dict[str, Any]:
         """Everything `status` answers: process, services, counters, sections."""
+        raise NotImplementedError
+
+
+class AdapterLease:
+    """The adapters one request runs with, held until it ends (a held adapter is not removed)."""
+
+    refs: tuple[AdapterRef, ...] = ()
+
+    def release(self, tokens: int = 0, tokens_per_s: float = 0.0) -> None:
+        """The request ended, having generated `tokens` at `tokens_per_s`."""
+        raise NotImplementedError
+
+
+class AdapterCatalog:
+    """LoRA adapters kept by this box (the adapters component implements it)."""
+
+    async def lease(self, model: str, specs: Sequence[Mapping[str, Any]]) -> AdapterLease:
+        """Resolve a request's ``adapters`` field (``[{"name", "scale"?, "force"?}]``) for
+        `model`: NotFound, BadRequest or AdapterPruned (saying why) when it cannot run."""
+        raise NotImplementedError
+
+
+class TextScorer:
+    """Teacher-forced logits of texts under an adapter set (the engines component)."""
+
+    async def score(
+        self, model: str, texts: Sequence[str], adapters: Sequence[AdapterRef]
+    ) -> list[np.ndarray]:
+        """For each text, the logits (n_tokens, n_vocab) at every position."""
+        raise NotImplementedError
+
+
+class ToolCatalog:
+    """The tools the box may call (the tools component implements it)."""
+
+    def callable_tools(self) -> list[Tool]:
+        """The tools that are on, allowed and reachable now."""
+        raise NotImplementedError
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> Any:
+        """Check `arguments` against the tool's schema, call it (with the configured
+        timeout) and return its result; its failure is raised as a BoxError."""
         raise NotImplementedError

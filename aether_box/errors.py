@@ -15,12 +15,14 @@ __all__ = [
     "DiskFull",
     "Forbidden",
     "NoBox",
+    "NotAllowed",
     "NotFound",
     "Overloaded",
     "ProtocolError",
     "ServiceUnavailable",
     "Timeout",
     "TooLarge",
+    "ToolFailed",
     "error_for_code",
 ]
 
@@ -102,6 +104,18 @@ class CorruptModel(BoxError):
     code = "corrupt_model"
 
 
+class AdapterPruned(BoxError):
+    """The fusion log judged an adapter harmful to the base model; a request must force it."""
+
+    code = "adapter_pruned"
+
+
+class AdapterInUse(BoxError):
+    """An adapter cannot be removed while requests run with it."""
+
+    code = "adapter_in_use"
+
+
 class Forbidden(BoxError):
     """The connection's access scope does not allow the op (see aether_box.bus.scopes)."""
 
@@ -120,6 +134,18 @@ class ConfigError(BoxError):
     code = "config"
 
 
+class NotAllowed(BoxError):
+    """The configuration does not allow this (a tool that is off, private data sent out)."""
+
+    code = "not_allowed"
+
+
+class ToolFailed(BoxError):
+    """A tool answered with an error of its own (a worker's, an MCP server's)."""
+
+    code = "tool_failed"
+
+
 _BY_CODE: dict[str, type[BoxError]] = {
     cls.code: cls
     for cls in (
@@ -136,6 +162,10 @@ _BY_CODE: dict[str, type[BoxError]] = {
         DiskFull,
         Forbidden,
         ConfigError,
+        AdapterPruned,
+        AdapterInUse,
+        NotAllowed,
+        ToolFailed,
     )
 }
 

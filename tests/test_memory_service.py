@@ -470,3 +470,40 @@ def test_concurrent_writers_and_readers_see_consistent_data(memory_box):
             },
         )["results"]
         assert hits[0]["id"] == "w2b3r9"
+
+
+def test_filters_stay_exact_through_the_int8_scan(data_dir):
+    # Every search takes the int8 scan + float32 re-scoring path, however small the collection.
+    box = BoxInThread(data_dir, overrides={"memory": {"quantized_min_rows": 0}})
+    try:
+        with box.client(timeout=30) as client:
+            create(client)
+            _, vectors, metadata = add_sample(client, n=2_000)
+            queries = unit_vectors(10, DIM, seed=11)
+            client.request("memory", {"op": "search", "collection": "docs", "vector": queries[0]})
+            collections = client.status()["memory"]["collections"]
+            assert collections["docs"]["index_scan"] == "int8+rescore"
+            for where in (None, {"tag": "odd"}, {"year": {"$gte": 2025}}, {"i": {"$in": [7, 9]}}):
+                keep = None if where is None else np.array([_passes(m, where) for m in metadata])
+                for query in queries:
+                    k = 10 if keep is None else min(10, int(keep.sum()))
+                    reply = client.request(
+                        "memory",
+                        {"op": "search", "collection": "docs", "vector": query, "k": 10}
+                        | ({"where": where} if where else {}),
+                    )
+                    assert [h["id"] for h in reply["results"]] == expected_top(
+                        vectors, query, k, keep
+                    )
+    finally:
+        box.stop()
+
+
+def _passes(record, where):
+    """The three filter shapes the int8 test uses, evaluated in Python."""
+    ((key, cond),) = where.items()
+    if isinstance(cond, dict) and "$gte" in cond:
+        return record[key] >= cond["$gte"]
+    if isinstance(cond, dict) and "$in" in cond:
+        return record[key] in cond["$in"]
+    return record[key] == cond

@@ -17,6 +17,9 @@ from aether_box.models.store import ModelStore
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The smallest file `models add` accepts: a GGUF v3 header with no tensors and no metadata.
+EMPTY_GGUF = b"GGUF" + (3).to_bytes(4, "little") + bytes(16)
+
 
 def test_the_manifest_lists_the_starter_kit() -> None:
     manifest = Manifest.load()
@@ -81,7 +84,7 @@ def test_unknown_model_lists_the_installed_ones(model_store: ModelStore, tmp_pat
 def test_add_registers_a_gguf_in_place(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     mine = tmp_path / "My Model.Q8.gguf"
-    mine.write_bytes(b"GGUF" + b"\0" * 100)
+    mine.write_bytes(EMPTY_GGUF)
     info = store.add(mine)
     assert (info.name, info.kind, info.source, info.path) == ("my-model.q8", "gguf", "user", mine)
     assert store.path("my-model.q8") == mine
@@ -120,13 +123,13 @@ def test_cli_list_and_add(tmp_path: Path) -> None:
     assert empty.exit_code == 0 and "models pull" in empty.output
 
     mine = tmp_path / "mine.gguf"
-    mine.write_bytes(b"GGUF" + b"\0" * 10)
+    mine.write_bytes(EMPTY_GGUF)
     added = runner.invoke(cli, [*base, "models", "add", str(mine), "--name", "mine"])
     assert added.exit_code == 0, added.output
     listed = json.loads(runner.invoke(cli, [*base, "models", "list", "--json", "--all"]).output)
     rows = {row["name"]: row for row in listed}
     assert rows["mine"]["installed"] and rows["mine"]["source"] == "user"
-    assert rows["mine"]["path"] == str(mine) and rows["mine"]["size"] == 14
+    assert rows["mine"]["path"] == str(mine) and rows["mine"]["size"] == len(EMPTY_GGUF)
     assert not rows["smollm2"]["installed"]
 
     text = tmp_path / "readme.txt"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aether_box.engines.onnx import CPU, OnnxEncoder
+from aether_box.engines.quality import retrieval_top1
 from aether_box.errors import BadRequest, CorruptModel
 from aether_box.models.bert_export import ENCODER_JSON, build_bert_graph, ensure_exported
 from aether_box.models.store import ModelStore
@@ -165,3 +166,23 @@ def test_add_refuses_an_onnx_model_that_is_not_an_encoder(tmp_path: Path) -> Non
     path.write_bytes(helper.make_model(graph).SerializeToString())
     with pytest.raises(BadRequest, match="needs input_ids and attention_mask"):
         ModelStore(tmp_path / "models").add(path)
+
+
+def test_int8_copy_stays_within_cosine_0_99_and_retrieves_as_well(
+    minilm: OnnxEncoder, model_store: ModelStore
+) -> None:
+    int8 = OnnxEncoder.load(model_store.path("minilm"), int8=True)
+    assert int8.int8 and not minilm.int8 and int8.onnx_path != minilm.onnx_path
+    reference = np.load(REFERENCE)
+    vectors = int8.embed([str(s) for s in reference["sentences"]])
+    assert np.sum(vectors * reference["vectors"], axis=1).min() >= 0.99
+    # Top-1 on the shipped retrieval set drops by at most half a point.
+    assert retrieval_top1(int8, 400) >= retrieval_top1(minilm, 400) - 0.005
+
+
+def test_export_is_fused(model_store: ModelStore) -> None:
+    import onnx
+
+    graph = onnx.load(str(model_store.path("minilm") / "model.onnx"), load_external_data=False)
+    kinds = {n.op_type for n in graph.graph.node}
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= kinds

@@ -150,6 +150,15 @@ TEMPLATES: dict[tuple[str, str], dict] = {
     ("router", "chat"): {"text": "hello"},
     ("federation", "link"): {"endpoint": "tcp://127.0.0.1:9", "name": "p1"},
     ("federation", "unlink"): {"name": "p1"},
+    ("grid", "join"): {"endpoint": "tcp://127.0.0.1:9", "server_key": "k" * 40},
+    ("grid", "hello"): {"member": {"name": "m1", "endpoint": "tcp://127.0.0.1:9", "key": "k" * 40}},
+    ("grid", "introduce"): {"member": {"name": "m1", "endpoint": "tcp://127.0.0.1:9",
+                                       "key": "k" * 40}},
+    ("grid", "beat"): {"from": "m1", "digest": "d", "load": {"models": {}, "in_flight": 0}},
+    ("grid", "capabilities"): {"from": "m1", "digest": "d", "services": [], "models": []},
+    ("grid", "bye"): {"name": "m1"},
+    ("grid", "revoke"): {"name": "m1"},
+    ("grid", "revoked"): {"key": "k" * 40},
     ("echo", "any"): {"v": V},
 }  # fmt: skip
 
@@ -254,12 +263,12 @@ def service_ops(box) -> list[tuple[str, str]]:
 
 def test_every_service_op_is_covered(fuzz_box):
     covered = {s for s, _ in service_ops(fuzz_box)}
-    assert {"memory", "llm", "embed", "session", "align", "router", "federation"} <= covered
+    assert {"memory", "llm", "embed", "session", "align", "router", "federation", "grid"} <= covered
 
 
 @pytest.mark.parametrize(
     "service",
-    ["memory", "llm", "embed", "session", "align", "router", "federation", "status", "echo"],
+    ["memory", "llm", "embed", "session", "align", "router", "federation", "grid", "status", "echo"],
 )
 def test_random_bodies_get_valid_replies_or_typed_errors(fuzz_box, service):
     ops = [op for s, op in service_ops(fuzz_box) if s == service]

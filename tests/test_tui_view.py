@@ -11,6 +11,7 @@ from aether_box.tui.view import (
     fmt_bytes,
     fmt_duration,
     fmt_ms,
+    grid_rows,
     memory_rows,
     model_rows,
     peer_rows,
@@ -144,6 +145,28 @@ def test_memory_projectors_and_peers_tolerate_lists_and_maps():
         "llm",
     )
     assert peer_rows({"peers": []}) == {}
+
+    grid = {
+        "name": "a",
+        "members": [
+            {
+                "name": "b",
+                "state": "up",
+                "endpoint": "tcp://10.0.0.3:7745",
+                "last_seen_s": 0.1,
+                "models": ["smollm2"],
+                "load": {"models": {"smollm2": {"slots": 4, "busy": 3, "queue": 2}}},
+            }
+        ],
+    }
+    assert grid_rows(grid)["grid:b"] == (
+        "b (grid)",
+        "up",
+        "tcp://10.0.0.3:7745",
+        "0.1",
+        "queue 2, free slots 1; smollm2",
+    )
+    assert grid_rows(None) == {}
 
 
 def test_search_results_become_rows():

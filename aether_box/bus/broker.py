@@ -12,10 +12,11 @@ The receive loop never awaits anything but the socket, so one bad peer cannot st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from aether_box.bus.protocol import (
     recv_message,
     send_frames,
 )
-from aether_box.bus.scopes import connection_scope, refusal
+from aether_box.bus.scopes import connection_key, connection_scope, refusal
 from aether_box.bus.security import CurveKeys, bind_all
 from aether_box.bus.service import Handler, InlineHandler, PartialSender, Request
 from aether_box.bus.settings import BusSettings
@@ -83,6 +84,8 @@ class Job:
     service: bytes
     body: list[FrameBytes]
     received: float
+    # An in-process caller's reply sink (Broker.call): (final, body frames) go there, not out.
+    sink: Callable[[bool, list[FrameBytes]], None] | None = None
 
 
 @dataclass(eq=False)
@@ -149,6 +152,8 @@ class Broker:
         self._recheck_scheduled = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.bound: list[str] = []
+        # CURVE keys (z85) whose messages are dropped (AllowList.revoked; empty without CURVE).
+        self.refused: Container[str] = ()
 
     # ----------------------------------------------------------------- registry
 
@@ -205,15 +210,18 @@ class Broker:
         body: Mapping[str, Any],
         on_partial: PartialSender | None = None,
     ) -> dict[str, Any]:
-        """Call an in-process service directly (no sockets); partials go to `on_partial`.
+        """Call a service from in-process (no client socket); partials go to `on_partial`.
 
-        The call counts like a request from a socket: it waits for the service's limiter,
+        A remote worker's service is queued for its workers like a socket request, and
+        its replies come back here. The call counts like a request from a socket: it waits for the service's limiter,
         shows in its in-flight count and stats, and a shutdown that outlives its grace
         cancels it. The caller being cancelled cancels it too; errors are raised.
         """
         svc = self.services.get(service)
-        if svc is None or svc.handler is None:
-            raise NotFound(f"no in-process service {service!r}")
+        if svc is None:
+            raise NotFound(f"no service {service!r}")
+        if svc.handler is None:
+            return await self._call_remote(svc, body, on_partial)
         if svc.in_flight >= self.settings.queue_limit:
             svc.stats.rejected["overloaded"] += 1
             raise Overloaded(f"{service} has {self.settings.queue_limit} requests waiting")
@@ -248,6 +256,49 @@ class Broker:
         finally:
             svc.in_flight -= 1
             svc.stats.finished(time.monotonic() - started, code)
+
+    def alive(self, service: str) -> bool:
+        """Whether `service` is served now: in-process, or by at least one live worker."""
+        svc = self.services.get(service)
+        return svc is not None and (svc.handler is not None or bool(svc.workers))
+
+    async def _call_remote(
+        self, svc: Service, body: Mapping[str, Any], on_partial: PartialSender | None
+    ) -> dict[str, Any]:
+        """Call a remote worker's service from in-process: queued and counted as a socket
+        request is, with its replies handed back here instead of sent."""
+        if not svc.workers:
+            raise ServiceUnavailable(f"no worker serves {svc.name} now; start one and retry")
+        if svc.in_flight + len(svc.queue) >= self.settings.queue_limit:
+            svc.stats.rejected["overloaded"] += 1
+            raise Overloaded(f"{svc.name} has {self.settings.queue_limit} requests waiting")
+        send, receive = anyio.create_memory_object_stream[tuple[bool, list[FrameBytes]]](
+            float("inf")
+        )
+
+        def sink(final: bool, frames: list[FrameBytes]) -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.send_nowait((final, frames))
+
+        job = Job(b"", False, svc.name.encode(), encode_body(body), time.monotonic(), sink)
+        svc.in_flight += 1
+        svc.queue.append(job)
+        self._assign(svc)
+        try:
+            with send, receive:
+                async for final, frames in receive:
+                    reply = decode_body(frames)
+                    reply.pop(RID, None)
+                    raise_if_error(reply)
+                    if final:
+                        return reply
+                    if on_partial is not None:
+                        await on_partial(reply)
+        finally:
+            if job in svc.queue:  # the caller gave up before a worker took it
+                svc.queue.remove(job)
+                svc.in_flight -= 1
+        raise ServiceUnavailable(f"{svc.name}: the reply stream closed early; retry")
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -297,6 +348,9 @@ class Broker:
                     frames, self._peer = recv_message(self._router)
                 except zmq.Again:
                     return
+                if self.refused and connection_key(self._peer) in self.refused:
+                    self.rejected["revoked"] += 1  # a key revoked since it connected
+                    continue
                 try:
                     self._dispatch(frames)
                 except Exception:  # a bug here must cost one message, never the broker
@@ -536,7 +590,9 @@ class Broker:
     def _refusal(self, name: str, body: list[FrameBytes]) -> BoxError | None:
         """The Forbidden error for a request its connection's scope does not allow."""
         assert self._peer is not None
-        scope, how = connection_scope(self._peer, self.settings.loopback_admin)
+        scope, how = connection_scope(
+            self._peer, self.settings.loopback_admin, self.curve is not None
+        )
         return refusal(scope, how, name, body[0] if body else b"")
 
     def _on_cancel(
@@ -629,7 +685,12 @@ class Broker:
         if job is None or len(rest) < 2 or rest[0] != job.client or rest[1] != b"":
             self.rejected["bad_worker_reply"] += 1
             return
-        self._send_nowait(self._client_frames(job.client, job.legacy, job.service, final, rest[2:]))
+        if job.sink is not None:
+            job.sink(final, list(rest[2:]))
+        else:
+            self._send_nowait(
+                self._client_frames(job.client, job.legacy, job.service, final, rest[2:])
+            )
         if final:
             svc = worker.service
             svc.in_flight -= 1
@@ -659,12 +720,7 @@ class Broker:
             job, worker.job = worker.job, None
             svc.in_flight -= 1
             svc.stats.finished(time.monotonic() - job.received, "unavailable")
-            self._reply_error(
-                job.client,
-                job.legacy,
-                job.service,
-                ServiceUnavailable(f"{svc.name}: {why}; retry the request"),
-            )
+            self._fail_job(job, ServiceUnavailable(f"{svc.name}: {why}; retry the request"))
 
     def _disconnect(self, identity: bytes, legacy: bool) -> None:
         self._send_nowait(self._worker_frames(identity, legacy, WorkerCmd.DISCONNECT, []))
@@ -691,10 +747,8 @@ class Broker:
                     job = svc.queue.popleft()
                     svc.in_flight -= 1
                     svc.stats.rejected["expired"] += 1
-                    self._reply_error(
-                        job.client,
-                        job.legacy,
-                        job.service,
+                    self._fail_job(
+                        job,
                         ServiceUnavailable(
                             f"no worker for {svc.name} answered within {self.settings.request_expiry_s:g} s"
                         ),
@@ -721,6 +775,12 @@ class Broker:
         identity: bytes, legacy: bool, command: bytes, rest: list[FrameBytes]
     ) -> list[FrameBytes]:
         return [identity, *([b""] if legacy else []), WORKER, command, *rest]
+
+    def _fail_job(self, job: Job, error: BoxError) -> None:
+        if job.sink is not None:
+            job.sink(True, list(encode_body(error.to_wire())))
+        else:
+            self._reply_error(job.client, job.legacy, job.service, error)
 
     def _reply_error(self, client: bytes, legacy: bool, service: bytes, error: BoxError) -> None:
         self._send_nowait(self._client_frames(client, legacy, service, True, error.to_wire()))

@@ -10,7 +10,7 @@ Three scopes, each allowing what the one before it does and more:
 A connection's scope comes from how it reached the box. The ipc socket in the data dir is
 ``admin`` (only its user can open it: the data dir is 0700). A CURVE client carries the scope
 its public key was authorized with (`aether-box keys authorize FILE --scope ...`), which the
-ZAP handler hands to the broker as the connection's User-Id. Plain tcp on loopback (any local
+ZAP handler hands to the broker in the connection's User-Id (with the key itself). Plain tcp on loopback (any local
 user can connect there) is ``use``, or ``admin`` when ``bus.loopback_admin`` says so.
 """
 
@@ -29,9 +29,11 @@ __all__ = [
     "READ",
     "SCOPES",
     "USE",
+    "connection_key",
     "connection_scope",
     "refusal",
     "required_scope",
+    "user_id",
 ]
 
 READ, USE, ADMIN = "read", "use", "admin"
@@ -84,26 +86,50 @@ def required_scope(service: str, op: Any) -> str:
     return USE
 
 
-def connection_scope(frame: zmq.Frame, loopback_admin: bool) -> tuple[str, str]:
-    """The scope of the connection `frame` arrived on, and how it came (for messages)."""
+def connection_scope(frame: zmq.Frame, loopback_admin: bool, curve: bool) -> tuple[str, str]:
+    """The scope of the connection `frame` arrived on, and how it came (for messages).
+
+    `curve`: whether the box runs a ZAP handler at all (without one no frame has a User-Id,
+    and asking for it costs an exception per message).
+    """
     address = frame.get("Peer-Address")
     if address.startswith("localhost:"):  # libzmq's ipc peer: localhost:uid:gid:pid
         return ADMIN, "ipc"
-    try:
-        user = frame.get("User-Id")  # set by the ZAP handler: a CURVE key's scope
-    except zmq.ZMQError:
-        user = None
-    if user in _RANK:
-        return user, "curve"
+    if curve:
+        try:
+            user = frame.get("User-Id")  # set by the ZAP handler: "SCOPE KEY" (see user_id)
+        except zmq.ZMQError:
+            user = None
+        scope = user.split(" ", 1)[0] if user else None
+        if scope in _RANK:
+            return scope, "curve"
     return (ADMIN if loopback_admin else USE), "loopback"
+
+
+def user_id(scope: str, key: bytes) -> str:
+    """What the ZAP handler names a CURVE connection: its scope, then its z85 public key
+    (z85 has no spaces), so the broker knows both (the key: to drop a revoked one)."""
+    return f"{scope} {key.decode()}"
+
+
+def connection_key(frame: zmq.Frame) -> str | None:
+    """The z85 public key a CURVE connection authenticated with; None for ipc or plain tcp."""
+    try:
+        user = str(frame.get("User-Id"))
+    except zmq.ZMQError:
+        return None
+    return user.split(" ", 1)[1] if " " in user else None
 
 
 def refusal(scope: str, how: str, service: str, header: bytes | memoryview) -> Forbidden | None:
     """None when `scope` allows the request; else the error that says what it needs."""
     if scope == ADMIN:
         return None
+    own = service.rsplit("/", 1)[-1]
+    if scope == USE and own not in ADMIN_OPS:
+        return None  # every op of it is `use` or less: no need to read the body
     op = None
-    if service.rsplit("/", 1)[-1] in READ_OPS or service.rsplit("/", 1)[-1] in ADMIN_OPS:
+    if own in READ_OPS or own in ADMIN_OPS:
         try:  # only the op is needed; a body that does not decode is refused later anyway
             body = msgpack.unpackb(header, strict_map_key=False)
             op = body.get("op") if isinstance(body, dict) else None

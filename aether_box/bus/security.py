@@ -26,11 +26,13 @@ from aether_box.bus.settings import DEFAULT_TCP_ENDPOINTS
 from aether_box.errors import ConfigError
 
 __all__ = [
+    "AllowList",
+    "scopes_in",
+    "write_authorized",
     "CurveKeys",
     "bind_all",
     "configure_curve_client",
     "authorize_key",
-    "authorized_scopes",
     "init_keys",
     "is_loopback",
     "keys_dir",
@@ -62,6 +64,73 @@ class CurveKeys:
 
 def keys_dir(data_dir: Path) -> Path:
     return data_dir / KEYS_DIR
+
+
+class AllowList:
+    """The public keys the bus admits over CURVE, with their scopes: keys/authorized/*.key,
+    changeable while the box runs (the grid admits its members and revokes them).
+
+    ZAP asks `callback` at each CURVE handshake. A revoked key is refused from then on, and
+    `revoked` tells the broker to drop messages from connections admitted before (see
+    Broker), so a revoked member is cut off at once, not at its next reconnect.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.scopes: dict[bytes, str] = {}  # z85 public key -> its scope
+        self.revoked: set[str] = set()  # z85 keys whose connections the broker drops
+
+    @property
+    def keys(self) -> set[bytes]:
+        return set(self.scopes)
+
+    def load(self) -> AllowList:
+        """Read every key file in the directory (blocking: call it in a worker thread)."""
+        self.scopes = scopes_in(self.directory)
+        self.revoked -= {key.decode() for key in self.scopes}  # a key put back is admitted
+        return self
+
+    async def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP's question (zmq.auth credentials provider): is `key` (z85) admitted?
+
+        An unknown key has the directory read again first (in a worker thread), so a key
+        file copied there while the box runs admits its client at once. (A refused client
+        is not retried by ZeroMQ: it must connect again, so the read cannot wait for later.)
+        """
+        if key not in self.scopes:
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(self.load)
+        return key in self.scopes
+
+    def admit(self, name: str, public: str, scope: str) -> Path:
+        """Admit `public` (z85) with `scope` now and across restarts, as
+        keys/authorized/NAME.key (blocking)."""
+        path = write_authorized(self.directory / f"{name}.key", public, scope, "aether-box grid")
+        self.scopes[public.encode()] = scope
+        self.revoked.discard(public)
+        return path
+
+    def remove(self, file_name: str) -> None:
+        """Delete keys/authorized/FILE_NAME and read the directory again (blocking)."""
+        (self.directory / file_name).unlink(missing_ok=True)
+        self.load()
+
+    def revoke(self, public: str) -> list[Path]:
+        """Refuse `public` from now on: forget it and delete every key file that holds it
+        (blocking). Returns the files deleted."""
+        self.scopes.pop(public.encode(), None)
+        self.revoked.add(public)
+        deleted = []
+        for path in self.directory.glob("*.key"):
+            try:
+                held, _ = zmq.auth.load_certificate(path)
+            except (OSError, ValueError):
+                continue  # not a key file: not ours to judge here
+            if held == public.encode():
+                path.unlink()
+                deleted.append(path)
+        return deleted
 
 
 def init_keys(data_dir: Path, *, force: bool = False) -> Path:
@@ -103,20 +172,26 @@ def authorize_key(data_dir: Path, key_file: Path, scope: str, name: str | None =
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise ConfigError(f"key name {name!r}: letters, digits, '.', '_' or '-'; use --name")
     target = keys_dir(data_dir) / AUTHORIZED_DIR / f"{name}.key"
+    return write_authorized(target, public.decode(), scope, "aether-box keys authorize")
+
+
+def write_authorized(target: Path, public: str, scope: str, by: str) -> Path:
+    """Write an authorized key file (z85 `public`, its `scope`), whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".key.partial")
     tmp.write_text(
-        f'# authorized by aether-box keys authorize\nmetadata\n    scope = "{scope}"\n'
-        f'curve\n    public-key = "{public.decode()}"\n'
+        f'# authorized by {by}\nmetadata\n    scope = "{scope}"\n'
+        f'curve\n    public-key = "{public}"\n'
     )
     os.replace(tmp, target)
     return target
 
 
-def authorized_scopes(data_dir: Path) -> dict[bytes, str]:
-    """Each authorized public key (z85) and its scope; a key file without one is `use`."""
+def scopes_in(directory: Path) -> dict[bytes, str]:
+    """Each authorized public key (z85) in `directory` and its scope; a key file without
+    one is `use`; a file that is no key file is skipped."""
     found: dict[bytes, str] = {}
-    for path in sorted((keys_dir(data_dir) / AUTHORIZED_DIR).glob("*.key")):
+    for path in sorted(directory.glob("*.key")):
         try:
             public, _ = zmq.auth.load_certificate(path)
             match = _SCOPE_LINE.search(path.read_text())

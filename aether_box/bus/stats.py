@@ -11,9 +11,7 @@ __all__ = ["LatencyWindow", "ServiceStats", "error_code"]
 
 # Error codes that say the caller asked for something wrong: counted apart from the box's own
 # errors, so a client's mistakes never raise an alert about the box.
-CLIENT_ERROR_CODES = frozenset(
-    {"bad_request", "bad_frames", "not_found", "too_large", "forbidden"}
-)
+CLIENT_ERROR_CODES = frozenset({"bad_request", "bad_frames", "not_found", "too_large", "forbidden"})
 
 
 def error_code(reply: dict) -> str | None:

@@ -4,6 +4,20 @@ def shout(body):                       # return a dict, or yield dicts to stream
     return {"text": body["text"].upper()}
 
 Worker("ipc:///path/bus.sock", "shout", shout).run()
+
+A worker may also offer tools (see aether_box.tools): each decorated function becomes a tool
+named after it, its arguments checked by the box against `schema` before it is called, and
+the worker registers them with the box's `tools` service when it starts::
+
+    worker = Worker("ipc:///path/bus.sock", "weather")
+
+    @worker.tool("Tomorrow's weather forecast for a city", effect="read",
+                 schema={"type": "object", "properties": {"city": {"type": "string"}},
+                         "required": ["city"]})
+    def forecast(city):
+        return {"city": city, "sky": "clear"}
+
+    worker.run()
 """
 
 from __future__ import annotations
@@ -15,24 +29,89 @@ from typing import Any
 import zmq
 
 from aether_box.bus.protocol import RID, WORKER, WorkerCmd, decode_body, encode_body
-from aether_box.errors import BoxError
+from aether_box.errors import BadRequest, BoxError, NotFound
 
 __all__ = ["Worker"]
 
 WorkerHandler = Callable[[dict[str, Any]], Mapping[str, Any] | Iterator[Mapping[str, Any]]]
+# What a tool call sends the worker (see aether_box.tools): {"op": TOOL_OP, "tool", "arguments"}.
+TOOL_OP = "tool"
+EFFECTS = ("read", "write", "send")
 
 
 class Worker:
     """Registers `service` with the broker and answers its requests with `handler`."""
 
     def __init__(
-        self, endpoint: str, service: str, handler: WorkerHandler, *, heartbeat_s: float = 2.5
+        self,
+        endpoint: str,
+        service: str,
+        handler: WorkerHandler | None = None,
+        *,
+        heartbeat_s: float = 2.5,
+        register_timeout_s: float = 10.0,
     ) -> None:
         self.endpoint = endpoint
         self.service = service
         self.handler = handler
         self.heartbeat_s = heartbeat_s
+        self.register_timeout_s = register_timeout_s
+        self.tools: dict[str, dict[str, Any]] = {}
+        self._tool_functions: dict[str, Callable[..., Any]] = {}
         self._socket: zmq.Socket | None = None
+
+    def tool(
+        self,
+        description: str,
+        *,
+        schema: Mapping[str, Any] | None = None,
+        effect: str,
+        private: bool = False,
+        examples: list[str] | None = None,
+        name: str | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Offer the decorated function as a tool: called with the arguments as keywords.
+
+        `effect` says what it does beyond answering: "read" (nothing), "write" (changes
+        state) or "send" (data leaves the machine); `private` that its results are the
+        user's private data. `examples` are tasks it serves, which help the box pick it.
+        """
+        if effect not in EFFECTS:
+            raise ValueError(f"effect must be one of {EFFECTS}, got {effect!r}")
+
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            tool_name = name or function.__name__
+            self.tools[tool_name] = {
+                "name": tool_name,
+                "description": description,
+                "schema": dict(schema or {"type": "object", "properties": {}}),
+                "effect": effect,
+                "private": private,
+                "examples": list(examples or []),
+            }
+            self._tool_functions[tool_name] = function
+            return function
+
+        return register
+
+    def _call_tool(self, body: dict[str, Any]) -> Mapping[str, Any]:
+        name = body.get("tool")
+        function = self._tool_functions.get(name) if isinstance(name, str) else None
+        if function is None:
+            raise NotFound(f"{self.service} has no tool {name!r}; tools: {sorted(self.tools)}")
+        arguments = body.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise BadRequest("field 'arguments' must be a map")
+        result = function(**arguments)
+        return {"result": result}
+
+    def _register_tools(self) -> None:
+        """Tell the box's `tools` service what this worker offers (a plain client request)."""
+        from aether_box.bus.client import Client
+
+        body = {"op": "register", "service": self.service, "tools": list(self.tools.values())}
+        with Client(self.endpoint, timeout=self.register_timeout_s, curve=False) as client:
+            client.request("tools", body)
 
     def _send(self, command: bytes, *frames: Any) -> None:
         assert self._socket is not None
@@ -44,6 +123,8 @@ class Worker:
         self._socket.linger = 0
         self._socket.connect(self.endpoint)
         self._send(WorkerCmd.READY, self.service.encode())
+        if self.tools:
+            self._register_tools()
         served, last_sent = 0, time.monotonic()
         try:
             while stop_after is None or served < stop_after:
@@ -60,6 +141,13 @@ class Worker:
                 if time.monotonic() - last_sent >= self.heartbeat_s:
                     self._send(WorkerCmd.HEARTBEAT)
                     last_sent = time.monotonic()
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM as SystemExit): tell the broker at once; a worker that
+            # just vanishes is found only when its heartbeats stop, and a request sent to
+            # it meanwhile fails.
+            self._send(WorkerCmd.DISCONNECT)
+            self._socket.close(linger=100)
+            raise
         finally:
             self._socket.close(linger=0)
 
@@ -68,7 +156,12 @@ class Worker:
         try:
             body = decode_body(body_frames)
             rid = body.pop(RID, None)
-            result = self.handler(body)
+            if self.tools and body.get("op") == TOOL_OP:
+                result = self._call_tool(body)
+            elif self.handler is not None:
+                result = self.handler(body)
+            else:
+                raise BadRequest(f"{self.service} answers only tool calls ({{'op': 'tool'}})")
             if not isinstance(result, Mapping):  # a generator streams PARTIALs
                 for part in result:
                     self._reply(client, WorkerCmd.PARTIAL, dict(part), rid)

@@ -37,16 +37,19 @@ class Batch:
     def room(self) -> int:
         return self.capacity - self.n
 
-    def add(self, tokens: Sequence[int], pos: int, seq: int, logits: bool) -> int:
+    def add(
+        self, tokens: Sequence[int], pos: int, seq: int, logits: bool, every: bool = False
+    ) -> int:
         """Append `tokens` of sequence `seq` from position `pos`; the batch index of the last.
 
-        `logits`: whether the last token's logits are wanted (to sample from them).
+        `logits`: whether the last token's logits are wanted (to sample from them);
+        `every`: whether every token's are (to score a text).
         """
         start, k = self.n, len(tokens)
         end = start + k
         self._token[start:end] = tokens
         self._pos[start:end] = np.arange(pos, pos + k, dtype=np.int32)
-        self._logits[start:end] = 0
+        self._logits[start:end] = 1 if every else 0
         if logits:
             self._logits[end - 1] = 1
         ptrs, known = self._seq, self._seq_set

@@ -9,7 +9,29 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Generation", "GenerationParams", "TextOut"]
+__all__ = ["AdapterRef", "Generation", "GenerationParams", "TextOut", "adapter_key"]
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One LoRA adapter a request runs with: its GGUF file, its content hash and its scale.
+
+    The hash, not the name, identifies it in cache keys: an adapter removed and re-added with
+    other contents is another adapter.
+    """
+
+    path: str
+    sha256: str
+    scale: float
+
+
+def adapter_key(adapters: Sequence[AdapterRef]) -> str:
+    """The adapter set's part of every cache key ("" for the base model alone).
+
+    KV computed under one set is never reused under another: slots, saved session states and
+    batching groups all compare this key. The order counts: llama.cpp adds the deltas in it.
+    """
+    return ",".join(f"{a.sha256[:24]}@{a.scale!r}" for a in adapters)
 
 
 @dataclass(frozen=True)

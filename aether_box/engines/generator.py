@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,13 @@ import llama_cpp
 from llama_cpp._internals import LlamaContext, LlamaModel
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from aether_box.engines.generation import GenerationParams
+from aether_box.engines.generation import AdapterRef, GenerationParams, adapter_key
 from aether_box.engines.llama import LOAD_LOCK, corrupt, measure, offloaded
-from aether_box.engines.llama_log import captured
+from aether_box.engines.llama_log import captured, errors
 from aether_box.engines.sampling import Sampler
 from aether_box.engines.saved_state import StateStore
 from aether_box.engines.scheduler import Job, Scheduler
-from aether_box.errors import BadRequest, NotFound
+from aether_box.errors import BadRequest, BoxError, NotFound
 
 __all__ = ["LlamaGenerator"]
 
@@ -140,6 +141,9 @@ class LlamaGenerator:
         self._vocab = model.vocab
         self._n_vocab = model.n_vocab()
         self._pieces: dict[int, bytes] = {}
+        # LoRA adapters loaded into this model, by content hash; llama.cpp frees them with it.
+        self._loras: dict[str, Any] = {}
+        self._lora_lock = threading.Lock()
         self._piece_buf = ctypes.create_string_buffer(256)
         self._bos = model.token_bos()
         self._bos_text = model.token_get_text(self._bos) if self._bos != -1 else ""
@@ -214,10 +218,12 @@ class LlamaGenerator:
         on_done: Callable[[Any], None],
         name: str = "",
         session: str | None = None,
+        adapters: Sequence[AdapterRef] = (),
     ) -> Job:
         """A job for `submit`: checks the prompt's length and builds its sampler chain
         (a grammar is parsed here, in the caller's worker thread, not the scheduler's), and
-        reads the session's saved conversation state if its tokens start this prompt."""
+        reads the session's saved conversation state if its tokens start this prompt.
+        `adapters` are loaded on first use (once per model) and applied for this job only."""
         n_prompt = len(tokens)
         if not n_prompt:
             raise BadRequest("the prompt is empty")
@@ -228,12 +234,59 @@ class LlamaGenerator:
                 f"{self.n_ctx}; shorten it, or raise engines.n_ctx (up to the model's "
                 f"{self.model.n_ctx_train()})"
             )
+        handles = self.adapters(adapters)
+        key = adapter_key(adapters)
+        if session is not None and key:
+            session = f"{session}\x1f{key}"  # its saved state is kept per adapter set
         sampler = Sampler(self._vocab, self._n_vocab, params)
         saved = None
         if session is not None and self.store is not None:
             saved = self.store.find(session, tokens)
         limit = min(params.max_tokens, room)
-        return Job(tokens, params, sampler, limit, on_text, on_done, session, saved)
+        return Job(tokens, params, sampler, limit, on_text, on_done, session, saved, handles, key)
+
+    def prepare_score(
+        self, tokens: Sequence[int], adapters: Sequence[AdapterRef], on_done: Callable[[Any], None]
+    ) -> Job:
+        """A job that reads `tokens` under `adapters` and ends with the logits of every
+        position, an array (len(tokens), n_vocab), teacher-forced (the fusion probe's)."""
+        if not 0 < len(tokens) <= min(self.n_ctx, self.scheduler.n_batch):
+            raise BadRequest(
+                f"a scored text must be 1 to {min(self.n_ctx, self.scheduler.n_batch)} tokens"
+            )
+        sampler = Sampler(self._vocab, self._n_vocab, GenerationParams(temperature=0.0))
+        return Job(
+            tokens,
+            GenerationParams(max_tokens=1),
+            sampler,
+            0,
+            None,
+            on_done,
+            adapters=self.adapters(adapters),
+            adapter_key=adapter_key(adapters),
+            score=True,
+        )
+
+    def adapters(self, adapters: Sequence[AdapterRef]) -> list[tuple[Any, float]]:
+        """llama.cpp handles and scales of `adapters`, loading each file once (it blocks)."""
+        handles = []
+        for ref in adapters:
+            with self._lora_lock:
+                handle = self._loras.get(ref.sha256)
+                if handle is None:
+                    with captured() as lines:
+                        handle = llama_cpp.llama_adapter_lora_init(
+                            self.model.model, ref.path.encode("utf-8")
+                        )
+                    if not handle:
+                        why = errors(lines)
+                        raise BoxError(
+                            f"llama.cpp could not load the adapter {Path(ref.path).name} "
+                            f"({why or 'no reason given'}); remove it and add it again"
+                        )
+                    self._loras[ref.sha256] = handle
+            handles.append((handle, ref.scale))
+        return handles
 
     def submit(self, job: Job) -> None:
         """Hand `job` to the scheduler (raises Busy when the queue is full); never blocks."""

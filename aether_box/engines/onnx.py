@@ -9,6 +9,7 @@ used when a GPU is present, the CPU one otherwise; `provider` says which.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from aether_box.models.encoders import ENCODER_JSON
 
 __all__ = ["OnnxEncoder"]
 
+log = logging.getLogger(__name__)
+
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # Texts run in length-sorted sub-batches, so short texts are not padded to the longest of a
@@ -32,7 +35,9 @@ SUB_BATCH = {CPU: 8, CUDA: 128}
 class OnnxEncoder:
     """A loaded sentence encoder; `embed` is thread-safe (ONNX Runtime sessions are)."""
 
-    def __init__(self, session: Any, tokenizer: Any, config: dict[str, Any], path: Path) -> None:
+    def __init__(
+        self, session: Any, tokenizer: Any, config: dict[str, Any], path: Path, onnx_path: Path
+    ) -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.config = config
@@ -46,20 +51,24 @@ class OnnxEncoder:
         self._output = output.name
         self._pooled = len(output.shape) == 2  # else token embeddings, pooled here
         self.dim: int = int(config.get("dim") or output.shape[-1])
-        self.memory_bytes: int = _weights_bytes(self.onnx_path)
-
-    @property
-    def onnx_path(self) -> Path:
-        return _resolve(self.path, self.config["onnx"])
+        self.onnx_path = onnx_path  # the float32 graph, or its int8 copy
+        self.int8 = onnx_path.name == config.get("onnx_int8")
+        self.memory_bytes: int = _weights_bytes(onnx_path)
 
     @classmethod
     def load(
-        cls, path: str | Path, *, device: str = "auto", threads: int | None = None
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        int8: bool = False,
     ) -> OnnxEncoder:
         """Load the encoder in dir `path` (or an .onnx file with tokenizer.json beside it).
 
         `device` is "auto" (CUDA when a GPU is present), "cuda" or "cpu"; `threads` defaults
-        to the number of physical cores.
+        to the number of physical cores; `int8` loads the encoder's int8 copy where it has one
+        (`onnx_int8` in encoder.json; the box writes one for every BERT it exports).
         """
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -70,6 +79,11 @@ class OnnxEncoder:
         config = _encoder_config(path)
         root = path if path.is_dir() else path.parent
         onnx_path = _resolve(root, config["onnx"])
+        if int8 and config.get("onnx_int8"):
+            if _resolve(root, config["onnx_int8"]).is_file():
+                onnx_path = _resolve(root, config["onnx_int8"])
+            else:
+                log.warning("%s has no int8 copy (deleted?): running float32", root)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or psutil.cpu_count(logical=False) or 1
@@ -88,7 +102,7 @@ class OnnxEncoder:
         tokenizer = Tokenizer.from_file(str(_resolve(root, config["tokenizer"])))
         tokenizer.no_padding()  # tokenizer.json may pin a fixed padding; we pad per batch
         tokenizer.enable_truncation(int(config.get("max_length", 512)))
-        return cls(session, tokenizer, config, root)
+        return cls(session, tokenizer, config, root, onnx_path)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, one row per text."""

@@ -121,6 +121,11 @@ def probe_llama_gpu(settings: EngineSettings, gpu: bool) -> bool:
     return gpu_offload_supported()
 
 
+# A request's length in tokens, to turn a model's tokens/s into seconds per request for
+# placement (only the ratio between boxes matters, so a typical answer is enough).
+PLACEMENT_TOKENS = 64
+
+
 class ModelRegistry:
     """The box's loaded models, within a memory budget."""
 
@@ -156,6 +161,34 @@ class ModelRegistry:
             self.store.installed, limiter=self._threads
         )
         return self._installed
+
+    def installed_names(self) -> list[str]:
+        """The installed models' names, as last read (no disk access)."""
+        return [m.name for m in self._installed]
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: its slots, busy slots, queue and seconds per request (the grid
+        places requests by these; see aether_box.grid.placement)."""
+        out: dict[str, dict[str, Any]] = {}
+        for entry in self._loaded.values():
+            stats = getattr(entry.engine, "stats", None)
+            if stats is not None:  # a generation scheduler: its own slots and queue
+                figures = stats()
+                slots, busy, queue = figures["slots"], figures["slots_busy"], figures["queue"]
+                rate = entry.tokens_per_s and entry.tokens_per_s / PLACEMENT_TOKENS
+            else:  # one request at a time, the rest wait for its lock
+                slots, busy = 1, entry.active
+                queue = entry.lock.statistics().tasks_waiting
+                rate = entry.items_per_s
+            load = out.setdefault(
+                entry.name, {"slots": 0, "busy": 0, "queue": 0, "request_s": None}
+            )
+            load["slots"] += slots
+            load["busy"] += busy
+            load["queue"] += queue
+            if rate:
+                load["request_s"] = round(1 / rate, 4)
+        return out
 
     async def has(self, name: str) -> bool:
         """Whether model `name` is installed here (looking again if it was not last time)."""
@@ -394,7 +427,9 @@ class ModelRegistry:
             from aether_box.engines.onnx import OnnxEncoder
 
             device = "cpu" if s.gpu == "off" else "auto"
-            return lambda: OnnxEncoder.load(info.path, device=device, threads=threads)
+            return lambda: OnnxEncoder.load(
+                info.path, device=device, threads=threads, int8=s.onnx_int8
+            )
         raise BadRequest(f"model {info.name!r} is of kind {info.kind!r}, which no engine serves")
 
     async def _drop(self, entry: LoadedModel) -> None:
@@ -430,6 +465,7 @@ class ModelRegistry:
             "gpu": self.settings.gpu,
             "n_gpu_layers": self.settings.n_gpu_layers,
             "n_threads": self.threads,
+            "onnx_int8": self.settings.onnx_int8,
             "n_ctx": self.settings.n_ctx,
             "parallel": self.settings.parallel,
         }

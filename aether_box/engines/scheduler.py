@@ -10,6 +10,11 @@ chunks of prompts still being read, up to `n_batch` tokens. Generating sequences
 one token per step whatever else arrives, and a long prompt is read alongside them in chunks.
 Cancelled requests leave within one step, and their sequence's KV cells are freed.
 
+LoRA adapters apply to the whole context, so one step decodes only sequences that run with the
+same adapter set: the set of the step is kept while it has work, for at most ADAPTER_TURN steps
+when other sets wait, then the set whose oldest request is oldest takes its turn (switching
+costs tens of microseconds, and the first decode after it a few milliseconds).
+
 Finished requests leave their tokens cached in their slot (see `slots`). With a KV stream per
 sequence (the default) a request always fits its slot's stream. With one unified pool, the
 cached tokens of idle slots are dropped when the cells are wanted; when the pool is full even
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Recent steps and requests the status figures are taken over.
 WINDOW = 256
+# Steps one adapter set keeps the context while requests under another set wait.
+ADAPTER_TURN = 8
 # The NLL signal reads every n-th generated token's logits: the mean over them estimates the
 # answer's mean per-token NLL at a half of the cost (a log-sum-exp over the vocabulary).
 NLL_EVERY = 2
@@ -78,8 +85,17 @@ class Job:
         on_done: Callable[[Any], None],
         session: str | None = None,
         saved: SavedState | None = None,
+        adapters: Sequence[tuple[Any, float]] = (),
+        adapter_key: str = "",
+        score: bool = False,
     ) -> None:
         self.tokens = list(tokens)
+        self.adapters = tuple(adapters)  # (llama.cpp adapter handle, scale) pairs
+        self.adapter_key = adapter_key  # part of every cache key (see adapter_key)
+        # A scoring job reads its prompt with the logits of every position and ends with
+        # them (an array (n_tokens, n_vocab)) instead of generating.
+        self.score = score
+        self.scores: list[Any] = []
         self.session = session
         self.saved = saved  # this session's state on disk, if its tokens start the prompt
         self.params = params
@@ -154,6 +170,10 @@ class Scheduler:
         self.unified = unified
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.slots = [Slot(i) for i in range(parallel)]
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        self._active = ""  # the adapter set applied to the context now
+        self._turn = 0  # steps the active set has had while other sets waited
+        self.adapter_switches = 0
         self.batch = Batch(n_batch)
         self._waiting: deque[Job] = deque()
         self._running = 0
@@ -220,6 +240,7 @@ class Scheduler:
             "prompt_tokens_reused": self.reused_tokens,
             "generated_tokens": self.generated,
             "steps": self.steps,
+            "adapter_switches": self.adapter_switches,
             **(
                 {
                     "states_saved": self.store.saved,
@@ -290,9 +311,11 @@ class Scheduler:
         if job.cancelled:
             self._end(job, job.result("cancelled"), drop_kv=False)
             return
-        chosen = choose_slot(self.slots, job.tokens)
+        chosen = choose_slot(self.slots, job.tokens, job.adapter_key)
         assert chosen is not None, "admitted without a free slot"
         slot, shared = chosen
+        if job.score:
+            shared = 0  # it wants the logits of every position
         saved = job.saved
         job.saved = None
         if saved is not None and len(saved.tokens) > shared:
@@ -306,6 +329,7 @@ class Scheduler:
             self.cells_used -= len(slot.tokens) - keep
             del slot.tokens[keep:]
         slot.session = job.session
+        slot.adapters = job.adapter_key
         slot.job = job
         job.slot = slot
         job.cached = keep
@@ -354,10 +378,11 @@ class Scheduler:
             if slot.job is not None and slot.job.cancelled:
                 self._end(slot.job, slot.job.result("cancelled"), drop_kv=True)
         jobs = sorted((s.job for s in self.slots if s.job is not None), key=lambda j: j.submitted)
-        generating = [j for j in jobs if not j.todo]
-        reading = [j for j in jobs if j.todo]
         if not jobs:
             return
+        jobs = self._adapter_group(jobs)
+        generating = [j for j in jobs if not j.todo]
+        reading = [j for j in jobs if j.todo]
         room = self._make_room(len(generating))
         generating = [j for j in generating if j.slot is not None]
         batch = self.batch
@@ -368,6 +393,7 @@ class Scheduler:
             outputs.append((job, batch.add((job.next_token,), len(slot.tokens), slot.seq, True)))
         room -= len(generating)
         chunks: list[tuple[Job, int]] = []
+        scored: list[tuple[Job, int, int]] = []  # scoring jobs: first batch index, count
         for job in reading:
             take = min(len(job.todo), batch.room, room)
             if take <= 0:
@@ -377,8 +403,10 @@ class Scheduler:
                 continue
             slot = job.slot
             last = take == len(job.todo)
-            index = batch.add(job.todo[:take], len(slot.tokens), slot.seq, last)
-            if last:
+            index = batch.add(job.todo[:take], len(slot.tokens), slot.seq, last, job.score)
+            if job.score:
+                scored.append((job, index - take + 1, take))
+            elif last:
                 outputs.append((job, index))
             chunks.append((job, take))
             room -= take
@@ -397,6 +425,8 @@ class Scheduler:
             job.slot.tokens.extend(job.todo[:take])
             del job.todo[:take]
             self.cells_used += take
+        for job, first, count in scored:
+            self._keep_logits(job, first, count)
         sampling = 0.0
         produced = 0
         for job, index in outputs:
@@ -416,6 +446,45 @@ class Scheduler:
             self._rates.append(produced / took)
             self._step_s.append(took / produced)
         self._overheads.append(time.thread_time() - cpu_started - cpu_decode - sampling)
+
+    def _adapter_group(self, jobs: list[Job]) -> list[Job]:
+        """The jobs of this step: those under one adapter set, which it applies to the context."""
+        keys = list(dict.fromkeys(j.adapter_key for j in jobs))  # oldest request's set first
+        if len(keys) == 1:
+            key = keys[0]
+            self._turn = 0
+        elif self._active in keys and self._turn < ADAPTER_TURN:
+            key = self._active
+            self._turn += 1
+        else:
+            key = next(k for k in keys if k != self._active)
+            self._turn = 0
+        group = [j for j in jobs if j.adapter_key == key]
+        if key != self._active:
+            self._apply_adapters(group[0].adapters)
+            self._active = key
+        return group
+
+    def _apply_adapters(self, adapters: Sequence[tuple[Any, float]]) -> None:
+        n = len(adapters)
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(*(h for h, _ in adapters))
+        scales = (ctypes.c_float * max(n, 1))(*(s for _, s in adapters))
+        rc = llama_cpp.llama_set_adapters_lora(
+            self.ctx, handles if n else None, n, scales if n else None
+        )
+        if rc != 0:
+            raise BoxError(f"llama.cpp refused the adapter set (llama_set_adapters_lora {rc})")
+        self.adapter_switches += 1
+
+    def _keep_logits(self, job: Job, first: int, count: int) -> None:
+        """Copy the logits of a scoring job's batch rows; end it once its prompt is read."""
+        for i in range(first, first + count):
+            row = llama_cpp.llama_get_logits_ith(self.ctx, i)
+            job.scores.append(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy())
+        if not job.todo:
+            result = np.stack(job.scores)
+            job.scores = []
+            self._end(job, result, drop_kv=False)
 
     def _nll(self, job: Job, index: int, token: int) -> None:
         """Add the sampled token's negative log-likelihood under the raw logits (the

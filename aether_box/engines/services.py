@@ -12,6 +12,10 @@
   ``session`` (a string): the conversation's id; when another request takes its slot, its KV
   state is saved to disk, and a later request of the session whose prompt starts with exactly
   those tokens gets it back instead of re-reading them.
+  ``adapters``: ``[{"name", "scale"?: float (default 1.0), "force"?: bool}]``, LoRA adapters
+  kept by the `adapters` service for this model, applied to this request only (the model stays
+  loaded; see aether_box.adapters). An adapter the fusion log judged ``prune`` is refused
+  unless ``force`` is true.
   Constrained output: ``grammar`` (GBNF text, root rule ``root``) or ``json_schema`` (a JSON
   schema map): the reply follows the grammar; with a schema it is JSON that fits it (unless
   ``max_tokens`` cuts it short: finish_reason "length").
@@ -42,7 +46,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -52,8 +56,16 @@ import numpy as np
 from aether_box.bus.protocol import ROUTED
 from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
-from aether_box.contract import ModelCatalog, ModelResidency, PeerDirectory
-from aether_box.engines.generation import Generation, GenerationParams
+from aether_box.contract import (
+    AdapterCatalog,
+    AdapterLease,
+    Grid,
+    ModelCatalog,
+    ModelResidency,
+    PeerDirectory,
+    TextScorer,
+)
+from aether_box.engines.generation import AdapterRef, Generation, GenerationParams
 from aether_box.engines.onnx import cuda_unavailable_reason
 from aether_box.engines.registry import (
     ROLES,
@@ -81,7 +93,7 @@ MAX_STOPS = 16
 REFRESH_S = 10.0
 
 
-class EnginesComponent(ModelCatalog, ModelResidency):
+class EnginesComponent(ModelCatalog, ModelResidency, TextScorer):
     """Registers `llm` and `embed`, and the "models" status section."""
 
     name: ClassVar[str] = "engines"
@@ -124,6 +136,12 @@ class EnginesComponent(ModelCatalog, ModelResidency):
             return None
         return {**self.registry.status(), "onnx_cuda": self._cuda_note or "available"}
 
+    def installed(self) -> list[str]:
+        return [] if self.registry is None else self.registry.installed_names()
+
+    def loads(self) -> dict[str, dict[str, Any]]:
+        return {} if self.registry is None else self.registry.loads()
+
     async def has_model(self, model: str) -> bool:
         return self.registry is not None and await self.registry.has(model)
 
@@ -132,6 +150,21 @@ class EnginesComponent(ModelCatalog, ModelResidency):
             raise ServiceUnavailable("the engines are still starting; retry in a moment")
         if not await self.registry.has(model):
             await self.registry.info(model)  # raises the store's NotFound: installed, how to add
+
+    async def score(
+        self, model: str, texts: Sequence[str], adapters: Sequence[AdapterRef]
+    ) -> list[np.ndarray]:
+        """Teacher-forced logits of each text under `adapters` (see TextScorer)."""
+        if self.registry is None:
+            raise ServiceUnavailable("the engines are still starting; retry in a moment")
+        registry = self.registry
+        out = []
+        async with registry.use(model, "generate") as entry:
+            engine = entry.engine
+            for text in texts:
+                tokens = await registry.run(engine.prompt_tokens, text)
+                out.append(await _score(registry, engine, tokens, adapters))
+        return out
 
     def residency(self) -> list[dict[str, Any]]:
         if self.registry is None:
@@ -177,16 +210,47 @@ async def chat_for(
     messages: list[dict[str, Any]],
     own_fields: tuple[str, ...],
     session: str | None = None,
+    adapters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`llm` chat on behalf of another service's request: its fields other than `own_fields`
     are the sampling (``stream``, ``max_tokens``...), and its partial replies go to that request.
     `session` names the conversation, so the model may keep its KV state between turns.
+    `adapters` are the default LoRA adapters (a session's, a route's), used unless the
+    request names its own (an empty list: none).
     """
     sampling = {k: v for k, v in request.body.items() if k not in own_fields}
     chat = {**sampling, "op": "chat", "model": model, "messages": messages}
     if session is not None:
         chat["session"] = session
+    if adapters and "adapters" not in chat:
+        chat["adapters"] = adapters
     return await ctx.call("llm", chat, on_partial=request.partial)
+
+
+async def _score(
+    registry: ModelRegistry, engine: Any, tokens: list[int], adapters: Sequence[AdapterRef]
+) -> np.ndarray:
+    """One scoring job through the model's scheduler, its logits posted back to this loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def post(item: Any) -> None:  # in the scheduler's thread
+        try:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(item))
+        except RuntimeError:  # the loop has closed (shutdown): nobody is listening
+            pass
+
+    job = await registry.run(engine.prepare_score, tokens, adapters, post)
+    engine.submit(job)
+    try:
+        result = await done
+    finally:
+        job.cancel()
+    if isinstance(result, BaseException):
+        raise result
+    if not isinstance(result, np.ndarray):
+        raise BoxError(f"scoring ended as {getattr(result, 'finish_reason', result)!r}")
+    return result
 
 
 class ModelService(OpService):
@@ -201,12 +265,24 @@ class ModelService(OpService):
         self.registry = registry
         self.ctx = ctx
 
+    # The ops that do a model's work: in a grid they go where the wait is shortest.
+    placed_ops: frozenset[str] = frozenset()
+
     async def __call__(self, request: Request) -> Mapping[str, Any] | None:
         routed = request.body.pop(ROUTED, False)
         model = request.body.get("model")
         if not routed and isinstance(model, str) and self.ctx is not None:
+            here = await self.registry.has(model)
+            grid = self.ctx.get(Grid)
+            if (
+                grid is not None
+                and request.body.get("op") in self.placed_ops
+                and grid.places(self.name, model)
+            ):
+                serve_here = super().__call__ if here else None
+                return await grid.place(self.name, model, request, serve_here)
             peers = self.ctx.get(PeerDirectory)
-            if peers is not None and not await self.registry.has(model):
+            if peers is not None and not here:
                 peer = peers.peer_for_model(self.name, model)
                 if peer is not None:
                     return await peer.forward(self.name, request, routed=True)
@@ -217,6 +293,7 @@ class LlmService(ModelService):
     """Chat and completion with GGUF models."""
 
     name = "llm"
+    placed_ops = frozenset({"chat", "complete"})
 
     async def op_chat(self, request: Request) -> dict[str, Any]:
         """Reply to `messages` with the model's chat template."""
@@ -279,6 +356,8 @@ class LlmService(ModelService):
         """
         engine = entry.engine
         session = _session(request.body)
+        lease = await self._adapters(entry.name, request.body)
+        refs = lease.refs if lease is not None else ()
         loop = asyncio.get_running_loop()
         send, receive = anyio.create_memory_object_stream[Any](math.inf)
 
@@ -296,7 +375,7 @@ class LlmService(ModelService):
 
         def prepare() -> Any:
             on_text = post if stream else None
-            return engine.prepare(prompt(), params, on_text, post, entry.name, session)
+            return engine.prepare(prompt(), params, on_text, post, entry.name, session, refs)
 
         try:
             job = await self.registry.run(prepare)
@@ -304,6 +383,8 @@ class LlmService(ModelService):
         except BaseException:
             send.close()
             receive.close()
+            if lease is not None:
+                lease.release()
             raise
         result: Any = None
         try:
@@ -330,6 +411,11 @@ class LlmService(ModelService):
         finally:
             job.cancel()  # a no-op once it has finished
             send.close()
+            if lease is not None:
+                done = isinstance(result, Generation)
+                lease.release(
+                    result.completion_tokens if done else 0, result.tokens_per_s if done else 0.0
+                )
         if isinstance(result, BaseException):
             raise result
         if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
@@ -348,6 +434,20 @@ class LlmService(ModelService):
                 },
             )
         return result
+
+    async def _adapters(self, model: str, body: Mapping[str, Any]) -> AdapterLease | None:
+        """The lease on the request's ``adapters`` (None without any)."""
+        specs = body.get("adapters")
+        if specs is None or specs == []:
+            return None
+        if not isinstance(specs, list):
+            raise BadRequest(
+                f'field \'adapters\' must be a list of {{"name", "scale"?}} maps, got {specs!r}'
+            )
+        catalog = self.ctx.get(AdapterCatalog) if self.ctx is not None else None
+        if catalog is None:
+            raise ServiceUnavailable("this box serves no adapters (the adapters component is off)")
+        return await catalog.lease(model, specs)
 
     @staticmethod
     def _final(name: str, result: Generation) -> dict[str, Any]:
@@ -369,6 +469,7 @@ class EmbedService(ModelService):
     """Sentence vectors from ONNX encoders and GGUF models."""
 
     name = "embed"
+    placed_ops = frozenset({"embed"})
 
     async def op_embed(self, request: Request) -> dict[str, Any]:
         """L2-normalised float32 vectors, one row per text."""

@@ -23,6 +23,7 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # in the KV cache, positions 0..n-1
     job: Any = None  # the request using it, or None when free
     session: str | None = None  # whose conversation the cached tokens are
+    adapters: str = ""  # the adapter set they were computed under (see adapter_key)
     last_used: float = 0.0
 
 
@@ -37,13 +38,18 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def choose_slot(slots: Sequence[Slot], tokens: Sequence[int]) -> tuple[Slot, int] | None:
-    """The free slot for prompt `tokens` and how many of its cached tokens match, or None."""
+def choose_slot(
+    slots: Sequence[Slot], tokens: Sequence[int], adapters: str = ""
+) -> tuple[Slot, int] | None:
+    """The free slot for prompt `tokens` and how many of its cached tokens match, or None.
+
+    Only tokens cached under the same adapter set (`adapters`, see adapter_key) match.
+    """
     best: tuple[int, float, Slot] | None = None
     for slot in slots:
         if slot.job is not None:
             continue
-        shared = common_prefix(slot.tokens, tokens)
+        shared = common_prefix(slot.tokens, tokens) if slot.adapters == adapters else 0
         key = (shared, -slot.last_used)
         if best is None or key > best[:2]:
             best = (shared, -slot.last_used, slot)

@@ -85,10 +85,14 @@ def default_name(endpoint: str) -> str:
 
 
 class PeerBook:
-    """Linked peers by name, read from and written to one TOML file."""
+    """Linked peers by name, read from and written to one TOML file (under `table`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, table: str = "peers", redo: str = "link again with `aether-box link`"
+    ) -> None:
         self.path = path
+        self.table = table
+        self.redo = redo  # what to do once the broken file is gone
         self.peers: dict[str, PeerRecord] = {}
         # Saved links that cannot be used (an older version's, or edited by hand), and why:
         # reported and skipped, never a reason to stop the component.
@@ -101,17 +105,17 @@ class PeerBook:
             data = tomllib.loads(self.path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(
-                f"{self.path} is not a valid peers file ({exc}); fix it, or delete it and "
-                "link again with `aether-box link`"
+                f"{self.path} is not a valid {self.table} file ({exc}); fix it, or delete it "
+                f"and {self.redo}"
             ) from exc
-        peers = data.get("peers", {})
+        peers = data.get(self.table, {})
         for name, fields in peers.items() if isinstance(peers, dict) else ():
             try:
                 if not isinstance(fields, dict):
                     raise TypeError("not a table")
                 self.peers[name] = PeerRecord(name, **fields)
             except (TypeError, BadRequest) as exc:
-                self.invalid[str(name)] = f"skipped: {exc}; unlink it, and link it again"
+                self.invalid[str(name)] = f"skipped: {exc}; {self.redo}"
         return self
 
     def save(self) -> None:
@@ -122,5 +126,5 @@ class PeerBook:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".toml.partial")
-        partial.write_text(tomli_w.dumps({"peers": peers}))
+        partial.write_text(tomli_w.dumps({self.table: peers}))
         os.replace(partial, self.path)

@@ -12,12 +12,12 @@ from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
 
-__all__ = ["link"]
+__all__ = ["link", "read_server_key"]
 
 SERVICE = "federation"
 
 
-def _server_key(value: str | None) -> str | None:
+def read_server_key(value: str | None) -> str | None:
     """A z85 public key, given as itself or as the path of the peer's keys/server.key."""
     if value is None or len(value) == 40 and not Path(value).exists():
         return value
@@ -71,7 +71,7 @@ def link(
     elif endpoint:
         body = {"op": "link", "endpoint": endpoint, "name": name}
         if server_key:
-            body["server_key"] = _server_key(server_key)
+            body["server_key"] = read_server_key(server_key)
     else:
         body = {"op": "peers"}
     with state.client(timeout) as client:

@@ -23,7 +23,6 @@ from aether_box.client import AsyncClient
 from aether_box.contract import PeerForwarder
 from aether_box.errors import BoxError, ServiceUnavailable, Timeout
 from aether_box.federation.book import PeerRecord
-from aether_box.federation.settings import FederationSettings
 
 if TYPE_CHECKING:
     from aether_box.context import BoxContext
@@ -31,21 +30,30 @@ if TYPE_CHECKING:
 __all__ = ["PeerLink"]
 
 log = logging.getLogger(__name__)
+# A peer's services that stay its own business: managing its links and its grid membership.
+LOCAL_ONLY = frozenset({"federation", "grid"})
 
 
 class PeerLink(PeerForwarder):
-    """Keeps one peer's services reachable from this box's bus."""
+    """Keeps one peer's services reachable from this box's bus.
+
+    `_look` is how it watches the peer (here: its status every `refresh_s`); a grid member
+    link (aether_box.grid.link) watches by heartbeats instead and keeps the rest.
+    """
 
     def __init__(
         self,
         ctx: BoxContext,
         record: PeerRecord,
-        settings: FederationSettings,
         keys: CurveKeys | None,
+        *,
+        refresh_s: float,
+        request_timeout_s: float,
     ) -> None:
         self.ctx = ctx
         self.record = record
-        self.settings = settings
+        self.refresh_s = refresh_s
+        self.request_timeout_s = request_timeout_s
         self.keys = keys
         self.state = "connecting"
         self.first_look = anyio.Event()  # set once the state is up or down, not connecting
@@ -102,13 +110,16 @@ class PeerLink(PeerForwarder):
         self._scope.cancel()
 
     async def _watch(self, curve: tuple[CurveKeys, bytes] | Literal[False]) -> None:
-        async with AsyncClient(  # a peer that is down now may come back: keep watching
-            self.record.endpoint, timeout=self.settings.refresh_s, curve=curve, check=False
-        ) as client:
-            self._client = client
-            while True:
-                await self._look(client)
-                await anyio.sleep(self.settings.refresh_s)
+        while True:  # a peer that is down now may come back: keep watching
+            async with AsyncClient(
+                self.record.endpoint, timeout=self.refresh_s, curve=curve, check=False
+            ) as client:
+                self._client = client
+                while True:
+                    if not await self._look(client):
+                        break  # this connection is no good: make a new one
+                    await anyio.sleep(self.refresh_s)
+            await anyio.sleep(self.refresh_s)
 
     def _curve(self) -> tuple[CurveKeys, bytes] | Literal[False]:
         if self.record.server_key is None:
@@ -120,19 +131,29 @@ class PeerLink(PeerForwarder):
             )
         return self.keys, self.record.server_key.encode()
 
-    async def _look(self, client: AsyncClient) -> None:
+    async def _look(self, client: AsyncClient) -> bool:
+        """Look at the peer once; False to look again through a new connection."""
         try:
-            with anyio.fail_after(self.settings.refresh_s + 1):
-                report = await client.status(timeout=self.settings.refresh_s)
+            with anyio.fail_after(self.refresh_s + 1):
+                report = await client.status(timeout=self.refresh_s)
         except (BoxError, TimeoutError) as exc:
             self._down(_why(exc, self.record))
-            return
+            return True
+        installed = (report.get("models") or {}).get("installed", [])
+        self._offer(
+            list(report.get("services", {})),
+            [m["name"] for m in installed if isinstance(m, dict) and "name" in m],
+        )
+        return True
+
+    def _offer(self, reported: list[str], models: list[str]) -> None:
+        """The peer answered with these services and models: offer them here, mark it up."""
         self.last_seen = time.monotonic()
         services = sorted(
             name
-            for name in report.get("services", {})
-            # Not the peer's own forwards (no loops), nor its link management.
-            if "/" not in name and name != "federation"
+            for name in reported
+            # Not the peer's own forwards (no loops), nor its link or grid management.
+            if "/" not in name and name not in LOCAL_ONLY
         )
         for service in set(services) - set(self.services):
             local = self._local_name(service)
@@ -150,8 +171,7 @@ class PeerLink(PeerForwarder):
             if (handler := self._forwarders.pop(local, None)) is not None:
                 self.ctx.remove_service(local, handler)
         self.services = services
-        installed = (report.get("models") or {}).get("installed", [])
-        self.models = sorted(m["name"] for m in installed if isinstance(m, dict) and "name" in m)
+        self.models = sorted(models)
         self.first_look.set()
         if self.state != "up":
             self.state, self.error = "up", None
@@ -187,7 +207,7 @@ class PeerLink(PeerForwarder):
         if self.state != "up" or self._client is None:
             raise ServiceUnavailable(
                 f"peer {self.name} is unreachable ({self.error or 'not connected yet'}); "
-                f"this box looks again every {self.settings.refresh_s:g} s"
+                f"this box looks again every {self.refresh_s:g} s"
             )
         body = {**request.body, ROUTED: True} if routed else request.body
         last: Mapping[str, Any] = {}
@@ -196,7 +216,7 @@ class PeerLink(PeerForwarder):
             try:
                 # Every reply but the last is a partial: pass each on once the next arrives.
                 async for part in self._client.stream(
-                    service, body, timeout=self.settings.request_timeout_s
+                    service, body, timeout=self.request_timeout_s
                 ):
                     if last:
                         await request.partial(last)

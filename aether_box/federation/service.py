@@ -115,6 +115,12 @@ class FederationComponent(OpService, PeerDirectory):
 
     def _start(self, record: PeerRecord) -> PeerLink:
         assert self._tg is not None
-        link = self.links[record.name] = PeerLink(self.ctx, record, self.settings, self._keys)
+        link = self.links[record.name] = PeerLink(
+            self.ctx,
+            record,
+            self._keys,
+            refresh_s=self.settings.refresh_s,
+            request_timeout_s=self.settings.request_timeout_s,
+        )
         self._tg.start_soon(link.run)
         return link

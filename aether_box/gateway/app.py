@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aether_box import __version__
 from aether_box.context import BoxContext
@@ -30,6 +31,8 @@ from aether_box.gateway.stats import ANONYMOUS, GatewayStats
 
 __all__ = ["Gateway"]
 
+MCP_ROUTE = "/mcp"
+
 # Builds (bus target, reply writer) from a request's JSON body.
 Translate = Callable[[dict[str, Any]], tuple[Target, Reply]]
 ErrorBody = Callable[[BoxError], bytes]
@@ -38,13 +41,27 @@ ErrorBody = Callable[[BoxError], bytes]
 class Gateway:
     """The routes over one box's context, its key ring and its counters."""
 
-    def __init__(self, ctx: BoxContext, keyring: KeyRing, *, require_key: bool) -> None:
+    def __init__(
+        self,
+        ctx: BoxContext,
+        keyring: KeyRing,
+        *,
+        require_key: bool,
+        mcp_app: ASGIApp | None = None,
+    ) -> None:
         self.ctx = ctx
         self.keyring = keyring
         self.require_key = require_key
         self.stats = GatewayStats()
+        # The box as an MCP server (aether_box.tools.mcp_server), behind the same keys.
+        mcp_routes = (
+            [Route(MCP_ROUTE, _Keyed(self, mcp_app), methods=["GET", "POST", "DELETE"])]
+            if mcp_app is not None
+            else []
+        )
         self.app = Starlette(
             routes=[
+                *mcp_routes,
                 Route("/", self.root, methods=["GET", "HEAD"]),
                 Route("/v1/models", self.openai_models, methods=["GET"]),
                 Route("/v1/chat/completions", self.openai_chat, methods=["POST"]),
@@ -238,3 +255,25 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
+
+
+class _Keyed:
+    """An ASGI app behind the gateway's key check (and its per-route counters)."""
+
+    def __init__(self, gateway: Gateway, app: ASGIApp) -> None:
+        self.gateway = gateway
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        try:
+            key = self.gateway._authorize(Request(scope))
+        except BoxError as exc:
+            status = http_status(exc)
+            response = Response(orjson.dumps(exc.to_wire()), status, media_type="application/json")
+            await response(scope, receive, send)
+            self.gateway.stats.finished(MCP_ROUTE, ANONYMOUS, status, time.perf_counter() - started)
+            return
+        await self.app(scope, receive, send)
+        name = key.name if key is not None else ANONYMOUS
+        self.gateway.stats.finished(MCP_ROUTE, name, 200, time.perf_counter() - started)

@@ -86,7 +86,14 @@ class HttpComponent:
         sock = _listen(settings)
         host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.gateway = Gateway(ctx, self.keyring, require_key=self.require_key)
+        mcp_app, mcp_sessions = None, None
+        if settings.mcp:
+            from aether_box.tools import mcp_server
+
+            # The mcp SDK's first import reads files (pydantic, zoneinfo): off the loop.
+            await anyio.to_thread.run_sync(mcp_server.import_sdk)
+            mcp_app, mcp_sessions = mcp_server.http_endpoint(ctx.call, str(host))
+        self.gateway = Gateway(ctx, self.keyring, require_key=self.require_key, mcp_app=mcp_app)
 
         config = HypercornConfig()
         config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns (and closes) the socket now
@@ -102,6 +109,8 @@ class HttpComponent:
             "required" if self.require_key else "optional",
         )
         async with anyio.create_task_group() as tg:
+            if mcp_sessions is not None:
+                await tg.start(_run_mcp_sessions, mcp_sessions)
             # Shielded, so that a box stop runs Hypercorn's own graceful shutdown (through
             # `stop`) rather than cancelling it mid-way; the deadline set below bounds it.
             server_scope = anyio.CancelScope(shield=True)
@@ -157,6 +166,15 @@ class HttpComponent:
                 await self._reload_keys()
             except ConfigError as exc:  # a broken file: keep the keys we have, say why
                 log.warning("API keys not reloaded: %s", exc)
+
+
+async def _run_mcp_sessions(
+    sessions: Any, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the MCP endpoint's session manager (its sessions' tasks live in it)."""
+    async with sessions.run():
+        task_status.started()
+        await anyio.sleep_forever()
 
 
 def _listen(settings: HttpSettings) -> socket.socket:

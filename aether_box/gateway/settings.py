@@ -28,6 +28,8 @@ class HttpSettings:
     require_key: bool = False
     # The API keys file (hashed keys); default: <data_dir>/api_keys.json.
     keys_file: Path | None = None
+    # Serve the box as an MCP server (streamable HTTP) at /mcp: memory, chat, embed.
+    mcp: bool = True
 
     def resolve(self, data_dir: Path) -> None:
         """Check the address; fill the keys file's default path."""

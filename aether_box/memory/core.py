@@ -3,7 +3,8 @@
 Writes are serialised by one lock and run in one worker thread at a time on the store's
 writer connection; each commits before it returns, and only then does the service
 acknowledge it. The in-memory index of a collection is updated in the same thread right
-after the commit. Reads run in worker threads (at most `readers` at once), each on its own
+after the commit, and its saved copy beside the database (snapshot.py) is deleted before the
+first write to it commits. Reads run in worker threads (at most `readers` at once), each on its own
 read-only connection. The event loop never touches SQLite or large numpy work.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,8 +24,9 @@ import numpy as np
 from aether_box.errors import BadRequest, NotFound
 from aether_box.memory.filters import Compiled
 from aether_box.memory.fusion import reciprocal_rank_fusion
-from aether_box.memory.index import ExactIndex
+from aether_box.memory.index import Prepared, VectorIndex
 from aether_box.memory.settings import MemorySettings
+from aether_box.memory.snapshot import Snapshots
 from aether_box.memory.store import Collection, MemoryStore, Record
 
 __all__ = ["Memory", "SearchHit"]
@@ -68,8 +71,11 @@ class Memory:
         self.store: MemoryStore | None = None
         self.catalog: dict[str, Collection] = {}
         self.counts: dict[int, int] = {}
-        self.indexes: dict[int, ExactIndex] = {}
+        self.indexes: dict[int, VectorIndex] = {}
+        self.snapshots = Snapshots(settings.db_path)
         self.db_bytes = 0
+        # One thread beside the writer's, made by open(): prepares index rows while SQLite writes.
+        self._helper: ThreadPoolExecutor
         self._write_lock = anyio.Lock()
         self._writer = anyio.CapacityLimiter(1)
         self._readers = anyio.CapacityLimiter(settings.readers)
@@ -78,10 +84,12 @@ class Memory:
 
     async def open(self) -> None:
         """Open (or create) the database and read its catalog."""
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="memory-index")
 
         def work() -> None:
             store = MemoryStore(self.settings.db_path, synchronous=self.settings.synchronous)
             self.store = store
+            self.snapshots.clean()
             self.catalog = store.collections()
             counts = store.counts()
             self.counts = {c.id: counts.get(c.id, 0) for c in self.catalog.values()}
@@ -90,11 +98,36 @@ class Memory:
         await anyio.to_thread.run_sync(work, limiter=self._writer)
 
     async def close(self) -> None:
-        """Close the database after the write in progress, if any, has committed."""
+        """Save the indexes, then close the database after the write in progress has committed."""
         async with self._write_lock:
             if self.store is not None:
+                await anyio.to_thread.run_sync(self._save_indexes, limiter=self._writer)
                 await anyio.to_thread.run_sync(self.store.close, limiter=self._writer)
                 self.store = None
+        self._helper.shutdown(wait=False)
+
+    def _save_indexes(self) -> None:
+        # A failed save costs only the next start's rebuild from SQLite: log it and go on.
+        for collection in self.catalog.values():
+            index = self.indexes.get(collection.id)
+            if (
+                index is None
+                or len(index) < self.settings.snapshot_min_rows
+                or self.snapshots.has(collection.id)
+            ):
+                continue
+            started = time.perf_counter()
+            try:
+                self.snapshots.save(collection, index)
+            except OSError:
+                log.exception("memory: could not save the index of %r", collection.name)
+                continue
+            log.info(
+                "memory: saved the index of %r (%d vectors) in %.2f s",
+                collection.name,
+                len(index),
+                time.perf_counter() - started,
+            )
 
     async def warm(self) -> None:
         """Load the in-memory index of every collection (searches would load them lazily)."""
@@ -127,14 +160,19 @@ class Memory:
             self.catalog = {**self.catalog, name: collection}
             self.counts[collection.id] = 0
             if self.settings.index == "memory":
-                self.indexes[collection.id] = ExactIndex(dim, metric)
+                self.indexes[collection.id] = self._new_index(dim, metric)
         return collection
 
     async def drop(self, name: str) -> int:
         """Delete a collection and all its records; returns how many records went."""
         async with self._write_lock:
             collection = self.collection(name)
-            deleted = await self._write(self._store.drop_collection, collection)
+
+            def work() -> int:
+                self.snapshots.invalidate(collection.id)
+                return self._store.drop_collection(collection)
+
+            deleted = await self._write(work)
             self.catalog = {k: v for k, v in self.catalog.items() if k != name}
             self.counts.pop(collection.id, None)
             self.indexes.pop(collection.id, None)
@@ -158,11 +196,24 @@ class Memory:
             collection = self.collection(name)
 
             def work() -> int:
-                rowids, replaced = self._store.insert(
-                    collection, ids, texts, metadata, vectors, upsert=upsert, check_keys=check_ids
-                )
+                self.snapshots.invalidate(collection.id)
+                index = self.indexes.get(collection.id)
+                # The index's copy of the rows is made on the other core while SQLite writes.
+                prepared = self._helper.submit(_prepare, index, vectors) if index else None
+                try:
+                    rowids, replaced = self._store.insert(
+                        collection,
+                        ids,
+                        texts,
+                        metadata,
+                        vectors,
+                        upsert=upsert,
+                        check_keys=check_ids,
+                    )
+                finally:
+                    rows = _settled(prepared, vectors)
                 self._sync_index(
-                    collection, lambda index: (index.remove(replaced), index.add(rowids, vectors))
+                    collection, lambda index: (index.remove(replaced), index.add(rowids, rows))
                 )
                 return len(replaced)
 
@@ -185,6 +236,8 @@ class Memory:
             collection = self.collection(name)
 
             def work() -> None:
+                if vectors is not None:
+                    self.snapshots.invalidate(collection.id)
                 rowids = self._store.update(
                     collection, ids, texts=texts, metadata=metadata, merge=merge, vectors=vectors
                 )
@@ -210,6 +263,7 @@ class Memory:
                     else:
                         assert where is not None
                         rowids = store.filter_rowids(conn, collection, where)
+                self.snapshots.invalidate(collection.id)
                 deleted = store.delete(collection, rowids)
                 self._sync_index(collection, lambda index: index.remove(rowids))
                 return deleted
@@ -323,7 +377,7 @@ class Memory:
         self,
         conn: apsw.Connection,
         collection: Collection,
-        exact: ExactIndex,
+        exact: VectorIndex,
         query: np.ndarray,
         k: int,
         where: Compiled,
@@ -350,7 +404,7 @@ class Memory:
 
         return await anyio.to_thread.run_sync(work, limiter=self._readers)
 
-    async def index_for(self, collection: Collection) -> ExactIndex:
+    async def index_for(self, collection: Collection) -> VectorIndex:
         """The collection's in-memory index, loaded from SQLite on first use."""
         index = self.indexes.get(collection.id)
         if index is not None:
@@ -372,21 +426,34 @@ class Memory:
             raise NotFound("the memory database is closed")
         return self.store
 
-    def _load_index(self, collection: Collection) -> ExactIndex:
+    def _new_index(self, dim: int, metric: str) -> VectorIndex:
+        return VectorIndex(dim, metric, quantized_min_rows=self.settings.quantized_min_rows)
+
+    def _load_index(self, collection: Collection) -> VectorIndex:
+        # The caller holds the write lock: the saved copy and the snapshot read stay current.
         started = time.perf_counter()
         with self._store.reader() as conn:
-            rowids, rows = self._store.load_vectors(conn, collection)
-        index = ExactIndex(collection.dim, collection.metric)
-        index.add(rowids, rows)
+            count, last_rowid = self._store.extent(conn, collection)
+            index = self.snapshots.load(
+                collection, count, last_rowid, self.settings.quantized_min_rows
+            )
+            source = "its saved copy"
+            if index is None:
+                self.snapshots.invalidate(collection.id)  # stale or unreadable: never trusted
+                rowids, rows = self._store.load_vectors(conn, collection)
+                index = self._new_index(collection.dim, collection.metric)
+                index.add(rowids, rows)
+                source = "SQLite"
         log.info(
-            "memory: loaded %d vectors of %r into RAM in %.2f s",
-            len(rowids),
+            "memory: loaded %d vectors of %r into RAM from %s in %.2f s",
+            len(index),
             collection.name,
+            source,
             time.perf_counter() - started,
         )
         return index
 
-    def _sync_index(self, collection: Collection, change: Callable[[ExactIndex], Any]) -> None:
+    def _sync_index(self, collection: Collection, change: Callable[[VectorIndex], Any]) -> None:
         # Runs after the commit: if the copy cannot follow, drop it so the next search reloads.
         index = self.indexes.get(collection.id)
         if index is None:
@@ -420,6 +487,24 @@ class Memory:
             if self.catalog.get(collection.name) != collection:
                 raise NotFound(f"collection {collection.name!r} was dropped") from None
             raise exc
+
+
+def _settled(prepared: Future[Prepared] | None, vectors: np.ndarray) -> Prepared | np.ndarray:
+    # Waits even when the insert failed, so no preparation outlives its write. A failed one
+    # only means `add` prepares the rows itself (and the index is dropped if that fails too):
+    # it must not fail a write that has committed.
+    if prepared is None:
+        return vectors
+    try:
+        return prepared.result()
+    except Exception:
+        log.exception("memory: preparing index rows failed; adding them unprepared")
+        return vectors
+
+
+def _prepare(index: VectorIndex, vectors: np.ndarray) -> Prepared:
+    index.reserve(len(vectors))
+    return index.prepare(vectors)
 
 
 def _similarity(distance: float, metric: str) -> float:

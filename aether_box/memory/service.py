@@ -18,7 +18,9 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
                                                                   -> {records, next, last, [vectors]}
     count        collection, [where]                              -> {count}
     search       collection, text | vector, [k], [where], [hybrid], [query_model], [gate],
-                 [include_vectors], [index]                       -> {results, path, took_ms, ...}
+                 [include_vectors], [index], [scope]              -> {results, path, took_ms, ...}
+                 scope "grid": on every grid member too, merged   -> {results (each with its
+                 box), members (who answered, who timed out), partial, took_ms}
     check                                                         -> {ok, integrity}
 
 A record on the wire is ``{id, text, metadata, created, updated}``; a search result is
@@ -54,6 +56,7 @@ import numpy as np
 
 from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
+from aether_box.contract import Grid
 from aether_box.errors import BadRequest, NotFound, ServiceUnavailable
 from aether_box.memory.core import Memory
 from aether_box.memory.filters import compile_filter
@@ -280,8 +283,33 @@ class MemoryService(OpService):
     # ----------------------------------------------------------------- search
 
     async def op_search(self, request: Request) -> dict[str, Any]:
+        scope = request.body.get("scope", "local")
+        if scope == "grid":
+            return await self._grid_search(request.body)
+        if scope != "local":
+            raise BadRequest(f"scope must be 'local' or 'grid', got {scope!r}")
+        return await self._search(request.body)
+
+    async def _grid_search(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The same search on every grid member too, merged (see aether_box.grid.search)."""
+        from aether_box.grid.search import search_grid
+        from aether_box.grid.settings import GridSettings
+
+        grid = self.ctx.get(Grid)
+        if grid is None:
+            raise ServiceUnavailable("scope 'grid' needs the grid component, which is not running")
+        name = body.get("collection")
+        found = self.memory.catalog.get(name) if isinstance(name, str) else None
+        return await search_grid(
+            grid,
+            self._search,
+            body,
+            timeout=self.ctx.config.get(GridSettings).search_timeout_s,
+            model=found.model if found is not None else None,
+        )
+
+    async def _search(self, body: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        body = request.body
         collection = self._collection(body)
         k = body.get("k", DEFAULT_K)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.settings.max_k:
@@ -476,6 +504,8 @@ class MemoryComponent:
             info = memory.info(collection)
             index = memory.indexes.get(collection.id)
             info["index_mb"] = round(index.nbytes / 2**20, 1) if index is not None else None
+            if index is not None:
+                info["index_scan"] = "int8+rescore" if index.quantized else "float32"
             collections[collection.name] = info
         return {
             "db": str(self.settings.db_path),

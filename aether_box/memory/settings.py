@@ -33,6 +33,12 @@ class MemorySettings:
     synchronous: str = "full"
     readers: int = 4
     max_metadata_bytes: int = 65_536
+    # Indexes of collections with at least this many vectors are saved beside the database
+    # when the box closes, so the next start loads them instead of rebuilding from SQLite.
+    snapshot_min_rows: int = 10_000
+    # Collections of at least this many vectors are searched through an int8 scan whose
+    # shortlist is re-scored exactly in float32; smaller ones by a float32 scan alone.
+    quantized_min_rows: int = 16_384
 
     def resolve(self, data_dir: Path) -> None:
         """Fill the data dir into the db path and check the choices."""
@@ -47,6 +53,10 @@ class MemorySettings:
         for key in ("max_batch", "max_k", "readers", "max_metadata_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"memory.{key} must be at least 1, got {getattr(self, key)}")
+
+        for key in ("snapshot_min_rows", "quantized_min_rows"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"memory.{key} must be 0 or more, got {getattr(self, key)}")
 
     @property
     def db_path(self) -> Path:

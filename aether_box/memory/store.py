@@ -322,15 +322,25 @@ class MemoryStore:
             rowids = np.arange(first_rowid, first_rowid + len(keys), dtype=np.int64)
             ids = rowids.tolist()
             created = [existing[k][1] if k in existing else now for k in keys]
+            distinct = set(metadata)
+            if len(distinct) <= len(keys) // 4:
+                # A batch sharing its metadata (one object for all, as `add` allows) converts
+                # each distinct value to JSONB once, not once a row.
+                blobs = {
+                    m: conn.execute("SELECT jsonb(?)", (m,)).fetchall()[0][0] for m in distinct
+                }
+                stored, sql_value = [blobs[m] for m in metadata], "?"
+            else:
+                stored, sql_value = list(metadata), "jsonb(?)"
             conn.executemany(
                 "INSERT INTO records(rowid, collection_id, key, text, metadata, created, updated) "
-                "VALUES (?, ?, ?, ?, jsonb(?), ?, ?)",
+                f"VALUES (?, ?, ?, ?, {sql_value}, ?, ?)",
                 zip(
                     ids,
                     [cid] * len(ids),
                     keys,
                     texts,
-                    metadata,
+                    stored,
                     created,
                     [now] * len(ids),
                     strict=True,
@@ -496,6 +506,15 @@ class MemoryStore:
         for i, rowid in enumerate(rowids):
             out[i] = np.frombuffer(conn.execute(sql, (int(rowid),)).fetchall()[0][0], "<f4")
         return out
+
+    @staticmethod
+    def extent(conn: apsw.Connection, collection: Collection) -> tuple[int, int]:
+        """(record count, largest rowid or 0) of the collection: a saved index must match both."""
+        count, last = conn.execute(
+            "SELECT count(*), coalesce(max(rowid), 0) FROM records WHERE collection_id = ?",
+            (collection.id,),
+        ).fetchall()[0]
+        return int(count), int(last)
 
     @staticmethod
     def load_vectors(

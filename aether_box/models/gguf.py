@@ -84,7 +84,7 @@ def read_gguf_header(path: Path) -> GgufHeader:
         if not isinstance(alignment, int) or alignment <= 0:
             raise CorruptModel(f"{path}: general.alignment is {alignment!r}; the file is corrupt")
         data_start = -(-reader.position // alignment) * alignment
-        needed = data_start + max(ends, default=0)
+        needed = data_start + max(ends) if ends else reader.position  # no tensors: no data
         if needed > size:
             raise CorruptModel(
                 f"{path} is truncated: its tensors need {needed} bytes, the file has {size}; "

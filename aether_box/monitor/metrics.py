@@ -99,7 +99,90 @@ class StatusCollector:
         yield dropped
         yield from _model_families(report.get("models"))
         yield from _http_families(report.get("http"))
+        yield from _grid_families(report.get("grid"))
+        yield from _adapter_families(report.get("adapters"))
+        yield from _tools_families(report.get("tools"), report.get("orchestrate"))
         yield from _tuner_families(report.get("tuner"))
+
+
+def _grid_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """The grid's members (up, load) and where this box placed requests, and why."""
+    if not section:
+        return
+    up = _gauge("grid_member_up", "1 while a grid member answers heartbeats", None, ["member"])
+    queue = _gauge("grid_member_queue", "Requests queued on a member", None, ["member"])
+    free = _gauge("grid_member_free_slots", "Free generation slots on a member", None, ["member"])
+    for member in section.get("members", []):
+        name = str(member.get("name"))
+        up.add_metric([name], int(member.get("state") == "up"))
+        models = (member.get("load") or {}).get("models") or {}
+        queue.add_metric([name], sum(int(m.get("queue", 0)) for m in models.values()))
+        free.add_metric(
+            [name], sum(int(m.get("slots", 0)) - int(m.get("busy", 0)) for m in models.values())
+        )
+    placed = _counter(
+        "grid_placements", "Requests placed by this box, by box and reason", ["box", "reason"]
+    )
+    for item in section.get("placements", []):
+        placed.add_metric([str(item["box"]), str(item["reason"])], item["count"])
+    failovers = _counter(
+        "grid_failovers", "Placed requests whose box went down, by outcome", ["outcome"]
+    )
+    for outcome, count in (section.get("failovers") or {}).items():
+        failovers.add_metric([outcome], count)
+    yield from (up, queue, free, placed, failovers)
+
+
+def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """Per LoRA adapter: requests, tokens, speed and the fusion log's KL (its status section)."""
+    if not section:
+        return
+    requests = _counter("adapter_requests", "Requests run with the adapter", ["adapter"])
+    tokens = _counter("adapter_tokens", "Tokens generated with the adapter", ["adapter"])
+    speed = _gauge(
+        "adapter_tokens_per_second", "Decode speed of the last long request", None, ["adapter"]
+    )
+    kl = _gauge(
+        "adapter_kl_nats",
+        "Fusion probe: KL(base || adapted) per token, mean and p95",
+        None,
+        ["adapter", "stat"],
+    )
+    top1 = _gauge("adapter_top1_agreement", "Fusion probe: top-1 agreement", None, ["adapter"])
+    pruned = _gauge("adapter_pruned", "1 when the fusion log prunes it", None, ["adapter"])
+    for a in section.get("adapters", []):
+        name = a["name"]
+        requests.add_metric([name], a["requests"])
+        tokens.add_metric([name], a["tokens"])
+        if a.get("tokens_per_s") is not None:
+            speed.add_metric([name], a["tokens_per_s"])
+        for stat in ("kl_mean", "kl_p95"):
+            if a.get(stat) is not None:
+                kl.add_metric([name, stat.removeprefix("kl_")], a[stat])
+        if a.get("top1") is not None:
+            top1.add_metric([name], a["top1"])
+        pruned.add_metric([name], int(a.get("verdict") == "prune"))
+    yield from (requests, tokens, speed, kl, top1, pruned)
+
+
+def _tools_families(
+    tools: dict[str, Any] | None, orchestrate: dict[str, Any] | None
+) -> Iterator[Metric]:
+    """The tools service's and the orchestrator's counters (their status sections)."""
+    if tools:
+        available = _gauge("tools", "Tools reachable now, by source", None, ["source"])
+        for source, count in tools["by_source"].items():
+            available.add_metric([source], count)
+        calls = _counter("tool_calls", "Tool calls answered, by tool", ["tool"])
+        for tool, count in tools["calls_by_tool"].items():
+            calls.add_metric([tool], count)
+        failures = _counter("tool_failures", "Tool calls that failed, by error code", ["code"])
+        for code, count in tools["failures"].items():
+            failures.add_metric([code], count)
+        yield from (available, calls, failures)
+    if orchestrate:
+        yield _counter("orchestrate_runs", "Tasks orchestrated", value=orchestrate["runs"])
+        yield _counter("orchestrate_steps", "Tool steps taken", value=orchestrate["steps"])
 
 
 def _tuner_families(section: dict[str, Any] | None) -> Iterator[Metric]:

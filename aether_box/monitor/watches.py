@@ -165,7 +165,8 @@ class _Follow:
     model: str
     cursor: int = 0
     reference: np.ndarray | None = None
-    recent: list[np.ndarray] = field(default_factory=list)
+    recent: list[np.ndarray] = field(default_factory=list)  # the newest `reference` at most
+    arrived: int = 0  # recent texts received since the last shift
     tested_at: int = 0
 
 
@@ -196,8 +197,8 @@ class DriftWatch:
             follow = self._follow.get(name)
             if follow is None or follow.model != info["model"]:
                 follow = self._follow[name] = _Follow(info["model"])
-            await self._read(name, follow, call)
-            fresh = sum(len(v) for v in follow.recent)
+            await self._read(name, follow, call, info.get("count"))
+            fresh = follow.arrived
             if follow.reference is None or fresh - follow.tested_at < self.min_texts:
                 continue
             follow.tested_at = fresh
@@ -217,16 +218,42 @@ class DriftWatch:
             if shifted:
                 pooled = np.concatenate([follow.reference, recent])
                 follow.reference = pooled[-self.reference_size :]
-                follow.recent, follow.tested_at = [], 0
+                follow.recent, follow.tested_at, follow.arrived = [], 0, 0
 
-    async def _read(self, name: str, follow: _Follow, call: Call) -> None:
+    async def _skip(self, name: str, follow: _Follow, call: Call, records: int) -> None:
+        """Move the cursor past `records` records without reading their vectors."""
+        while records > 0:
+            page = await call(
+                "memory",
+                {
+                    "op": "list",
+                    "collection": name,
+                    "cursor": follow.cursor,
+                    "limit": min(records, 500),
+                },
+            )
+            follow.cursor = page["last"]
+            records -= len(page["records"])
+            if page.get("next") is None or not page["records"]:
+                return
+
+    def _add_recent(self, follow: _Follow, vectors: np.ndarray) -> None:
+        follow.arrived += len(vectors)
+        follow.recent.append(vectors)
+        kept = np.concatenate(follow.recent)[-self.reference_size :]
+        follow.recent = [kept]
+
+    async def _read(self, name: str, follow: _Follow, call: Call, count: Any) -> None:
         """Page through what the collection received since the last look.
 
         What it held at the first look is its reference (the newest `reference` texts); an
         empty collection's reference is the first `min_texts` it receives. Later texts are
-        recent.
+        recent; only the newest `reference` of them are kept.
         """
         first = follow.reference is None and follow.cursor == 0
+        if first and isinstance(count, int) and count > self.reference_size:
+            # Vectors are read one row at a time: skip the older records without them.
+            await self._skip(name, follow, call, count - self.reference_size)
         while True:
             page = await call(
                 "memory",
@@ -254,9 +281,9 @@ class DriftWatch:
                         else np.concatenate([follow.reference, take])
                     )
                     if len(vectors) > len(take):
-                        follow.recent.append(vectors[len(take) :])
+                        self._add_recent(follow, vectors[len(take) :])
                 else:
-                    follow.recent.append(vectors)
+                    self._add_recent(follow, vectors)
             if page.get("next") is None:
                 break
         if first and follow.reference is not None:

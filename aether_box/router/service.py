@@ -150,9 +150,15 @@ class RouterComponent(OpService):
         route = self.settings.routes[chosen["route"]]
         if route.get("system"):
             messages = [{"role": "system", "content": route["system"]}, *messages]
-        reply = await chat_for(self.ctx, request, route["model"], messages, OWN_FIELDS)
-        return {**reply, "route": chosen["route"], "score": chosen["score"],
-                "message_id": chosen["message_id"]}  # fmt: skip
+        reply = await chat_for(
+            self.ctx, request, route["model"], messages, OWN_FIELDS, adapters=route.get("adapters")
+        )
+        return {
+            **reply,
+            "route": chosen["route"],
+            "score": chosen["score"],
+            "message_id": chosen["message_id"],
+        }
 
     async def _route(self, text: str) -> dict[str, Any]:
         examples = await self._example_vectors()

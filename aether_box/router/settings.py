@@ -26,6 +26,7 @@ class RouterSettings:
         [router.routes.code]
         model = "smollm2"
         system = "You write short, correct Python."
+        adapters = [{name = "python-style", scale = 0.8}]   # optional LoRA adapters
         examples = ["write a function that sorts a list", "why does this loop never end"]
     """
 
@@ -47,7 +48,7 @@ class RouterSettings:
             )
         for name, route in self.routes.items():
             where = f"[router.routes.{name}]"
-            unknown = set(route) - {"model", "system", "examples"}
+            unknown = set(route) - {"model", "system", "examples", "adapters"}
             if unknown:
                 raise ConfigError(f"{where} has unknown keys {sorted(unknown)}")
             if not isinstance(route.get("model"), str):
@@ -57,3 +58,10 @@ class RouterSettings:
                 raise ConfigError(f"{where} examples must be a list of texts")
             if "system" in route and not isinstance(route["system"], str):
                 raise ConfigError(f"{where} system must be a text")
+            adapters = route.get("adapters", [])
+            if not isinstance(adapters, list) or not all(
+                isinstance(a, dict) and isinstance(a.get("name"), str) for a in adapters
+            ):
+                raise ConfigError(
+                    f'{where} adapters must be a list of {{name = "...", scale = 1.0}}'
+                )

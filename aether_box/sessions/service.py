@@ -1,12 +1,16 @@
 """The `session` service: chat conversations that the box keeps.
 
 Ops:
-- ``create``: ``{"model", "system"?}`` -> ``{"session", "model"}``.
+- ``create``: ``{"model", "system"?, "adapters"?}`` -> ``{"session", "model", "adapters"}``;
+  ``adapters`` (as for llm chat) are the session's default LoRA adapters, used by every
+  ``say`` that names none of its own.
 - ``say``: ``{"session", "text", "stream"?, ...sampling as for llm chat}`` -> the llm chat
   reply plus ``{"session", "messages"}``; with ``stream``, PARTIAL ``{"token"}`` replies first.
   The model sees the system prompt and the newest messages that fit ``sessions.history_chars``.
 - ``history``: ``{"session"}`` -> ``{"session", "model", "system", "messages": [{"role",
   "content", "at"}]}``; ``list`` -> ``{"sessions": [...]}``; ``delete``: ``{"session"}``.
+- ``append``: ``{"session", "messages": [{"role", "content"}]}`` -> ``{"session", "messages"}``
+  keeps messages another service made (an orchestrated task's steps), in one transaction.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import anyio.abc
 
 from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
-from aether_box.contract import ModelCatalog, PeerDirectory
+from aether_box.contract import Grid, ModelCatalog, PeerDirectory
 from aether_box.engines.services import chat_for
+from aether_box.errors import BadRequest
 from aether_box.sessions.settings import SessionSettings
 from aether_box.sessions.store import SessionStore
 
@@ -80,17 +85,26 @@ class SessionsComponent(OpService):
     async def op_create(self, request: Request) -> dict[str, Any]:
         model = require_name(request.body, "model")
         system = require(request.body, "system", str) if "system" in request.body else None
+        adapters = request.body.get("adapters") or []
+        if not isinstance(adapters, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("name"), str) for a in adapters
+        ):
+            raise BadRequest('field \'adapters\' must be a list of {"name", "scale"?} maps')
         await self._check_model(model)
-        session = await self._run(self.store.create, model, system)
-        return {"session": session["id"], "model": model}
+        session = await self._run(self.store.create, model, system, adapters)
+        return {"session": session["id"], "model": model, "adapters": adapters}
 
     async def _check_model(self, model: str) -> None:
-        """NotFound (saying what is installed) unless this box or a linked peer has `model`."""
+        """NotFound (saying what is installed) unless this box, a linked peer or a grid member
+        has `model`."""
         models = self.ctx.get(ModelCatalog)
         if models is None or await models.has_model(model):
             return
         peers = self.ctx.get(PeerDirectory)
         if peers is not None and peers.peer_for_model("llm", model) is not None:
+            return
+        grid = self.ctx.get(Grid)
+        if grid is not None and grid.places("llm", model):
             return
         await models.require_model(model)  # raises NotFound: what is installed, how to add
 
@@ -107,7 +121,13 @@ class SessionsComponent(OpService):
         if session["system"]:
             messages.insert(0, {"role": "system", "content": session["system"]})
         reply = await chat_for(
-            self.ctx, request, session["model"], messages, OWN_FIELDS, session=session_id
+            self.ctx,
+            request,
+            session["model"],
+            messages,
+            OWN_FIELDS,
+            session=session_id,
+            adapters=session["adapters"],
         )
         # Only a finished reply is kept, together with the message it answers.
         turn = [("user", text), ("assistant", reply.get("text", ""))]
@@ -124,6 +144,22 @@ class SessionsComponent(OpService):
             "system": session["system"],
             "messages": messages,
         }
+
+    async def op_append(self, request: Request) -> dict[str, Any]:
+        session_id = require(request.body, "session", str)
+        messages = require(request.body, "messages", list)
+        turn = []
+        for message in messages:
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise BadRequest("each message must be a map with a role and a text content")
+            turn.append((message["role"], message["content"]))
+        await self._run(self.store.get, session_id)  # NotFound for an unknown session
+        count = await self._run(self.store.append, session_id, turn)
+        return {"session": session_id, "messages": count}
 
     async def op_list(self, request: Request) -> dict[str, Any]:
         return {"sessions": await self._run(self.store.list)}

@@ -7,6 +7,7 @@ All calls block: run them in a worker thread.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -52,6 +53,9 @@ class SessionStore:
             self._conn.pragma("foreign_keys", "ON")
             with self._conn:
                 self._conn.execute(SCHEMA)
+                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(sessions)")}
+                if "adapters" not in columns:  # a database from before adapters
+                    self._conn.execute("ALTER TABLE sessions ADD COLUMN adapters TEXT")
         except apsw.Error as exc:
             if no_space_at(path.parent):  # start anyway, read-only: see MemoryStore.frozen
                 self._conn = apsw.Connection(str(path))  # _check_writable refuses writes
@@ -73,27 +77,40 @@ class SessionStore:
     def close(self) -> None:
         self._conn.close()
 
-    def create(self, model: str, system: str | None) -> dict[str, Any]:
+    def create(
+        self, model: str, system: str | None, adapters: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """A new session; `adapters` are its default LoRA adapters (see llm's ``adapters``)."""
         self._check_writable()
         now = time.time()
         session = {"id": uuid.uuid4().hex[:16], "model": model, "system": system}
         with self._conn:
             self._conn.execute(
-                "INSERT INTO sessions (id, model, system, created, updated) VALUES (?, ?, ?, ?, ?)",
-                (session["id"], model, system, now, now),
+                "INSERT INTO sessions (id, model, system, created, updated, adapters) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session["id"],
+                    model,
+                    system,
+                    now,
+                    now,
+                    json.dumps(adapters) if adapters else None,
+                ),
             )
         return session
 
     def get(self, session_id: str) -> dict[str, Any]:
-        """The session's model and system prompt, or NotFound."""
+        """The session's model, system prompt and default adapters, or NotFound."""
         rows = self._conn.execute(
-            "SELECT id, model, system FROM sessions WHERE id = ?", (session_id,)
+            "SELECT id, model, system, adapters FROM sessions WHERE id = ?", (session_id,)
         ).fetchall()
         if not rows:
             raise NotFound(
                 f"no session {session_id!r}; list them with op 'list', or make one with 'create'"
             )
-        return dict(zip(("id", "model", "system"), rows[0], strict=True))
+        session = dict(zip(("id", "model", "system", "adapters"), rows[0], strict=True))
+        session["adapters"] = json.loads(session["adapters"]) if session["adapters"] else []
+        return session
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:
         """The whole conversation, oldest first."""

@@ -27,6 +27,8 @@ from aether_box.tui.screens.search import SearchScreen
 from aether_box.tui.view import (
     History,
     RateTracker,
+    adapter_rows,
+    grid_rows,
     memory_rows,
     model_rows,
     peer_rows,
@@ -183,7 +185,10 @@ class BoxApp(App[None]):
         self._show_models(report)
         self._show_section("memory", report, memory_rows)
         self._show_section("projectors", report, projector_rows, key="align")
-        self._show_section("peers", report, peer_rows)
+        # Linked peers and grid members share the panel: both are other boxes.
+        self._show_section(
+            "peers", report, lambda section: {**peer_rows(section), **grid_rows(report.get("grid"))}
+        )
         self._show_section("tuner", report, tuner_rows)
 
     def on_box_event(self, message: BoxEvent) -> None:
@@ -208,7 +213,8 @@ class BoxApp(App[None]):
             if tps is not None:
                 self.record_speed(name, tps)
         panel.show_rows(
-            {name: cells for name, (cells, _) in rows.items()},
+            {name: cells for name, (cells, _) in rows.items()}
+            | adapter_rows(report.get("adapters")),
             _summary(section, skip=("loaded", "installed", "models")),
         )
 

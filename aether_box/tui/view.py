@@ -307,6 +307,37 @@ def model_rows(section: Any) -> dict[str, tuple[Row, float | None]]:
     return dict(sorted(rows.items()))
 
 
+def adapter_rows(section: Any) -> dict[str, Row]:
+    """LoRA adapters as rows of the models table: "↳ name" -> (name, "lora rN · base",
+    fusion verdict with KL and top-1, requests, tok/s, -, -, probe progress)."""
+    if not isinstance(section, Mapping):
+        return {}
+    probe = section.get("probe") if isinstance(section.get("probe"), Mapping) else {}
+    rows: dict[str, Row] = {}
+    for record in records(section.get("adapters")):
+        name = _name(record)
+        verdict = str(record.get("verdict") or MISSING)
+        kl, top1 = _number(record.get("kl_mean")), _number(record.get("top1"))
+        if kl is not None and top1 is not None:
+            verdict += f" KL {kl:.3f} top-1 {top1:.0%}"
+        progress = (
+            f"probing {probe.get('done', 0)}/{probe.get('total', '?')}"
+            if probe.get("running") == name
+            else MISSING
+        )
+        rows[f"↳ {name}"] = (
+            f"↳ {name}",
+            f"lora r{record.get('rank', '?')} · {record.get('base', '?')}",
+            verdict,
+            f"{fmt_count(record.get('requests'))} req",
+            fmt_float(_number(record.get("tokens_per_s"))),
+            MISSING,
+            MISSING,
+            progress,
+        )
+    return rows
+
+
 def _slots(scheduler: Mapping[str, Any]) -> str:
     """ "busy/all", with "+N" when N requests wait for a slot; "-" without a scheduler."""
     busy, slots = _number(scheduler.get("slots_busy")), _number(scheduler.get("slots"))
@@ -388,6 +419,30 @@ def peer_rows(section: Any) -> dict[str, Row]:
             endpoint,
             fmt_float(pick(record, "last_seen_s", "age_s", "seen_s")),
             listed or MISSING,
+        )
+    return rows
+
+
+def grid_rows(section: Any) -> dict[str, Row]:
+    """Grid members as peer rows: (name (grid), state, endpoint, last seen, load and models)."""
+    rows: dict[str, Row] = {}
+    for record in records(section, "members"):
+        name = str(pick(record, "name", default=MISSING))
+        load = record.get("load") if isinstance(record.get("load"), Mapping) else {}
+        models = load.get("models") if isinstance(load.get("models"), Mapping) else {}
+        queue = sum(int(m.get("queue", 0)) for m in models.values() if isinstance(m, Mapping))
+        free = sum(
+            int(m.get("slots", 0)) - int(m.get("busy", 0))
+            for m in models.values()
+            if isinstance(m, Mapping)
+        )
+        offered = ", ".join(str(m) for m in record.get("models") or []) or "no models"
+        rows[f"grid:{name}"] = (
+            f"{name} (grid)",
+            str(pick(record, "state", default=MISSING)),
+            str(pick(record, "endpoint", default=MISSING)),
+            fmt_float(pick(record, "last_seen_s")),
+            f"queue {queue}, free slots {free if models else '-'}; {offered}",
         )
     return rows
 

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from aether_box.status_view import tools_line
 from aether_box.tui.view import MISSING, fmt_count, fmt_duration, fmt_float
 
 __all__ = ["HealthPanel"]
@@ -94,6 +95,9 @@ class HealthPanel(Static):
                 requests = sum(c.get("requests", 0) for c in keys.values())
                 need = "keys required" if http.get("require_key") else "keys optional"
                 grid.add_row("http", f"{http['url']}   {need}   {fmt_count(requests)} requests")
+            tools = r.get("tools")
+            if isinstance(tools, Mapping):
+                grid.add_row("tools", tools_line(dict(tools)))
             grid.add_row("data dir", str(r.get("data_dir", MISSING)))
         outer = Table.grid()
         outer.add_row(self.state)

@@ -1,0 +1,169 @@
+"""`aether-box adapters`: add, list, show, remove and merge LoRA adapters, over the bus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from aether_box.cli import CliState, pass_state
+
+__all__ = ["adapters"]
+
+SERVICE = "adapters"
+TIMEOUT = 600.0  # a merge of big adapters, or a probe on a loaded machine, takes a while
+
+
+def _verdict(adapter: dict[str, Any]) -> str:
+    probe = adapter.get("probe") or {}
+    if probe.get("state") == "done":
+        return f"{probe['verdict']} (KL {probe['kl_mean']:.4f}, top-1 {probe['top1']:.1%})"
+    return probe.get("state") or "pending"
+
+
+@click.group()
+def adapters() -> None:
+    """LoRA adapters: keep them, merge them, and see what they do to the model (fusion log).
+
+    A request uses kept adapters with `"adapters": [{"name": N, "scale": 1.0}]` in its `llm`
+    chat or complete body; the base model stays loaded.
+    """
+
+
+@adapters.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--base", required=True, help="The installed GGUF model it adapts, e.g. smollm2.")
+@click.option("--name", help="Its name here (default: the file or directory name).")
+@click.option("--no-wait", is_flag=True, help="Do not wait for the fusion probe.")
+@pass_state
+def add(state: CliState, path: Path, base: str, name: str | None, no_wait: bool) -> None:
+    """Check and keep the adapter at PATH: a GGUF LoRA file or a PEFT directory
+    (adapter_config.json + adapter_model.safetensors, converted to GGUF)."""
+    body = {"op": "add", "path": str(path.resolve()), "base": base}
+    if name:
+        body["name"] = name
+    with state.client(TIMEOUT) as client:
+        adapter = client.request(SERVICE, body, timeout=TIMEOUT)
+        click.echo(
+            f"added {adapter['name']} for {adapter['base']} (rank {adapter['rank']}, "
+            f"{adapter['tensors']} tensors, sha256 {adapter['sha256'][:16]})"
+        )
+        if not no_wait:
+            entry = _wait(client, adapter["name"])
+            click.echo(f"fusion probe: {entry.get('verdict') or entry['state']}: {entry['reason']}")
+
+
+def _wait(client: Any, name: str) -> dict[str, Any]:
+    """Follow `name`'s fusion probe with a progress bar; its log entry."""
+    columns = (TextColumn("probing {task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(name, total=None)
+        entry: dict[str, Any] = {}
+        for reply in client.stream(SERVICE, {"op": "wait", "name": name}, timeout=TIMEOUT):
+            if "probed" in reply:
+                progress.update(task, completed=reply["probed"], total=reply["of"])
+            else:
+                entry = reply
+    return entry
+
+
+@adapters.command("list")
+@pass_state
+def list_(state: CliState) -> None:
+    """The kept adapters and their fusion verdicts."""
+    with state.client() as client:
+        reply = client.request(SERVICE, {"op": "list"})
+    table = Table("name", "base", "rank", "verdict", "source")
+    for a in reply["adapters"]:
+        table.add_row(a["name"], a["base"], str(a["rank"]), _verdict(a), a["source"])
+    Console().print(table)
+
+
+@adapters.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole reply as JSON.")
+@pass_state
+def show(state: CliState, name: str, as_json: bool) -> None:
+    """Adapter NAME, how it was made, and its fusion log."""
+    with state.client() as client:
+        reply = client.request(SERVICE, {"op": "show", "name": name})
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    a = reply["adapter"]
+    click.echo(f"{a['name']}: for {a['base']}, rank {a['rank']}, alpha {a['alpha']}, ")
+    click.echo(f"  {a['tensors']} tensors, {a['bytes']} bytes, sha256 {a['sha256']}")
+    click.echo(f"  from {a['source']}")
+    if a.get("recipe"):
+        click.echo(f"  recipe {json.dumps(a['recipe'])}")
+    table = Table("when", "state", "verdict", "KL mean", "KL p95", "top-1", "stack KL", "s")
+    for e in reply["fusion_log"]:
+        fmt = lambda v, f="{:.4f}": "" if v is None else f.format(v)  # noqa: E731
+        table.add_row(
+            _when(e["started"]), e["state"], e["verdict"] or "", fmt(e["kl_mean"]),
+            fmt(e["kl_p95"]), fmt(e["top1"], "{:.1%}"), fmt(e["stack_kl_mean"]),
+            fmt(e["seconds"], "{:.1f}"),
+        )  # fmt: skip
+    Console().print(table)
+
+
+def _when(at: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+
+@adapters.command()
+@click.argument("name")
+@pass_state
+def remove(state: CliState, name: str) -> None:
+    """Forget adapter NAME (refused while requests use it)."""
+    with state.client() as client:
+        client.request(SERVICE, {"op": "remove", "name": name})
+    click.echo(f"removed {name}")
+
+
+@adapters.command("merge")
+@click.argument("name")
+@click.option("--from", "sources", required=True, help="What to merge: a:0.7,b:0.6 (weights).")
+@click.option("--method", type=click.Choice(["linear", "ties", "dare"]), default="linear")
+@click.option("--density", type=float, default=0.3, help="TIES/DARE: share of entries kept.")
+@click.option("--rank", type=int, default=16, help="TIES/DARE: rank of the result.")
+@click.option("--no-wait", is_flag=True, help="Do not wait for the fusion probe.")
+@pass_state
+def merge_(
+    state: CliState, name: str, sources: str, method: str, density: float, rank: int, no_wait: bool
+) -> None:
+    """Merge adapters into a new adapter NAME."""
+    parts = []
+    for item in sources.split(","):
+        adapter, _, weight = item.strip().partition(":")
+        try:
+            parts.append({"name": adapter, "weight": float(weight or 1.0)})
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: use name:weight", param_hint="--from") from None
+    body = {"op": "merge", "name": name, "from": parts, "method": method}
+    body |= {"density": density, "rank": rank}
+    with state.client(TIMEOUT) as client:
+        adapter: dict[str, Any] = {}
+        for reply in client.stream(SERVICE, body, timeout=TIMEOUT):
+            if "merged" in reply:
+                click.echo(f"\rmerged {reply['merged']}/{reply['of']} tensors", nl=False, err=True)
+            else:
+                adapter = reply
+        click.echo("", err=True)
+        recipe = adapter["recipe"]
+        click.echo(
+            f"merged {name} ({method}, rank {adapter['rank']}): {recipe['energy_mean']:.2%} "
+            f"of the deltas' energy kept (least {recipe['energy_min']:.2%})"
+        )
+        if not no_wait:
+            entry = _wait(client, name)
+            click.echo(f"fusion probe: {entry.get('verdict') or entry['state']}: {entry['reason']}")
+            if entry.get("stack_kl_mean") is not None:
+                click.echo(f"KL(stacked || merged): {entry['stack_kl_mean']:.5f} nats/token")

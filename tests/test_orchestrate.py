@@ -1,0 +1,131 @@
+"""`orchestrate` with SmolLM2 + MiniLM and a real bus worker (bench/data/assistant_tools.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from fixtures_box import BoxInThread, wait_for
+
+from aether_box.errors import NotAllowed
+from aether_box.tools.orchestrator import fill_schema, split_task
+
+WORKER = Path(__file__).parent.parent / "bench" / "data" / "assistant_tools.py"
+
+
+def schemas(client: Any) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t["schema"] for t in client.request("tools", {"op": "list"})["tools"]}
+
+
+@pytest.fixture(scope="module")
+def orchestra(models_dir: Path) -> Iterator[BoxInThread]:
+    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
+    running = BoxInThread(data_dir, {"models": {"dir": str(models_dir)}, "tools": {"enabled": True}})
+    worker = subprocess.Popen([sys.executable, str(WORKER), running.endpoint])
+    try:
+        with running.client() as client:
+            wait_for(lambda: "send_email" in schemas(client), 30, "the assistant's tools")
+        yield running
+    finally:
+        worker.terminate()
+        worker.wait(10)
+        running.stop(timeout=60)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_split_task_and_fill_schema() -> None:
+    assert split_task("convert 5 km to miles and then email Bob the result", 3) == [
+        "convert 5 km to miles",
+        "email Bob the result",
+    ]
+    assert split_task("a; b; c; d", 2) == ["a", "b c d"]
+    schema = {
+        "type": "object",
+        "properties": {"q": {"type": "string", "title": "Q"}, "k": {"type": "integer", "default": 3}},
+        "required": ["q"],
+    }
+    assert fill_schema(schema) == {
+        "type": "object",
+        "properties": {"q": {"type": "string", "maxLength": 120}},
+        "required": ["q"],
+        "additionalProperties": False,
+    }
+
+
+def test_select_picks_by_meaning_and_may_pick_none(orchestra: BoxInThread) -> None:
+    with orchestra.client(timeout=120) as client:
+        for task, expected in [
+            ("will it rain in Madrid tomorrow", "weather_forecast"),
+            ("how many pounds is 20 kg", "convert_units"),
+            ("email Lisa that the keys are on the table", "send_email"),
+            ("hello there, how are you today?", None),
+        ]:
+            chosen = client.request("orchestrate", {"op": "select", "task": task})
+            assert chosen["tool"] == expected, (task, chosen)
+
+
+def test_run_streams_steps_with_schema_valid_arguments(orchestra: BoxInThread) -> None:
+    with orchestra.client(timeout=300) as client:
+        known = schemas(client)
+        parts = list(
+            client.stream("orchestrate", {"task": "how many miles is 42 km", "answer": False})
+        )
+        *partials, final = parts
+        assert [p["tool"] for p in partials] == ["convert_units"]
+        step = partials[0]
+        jsonschema.validate(step["arguments"], known["convert_units"])
+        assert step["result"]["unit"] == step["arguments"]["to_unit"]  # the worker answered
+        assert final["steps"] == partials and "answer" not in final
+
+
+def test_a_task_needing_no_tool_is_just_answered(orchestra: BoxInThread) -> None:
+    with orchestra.client(timeout=300) as client:
+        reply = client.request(
+            "orchestrate", {"task": "Say hello to me.", "max_tokens": 12}
+        )
+        assert reply["steps"] == [] and reply["answer"]
+
+
+def test_the_trace_is_kept_with_the_session(orchestra: BoxInThread) -> None:
+    with orchestra.client(timeout=300) as client:
+        session = client.request("session", {"op": "create", "model": "smollm2"})["session"]
+        client.request(
+            "orchestrate",
+            {"task": "what is the weather in Lima", "session": session, "max_tokens": 16},
+        )
+        history = client.request("session", {"op": "history", "session": session})["messages"]
+        assert [m["role"] for m in history] == ["user", "tool", "assistant"]
+        assert history[0]["content"] == "what is the weather in Lima"
+        assert '"weather_forecast"' in history[1]["content"]
+
+
+def test_private_data_is_not_sent_out_without_an_allow(orchestra: BoxInThread) -> None:
+    with orchestra.client(timeout=300) as client:
+        client.request(
+            "tools",
+            {"op": "call", "tool": "memory_add", "arguments": {"text": "Garden: plant tulips in May."}},
+        )
+        reply = client.request(
+            "orchestrate",
+            {
+                "task": "find my notes about the garden, then send an email to Anna",
+                "answer": False,
+            },
+        )
+        tools = [s["tool"] for s in reply["steps"]]
+        assert tools == ["memory_search", "send_email"], reply
+        assert "result" in reply["steps"][0]
+        assert "allow_private_send" in reply["steps"][1]["blocked"]
+        assert "result" not in reply["steps"][1]
+
+
+def test_orchestrate_says_when_tools_are_off(box: BoxInThread) -> None:
+    with box.client() as client, pytest.raises(NotAllowed, match="enabled = true"):
+        client.request("orchestrate", {"task": "weather in Rome"})

@@ -1,0 +1,94 @@
+"""MCP servers as tool sources: a real stdio server (tests/data/mcp_server.py, the mcp SDK)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_box import BoxInThread, wait_for
+
+from aether_box.config import Config
+from aether_box.errors import BadRequest, ConfigError, ToolFailed
+from aether_box.tools.settings import ToolsSettings
+
+SERVER = Path(__file__).parent / "data" / "mcp_server.py"
+
+
+def listed(client: Any) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in client.request("tools", {"op": "list"})["tools"]}
+
+
+@pytest.fixture(scope="module")
+def mcp_box() -> Iterator[BoxInThread]:
+    """A box whose tools come from the test MCP server, named in an mcpServers JSON file."""
+    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
+    servers = {
+        "mcpServers": {
+            "testmcp": {
+                "command": sys.executable,
+                "args": [str(SERVER)],
+                "env": {"ABX_GIVEN": "from config"},
+            }
+        }
+    }
+    (data_dir / "mcp.json").write_text(json.dumps(servers))
+    os.environ["ABX_SECRET"] = "the box's own secret"
+    running = BoxInThread(
+        data_dir,
+        {"tools": {"enabled": True, "mcp_config": str(data_dir / "mcp.json")}},
+    )
+    try:
+        with running.client() as client:
+            wait_for(lambda: "testmcp_add" in listed(client), 60, "the MCP server's tools")
+        yield running
+    finally:
+        del os.environ["ABX_SECRET"]
+        running.stop(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def call(client: Any, tool: str, **arguments: Any) -> Any:
+    return client.request("tools", {"op": "call", "tool": tool, "arguments": arguments})["result"]
+
+
+def test_mcp_tools_are_listed_as_server_tool_with_their_effect(mcp_box: BoxInThread) -> None:
+    with mcp_box.client() as client:
+        tools = listed(client)
+        assert tools["testmcp_add"]["source"] == "mcp" and tools["testmcp_add"]["effect"] == "read"
+        # No read-only hint: MCP's open world, so the box counts it as sending data out.
+        assert tools["testmcp_post"]["effect"] == "send"
+        assert tools["testmcp_add"]["schema"]["required"] == ["a", "b"]
+        assert client.status()["tools"]["mcp_servers"]["testmcp"]["state"] == "up"
+
+
+def test_mcp_tool_call_round_trip(mcp_box: BoxInThread) -> None:
+    with mcp_box.client() as client:
+        assert call(client, "testmcp_add", a=2, b=40) == 42
+        assert call(client, "testmcp_shout", text="hi there") == "HI THERE"
+        with pytest.raises(BadRequest, match="not of type 'integer'"):
+            call(client, "testmcp_add", a="2", b=1)
+        with pytest.raises(ToolFailed, match="the MCP tool broke"):
+            call(client, "testmcp_broken")
+
+
+def test_stdio_servers_get_an_allow_listed_environment(mcp_box: BoxInThread) -> None:
+    with mcp_box.client() as client:
+        assert call(client, "testmcp_getenv", name="ABX_GIVEN") == "from config"
+        assert call(client, "testmcp_getenv", name="ABX_SECRET") == ""
+        assert call(client, "testmcp_getenv", name="PATH") != ""
+
+
+def test_bad_mcp_config_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="exactly one of command"):
+        Config(tmp_path, {"tools": {"mcpServers": {"x": {"args": []}}}}).get(ToolsSettings)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        Config(tmp_path, {"tools": {"mcpServers": {"x": {"command": "a", "colour": 1}}}}).get(
+            ToolsSettings
+        )
