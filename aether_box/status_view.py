@@ -128,6 +128,18 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"
         console.print(f"projectors: {projectors} (gate {align.get('gate')})")
+    tuner = report.get("tuner")
+    if isinstance(tuner, dict):
+        done = sum(
+            n for states in tuner.get("counts", {}).values() for s, n in states.items()
+            if s == "applied"
+        )  # fmt: skip
+        proposed = len(tuner.get("proposed", []))
+        running = len(tuner.get("running", {}))
+        console.print(
+            f"tuner: {done} applied, {proposed} proposed, {running} running "
+            "(`aether-box tuner status`)"
+        )
 
 
 def tools_line(tools: dict[str, Any]) -> str:

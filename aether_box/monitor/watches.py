@@ -88,7 +88,10 @@ class ResidencyWatch:
         for entry in loaded:
             subject = f"{entry['name']}:{entry['role']}"
             seen.add(subject)
-            idle = bool(keep_alive) and not entry.get("in_use") and entry["idle_s"] >= keep_alive
+            # status rounds idle_s to 0.1 s: the margin keeps the engines' own check agreeing
+            idle = (
+                bool(keep_alive) and not entry.get("in_use") and entry["idle_s"] >= keep_alive + 0.1
+            )
             self.signals.set(
                 "idle",
                 subject,

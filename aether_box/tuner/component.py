@@ -189,6 +189,9 @@ class TunerComponent:
             self._busy.discard(action.kind)
             self.running.pop(ident, None)
         decision = await self._db_call(self._log().update, ident, **result)
+        if action.kind == "unload" and decision["state"] == "rejected":
+            # in use again (or not idle long enough): look at the same idle spell again
+            self._handled.pop(("idle", decision["subject"]), None)
         if action.kind == "unload" and decision["state"] == "applied":
             name, role = decision["params"]["model"], decision["params"]["role"]
             self._unloaded[(name, role)] = ident
