@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds of each measurement")
     parser.add_argument("--texts", type=int, default=512, help="texts embedded per round")
     parser.add_argument(
-        "--only", choices=["embed"], help="run only this part (the others' keys are left out)"
+        "--only",
+        choices=["generation", "batching", "embed"],
+        help="run only this part (the others' keys are left out)",
     )
     args = parser.parse_args()
 
@@ -96,14 +98,16 @@ def main() -> None:
     result: dict[str, Any] = {}
     try:
         with Client(endpoint, data_dir=data_dir, timeout=300) as client:
-            if args.only is None:
+            if args.only in (None, "generation"):
                 result.update(bench_generation(client, installed[GEN_MODEL].path, threads, args))
+            if args.only in (None, "batching"):
                 result.update(bench_batching(client, endpoint, data_dir, args))
-            if EMBED_MODEL in installed:
-                result.update(bench_embeddings(client, models_dir, args))
-            else:
-                print(f"{EMBED_MODEL} is not installed: no embedding figures")
-                result.update(embed_ratio=None, embed_per_s_bus=None, embed_per_s_st=None)
+            if args.only in (None, "embed"):
+                if EMBED_MODEL in installed:
+                    result.update(bench_embeddings(client, models_dir, args))
+                else:
+                    print(f"{EMBED_MODEL} is not installed: no embedding figures")
+                    result.update(embed_ratio=None, embed_per_s_bus=None, embed_per_s_st=None)
     finally:
         stop_box(box)
         shutil.rmtree(data_dir, ignore_errors=True)
