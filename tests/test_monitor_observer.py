@@ -79,11 +79,16 @@ def test_client_mistakes_and_cancels_are_not_the_boxs_errors(data_dir):
         with running.client(timeout=5) as client, running.client(timeout=5) as watcher:
             snapshots = watcher.events("metrics.snapshot", timeout=5)
             next(snapshots)
+            # The box's own components call memory too (the drift watch, the grid's
+            # capabilities): count this client's requests as a difference.
+            before = client.status()["services"]["memory"]
             for _ in range(8):
                 with pytest.raises(NotFound):
                     client.request("memory", {"op": "no-such-op"})
-            memory = client.status()["services"]["memory"]
-            assert (memory["requests"], memory["errors"], memory["client_errors"]) == (8, 0, 8)
+            after = client.status()["services"]["memory"]
+            assert after["errors"] == before["errors"] == 0
+            assert after["client_errors"] - before["client_errors"] == 8
+            assert after["requests"] - before["requests"] >= 8
             # The observer has looked twice since (a window holds them all): no alert.
             next(snapshots), next(snapshots)
             assert client.status()["alerts"] == []
