@@ -85,12 +85,12 @@ class McpServer:
 
     async def keep_connected(self, start_s: float) -> None:
         """Connect, list tools, ping; on a drop, forget the tools and connect again."""
-        from mcp import Client
-
         attempt = 0
         while True:
+            http = None
             try:
-                async with Client(self.target(), raise_exceptions=True) as client:
+                client_for_server, http = await self._client()
+                async with client_for_server as client:
                     with anyio.fail_after(start_s):
                         listed = await client.list_tools()
                     self.tools = self._tools(listed.tools)
@@ -109,9 +109,25 @@ class McpServer:
                 log.warning("MCP server %s is down: %s", self.name, self.error)
             finally:
                 self.client, self.tools = None, []
+                if http is not None:
+                    await http.aclose()
             self.state = "down"
             await anyio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
             attempt += 1
+
+    async def _client(self) -> tuple[Any, Any]:
+        """The SDK's client for this server, and the HTTP client to close after it (None for a
+        stdio server)."""
+        from mcp import Client
+
+        if "url" not in self.spec:
+            return Client(self.target(), raise_exceptions=True), None
+        from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+
+        # Making an HTTP client loads the CA certificates (file reads): off the event loop.
+        http = await anyio.to_thread.run_sync(create_mcp_http_client)
+        transport = streamable_http_client(self.spec["url"], http_client=http)
+        return Client(transport, raise_exceptions=True), http
 
     def _tools(self, listed: list[Any]) -> list[Tool]:
         """The server's tools that the box can describe (the others are logged, skipped)."""
