@@ -22,6 +22,7 @@ import apsw
 
 from aether_box.adapters.lora_file import LoraFile, write_lora
 from aether_box.errors import BadRequest, ConfigError, NotFound
+from aether_box.sqlite import open_durable
 
 __all__ = ["AdapterStore", "valid_name"]
 
@@ -100,10 +101,7 @@ class AdapterStore:
         self._lock = threading.Lock()  # one apsw connection, used from worker threads
         path = directory / "adapters.sqlite"
         try:
-            self._conn = apsw.Connection(str(path))
-            self._conn.set_busy_timeout(10_000)
-            self._conn.pragma("journal_mode", "wal")
-            self._conn.pragma("synchronous", "FULL")
+            self._conn = open_durable(path)
             with self._conn:
                 self._conn.execute(SCHEMA)
         except apsw.Error as exc:

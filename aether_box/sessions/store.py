@@ -17,6 +17,7 @@ import apsw
 
 from aether_box.bus.failures import DISK_FULL_HINT, no_space_at
 from aether_box.errors import ConfigError, DiskFull, NotFound
+from aether_box.sqlite import open_durable
 
 __all__ = ["SessionStore"]
 
@@ -46,10 +47,7 @@ class SessionStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.frozen = False
         try:
-            self._conn = apsw.Connection(str(path))
-            self._conn.set_busy_timeout(10_000)
-            self._conn.pragma("journal_mode", "wal")
-            self._conn.pragma("synchronous", "FULL")  # a finished turn survives a power cut
+            self._conn = open_durable(path)
             self._conn.pragma("foreign_keys", "ON")
             with self._conn:
                 self._conn.execute(SCHEMA)

@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 
 from aether_box.errors import ConfigError, NotFound
+from aether_box.sqlite import open_durable
 
 __all__ = ["DecisionLog", "STATES"]
 
@@ -50,10 +51,7 @@ class DecisionLog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = apsw.Connection(str(path))
-            self._conn.set_busy_timeout(10_000)
-            self._conn.pragma("journal_mode", "wal")
-            self._conn.pragma("synchronous", "FULL")  # a logged decision survives a crash
+            self._conn = open_durable(path)
             with self._conn:
                 self._conn.execute(SCHEMA)
         except apsw.Error as exc:
