@@ -19,6 +19,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "ProtocolError",
+    "RecipeMismatch",
     "ServiceUnavailable",
     "Timeout",
     "TooLarge",
@@ -146,6 +147,12 @@ class ToolFailed(BoxError):
     code = "tool_failed"
 
 
+class RecipeMismatch(BadRequest):
+    """A vector was made with another embedding recipe than the projector was fitted on."""
+
+    code = "recipe_mismatch"
+
+
 _BY_CODE: dict[str, type[BoxError]] = {
     cls.code: cls
     for cls in (
@@ -166,6 +173,7 @@ _BY_CODE: dict[str, type[BoxError]] = {
         AdapterInUse,
         NotAllowed,
         ToolFailed,
+        RecipeMismatch,
     )
 }
 

@@ -128,6 +128,11 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"
         console.print(f"projectors: {projectors} (gate {align.get('gate')})")
+        coherence = align.get("coherence") or {}
+        if coherence:  # the hub's last `align report`, one pair a line, top-1 per domain
+            console.print(f"  through the hub {align.get('hub')} (top-1, `aether-box align report`):")
+            for pair, figures in coherence.items():
+                console.print(f"    {pair}: {figures}")
     tuner = report.get("tuner")
     if isinstance(tuner, dict):
         done = sum(

@@ -151,18 +151,7 @@ def test_a_model_pull_killed_midway_leaves_nothing_installed_and_pulls_again(tmp
 @pytest.mark.slow  # two fits with SmolLM2 embeddings: minutes on two busy cores
 @pytest.mark.parametrize(
     "when",
-    [
-        "fitting",
-        pytest.param(
-            "saving",
-            marks=pytest.mark.xfail(
-                reason="a re-fit overwrites the pair dir's files in place (the swap into a new "
-                "dir was lost in the merge with the tuner's candidates): a kill mid-save can "
-                "leave new weights under the old report",
-                strict=False,
-            ),
-        ),
-    ],
+    ["fitting", "saving"],
 )
 def test_a_projector_fit_killed_midway_leaves_the_old_projector_whole(data_dir, models_dir, when):
     align = {"max_pairs": 60, "test_pairs": 20, "mlp_epochs": 4, "mlp_hidden": 32,

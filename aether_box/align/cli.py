@@ -305,3 +305,82 @@ def print_report(report: dict[str, Any]) -> None:
             _f(row["combined_top1"]) if row else "-",
         )
     console.print(g_table)
+
+
+@align.command("join")
+@click.option("--model", required=True, help="The model that joins the hub.")
+@click.option("--hub", help="The hub model (default: the box's [align] hub).")
+@click.option("--max-pairs", type=int, help="Most pairs to fit on (default: [align] max_pairs).")
+@_timeout
+@pass_state
+def join_cmd(
+    state: CliState, model: str, hub: str | None, max_pairs: int | None, timeout: float
+) -> None:
+    """Fit a model's two hub projectors (into the hub and out of it), on the standard split.
+
+    After that the model reaches every other model that joined, through the hub: N models
+    need 2N fits, and a new one never refits those already there.
+    """
+    if hub is None:
+        with state.client(10.0) as client:
+            hub = client.request("status", {"op": "status"}).get("align", {}).get("hub")
+        if not hub:
+            raise click.UsageError("the box has no [align] hub; give --hub")
+    for source, target in ((model, hub), (hub, model)):
+        body: dict[str, Any] = {"op": "fit", "from": source, "to": target}
+        if max_pairs is not None:
+            body["max_pairs"] = max_pairs
+        report = _run(state, body, timeout)
+        best = report["methods"][report["best"]]
+        click.echo(
+            f"{report['name']}: {report['best']}, top-1 in-domain {_f(best['in_domain']['top1'])}"
+            f", out-of-domain {_f((best.get('out_of_domain') or {}).get('top1'))}"
+        )
+
+
+@align.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw report as JSON.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the box.")
+@pass_state
+def report_cmd(state: CliState, as_json: bool, timeout: float) -> None:
+    """Which models can share memory: every pair through the hub, judged per domain.
+
+    in / out / far: held-out glosses, WordNet usage sentences and Python-docs sentences.
+    top-1 and R@10 among each set's N texts, cos: mean cosine to the native vectors, AUC:
+    how well the gate's agreement tells projections that find the native top-1, proxy: the
+    share the gate re-embeds, gap: direct projector's top-1 minus the hub's.
+    """
+    with state.client(timeout) as client:
+        reply = client.request("align", {"op": "report"}, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2, default=float))
+        return
+    print_coherence(reply)
+
+
+def print_coherence(reply: dict[str, Any]) -> None:
+    """The coherence report as one table."""
+    table = Table(title=f"pairs through the hub {reply['hub']} (gate {reply['gate']})")
+    for column in ("pair", "set", "N", "top-1", "R@10", "cos", "AUC", "proxy", "combined", "gap"):
+        table.add_column(column)
+    for row in reply["pairs"]:
+        via = f" (via {row['via']})" if row["via"] else ""
+        for short in ("in", "out", "far"):
+            f = row.get(short)
+            if f is None:
+                continue
+            table.add_row(
+                f"{row['from']} -> {row['to']}{via}",
+                short,
+                str(f["n"]),
+                _f(f["top1"]),
+                _f(f["recall_at_10"]),
+                _f(f["mean_cosine"]),
+                _f(f["gate_auc"]),
+                _f(f["proxy_share"]),
+                _f(f["combined_top1"]),
+                _f(f.get("hub_gap")),
+            )
+    if not reply["pairs"]:
+        table.caption = "no model has joined the hub yet: `aether-box align join --model NAME`"
+    Console().print(table)

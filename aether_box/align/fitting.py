@@ -26,7 +26,7 @@ from aether_box.align.settings import AlignSettings
 from aether_box.align.store import pair_name
 from aether_box.errors import BadRequest
 
-__all__ = ["TextPlan", "fit_pair", "plan_texts"]
+__all__ = ["TextPlan", "fit_pair", "held_out_sets", "plan_texts"]
 
 FITTERS = {"ridge": fit_ridge, "procrustes": fit_procrustes, "mlp": fit_mlp}
 MIN_PAIRS = 20
@@ -91,7 +91,7 @@ def _options(settings: AlignSettings) -> FitOptions:
     return FitOptions(mlp_epochs=settings.mlp_epochs, mlp_hidden=settings.mlp_hidden)
 
 
-def _held_out(parts: dict[str, PairSet]) -> dict[str, PairSet]:
+def held_out_sets(parts: dict[str, PairSet]) -> dict[str, PairSet]:
     """Held-out sets by report name: in_domain, out_of_domain (the first OOD set), ..."""
     out = {"in_domain": parts["in_domain"]}
     oods = [k for k in parts if k.startswith("ood:")]
@@ -117,7 +117,7 @@ def fit_pair(
         )
     options = _options(settings)
     source, target = fit.source, fit.target
-    held = _held_out(parts)
+    held = held_out_sets(parts)
     projectors: dict[str, Projector] = {}
     results: dict[str, Any] = {}
     for method in methods:

@@ -36,7 +36,7 @@ from aether_box.align.fidelity import ranks
 from aether_box.align.fit import ridge_with, split_validation
 from aether_box.align.projectors import Projector, normalise
 
-__all__ = ["FEATURES", "FOLDS", "Gate", "calibrate", "fit_gate", "signals"]
+__all__ = ["FEATURES", "FOLDS", "Gate", "auc", "calibrate", "fit_gate", "signals"]
 
 FEATURES = ("norm", "cycle", "spread")
 FOLDS = 4
@@ -175,7 +175,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _auc(score: np.ndarray, good: np.ndarray) -> float | None:
+def auc(score: np.ndarray, good: np.ndarray) -> float | None:
     """Probability that a good projection scores above a bad one (ties count half)."""
     pos, neg = score[good], score[~good]
     if len(pos) == 0 or len(neg) == 0:
@@ -225,7 +225,7 @@ def calibrate(
         "n": int(len(x)),
         "top1": float(hit.mean()),
         "mean_agreement": float(agreement.mean()),
-        "auc_top1": _auc(agreement, hit),
+        "auc_top1": auc(agreement, hit),
         "pearson_cosine": float(np.corrcoef(agreement, true)[0, 1]) if enough else None,
         "spearman_cosine": _spearman(agreement, true) if enough else None,
         "thresholds": table,

@@ -2,13 +2,16 @@
 
 Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames)::
 
-    project   from, to, vector (d,) | vectors (n, d), [text], [collection], [gate]
+    project   from, to, vector (d,) | vectors (n, d), [text], [collection], [gate], [recipe]
               -> {vector (d_to,) | vectors (n, d_to), agreement, accepted, gate,
                   projector, method}
               agreement: the gate's probability that the projection finds the native top-1
               (float, or an (n,) float32 array for `vectors`; see gate.py); accepted: agreement >= gate (the [align]
               gate, or the request's own `gate`): a bool, or an (n,) uint8 array for
-              `vectors`. NotFound when no projector was fitted.
+              `vectors`. With no direct projector, A -> hub -> B (hub.py; projector names
+              the route). `recipe` (an id, or {prompt, pooling}) states how the vector was
+              made: another recipe than the projector's is refused (RecipeMismatch; see
+              recipes.py), never projected. NotFound when no projector was fitted.
     list      -> {projectors: [summary], gate}
     fidelity  from, to -> the full fit report (every method, held-out figures, gate calibration)
     pairs     from, to, [texts | corpus | collection] -> {n, cached, corpus, from_key, to_key}
@@ -17,6 +20,9 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     refit     from, to, collection, [holdout], [max_loss] -> {candidate, before, after,
               promote, verdict, pairs, took_s}: a candidate fitted on the served projector's
               pairs plus the collection's new texts, judged by aether_box.align.refit's rule
+    report    -> {hub, models, gate, pairs: [{from, to, via, in|out|far: {top1, recall_at_10,
+              mean_cosine, gate_auc, proxy_share, combined_top1, [direct_top1, hub_gap]}}]}:
+              every pair through the hub judged on the stored held-out pairs (coherence.py)
     promote   from, to, candidate -> {projector, previous}: serve it; the old one is kept
     rollback  from, to, version -> {projector, restored, previous}: serve a kept version
 
@@ -40,16 +46,18 @@ import anyio.abc
 import anyio.to_thread
 import numpy as np
 
+from aether_box.align.coherence import coherence
 from aether_box.align.corpus import BUILTIN_SETS, load_set
 from aether_box.align.export import OnnxProjector
-from aether_box.align.fitting import TextPlan, fit_pair, plan_texts
+from aether_box.align.fitting import TextPlan, fit_pair, held_out_sets, plan_texts
 from aether_box.align.pairs import PairSet, make_pairs, model_key
+from aether_box.align.recipes import Recipe, check_recipe, recipe_of_report
 from aether_box.align.refit import refit, split_new
 from aether_box.align.settings import AlignSettings
 from aether_box.align.store import ProjectorStore, pair_name
 from aether_box.bus.service import OpService, Request, require_name
 from aether_box.context import BoxContext
-from aether_box.errors import BadRequest, BoxError, TooLarge
+from aether_box.errors import BadRequest, BoxError, NotFound, RecipeMismatch, TooLarge
 
 __all__ = ["AlignComponent", "AlignService"]
 
@@ -121,6 +129,8 @@ class AlignService(OpService):
         self.served: dict[str, Served] = {}
         self._fit_limiter = anyio.CapacityLimiter(1)  # one fit at a time: they take the cores
         self._load_lock = anyio.Lock()
+        self._recipe_by_model: dict[str, Recipe] = {}
+        self._coherence: dict[str, Any] = {}  # "A->B": "in 0.95 out 0.85 far 0.40", last report
 
     # ----------------------------------------------------------------- projection
 
@@ -148,14 +158,14 @@ class AlignService(OpService):
         gate = body.get("gate", self.settings.gate)
         if isinstance(gate, bool) or not isinstance(gate, int | float) or not 0 <= gate <= 1:
             raise BadRequest(f"'gate' must be a number from 0 to 1, got {gate!r}")
-        served = await self._served(source, target)
-        if len(x) <= INLINE_ROWS:
-            out = served.engine.run(x)
-        else:
-            out = await anyio.to_thread.run_sync(served.engine.run, x)
+        legs = await self._route(source, target)
+        check_recipe(body.get("recipe"), legs[0].report)  # RecipeMismatch: never projected
+        out = await self._run_legs(legs, x)
         agreement = out["agreement"]
         accepted = agreement >= gate
-        served.count(agreement, accepted)
+        for leg in legs:
+            leg.count(agreement, accepted)
+        served = legs[0] if len(legs) == 1 else _via(legs)
         self.ctx.events.publish(
             "metrics.align",
             {
@@ -172,6 +182,7 @@ class AlignService(OpService):
             "projector": served.name,
             "method": served.method,
             "gate": float(gate),
+            "recipe": recipe_of_report(legs[0].report, "source").get("id") or "plain",
         }
         if single:
             reply.update(
@@ -181,6 +192,38 @@ class AlignService(OpService):
             # The wire takes numeric arrays only: accepted travels as uint8 (1 = accepted).
             reply.update(vectors=out["y"], agreement=agreement, accepted=accepted.astype(np.uint8))
         return reply
+
+    async def _route(self, source: str, target: str) -> list[Served]:
+        """The direct projector, or the two legs through the hub (hub.py)."""
+        try:
+            return [await self._served(source, target)]
+        except NotFound:
+            hub = self.settings.hub
+            if not hub or hub in (source, target):
+                raise
+        try:
+            return [await self._served(source, hub), await self._served(hub, target)]
+        except NotFound:
+            raise NotFound(
+                f"no projector from {source!r} to {target!r}, direct or through the hub "
+                f"{hub!r}; let each model join the hub (`aether-box align join --model "
+                f"{source}` and `--model {target}`: two fits each) or fit a direct one "
+                f"(`aether-box align fit --from {source} --to {target}`)"
+            ) from None
+
+    async def _run_legs(self, legs: list[Served], x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the legs in turn; a composed agreement is the product of its legs' (hub.py)."""
+
+        def run() -> dict[str, np.ndarray]:
+            out = legs[0].engine.run(x)
+            for leg in legs[1:]:
+                more = leg.engine.run(out["y"])
+                out = {**more, "agreement": out["agreement"] * more["agreement"]}
+            return out
+
+        if len(x) * len(legs) <= INLINE_ROWS:
+            return run()
+        return await anyio.to_thread.run_sync(run)
 
     async def _served(self, source: str, target: str) -> Served:
         name = pair_name(source, target)
@@ -217,11 +260,23 @@ class AlignService(OpService):
         source, target = require_name(request.body, "from"), require_name(request.body, "to")
         return await anyio.to_thread.run_sync(self.store.report, source, target)
 
+    async def op_report(self, request: Request) -> dict[str, Any]:
+        """The coherence report (coherence.py): every pair through the hub, per domain."""
+        if not self.settings.hub:
+            raise BadRequest("no hub is set ([align] hub); set one to see pairs through it")
+        report = await anyio.to_thread.run_sync(
+            lambda: coherence(self.store, self.settings.hub, self.settings.gate)
+        )
+        self._coherence = _compact(report)
+        return report
+
     def status(self) -> dict[str, Any]:
-        """The "align" section of `status`."""
+        """The "align" section of `status` (the hub's last coherence report, compact)."""
         return {
             "gate": self.settings.gate,
+            "hub": self.settings.hub or None,
             "projectors": {name: s.summary() for name, s in sorted(self.served.items())},
+            "coherence": self._coherence,
         }
 
     # ----------------------------------------------------------------- pairs and fits
@@ -307,7 +362,12 @@ class AlignService(OpService):
                 lambda: fit_pair(parts, plan, self.settings, methods, send)
             )
             report["pairs"].update(from_key=keys[source], to_key=keys[target], cached=all(cached))
-            kept = {"fit": parts["fit"], "in_domain": parts["in_domain"]}
+            recipes = self._recipe_by_model
+            report["recipes"] = {
+                "source": recipes[source].as_dict(),
+                "target": recipes[target].as_dict(),
+            }
+            kept = {"fit": parts["fit"], **held_out_sets(parts)}
             await anyio.to_thread.run_sync(self.store.save, projectors, gate, report, kept)
         self.served.pop(pair_name(source, target), None)  # serve the new one from now on
         return report
@@ -330,6 +390,19 @@ class AlignService(OpService):
         )
         old_fit = await anyio.to_thread.run_sync(self.store.pairs, source, target, "fit")
         standard = await anyio.to_thread.run_sync(self.store.pairs, source, target, "in_domain")
+        recipes = await self._recipes(source, target)
+        for side, name_ in (("source", source), ("target", target)):
+            if recipe_of_report(report, side).get("id") not in (None, recipes[name_].id):
+                raise RecipeMismatch(
+                    f"{name_}'s embedding recipe changed since {pair_name(source, target)} was "
+                    f"fitted (now {recipes[name_].id}); its pairs cannot be mixed with new "
+                    f"ones: fit it again (`aether-box align fit --from {source} --to {target}`)"
+                )
+        if recipes[target].embed_options():
+            raise BadRequest(
+                f"{target} embeds for alignment with a prompt or pooling of its own, so a "
+                "collection's plain vectors cannot be its targets; refit from texts instead"
+            )
         texts, vectors, model = await self._collection(name)
         if model != target:
             raise BadRequest(
@@ -434,7 +507,9 @@ class AlignService(OpService):
                     standard=standard,
                 )
             )
-            if model == target:
+            # The collection's vectors are plain `embed` output: reused only where the
+            # target's alignment recipe is plain too.
+            if model == target and not (await self._recipes(target))[target].embed_options():
                 plan.attach_target(texts, vectors)
             return plan
         if corpus is not None and corpus not in BUILTIN_SETS:
@@ -485,20 +560,32 @@ class AlignService(OpService):
         return list(unique), np.asarray(list(unique.values()), np.float32), model
 
     async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
-        reply = await self.ctx.call("embed", {"op": "embed", "model": model, "texts": texts})
+        recipe = self._recipe_by_model.get(model)
+        options = recipe.embed_options() if recipe is not None else {}
+        reply = await self.ctx.call(
+            "embed", {"op": "embed", "model": model, "texts": texts, **options}
+        )
         return np.asarray(reply["vectors"], dtype=np.float32)
 
     async def _keys(self, source: str, target: str) -> dict[str, str]:
+        """Each model's vector-cache key: its weights and its recipe (see recipes.py)."""
+        recipes = await self._recipes(source, target)
+        return {name: model_key(name, r.weights, r.embed_options()) for name, r in recipes.items()}
+
+    async def _recipes(self, *names: str) -> dict[str, Recipe]:
+        """The embedding recipe alignment uses for each model (its manifest's, or plain)."""
         from aether_box.models.settings import ModelsSettings
         from aether_box.models.store import ModelStore
 
         models_dir = self.ctx.config.get(ModelsSettings).dir
 
-        def identities() -> dict[str, str]:  # the store reads the manifest: off the loop
+        def read() -> dict[str, Recipe]:  # the store reads the manifest: off the loop
             store = ModelStore(models_dir)
-            return {name: _identity(store, name) for name in (source, target)}
+            return {name: _recipe(store, name) for name in names}
 
-        return await anyio.to_thread.run_sync(identities)
+        found = await anyio.to_thread.run_sync(read)
+        self._recipe_by_model.update(found)
+        return found
 
     def _progress(self, request: Request):
         last = [0.0]
@@ -530,16 +617,36 @@ class _ThreadProgress:
             )
 
 
-def _identity(store: Any, name: str) -> str:
-    """A digest naming `name`'s weights (manifest sha256 for kit models, else file stat)."""
+def _recipe(store: Any, name: str) -> Recipe:
+    """`name`'s weights digest (manifest sha256 for kit models, else file stat) and recipe."""
     info = store.info(name)  # NotFound, listing installed models, when absent
-    if info.source == "kit" and name in store.manifest.models:
-        digest = "+".join(f.sha256 for f in store.manifest.models[name].files)
-    else:
-        path = info.path
-        stat = path.stat()
-        digest = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return model_key(name, digest)
+    spec = store.manifest.models.get(name) if info.source == "kit" else None
+    if spec is not None:
+        digest = "+".join(f.sha256 for f in spec.files)
+        if info.kind == "gguf":
+            return Recipe(name, digest, spec.embed_prompt, spec.embed_pooling or "mean")
+        return Recipe(name, digest)
+    path = info.path
+    stat = path.stat()
+    return Recipe(name, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+
+
+def _via(legs: list[Served]) -> Served:
+    """A stand-in naming a composed route (its counters live on the legs)."""
+    names = [legs[0].report["source"], *(leg.report["target"] for leg in legs)]
+    return Served("->".join(names), "+".join(leg.method for leg in legs), legs[-1].engine, {})
+
+
+def _compact(report: Mapping[str, Any]) -> dict[str, str]:
+    """Each pair's top-1 per domain in one line, for `status` and the dashboard."""
+    out = {}
+    for row in report["pairs"]:
+        via = f"->{row['via']}" if row["via"] else ""
+        figures = " ".join(
+            f"{short} {row[short]['top1']:.2f}" for short in ("in", "out", "far") if short in row
+        )
+        out[f"{row['from']}{via}->{row['to']}"] = figures
+    return out
 
 
 def _models(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -597,6 +704,10 @@ class AlignComponent:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        # A fit a kill interrupted is finished or undone before anything is served.
+        done = await anyio.to_thread.run_sync(self.service.store.recover)
+        for line in done:
+            log.warning("align: after an interrupted fit, %s", line)
         ctx.add_service("align", self.service)
         task_status.started()
 

@@ -35,6 +35,9 @@ class AlignSettings:
     mlp_hidden: int = 512
     # Texts per call to `embed` while making pairs (progress and checkpoints come this often).
     embed_chunk: int = 128
+    # The model whose space is the hub (aether_box/align/hub.py): a pair with no direct
+    # projector is projected through it, A -> hub -> B. "" turns composition off.
+    hub: str = "minilm"
 
     def resolve(self, data_dir: Path) -> None:
         """Fill the default dir and check the values."""

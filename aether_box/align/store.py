@@ -8,14 +8,23 @@ gate's calibration and where the pairs came from) and ``pairs-fit.npz`` /
 
 A refit (the tuner's) writes a candidate under ``candidates/<id>/``; promoting it moves the
 served files to ``history/<version>/`` first, so a rollback can bring them back.
+
+A fit never writes into the served pair dir: it writes a whole new dir beside it
+(``.<pair>.new-<id>``, every file fsynced), then swaps the two by renames (the old one
+becomes ``.<pair>.old-<id>``, its ``candidates/`` and ``history/`` move into the new one) and
+fsyncs the parent. A kill at any point leaves the old projector or the new one whole;
+`recover` (run when the box starts) finishes or undoes a swap a kill interrupted and removes
+the leftovers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,7 @@ from aether_box.align.gate import Gate
 from aether_box.align.pairs import PairSet
 from aether_box.align.projectors import Projector
 from aether_box.errors import BadRequest, NotFound
+from aether_box.models.files import fsync_dir
 from aether_box.private import child_path
 
 __all__ = ["ProjectorStore"]
@@ -56,10 +66,67 @@ class ProjectorStore:
         """Write every method's weights and ONNX graph, the gate, the pairs and the report
         (the report last: a dir without one is unfinished). `candidate`: under candidates/."""
         first = next(iter(projectors.values()))
-        where = self._dir(first.source, first.target)
+        served = self._dir(first.source, first.target)
         if candidate is not None:
-            where = where / "candidates" / candidate
-        where.mkdir(parents=True, exist_ok=True)
+            where = served / "candidates" / candidate
+            where.mkdir(parents=True, exist_ok=True)
+            self._write(where, projectors, gate, report, pairs)
+            return where
+        self.root.mkdir(parents=True, exist_ok=True)
+        fresh = self.root / f".{served.name}.new-{uuid.uuid4().hex[:8]}"
+        fresh.mkdir()
+        try:
+            self._write(fresh, projectors, gate, report, pairs)
+            for path in fresh.iterdir():
+                _fsync_file(path)
+            fsync_dir(fresh)
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        self._swap(fresh, served)
+        return served
+
+    def _swap(self, fresh: Path, served: Path) -> None:
+        """Serve `fresh` in place of `served` by two renames; the old dir's subdirs follow."""
+        old = self.root / f".{served.name}.old-{fresh.name.rsplit('-', 1)[-1]}"
+        if served.exists():
+            os.replace(served, old)
+        os.replace(fresh, served)
+        fsync_dir(self.root)
+        if old.exists():
+            _adopt_subdirs(old, served)
+            shutil.rmtree(old, ignore_errors=True)
+            fsync_dir(self.root)
+
+    def recover(self) -> list[str]:
+        """Finish or undo a swap a kill interrupted; remove leftovers. Returns what it did."""
+        done: list[str] = []
+        if not self.root.is_dir():
+            return done
+        for path in sorted(self.root.glob(".*.old-*")):
+            served = self.root / path.name[1:].rsplit(".old-", 1)[0]
+            if served.exists():  # killed after the swap: the new one serves; keep the history
+                _adopt_subdirs(path, served)
+                shutil.rmtree(path, ignore_errors=True)
+                done.append(f"removed the replaced {served.name}")
+            else:  # killed between the two renames: the old one serves again
+                os.replace(path, served)
+                done.append(f"restored {served.name}")
+        for path in sorted(self.root.glob(".*.new-*")):
+            shutil.rmtree(path, ignore_errors=True)  # an unfinished fit: the old one serves
+            done.append(f"removed an unfinished fit of {path.name[1:].rsplit('.new-', 1)[0]}")
+        if done:
+            fsync_dir(self.root)
+        return done
+
+    def _write(
+        self,
+        where: Path,
+        projectors: dict[str, Projector],
+        gate: Gate,
+        report: dict[str, Any],
+        pairs: dict[str, PairSet] | None,
+    ) -> None:
         for part, pair_set in (pairs or {}).items():
             pair_set.save(where / f"pairs-{part}.npz")
         best = report["best"]
@@ -75,13 +142,14 @@ class ProjectorStore:
         tmp = where / "report.json.tmp"
         tmp.write_text(json.dumps(report, indent=2, default=float))
         os.replace(tmp, where / "report.json")
-        return where
 
     def reports(self) -> list[dict[str, Any]]:
         """The report of every fitted projector pair, by name."""
         found = []
         if self.root.is_dir():
             for path in sorted(self.root.glob("*/report.json")):
+                if path.parent.name.startswith("."):
+                    continue  # a fit being written, or one a kill left (see `recover`)
                 try:
                     found.append(json.loads(path.read_text()))
                 except (OSError, json.JSONDecodeError):
@@ -164,3 +232,23 @@ class ProjectorStore:
         (dest / "report.json").unlink(missing_ok=True)
         for path in files:
             os.replace(path, dest / path.name)
+
+
+def _fsync_file(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _adopt_subdirs(old: Path, served: Path) -> None:
+    """Move the replaced dir's candidates/ and history/ into the serving one (kept, not lost)."""
+    for name in ("candidates", "history"):
+        kept = old / name
+        if not kept.is_dir():
+            continue
+        if not (served / name).exists():
+            os.replace(kept, served / name)
+            continue
+        for child in kept.iterdir():
+            with contextlib.suppress(OSError):
+                os.replace(child, served / name / child.name)

@@ -1,4 +1,4 @@
-"""llama.cpp through llama-cpp-python: loading GGUF files, and mean-pooled embeddings.
+"""llama.cpp through llama-cpp-python: loading GGUF files, and pooled embeddings.
 
 Generation lives in `generator` (a scheduler per model); this module keeps what both share
 (loading under one lock, llama.cpp's own account of the memory it took) and the embedder,
@@ -22,7 +22,9 @@ from aether_box.errors import BadRequest, BoxError, CorruptModel, NotFound
 
 __all__ = [
     "LOAD_LOCK",
+    "POOLINGS",
     "LlamaEmbedder",
+    "apply_prompt",
     "corrupt",
     "gpu_offload_supported",
     "measure",
@@ -33,6 +35,10 @@ __all__ = [
 # two loads at once would race on those fds, so loads take turns.
 LOAD_LOCK = threading.Lock()
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+# How a text's token vectors become one vector: llama.cpp pools inside its graph, so each
+# pooling is a context of its own. ("layer:N" would need llama.cpp's eval callback per
+# token, which llama-cpp-python does not expose for embeddings: not offered.)
+POOLINGS = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
 _BUFFER = re.compile(r"(\S+)\s+(?:model|output|KV|compute) buffer size =\s*([\d.]+) MiB")
 
 
@@ -118,32 +124,81 @@ class _Base:
         self.llm.close()
 
 
+def apply_prompt(prompt: str | None, texts: list[str]) -> list[str]:
+    """Each text put into the template `prompt` at its ``{text}`` (None: the texts as they are).
+
+    A plain replace, not str.format: a template may hold other braces (quotes of JSON).
+    """
+    if prompt is None:
+        return texts
+    return [prompt.replace("{text}", text) for text in texts]
+
+
 class LlamaEmbedder(_Base):
-    """Mean-pooled, L2-normalised sentence vectors from one GGUF model."""
+    """Pooled (mean or last token), L2-normalised sentence vectors from one GGUF model.
+
+    The mean-pooling context is loaded with the model; a last-token one is loaded on first
+    use (the weights are memory-mapped, so it costs its context buffers, not a second copy).
+    """
+
+    def __init__(self, loaded: _Loaded, path: Path, kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(loaded, path)
+        self._kwargs = dict(kwargs or {})
+        self._pooled: dict[str, Llama] = {}
 
     @classmethod
     def load(cls, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int) -> LlamaEmbedder:
         """Load `path` for embeddings; a text may hold up to `n_ctx` tokens."""
-        loaded = _load(
-            path,
-            n_ctx=n_ctx,
-            n_batch=n_ctx,
-            n_ubatch=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            embedding=True,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-        )
-        return cls(loaded, path)
+        kwargs: dict[str, Any] = {
+            "n_ctx": n_ctx,
+            "n_batch": n_ctx,
+            "n_ubatch": n_ctx,
+            "n_threads": n_threads,
+            "n_threads_batch": n_threads,
+            "n_gpu_layers": n_gpu_layers,
+            "embedding": True,
+        }
+        return cls(_load(path, pooling_type=POOLINGS["mean"], **kwargs), path, kwargs)
 
-    def embed(self, texts: list[str], name: str = "", offset: int = 0) -> np.ndarray:
+    def _context(self, pooling: str) -> Llama:
+        """The Llama context that pools as asked (loaded on first use)."""
+        if pooling == "mean":
+            return self.llm
+        if pooling not in POOLINGS:
+            raise BadRequest(f"'pooling' must be one of {sorted(POOLINGS)}, got {pooling!r}")
+        if pooling not in self._pooled:
+            loaded = _load(self.path, pooling_type=POOLINGS[pooling], **self._kwargs)
+            # The weights are shared (mmap); only the new context's buffers are new memory.
+            weights = int(llama_cpp.llama_model_size(self.llm.model))
+            self.memory_bytes += max(loaded.memory_bytes - weights, 0)
+            self._pooled[pooling] = loaded.llm
+        return self._pooled[pooling]
+
+    def close(self) -> None:
+        """Free the model and its contexts."""
+        for llm in self._pooled.values():
+            llm.close()
+        super().close()
+
+    def embed(
+        self,
+        texts: list[str],
+        name: str = "",
+        offset: int = 0,
+        prompt: str | None = None,
+        pooling: str = "mean",
+    ) -> np.ndarray:
         """Vectors (len(texts), dim), float32, each of unit length.
 
+        `prompt`: a template with ``{text}`` each text is put into first; `pooling`: "mean"
+        (the default) or "last" (the last token's vector: with a prompt that ends asking for
+        one word, PromptEOL-style, the model's summary of the text).
         `offset` is where `texts` starts in the request, for error messages.
         """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        llm = self._context(pooling)
+        texts = apply_prompt(prompt, texts)
         longest = min(self.n_ctx, self.llm.n_batch)  # a text must fit one batch
         for i, text in enumerate(texts):
             n = len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
@@ -158,7 +213,7 @@ class LlamaEmbedder(_Base):
                 )
         try:
             vectors = np.asarray(
-                self.llm.embed(texts, normalize=False, truncate=False), dtype=np.float32
+                llm.embed(texts, normalize=False, truncate=False), dtype=np.float32
             )
         except (RuntimeError, ValueError) as exc:
             raise BoxError(f"llama.cpp failed to embed with {name!r}: {exc}") from exc

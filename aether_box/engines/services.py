@@ -31,9 +31,12 @@
 - ``models``: what is installed and loaded (the same map as status's "models" section).
 - ``load``: ``{"model", "role"?: "generate" | "embed"}`` loads it now; ``unload``: ``{"model"}``.
 
-``embed`` op ``embed``: ``{"model", "texts": [str, ...]}`` -> ``{"model", "dim", "vectors":
-float32 (n, dim)}``, L2-normalised; GGUF models mean-pool their last layer, ONNX encoders pool
-as they were trained to.
+``embed`` op ``embed``: ``{"model", "texts": [str, ...], "prompt"?, "pooling"?}`` ->
+``{"model", "dim", "vectors": float32 (n, dim), "pooling", "prompt"}``, L2-normalised; GGUF
+models mean-pool their last layer, ONNX encoders pool as they were trained to. For GGUF models
+``prompt`` (a template holding ``{text}``) wraps each text first and ``pooling`` is "mean"
+(default) or "last" (the last token's vector); the models manifest names each model's measured
+recipe for alignment (aether_box.align.recipes).
 
 A model this box lacks is served by a linked peer that has it: whichever component
 implements `PeerDirectory` (see aether_box.contract; the federation component does).
@@ -485,6 +488,7 @@ class EmbedService(ModelService):
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise BadRequest(f"texts[{i}] must be a string, got {type(text).__name__}")
+        prompt, pooling = _recipe_options(body)
         batch = self.registry.settings.embed_batch
         parts: list[np.ndarray] = []
         dim = 0
@@ -495,20 +499,44 @@ class EmbedService(ModelService):
             async with self.registry.use(name, "embed") as entry:
                 dim = int(entry.engine.dim)
                 if chunk:
-                    parts.append(await self.registry.run(_embed_call(entry, chunk, start)))
+                    call = _embed_call(entry, chunk, start, prompt, pooling)
+                    parts.append(await self.registry.run(call))
         vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
         if texts:
             entry.items_per_s = len(texts) / max(time.perf_counter() - started, 1e-9)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return {"model": name, "dim": dim, "vectors": vectors}
+        return {"model": name, "dim": dim, "vectors": vectors, "pooling": pooling, "prompt": prompt}
 
 
-def _embed_call(entry: LoadedModel, chunk: list[str], offset: int) -> Any:
+def _recipe_options(body: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The request's `prompt` template and `pooling`, checked."""
+    from aether_box.engines.llama import POOLINGS
+
+    prompt = body.get("prompt")
+    if prompt is not None and (not isinstance(prompt, str) or "{text}" not in prompt):
+        raise BadRequest("'prompt' must be a template string holding '{text}' where the text goes")
+    pooling = body.get("pooling", "mean")
+    if pooling not in POOLINGS:
+        raise BadRequest(
+            f"'pooling' must be one of {sorted(POOLINGS)}, got {pooling!r} (a chosen layer "
+            "is not offered: llama.cpp's embedding API returns the last layer only)"
+        )
+    return prompt, pooling
+
+
+def _embed_call(
+    entry: LoadedModel, chunk: list[str], offset: int, prompt: str | None, pooling: str
+) -> Any:
     from aether_box.engines.llama import LlamaEmbedder
 
     engine = entry.engine
     if isinstance(engine, LlamaEmbedder):
-        return lambda: engine.embed(chunk, name=entry.name, offset=offset)
+        return lambda: engine.embed(chunk, entry.name, offset, prompt, pooling)
+    if prompt is not None or pooling != "mean":
+        raise BadRequest(
+            f"{entry.name!r} is an ONNX encoder: it pools as it was trained to and takes no "
+            "'prompt' or 'pooling'; those are for GGUF models"
+        )
     return lambda: engine.embed(chunk)
 
 

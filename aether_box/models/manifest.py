@@ -52,6 +52,10 @@ class ModelSpec:
     dim: int | None
     files: tuple[FileSpec, ...]
     export: str | None = None  # "bert": pull exports the checkpoint to ONNX
+    # GGUF models: the embedding recipe alignment uses (a template with {text}, and "mean"
+    # or "last" pooling), chosen by measurement; None: the plain mean over the last layer.
+    embed_prompt: str | None = None
+    embed_pooling: str | None = None
 
     @property
     def size(self) -> int:
@@ -116,6 +120,8 @@ def _model(name: str, raw: dict[str, Any], source: str) -> ModelSpec:
             dim=raw.get("dim"),
             files=files,
             export=raw.get("export"),
+            embed_prompt=raw.get("embed_prompt"),
+            embed_pooling=raw.get("embed_pooling"),
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{where} is missing or mistypes {exc}") from exc
@@ -123,6 +129,10 @@ def _model(name: str, raw: dict[str, Any], source: str) -> ModelSpec:
         raise ConfigError(f"{where}: kind {kind!r} is not one of {KINDS}")
     if not files:
         raise ConfigError(f"{where} lists no files")
+    if spec.embed_prompt is not None and "{text}" not in spec.embed_prompt:
+        raise ConfigError(f"{where}: embed_prompt must hold '{{text}}' where the text goes")
+    if spec.embed_pooling not in (None, "mean", "last"):
+        raise ConfigError(f"{where}: embed_pooling must be 'mean' or 'last'")
     return spec
 
 

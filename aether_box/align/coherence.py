@@ -1,0 +1,114 @@
+"""The coherence report: for every pair of models through the hub, how well they share memory.
+
+For each ordered pair (A, B) of the models that joined the hub (and the hub itself), the
+projection A -> hub -> B (or the one projector when A or B is the hub) is judged on every
+held-out set its legs were judged on (in-domain, out-of-domain, far-domain), matched by
+text: top-1 and recall@10 among the set, the mean cosine to the native vectors, the gate's
+AUC for "finds the native top-1", the share of queries the gate sends to the proxy and the
+combined top-1. Where a direct projector A -> B is fitted too, its top-1 is shown beside the
+hub's and the gap between them. Everything comes from the stored projectors and held-out
+pairs: nothing is embedded again. Blocking (numpy): run it in a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aether_box.align.fidelity import ranks, retrieval
+from aether_box.align.gate import auc
+from aether_box.align.hub import Composed, composed_pairs
+from aether_box.align.pairs import PairSet
+from aether_box.align.projectors import Projector
+from aether_box.align.store import ProjectorStore
+from aether_box.errors import BadRequest, NotFound
+
+__all__ = ["DOMAINS", "coherence"]
+
+DOMAINS = {"in_domain": "in", "out_of_domain": "out", "out_of_domain_docs": "far"}
+
+
+def _leg(store: ProjectorStore, source: str, target: str) -> tuple[Projector, Any, dict[str, Any]]:
+    report = store.report(source, target)
+    best = report["best"]
+    return store.projector(source, target, best), store.gate(source, target), report
+
+
+def _held(store: ProjectorStore, source: str, target: str, domain: str) -> PairSet | None:
+    try:
+        return store.pairs(source, target, domain)
+    except BadRequest:
+        return None
+    except FileNotFoundError:
+        return None
+
+
+def _judge(
+    legs: list[tuple[Projector, Any]], pairs: PairSet, gate: float, n: int
+) -> dict[str, Any]:
+    """Figures of the chained legs on held-out pairs (the first n)."""
+    x, y = pairs.a[:n], pairs.b[:n]
+    agreement = np.ones(len(x), np.float64)
+    current = x
+    for projector, leg_gate in legs:
+        agreement = agreement * leg_gate.agreement(projector, current)
+        current = projector(current)
+    found = retrieval(current, y)
+    hit = ranks(current, y) == 1
+    accepted = agreement >= gate
+    return {
+        "n": found["n"],
+        "top1": round(found["top1"], 4),
+        "recall_at_10": round(found["recall_at_10"], 4),
+        "mean_cosine": round(found["mean_cosine"], 4),
+        "gate_auc": auc(agreement, hit),
+        "proxy_share": round(float(1 - accepted.mean()), 4),
+        "combined_top1": round(float(np.where(accepted, hit, True).mean()), 4),
+    }
+
+
+def coherence(store: ProjectorStore, hub: str, gate: float, n: int = 1000) -> dict[str, Any]:
+    """Rows of the report (module docstring) and the models that joined the hub."""
+    fitted = {r["name"] for r in store.reports()}
+    joined = sorted(
+        {r["source"] for r in store.reports() if r["target"] == hub}
+        & {r["target"] for r in store.reports() if r["source"] == hub}
+    )
+    models = [hub, *joined] if joined else []
+    rows = []
+    for a in models:
+        for b in models:
+            if a == b:
+                continue
+            legs_names = [(a, b)] if hub in (a, b) else [(a, hub), (hub, b)]
+            try:
+                legs = [_leg(store, s, t) for s, t in legs_names]
+            except NotFound:
+                continue
+            row: dict[str, Any] = {"from": a, "to": b, "via": None if len(legs) == 1 else hub}
+            direct = None
+            if len(legs) > 1 and f"{a}->{b}" in fitted:
+                direct = store.report(a, b)
+            for domain, short in DOMAINS.items():
+                first = _held(store, *legs_names[0], domain)
+                last = _held(store, *legs_names[-1], domain)
+                if first is None or last is None:
+                    continue
+                pairs = first if len(legs) == 1 else composed_pairs(first, last)
+                if pairs is None or len(pairs) < 5:
+                    continue
+                figures = _judge([(p, g) for p, g, _ in legs], pairs, gate, n)
+                if direct is not None:
+                    d = direct["methods"][direct["best"]].get(domain)
+                    if d is not None:
+                        figures["direct_top1"] = d["top1"]
+                        figures["hub_gap"] = round(d["top1"] - figures["top1"], 4)
+                row[short] = figures
+            rows.append(row)
+    return {"hub": hub, "models": models, "gate": gate, "pairs": rows}
+
+
+def composed_projector(store: ProjectorStore, a: str, hub: str, b: str) -> Composed:
+    """The numpy A -> hub -> B of the served methods."""
+    return Composed(_leg(store, a, hub)[0], _leg(store, hub, b)[0])
