@@ -1,30 +1,43 @@
-"""Starter projectors fitted and judged, and projection timed against a numpy matmul.
+"""Projectors through the hub fitted and judged; the gate's AUC; projection timed.
 
-    python bench/align.py [--models-dir DIR] [--data-dir DIR] [--pairs smollm2,gemma3-270m]
-                          [--methods ridge,procrustes,mlp] [--max-pairs 5000] [--rounds 2000]
+    python bench/align.py [--models-dir DIR] [--data-dir DIR] [--models smollm2,gemma3-270m]
+                          [--hub minilm] [--no-direct] [--methods ridge,procrustes,mlp]
+                          [--max-pairs 1200] [--test-pairs 500] [--rounds 2000]
 
-For each starter pair (SmolLM2 -> MiniLM, Gemma 3 270M -> MiniLM; a model that is not
-installed is skipped and said so) a box (`aether-box run`, its own process) runs
-`align fit` on the standard split of the built-in corpus: at most 5,000 WordNet glosses
-fitted on, 1,000 held-out glosses (in-domain), 1,000 WordNet usage sentences (out-of-domain)
-and 1,000 sentences of Python's documentation (far domain), each judged as top-1 among its
-1,000. Pairs are cached in the data dir (default ~/.cache/aether-box/bench-align), so a rerun
-only fits; `pairs_cached` in the output says whether this run embedded anything.
+A box (`aether-box run`, its own process) fits, for every model of --models, its two hub
+projectors (model -> hub and hub -> model: `align join`) and, for every ordered pair of those
+models, a direct projector, all on the standard split of the built-in corpus: at most
+--max-pairs WordNet glosses fitted on, --test-pairs held-out glosses (in-domain), as many
+WordNet usage sentences (out-of-domain) and Python-documentation sentences (far domain), each
+judged as top-1 among its N. Each model embeds with its alignment recipe (the models
+manifest: SmolLM2 a PromptEOL template read at its last token). Then `align report` judges
+every pair through the hub on the same held-out texts, beside the direct projector.
 
-Timing, in this process on the served method: ONNX Runtime (1 thread, sequential, IO
-binding for single vectors) against the same maths in numpy (a matmul, plus the ReLU branch
-for an MLP), single vector and batch of 1,000, for the projection alone and with the gate's
-agreement; medians over `--rounds` calls. Also one `align project` round trip through the bus
-for a single vector.
+Speed and caching: SmolLM2 embeds ~100 prompt tokens/s per thread here, Gemma 3 270M about
+half that, so the default scale (1,200 + 3 x 500 texts per model) is what a quiet 2-core
+machine embeds in about 10 minutes; every model's vectors are cached on disk in the data dir
+(default ~/.cache/aether-box/bench-align, under align/vectors/<model>-<digest of weights and
+recipe>/), so a rerun only fits (a minute or two) and a changed recipe never reuses stale
+vectors. Delete that dir to embed again. --max-pairs 5000 --test-pairs 1000 is the old scale.
+
+Timing, in this process on SmolLM2 -> MiniLM's served method: ONNX Runtime (1 thread, IO
+binding for single vectors) against the same maths in numpy, single vector and batch of
+1,000, the projection alone and with the gate's agreement; medians over `--rounds` calls;
+and one `align project` round trip through the bus.
 
 The last line is JSON: top1_in_domain, top1_out_of_domain, project_single_us (SmolLM2 ->
-MiniLM) and everything else measured, with the machine.
+MiniLM), gate_auc (that projector's served gate, AUC for "finds the native top-1" on the
+held-out out-of-domain set, the harder one; every set is in `pairs`), gate_auc_margin (the
+same for the collection-margin signal, gate.py, not yet served by `project`), hub_gap_max (the largest
+top-1 loss, in- or out-of-domain, of a pair through the hub against its direct projector),
+the coherence report and the machine with its load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -38,13 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _box import machine, start_box, stop_box  # noqa: E402
 
-from aether_box.align.cli import print_report  # noqa: E402
+from aether_box.align.cli import print_coherence, print_report  # noqa: E402
 from aether_box.align.export import OnnxProjector  # noqa: E402
 from aether_box.align.store import ProjectorStore  # noqa: E402
 from aether_box.client import Client  # noqa: E402
 from aether_box.models.store import ModelStore  # noqa: E402
 
-TARGET = "minilm"
+HUB = "minilm"
 
 
 def main() -> None:
@@ -57,65 +70,97 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=Path.home() / ".cache" / "aether-box" / "bench-align"
     )
+    parser.add_argument("--models", default="smollm2,gemma3-270m", help="models joining the hub")
+    parser.add_argument("--hub", default=HUB, help="the hub model (its space is the hub)")
     parser.add_argument(
-        "--pairs", default="smollm2,gemma3-270m", help="source models, each fitted to minilm"
+        "--no-direct", action="store_true", help="skip the direct pairs (no hub gap then)"
     )
     parser.add_argument("--methods", default="ridge,procrustes,mlp")
-    parser.add_argument("--max-pairs", type=int, default=5000)
+    parser.add_argument("--max-pairs", type=int, default=1200)
+    parser.add_argument("--test-pairs", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2000, help="timed single-vector calls")
     args = parser.parse_args()
 
     installed = {m.name for m in ModelStore(args.models_dir).installed()}
-    sources = [s for s in args.pairs.split(",") if s]
-    skipped = {s: "not installed" for s in sources if s not in installed}
-    if TARGET not in installed:
+    models = [s for s in args.models.split(",") if s]
+    skipped = {s: "not installed" for s in models if s not in installed}
+    if args.hub not in installed:
         raise SystemExit(
-            f"{TARGET} is not installed in {args.models_dir}: "
-            f"`aether-box --set models.dir={args.models_dir} models pull`"
+            f"{args.hub} is not installed in {args.models_dir}: "
+            f"`aether-box --set models.dir={args.models_dir} models pull {args.hub}`"
         )
     for name, why in skipped.items():
         print(
-            f"skipping {name} -> {TARGET}: {why} (pull it with "
+            f"skipping {name}: {why} (pull it with "
             f"`aether-box --set models.dir={args.models_dir} models pull {name}`)"
         )
+    joined = [m for m in models if m not in skipped]
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    box, endpoint = start_box(args.data_dir, f'models.dir="{args.models_dir}"')
+    box, endpoint = start_box(
+        args.data_dir,
+        f'models.dir="{args.models_dir}"',
+        f'align.hub="{args.hub}"',
+        f"align.test_pairs={args.test_pairs}",
+    )
     results: dict[str, Any] = {}
+    started_all = time.perf_counter()
     try:
         with Client(endpoint, data_dir=args.data_dir, timeout=3600) as client:
-            for source in sources:
-                if source in skipped:
-                    continue
+            fits = [(m, args.hub) for m in joined] + [(args.hub, m) for m in joined]
+            if not args.no_direct:
+                fits += [(a, b) for a in joined for b in joined if a != b]
+            for source, target in fits:
                 started = time.perf_counter()
                 report = client.request(
                     "align",
                     {
                         "op": "fit",
                         "from": source,
-                        "to": TARGET,
+                        "to": target,
                         "max_pairs": args.max_pairs,
+                        "test_pairs": args.test_pairs,
                         "methods": args.methods.split(","),
                         "out_of_domain": ["examples", "docs"],
                     },
                     timeout=3600,
                 )
                 print_report(report)
-                results[source] = summarise(report, time.perf_counter() - started)
-                results[source]["timing"] = time_projection(args.data_dir, report, args.rounds)
-                results[source]["timing"]["bus_project_single_us"] = time_bus(
-                    client, source, report["dims"][0]
+                name = report["name"]
+                results[name] = summarise(report, time.perf_counter() - started)
+                print(json.dumps({name: results[name]}, indent=1), flush=True)
+            first = f"smollm2->{args.hub}"
+            if first in results:
+                report = client.request(
+                    "align", {"op": "fidelity", "from": "smollm2", "to": args.hub}
                 )
-                print(json.dumps({source: results[source]}, indent=1))
+                results[first]["timing"] = time_projection(args.data_dir, report, args.rounds)
+                results[first]["timing"]["bus_project_single_us"] = time_bus(
+                    client, "smollm2", args.hub, report["dims"][0]
+                )
+            coherence = client.request("align", {"op": "report"}, timeout=600)
+            print_coherence(coherence)
     finally:
         stop_box(box)
-    first = results.get("smollm2") or next(iter(results.values()), {})
+    first = results.get(f"smollm2->{args.hub}") or next(iter(results.values()), {})
+    gaps = [
+        row[d]["hub_gap"]
+        for row in coherence["pairs"]
+        for d in ("in", "out")
+        if d in row and "hub_gap" in row[d]
+    ]
     out = {
         "top1_in_domain": first.get("top1_in_domain"),
         "top1_out_of_domain": first.get("top1_out_of_domain"),
         "project_single_us": (first.get("timing") or {}).get("onnx_single_us"),
+        "gate_auc": (first.get("gate") or {}).get("out_of_domain", {}).get("auc_top1"),
+        "gate_auc_margin": (first.get("gate") or {}).get("out_of_domain", {}).get("auc_margin"),
+        "hub_gap_max": max(gaps) if gaps else None,
+        "scale": {"max_pairs": args.max_pairs, "test_pairs": args.test_pairs},
+        "seconds": round(time.perf_counter() - started_all, 1),
         "pairs": results,
+        "coherence": coherence,
         "skipped": skipped,
-        "machine": machine(),
+        "machine": {**machine(), "loadavg_end": os.getloadavg()},
     }
     print(json.dumps(out))
 
@@ -126,7 +171,8 @@ def summarise(report: dict[str, Any], seconds: float) -> dict[str, Any]:
     gate = report["gate"]
     at_gate = {
         name: next(t for t in gate[name]["thresholds"] if abs(t["gate"] - gate["threshold"]) < 1e-9)
-        for name in ("in_domain", "out_of_domain")
+        for name in ("in_domain", "out_of_domain", "out_of_domain_docs")
+        if name in gate
     }
     return {
         "served": report["best"],
@@ -154,6 +200,7 @@ def summarise(report: dict[str, Any], seconds: float) -> dict[str, Any]:
             **{
                 name: {
                     "auc_top1": gate[name]["auc_top1"],
+                    "auc_margin": gate[name].get("auc_margin"),
                     "mean_agreement": round(gate[name]["mean_agreement"], 3),
                     "proxy_share": at_gate[name]["proxy_share"],
                     "accepted_top1": at_gate[name]["accepted_top1"],
@@ -218,12 +265,12 @@ def time_projection(data_dir: Path, report: dict[str, Any], rounds: int) -> dict
     return figures
 
 
-def time_bus(client: Client, source: str, dim: int, rounds: int = 200) -> float:
+def time_bus(client: Client, source: str, target: str, dim: int, rounds: int = 200) -> float:
     """Median round trip of `align project` for one vector, through the bus."""
     vector = np.random.default_rng(1).standard_normal(dim).astype(np.float32)
     return _median_us(
         lambda: client.request(
-            "align", {"op": "project", "from": source, "to": TARGET, "vector": vector}
+            "align", {"op": "project", "from": source, "to": target, "vector": vector}
         ),
         rounds,
     )

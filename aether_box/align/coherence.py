@@ -4,8 +4,8 @@ For each ordered pair (A, B) of the models that joined the hub (and the hub itse
 projection A -> hub -> B (or the one projector when A or B is the hub) is judged on every
 held-out set its legs were judged on (in-domain, out-of-domain, far-domain), matched by
 text: top-1 and recall@10 among the set, the mean cosine to the native vectors, the gate's
-AUC for "finds the native top-1", the share of queries the gate sends to the proxy and the
-combined top-1. Where a direct projector A -> B is fitted too, its top-1 is shown beside the
+AUC for "finds the native top-1" (and that of the collection margin, gate.py), the share
+of queries the gate sends to the proxy and the combined top-1. Where a direct projector A -> B is fitted too, its top-1 is shown beside the
 hub's and the gap between them. Everything comes from the stored projectors and held-out
 pairs: nothing is embedded again. Blocking (numpy): run it in a thread.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from aether_box.align.fidelity import ranks, retrieval
-from aether_box.align.gate import auc
+from aether_box.align.gate import auc, margin
 from aether_box.align.hub import Composed, composed_pairs
 from aether_box.align.pairs import PairSet
 from aether_box.align.projectors import Projector
@@ -63,6 +63,7 @@ def _judge(
         "recall_at_10": round(found["recall_at_10"], 4),
         "mean_cosine": round(found["mean_cosine"], 4),
         "gate_auc": auc(agreement, hit),
+        "margin_auc": auc(margin(current, y), hit),
         "proxy_share": round(float(1 - accepted.mean()), 4),
         "combined_top1": round(float(np.where(accepted, hit, True).mean()), 4),
     }

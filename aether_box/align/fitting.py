@@ -154,7 +154,11 @@ def fit_pair(
         x = held["in_domain"].a
         diff = np.abs(engine.run(x)["y"] - projector(x)).max()
         results[method]["onnx_max_abs_diff"] = float(diff)
-    gate_report = {name: calibrate(gate, projectors[best], ps.a, ps.b) for name, ps in held.items()}
+    margin_coef = gate_fit.get("margin_coef")
+    gate_report = {
+        name: calibrate(gate, projectors[best], ps.a, ps.b, margin_coef=margin_coef)
+        for name, ps in held.items()
+    }
     if progress:
         progress("gate: calibrating", 1.0)
     report = {

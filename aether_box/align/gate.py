@@ -13,6 +13,12 @@ projection itself gives, on the source vector alone:
   on a different (K-1)/K of the pairs. Where the data pin the map down they agree; where
   the query lies off the data they scatter (an ensemble's estimate of its own uncertainty).
 
+A fourth signal needs the collection searched, so it is reported here, not served in the
+graph: ``margin``, how much nearer the projection's nearest collection vector is than its
+second nearest. A projection whose top hit stands out finds the native top-1; one among
+near-equal neighbours often does not. `calibrate` reports its AUC (``auc_margin``) and what
+a gate on it (a logistic calibrated on the same split, `margin_coef`) would proxy.
+
 The agreement is a logistic calibration of these signals to the event that matters: the
 projection retrieves, among N = 1,000 held-out texts, the same nearest neighbour as the
 native vector would (top-1). So it reads as a probability: a gate of 0.8 (the default) uses a
@@ -54,6 +60,15 @@ def signals(
     cycle = np.sum(xn * back, axis=1)
     spread = np.mean([np.sum(fold(xn) * y, axis=1) for fold in folds], axis=0)
     return np.stack([np.linalg.norm(z, axis=1), cycle, spread], axis=1).astype(np.float32)
+
+
+def margin(projected: np.ndarray, collection: np.ndarray) -> np.ndarray:
+    """(n,): top-1 minus top-2 cosine of each projected row among the collection's rows."""
+    sims = normalise(projected) @ normalise(collection).T
+    if sims.shape[1] < 2:
+        return np.zeros(len(sims), np.float32)
+    top = -np.partition(-sims, 1, axis=1)[:, :2]
+    return (top[:, 0] - top[:, 1]).astype(np.float32)
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
@@ -156,6 +171,8 @@ def fit_gate(
     folds = _fold_maps(x[fit_idx], y[fit_idx], lam, FOLDS, seed, projector.source, projector.target)
     s = signals(judged, reverse, folds, x[cal_idx]).astype(np.float64)
     hit = (ranks(judged(x[cal_idx]), y[cal_idx]) == 1).astype(np.float64)
+    gaps = margin(judged(x[cal_idx]), y[cal_idx]).astype(np.float64)[:, None]
+    margin_coef = _logistic(gaps, hit) if 0 < hit.mean() < 1 else None
     if 0 < hit.mean() < 1:
         coef = _logistic(s, hit)
     else:  # all right or all wrong: nothing to tell apart, the base rate is the estimate
@@ -166,7 +183,10 @@ def fit_gate(
         _fold_maps(x, y, lam, FOLDS, seed, projector.source, projector.target),
         coef,
     )
-    return gate, {"pairs": int(len(cal_idx)), "top1": float(hit.mean()), "folds": FOLDS}
+    facts = {"pairs": int(len(cal_idx)), "top1": float(hit.mean()), "folds": FOLDS}
+    if margin_coef is not None:
+        facts["margin_coef"] = [float(c) for c in margin_coef]
+    return gate, facts
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -197,6 +217,7 @@ def calibrate(
     x: np.ndarray,
     y: np.ndarray,
     thresholds: tuple[float, ...] = THRESHOLDS,
+    margin_coef: list[float] | None = None,
 ) -> dict[str, Any]:
     """How well the agreement predicts real fidelity on held-out pairs, and what gating costs.
 
@@ -221,7 +242,21 @@ def calibrate(
             }
         )
     enough = len(x) > 2 and np.std(agreement) > 0
+    gaps = margin(projected, y)
+    by_margin = None
+    if margin_coef is not None:  # the margin gate: the collection is the held-out set itself
+        p_margin = _sigmoid(margin_coef[0] + margin_coef[1] * gaps.astype(np.float64))
+        by_margin = [
+            {
+                "gate": t,
+                "proxy_share": float(np.mean(p_margin < t)),
+                "combined_top1": float(np.where(p_margin >= t, hit, True).mean()),
+            }
+            for t in thresholds
+        ]
     return {
+        "auc_margin": auc(gaps, hit),
+        "margin_thresholds": by_margin,
         "n": int(len(x)),
         "top1": float(hit.mean()),
         "mean_agreement": float(agreement.mean()),
