@@ -12,13 +12,22 @@ from fixtures_align import FIT_TEXTS, TEST_PAIRS, FittedBox
 from aether_box.align.corpus import load_set
 from aether_box.align.service import AlignComponent
 from aether_box.cli import cli
-from aether_box.errors import BadRequest, NotFound
+from aether_box.errors import BadRequest, NotFound, RecipeMismatch
+from aether_box.models.manifest import Manifest
 
 NAME = "smollm2->minilm"
 
 
+def _recipe(model: str) -> dict[str, str]:
+    """The `embed` options of `model`'s alignment recipe (the models manifest's)."""
+    spec = Manifest.load().models[model]
+    options = {"prompt": spec.embed_prompt, "pooling": spec.embed_pooling}
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _embed(client, model: str, texts: list[str]) -> np.ndarray:
-    return client.request("embed", {"op": "embed", "model": model, "texts": texts})["vectors"]
+    body = {"op": "embed", "model": model, "texts": texts, **_recipe(model)}
+    return client.request("embed", body)["vectors"]
 
 
 def test_fit_reports_every_method_on_held_out_pairs(fitted_box: FittedBox) -> None:
@@ -270,3 +279,53 @@ def test_fit_from_a_collection_reuses_its_vectors(fitted_box: FittedBox) -> None
     assert report["pairs"]["corpus"] == "collection:notes"
     assert report["pairs"]["fit"] + report["pairs"]["in_domain"] == 30
     assert report["best"] == "ridge" and set(report["methods"]) == {"ridge"}
+
+
+def test_projectors_record_both_recipes_and_refuse_another(fitted_box: FittedBox) -> None:
+    recipes = fitted_box.report["recipes"]
+    assert recipes["source"]["pooling"] == "last" and "{text}" in recipes["source"]["prompt"]
+    assert recipes["target"]["pooling"] == "mean" and recipes["target"]["prompt"] is None
+    with fitted_box.box.client(timeout=120) as client:
+        texts = fitted_box.texts[-3:]
+        made = _embed(client, "smollm2", texts)
+        plain = client.request("embed", {"op": "embed", "model": "smollm2", "texts": texts})
+        assert not np.allclose(made, plain["vectors"])  # the recipe changes the vector
+        body = {"op": "project", "from": "smollm2", "to": "minilm", "vector": made[0]}
+        ok = client.request("align", {**body, "recipe": recipes["source"]["id"]})
+        assert ok["recipe"] == recipes["source"]["id"] and ok["vector"].shape == (384,)
+        assert client.request("align", {**body, "recipe": _recipe("smollm2")})["vector"].shape
+        with pytest.raises(RecipeMismatch, match="pooling"):
+            client.request("align", {**body, "recipe": {"pooling": "mean"}})
+        with pytest.raises(RecipeMismatch, match="smollm2"):
+            client.request("align", {**body, "recipe": "smollm2:mean:000000000000"})
+
+
+def test_embed_options_are_checked(fitted_box: FittedBox) -> None:
+    with fitted_box.box.client(timeout=60) as client:
+        base = {"op": "embed", "texts": ["a cat"]}
+        with pytest.raises(BadRequest, match="layer"):
+            client.request("embed", {**base, "model": "smollm2", "pooling": "layer:3"})
+        with pytest.raises(BadRequest, match="{text}"):
+            client.request("embed", {**base, "model": "smollm2", "prompt": "no slot"})
+        with pytest.raises(BadRequest, match="ONNX encoder"):
+            client.request("embed", {**base, "model": "minilm", "pooling": "last"})
+
+
+def test_the_coherence_report_covers_the_pairs_through_the_hub(fitted_box: FittedBox) -> None:
+    with fitted_box.box.client(timeout=600) as client:
+        # minilm -> smollm2 on the same texts: every vector is cached, only the fit runs.
+        body = {"op": "fit", "from": "minilm", "to": "smollm2", "texts": fitted_box.texts}
+        list(client.stream("align", body, timeout=600))
+        report = client.request("align", {"op": "report"}, timeout=120)
+        status = client.request("status", {"op": "status"})
+    assert report["hub"] == "minilm" and report["models"] == ["minilm", "smollm2"]
+    rows = {(r["from"], r["to"]): r for r in report["pairs"]}
+    assert set(rows) == {("minilm", "smollm2"), ("smollm2", "minilm")}
+    forward = rows[("smollm2", "minilm")]["in"]
+    assert (
+        forward["n"] == TEST_PAIRS
+        and forward["top1"]
+        == fitted_box.report["methods"][fitted_box.report["best"]]["in_domain"]["top1"]
+    )
+    assert 0 <= forward["proxy_share"] <= 1 and forward["margin_auc"] is not None
+    assert status["align"]["coherence"]["smollm2->minilm"].startswith("in ")
