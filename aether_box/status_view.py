@@ -130,9 +130,12 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         console.print(f"projectors: {projectors} (gate {align.get('gate')})")
         coherence = align.get("coherence") or {}
         if coherence:  # the hub's last `align report`, one pair a line, top-1 per domain
-            console.print(f"  through the hub {align.get('hub')} (top-1, `aether-box align report`):")
+            console.print(
+                f"  through the hub {align.get('hub')} (top-1, `aether-box align report`):"
+            )
             for pair, figures in coherence.items():
-                console.print(f"    {pair}: {figures}")
+                line = " ".join(f"{d} {v:.3f}" for d, v in figures.items())
+                console.print(f"    {pair}: {line}")
     tuner = report.get("tuner")
     if isinstance(tuner, dict):
         done = sum(

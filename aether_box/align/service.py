@@ -130,7 +130,7 @@ class AlignService(OpService):
         self._fit_limiter = anyio.CapacityLimiter(1)  # one fit at a time: they take the cores
         self._load_lock = anyio.Lock()
         self._recipe_by_model: dict[str, Recipe] = {}
-        self._coherence: dict[str, Any] = {}  # "A->B": "in 0.95 out 0.85 far 0.40", last report
+        self._coherence: dict[str, Any] = {}  # "A->hub->B": {"in": top-1, ...}, last report
 
     # ----------------------------------------------------------------- projection
 
@@ -637,14 +637,12 @@ def _via(legs: list[Served]) -> Served:
     return Served("->".join(names), "+".join(leg.method for leg in legs), legs[-1].engine, {})
 
 
-def _compact(report: Mapping[str, Any]) -> dict[str, str]:
-    """Each pair's top-1 per domain in one line, for `status` and the dashboard."""
+def _compact(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Each pair's top-1 per domain ({"in", "out", "far"}), for `status` and the dashboard."""
     out = {}
     for row in report["pairs"]:
         via = f"->{row['via']}" if row["via"] else ""
-        figures = " ".join(
-            f"{short} {row[short]['top1']:.2f}" for short in ("in", "out", "far") if short in row
-        )
+        figures = {short: row[short]["top1"] for short in ("in", "out", "far") if short in row}
         out[f"{row['from']}{via}->{row['to']}"] = figures
     return out
 

@@ -400,6 +400,19 @@ def projector_rows(section: Any) -> dict[str, Row]:
                 3,
             ),
         )
+    # Pairs through the hub, from the last `align report`: top-1 in and out of domain.
+    coherence = section.get("coherence") if isinstance(section, Mapping) else None
+    for pair, figures in (coherence or {}).items():
+        if pair not in rows and isinstance(figures, Mapping):
+            rows[pair] = (
+                pair,
+                "via hub" if pair.count("->") > 1 else "hub leg",
+                fmt_float(figures.get("in"), 3),
+                fmt_float(figures.get("out"), 3),
+                MISSING,
+                MISSING,
+                MISSING,
+            )
     return rows
 
 
