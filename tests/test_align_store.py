@@ -23,7 +23,7 @@ from aether_box.engines.onnx import OnnxEncoder
 
 @pytest.fixture(scope="module")
 def vectors(models_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    texts = load_set("glosses")[:120]
+    texts = load_set("glosses")[:100]
     plain = OnnxEncoder.load(models_dir / "minilm", device="cpu", threads=1)
     small = OnnxEncoder.load(models_dir / "minilm", device="cpu", threads=1, int8=True)
     return plain.embed(texts), small.embed(texts)
@@ -88,3 +88,45 @@ def test_recovery_after_the_swap_keeps_the_new_one_and_the_old_history(tmp_path,
     assert _tag(store) == "new"
     assert (store.root / "a__b" / "history" / "v0").is_dir()
     assert [p.name for p in store.root.iterdir()] == ["a__b"]
+
+
+def test_the_coherence_report_judges_both_legs_of_a_joined_model(tmp_path, vectors):
+    from aether_box.align.coherence import coherence
+    from aether_box.align.pairs import PairSet
+
+    x, y = vectors
+    store = ProjectorStore(tmp_path)
+    texts = [f"t{i}" for i in range(len(x))]
+    for source, target, a, b in (("a", "hub", x, y), ("hub", "a", y, x)):
+        projector = ridge_with(a[:80], b[:80], source, target, 1.0)
+        gate, _ = fit_gate(projector, a[:80], b[:80], 1.0)
+        held = PairSet(source, target, texts[80:], a[80:], b[80:])
+        report = {"best": "ridge", "name": f"{source}->{target}", "source": source,
+                  "target": target, "methods": {"ridge": {}}}  # fmt: skip
+        store.save({"ridge": projector}, gate, report, {"in_domain": held})
+    found = coherence(store, "hub", 0.8)
+    assert found["models"] == ["hub", "a"]
+    rows = {(r["from"], r["to"]): r for r in found["pairs"]}
+    assert set(rows) == {("a", "hub"), ("hub", "a")}
+    assert rows[("a", "hub")]["in"]["n"] == len(x) - 80
+    assert rows[("a", "hub")]["in"]["top1"] > 0.5  # the int8 copy is nearly the same space
+
+
+def test_a_vector_made_with_another_recipe_is_refused():
+    from aether_box.align.recipes import Recipe, check_recipe
+    from aether_box.errors import RecipeMismatch
+
+    made = Recipe("smollm2", "abc", 'say "{text}"', "last")
+    report = {"name": "smollm2->minilm", "source": "smollm2",
+              "recipes": {"source": made.as_dict()}}  # fmt: skip
+    check_recipe(made.id, report)
+    check_recipe({"prompt": 'say "{text}"', "pooling": "last"}, report)
+    check_recipe(None, report)  # unstated: the caller vouches for it
+    with pytest.raises(RecipeMismatch, match="last"):
+        check_recipe("plain", report)
+    with pytest.raises(RecipeMismatch):
+        check_recipe({"pooling": "last"}, report)  # the prompt is missing
+    old = {"name": "smollm2->minilm", "source": "smollm2"}  # fitted before recipes
+    check_recipe("plain", old)
+    with pytest.raises(RecipeMismatch):
+        check_recipe(made.id, old)
