@@ -317,7 +317,7 @@ def test_the_coherence_report_covers_the_pairs_through_the_hub(fitted_box: Fitte
         body = {"op": "fit", "from": "minilm", "to": "smollm2", "texts": fitted_box.texts}
         list(client.stream("align", body, timeout=600))
         report = client.request("align", {"op": "report"}, timeout=120)
-        status = client.request("status", {"op": "status"})
+        status = client.status()
     assert report["hub"] == "minilm" and report["models"] == ["minilm", "smollm2"]
     rows = {(r["from"], r["to"]): r for r in report["pairs"]}
     assert set(rows) == {("minilm", "smollm2"), ("smollm2", "minilm")}

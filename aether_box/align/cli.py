@@ -323,7 +323,7 @@ def join_cmd(
     """
     if hub is None:
         with state.client(10.0) as client:
-            hub = client.request("status", {"op": "status"}).get("align", {}).get("hub")
+            hub = client.status().get("align", {}).get("hub")
         if not hub:
             raise click.UsageError("the box has no [align] hub; give --hub")
     for source, target in ((model, hub), (hub, model)):
