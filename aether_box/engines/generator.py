@@ -141,7 +141,8 @@ class LlamaGenerator:
         self._vocab = model.vocab
         self._n_vocab = model.n_vocab()
         self._pieces: dict[int, bytes] = {}
-        # LoRA adapters loaded into this model, by content hash; llama.cpp frees them with it.
+        # LoRA adapters loaded into this model, by content hash; llama.cpp frees the ones left
+        # with it (release_adapter frees one sooner).
         self._loras: dict[str, Any] = {}
         self._lora_lock = threading.Lock()
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -288,6 +289,16 @@ class LlamaGenerator:
             handles.append((handle, ref.scale))
         return handles
 
+    def release_adapter(self, sha256: str) -> bool:
+        """Free the adapter of contents `sha256` once no job uses it (in the scheduler's
+        thread, which drops it from the context's set first); False if it is not loaded."""
+        with self._lora_lock:
+            handle = self._loras.pop(sha256, None)
+        if handle is None:
+            return False
+        self.scheduler.release_adapter(handle, lambda: llama_cpp.llama_adapter_lora_free(handle))
+        return True
+
     def submit(self, job: Job) -> None:
         """Hand `job` to the scheduler (raises Busy when the queue is full); never blocks."""
         try:
@@ -298,7 +309,7 @@ class LlamaGenerator:
 
     def stats(self) -> dict[str, Any]:
         """The scheduler's figures, for status."""
-        return self.scheduler.stats()
+        return {**self.scheduler.stats(), "adapters_loaded": len(self._loras)}
 
     def close(self) -> None:
         """Stop the scheduler (requests in it end as cancelled), then free context and model."""

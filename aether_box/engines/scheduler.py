@@ -172,6 +172,8 @@ class Scheduler:
         self.slots = [Slot(i) for i in range(parallel)]
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self._active = ""  # the adapter set applied to the context now
+        self._applied: tuple[Any, ...] = ()  # its llama.cpp handles
+        self._releases: list[tuple[Any, Callable[[], None]]] = []  # adapters to free
         self._turn = 0  # steps the active set has had while other sets waited
         self.adapter_switches = 0
         self.batch = Batch(n_batch)
@@ -211,6 +213,13 @@ class Scheduler:
                 )
             job._wake = self._wake.set
             self._waiting.append(job)
+            self._wake.set()
+
+    def release_adapter(self, handle: Any, free: Callable[[], None]) -> None:
+        """Call `free` in the thread once no queued or running job uses adapter `handle`
+        (the context's set drops it first: llama.cpp must not keep a freed adapter)."""
+        with self._lock:
+            self._releases.append((handle, free))
             self._wake.set()
 
     def close(self) -> None:
@@ -284,6 +293,8 @@ class Scheduler:
                     self._deliver(job, job.result("cancelled"))
                 for job in new:
                     self._admit(job)
+                if self._releases:
+                    self._release_adapters()
                 if not self._running:
                     self._wake.wait()
                     continue
@@ -305,6 +316,21 @@ class Scheduler:
             for job in leftover:
                 job.sampler.close()
                 self._deliver(job, job.result("cancelled"))
+
+    def _release_adapters(self) -> None:
+        with self._lock:
+            pending = list(self._releases)
+            jobs = [*self._waiting, *(s.job for s in self.slots if s.job is not None)]
+        used = {id(h) for job in jobs for h, _ in job.adapters}
+        for handle, free in pending:
+            if id(handle) in used:
+                continue  # a request still runs with it: freed after it ends
+            if any(h is handle for h in self._applied):
+                self._apply_adapters(())
+                self._active = ""
+            free()
+            with self._lock:
+                self._releases.remove((handle, free))
 
     def _admit(self, job: Job) -> None:
         """Give `job` a slot, keeping the cached tokens its prompt starts with."""
@@ -474,6 +500,7 @@ class Scheduler:
         )
         if rc != 0:
             raise BoxError(f"llama.cpp refused the adapter set (llama_set_adapters_lora {rc})")
+        self._applied = tuple(h for h, _ in adapters)
         self.adapter_switches += 1
 
     def _keep_logits(self, job: Job, first: int, count: int) -> None:
