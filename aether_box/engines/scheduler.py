@@ -173,7 +173,8 @@ class Scheduler:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self._active = ""  # the adapter set applied to the context now
         self._applied: tuple[Any, ...] = ()  # its llama.cpp handles
-        self._releases: list[tuple[Any, Callable[[], None]]] = []  # adapters to free
+        # Adapters to free: (handle, unused, free), see release_adapter.
+        self._releases: list[tuple[Any, Callable[[], bool], Callable[[], None]]] = []
         self._turn = 0  # steps the active set has had while other sets waited
         self.adapter_switches = 0
         self.batch = Batch(n_batch)
@@ -215,11 +216,14 @@ class Scheduler:
             self._waiting.append(job)
             self._wake.set()
 
-    def release_adapter(self, handle: Any, free: Callable[[], None]) -> None:
-        """Call `free` in the thread once no queued or running job uses adapter `handle`
-        (the context's set drops it first: llama.cpp must not keep a freed adapter)."""
+    def release_adapter(
+        self, handle: Any, unused: Callable[[], bool], free: Callable[[], None]
+    ) -> None:
+        """Call `free` in the thread once no queued or running job uses adapter `handle` and
+        `unused()` says no job about to be submitted does (it is asked under the queue's
+        lock). The context's set drops it first: llama.cpp must not keep a freed adapter."""
         with self._lock:
-            self._releases.append((handle, free))
+            self._releases.append((handle, unused, free))
             self._wake.set()
 
     def close(self) -> None:
@@ -319,18 +323,16 @@ class Scheduler:
 
     def _release_adapters(self) -> None:
         with self._lock:
-            pending = list(self._releases)
             jobs = [*self._waiting, *(s.job for s in self.slots if s.job is not None)]
-        used = {id(h) for job in jobs for h, _ in job.adapters}
-        for handle, free in pending:
-            if id(handle) in used:
-                continue  # a request still runs with it: freed after it ends
+            used = {id(h) for job in jobs for h, _ in job.adapters}
+            ready = [r for r in self._releases if id(r[0]) not in used and r[1]()]
+            for release in ready:
+                self._releases.remove(release)
+        for handle, _, free in ready:
             if any(h is handle for h in self._applied):
                 self._apply_adapters(())
                 self._active = ""
             free()
-            with self._lock:
-                self._releases.remove((handle, free))
 
     def _admit(self, job: Job) -> None:
         """Give `job` a slot, keeping the cached tokens its prompt starts with."""
