@@ -25,7 +25,7 @@ def box(models_dir: Path, smollm2_path: Path) -> Iterator[GatewayBox]:
     overrides = {
         "models": {"dir": str(models_dir)},
         "http": {"address": "127.0.0.1:0"},
-        "adapters": {"probe_prompts": 2},
+        "adapters": {"probe_prompts": 1},
         "engines": {"n_threads": 1},
     }
     running = BoxInThread(data_dir, overrides)
