@@ -172,6 +172,9 @@ class Scheduler:
         self.slots = [Slot(i) for i in range(parallel)]
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self._active = ""  # the adapter set applied to the context now
+        self._applied: tuple[Any, ...] = ()  # its llama.cpp handles
+        # Adapters to free: (handle, unused, free), see release_adapter.
+        self._releases: list[tuple[Any, Callable[[], bool], Callable[[], None]]] = []
         self._turn = 0  # steps the active set has had while other sets waited
         self.adapter_switches = 0
         self.batch = Batch(n_batch)
@@ -211,6 +214,16 @@ class Scheduler:
                 )
             job._wake = self._wake.set
             self._waiting.append(job)
+            self._wake.set()
+
+    def release_adapter(
+        self, handle: Any, unused: Callable[[], bool], free: Callable[[], None]
+    ) -> None:
+        """Call `free` in the thread once no queued or running job uses adapter `handle` and
+        `unused()` says no job about to be submitted does (it is asked under the queue's
+        lock). The context's set drops it first: llama.cpp must not keep a freed adapter."""
+        with self._lock:
+            self._releases.append((handle, unused, free))
             self._wake.set()
 
     def close(self) -> None:
@@ -284,6 +297,8 @@ class Scheduler:
                     self._deliver(job, job.result("cancelled"))
                 for job in new:
                     self._admit(job)
+                if self._releases:
+                    self._release_adapters()
                 if not self._running:
                     self._wake.wait()
                     continue
@@ -305,6 +320,19 @@ class Scheduler:
             for job in leftover:
                 job.sampler.close()
                 self._deliver(job, job.result("cancelled"))
+
+    def _release_adapters(self) -> None:
+        with self._lock:
+            jobs = [*self._waiting, *(s.job for s in self.slots if s.job is not None)]
+            used = {id(h) for job in jobs for h, _ in job.adapters}
+            ready = [r for r in self._releases if id(r[0]) not in used and r[1]()]
+            for release in ready:
+                self._releases.remove(release)
+        for handle, _, free in ready:
+            if any(h is handle for h in self._applied):
+                self._apply_adapters(())
+                self._active = ""
+            free()
 
     def _admit(self, job: Job) -> None:
         """Give `job` a slot, keeping the cached tokens its prompt starts with."""
@@ -491,6 +519,7 @@ class Scheduler:
         )
         if rc != 0:
             raise BoxError(f"llama.cpp refused the adapter set (llama_set_adapters_lora {rc})")
+        self._applied = tuple(h for h, _ in adapters)
         self.adapter_switches += 1
 
     def _keep_logits(self, job: Job, first: int, count: int) -> None:

@@ -58,6 +58,7 @@ from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
 from aether_box.contract import (
     AdapterCatalog,
+    AdapterHost,
     AdapterLease,
     Grid,
     ModelCatalog,
@@ -97,7 +98,7 @@ MAX_STOPS = 16
 REFRESH_S = 10.0
 
 
-class EnginesComponent(ModelCatalog, ModelResidency, TextScorer):
+class EnginesComponent(ModelCatalog, ModelResidency, TextScorer, AdapterHost):
     """Registers `llm` and `embed`, and the "models" status section."""
 
     name: ClassVar[str] = "engines"
@@ -169,6 +170,15 @@ class EnginesComponent(ModelCatalog, ModelResidency, TextScorer):
                 tokens = await registry.run(engine.prompt_tokens, text)
                 out.append(await _score(registry, engine, tokens, adapters))
         return out
+
+    def release_adapter(self, sha256: str) -> int:
+        """Free a removed adapter in every loaded model (see AdapterHost)."""
+        if self.registry is None:
+            return 0
+        engines = self.registry.engines()
+        return sum(
+            1 for e in engines if hasattr(e, "release_adapter") and e.release_adapter(sha256)
+        )
 
     def residency(self) -> list[dict[str, Any]]:
         if self.registry is None:
