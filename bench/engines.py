@@ -124,8 +124,15 @@ def bench_generation(client: Client, model_path: Path, threads: int, args: Any) 
 
     import aether_box.engines.llama  # noqa: F401  (routes llama.cpp's log lines to logging)
 
+    # Flash attention as the box uses it on the CPU (engines.flash_attn = "auto"): the same
+    # maths on both sides, so the same text, and a like-for-like rate.
     llm = Llama(
-        str(model_path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
+        str(model_path),
+        n_ctx=2048,
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn=True,
+        verbose=False,
     )
     # The same raw prompt on every path: the model's chat template, rendered once here.
     formatter = Jinja2ChatFormatter(

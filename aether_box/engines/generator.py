@@ -50,6 +50,7 @@ class LlamaGenerator:
         max_queue: int = 32,
         kv_cells: int = 0,
         kv_unified: bool = False,
+        flash_attn: str = "auto",
         n_batch: int = 512,
         name: str = "",
         state_dir: Path | None = None,
@@ -57,7 +58,8 @@ class LlamaGenerator:
     ) -> LlamaGenerator:
         """Load `path`: requests of up to `n_ctx` tokens, `parallel` at once, over `kv_cells`
         KV cells in all (0: room for `parallel` full contexts), split evenly between the
-        sequences or, with `kv_unified`, shared. With `state_dir` and `state_bytes`, sessions'
+        sequences or, with `kv_unified`, shared. `flash_attn`: "auto", "on" or "off" (see
+        EngineSettings.flash_attn). With `state_dir` and `state_bytes`, sessions'
         conversations are saved there when their slot is reused (see `saved_state`)."""
         if not path.exists():
             raise NotFound(f"model file {path} has gone; pull or add the model again")
@@ -73,13 +75,11 @@ class LlamaGenerator:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
-        # On the CPU, as llama-cpp-python's `Llama` does: the same maths, so the same replies
-        # as before the scheduler; on a GPU flash attention pays, and llama.cpp decides.
-        params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
-            if n_gpu_layers
-            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        params.flash_attn_type = {
+            "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash_attn]
         with LOAD_LOCK, captured() as lines, contextlib.ExitStack() as stack:
             try:
                 model = LlamaModel(path_model=str(path), params=model_params, verbose=False)

@@ -420,6 +420,7 @@ class ModelRegistry:
                     max_queue=s.max_queue,
                     kv_cells=s.kv_cells,
                     kv_unified=s.kv_unified,
+                    flash_attn=s.flash_attn,
                     name=info.name,
                     state_dir=s.state_dir / info.name if s.state_dir else None,
                     state_bytes=s.state_cache_mb * 2**20,
