@@ -35,7 +35,6 @@ from aether_box.bus.protocol import (
     WorkerCmd,
     decode_body,
     encode_body,
-    has_message,
     pop_request_id,
     raise_if_error,
     recv_message,
@@ -353,7 +352,7 @@ class Broker:
         self._recheck_scheduled = False
         self._draining = True
         try:
-            for handled in range(DRAIN_BATCH):
+            for _ in range(DRAIN_BATCH):
                 try:
                     frames, self._peer = recv_message(self._router)
                 except zmq.Again:
@@ -366,10 +365,6 @@ class Broker:
                 except Exception:  # a bug here must cost one message, never the broker
                     self.rejected["internal"] += 1
                     log.exception("broker failed on a message; dropped it")
-                if handled == 0 and not has_message(self._router):
-                    # One request per wake-up (a client waiting on each reply): asking costs
-                    # a third of the zmq.Again a receive raises. A batch ends on that Again.
-                    return
             self._schedule_recheck()  # the batch ran out: more may be waiting
         finally:
             self._draining = False
@@ -377,13 +372,7 @@ class Broker:
     def _schedule_recheck(self) -> None:
         if not self._recheck_scheduled and self._loop is not None:
             self._recheck_scheduled = True
-            self._loop.call_soon(self._recheck)
-
-    def _recheck(self) -> None:
-        # Mostly nothing waits (a reply went out): asking is cheaper than a failed receive.
-        self._recheck_scheduled = False
-        if has_message(self._router):
-            self._on_readable()
+            self._loop.call_soon(self._on_readable)
 
     def stop_accepting(self) -> None:
         """Refuse new requests (they get 'unavailable'); in-flight ones go on."""

@@ -35,7 +35,6 @@ __all__ = [
     "decode_body",
     "encode_body",
     "encode_error",
-    "has_message",
     "raise_if_error",
     "recv_frames",
     "send_frames",
@@ -221,9 +220,6 @@ _MORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-_get = zmq.backend.Socket.get
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 def send_frames(socket: zmq.Socket, frames: list[Any], *, wait: bool = False) -> None:
@@ -247,17 +243,6 @@ def recv_frames(socket: zmq.Socket, *, wait: bool = False) -> list[FrameBytes]:
         frame = _recv(socket, _NOBLOCK, False)  # the rest of a message arrives with its first
         parts.append(frame.bytes if len(frame) < LARGE_FRAME else frame.buffer)
     return parts
-
-
-def has_message(socket: zmq.Socket) -> bool:
-    """Whether a message is waiting on `socket` (never waits).
-
-    As a failed receive does, it takes in the socket's pending commands, so an
-    edge-triggered FD fires again for what arrives next; but it raises nothing, and the
-    zmq.Again that ends a drained receive loop costs three times as much (pyzmq builds
-    the exception and its traceback).
-    """
-    return bool(_get(socket, _EVENTS) & _POLLIN)
 
 
 def _to_msgpack(value: Any) -> Any:
