@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aether_box.context import BoxContext
-from aether_box.contract import ModelResidency
+from aether_box.contract import AdapterCatalog, ModelResidency
 from aether_box.errors import BadRequest, BoxError, NotFound
 
 __all__ = ["Action", "Plan", "plans_for"]
@@ -149,26 +149,40 @@ class RefitRouter(Action):
 
 
 class Adapters(Action):
-    """Prune or restore an adapter from its fusion-log verdict.
+    """Prune or restore an adapter on its fusion-log verdict (AdapterCatalog.prune/restore).
 
-    The hook for the adapters component: a signal of kind "adapter" (subject: the adapter,
-    figures: its verdict, ``{"op": "prune" | "restore", ...}``) becomes a decision that calls
-    the `adapters` service's op of that name. Until that service exists it fails, saying so.
+    A signal of kind "adapter" (subject: the adapter; figures: ``{"op": "prune" | "restore",
+    "verdict", "reason", ...}``, see aether_box.monitor.watches.AdapterWatch) becomes a
+    decision to call that op; rolling it back calls the other one.
     """
 
     kind = "adapters"
 
     async def apply(self, ctx: BoxContext, decision: dict[str, Any], progress: Progress) -> Result:
-        p = decision["params"]
-        if not ctx.has_service("adapters"):
-            return {"state": "failed", "outcome": "no adapters service runs in this box"}
-        reply = await ctx.call("adapters", {"op": p["op"], "adapter": decision["subject"]})
-        return {"state": "applied", "after": dict(reply), "outcome": f"adapter {p['op']}d"}
+        catalog = ctx.get(AdapterCatalog)
+        if catalog is None:
+            return {"state": "failed", "outcome": "no adapters component runs in this box"}
+        name, op = decision["subject"], decision["params"]["op"]
+        try:
+            if op == "prune":
+                reply = await catalog.prune(name, decision["params"]["reason"], by="tuner")
+            else:
+                reply = await catalog.restore(name, by="tuner")
+        except NotFound as exc:
+            return {"state": "rejected", "outcome": f"gone since: {exc}"}
+        return {"state": "applied", "after": reply, "outcome": f"adapter {op}d"}
 
     async def rollback(self, ctx: BoxContext, decision: dict[str, Any]) -> str:
-        undo = {"prune": "restore", "restore": "prune"}[decision["params"]["op"]]
-        await ctx.call("adapters", {"op": undo, "adapter": decision["subject"]})
-        return f"adapter {undo}d"
+        catalog = ctx.get(AdapterCatalog)
+        if catalog is None:
+            raise BoxError("no adapters component runs in this box: nothing to roll back")
+        name, op = decision["subject"], decision["params"]["op"]
+        if op == "prune":
+            await catalog.restore(name, by="tuner rollback")
+            return "adapter restored"
+        reason = decision["params"].get("reason") or "the tuner's restore was rolled back"
+        await catalog.prune(name, reason, by="tuner rollback")
+        return "adapter pruned"
 
 
 class Advice(Action):
@@ -195,7 +209,8 @@ async def plans_for(signal: dict[str, Any], ctx: BoxContext, keep_alive: float) 
     if kind == "router":
         return [Plan(RefitRouter(), "router", evidence, {}, figures)]
     if kind == "adapter":
-        return [Plan(Adapters(), subject, evidence, {"op": figures["op"]}, figures)]
+        params = {"op": figures["op"], "reason": signal["message"]}
+        return [Plan(Adapters(), subject, evidence, params, figures)]
     if kind == "nll":
         advice = (
             f"{subject} writes text it finds unlikely: check the prompts sent to it, a changed "
