@@ -11,7 +11,9 @@ calm to triggered (a condition that lasts is one piece of news), so a reader act
 - drift: the texts a collection received lately differ from its earlier ones (MMD² with a
   permutation null, aether_box.tuner.signals).
 - nll: a model's per-token negative log-likelihood of its own text spiked (median + k MAD).
-- router: the router's share of messages falling back to the default route in a window.
+- router: the router's share of messages falling back to the default route in a window
+  (with the window's mean best route score).
+- adapter: an adapter whose latest fusion-probe verdict is "prune" (the adapters section).
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ import numpy as np
 
 from aether_box.monitor.statistics import SpikeRule, drift
 
-__all__ = ["AlignWatch", "DriftWatch", "NllWatch", "ResidencyWatch", "RouterWatch", "Signals"]
+__all__ = [
+    "AdapterWatch",
+    "AlignWatch",
+    "DriftWatch",
+    "NllWatch",
+    "ResidencyWatch",
+    "RouterWatch",
+    "Signals",
+]
 
 Call = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -343,16 +353,18 @@ class RouterWatch:
         self.signals = signals
         self.fallback_max = fallback_max
         self.min_decisions = min_decisions
-        self._last = (0, 0)
+        self._last: tuple[int, int, float] = (0, 0, 0.0)
 
     def update(self, section: dict[str, Any] | None) -> None:
         if not section:
             return
         decisions, fallbacks = section.get("decisions", 0), section.get("fallbacks", 0)
+        scores = float(section.get("best_score_sum", 0.0))
         n, fell = decisions - self._last[0], fallbacks - self._last[1]
         if n < self.min_decisions:
             return
-        self._last = (decisions, fallbacks)
+        mean_score = (scores - self._last[2]) / n
+        self._last = (decisions, fallbacks, scores)
         share = fell / n
         high = share > self.fallback_max
         self.signals.set(
@@ -361,6 +373,7 @@ class RouterWatch:
             high,
             {
                 "fallback_share": round(share, 4),
+                "best_score_mean": round(mean_score, 4),
                 "decisions": n,
                 "min_score": section.get("min_score"),
                 "feedback": section.get("feedback", 0),
@@ -370,3 +383,37 @@ class RouterWatch:
             if high
             else "",
         )
+
+
+class AdapterWatch:
+    """Each kept adapter's latest fusion-log verdict: "prune" calls for the tuner's
+    `adapters` action (op prune); any other verdict is calm."""
+
+    def __init__(self, signals: Signals) -> None:
+        self.signals = signals
+
+    def update(self, section: dict[str, Any] | None) -> None:
+        kept = (section or {}).get("adapters") or []
+        seen = set()
+        for adapter in kept:
+            name, verdict = adapter["name"], adapter.get("verdict")
+            seen.add(name)
+            prune = verdict == "prune"
+            self.signals.set(
+                "adapter",
+                name,
+                prune,
+                {
+                    "op": "prune",
+                    "verdict": verdict,
+                    "kl_mean": adapter.get("kl_mean"),
+                    "top1": adapter.get("top1"),
+                    "in_use": adapter.get("in_use"),
+                },
+                f"adapter {name}'s fusion probe says prune (KL {adapter.get('kl_mean')}, "
+                f"top-1 agreement {adapter.get('top1')})"
+                if prune
+                else "",
+            )
+        for name in set(self.signals.subjects("adapter")) - seen:
+            self.signals.drop("adapter", name)
