@@ -228,7 +228,7 @@ def generate(box: Client) -> float:
 
 
 def slowdown(box: Client, pid: int) -> dict[str, Any]:
-    """Usual speed, then the box stopped 90% of the time: the alert and the proposal."""
+    """Usual speed, then the box stopped 95% of the time: the alert and the proposal."""
     usual = []
     for _ in range(5):  # one reading per observer window (monitor.observe_s = 1)
         usual.append(generate(box))
@@ -236,14 +236,14 @@ def slowdown(box: Client, pid: int) -> dict[str, Any]:
     stop = threading.Event()
 
     def throttle() -> None:
-        # Stopped nine times as long as it last ran: the ratio holds even when this thread
+        # Stopped 19 times as long as it last ran: the ratio holds even when this thread
         # wakes late on a loaded machine (fixed sleeps let the box run through late wake-ups).
         while not stop.is_set():
             resumed = time.monotonic()
             os.kill(pid, signal.SIGCONT)
             time.sleep(0.02)
             os.kill(pid, signal.SIGSTOP)
-            stop.wait(9 * (time.monotonic() - resumed))
+            stop.wait(19 * (time.monotonic() - resumed))
 
     thread = threading.Thread(target=throttle, daemon=True)
     started = time.monotonic()

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from aether_box.context import BoxContext
 from aether_box.contract import ModelResidency
-from aether_box.errors import BadRequest, BoxError, NotFound
+from aether_box.errors import BadRequest, BoxError, NotFound, ServiceUnavailable
 
 __all__ = ["Action", "Plan", "plans_for", "settle_interrupted"]
 
@@ -133,6 +133,8 @@ class RefitProjector(Action):
         """Promoted or not: the served projector's fit time tells (the plan noted the one
         served when it was decided)."""
         p, before = decision["params"], decision["before"] or {}
+        if not ctx.has_service("align"):  # not up yet: the tuner asks again at its next look
+            raise ServiceUnavailable("the align service is not running yet")
         try:
             report = await ctx.call("align", {"op": "fidelity", "from": p["from"], "to": p["to"]})
         except NotFound:
