@@ -31,11 +31,12 @@ def _box(data_dir: Path, models_dir: Path) -> BoxProcess:
 
 
 def _kill_when_promoting(box: BoxProcess, pair: Path, timeout: float) -> None:
-    """SIGKILL the box the moment a promotion starts (it shelves the served files into
-    history/ first), polling without pause so the kill lands inside the promotion."""
+    """SIGKILL the box the moment the refit's candidate is whole (its report.json, written
+    last): the tuner's promotion follows within milliseconds, so the kill lands just before
+    it, inside it or just after it, polling without pause to land as early as it can."""
     wait_for(lambda: (pair / "candidates").is_dir(), timeout, "the refit's candidate")
     deadline = time.monotonic() + timeout
-    while not (pair / "history").exists():
+    while not any((pair / "candidates").glob("*/report.json")) and not (pair / "history").exists():
         assert box.process.poll() is None, "the box died before promoting"
         assert time.monotonic() < deadline, "no promotion within the timeout"
     box.process.send_signal(signal.SIGKILL)
