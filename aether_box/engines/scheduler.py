@@ -227,11 +227,16 @@ class Scheduler:
             self._wake.set()
 
     def close(self) -> None:
-        """Stop the thread (requests still in it end as cancelled) and free the batch."""
+        """Stop the thread (requests still in it end as cancelled), save the sessions' states
+        and free the batch."""
         with self._lock:
             self._closing = True
             self._wake.set()
         self._thread.join()
+        # The conversations still in slots go to disk first: a model unloaded while idle
+        # (the tuner) costs a session's next turn nothing but the reload.
+        for slot in self.slots:
+            self._save(slot)
         self.batch.close()
         if self.store is not None:
             self.store.close()

@@ -354,16 +354,18 @@ class RouterWatch:
         self.signals = signals
         self.fallback_max = fallback_max
         self.min_decisions = min_decisions
-        self._last = (0, 0)
+        self._last: tuple[int, int, float] = (0, 0, 0.0)
 
     def update(self, section: dict[str, Any] | None) -> None:
         if not section:
             return
         decisions, fallbacks = section.get("decisions", 0), section.get("fallbacks", 0)
+        scores = float(section.get("best_score_sum", 0.0))
         n, fell = decisions - self._last[0], fallbacks - self._last[1]
         if n < self.min_decisions:
             return
-        self._last = (decisions, fallbacks)
+        mean_score = (scores - self._last[2]) / n
+        self._last = (decisions, fallbacks, scores)
         share = fell / n
         high = share > self.fallback_max
         self.signals.set(
@@ -372,6 +374,7 @@ class RouterWatch:
             high,
             {
                 "fallback_share": round(share, 4),
+                "best_score_mean": round(mean_score, 4),
                 "decisions": n,
                 "min_score": section.get("min_score"),
                 "feedback": section.get("feedback", 0),
