@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdapterCatalog",
+    "AdapterHost",
     "AdapterLease",
     "Component",
     "ComponentFactory",
@@ -180,6 +181,24 @@ class AdapterCatalog:
     async def lease(self, model: str, specs: Sequence[Mapping[str, Any]]) -> AdapterLease:
         """Resolve a request's ``adapters`` field (``[{"name", "scale"?, "force"?}]``) for
         `model`: NotFound, BadRequest or AdapterPruned (saying why) when it cannot run."""
+        raise NotImplementedError
+
+    async def prune(self, name: str, reason: str, by: str) -> dict[str, Any]:
+        """Refuse `name` to requests that do not force it, saying `reason`; -> the adapter,
+        with ``pruning`` (the state before under ``previous``)."""
+        raise NotImplementedError
+
+    async def restore(self, name: str, by: str) -> dict[str, Any]:
+        """Serve `name` again, its fusion log's prune verdict overridden until a new probe."""
+        raise NotImplementedError
+
+
+class AdapterHost:
+    """Engines that load LoRA adapters into their models (the engines component)."""
+
+    def release_adapter(self, sha256: str) -> int:
+        """Free the adapter of contents `sha256` in every loaded model once no request uses
+        it (never blocks); -> how many models had it loaded."""
         raise NotImplementedError
 
 

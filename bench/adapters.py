@@ -1,15 +1,22 @@
 """LoRA adapters: switching cost, decode speed, merge fidelity and the fusion probe's time.
 
     python bench/adapters.py [--models-dir DIR] [--rounds 9] [--tokens 48] [--threads N]
+                             [--prompt-tokens 32]
 
 All on SmolLM2-135M-Instruct Q4_1, in one run, ratios against the base measured alongside:
-- `switch_ms`: time to first token of a request whose adapter set differs from the previous
-  request's (the scheduler switches the context's set: llama_set_adapters_lora, then the first
-  decode under the new set) minus that of a request under the same set as the one before;
-  medians over rounds. Every prompt is new (a numbered story), so neither side reuses KV.
-- `decode_ratio`: decode tokens/s with one adapter (the trained rank-8 test adapter on
-  q/k/v/o/up/down of all 30 layers) over the base's; requests alternate, median of the
-  per-round ratios.
+- `switch_ms`: time to first token of a request under adapter B (the trained test adapter)
+  right after one under adapter A (a random rank-8 q/v adapter): the scheduler switches the
+  context's set with llama_set_adapters_lora, and llama.cpp then reserves its compute graphs
+  anew at the next decode; minus the same right after a request under B itself (no switch).
+  Both arms read prompts of the same length (--prompt-tokens), each starting with another
+  token than the one before, so neither finds any of its prompt cached; the arms alternate;
+  medians over rounds. `switch_cpu_ms` is the same difference in CPU time of the scheduler's
+  thread, which a busy machine's preemption does not inflate.
+- `decode_ratio`: decode tokens/s with one adapter over the base's, for a realistic adapter:
+  rank 16 on attention q and v of all 30 layers (PEFT's default targets; random values, which
+  do not change the cost). `decode_ratio_trained`: the same for the trained test adapter
+  (rank 8 on q/k/v/o/up/down: seven targets, 840 more graph nodes per token). Base and
+  adapted requests alternate in one run; median of the per-pair ratios.
 - `merge_kl_linear|ties|dare`: two rank-8 adapters merged with weights 0.7 and 0.6 (TIES and
   DARE: density 0.3, rank 16); mean KL(stacked at runtime || merged) in nats/token,
   teacher-forced over the 16 shipped probe prompts.
@@ -25,6 +32,7 @@ The last line is JSON with those keys, the verdict of the probe, and the machine
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -32,12 +40,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _box import machine, start_box, stop_box  # noqa: E402
+from _box import TOPICS, machine, start_box, stop_box  # noqa: E402
 
 from aether_box.adapters.lora_file import LoraFile, base_shapes, write_lora  # noqa: E402
 from aether_box.adapters.merge import merge  # noqa: E402
@@ -68,20 +77,30 @@ def run(engine: LlamaGenerator, make: Any) -> Any:
     return out[0]
 
 
-def random_lora(base: Path, seed: int) -> LoraFile:
+def random_lora(base: Path, seed: int, rank: int = 8) -> LoraFile:
+    """A random adapter of `rank` on attention q and v of every layer (PEFT's default)."""
     import numpy as np
 
     arch, shapes = base_shapes(base)
     rng = np.random.default_rng(seed)
     factors = {
         name: (
-            rng.standard_normal((8, n_in)).astype(np.float32) * 0.02,
-            rng.standard_normal((n_out, 8)).astype(np.float32) * 0.02,
+            rng.standard_normal((rank, n_in)).astype(np.float32) * 0.02,
+            rng.standard_normal((n_out, rank)).astype(np.float32) * 0.02,
         )
         for name, (n_out, n_in) in shapes.items()
         if name.startswith("blk.") and (".attn_q." in name or ".attn_v." in name)
     }
-    return LoraFile(arch, 16.0, factors)
+    return LoraFile(arch, 2.0 * rank, factors)
+
+
+def distinct_prompts(engine: LlamaGenerator, length: int) -> Iterator[list[int]]:
+    """Prompts of exactly `length` tokens, each starting with another token than the one
+    before: a request finds none of its prompt in the KV cache the previous one left."""
+    firsts = list(dict.fromkeys(engine.prompt_tokens(" ".join(TOPICS))))
+    body = engine.prompt_tokens(" once upon a time, " + "a sailor sailed the sea, " * 40)
+    for i in itertools.count():
+        yield [firsts[i % len(firsts)], *body[: length - 1]]
 
 
 def main() -> None:
@@ -90,6 +109,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--noise-prompts", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
     # llama.cpp threads, here and in the box. On a machine other work keeps busy, fewer threads
     # than cores is far faster: measured at load 16 on 2 cores, 1 thread decodes 15-30x faster
     # than 2, whose barrier waits for a thread the OS has descheduled.
@@ -100,55 +120,75 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="abx-bench-adapters-"))
     loads = [os.getloadavg()[0]]
 
-    trained = work / "trained.gguf"
-    write_lora(trained, convert_peft(TRAINED, base))
-    sha = {"trained": "t" * 64, "other": "o" * 64}
-    other = work / "other.gguf"
-    write_lora(other, random_lora(base, 5))
-    one = [AdapterRef(str(trained), sha["trained"], 1.0)]
-    two = [AdapterRef(str(other), sha["other"], 1.0)]
+    trained_path = work / "trained.gguf"
+    write_lora(trained_path, convert_peft(TRAINED, base))
+    write_lora(work / "qv.gguf", random_lora(base, 7, rank=16))
+    write_lora(work / "other.gguf", random_lora(base, 5))
+    trained = [AdapterRef(str(trained_path), "t" * 64, 1.0)]
+    qv = [AdapterRef(str(work / "qv.gguf"), "q" * 64, 1.0)]
+    other = [AdapterRef(str(work / "other.gguf"), "o" * 64, 1.0)]
 
     engine = LlamaGenerator.load(
-        base, n_ctx=512, n_threads=args.threads, n_gpu_layers=0, parallel=1
+        base, n_ctx=512, n_threads=args.threads, n_gpu_layers=0, parallel=1, name="bench"
+    )
+    cpu_clock = time.pthread_getcpuclockid(
+        next(t for t in threading.enumerate() if t.name == "llama-bench").ident or 0
     )
     result: dict[str, Any] = {}
     try:
-        params = GenerationParams(max_tokens=args.tokens, temperature=0.0)
-        story = iter(range(10**6))
+        prompts = iter(distinct_prompts(engine, args.prompt_tokens))
 
-        def ask(adapters: list[AdapterRef], tokens: int = args.tokens) -> Any:
-            prompt = engine.prompt_tokens(f"Story {next(story)}: once upon a time, a sailor")
+        def ask(adapters: list[AdapterRef], tokens: int) -> tuple[Any, float]:
+            """One request on a prompt no earlier one shares a token of (nothing cached),
+            and the CPU time the scheduler's thread spent on it."""
+            prompt = next(prompts)
             p = GenerationParams(max_tokens=tokens, temperature=0.0)
-            return run(engine, lambda d: engine.prepare(prompt, p, None, d, "b", None, adapters))
+            cpu = time.clock_gettime(cpu_clock)
+            out = run(engine, lambda d: engine.prepare(prompt, p, None, d, "b", None, adapters))
+            return out, time.clock_gettime(cpu_clock) - cpu
 
-        ask([]), ask(one), ask(two)  # warm up: each adapter loaded once
-        same, switched = [], []
-        for _ in range(args.rounds):
-            ask(one, 2)
-            same.append(ask(one, 2).ttft_s)  # same set as before
-            switched.append(ask(two, 2).ttft_s)  # another set than before
+        for adapters in ([], trained, qv, other):  # warm up: each adapter loaded once
+            ask(adapters, 2)
+        # Switching: the TTFT of a request under `trained` right after one under `other`
+        # (the scheduler switches the set: llama_set_adapters_lora, and llama.cpp reserves
+        # its compute graphs anew at the next decode) minus that right after one under
+        # `trained` itself (no switch); same prompt length, nothing cached in either arm.
+        same: list[float] = []
+        switched: list[float] = []
+        same_cpu: list[float] = []
+        switched_cpu: list[float] = []
+        for i in range(args.rounds):
+            for arm in ("same", "switch") if i % 2 == 0 else ("switch", "same"):
+                ask(trained if arm == "same" else other, 1)
+                out, cpu = ask(trained, 1)
+                (same if arm == "same" else switched).append(out.ttft_s)
+                (same_cpu if arm == "same" else switched_cpu).append(cpu)
         print(f"switching measured, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
         result["switch_ms"] = round(
             (statistics.median(switched) - statistics.median(same)) * 1000, 2
         )
+        result["switch_cpu_ms"] = round(
+            (statistics.median(switched_cpu) - statistics.median(same_cpu)) * 1000, 2
+        )
         result["ttft_same_ms"] = round(statistics.median(same) * 1000, 1)
         loads.append(os.getloadavg()[0])
 
-        ratios, base_rates, adapted_rates = [], [], []
-        for i in range(args.rounds):
-            order = [[], one] if i % 2 == 0 else [one, []]
-            rates = {}
-            for adapters in order:
-                rates[bool(adapters)] = ask(adapters).tokens_per_s
-            base_rates.append(rates[False])
-            adapted_rates.append(rates[True])
-            ratios.append(rates[True] / rates[False])
-        print(f"decode measured, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
-        result["decode_ratio"] = round(statistics.median(ratios), 3)
-        result["base_tokens_per_s"] = round(statistics.median(base_rates), 1)
-        result["adapter_tokens_per_s"] = round(statistics.median(adapted_rates), 1)
-        loads.append(os.getloadavg()[0])
-        del params
+        # Decode: base and adapted requests alternate; median of the per-pair ratios.
+        for key, adapters in (("decode_ratio", qv), ("decode_ratio_trained", trained)):
+            ratios, base_rates, adapted_rates = [], [], []
+            for i in range(args.rounds):
+                rates = {}
+                for with_adapter in (False, True) if i % 2 == 0 else (True, False):
+                    out, _ = ask(adapters if with_adapter else [], args.tokens)
+                    rates[with_adapter] = out.tokens_per_s
+                base_rates.append(rates[False])
+                adapted_rates.append(rates[True])
+                ratios.append(rates[True] / rates[False])
+            print(f"{key} measured, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+            result[key] = round(statistics.median(ratios), 3)
+            result[f"{key}_base_tokens_per_s"] = round(statistics.median(base_rates), 1)
+            result[f"{key}_adapted_tokens_per_s"] = round(statistics.median(adapted_rates), 1)
+            loads.append(os.getloadavg()[0])
 
         # Merges: KL(stacked at runtime || merged) over the probe prompts.
         a, b = random_lora(base, 1), random_lora(base, 2)

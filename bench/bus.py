@@ -13,7 +13,9 @@ Payloads 100 B and 1 MiB; 1 and 8 client processes. Every client process holds b
 connections and the processes switch between raw and box together, in short slices:
 a busy spell on a shared machine then hits both sides of a pair, and each ratio is the
 median over pairs. The last line is JSON; `lockstep_ratio` and `pipelined_ratio` are
-box/raw at 100 B with 1 client.
+box/raw at 100 B with 1 client. The host's load average is printed before the run and
+with every case (`load_1m`): on a shared machine a ratio means little without it, so
+repeat runs and quote the spread.
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ def measure(
         "payload": size,
         "clients": clients,
         "mode": mode,
+        "load_1m": round(os.getloadavg()[0], 2),  # other work on the host during the case
         "raw_per_s": round(statistics.median(totals["raw"]), 1),
         "box_per_s": round(statistics.median(totals["box"]), 1),
         "ratio": round(
@@ -184,8 +187,10 @@ def main() -> None:
     cases = [(100, 1)] if args.quick else [(100, 1), (100, 8), (1 << 20, 1), (1 << 20, 8)]
     results = []
     try:
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(
-            f"{'payload':>8} {'clients':>7} {'mode':>9} {'raw rt/s':>10} {'box rt/s':>10} {'ratio':>6}"
+            f"{'payload':>8} {'clients':>7} {'mode':>9} {'raw rt/s':>10} {'box rt/s':>10} "
+            f"{'ratio':>6} {'load':>6}"
         )
         for size, clients in cases:
             for mode in ("lockstep", "pipelined"):
@@ -194,7 +199,7 @@ def main() -> None:
                 label = "100 B" if size == 100 else "1 MiB"
                 print(
                     f"{label:>8} {clients:>7} {mode:>9} {r['raw_per_s']:>10.0f} "
-                    f"{r['box_per_s']:>10.0f} {r['ratio']:>6.2f}",
+                    f"{r['box_per_s']:>10.0f} {r['ratio']:>6.2f} {r['load_1m']:>6.2f}",
                     flush=True,
                 )
     finally:

@@ -4,6 +4,15 @@ model raises an alert and a proposal; an idle model is unloaded and reloaded.
     python bench/tuner.py [--models-dir DIR] [--data-dir DIR] [--fit-pairs 1000]
                           [--test-pairs 300] [--new-docs 500] [--queries 40]
 
+Scale: the default (1,000 fit pairs, 300 held-out glosses and 300 held-out Python-docs
+sentences, 500 new docs) is sized to finish in about 10 minutes on a quiet 2-core machine
+with nothing cached; nearly all of it is SmolLM2 embedding about 2,200 texts. The issue's
+"about 37% far-domain top-1" is the 5,000-pair projector of bench/align.py: `--fit-pairs
+5000 --test-pairs 1000` is that scale (several times longer). Reruns on the same --data-dir
+reuse the embedded vectors (align/vectors) and take a fraction of the time. On a busy host
+every duration stretches (the JSON gives the load and the box's CPU seconds); the top-1
+figures do not depend on load.
+
 A box (`aether-box run`, its own process) fits SmolLM2 -> MiniLM on `--fit-pairs` WordNet
 glosses (held out: `--test-pairs` glosses, the in-domain set, and as many Python-docs
 sentences, the far domain, never added to memory). A MiniLM collection is loaded with the
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,15 +92,21 @@ def main() -> None:
         'tuner.refit_projector="auto"',
         "engines.keep_alive=3",
     ]
+    started = time.monotonic()
     process, endpoint = start_box(data, *settings)
+    box_process = psutil.Process(process.pid)
     out: dict[str, Any] = {}
     try:
         with Client(endpoint, data_dir=data, timeout=3600) as box:
             out.update(loop(box, data, args))
+            # CPU seconds the box spent on the loop: on a busy host the wall-clock times
+            # stretch, this does not (about twice a quiet 2-core machine's wall-clock time).
+            out["box_cpu_s_loop"] = round(sum(box_process.cpu_times()[:2]), 1)
             out.update(slowdown(box, process.pid))
             out.update(idle_reload(box))
     finally:
         stop_box(process)
+    out["wall_s_total"] = round(time.monotonic() - started, 1)
     out["machine"] = {**machine(), "loadavg_1m_start": round(load_start, 2)}
     print(json.dumps(out))
 
@@ -212,19 +228,22 @@ def generate(box: Client) -> float:
 
 
 def slowdown(box: Client, pid: int) -> dict[str, Any]:
-    """Usual speed, then the box stopped 90% of the time: the alert and the proposal."""
+    """Usual speed, then the box stopped 95% of the time: the alert and the proposal."""
     usual = []
     for _ in range(5):  # one reading per observer window (monitor.observe_s = 1)
         usual.append(generate(box))
         time.sleep(1.2)
     stop = threading.Event()
 
-    def throttle() -> None:  # SIGSTOP 500 ms of every 550: a machine gone very busy
+    def throttle() -> None:
+        # Stopped 19 times as long as it last ran: the ratio holds even when this thread
+        # wakes late on a loaded machine (fixed sleeps let the box run through late wake-ups).
         while not stop.is_set():
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(0.5)
+            resumed = time.monotonic()
             os.kill(pid, signal.SIGCONT)
-            time.sleep(0.05)
+            time.sleep(0.02)
+            os.kill(pid, signal.SIGSTOP)
+            stop.wait(19 * (time.monotonic() - resumed))
 
     thread = threading.Thread(target=throttle, daemon=True)
     started = time.monotonic()

@@ -115,3 +115,29 @@ def test_requests_under_different_sets_in_one_context_each_get_their_own_answer(
     assert results["base"].text == base_alone
     assert results["adapted"].text == adapted_alone
     assert generator.scheduler.adapter_switches > switches
+
+
+def test_a_released_adapter_is_freed_after_the_job_using_it_and_the_base_is_intact(
+    generator, tmp_path, smollm2_path
+):
+    path = str(write_random(tmp_path / "gone.gguf", smollm2_path, std=0.05, seed=3))
+    ref = [AdapterRef(path, "g" * 64, 1.0)]
+    tokens = generator.prompt_tokens(TEXT)
+    base = run(generator, lambda d: generator.prepare_score(tokens, [], d))
+    adapted = run(generator, lambda d: generator.prepare_score(tokens, ref, d))
+    loaded = generator.stats()["adapters_loaded"]
+    # Released while a queued job still holds it: that job runs under it, then it is freed.
+    done = threading.Event()
+    held: list[Any] = []
+    job = generator.prepare_score(tokens, ref, lambda out: (held.append(out), done.set()))
+    assert generator.release_adapter("g" * 64)
+    generator.submit(job)
+    assert done.wait(120)
+    assert np.array_equal(held[0], adapted)
+    assert generator.stats()["adapters_loaded"] == loaded - 1
+    assert not generator.release_adapter("g" * 64)  # no longer loaded
+    # The context no longer applies it: the base reads exactly as before.
+    assert np.array_equal(run(generator, lambda d: generator.prepare_score(tokens, [], d)), base)
+    # And it loads again from its file when asked for.
+    again = run(generator, lambda d: generator.prepare_score(tokens, ref, d))
+    assert np.array_equal(again, adapted)

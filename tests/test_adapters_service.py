@@ -72,6 +72,37 @@ def test_a_harmful_adapter_is_pruned_and_refused_unless_forced(adapter_box, tmp_
         metrics = adapter_box_metrics(client)
         assert 'aether_box_adapter_pruned{adapter="loud"} 1.0' in metrics
 
+        # Restored: served unforced, though its verdict stays prune.
+        restored = client.request("adapters", {"op": "restore", "name": "loud"})
+        assert restored["pruned"] is None and restored["pruning"]["state"] == "restored"
+        assert complete(client, [{"name": "loud"}])["usage"]["completion_tokens"] >= 1
+        assert 'aether_box_adapter_pruned{adapter="loud"} 0.0' in adapter_box_metrics(client)
+
+
+def test_prune_and_restore_by_hand(adapter_box, tmp_path, smollm2_path):
+    path = write_random(tmp_path / "meek.gguf", smollm2_path, std=0.01, seed=8)
+    with adapter_box.client(timeout=300) as client:
+        client.request("adapters", {"op": "add", "path": str(path), "base": "smollm2"})
+        assert client.request("adapters", {"op": "wait", "name": "meek"})["verdict"] == "ok"
+        with pytest.raises(BadRequest, match="reason"):
+            client.request("adapters", {"op": "prune", "name": "meek", "reason": " "})
+        with pytest.raises(NotFound, match="no adapter 'nope'"):
+            client.request("adapters", {"op": "prune", "name": "nope", "reason": "x"})
+        pruned = client.request(
+            "adapters", {"op": "prune", "name": "meek", "reason": "it talks like a pirate"}
+        )
+        assert pruned["previous"] is None and "pirate" in pruned["pruned"]
+        with pytest.raises(AdapterPruned, match="by admin: it talks like a pirate"):
+            complete(client, [{"name": "meek"}])
+        assert complete(client, [{"name": "meek", "force": True}])["text"]
+        listed = client.request("adapters", {"op": "list"})["adapters"]
+        assert "pirate" in next(a for a in listed if a["name"] == "meek")["pruned"]
+        status = next(a for a in client.status()["adapters"]["adapters"] if a["name"] == "meek")
+        assert status["pruning"]["state"] == "pruned" and status["pruning"]["by"] == "admin"
+        back = client.request("adapters", {"op": "restore", "name": "meek"})
+        assert back["previous"]["state"] == "pruned" and back["pruned"] is None
+        assert complete(client, [{"name": "meek"}])["text"]
+
 
 def adapter_box_metrics(client) -> str:  # type: ignore[no-untyped-def]
     """The Prometheus text, rendered from this status report as /metrics does."""
@@ -130,8 +161,17 @@ def test_removing_an_adapter_in_use_is_refused_until_the_request_ends(
             60,
             "the request to release the adapter",
         )
+        loaded = adapters_loaded(client)
         removed = client.request("adapters", {"op": "remove", "name": "busy"})["removed"]
-        assert removed["name"] == "busy"
+        assert removed["name"] == "busy" and removed["unloaded_from"] == 1
+        # Its llama.cpp adapter is freed in the model's scheduler thread.
+        wait_for(lambda: adapters_loaded(client) == loaded - 1, 60, "the adapter to be freed")
+        assert complete(client)["text"]  # the base goes on
+
+
+def adapters_loaded(client) -> int:  # type: ignore[no-untyped-def]
+    models = client.status()["models"]["loaded"]
+    return sum(m.get("scheduler", {}).get("adapters_loaded", 0) for m in models)
 
 
 @pytest.mark.skipif(not TRAINED.exists(), reason="tests/data/adapters/pirate-peft is missing")

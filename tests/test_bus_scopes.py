@@ -9,7 +9,14 @@ import zmq.auth
 from click.testing import CliRunner
 from fixtures_box import BoxInThread
 
-from aether_box.bus.scopes import ADMIN, READ, USE, required_scope
+from aether_box.bus.scopes import (
+    ADMIN,
+    READ,
+    USE,
+    allows_every_op,
+    floor_scope,
+    required_scope,
+)
 from aether_box.bus.security import CurveKeys, init_keys
 from aether_box.cli import cli
 from aether_box.client import Client
@@ -40,6 +47,19 @@ def test_each_op_names_the_scope_it_needs():
         ("lab/memory", "drop"),  # a peer's memory, forwarded: the same op
     ]:
         assert required_scope(service, op) == ADMIN, (service, op)
+
+
+def test_the_broker_skips_the_scope_look_only_where_no_connection_could_be_refused():
+    # The broker reads a connection's scope only when the least scope any connection can
+    # have here does not allow every op of the service.
+    assert floor_scope(loopback_admin=False, curve=True) == READ  # a key may be read-only
+    assert floor_scope(loopback_admin=False, curve=False) == USE
+    assert floor_scope(loopback_admin=True, curve=False) == ADMIN
+    assert allows_every_op(ADMIN, "memory")
+    assert allows_every_op(USE, "embed") and allows_every_op(USE, "lab/embed")
+    assert not allows_every_op(USE, "memory") and not allows_every_op(USE, "lab/llm")
+    assert allows_every_op(READ, "echo") and allows_every_op(READ, "status")
+    assert not allows_every_op(READ, "embed") and not allows_every_op(READ, "memory")
 
 
 def test_plain_loopback_tcp_is_use_and_the_ipc_socket_is_admin(data_dir):

@@ -67,7 +67,7 @@ def test_chat_renders_the_models_own_template(llm_box):
     assert "<|im_start|>" not in chat["text"]
 
 
-def test_streaming_sends_one_partial_per_token_then_the_final_text(llm_box):
+def test_streaming_sends_the_text_in_pieces_then_the_final_text(llm_box):
     with llm_box.client() as client:
         partials, final = stream(
             client,
@@ -82,8 +82,10 @@ def test_streaming_sends_one_partial_per_token_then_the_final_text(llm_box):
         plain = complete(client)
     assert all(set(p) == {"token"} and isinstance(p["token"], str) for p in partials)
     assert "".join(p["token"] for p in partials) == final["text"] == plain["text"]
-    # Plain ASCII text: every token is a piece of its own.
-    assert len(partials) == final["usage"]["completion_tokens"] == 12
+    # Tokens sampled while a PARTIAL waits its turn go together (see engines/relay.py), so
+    # there are at most as many PARTIALs as tokens, and more than one: the text streams.
+    assert final["usage"]["completion_tokens"] == 12
+    assert 2 <= len(partials) <= 12
 
 
 def test_max_tokens_bounds_the_reply(llm_box):

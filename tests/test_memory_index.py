@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures_memory import unit_vectors
 
-from aether_box.memory.index import VectorIndex
+from aether_box.memory.index import SCAN_CHUNK_MIN, VectorIndex, _best, _chunks
 
 
 def brute_force(rows: np.ndarray, query: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -138,3 +138,33 @@ def test_saved_arrays_rebuild_the_same_index():
         b, db = copy.search(query, 10)
         assert list(a) == list(b)
         np.testing.assert_array_equal(da, db)
+
+
+def test_best_picks_exactly_the_largest_scores():
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal(200_000).astype(np.float32)
+    scores[rng.integers(0, len(scores), 50_000)] = -np.inf  # rows a filter masked out
+    for size in (1, 128, 3_000):
+        got = _best(scores, size)
+        assert len(got) == size
+        assert set(got.tolist()) == set(np.argsort(-scores, kind="stable")[:size].tolist())
+
+
+def test_scan_split_across_threads_finds_what_one_thread_finds():
+    rows = unit_vectors(2 * SCAN_CHUNK_MIN + 5_000, 32, seed=9)
+    rowids = np.arange(1, len(rows) + 1)
+    split = VectorIndex(32, "cosine", quantized_min_rows=0, scan_threads=4)
+    alone = VectorIndex(32, "cosine", quantized_min_rows=0, scan_threads=1)
+    exact = VectorIndex(32, "cosine", quantized_min_rows=10**9)
+    for index in (split, alone, exact):
+        index.add(rowids, rows)
+    assert len(_chunks(len(rows), split.scan_threads)) == 2
+    allowed = rowids[rowids % 2 == 1]  # a broad filter: masked in every chunk
+    found = 0
+    for query in unit_vectors(30, 32, seed=10):
+        got, distances = split.search(query, 10)
+        assert list(got) == list(alone.search(query, 10)[0])
+        found += len(set(got) & set(exact.search(query, 10)[0]))
+        assert np.all(np.diff(distances) >= -1e-6)
+        assert all(r % 2 == 1 for r in split.search(query, 10, candidates=allowed)[0])
+    assert found / 300 >= 0.99

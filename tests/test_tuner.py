@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aether_box.client import BadRequest
 from aether_box.monitor.statistics import SpikeRule, drift, mmd2
+from aether_box.monitor.watches import AdapterWatch, RouterWatch, Signals
 
 FAST = {"observe_s": 0.1}
 
@@ -139,6 +140,47 @@ def test_a_proposal_waits_for_apply_and_rolls_back(models_dir: Path):
         assert ("minilm", "embed") in loaded(client)
         assert len(decisions(client, action="unload")) >= 1
         assert (box.data_dir / "tuner.db").is_file()
+
+
+def test_a_session_keeps_its_conversation_across_an_idle_unload(models_dir: Path):
+    """Unloading saves the sessions' KV states: the next turn reloads the model and restores
+    the conversation instead of reading it again."""
+    with (
+        tuned_box(
+            models_dir, engines={"keep_alive": 0.5}, monitor=FAST, tuner={"check_s": 0.1}
+        ) as box,
+        box.client(timeout=120) as client,
+    ):
+        session = client.request("session", {"op": "create", "model": "smollm2"})["session"]
+        say = {"op": "say", "session": session, "max_tokens": 4, "temperature": 0.0}
+        client.request("session", {**say, "text": "Name three rivers in Europe."})
+        wait_for(lambda: decisions(client, action="unload", state="applied"), 60, "the idle unload")
+        (unload,) = decisions(client, action="unload", state="applied")
+        assert unload["subject"] == "smollm2:generate"
+        assert ("smollm2", "generate") not in loaded(client)
+        second = client.request("session", {**say, "text": "And one in Asia?"})
+        # Every token of the first turn came back from disk, not from reading it again.
+        assert second["cached_tokens"] >= second["usage"]["prompt_tokens"] // 2, second
+        (entry,) = [m for m in client.status()["models"]["loaded"] if m["name"] == "smollm2"]
+        assert entry["scheduler"]["states_restored"] == 1
+
+
+def test_the_router_and_adapter_watches_read_their_sections():
+    signals = Signals()
+    router = RouterWatch(signals, fallback_max=0.5, min_decisions=4)
+    router.update({"decisions": 4, "fallbacks": 3, "best_score_sum": 1.6, "min_score": {}})
+    (reading,) = signals.all()
+    assert reading["triggered"] and reading["figures"]["best_score_mean"] == 0.4
+    router.update({"decisions": 8, "fallbacks": 3, "best_score_sum": 4.8, "min_score": {}})
+    assert not signals.all()[0]["triggered"] and signals.all()[0]["figures"]["fallback_share"] == 0
+    adapters = AdapterWatch(signals)
+    kept = [{"name": "a", "verdict": "ok"}, {"name": "b", "verdict": "prune", "kl_mean": 0.9}]
+    adapters.update({"adapters": kept})
+    verdicts = {s["subject"]: s for s in signals.all() if s["kind"] == "adapter"}
+    assert not verdicts["a"]["triggered"] and verdicts["b"]["triggered"]
+    assert verdicts["b"]["figures"]["op"] == "prune"
+    adapters.update({"adapters": kept[:1]})  # b removed: its reading goes
+    assert [s["subject"] for s in signals.all() if s["kind"] == "adapter"] == ["a"]
 
 
 def test_mmd_tells_a_shifted_sample_from_the_same_one():

@@ -1,4 +1,4 @@
-"""`aether-box adapters`: add, list, show, remove and merge LoRA adapters, over the bus."""
+"""`aether-box adapters`: add, list, show, remove, prune, restore and merge LoRA adapters."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def list_(state: CliState) -> None:
         reply = client.request(SERVICE, {"op": "list"})
     table = Table("name", "base", "rank", "verdict", "source")
     for a in reply["adapters"]:
-        table.add_row(a["name"], a["base"], str(a["rank"]), _verdict(a), a["source"])
+        verdict = _verdict(a) + (f"; pruned {a['pruned']}" if a.get("pruned") else "")
+        table.add_row(a["name"], a["base"], str(a["rank"]), verdict, a["source"])
     Console().print(table)
 
 
@@ -126,6 +127,27 @@ def remove(state: CliState, name: str) -> None:
     with state.client() as client:
         client.request(SERVICE, {"op": "remove", "name": name})
     click.echo(f"removed {name}")
+
+
+@adapters.command()
+@click.argument("name")
+@click.option("--reason", required=True, help="Why: requests that use it are told this.")
+@pass_state
+def prune(state: CliState, name: str, reason: str) -> None:
+    """Refuse adapter NAME to requests that do not force it (it stays kept)."""
+    with state.client() as client:
+        client.request(SERVICE, {"op": "prune", "name": name, "reason": reason})
+    click.echo(f"pruned {name}: requests using it are refused unless they force it")
+
+
+@adapters.command()
+@click.argument("name")
+@pass_state
+def restore(state: CliState, name: str) -> None:
+    """Serve adapter NAME again, overriding a prune (until a new probe judges it)."""
+    with state.client() as client:
+        client.request(SERVICE, {"op": "restore", "name": name})
+    click.echo(f"restored {name}")
 
 
 @adapters.command("merge")

@@ -10,6 +10,10 @@ Ops (every path is on the box's machine):
 - ``merge``: ``{"name", "from": [{"name", "weight"}], "method": "linear"|"ties"|"dare",
   "density"?, "rank"?}``: progress as PARTIAL ``{"merged", "of"}``; the result is kept as an
   ordinary adapter, with its recipe, and probed (also against its sources stacked at runtime).
+- ``prune``: ``{"name", "reason", "by"?}``: requests that do not force it are refused, with
+  the reason; ``restore``: ``{"name", "by"?}``: served again (a prune verdict of its fusion log
+  is overridden until a new probe judges it). -> ``{"adapter", "pruning", "pruned",
+  "previous"}``. The tuner calls them on fusion-log verdicts (AdapterCatalog in contract).
 - ``probe``: ``{"name"}`` queues a new probe; ``wait``: ``{"name"}`` streams PARTIAL
   ``{"probed", "of"}`` until the adapter's queued or running probe ends -> its log entry.
 
@@ -35,7 +39,7 @@ from aether_box.adapters.settings import AdapterSettings
 from aether_box.adapters.store import AdapterStore, valid_name
 from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
-from aether_box.contract import AdapterCatalog, AdapterLease, TextScorer
+from aether_box.contract import AdapterCatalog, AdapterHost, AdapterLease, TextScorer
 from aether_box.engines.generation import AdapterRef
 from aether_box.errors import (
     AdapterInUse,
@@ -161,11 +165,11 @@ class AdaptersComponent(AdapterCatalog):
                 raise BadRequest(
                     f"adapter {name!r} was made for model {adapter['base']!r}, not {model!r}"
                 )
-            latest = self._latest(name)
-            if latest is not None and latest.get("verdict") == "prune" and not spec.get("force"):
+            why = self._pruned_because(name)
+            if why is not None and not spec.get("force"):
                 raise AdapterPruned(
-                    f"adapter {name!r} is pruned by the fusion log: {latest['reason']}. "
-                    f"Send {{'name': {name!r}, 'force': true}} to use it anyway, or remove it"
+                    f"adapter {name!r} is pruned {why}. Send {{'name': {name!r}, 'force': true}} "
+                    "to use it anyway, restore it (`aether-box adapters restore`), or remove it"
                 )
             names.append(name)
             refs.append(AdapterRef(adapter["path"], adapter["sha256"], float(scale)))
@@ -183,15 +187,68 @@ class AdaptersComponent(AdapterCatalog):
     def _latest(self, name: str) -> dict[str, Any] | None:
         return next((a["probe"] for a in self._view if a["name"] == name), None)
 
+    def _pruned_because(self, name: str) -> str | None:
+        """Why requests may not use `name` unforced (None: they may). Pruned by the `prune`
+        op (the tuner's or an admin's), or by its newest probe's verdict unless restored
+        since that probe."""
+        adapter = next((a for a in self._view if a["name"] == name), None)
+        if adapter is None:
+            return None
+        decision, latest = adapter["pruning"], adapter["probe"]
+        if decision is not None and decision["state"] == "pruned":
+            return f"by {decision['by']}: {decision['reason']}"
+        if latest is None or latest.get("verdict") != "prune":
+            return None
+        if decision is not None and (decision["probe"] or 0) >= latest["id"]:
+            return None  # restored after this probe judged it
+        return f"by the fusion log: {latest['reason']}"
+
     async def refresh(self) -> None:
-        """Re-read the adapters and their latest probes for status (off the loop)."""
+        """Re-read the adapters, their latest probes and pruning for status (off the loop)."""
         store = self._need_store()
 
         def read() -> list[dict[str, Any]]:
-            latest = store.latest()
-            return [{**a, "probe": latest.get(a["name"])} for a in store.list()]
+            latest, pruning = store.latest(), store.pruning()
+            return [
+                {**a, "probe": latest.get(a["name"]), "pruning": pruning.get(a["name"])}
+                for a in store.list()
+            ]
 
         self._view = await anyio.to_thread.run_sync(read)
+
+    async def prune(self, name: str, reason: str, by: str) -> dict[str, Any]:
+        """Refuse `name` to unforced requests from now on (see AdapterCatalog.prune)."""
+        store = self._need_store()
+        if not reason.strip():
+            raise BadRequest("say why the adapter is pruned: field 'reason'")
+        previous = await anyio.to_thread.run_sync(
+            lambda: store.set_pruning(name, "pruned", reason, by)
+        )
+        await self.refresh()
+        log.info("adapter %s pruned by %s: %s", name, by, reason)
+        return self._decision(name, previous)
+
+    async def restore(self, name: str, by: str) -> dict[str, Any]:
+        """Serve `name` again (see AdapterCatalog.restore)."""
+        store = self._need_store()
+        await anyio.to_thread.run_sync(store.get, name)
+        latest = self._latest(name)
+        probe_id = latest["id"] if latest is not None else None
+        previous = await anyio.to_thread.run_sync(
+            lambda: store.set_pruning(name, "restored", "restored", by, probe_id)
+        )
+        await self.refresh()
+        log.info("adapter %s restored by %s", name, by)
+        return self._decision(name, previous)
+
+    def _decision(self, name: str, previous: dict[str, Any] | None) -> dict[str, Any]:
+        adapter = next(a for a in self._view if a["name"] == name)
+        return {
+            "adapter": name,
+            "pruning": adapter["pruning"],
+            "pruned": self._pruned_because(name),
+            "previous": previous,
+        }
 
     def base_path(self, model: str) -> Path:
         """The GGUF file of installed model `model` (blocks)."""
@@ -238,6 +295,10 @@ class AdaptersComponent(AdapterCatalog):
         adapter = await anyio.to_thread.run_sync(store.remove, name)
         self.usage.pop(name, None)
         await self.refresh()
+        host = self.ctx.get(AdapterHost)
+        if host is not None and not any(a["sha256"] == adapter["sha256"] for a in self._view):
+            # No name keeps these contents: free them in the engines (after any probe's job).
+            adapter["unloaded_from"] = host.release_adapter(adapter["sha256"])
         return adapter
 
     async def merge(self, request: Request) -> dict[str, Any]:
@@ -428,6 +489,12 @@ class AdaptersComponent(AdapterCatalog):
                     "base": a["base"],
                     "rank": a["rank"],
                     "verdict": p.get("verdict") or p.get("state") or "pending",
+                    "pruned": self._pruned_because(a["name"]),
+                    "pruning": (
+                        {k: a["pruning"][k] for k in ("state", "by", "at")}
+                        if a["pruning"]
+                        else None
+                    ),
                     "kl_mean": p.get("kl_mean"),
                     "kl_p95": p.get("kl_p95"),
                     "top1": p.get("top1"),
@@ -468,7 +535,8 @@ class AdaptersService(OpService):
 
     async def op_list(self, request: Request) -> dict[str, Any]:
         await self.component.refresh()
-        return {"adapters": self.component._view}
+        pruned = self.component._pruned_because
+        return {"adapters": [{**a, "pruned": pruned(a["name"])} for a in self.component._view]}
 
     async def op_show(self, request: Request) -> dict[str, Any]:
         name = require(request.body, "name", str)
@@ -488,6 +556,16 @@ class AdaptersService(OpService):
     async def op_merge(self, request: Request) -> dict[str, Any]:
         return await self.component.merge(request)
 
+    async def op_prune(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        return await self.component.prune(
+            _adapter_name(body), require(body, "reason", str), body.get("by") or "admin"
+        )
+
+    async def op_restore(self, request: Request) -> dict[str, Any]:
+        body = request.body
+        return await self.component.restore(_adapter_name(body), body.get("by") or "admin")
+
     async def op_probe(self, request: Request) -> dict[str, Any]:
         name = require(request.body, "name", str)
         await anyio.to_thread.run_sync(self.component._need_store().get, name)
@@ -496,3 +574,11 @@ class AdaptersService(OpService):
 
     async def op_wait(self, request: Request) -> dict[str, Any]:
         return await self.component.wait_probe(request, require(request.body, "name", str))
+
+
+def _adapter_name(body: Mapping[str, Any]) -> str:
+    """The adapter a request names, in field 'name' (or 'adapter')."""
+    name = body.get("name", body.get("adapter"))
+    if not isinstance(name, str):
+        raise BadRequest("field 'name' (the adapter) is required, a string")
+    return name

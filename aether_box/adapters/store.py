@@ -1,10 +1,12 @@
 """Kept adapters: GGUF files named by their sha256 in the data dir, and an index in SQLite.
 
 The index (``adapters.sqlite``, apsw, WAL) holds each adapter's name, base model, sha256,
-shape figures and how it was made, and the fusion log (see `probe`): one row per probe run.
+shape figures and how it was made, the fusion log (see `probe`): one row per probe run, and
+the pruning decisions (`prune`, `restore`): the latest per adapter.
 A file is written to a temporary name, hashed, then renamed, and its row is committed after
-the rename: a crash leaves either no adapter or a whole one (a stray file is harmless and is
-overwritten by the next add of the same contents). All calls block: run them in a thread.
+the rename: a crash leaves either no adapter or a whole one. What a crash left half done (a
+temporary file, a renamed file no row names) is deleted when the store opens again.
+All calls block: run them in a thread.
 """
 
 from __future__ import annotations
@@ -58,7 +60,16 @@ CREATE TABLE IF NOT EXISTS fusion_log (
     seconds REAL
 );
 CREATE INDEX IF NOT EXISTS fusion_by_adapter ON fusion_log (adapter, id);
+CREATE TABLE IF NOT EXISTS pruning (
+    adapter TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    by TEXT NOT NULL,
+    at REAL NOT NULL,
+    probe INTEGER
+);
 """
+PRUNE_COLUMNS = ("adapter", "state", "reason", "by", "at", "probe")
 COLUMNS = (
     "name",
     "base",
@@ -108,6 +119,16 @@ class AdapterStore:
             raise ConfigError(
                 f"cannot open the adapters database {path} ({exc}); move or delete it"
             ) from exc
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Delete what an add cut short left in `files`: its temporary file, or its file
+        renamed before its row was committed (one box owns the data dir: no add runs now)."""
+        with self._lock:
+            kept = {row[0] for row in self._conn.execute("SELECT sha256 FROM adapters")}
+        for path in self.files.iterdir():
+            if path.name.endswith(".tmp") or (path.suffix == ".gguf" and path.stem not in kept):
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self._conn.close()
@@ -194,6 +215,7 @@ class AdapterStore:
         adapter = self.get(name)
         with self._lock, self._conn:
             self._conn.execute("DELETE FROM adapters WHERE name = ?", (name,))
+            self._conn.execute("DELETE FROM pruning WHERE adapter = ?", (name,))
             shared = self._conn.execute(
                 "SELECT 1 FROM adapters WHERE sha256 = ?", (adapter["sha256"],)
             ).fetchall()
@@ -245,6 +267,34 @@ class AdapterStore:
                 "ON a.name = f.adapter AND a.sha256 = f.sha256 GROUP BY f.adapter)"
             ).fetchall()
         return {row[1]: dict(zip(LOG_COLUMNS, row, strict=True)) for row in rows}
+
+    # -- pruning -------------------------------------------------------------------------
+
+    def set_pruning(
+        self, name: str, state: str, reason: str, by: str, probe: int | None = None
+    ) -> dict[str, Any] | None:
+        """Record `name` as "pruned" or "restored" (against fusion-log entry `probe`);
+        -> the decision it replaces, if any."""
+        self.get(name)  # NotFound for an adapter that is not kept
+        with self._lock, self._conn:
+            previous = self._pruning_rows("WHERE adapter = ?", (name,))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO pruning (adapter, state, reason, by, at, probe) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, state, reason, by, time.time(), probe),
+            )
+        return previous[0] if previous else None
+
+    def pruning(self) -> dict[str, dict[str, Any]]:
+        """The latest pruning decision of each adapter that has one, by adapter name."""
+        with self._lock:
+            return {row["adapter"]: row for row in self._pruning_rows("", ())}
+
+    def _pruning_rows(self, where: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            f"SELECT {', '.join(PRUNE_COLUMNS)} FROM pruning {where}", args
+        ).fetchall()
+        return [dict(zip(PRUNE_COLUMNS, row, strict=True)) for row in rows]
 
     def abandon_running(self) -> int:
         """Mark probes a stopped box left running as interrupted (at start)."""

@@ -29,6 +29,8 @@ __all__ = [
     "READ",
     "SCOPES",
     "USE",
+    "allows_every_op",
+    "floor_scope",
     "connection_key",
     "connection_scope",
     "refusal",
@@ -121,13 +123,29 @@ def connection_key(frame: zmq.Frame) -> str | None:
     return user.split(" ", 1)[1] if " " in user else None
 
 
+def allows_every_op(scope: str, service: str) -> bool:
+    """Whether `scope` allows every op of `service` (then no body needs reading)."""
+    if scope == ADMIN:
+        return True
+    own = service.rsplit("/", 1)[-1]
+    if scope == USE:
+        return own not in ADMIN_OPS
+    return ANY_OP in READ_OPS.get(own, ())
+
+
+def floor_scope(loopback_admin: bool, curve: bool) -> str:
+    """The least scope any connection can have (see connection_scope): with CURVE a key may
+    be authorized for `read`; without it every way in has `use` at least."""
+    if curve:
+        return READ
+    return ADMIN if loopback_admin else USE
+
+
 def refusal(scope: str, how: str, service: str, header: bytes | memoryview) -> Forbidden | None:
     """None when `scope` allows the request; else the error that says what it needs."""
-    if scope == ADMIN:
+    if allows_every_op(scope, service):
         return None
     own = service.rsplit("/", 1)[-1]
-    if scope == USE and own not in ADMIN_OPS:
-        return None  # every op of it is `use` or less: no need to read the body
     op = None
     if own in READ_OPS or own in ADMIN_OPS:
         try:  # only the op is needed; a body that does not decode is refused later anyway

@@ -50,6 +50,7 @@ class LlamaGenerator:
         max_queue: int = 32,
         kv_cells: int = 0,
         kv_unified: bool = False,
+        flash_attn: str = "auto",
         n_batch: int = 512,
         name: str = "",
         state_dir: Path | None = None,
@@ -57,7 +58,8 @@ class LlamaGenerator:
     ) -> LlamaGenerator:
         """Load `path`: requests of up to `n_ctx` tokens, `parallel` at once, over `kv_cells`
         KV cells in all (0: room for `parallel` full contexts), split evenly between the
-        sequences or, with `kv_unified`, shared. With `state_dir` and `state_bytes`, sessions'
+        sequences or, with `kv_unified`, shared. `flash_attn`: "auto", "on" or "off" (see
+        EngineSettings.flash_attn). With `state_dir` and `state_bytes`, sessions'
         conversations are saved there when their slot is reused (see `saved_state`)."""
         if not path.exists():
             raise NotFound(f"model file {path} has gone; pull or add the model again")
@@ -73,13 +75,11 @@ class LlamaGenerator:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
-        # On the CPU, as llama-cpp-python's `Llama` does: the same maths, so the same replies
-        # as before the scheduler; on a GPU flash attention pays, and llama.cpp decides.
-        params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
-            if n_gpu_layers
-            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        params.flash_attn_type = {
+            "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash_attn]
         with LOAD_LOCK, captured() as lines, contextlib.ExitStack() as stack:
             try:
                 model = LlamaModel(path_model=str(path), params=model_params, verbose=False)
@@ -141,9 +141,11 @@ class LlamaGenerator:
         self._vocab = model.vocab
         self._n_vocab = model.n_vocab()
         self._pieces: dict[int, bytes] = {}
-        # LoRA adapters loaded into this model, by content hash; llama.cpp frees them with it.
+        # LoRA adapters loaded into this model, by content hash; llama.cpp frees the ones left
+        # with it (release_adapter frees one sooner).
         self._loras: dict[str, Any] = {}
         self._lora_lock = threading.Lock()
+        self._preparing: dict[int, int] = {}  # id(handle) -> jobs prepared, not yet submitted
         self._piece_buf = ctypes.create_string_buffer(256)
         self._bos = model.token_bos()
         self._bos_text = model.token_get_text(self._bos) if self._bos != -1 else ""
@@ -238,7 +240,11 @@ class LlamaGenerator:
         key = adapter_key(adapters)
         if session is not None and key:
             session = f"{session}\x1f{key}"  # its saved state is kept per adapter set
-        sampler = Sampler(self._vocab, self._n_vocab, params)
+        try:
+            sampler = Sampler(self._vocab, self._n_vocab, params)
+        except BaseException:
+            self._prepared(handles, -1)  # no job to submit
+            raise
         saved = None
         if session is not None and self.store is not None:
             saved = self.store.find(session, tokens)
@@ -268,7 +274,8 @@ class LlamaGenerator:
         )
 
     def adapters(self, adapters: Sequence[AdapterRef]) -> list[tuple[Any, float]]:
-        """llama.cpp handles and scales of `adapters`, loading each file once (it blocks)."""
+        """llama.cpp handles and scales of `adapters` for a job about to be submitted (counted
+        until `submit`), loading each file once (it blocks)."""
         handles = []
         for ref in adapters:
             with self._lora_lock:
@@ -286,7 +293,38 @@ class LlamaGenerator:
                         )
                     self._loras[ref.sha256] = handle
             handles.append((handle, ref.scale))
+        self._prepared(handles, +1)
         return handles
+
+    def _prepared(self, handles: Sequence[tuple[Any, float]], change: int) -> None:
+        """Count the jobs prepared with each adapter and not yet submitted: a released
+        adapter is not freed under one of them (see release_adapter)."""
+        with self._lora_lock:
+            for handle, _ in handles:
+                key = id(handle)
+                count = self._preparing.get(key, 0) + change
+                if count > 0:
+                    self._preparing[key] = count
+                else:
+                    self._preparing.pop(key, None)
+
+    def release_adapter(self, sha256: str) -> bool:
+        """Free the adapter of contents `sha256` once no job uses it (in the scheduler's
+        thread, which drops it from the context's set first); False if it is not loaded."""
+        with self._lora_lock:
+            handle = self._loras.pop(sha256, None)
+        if handle is None:
+            return False
+
+        def unused() -> bool:  # no job prepared with it waits to be submitted
+            with self._lora_lock:
+                return not self._preparing.get(id(handle))
+
+        def free() -> None:
+            llama_cpp.llama_adapter_lora_free(handle)
+
+        self.scheduler.release_adapter(handle, unused, free)
+        return True
 
     def submit(self, job: Job) -> None:
         """Hand `job` to the scheduler (raises Busy when the queue is full); never blocks."""
@@ -295,10 +333,12 @@ class LlamaGenerator:
         except BaseException:
             job.sampler.close()
             raise
+        finally:
+            self._prepared(job.adapters, -1)
 
     def stats(self) -> dict[str, Any]:
         """The scheduler's figures, for status."""
-        return self.scheduler.stats()
+        return {**self.scheduler.stats(), "adapters_loaded": len(self._loras)}
 
     def close(self) -> None:
         """Stop the scheduler (requests in it end as cancelled), then free context and model."""

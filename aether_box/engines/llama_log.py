@@ -27,10 +27,12 @@ _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.WARNI
 def _on_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # Instead of llama-cpp-python's print-to-stderr: lines go to logging, and the calling
     # thread keeps them to explain a failure and to read llama.cpp's own buffer sizes.
-    if level == 5:
+    lines = getattr(_capture, "lines", None)
+    if level == 5 or (lines is None and level <= 2 and not llama_log.isEnabledFor(logging.DEBUG)):
+        # Dropped at once: re-reserving its graphs (each LoRA adapter switch) makes llama.cpp
+        # log ~470 debug lines, and each is a call into Python.
         return
     line = text.decode("utf-8", "replace").rstrip()
-    lines = getattr(_capture, "lines", None)
     if lines is not None:
         lines.append((level, line))
     if line:

@@ -342,6 +342,10 @@ class ModelRegistry:
         # Weights plus a share for KV cache and compute buffers, until a load tells.
         return int(info.size * 1.25) + 64 * 2**20
 
+    def engines(self) -> list[Any]:
+        """The engines of the loaded models (loaded now: one may be unloading)."""
+        return [e.engine for e in self._loaded.values() if e.engine is not None]
+
     @property
     def used_bytes(self) -> int:
         return sum(e.memory_bytes for e in self._loaded.values())
@@ -416,6 +420,7 @@ class ModelRegistry:
                     max_queue=s.max_queue,
                     kv_cells=s.kv_cells,
                     kv_unified=s.kv_unified,
+                    flash_attn=s.flash_attn,
                     name=info.name,
                     state_dir=s.state_dir / info.name if s.state_dir else None,
                     state_bytes=s.state_cache_mb * 2**20,

@@ -172,6 +172,9 @@ class Scheduler:
         self.slots = [Slot(i) for i in range(parallel)]
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self._active = ""  # the adapter set applied to the context now
+        self._applied: tuple[Any, ...] = ()  # its llama.cpp handles
+        # Adapters to free: (handle, unused, free), see release_adapter.
+        self._releases: list[tuple[Any, Callable[[], bool], Callable[[], None]]] = []
         self._turn = 0  # steps the active set has had while other sets waited
         self.adapter_switches = 0
         self.batch = Batch(n_batch)
@@ -213,12 +216,27 @@ class Scheduler:
             self._waiting.append(job)
             self._wake.set()
 
+    def release_adapter(
+        self, handle: Any, unused: Callable[[], bool], free: Callable[[], None]
+    ) -> None:
+        """Call `free` in the thread once no queued or running job uses adapter `handle` and
+        `unused()` says no job about to be submitted does (it is asked under the queue's
+        lock). The context's set drops it first: llama.cpp must not keep a freed adapter."""
+        with self._lock:
+            self._releases.append((handle, unused, free))
+            self._wake.set()
+
     def close(self) -> None:
-        """Stop the thread (requests still in it end as cancelled) and free the batch."""
+        """Stop the thread (requests still in it end as cancelled), save the sessions' states
+        and free the batch."""
         with self._lock:
             self._closing = True
             self._wake.set()
         self._thread.join()
+        # The conversations still in slots go to disk first: a model unloaded while idle
+        # (the tuner) costs a session's next turn nothing but the reload.
+        for slot in self.slots:
+            self._save(slot)
         self.batch.close()
         if self.store is not None:
             self.store.close()
@@ -284,6 +302,8 @@ class Scheduler:
                     self._deliver(job, job.result("cancelled"))
                 for job in new:
                     self._admit(job)
+                if self._releases:
+                    self._release_adapters()
                 if not self._running:
                     self._wake.wait()
                     continue
@@ -305,6 +325,19 @@ class Scheduler:
             for job in leftover:
                 job.sampler.close()
                 self._deliver(job, job.result("cancelled"))
+
+    def _release_adapters(self) -> None:
+        with self._lock:
+            jobs = [*self._waiting, *(s.job for s in self.slots if s.job is not None)]
+            used = {id(h) for job in jobs for h, _ in job.adapters}
+            ready = [r for r in self._releases if id(r[0]) not in used and r[1]()]
+            for release in ready:
+                self._releases.remove(release)
+        for handle, _, free in ready:
+            if any(h is handle for h in self._applied):
+                self._apply_adapters(())
+                self._active = ""
+            free()
 
     def _admit(self, job: Job) -> None:
         """Give `job` a slot, keeping the cached tokens its prompt starts with."""
@@ -385,35 +418,26 @@ class Scheduler:
         reading = [j for j in jobs if j.todo]
         room = self._make_room(len(generating))
         generating = [j for j in generating if j.slot is not None]
-        batch = self.batch
-        batch.clear()
-        outputs: list[tuple[Job, int]] = []
-        for job in generating:
-            slot = job.slot
-            outputs.append((job, batch.add((job.next_token,), len(slot.tokens), slot.seq, True)))
         room -= len(generating)
+        # What each job puts in this step: one token for every generating sequence, then
+        # prompt chunks in arrival order while the batch and the KV cells have room.
         chunks: list[tuple[Job, int]] = []
-        scored: list[tuple[Job, int, int]] = []  # scoring jobs: first batch index, count
+        space = self.batch.capacity - len(generating)
         for job in reading:
-            take = min(len(job.todo), batch.room, room)
+            take = min(len(job.todo), space, room)
             if take <= 0:
                 if not generating and not chunks and room <= 0:
                     # Nothing running will free a cell for it: it cannot go on.
                     self._end(job, self._out_of_cells(job), drop_kv=True)
                 continue
-            slot = job.slot
-            last = take == len(job.todo)
-            index = batch.add(job.todo[:take], len(slot.tokens), slot.seq, last, job.score)
-            if job.score:
-                scored.append((job, index - take + 1, take))
-            elif last:
-                outputs.append((job, index))
             chunks.append((job, take))
+            space -= take
             room -= take
-        if not batch.n:
+        if not generating and not chunks:
             return
+        outputs, scored = self._fill_batch(generating, chunks)
         cpu_decode = time.thread_time()
-        rc = batch.decode(self.ctx)
+        rc = self.batch.decode(self.ctx)
         cpu_decode = time.thread_time() - cpu_decode
         if rc != 0:
             self._failed_decode(rc, generating, chunks)
@@ -447,6 +471,32 @@ class Scheduler:
             self._step_s.append(took / produced)
         self._overheads.append(time.thread_time() - cpu_started - cpu_decode - sampling)
 
+    def _fill_batch(
+        self, generating: list[Job], chunks: list[tuple[Job, int]]
+    ) -> tuple[list[tuple[Job, int]], list[tuple[Job, int, int]]]:
+        """Fill the batch in sequence-id order; the batch index each job samples from, and
+        the first index and count of each scoring job's rows.
+
+        The order matters for speed: with a KV stream per sequence, llama.cpp puts only
+        sequences with consecutive ids in one micro-batch, so four tokens in the order
+        2, 0, 3, 1 cost four passes over the model where 0, 1, 2, 3 cost one.
+        """
+        batch = self.batch
+        batch.clear()
+        entries = [(job, (job.next_token,), True) for job in generating]
+        entries += [(job, job.todo[:take], take == len(job.todo)) for job, take in chunks]
+        entries.sort(key=lambda entry: entry[0].slot.seq)
+        outputs: list[tuple[Job, int]] = []
+        scored: list[tuple[Job, int, int]] = []
+        for job, tokens, last in entries:
+            slot = job.slot
+            index = batch.add(tokens, len(slot.tokens), slot.seq, last, job.score)
+            if job.score:
+                scored.append((job, index - len(tokens) + 1, len(tokens)))
+            elif last:
+                outputs.append((job, index))
+        return outputs, scored
+
     def _adapter_group(self, jobs: list[Job]) -> list[Job]:
         """The jobs of this step: those under one adapter set, which it applies to the context."""
         keys = list(dict.fromkeys(j.adapter_key for j in jobs))  # oldest request's set first
@@ -474,6 +524,7 @@ class Scheduler:
         )
         if rc != 0:
             raise BoxError(f"llama.cpp refused the adapter set (llama_set_adapters_lora {rc})")
+        self._applied = tuple(h for h, _ in adapters)
         self.adapter_switches += 1
 
     def _keep_logits(self, job: Job, first: int, count: int) -> None:

@@ -19,9 +19,9 @@
   Constrained output: ``grammar`` (GBNF text, root rule ``root``) or ``json_schema`` (a JSON
   schema map): the reply follows the grammar; with a schema it is JSON that fits it (unless
   ``max_tokens`` cuts it short: finish_reason "length").
-  With ``stream``, each piece of text arrives as a PARTIAL ``{"token": str}`` (one per token,
-  except that bytes of a multi-byte character wait for the rest, and text that may begin a
-  stop sequence waits until it cannot). FINAL: ``{"model", "text", "finish_reason" ("stop" or
+  With ``stream``, the text arrives in PARTIALs ``{"token": str}`` as it is generated, at most
+  one each STREAM_GAP_S (the tokens sampled meanwhile go together; bytes of a multi-byte
+  character wait for the rest, and text that may begin a stop sequence waits until it cannot). FINAL: ``{"model", "text", "finish_reason" ("stop" or
   "length"), "usage": {"prompt_tokens", "completion_tokens"}, "cached_tokens", "tokens_per_s",
   "ttft_s"}``; ``cached_tokens`` are prompt tokens found in the model's KV cache (a
   conversation's earlier turns), not computed again.
@@ -61,6 +61,7 @@ from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
 from aether_box.contract import (
     AdapterCatalog,
+    AdapterHost,
     AdapterLease,
     Grid,
     ModelCatalog,
@@ -78,6 +79,7 @@ from aether_box.engines.registry import (
     gpu_present,
     probe_llama_gpu,
 )
+from aether_box.engines.relay import Relay
 from aether_box.errors import BadRequest, BoxError, ServiceUnavailable, TooLarge
 from aether_box.models.settings import ModelsSettings
 from aether_box.models.store import ModelStore
@@ -89,6 +91,9 @@ log = logging.getLogger(__name__)
 # A model's usual speed (status, the observer's drift alert) comes from answers at least this
 # long: a two-token answer's rate is mostly fixed costs, not a sign of a slow model.
 MIN_TOKENS_FOR_SPEED = 16
+# A streamed reply's PARTIALs go at most this often (the pieces sampled meanwhile go together):
+# 40 a second reads as smooth, and the loop wakes far less often than once a token.
+STREAM_GAP_S = 0.025
 # The NLL signal (aether_box/monitor/watches.py) judges answers of at least this many tokens.
 MIN_TOKENS_FOR_NLL = 8
 
@@ -96,7 +101,7 @@ MAX_STOPS = 16
 REFRESH_S = 10.0
 
 
-class EnginesComponent(ModelCatalog, ModelResidency, TextScorer):
+class EnginesComponent(ModelCatalog, ModelResidency, TextScorer, AdapterHost):
     """Registers `llm` and `embed`, and the "models" status section."""
 
     name: ClassVar[str] = "engines"
@@ -168,6 +173,15 @@ class EnginesComponent(ModelCatalog, ModelResidency, TextScorer):
                 tokens = await registry.run(engine.prompt_tokens, text)
                 out.append(await _score(registry, engine, tokens, adapters))
         return out
+
+    def release_adapter(self, sha256: str) -> int:
+        """Free a removed adapter in every loaded model (see AdapterHost)."""
+        if self.registry is None:
+            return 0
+        engines = self.registry.engines()
+        return sum(
+            1 for e in engines if hasattr(e, "release_adapter") and e.release_adapter(sha256)
+        )
 
     def residency(self) -> list[dict[str, Any]]:
         if self.registry is None:
@@ -361,59 +375,29 @@ class LlmService(ModelService):
         session = _session(request.body)
         lease = await self._adapters(entry.name, request.body)
         refs = lease.refs if lease is not None else ()
-        loop = asyncio.get_running_loop()
-        send, receive = anyio.create_memory_object_stream[Any](math.inf)
-
-        def deliver(item: Any) -> None:  # on the event loop
-            try:
-                send.send_nowait(item)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the request is gone; its job was cancelled
-
-        def post(item: Any) -> None:  # in the scheduler's thread
-            try:
-                loop.call_soon_threadsafe(deliver, item)
-            except RuntimeError:  # the loop has closed (shutdown): nobody is listening
-                pass
+        relay = Relay(asyncio.get_running_loop())
 
         def prepare() -> Any:
-            on_text = post if stream else None
-            return engine.prepare(prompt(), params, on_text, post, entry.name, session, refs)
+            on_text = relay.post if stream else None
+            return engine.prepare(prompt(), params, on_text, relay.post, entry.name, session, refs)
 
         try:
             job = await self.registry.run(prepare)
             engine.submit(job)
         except BaseException:
-            send.close()
-            receive.close()
             if lease is not None:
                 lease.release()
             raise
-        result: Any = None
+        result: Any = Relay.PENDING
         try:
-            async with receive:
-                async for item in receive:
-                    if not isinstance(item, str):
-                        result = item
-                        break
-                    # Pieces that queued while the last one was sent go out as one PARTIAL:
-                    # a loaded box sends fewer, larger messages instead of falling behind.
-                    pieces = [item]
-                    while result is None:
-                        try:
-                            more = receive.receive_nowait()
-                        except anyio.WouldBlock:
-                            break
-                        if isinstance(more, str):
-                            pieces.append(more)
-                        else:
-                            result = more
-                    await request.partial({"token": "".join(pieces)})
-                    if result is not None:
-                        break
+            while result is Relay.PENDING:
+                text, result = await relay.take()
+                if text:
+                    await request.partial({"token": text})
+                    # Pieces sampled meanwhile go out together in the next PARTIAL.
+                    await relay.pause(STREAM_GAP_S)
         finally:
             job.cancel()  # a no-op once it has finished
-            send.close()
             if lease is not None:
                 done = isinstance(result, Generation)
                 lease.release(

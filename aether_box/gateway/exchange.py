@@ -31,6 +31,7 @@ _STATUS = {
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
+    "adapter_pruned": 409,  # the request names an adapter the box refuses unforced
     "too_large": 413,
     "overloaded": 429,
     "busy": 429,

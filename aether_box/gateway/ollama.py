@@ -5,7 +5,9 @@ Routes (see aether_box.gateway.app): ``GET /api/tags``, ``GET /api/version``, ``
 stream by default (``"stream": false`` for one object), as NDJSON: one JSON object a line,
 the last with ``"done": true`` and the counts. ``options`` map onto the llm service's
 sampling (``num_predict`` is ``max_tokens``); generate without ``raw`` goes through the
-model's chat template, as Ollama's does. Errors are ``{"error": "..."}``.
+model's chat template, as Ollama's does. Errors are ``{"error": "..."}``. Box extra: chat
+and generate take ``adapters: [{"name", "scale"?, "force"?}]``, LoRA adapters kept by the box,
+passed to the llm service as they are.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import orjson
 
 from aether_box.errors import BadRequest, BoxError
 from aether_box.gateway.exchange import WholeReply
-from aether_box.gateway.openai import Target
+from aether_box.gateway.openai import Target, adapters_field
 
 __all__ = [
     "ChatReply",
@@ -51,7 +53,7 @@ def chat_target(body: Mapping[str, Any]) -> Target:
     plain = [{"role": m.get("role"), "content": m.get("content", "")} for m in messages]
     stream = _stream(body)
     chat = {"op": "chat", "model": model, "messages": plain, **_options(body), "stream": stream}
-    return Target("llm", chat, model, stream)
+    return Target("llm", chat | adapters_field(body), model, stream)
 
 
 def generate_target(body: Mapping[str, Any]) -> Target:
@@ -64,7 +66,7 @@ def generate_target(body: Mapping[str, Any]) -> Target:
     stream = _stream(body)
     if not prompt:  # Ollama's way to load a model ahead of use
         return Target("llm", {"op": "load", "model": model, "role": "generate"}, model, stream)
-    sampling = {**_options(body), "stream": stream}
+    sampling = {**_options(body), "stream": stream, **adapters_field(body)}
     if body.get("raw"):
         return Target(
             "llm", {"op": "complete", "model": model, "prompt": prompt, **sampling}, model, stream

@@ -6,7 +6,9 @@ llm service's (``max_tokens`` or ``max_completion_tokens``, ``temperature``, ``t
 ``seed``, ``stop``, and the box's own ``top_k`` and ``min_p``); other fields are ignored, as
 OpenAI ignores what it does not know. Box extras: ``model: "router"`` routes by meaning
 (the router service), ``session: "<id>"`` continues a box session (the session service:
-only the newest user message is sent, the box keeps the history).
+only the newest user message is sent, the box keeps the history), and ``adapters: [{"name",
+"scale"?, "force"?}]`` runs the request with LoRA adapters kept by the box (passed to the llm
+service as they are; a session or a route names its own default adapters instead).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "CompletionReply",
     "EmbeddingsReply",
     "Target",
+    "adapters_field",
     "chat_target",
     "completion_target",
     "embeddings_target",
@@ -44,6 +47,7 @@ _ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
@@ -84,13 +88,15 @@ def chat_target(body: Mapping[str, Any]) -> Target:
         users = [m for m in messages if m["role"] == "user"]
         if not users:
             raise BadRequest("a session continues with a user message; none was sent")
+        _no_adapters(body, "a session uses the adapters it was created with")
         say = {"op": "say", "session": session, "text": users[-1]["content"], **sampling}
         return Target("session", {**say, "stream": stream}, model, stream, include_usage)
     if model == ROUTER_MODEL:
+        _no_adapters(body, "a route names its own adapters")
         chat = {"op": "chat", "messages": messages, **sampling, "stream": stream}
         return Target("router", chat, model, stream, include_usage)
     chat = {"op": "chat", "model": model, "messages": messages, **sampling, "stream": stream}
-    return Target("llm", chat, model, stream, include_usage)
+    return Target("llm", chat | adapters_field(body), model, stream, include_usage)
 
 
 def completion_target(body: Mapping[str, Any]) -> Target:
@@ -103,6 +109,7 @@ def completion_target(body: Mapping[str, Any]) -> Target:
         raise BadRequest("field 'prompt' must be a string (or a list of exactly one string)")
     stream, include_usage = _stream(body)
     complete = {"op": "complete", "model": model, "prompt": prompt, **_sampling(body)}
+    complete |= adapters_field(body)
     return Target("llm", {**complete, "stream": stream}, model, stream, include_usage)
 
 
@@ -170,6 +177,24 @@ def _stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
     if n is not None and n != 1:
         raise BadRequest(f"field 'n' must be 1 (one choice per request), got {n!r}")
     return stream, bool(options.get("include_usage"))
+
+
+def adapters_field(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"adapters": [...]}`` for the llm service when the request names adapters (the
+    service checks each one), else nothing."""
+    adapters = body.get("adapters")
+    if adapters is None:
+        return {}
+    if not isinstance(adapters, list):
+        raise BadRequest(
+            f'field \'adapters\' must be a list of {{"name", "scale"?}} objects, got {adapters!r}'
+        )
+    return {"adapters": adapters}
+
+
+def _no_adapters(body: Mapping[str, Any], why: str) -> None:
+    if body.get("adapters") is not None:
+        raise BadRequest(f"field 'adapters' does not apply here: {why}; name a model instead")
 
 
 def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -427,16 +427,19 @@ class Memory:
         return self.store
 
     def _new_index(self, dim: int, metric: str) -> VectorIndex:
-        return VectorIndex(dim, metric, quantized_min_rows=self.settings.quantized_min_rows)
+        return VectorIndex(
+            dim,
+            metric,
+            quantized_min_rows=self.settings.quantized_min_rows,
+            scan_threads=self.settings.scan_threads,
+        )
 
     def _load_index(self, collection: Collection) -> VectorIndex:
         # The caller holds the write lock: the saved copy and the snapshot read stay current.
         started = time.perf_counter()
         with self._store.reader() as conn:
             count, last_rowid = self._store.extent(conn, collection)
-            index = self.snapshots.load(
-                collection, count, last_rowid, self.settings.quantized_min_rows
-            )
+            index = self.snapshots.load(collection, count, last_rowid, self._new_index)
             source = "its saved copy"
             if index is None:
                 self.snapshots.invalidate(collection.id)  # stale or unreadable: never trusted

@@ -506,6 +506,7 @@ class MemoryComponent:
             info["index_mb"] = round(index.nbytes / 2**20, 1) if index is not None else None
             if index is not None:
                 info["index_scan"] = "int8+rescore" if index.quantized else "float32"
+                info["scan_threads"] = index.scan_threads
             collections[collection.name] = info
         return {
             "db": str(self.settings.db_path),

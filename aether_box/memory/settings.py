@@ -39,6 +39,9 @@ class MemorySettings:
     # Collections of at least this many vectors are searched through an int8 scan whose
     # shortlist is re-scored exactly in float32; smaller ones by a float32 scan alone.
     quantized_min_rows: int = 16_384
+    # Threads one int8 scan is split across (0: one per core). A scan is bound by memory
+    # bandwidth, which one core alone does not draw in full; chunks are 32k rows at least.
+    scan_threads: int = 0
 
     def resolve(self, data_dir: Path) -> None:
         """Fill the data dir into the db path and check the choices."""
@@ -54,7 +57,7 @@ class MemorySettings:
             if getattr(self, key) < 1:
                 raise ConfigError(f"memory.{key} must be at least 1, got {getattr(self, key)}")
 
-        for key in ("snapshot_min_rows", "quantized_min_rows"):
+        for key in ("snapshot_min_rows", "quantized_min_rows", "scan_threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"memory.{key} must be 0 or more, got {getattr(self, key)}")
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,16 @@ class Snapshots:
         return self.directory / f"c{int(collection_id)}.idx"
 
     def load(
-        self, collection: Collection, count: int, last_rowid: int, quantized_min_rows: int
+        self,
+        collection: Collection,
+        count: int,
+        last_rowid: int,
+        new_index: Callable[[int, str], VectorIndex],
     ) -> VectorIndex | None:
-        """The saved index of `collection` if it is there and matches the database, else None."""
+        """The saved index of `collection` if it is there and matches the database, else None.
+
+        `new_index(dim, metric)` makes an empty index with the box's settings to load into.
+        """
         path = self.path(collection.id)
         expected = {
             "format": SNAPSHOT_FORMAT,
@@ -69,8 +77,8 @@ class Snapshots:
                     log.info("memory: saved index of %r is stale; rebuilding", collection.name)
                     return None
                 arrays = {name: np.load(handle, allow_pickle=False) for name in _ARRAYS}
-            index = VectorIndex.from_arrays(collection.dim, collection.metric, arrays)
-            index.quantized_min_rows = quantized_min_rows
+            index = new_index(collection.dim, collection.metric)
+            index.load_arrays(arrays)
             return index
         except FileNotFoundError:
             self._absent.add(collection.id)

@@ -149,7 +149,7 @@ def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
         ["adapter", "stat"],
     )
     top1 = _gauge("adapter_top1_agreement", "Fusion probe: top-1 agreement", None, ["adapter"])
-    pruned = _gauge("adapter_pruned", "1 when the fusion log prunes it", None, ["adapter"])
+    pruned = _gauge("adapter_pruned", "1 when requests are refused it unforced", None, ["adapter"])
     for a in section.get("adapters", []):
         name = a["name"]
         requests.add_metric([name], a["requests"])
@@ -161,7 +161,7 @@ def _adapter_families(section: dict[str, Any] | None) -> Iterator[Metric]:
                 kl.add_metric([name, stat.removeprefix("kl_")], a[stat])
         if a.get("top1") is not None:
             top1.add_metric([name], a["top1"])
-        pruned.add_metric([name], int(a.get("verdict") == "prune"))
+        pruned.add_metric([name], int(bool(a.get("pruned"))))
     yield from (requests, tokens, speed, kl, top1, pruned)
 
 

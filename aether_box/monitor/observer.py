@@ -25,6 +25,7 @@ from aether_box.engines.settings import EngineSettings
 from aether_box.errors import BoxError, ServiceUnavailable
 from aether_box.monitor.settings import MonitorSettings
 from aether_box.monitor.watches import (
+    AdapterWatch,
     AlignWatch,
     DriftWatch,
     NllWatch,
@@ -188,6 +189,7 @@ class ObserverComponent(Observations):
         self.drift = DriftWatch(self.table, s.drift_min_texts, s.drift_p_value)
         self.nll = NllWatch(self.table, s.nll_mad, s.nll_after)
         self.router = RouterWatch(self.table, s.router_fallback_max, s.router_min_decisions)
+        self.adapters = AdapterWatch(self.table)
 
     async def serve(
         self,
@@ -224,6 +226,7 @@ class ObserverComponent(Observations):
         self.align.update(report.get("align"))
         self.nll.update(report.get("models"))
         self.router.update(report.get("router"))
+        self.adapters.update(report.get("adapters"))
         try:
             await self.drift.update(report.get("memory"), self.ctx.call)
         except BoxError as exc:  # a collection dropped mid-read: next look starts again

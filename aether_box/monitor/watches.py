@@ -12,6 +12,9 @@ calm to triggered (a condition that lasts is one piece of news), so a reader act
   permutation null, aether_box.tuner.signals).
 - nll: a model's per-token negative log-likelihood of its own text spiked (median + k MAD).
 - router: the router's share of messages falling back to the default route in a window.
+- adapter: a LoRA adapter's fusion-log verdict calls for a pruning decision: "prune" for one
+  judged prune that no decision covers yet (requests already refuse it unforced: the decision
+  makes it last), "restore" for one the tuner pruned whose newest probe is ok or warn.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ import numpy as np
 
 from aether_box.monitor.statistics import SpikeRule, drift
 
-__all__ = ["AlignWatch", "DriftWatch", "NllWatch", "ResidencyWatch", "RouterWatch", "Signals"]
+__all__ = [
+    "AdapterWatch",
+    "AlignWatch",
+    "DriftWatch",
+    "NllWatch",
+    "ResidencyWatch",
+    "RouterWatch",
+    "Signals",
+]
 
 Call = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -343,16 +354,18 @@ class RouterWatch:
         self.signals = signals
         self.fallback_max = fallback_max
         self.min_decisions = min_decisions
-        self._last = (0, 0)
+        self._last: tuple[int, int, float] = (0, 0, 0.0)
 
     def update(self, section: dict[str, Any] | None) -> None:
         if not section:
             return
         decisions, fallbacks = section.get("decisions", 0), section.get("fallbacks", 0)
+        scores = float(section.get("best_score_sum", 0.0))
         n, fell = decisions - self._last[0], fallbacks - self._last[1]
         if n < self.min_decisions:
             return
-        self._last = (decisions, fallbacks)
+        mean_score = (scores - self._last[2]) / n
+        self._last = (decisions, fallbacks, scores)
         share = fell / n
         high = share > self.fallback_max
         self.signals.set(
@@ -361,6 +374,7 @@ class RouterWatch:
             high,
             {
                 "fallback_share": round(share, 4),
+                "best_score_mean": round(mean_score, 4),
                 "decisions": n,
                 "min_score": section.get("min_score"),
                 "feedback": section.get("feedback", 0),
@@ -370,3 +384,42 @@ class RouterWatch:
             if high
             else "",
         )
+
+
+class AdapterWatch:
+    """Fusion-log verdicts that call for pruning or restoring an adapter (see module doc)."""
+
+    def __init__(self, signals: Signals) -> None:
+        self.signals = signals
+
+    def update(self, section: dict[str, Any] | None) -> None:
+        if section is None:
+            return
+        seen = set()
+        for a in section.get("adapters", []):
+            name, verdict, decision = a["name"], a.get("verdict"), a.get("pruning") or {}
+            seen.add(name)
+            op = None
+            if verdict == "prune" and not decision:
+                op = "prune"
+            elif decision.get("state") == "pruned" and decision.get("by") == "tuner":
+                op = "restore" if verdict in ("ok", "warn") else None
+            figures = {
+                "op": op,
+                "verdict": verdict,
+                "kl_mean": a.get("kl_mean"),
+                "top1": a.get("top1"),
+                "pruned": a.get("pruned"),
+            }
+            message = ""
+            if op == "prune":
+                message = (
+                    f"adapter {name}: the fusion log judges it prune (mean KL {a.get('kl_mean')}, "
+                    f"top-1 {a.get('top1')}): prune it"
+                )
+            elif op == "restore":
+                message = f"adapter {name}: its newest probe says {verdict}: restore it"
+            self.signals.set("adapter", name, op is not None, figures, message)
+        for name in self.signals.subjects("adapter"):
+            if name not in seen:
+                self.signals.drop("adapter", name)  # removed

@@ -41,6 +41,7 @@ class DecisionLog:
         self.labels: list[Label] = []
         self.total = 0
         self.fallbacks = 0
+        self.best_score_sum = 0.0  # of every decision's best route score: a window's mean
 
     def add(self, route: str, scores: dict[str, float], fallback: bool) -> str:
         """Keep a decision; its message id."""
@@ -48,6 +49,7 @@ class DecisionLog:
         self.decisions[ident] = {"route": route, "scores": scores}
         self.total += 1
         self.fallbacks += fallback
+        self.best_score_sum += max(scores.values(), default=0.0)
         while len(self.decisions) > KEPT:
             self.decisions.popitem(last=False)
         return ident

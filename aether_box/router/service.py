@@ -128,6 +128,7 @@ class RouterComponent(OpService):
         return {
             "decisions": self.log.total,
             "fallbacks": self.log.fallbacks,
+            "best_score_sum": round(self.log.best_score_sum, 4),
             "feedback": len(self.log.labels),
             "min_score": dict(self.thresholds),
         }

@@ -320,6 +320,8 @@ def adapter_rows(section: Any) -> dict[str, Row]:
         kl, top1 = _number(record.get("kl_mean")), _number(record.get("top1"))
         if kl is not None and top1 is not None:
             verdict += f" KL {kl:.3f} top-1 {top1:.0%}"
+        if record.get("pruned"):
+            verdict += " · pruned"
         progress = (
             f"probing {probe.get('done', 0)}/{probe.get('total', '?')}"
             if probe.get("running") == name

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aether_box.context import BoxContext
-from aether_box.contract import ModelResidency
-from aether_box.errors import BadRequest, BoxError, NotFound
+from aether_box.contract import AdapterCatalog, ModelResidency
+from aether_box.errors import BadRequest, BoxError, NotFound, ServiceUnavailable
 
-__all__ = ["Action", "Plan", "plans_for"]
+__all__ = ["Action", "Plan", "plans_for", "settle_interrupted"]
 
+INTERRUPTED = "interrupted: the box stopped while it ran; nothing of it is in effect"
 Progress = Callable[[Mapping[str, Any]], Awaitable[None]]
 Result = dict[str, Any]  # {"state": applied | rejected | failed, "after"?, "outcome"?}
 
@@ -45,6 +46,10 @@ class Action:
 
     async def rollback(self, ctx: BoxContext, decision: dict[str, Any]) -> str:
         raise BadRequest(f"a {self.kind} decision cannot be rolled back")
+
+    async def settle(self, ctx: BoxContext, decision: dict[str, Any]) -> Result:
+        """The state of a decision a stop cut short, from what the box serves after it."""
+        return {"state": "failed", "outcome": INTERRUPTED}
 
 
 @dataclass
@@ -124,6 +129,31 @@ class RefitProjector(Action):
         )
         return f"projector {p['from']}->{p['to']} restored to {after['previous']}"
 
+    async def settle(self, ctx: BoxContext, decision: dict[str, Any]) -> Result:
+        """Promoted or not: the served projector's fit time tells (the plan noted the one
+        served when it was decided)."""
+        p, before = decision["params"], decision["before"] or {}
+        if not ctx.has_service("align"):  # not up yet: the tuner asks again at its next look
+            raise ServiceUnavailable("the align service is not running yet")
+        try:
+            report = await ctx.call("align", {"op": "fidelity", "from": p["from"], "to": p["to"]})
+        except NotFound:
+            return {
+                "state": "failed",
+                "outcome": f"interrupted: no whole projector {p['from']}->{p['to']} is served "
+                f"after the stop; fit it again (`aether-box align fit`)",
+            }
+        if report["created"] == before.get("served_created"):
+            return {"state": "failed", "outcome": f"{INTERRUPTED} (the projector served before)"}
+        figures = {**(report.get("refit") or {}), "served_created": report["created"]}
+        figures.pop("verdict", None)
+        return {
+            "state": "applied",
+            "after": {**figures, "previous": None},
+            "outcome": "promoted; the box stopped before the log noted it (settled at restart; "
+            "the previous version is under the projector's history/)",
+        }
+
 
 class RefitRouter(Action):
     """Refit the router's threshold from its logged decisions and users' feedback."""
@@ -149,26 +179,40 @@ class RefitRouter(Action):
 
 
 class Adapters(Action):
-    """Prune or restore an adapter from its fusion-log verdict.
+    """Prune or restore an adapter on its fusion-log verdict (AdapterCatalog.prune/restore).
 
-    The hook for the adapters component: a signal of kind "adapter" (subject: the adapter,
-    figures: its verdict, ``{"op": "prune" | "restore", ...}``) becomes a decision that calls
-    the `adapters` service's op of that name. Until that service exists it fails, saying so.
+    A signal of kind "adapter" (subject: the adapter; figures: ``{"op": "prune" | "restore",
+    "verdict", "reason", ...}``, see aether_box.monitor.watches.AdapterWatch) becomes a
+    decision to call that op; rolling it back calls the other one.
     """
 
     kind = "adapters"
 
     async def apply(self, ctx: BoxContext, decision: dict[str, Any], progress: Progress) -> Result:
-        p = decision["params"]
-        if not ctx.has_service("adapters"):
-            return {"state": "failed", "outcome": "no adapters service runs in this box"}
-        reply = await ctx.call("adapters", {"op": p["op"], "adapter": decision["subject"]})
-        return {"state": "applied", "after": dict(reply), "outcome": f"adapter {p['op']}d"}
+        catalog = ctx.get(AdapterCatalog)
+        if catalog is None:
+            return {"state": "failed", "outcome": "no adapters component runs in this box"}
+        name, op = decision["subject"], decision["params"]["op"]
+        try:
+            if op == "prune":
+                reply = await catalog.prune(name, decision["params"]["reason"], by="tuner")
+            else:
+                reply = await catalog.restore(name, by="tuner")
+        except NotFound as exc:
+            return {"state": "rejected", "outcome": f"gone since: {exc}"}
+        return {"state": "applied", "after": reply, "outcome": f"adapter {op}d"}
 
     async def rollback(self, ctx: BoxContext, decision: dict[str, Any]) -> str:
-        undo = {"prune": "restore", "restore": "prune"}[decision["params"]["op"]]
-        await ctx.call("adapters", {"op": undo, "adapter": decision["subject"]})
-        return f"adapter {undo}d"
+        catalog = ctx.get(AdapterCatalog)
+        if catalog is None:
+            raise BoxError("no adapters component runs in this box: nothing to roll back")
+        name, op = decision["subject"], decision["params"]["op"]
+        if op == "prune":
+            await catalog.restore(name, by="tuner rollback")
+            return "adapter restored"
+        reason = decision["params"].get("reason") or "the tuner's restore was rolled back"
+        await catalog.prune(name, reason, by="tuner rollback")
+        return "adapter pruned"
 
 
 class Advice(Action):
@@ -195,7 +239,8 @@ async def plans_for(signal: dict[str, Any], ctx: BoxContext, keep_alive: float) 
     if kind == "router":
         return [Plan(RefitRouter(), "router", evidence, {}, figures)]
     if kind == "adapter":
-        return [Plan(Adapters(), subject, evidence, {"op": figures["op"]}, figures)]
+        params = {"op": figures["op"], "reason": signal["message"]}
+        return [Plan(Adapters(), subject, evidence, params, figures)]
     if kind == "nll":
         advice = (
             f"{subject} writes text it finds unlikely: check the prompts sent to it, a changed "
@@ -241,7 +286,7 @@ async def _refits_for_collection(
     for p in await _projectors(ctx):
         if p["to"] == model:
             params = {"from": p["from"], "to": p["to"], "collection": collection}
-            before = {"in_domain": p["in_domain"], "out_of_domain": p.get("out_of_domain")}
+            before = _served(p)
             plans.append(Plan(RefitProjector(), p["name"], evidence, params, before))
     return plans
 
@@ -258,5 +303,19 @@ async def _refits_for_projector(ctx: BoxContext, name: str, evidence: dict[str, 
         return []
     biggest = max(mine, key=lambda c: c["count"])
     params = {"from": found["from"], "to": found["to"], "collection": biggest["name"]}
-    before = {"in_domain": found["in_domain"], "out_of_domain": found.get("out_of_domain")}
-    return [Plan(RefitProjector(), name, evidence, params, before)]
+    return [Plan(RefitProjector(), name, evidence, params, _served(found))]
+
+
+def _served(projector: dict[str, Any]) -> dict[str, Any]:
+    """The figures before a refit: the served projector's, and its fit time (which tells,
+    after a stop, whether the refit was promoted)."""
+    return {
+        "in_domain": projector["in_domain"],
+        "out_of_domain": projector.get("out_of_domain"),
+        "served_created": projector.get("created"),
+    }
+
+
+async def settle_interrupted(ctx: BoxContext, decision: dict[str, Any]) -> Result:
+    """How a decision left `applying` by a stop ended (its action's `settle`)."""
+    return await Action.named(decision["action"]).settle(ctx, decision)

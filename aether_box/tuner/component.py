@@ -29,7 +29,7 @@ from aether_box.context import BoxContext
 from aether_box.contract import ModelResidency, Observations
 from aether_box.engines.settings import EngineSettings
 from aether_box.errors import BadRequest, BoxError, ServiceUnavailable
-from aether_box.tuner.actions import Action, Plan, plans_for
+from aether_box.tuner.actions import Action, Plan, plans_for, settle_interrupted
 from aether_box.tuner.log import DecisionLog
 from aether_box.tuner.settings import ACTIONS, TunerSettings
 
@@ -96,12 +96,14 @@ class TunerComponent:
         self.store = await anyio.to_thread.run_sync(DecisionLog, self.settings.file)
         try:
             await self._refresh()
+            interrupted = await self._db_call(self._log().recent, 10_000, None, "applying")
             async with anyio.create_task_group() as work:
                 self._work = work
                 ctx.add_service("tuner", TunerService(self))
                 task_status.started()
                 while True:
                     await anyio.sleep(self.settings.check_s)
+                    interrupted = await self._settle(interrupted)
                     await self.check()
         finally:
             self._work = None
@@ -196,6 +198,21 @@ class TunerComponent:
             name, role = decision["params"]["model"], decision["params"]["role"]
             self._unloaded[(name, role)] = ident
         self._announce(decision)
+
+    async def _settle(self, interrupted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Decisions a stop cut short (still `applying` in the log): settle each by what the
+        box serves now, so the log and the box agree. Returns those still to settle (their
+        service is not up yet)."""
+        left = []
+        for decision in interrupted:
+            try:
+                result = await settle_interrupted(self.ctx, decision)
+            except BoxError as exc:  # e.g. align still starting: look again next time
+                log.info("tuner: #%d waits to be settled: %s", decision["id"], exc)
+                left.append(decision)
+                continue
+            self._announce(await self._db_call(self._log().update, decision["id"], **result))
+        return left
 
     async def _note_reloads(self) -> None:
         """A model the tuner unloaded that is loaded again: log how long the reload took."""
