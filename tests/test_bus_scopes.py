@@ -8,12 +8,14 @@ import zmq
 import zmq.auth
 from click.testing import CliRunner
 from fixtures_box import BoxInThread
+from rich.console import Console
 
 from aether_box.bus.scopes import ADMIN, READ, USE, required_scope
 from aether_box.bus.security import CurveKeys, init_keys
 from aether_box.cli import cli
 from aether_box.client import Client
 from aether_box.errors import Forbidden
+from aether_box.status_view import render_status
 
 VECTORS = np.eye(4, dtype=np.float32)[:2]
 CREATE = {"op": "create", "collection": "c", "model": "m", "dim": 4, "exist_ok": True}
@@ -60,6 +62,16 @@ def test_plain_loopback_tcp_is_use_and_the_ipc_socket_is_admin(data_dir):
             status = tcp.status()
             assert status["rejected"]["forbidden"] == 3
             assert status["access"]["loopback_tcp"] == "use"
+            console = Console(record=True, width=200)
+            render_status(status, console)  # what `aether-box status` prints
+            printed = console.export_text()
+            assert (
+                "access: ipc admin, loopback tcp use, CURVE the key's scope; 3 ops refused"
+                in printed
+            )
+            assert (
+                "events: " in printed and "a stalled subscriber holds at most 15.6 MiB" in printed
+            )
         with running.client(timeout=10) as ipc:
             assert ipc.request("memory", DROP)["dropped"]
     finally:
