@@ -265,6 +265,7 @@ async def test_attaches_over_tcp_with_curve(data_dir):
             await wait_until(pilot, lambda: app.connected and app.events_seen > 0, what="link")
             assert app.report["curve"] is True
             assert f"● connected {box.tcp_endpoint}" in screen_text(app)
-            assert "CURVE    on" in screen_text(app)
+            assert "ipc admin, tcp use, CURVE on" in screen_text(app)
+            assert "this dashboard its key's scope" in screen_text(app)
     finally:
         await anyio.to_thread.run_sync(box.stop)
