@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_status", "tools_line"]
+__all__ = ["access_line", "events_line", "render_status", "tools_line"]
 
 
 def _ms(value: float | None) -> str:
@@ -40,6 +40,10 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
             _ms(svc["p95_ms"]),
         )
     console.print(table)
+    if isinstance(report.get("access"), dict):
+        console.print(f"access: {access_line(report['access'], report.get('rejected', {}))}")
+    if isinstance(report.get("events"), dict):
+        console.print(f"events: {events_line(report['events'])}")
     _render_sections(report, console)
     if report.get("rejected"):
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(report["rejected"].items()))
@@ -162,3 +166,22 @@ def tools_line(tools: dict[str, Any]) -> str:
         f"{tools.get('callable', 0)} callable ({sources or 'none'}), {tools.get('calls', 0)} calls"
     )
     return line + (f"; MCP servers: {servers}" if servers else "")
+
+
+def access_line(access: dict[str, Any], rejected: dict[str, Any]) -> str:
+    """What each way in may do (scopes read < use < admin) and how many ops were refused."""
+    ways = {"ipc": "ipc", "loopback_tcp": "loopback tcp", "curve": "CURVE"}
+    line = ", ".join(f"{ways.get(way, way)} {scope}" for way, scope in access.items())
+    return f"{line}; {rejected.get('forbidden', 0)} ops refused for their scope"
+
+
+def events_line(events: dict[str, Any]) -> str:
+    """Events published and dropped, and what a subscriber that stops reading costs at most."""
+    dropped = events.get("dropped") or {}
+    by_topic = ", ".join(f"{topic} {n}" for topic, n in sorted(dropped.items()))
+    bound = events.get("queue_bytes_max")
+    line = f"{events.get('published', 0)} published, {sum(dropped.values())} dropped"
+    line += f" ({by_topic})" if by_topic else ""
+    if isinstance(bound, int):
+        line += f"; a stalled subscriber holds at most {bound / 2**20:.1f} MiB"
+    return line

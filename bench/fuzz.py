@@ -33,11 +33,14 @@ from aether_box.bus.protocol import CLIENT, WORKER, ClientCmd, WorkerCmd
 from aether_box.client import Client
 
 SERVICES = [b"memory", b"llm", b"embed", b"session", b"align", b"router", b"federation",
-            b"status", b"echo", b"nope", b"", b"mmi.service", b"box.cancel"]  # fmt: skip
+            b"grid", b"adapters", b"tools", b"orchestrate", b"tuner", b"status", b"echo",
+            b"nope", b"", b"mmi.service", b"box.cancel"]  # fmt: skip
 OPS = ["create", "drop", "add", "get", "update", "delete", "list", "count", "search", "check",
        "chat", "complete", "models", "load", "unload", "embed", "say", "history", "project",
        "pairs", "fit", "fidelity", "route", "link", "unlink", "peers", "summary", "", "x" * 300,
-       "../../etc"]  # fmt: skip
+       "../../etc", "refit", "promote", "rollback", "show", "remove", "merge", "probe", "wait",
+       "call", "register", "unregister", "apply", "dismiss", "log", "status", "join", "leave",
+       "hello", "beat", "threshold", "feedback"]  # fmt: skip
 FIELDS = ["collection", "model", "texts", "text", "vectors", "vector", "ids", "where", "k",
           "limit", "cursor", "dim", "metric", "messages", "prompt", "session", "from", "to",
           "endpoint", "name", "stream", "temperature", "metadata", "_rid", "rid"]  # fmt: skip

@@ -1,6 +1,6 @@
 """Soak: 8 clients of mixed work on a real box for minutes, and what it costs over time.
 
-Usage: python bench/soak.py [--minutes 10] [--models DIR]
+Usage: python bench/soak.py [--minutes 10] [--models DIR] [--kinds chat,embed,...] [--set K=V]
 
 The clients stream chats (every other one cancelled after a few tokens), embed, add to and
 search memory, take session turns and poll status, as fast as the box answers; a ninth
@@ -127,12 +127,20 @@ def main() -> None:
         default="chat,embed,memory,session,status,memory,chat,session",
         help="one client per entry: chat, embed, memory, session or status",
     )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a box setting for the run, e.g. engines.n_threads=1 (repeatable)",
+    )
     args = parser.parse_args()
     models = args.models or Path.home() / ".cache" / "aether-box" / "test-models"
     before = machine()
     with tempfile.TemporaryDirectory(prefix="abx-soak-") as tmp:
         data_dir = Path(tmp)
-        process, endpoint = start_box(data_dir, f"models.dir={models}")
+        process, endpoint = start_box(data_dir, f"models.dir={models}", *args.settings)
         box = psutil.Process(process.pid)
         with Client(endpoint, data_dir=data_dir, timeout=300) as client:  # warm-up: loads
             client.request("memory", {"op": "create", "collection": "soak", "model": "minilm"})
@@ -209,6 +217,7 @@ def main() -> None:
                 "requests": dict(counts),
                 "cancels": sum(w.cancels for w in workers),
                 "box_errors": sum(s["errors"] for s in status["services"].values()),
+                "settings": args.settings,
                 "machine": before,
                 "loadavg_1m_end": round(os.getloadavg()[0], 2),
             }

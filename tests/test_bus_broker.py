@@ -120,6 +120,9 @@ def test_stopping_iteration_cancels_the_work(box):
         assert next(stream) == {"i": 0}
         stream.close()  # the caller stops reading: the client sends a cancel
         assert probe.cancelled.wait(5)
+        # A cancel is the caller's choice, not the box's error: alerts never see it.
+        wait_for(lambda: client.status()["services"]["probe"]["cancelled"] == 1, 5, "the count")
+        assert client.status()["services"]["probe"]["errors"] == 0
 
 
 def test_a_client_that_disappears_stops_its_stream(box):

@@ -8,6 +8,7 @@ import zmq
 import zmq.auth
 from click.testing import CliRunner
 from fixtures_box import BoxInThread
+from rich.console import Console
 
 from aether_box.bus.scopes import (
     ADMIN,
@@ -19,8 +20,9 @@ from aether_box.bus.scopes import (
 )
 from aether_box.bus.security import CurveKeys, init_keys
 from aether_box.cli import cli
-from aether_box.client import Client
+from aether_box.client import BoxError, Client
 from aether_box.errors import Forbidden
+from aether_box.status_view import render_status
 
 VECTORS = np.eye(4, dtype=np.float32)[:2]
 CREATE = {"op": "create", "collection": "c", "model": "m", "dim": 4, "exist_ok": True}
@@ -35,6 +37,7 @@ def test_each_op_names_the_scope_it_needs():
     assert required_scope("memory", "add") == USE
     assert required_scope("llm", "chat") == USE
     assert required_scope("some-tool", "anything") == USE
+    assert required_scope("adapters", "show") == required_scope("tools", "list") == READ
     for service, op in [
         ("memory", "drop"),
         ("memory", "delete"),
@@ -44,6 +47,9 @@ def test_each_op_names_the_scope_it_needs():
         ("models", "add"),
         ("adapters", "remove"),
         ("tuner", "apply"),
+        ("align", "promote"),
+        ("align", "rollback"),
+        ("router", "threshold"),
         ("lab/memory", "drop"),  # a peer's memory, forwarded: the same op
     ]:
         assert required_scope(service, op) == ADMIN, (service, op)
@@ -80,6 +86,16 @@ def test_plain_loopback_tcp_is_use_and_the_ipc_socket_is_admin(data_dir):
             status = tcp.status()
             assert status["rejected"]["forbidden"] == 3
             assert status["access"]["loopback_tcp"] == "use"
+            console = Console(record=True, width=200)
+            render_status(status, console)  # what `aether-box status` prints
+            printed = console.export_text()
+            assert (
+                "access: ipc admin, loopback tcp use, CURVE the key's scope; 3 ops refused"
+                in printed
+            )
+            assert (
+                "events: " in printed and "a stalled subscriber holds at most 15.6 MiB" in printed
+            )
         with running.client(timeout=10) as ipc:
             assert ipc.request("memory", DROP)["dropped"]
     finally:
@@ -183,3 +199,93 @@ def test_names_from_requests_never_reach_outside_the_data_dir(data_dir, tmp_path
     finally:
         running.stop()
     assert sorted(p.name for p in outside.rglob("*")) == ["keep.txt", "projectors"]
+
+
+def _escapes(outside) -> list[str]:
+    """Names that would leave a directory were they joined to it."""
+    return ["../../" * 8 + str(outside / "x"), str(outside / "x"), "..", ".", "a/../../x",
+            "..\\..\\x", "x\0y", ".hidden"]  # fmt: skip
+
+
+def _name_ops(name: str, file: str) -> list[tuple[str, dict]]:
+    """Every op that takes a name from the request, with `name` in each name field."""
+    v = [1.0, 0.0]
+    ops: list[tuple[str, dict]] = [
+        ("memory", {"op": "create", "collection": name, "model": "m", "dim": 2}),
+        ("memory", {"op": "add", "collection": name, "vectors": np.eye(2, dtype=np.float32),
+                    "texts": ["a", "b"]}),
+        ("memory", {"op": "search", "collection": name, "vector": np.ones(2, np.float32)}),
+        ("memory", {"op": "drop", "collection": name}),
+        ("memory", {"op": "info", "collection": name}),
+        # (A collection's model, given with its dim, is only a label: never a path.)
+        ("session", {"op": "create", "model": name}),
+        ("session", {"op": "say", "session": name, "text": "hi"}),
+        ("session", {"op": "history", "session": name}),
+        ("session", {"op": "delete", "session": name}),
+        ("llm", {"op": "load", "model": name}),
+        ("llm", {"op": "chat", "model": name, "messages": [{"role": "user", "content": "x"}]}),
+        ("embed", {"op": "embed", "model": name, "texts": ["x"]}),
+        ("adapters", {"op": "add", "path": file, "base": "smollm2", "name": name}),
+        ("adapters", {"op": "show", "name": name}),
+        ("adapters", {"op": "remove", "name": name}),
+        ("adapters", {"op": "probe", "name": name}),
+        ("adapters", {"op": "merge", "name": name, "from": [{"name": "a"}, {"name": "b"}]}),
+        ("tools", {"op": "call", "tool": name, "arguments": {}}),
+        ("tools", {"op": "register", "service": "w1", "tools": [
+            {"name": name, "description": "d", "parameters": {"type": "object"}}]}),
+        ("federation", {"op": "link", "endpoint": "tcp://127.0.0.1:9", "name": name}),
+        ("federation", {"op": "unlink", "name": name}),
+        ("grid", {"op": "hello", "member": {"name": name, "endpoint": "tcp://127.0.0.1:9",
+                                            "key": "k" * 40}}),
+        ("tuner", {"op": "apply", "id": name}),
+    ]  # fmt: skip
+    for source, target in ((name, "minilm"), ("minilm", name)):
+        for op in ("project", "fit", "pairs", "fidelity", "delete", "refit"):
+            ops.append(("align", {"op": op, "from": source, "to": target, "texts": ["a", "b"],
+                                  "vector": v}))  # fmt: skip
+    for op, field in (("promote", "candidate"), ("rollback", "version")):
+        ops.append(("align", {"op": op, "from": "minilm", "to": "smollm2", field: name}))
+    return ops
+
+
+def test_no_name_in_any_op_reaches_outside_the_data_dir(data_dir, tmp_path):
+    """Each op that takes a name (collections, sessions, models, adapters, projectors, tools,
+    peers, grid members), given names that climb out: a typed error, and nothing written or
+    removed outside the data dir."""
+    outside = tmp_path / "outside"
+    # What a projector pair's dir would be, were a climbing name joined to the projectors dir:
+    # a delete that followed it would remove these.
+    for part in ("projectors", "x", "x__minilm", "minilm__x", "x__minilm/candidates"):
+        (outside / part).mkdir(parents=True, exist_ok=True)
+        (outside / part / "report.json").write_text("{}")
+    (outside / "keep.txt").write_text("mine")
+    lora = tmp_path / "adapter.gguf"
+    lora.write_bytes(b"GGUF" + b"\0" * 60)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    running = BoxInThread(data_dir)
+    seen: dict[str, int] = {}
+    try:
+        with running.client(timeout=30) as client:
+            for name in _escapes(outside):
+                for service, body in _name_ops(name, str(lora)):
+                    try:
+                        reply = client.request(service, body)
+                    except BoxError as refused:
+                        code = refused.code
+                    else:  # only a delete of nothing may answer, and it must say so
+                        assert reply in ({"deleted": False},), f"{service} {body}: {reply}"
+                        code = "nothing"
+                    # A name is refused as such, or looked up and not found; never used.
+                    assert code in ("bad_request", "not_found", "not_allowed", "nothing"), (
+                        service, body)  # fmt: skip
+                    seen[code] = seen.get(code, 0) + 1
+            assert client.request("federation", {"op": "peers"})["peers"] == []
+            status = client.status()
+            errors = {name: s["errors"] for name, s in status["services"].items() if s["errors"]}
+            assert errors == {}, errors
+    finally:
+        running.stop()
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")
+                   if not p.is_relative_to(data_dir))  # fmt: skip
+    assert after == [p for p in before if not (tmp_path / p).is_relative_to(data_dir)]
+    assert seen.get("bad_request", 0) > len(seen) and seen

@@ -33,6 +33,11 @@ def test_a_scrape_counts_requests_errors_and_rejections(box):
     ]
     assert 0 < p50 < 1
     assert samples[("aether_box_process_resident_memory_bytes", ())] > 10 * 2**20
+    # An event over the byte bound is dropped, and the drop counted by its topic.
+    from aether_box.bus.events import MAX_EVENT_BYTES
+
+    box.portal.call(box.box.events.publish, "flood.huge", {"payload": "x" * MAX_EVENT_BYTES})
+    assert scrape(url)[("aether_box_events_dropped_total", (("topic", "flood"),))] == 1
     # Counters move between scrapes.
     with box.client(timeout=5) as client:
         client.request("echo", {})

@@ -25,6 +25,7 @@ EXAMPLES = int(os.environ.get("AETHER_BOX_PROPERTY_EXAMPLES", "6"))
 TYPED = {
     "bad_request", "bad_frames", "not_found", "too_large", "unavailable", "cancelled",
     "overloaded", "forbidden", "disk_full", "corrupt_model", "config", "timeout",
+    "not_allowed", "adapter_pruned", "adapter_in_use", "tool_failed",
 }  # fmt: skip
 # Generation is kept short: the property is about what the box accepts, not how long it talks.
 MAX_TOKENS = 4
@@ -159,6 +160,26 @@ TEMPLATES: dict[tuple[str, str], dict] = {
     ("grid", "bye"): {"name": "m1"},
     ("grid", "revoke"): {"name": "m1"},
     ("grid", "revoked"): {"key": "k" * 40},
+    ("router", "feedback"): {"message_id": "m1", "route": "chat", "good": True},
+    ("router", "threshold"): {"min_score": 0.5},
+    ("adapters", "add"): {"path": "/nonexistent/a.gguf", "base": "smollm2", "name": "a1"},
+    ("adapters", "show"): {"name": "a1"},
+    ("adapters", "remove"): {"name": "a1"},
+    ("adapters", "merge"): {"name": "m1", "from": [{"name": "a1", "weight": 1.0},
+                                                   {"name": "a2"}]},
+    ("adapters", "probe"): {"name": "a1"},
+    ("adapters", "wait"): {"name": "a1"},
+    ("tools", "list"): {"all": True},
+    ("tools", "call"): {"tool": "now", "arguments": {}},
+    ("tools", "register"): {"service": "w1", "tools": [{"name": "t1", "description": "d",
+                                                        "parameters": {"type": "object"}}]},
+    ("tools", "unregister"): {"service": "w1"},
+    ("orchestrate", "run"): {"text": "what time is it?", "model": "smollm2"},
+    ("orchestrate", "select"): {"text": "what time is it?"},
+    ("tuner", "log"): {"limit": 5},
+    ("tuner", "apply"): {"id": 1},
+    ("tuner", "rollback"): {"id": 1},
+    ("tuner", "dismiss"): {"id": 1},
     ("echo", "any"): {"v": V},
 }  # fmt: skip
 
@@ -256,6 +277,8 @@ def service_ops(box) -> list[tuple[str, str]]:
             found += [(name, op) for op in handler.ops()]
         elif name == "status":
             found += [(name, op) for op in ("get", "summary")]
+        elif name == "orchestrate":
+            found += [(name, op) for op in ("run", "select")]
         elif name not in ("http",):  # echo and any other one-op service
             found.append((name, "any"))
     return found
@@ -263,12 +286,28 @@ def service_ops(box) -> list[tuple[str, str]]:
 
 def test_every_service_op_is_covered(fuzz_box):
     covered = {s for s, _ in service_ops(fuzz_box)}
-    assert {"memory", "llm", "embed", "session", "align", "router", "federation", "grid"} <= covered
+    assert {"memory", "llm", "embed", "session", "align", "router", "federation", "grid",
+            "adapters", "tools", "orchestrate", "tuner"} <= covered  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "service",
-    ["memory", "llm", "embed", "session", "align", "router", "federation", "grid", "status", "echo"],
+    [
+        "memory",
+        "llm",
+        "embed",
+        "session",
+        "align",
+        "router",
+        "federation",
+        "grid",
+        "adapters",
+        "tools",
+        "orchestrate",
+        "tuner",
+        "status",
+        "echo",
+    ],  # fmt: skip
 )
 def test_random_bodies_get_valid_replies_or_typed_errors(fuzz_box, service):
     ops = [op for s, op in service_ops(fuzz_box) if s == service]

@@ -61,9 +61,10 @@ def test_a_long_user_string_is_cut_in_the_log():
 
 @pytest.fixture(scope="module")
 def box_process(tmp_path_factory, models_dir):
-    """A real `aether-box run` with its log, started under the common umask 022."""
+    """A real `aether-box run` with its log, started under umask 000 (files 0666 and dirs 0777
+    unless the box restricts them itself; the common 022 gave the 0755/0644 found)."""
     data_dir = tmp_path_factory.mktemp("found")
-    old = os.umask(0o022)
+    old = os.umask(0o000)
     try:
         running = BoxProcess(data_dir, "--set", f"models.dir={models_dir}")
     finally:
@@ -97,7 +98,7 @@ def test_a_megabyte_name_is_refused_at_once_and_stalls_no_one(box_process):
 
 def test_the_data_dir_and_every_file_are_private_whatever_the_umask(box_process):
     data_dir = box_process.data_dir
-    old = os.umask(0o022)
+    old = os.umask(0o000)
     try:
         from click.testing import CliRunner
 

@@ -95,6 +95,32 @@ async def test_services_health_and_sections_show_the_real_box(box):
                 assert not panel.table.display
 
 
+async def test_health_shows_each_way_ins_scope_and_the_event_queue(box):
+    """Access scopes, refusals, and the events' byte bound and drops, as `status` has them."""
+    from aether_box.bus.events import MAX_EVENT_BYTES
+    from aether_box.client import Client
+    from aether_box.errors import Forbidden
+
+    def refuse_one() -> None:  # plain loopback tcp is `use`: dropping a collection is refused
+        with Client(box.tcp_endpoint, data_dir=box.data_dir, timeout=5, curve=False) as tcp:
+            with pytest.raises(Forbidden):
+                tcp.request("memory", {"op": "drop", "collection": "c", "missing_ok": True})
+
+    await anyio.to_thread.run_sync(refuse_one)
+    # An event over the byte bound is dropped and counted under its topic.
+    huge = {"payload": "x" * MAX_EVENT_BYTES}
+    await anyio.to_thread.run_sync(box.portal.call, box.box.events.publish, "flood.huge", huge)
+    app = make_app(box)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: "this dashboard" in screen_text(app), what="access")
+        text = screen_text(app)
+        assert "ipc admin, tcp use, CURVE off" in text
+        assert "this dashboard admin; 1 refused" in text
+        assert "1 dropped (flood 1)" in text
+        assert "at most 15.6 MiB held a subscriber" in text
+        assert str(box.data_dir) in text  # the rows above it leave it room
+
+
 async def test_refreshes_every_second_with_request_rate(box):
     app = make_app(box)
     stop = threading.Event()
@@ -239,6 +265,7 @@ async def test_attaches_over_tcp_with_curve(data_dir):
             await wait_until(pilot, lambda: app.connected and app.events_seen > 0, what="link")
             assert app.report["curve"] is True
             assert f"● connected {box.tcp_endpoint}" in screen_text(app)
-            assert "CURVE    on" in screen_text(app)
+            assert "ipc admin, tcp use, CURVE on" in screen_text(app)
+            assert "this dashboard its key's scope" in screen_text(app)
     finally:
         await anyio.to_thread.run_sync(box.stop)

@@ -45,12 +45,13 @@ REPORT = {
             ("status", 3700, 0, 0, 0, 0.52, 1.9),
         ]
     },
-    "rejected": {"bad_frames": 2},
+    "rejected": {"bad_frames": 2, "forbidden": 1},
     "endpoints": {
         "bus": ["ipc:///data/bus.sock", "tcp://127.0.0.1:7745"],
         "events": ["ipc:///data/events.sock", "tcp://127.0.0.1:7746"],
     },
-    "events": {"published": 9000, "dropped": {}},
+    "events": {"published": 9000, "dropped": {"log": 3}, "seq": 9000, "queue_bytes_max": 16384000},
+    "access": {"ipc": "admin", "loopback_tcp": "use", "curve": "the key's scope"},
     "data_dir": "/data",
     "curve": True,
     # The shapes below are what the engines and memory components report today.

@@ -529,8 +529,9 @@ class AdaptersService(OpService):
 
     async def op_add(self, request: Request) -> dict[str, Any]:
         body = request.body
+        name = require(body, "name", str) if body.get("name") is not None else None
         return await self.component.add(
-            require(body, "path", str), require(body, "base", str), body.get("name")
+            require(body, "path", str), require(body, "base", str), name
         )
 
     async def op_list(self, request: Request) -> dict[str, Any]:

@@ -54,8 +54,9 @@ READ_OPS: Mapping[str, frozenset[str]] = {
     "llm": frozenset({"models"}),
     "router": frozenset({"routes"}),
     "align": frozenset({"list", "fidelity"}),
-    "adapters": frozenset({"list"}),
+    "adapters": frozenset({"list", "show", "wait"}),
     "tuner": frozenset({"list", "log", "status"}),
+    "tools": frozenset({"list"}),
 }
 # Ops that destroy or reconfigure.
 ADMIN_OPS: Mapping[str, frozenset[str]] = {
@@ -64,7 +65,8 @@ ADMIN_OPS: Mapping[str, frozenset[str]] = {
     "grid": frozenset({ANY_OP}),  # but the reads above
     "models": frozenset({ANY_OP}),
     "llm": frozenset({"load", "unload"}),
-    "align": frozenset({"delete", "drop"}),
+    "align": frozenset({"delete", "drop", "promote", "rollback"}),  # what every app is served
+    "router": frozenset({"threshold"}),  # every app's routing
     "adapters": frozenset({ANY_OP}),
     "tuner": frozenset({ANY_OP}),
 }

@@ -11,7 +11,12 @@ __all__ = ["LatencyWindow", "ServiceStats", "error_code"]
 
 # Error codes that say the caller asked for something wrong: counted apart from the box's own
 # errors, so a client's mistakes never raise an alert about the box.
-CLIENT_ERROR_CODES = frozenset({"bad_request", "bad_frames", "not_found", "too_large", "forbidden"})
+# The caller's to fix or to choose otherwise (what it sent, or asked of a setting or an adapter
+# that says no): counted apart from the box's own errors, which alerts watch.
+CLIENT_ERROR_CODES = frozenset(
+    {"bad_request", "bad_frames", "not_found", "too_large", "forbidden", "not_allowed",
+     "adapter_pruned", "adapter_in_use"}
+)  # fmt: skip
 
 
 def error_code(reply: dict) -> str | None:

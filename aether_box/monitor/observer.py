@@ -109,7 +109,8 @@ def alerts_for(window: Window, settings: MonitorSettings) -> list[dict[str, Any]
                 "kind": "rejected",
                 "subject": "bus",
                 "message": f"the bus refused messages in the last {window.seconds:.0f} s "
-                f"({reasons}); a client is sending malformed or oversized requests",
+                f"({reasons}); a client is sending malformed or oversized requests"
+                + (", or ops its scope does not allow" if "forbidden" in window.rejected else ""),
             }
         )
     if settings.alert_rss_mb and window.rss_mb >= settings.alert_rss_mb:

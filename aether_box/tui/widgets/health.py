@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from aether_box.status_view import tools_line
-from aether_box.tui.view import MISSING, fmt_count, fmt_duration, fmt_float
+from aether_box.tui.view import MISSING, fmt_bytes, fmt_count, fmt_duration, fmt_float
 
 __all__ = ["HealthPanel"]
 
@@ -31,12 +31,14 @@ class HealthPanel(Static):
         self.report: dict[str, Any] = {}
         self.state = Text("connecting…", style="bold yellow")
         self.stale = False
+        self.endpoint = ""
 
     def on_mount(self) -> None:
         self._render_panel()
 
     def show_connected(self, endpoint: str) -> None:
         self.state = Text.assemble(("● connected ", "bold green"), (endpoint, "green"))
+        self.endpoint = endpoint
         self.stale = False
         self._render_panel()
 
@@ -64,6 +66,21 @@ class HealthPanel(Static):
         self.report.update({k: summary[k] for k in HEARTBEAT_KEYS if k in summary})
         self._render_panel()
 
+    def _access_text(self, access: Mapping[str, Any], curve: str) -> str:
+        """Each way in's scope, this dashboard's own, and the ops refused for their scope."""
+        rejected = self.report.get("rejected")
+        refused = rejected.get("forbidden", 0) if isinstance(rejected, Mapping) else 0
+        if self.endpoint.startswith("ipc://"):
+            own = access.get("ipc", MISSING)
+        elif self.report.get("curve"):
+            own = "its key's scope"
+        else:
+            own = access.get("loopback_tcp", MISSING)
+        return (
+            f"ipc {access.get('ipc', MISSING)}, tcp {access.get('loopback_tcp', MISSING)}, {curve}"
+            f"\nthis dashboard {own}; {fmt_count(refused)} refused"
+        )
+
     def _render_panel(self) -> None:
         # After a disconnect the last figures stay, dimmed, so the user sees what was last known.
         grid = Table.grid(padding=(0, 1))
@@ -88,7 +105,13 @@ class HealthPanel(Static):
             )
             grid.add_row("bus", "\n".join(endpoints.get("bus", [])) or MISSING)
             grid.add_row("events", "\n".join(endpoints.get("events", [])) or MISSING)
-            grid.add_row("CURVE", "on" if r.get("curve") else "off")
+            if isinstance(r.get("events"), Mapping):
+                grid.add_row("", _events_text(r["events"]))
+            curve = f"CURVE {'on' if r.get('curve') else 'off'}"
+            if isinstance(r.get("access"), Mapping):
+                grid.add_row("access", self._access_text(r["access"], curve))
+            else:
+                grid.add_row("access", curve)
             http = r.get("http")
             if isinstance(http, Mapping) and http.get("url"):  # only boxes with the gateway
                 keys = http.get("keys") if isinstance(http.get("keys"), Mapping) else {}
@@ -103,3 +126,15 @@ class HealthPanel(Static):
         outer.add_row(self.state)
         outer.add_row(grid)
         self.update(outer)
+
+
+def _events_text(events: Mapping[str, Any]) -> str:
+    """Events sent and dropped (by topic), and what a stalled subscriber may hold at most."""
+    dropped = events.get("dropped") if isinstance(events.get("dropped"), Mapping) else {}
+    topics = ", ".join(f"{topic} {n}" for topic, n in sorted(dropped.items()))
+    total = sum(v for v in dropped.values() if isinstance(v, int))
+    return (
+        f"{fmt_count(events.get('published'))} sent, {fmt_count(total)} dropped"
+        + (f" ({topics})" if topics else "")
+        + f"\nat most {fmt_bytes(events.get('queue_bytes_max'))} held a subscriber"
+    )
