@@ -138,9 +138,17 @@ def top1(box: Client, pairs: PairSet) -> float:
     return retrieval(np.asarray(reply["vectors"]), pairs.b)["top1"]
 
 
-def search_top1(box: Client, texts: list[str], ids: list[str]) -> dict[str, float]:
-    """Memory search from SmolLM2 vectors: share finding their own text first, and paths."""
-    vectors = box.embed(SOURCE, texts)
+def search_top1(
+    box: Client, texts: list[str], ids: list[str], recipe: dict[str, Any]
+) -> dict[str, float]:
+    """Memory search from SmolLM2 vectors: share finding their own text first, and paths.
+
+    The queries are embedded with the projector's source recipe (its prompt and pooling), as
+    an app searching across models does: a plain vector would not be the projector's input.
+    """
+    vectors = box.request("embed", {"op": "embed", "model": SOURCE, "texts": texts, **recipe})[
+        "vectors"
+    ]
     hits, paths = 0, {"projector": 0, "proxy": 0}
     for text, key, vector in zip(texts, ids, vectors, strict=True):
         reply = box.request(
@@ -159,6 +167,8 @@ def loop(box: Client, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     fit = {"op": "fit", "from": SOURCE, "to": TARGET, "out_of_domain": ["docs"]}
     report = box.request("align", fit)
     fit_s = time.monotonic() - started
+    source = (report.get("recipes") or {}).get("source") or {}
+    recipe = {k: source[k] for k in ("prompt", "pooling") if source.get(k) not in (None, "mean")}
     held = far_and_home(data, args)
     before = {"far": top1(box, held["far"]), "in_domain": top1(box, held["in_domain"])}
     # One domain in memory: the glosses the projector was fitted on (their vectors are known).
@@ -166,16 +176,16 @@ def loop(box: Client, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     box.request("memory", {"op": "create", "collection": "kb", "model": TARGET})
     home_ids = box.request("memory", {"op": "add", "collection": "kb", "texts": home})["ids"]
     n = args.queries
-    home_search = search_top1(box, home[:n], home_ids[:n])
+    home_search = search_top1(box, home[:n], home_ids[:n], recipe)
     # The shift: far-domain texts arrive (never the held-out far set) and are asked for.
     new = docs[args.test_pairs : args.test_pairs + args.new_docs]
     shifted_at, shifted_wall = time.monotonic(), time.time()
     new_ids = box.request("memory", {"op": "add", "collection": "kb", "texts": new})["ids"]
-    far_search_before = search_top1(box, new[:n], new_ids[:n])
+    far_search_before = search_top1(box, new[:n], new_ids[:n], recipe)
     decision = wait_decision(box, "refit_projector", timeout=3600)
     loop_s = time.monotonic() - shifted_at
     after = {"far": top1(box, held["far"]), "in_domain": top1(box, held["in_domain"])}
-    far_search_after = search_top1(box, new[n : 2 * n], new_ids[n : 2 * n])
+    far_search_after = search_top1(box, new[n : 2 * n], new_ids[n : 2 * n], recipe)
     best = report["methods"][report["best"]]
     return {
         "far_top1_before": round(before["far"], 4),

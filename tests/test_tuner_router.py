@@ -73,6 +73,11 @@ def test_feedback_refits_a_threshold_that_rolls_back(models_dir: Path):
             assert threshold < 0.7
             again = client.request("router", {"op": "route", "text": "How do I cook pasta?"})
             assert again["route"] == "cooking"
+        # The applied threshold holds after a restart, and its rollback still works.
+        box.stop(timeout=30)
+        box = BoxInThread(data_dir, config)
+        with box.client(timeout=120) as client:
+            assert client.status()["router"]["min_score"]["cooking"] == threshold
             client.request("tuner", {"op": "rollback", "id": decision["id"]})
             assert client.status()["router"]["min_score"]["cooking"] == 0.7
     finally:

@@ -12,12 +12,16 @@ Ops:
 - ``refit``: new per-route thresholds from the feedback (aether_box.router.feedback), not
   applied: ``{promote, verdict, before, after, min_score: {route: threshold}}``.
 - ``threshold``: ``{"min_score": number | {route: number}}`` applies thresholds now ->
-  ``{"previous"}``.
+  ``{"previous"}``; they are kept in ``<data dir>/router-thresholds.json`` and hold after a
+  restart (for the routes the config still has).
 - ``routes``: the configured routes and the thresholds in force.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
@@ -28,10 +32,16 @@ from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
 from aether_box.engines.services import chat_for
 from aether_box.errors import BadRequest
+from aether_box.models.files import atomic_writer
 from aether_box.router.feedback import DecisionLog, refit_thresholds
 from aether_box.router.settings import RouterSettings
 
 __all__ = ["RouterComponent", "choose"]
+
+log = logging.getLogger(__name__)
+
+# Thresholds set by the `threshold` op (by hand or by the tuner), kept across restarts.
+THRESHOLDS_FILE = "router-thresholds.json"
 
 # Fields of a router `chat` request that are the router's, not sampling for the model.
 OWN_FIELDS = ("op", "text", "messages")
@@ -73,6 +83,7 @@ class RouterComponent(OpService):
         self._embedding = anyio.Lock()
         self.log = DecisionLog()
         self.thresholds = {name: self.settings.min_score for name in self.settings.routes}
+        self._kept = ctx.data_dir / THRESHOLDS_FILE
 
     async def serve(
         self,
@@ -80,6 +91,8 @@ class RouterComponent(OpService):
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        kept = await anyio.to_thread.run_sync(_read_thresholds, self._kept)
+        self.thresholds.update({k: v for k, v in kept.items() if k in self.thresholds})
         ctx.add_service("router", self)
         task_status.started()
 
@@ -120,7 +133,10 @@ class RouterComponent(OpService):
                 f"{sorted(self.thresholds)} to one"
             )
         previous = dict(self.thresholds)
-        self.thresholds.update({k: float(v) for k, v in wanted.items()})
+        chosen = {**self.thresholds, **{k: float(v) for k, v in wanted.items()}}
+        # On disk before it is in force: an acknowledged change survives a crash.
+        await anyio.to_thread.run_sync(_write_thresholds, self._kept, chosen)
+        self.thresholds = chosen
         return {"previous": previous, "min_score": dict(self.thresholds)}
 
     def status_section(self) -> dict[str, Any]:
@@ -189,3 +205,26 @@ class RouterComponent(OpService):
         body = {"op": "embed", "model": self.settings.embed_model, "texts": texts}
         reply = await self.ctx.call("embed", body)
         return np.asarray(reply["vectors"], dtype=np.float32)
+
+
+def _read_thresholds(path: Path) -> dict[str, float]:
+    """The thresholds kept by an earlier `threshold` op ({} when none or unreadable)."""
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        log.warning("%s is unreadable: the router uses router.min_score", path)
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {
+        k: float(v)
+        for k, v in found.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and -1 <= v <= 1
+    }
+
+
+def _write_thresholds(path: Path, thresholds: dict[str, float]) -> None:
+    with atomic_writer(path) as handle:
+        handle.write(json.dumps(thresholds, indent=1).encode())
