@@ -175,8 +175,18 @@ def test_a_projector_fit_killed_midway_leaves_the_old_projector_whole(data_dir, 
             next(replies)  # it is working
             if when == "saving":
                 root = pair.parent
-                wait_for(lambda: any(p.name.startswith(".") for p in root.iterdir()), 600,
-                         "the new projector being written")  # fmt: skip
+
+                # The write takes milliseconds: a poll may see it, or only its result
+                # (kill right after the swap, then). tests/test_align_store.py kills at
+                # every step of the swap deterministically.
+                def writing() -> bool:
+                    try:
+                        swapped = (pair / "report.json").read_text() != before
+                    except FileNotFoundError:  # between the swap's two renames
+                        return True
+                    return swapped or any(p.name.startswith(".") for p in root.iterdir())
+
+                wait_for(writing, 600, "the new projector being written")
             box.process.send_signal(signal.SIGKILL)
             box.process.wait(10)
             with contextlib.suppress(BoxError):
