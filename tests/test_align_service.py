@@ -318,14 +318,14 @@ def test_the_coherence_report_covers_the_pairs_through_the_hub(fitted_box: Fitte
         list(client.stream("align", body, timeout=600))
         report = client.request("align", {"op": "report"}, timeout=120)
         status = client.status()
+        # The served projector's own held-out figures (an earlier test in this module may
+        # have refitted it on other texts): the report reads the same stored legs.
+        served = {p["name"]: p for p in client.request("align", {"op": "list"})["projectors"]}
     assert report["hub"] == "minilm" and report["models"] == ["minilm", "smollm2"]
     rows = {(r["from"], r["to"]): r for r in report["pairs"]}
     assert set(rows) == {("minilm", "smollm2"), ("smollm2", "minilm")}
     forward = rows[("smollm2", "minilm")]["in"]
-    assert (
-        forward["n"] == TEST_PAIRS
-        and forward["top1"]
-        == fitted_box.report["methods"][fitted_box.report["best"]]["in_domain"]["top1"]
-    )
+    held = served["smollm2->minilm"]["in_domain"]
+    assert forward["n"] == held["n"] and forward["top1"] == pytest.approx(held["top1"], abs=1e-4)
     assert 0 <= forward["proxy_share"] <= 1 and forward["margin_auc"] is not None
     assert status["align"]["coherence"]["smollm2->minilm"]["in"] == forward["top1"]
