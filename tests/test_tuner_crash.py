@@ -43,7 +43,6 @@ def _kill_when_promoting(box: BoxProcess, pair: Path, timeout: float) -> None:
     box.process.wait(10)
 
 
-@pytest.mark.slow  # a fit and a refit with SmolLM2 embeddings: 8.7 min at load 10-19 here
 @pytest.mark.timeout(900)
 def test_kill_9_while_promoting_leaves_log_and_projector_agreeing(data_dir: Path, models_dir: Path):
     glosses, docs = load_set("glosses"), load_set("docs")
