@@ -153,7 +153,13 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_generation(gateway):
     cancelled_before = llm()["cancelled"]
     url = urlsplit(gateway.url)
     body = json.dumps(
-        {"model": "smollm2", "messages": CHAT, "stream": True, "max_tokens": 4000, "seed": 3}
+        {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Tell me a very long story about a dragon."}],
+            "stream": True,
+            "max_tokens": 4000,
+            "temperature": 0,  # greedy: this answer runs for hundreds of tokens, not a few
+        }
     ).encode()
     sock = socket.create_connection((url.hostname, url.port), timeout=60)
     sock.sendall(
@@ -166,6 +172,7 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_generation(gateway):
         chunk = sock.recv(65536)
         assert chunk, received
         received += chunk
+    assert b"finish_reason\":\"" not in received.replace(b" ", b""), "answered before the hang-up"
     sock.close()
     hung_up = time.monotonic()
     wait_for(lambda: llm()["in_flight"] == 0, 10, "the generation to stop")
