@@ -51,7 +51,13 @@ from aether_box.align.corpus import BUILTIN_SETS, load_set
 from aether_box.align.export import OnnxProjector
 from aether_box.align.fitting import TextPlan, fit_pair, held_out_sets, plan_texts
 from aether_box.align.pairs import PairSet, make_pairs, model_key
-from aether_box.align.recipes import Recipe, check_recipe, recipe_of_report
+from aether_box.align.recipes import (
+    Recipe,
+    check_recipe,
+    check_target_recipe,
+    model_recipe,
+    recipe_of_report,
+)
 from aether_box.align.refit import refit, split_new
 from aether_box.align.settings import AlignSettings
 from aether_box.align.store import ProjectorStore, pair_name
@@ -159,7 +165,11 @@ class AlignService(OpService):
         if isinstance(gate, bool) or not isinstance(gate, int | float) or not 0 <= gate <= 1:
             raise BadRequest(f"'gate' must be a number from 0 to 1, got {gate!r}")
         legs = await self._route(source, target)
-        check_recipe(body.get("recipe"), legs[0].report)  # RecipeMismatch: never projected
+        # RecipeMismatch, never projected: a vector made another way than the first leg's
+        # source, or a destination (a collection) holding vectors unlike the last leg's target.
+        check_recipe(body.get("recipe"), legs[0].report)
+        where = f"collection {body['collection']!r}" if body.get("collection") else "the target"
+        check_target_recipe(body.get("target_recipe"), legs[-1].report, where)
         out = await self._run_legs(legs, x)
         agreement = out["agreement"]
         accepted = agreement >= gate
@@ -581,7 +591,7 @@ class AlignService(OpService):
 
         def read() -> dict[str, Recipe]:  # the store reads the manifest: off the loop
             store = ModelStore(models_dir)
-            return {name: _recipe(store, name) for name in names}
+            return {name: model_recipe(store, name) for name in names}
 
         found = await anyio.to_thread.run_sync(read)
         self._recipe_by_model.update(found)
@@ -615,20 +625,6 @@ class _ThreadProgress:
             anyio.from_thread.run(
                 self.request.partial, {"stage": "fit", "step": step, "fraction": round(fraction, 3)}
             )
-
-
-def _recipe(store: Any, name: str) -> Recipe:
-    """`name`'s weights digest (manifest sha256 for kit models, else file stat) and recipe."""
-    info = store.info(name)  # NotFound, listing installed models, when absent
-    spec = store.manifest.models.get(name) if info.source == "kit" else None
-    if spec is not None:
-        digest = "+".join(f.sha256 for f in spec.files)
-        if info.kind == "gguf":
-            return Recipe(name, digest, spec.embed_prompt, spec.embed_pooling or "mean")
-        return Recipe(name, digest)
-    path = info.path
-    stat = path.stat()
-    return Recipe(name, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
 
 
 def _via(legs: list[Served]) -> Served:
