@@ -257,6 +257,10 @@ def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox)
             align.settings.gate = 0.8
         section = client.status()["align"]["projectors"]["smollm2->minilm"]
     assert through["path"] == "projector" and through["alignment"]["accepted"] is True
+    # The combined gate judged the projection on the search's own two nearest records.
+    first, second = through["results"][:2]
+    assert through["alignment"]["margin"] == pytest.approx(first["score"] - second["score"], 1e-3)
+    assert 0.0 < through["alignment"]["combined"] < 1.0
     assert proxied["path"] == "proxy" and proxied["alignment"]["accepted"] is False
     assert proxied["results"][0]["text"] == query  # the native query finds its own text
     assert query in [hit["text"] for hit in through["results"]]

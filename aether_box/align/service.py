@@ -2,16 +2,21 @@
 
 Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames)::
 
-    project   from, to, vector (d,) | vectors (n, d), [text], [collection], [gate], [recipe]
+    project   from, to, vector (d,) | vectors (n, d), [text], [collection], [gate], [recipe],
+              [target_recipe]
               -> {vector (d_to,) | vectors (n, d_to), agreement, accepted, gate,
-                  projector, method}
+                  projector, method, recipe, [combined_coef]}
               agreement: the gate's probability that the projection finds the native top-1
               (float, or an (n,) float32 array for `vectors`; see gate.py); accepted: agreement >= gate (the [align]
               gate, or the request's own `gate`): a bool, or an (n,) uint8 array for
               `vectors`. With no direct projector, A -> hub -> B (hub.py; projector names
               the route). `recipe` (an id, or {prompt, pooling}) states how the vector was
               made: another recipe than the projector's is refused (RecipeMismatch; see
-              recipes.py), never projected. NotFound when no projector was fitted.
+              recipes.py), never projected; so is a `target_recipe` ({prompt, pooling} of the
+              vectors the projection will be compared with, e.g. a collection's) unlike the
+              projector's target side. combined_coef: the calibration of the combined gate
+              (agreement and collection margin, gate.combine) that memory's cross-model search
+              applies once it has searched. NotFound when no projector was fitted.
     list      -> {projectors: [summary], gate}
     fidelity  from, to -> the full fit report (every method, held-out figures, gate calibration)
     pairs     from, to, [texts | corpus | collection] -> {n, cached, corpus, from_key, to_key}
@@ -194,6 +199,11 @@ class AlignService(OpService):
             "gate": float(gate),
             "recipe": recipe_of_report(legs[0].report, "source").get("id") or "plain",
         }
+        # The combined gate's calibration (gate.combine), for a caller that searches a
+        # collection with the projection (memory): the last leg's, as coherence.py judges it.
+        combined = legs[-1].report["gate"].get("calibration", {}).get("combined_coef")
+        if combined is not None:
+            reply["combined_coef"] = combined
         if single:
             reply.update(
                 vector=out["y"][0], agreement=float(agreement[0]), accepted=bool(accepted[0])

@@ -67,6 +67,7 @@ import anyio
 import anyio.abc
 import numpy as np
 
+from aether_box.align.gate import combine
 from aether_box.align.recipes import PLAIN, model_recipe, options_of
 from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
@@ -351,15 +352,30 @@ class MemoryService(OpService):
             raise BadRequest("hybrid search needs the query 'text' for its keyword half")
         where = compile_filter(body.get("where"))  # a bad filter fails before any embedding
         query, route = await self._query_vector(collection, body, text)
-        hits = await self.memory.search(
+        search = partial(
+            self.memory.search,
             collection.name,
-            query,
-            k,
             where=where,
             keywords=text if hybrid else None,
             index=index,
             vectors=bool(body.get("include_vectors")),
         )
+        judge = route.pop("judge", None)
+        if judge is None or hybrid:
+            hits = await search(query, k)
+        else:  # the combined gate needs the projection's two nearest records
+            hits = await search(query, max(k, 2))
+            if not _passes(route["alignment"], hits, judge):
+                query, route = await self._proxy(
+                    collection,
+                    text,
+                    route["alignment"],
+                    f"the projection's combined agreement {route['alignment']['combined']} "
+                    f"(agreement and collection margin) is below the gate "
+                    f"{route['alignment']['gate']}",
+                )
+                hits = await search(query, k)
+            hits = hits[:k]
         reply: dict[str, Any] = {
             "results": [h.to_wire() for h in hits],
             **route,
@@ -442,6 +458,11 @@ class MemoryService(OpService):
         alignment = {
             k: reply.get(k) for k in ("projector", "method", "agreement", "gate", "accepted")
         }
+        coef = reply.get("combined_coef")
+        if coef and collection.metric == "cosine" and reply.get("vector") is not None:
+            # Judged once the collection is searched (_passes): agreement and margin combined.
+            projected = vectors_field(reply["vector"], collection, key="projected vector")[0]
+            return projected, {"path": "projector", "alignment": alignment, "judge": coef}
         if reply.get("accepted", True) and reply.get("vector") is not None:
             projected = vectors_field(reply["vector"], collection, key="projected vector")[0]
             return projected, {"path": "projector", "alignment": alignment}
@@ -583,6 +604,21 @@ class MemoryComponent:
 async def _off_loop(work: Callable[[], T]) -> T:
     """Run CPU-bound checking in a worker thread."""
     return await anyio.to_thread.run_sync(work)
+
+
+def _passes(alignment: dict[str, Any], hits: list[Any], coef: list[float]) -> bool:
+    """The combined gate (aether_box.align.gate.combine): is the projection's agreement,
+    with the margin of its nearest record over the next, likely enough to find the native
+    top-1? Records `margin`, `combined` and `accepted` in `alignment`. With fewer than two
+    records there is no margin: the agreement alone decides."""
+    if len(hits) < 2:
+        alignment["accepted"] = alignment["agreement"] >= alignment["gate"]
+        return bool(alignment["accepted"])
+    gap = float(hits[0].score - hits[1].score)
+    combined = float(combine(alignment["agreement"], [gap], coef)[0])
+    alignment.update(margin=round(gap, 4), combined=round(combined, 4))
+    alignment["accepted"] = combined >= alignment["gate"]
+    return bool(alignment["accepted"])
 
 
 def _check_recipe(given: Any, collection: Collection, what: str) -> None:
