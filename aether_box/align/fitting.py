@@ -156,7 +156,9 @@ def fit_pair(
         results[method]["onnx_max_abs_diff"] = float(diff)
     margin_coef, combined_coef = gate_fit.get("margin_coef"), gate_fit.get("combined_coef")
     gate_report = {
-        name: calibrate(gate, projectors[best], ps.a, ps.b, margin_coef, combined_coef)
+        name: calibrate(
+            gate, projectors[best], ps.a, ps.b, margin_coef=margin_coef, combined_coef=combined_coef
+        )
         for name, ps in held.items()
     }
     if progress:
