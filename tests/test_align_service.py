@@ -255,7 +255,9 @@ def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox)
             proxied = client.request("memory", body)
         finally:
             align.settings.gate = 0.8
-        section = client.status()["align"]["projectors"]["smollm2->minilm"]
+        status = client.status()
+        section = status["align"]["projectors"]["smollm2->minilm"]
+        cross = status["memory"]["cross_model"]
     assert through["path"] == "projector" and through["alignment"]["accepted"] is True
     # The combined gate judged the projection on the search's own two nearest records.
     first, second = through["results"][:2]
@@ -265,6 +267,7 @@ def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox)
     assert proxied["results"][0]["text"] == query  # the native query finds its own text
     assert query in [hit["text"] for hit in through["results"]]
     assert section["proxied"] >= 1 and section["accepted"] >= 1
+    assert cross["projector"] >= 1 and cross["proxy"] >= 1 and cross["refused"] >= 1
 
 
 def test_fit_from_a_collection_reuses_its_vectors(fitted_box: FittedBox) -> None:

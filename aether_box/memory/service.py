@@ -107,6 +107,8 @@ class MemoryService(OpService):
         self.ctx = ctx
         self.memory = memory
         self.settings = memory.settings
+        # Cross-model searches by outcome: "projector", "proxy", or "refused" (RecipeMismatch).
+        self.cross_model: dict[str, int] = {"projector": 0, "proxy": 0, "refused": 0}
 
     # ----------------------------------------------------------------- collections
 
@@ -376,6 +378,8 @@ class MemoryService(OpService):
                 )
                 hits = await search(query, k)
             hits = hits[:k]
+        if route["path"] in self.cross_model:
+            self.cross_model[route["path"]] += 1
         reply: dict[str, Any] = {
             "results": [h.to_wire() for h in hits],
             **route,
@@ -405,7 +409,11 @@ class MemoryService(OpService):
         if query_model is None or query_model == collection.model:
             _check_recipe(body.get("query_recipe"), collection, "the query vector")
             return vectors_field(vector, collection, key="vector", rows=1)[0], {"path": "native"}
-        return await self._align(collection, vector, query_model, text, body)
+        try:
+            return await self._align(collection, vector, query_model, text, body)
+        except RecipeMismatch:
+            self.cross_model["refused"] += 1
+            raise
 
     async def _align(
         self,
@@ -593,6 +601,7 @@ class MemoryComponent:
                 info["scan_threads"] = index.scan_threads
             collections[collection.name] = info
         return {
+            "cross_model": dict(self.service.cross_model),
             "db": str(self.settings.db_path),
             "db_mb": round(memory.db_bytes / 2**20, 2),
             "index": self.settings.index,
