@@ -61,6 +61,7 @@ from aether_box.align.recipes import (
     check_recipe,
     check_target_recipe,
     model_recipe,
+    options_of,
     recipe_of_report,
 )
 from aether_box.align.refit import refit, split_new
@@ -418,12 +419,14 @@ class AlignService(OpService):
                     f"fitted (now {recipes[name_].id}); its pairs cannot be mixed with new "
                     f"ones: fit it again (`aether-box align fit --from {source} --to {target}`)"
                 )
-        if recipes[target].embed_options():
-            raise BadRequest(
-                f"{target} embeds for alignment with a prompt or pooling of its own, so a "
-                "collection's plain vectors cannot be its targets; refit from texts instead"
+        texts, vectors, model, kind = await self._collection(name)
+        if kind != _recipe_options(recipes[target]):
+            raise RecipeMismatch(
+                f"collection {name!r} holds vectors made with {kind}, but {target} embeds for "
+                f"alignment with {_recipe_options(recipes[target])}, so they cannot be its "
+                "targets; refit from texts instead, or from a collection created with "
+                '"recipe": "align"'
             )
-        texts, vectors, model = await self._collection(name)
         if model != target:
             raise BadRequest(
                 f"collection {name!r} holds {model!r} vectors, not {target!r}'s; refit "
@@ -515,7 +518,7 @@ class AlignService(OpService):
         if collection is not None:
             if not isinstance(collection, str):
                 raise BadRequest("'collection' must be a collection name")
-            texts, vectors, model = await self._collection(collection)
+            texts, vectors, model, kind = await self._collection(collection)
             sets = _ood(ood, default=False)
             plan = await anyio.to_thread.run_sync(
                 lambda: plan_texts(
@@ -527,9 +530,9 @@ class AlignService(OpService):
                     standard=standard,
                 )
             )
-            # The collection's vectors are plain `embed` output: reused only where the
-            # target's alignment recipe is plain too.
-            if model == target and not (await self._recipes(target))[target].embed_options():
+            # The collection's vectors are reused only where they were made with the target's
+            # alignment recipe.
+            if model == target and kind == _recipe_options((await self._recipes(target))[target]):
                 plan.attach_target(texts, vectors)
             return plan
         if corpus is not None and corpus not in BUILTIN_SETS:
@@ -551,10 +554,12 @@ class AlignService(OpService):
             )
         )
 
-    async def _collection(self, name: str) -> tuple[list[str], np.ndarray, str]:
-        """Texts, vectors and model of a memory collection (paged through `memory list`)."""
+    async def _collection(self, name: str) -> tuple[list[str], np.ndarray, str, dict[str, Any]]:
+        """Texts, vectors, model and recipe ({prompt, pooling}) of a memory collection (paged
+        through `memory list`)."""
         info = await self.ctx.call("memory", {"op": "info", "collection": name})
         model = info["collection"]["model"]
+        kind = options_of(info["collection"].get("recipe"))
         texts: list[str] = []
         vectors: list[np.ndarray] = []
         cursor = 0
@@ -577,7 +582,7 @@ class AlignService(OpService):
         if not texts:
             raise BadRequest(f"collection {name!r} has no texts to make pairs from")
         unique = dict(zip(texts, vectors, strict=True))  # later duplicates win; order kept
-        return list(unique), np.asarray(list(unique.values()), np.float32), model
+        return list(unique), np.asarray(list(unique.values()), np.float32), model, kind
 
     async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
         recipe = self._recipe_by_model.get(model)
@@ -635,6 +640,11 @@ class _ThreadProgress:
             anyio.from_thread.run(
                 self.request.partial, {"stage": "fit", "step": step, "fraction": round(fraction, 3)}
             )
+
+
+def _recipe_options(recipe: Recipe) -> dict[str, Any]:
+    """{prompt, pooling} of a recipe, as a collection records its own."""
+    return {"prompt": recipe.prompt, "pooling": recipe.pooling}
 
 
 def _via(legs: list[Served]) -> Served:
