@@ -112,7 +112,7 @@ def coherence(store: ProjectorStore, hub: str, gate: float, n: int = 1000) -> di
                 pairs = first if len(legs) == 1 else composed_pairs(first, last)
                 if pairs is None or len(pairs) < 5:
                     continue
-                coef = legs[-1][2]["gate"].get("calibration", {}).get("combined_coef")
+                coef = (legs[-1][2].get("gate") or {}).get("calibration", {}).get("combined_coef")
                 figures = _judge([(p, g) for p, g, _ in legs], pairs, gate, n, coef)
                 scores.append(figures.pop("_scores"))
                 if direct is not None:

@@ -202,7 +202,7 @@ class AlignService(OpService):
         }
         # The combined gate's calibration (gate.combine), for a caller that searches a
         # collection with the projection (memory): the last leg's, as coherence.py judges it.
-        combined = legs[-1].report["gate"].get("calibration", {}).get("combined_coef")
+        combined = (legs[-1].report.get("gate") or {}).get("calibration", {}).get("combined_coef")
         if combined is not None:
             reply["combined_coef"] = combined
         if single:
