@@ -15,8 +15,8 @@ every pair through the hub on the same held-out texts, beside the direct project
 
 How long: the embedding dominates. Each model embeds 1,200 + 3 x 500 = 2,700 texts at the
 default scale (SmolLM2 ~100 prompt tokens/s per thread here, Gemma 3 270M about half that):
-about 10-15 minutes on a quiet 2-core machine for the first run, several times that on a
-busy one (--max-pairs 150 --test-pairs 60 --methods ridge,procrustes took 33 minutes
+about 25-30 minutes on a quiet 2-core machine for the first run (SmolLM2 ~8, Gemma ~15,
+MiniLM ~1, then the fits), several times that on a busy one (--max-pairs 150 --test-pairs 60 --methods ridge,procrustes took 33 minutes
 under `nice` at load ~10, its rerun from the cache with --models smollm2 --no-direct 7). Every
 model's vectors are cached on disk per model and recipe, in the data dir (default
 ~/.cache/aether-box/bench-align, under align/vectors/<model>-<digest of weights and
