@@ -253,6 +253,8 @@ def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox)
             through = client.request("memory", body)
             align.settings.gate = 1.0  # none does: the box re-embeds the text with minilm
             proxied = client.request("memory", body)
+            # Hybrid scores are fused ranks, no margin: the agreement alone decides there.
+            hybrid = client.request("memory", {**body, "hybrid": True})
         finally:
             align.settings.gate = 0.8
         status = client.status()
@@ -265,6 +267,7 @@ def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox)
     assert 0.0 < through["alignment"]["combined"] < 1.0
     assert proxied["path"] == "proxy" and proxied["alignment"]["accepted"] is False
     assert proxied["results"][0]["text"] == query  # the native query finds its own text
+    assert hybrid["path"] == "proxy" and "combined" not in hybrid["alignment"]
     assert query in [hit["text"] for hit in through["results"]]
     assert section["proxied"] >= 1 and section["accepted"] >= 1
     assert cross["projector"] >= 1 and cross["proxy"] >= 1 and cross["refused"] >= 1

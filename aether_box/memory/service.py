@@ -363,18 +363,23 @@ class MemoryService(OpService):
             vectors=bool(body.get("include_vectors")),
         )
         judge = route.pop("judge", None)
-        if judge is None or hybrid:
+        if judge is None:
             hits = await search(query, k)
         else:  # the combined gate needs the projection's two nearest records
+            # (hybrid scores are fused ranks, not cosines: the agreement alone decides there)
             hits = await search(query, max(k, 2))
-            if not _passes(route["alignment"], hits, judge):
+            if not _passes(route["alignment"], [] if hybrid else hits, judge):
+                judged = route["alignment"]
+                score = (
+                    f"combined agreement {judged['combined']} (agreement and collection margin)"
+                    if "combined" in judged
+                    else f"agreement {judged['agreement']}"
+                )
                 query, route = await self._proxy(
                     collection,
                     text,
-                    route["alignment"],
-                    f"the projection's combined agreement {route['alignment']['combined']} "
-                    f"(agreement and collection margin) is below the gate "
-                    f"{route['alignment']['gate']}",
+                    judged,
+                    f"the projection's {score} is below the gate {judged['gate']}",
                 )
                 hits = await search(query, k)
             hits = hits[:k]
