@@ -7,8 +7,10 @@ from pathlib import Path
 import apsw
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from fixtures_box import BoxInThread
 
+from aether_box.cli import cli
 from aether_box.errors import BadRequest, RecipeMismatch
 from aether_box.memory.store import SCHEMA_VERSION
 
@@ -73,8 +75,22 @@ def test_a_schema_1_database_gets_recipes_and_its_collections_stay_plain(data_di
         with box.client(timeout=30) as client:
             again = client.request("memory", {"op": "info", "collection": "new"})["collection"]
             assert again["recipe"] == LAST
+        # An export carries the recipe; its import re-creates it and states it for the vectors.
+        exported = data_dir / "new.jsonl"
+        _cli(box, "export", "new", str(exported))
+        _cli(box, "import", str(exported), "--collection", "copy")
+        with box.client(timeout=30) as client:
+            copy = client.request("memory", {"op": "info", "collection": "copy"})["collection"]
+            assert copy["recipe"] == LAST and copy["count"] == 1
     finally:
         box.stop()
     conn = apsw.Connection(str(data_dir / "memory.db"))
     assert conn.pragma("user_version") == SCHEMA_VERSION == 2
     conn.close()
+
+
+def _cli(box: BoxInThread, *args: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["--data-dir", str(box.data_dir), "--endpoint", box.endpoint, "memory", *args]
+    )
+    assert result.exit_code == 0, result.output
