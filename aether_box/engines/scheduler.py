@@ -96,6 +96,7 @@ class Job:
         # them (an array (n_tokens, n_vocab)) instead of generating.
         self.score = score
         self.scores: list[Any] = []
+        self.home: Any = None  # the generator whose scheduler runs it (a baked copy's), if not the one that made it
         self.session = session
         self.saved = saved  # this session's state on disk, if its tokens start the prompt
         self.params = params
@@ -225,6 +226,11 @@ class Scheduler:
         with self._lock:
             self._releases.append((handle, unused, free))
             self._wake.set()
+
+    def idle(self) -> bool:
+        """No request runs or waits."""
+        with self._lock:
+            return not self._running and not self._waiting
 
     def close(self) -> None:
         """Stop the thread (requests still in it end as cancelled), save the sessions' states
