@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fixtures_adapters import TRAINED, random_lora, write_random
 
@@ -21,6 +19,8 @@ from aether_box.engines.baked import BakePolicy
 from aether_box.engines.generation import AdapterRef, GenerationParams, adapter_key
 from aether_box.engines.generator import LlamaGenerator
 from aether_box.errors import BadRequest
+from aether_box.monitor.metrics import _model_families
+from aether_box.tui.view import baked_rows
 
 
 def run(engine: LlamaGenerator, make: Callable[[Callable[[Any], None]], Any]) -> Any:
@@ -95,9 +95,7 @@ def test_a_failed_bake_leaves_no_file(tmp_path, smollm2_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_hot_set_is_served_from_its_baked_copy_and_the_base_stays_exact(
-    tmp_path, smollm2_path
-):
+def test_a_hot_set_is_served_from_its_baked_copy_and_the_base_stays_exact(tmp_path, smollm2_path):
     directory = tmp_path / "baked"
     directory.mkdir()
     (directory / ".left-by-a-crash.gguf.1.tmp").write_bytes(b"half")
@@ -115,7 +113,9 @@ def test_a_hot_set_is_served_from_its_baked_copy_and_the_base_stays_exact(
         params = GenerationParams(max_tokens=12, temperature=0.0)
 
         def complete(adapters: list[AdapterRef]) -> Any:
-            return run(engine, lambda d: engine.prepare(tokens, params, None, d, "t", None, adapters))
+            return run(
+                engine, lambda d: engine.prepare(tokens, params, None, d, "t", None, adapters)
+            )
 
         base_before = complete([])
         complete(refs)
@@ -135,6 +135,12 @@ def test_a_hot_set_is_served_from_its_baked_copy_and_the_base_stays_exact(
         assert baked["memory_mb"] > 90 and stats["baked_mb"] == baked["memory_mb"]
         assert baked["types"] == {"Q8_0": 60}
         assert engine.extra_memory_bytes == copy.memory_bytes
+        shown = {"loaded": [{"name": "smollm2", "role": "generate", "scheduler": stats}]}
+        (row,) = baked_rows(shown).values()
+        assert row[:3] == ("⤷ smollm2 baked 1", "baked · Q8_0", "ready") and row[7] == key
+        metrics = {m.name: m for m in _model_families(shown)}
+        (sample,) = metrics["aether_box_model_baked_memory_bytes"].samples
+        assert sample.value == baked["memory_mb"] * 2**20
         # Its KV is its own: a second request with the same prompt reuses the copy's cache.
         again = complete(refs)
         assert again.cached_tokens == len(tokens) - 1
