@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fixtures_adapters import TRAINED, random_lora, write_random
+from fixtures_box import wait_for
 
 from aether_box.adapters.bake import bake
 from aether_box.adapters.gguf_header import read_layout
@@ -151,3 +152,42 @@ def test_a_hot_set_is_served_from_its_baked_copy_and_the_base_stays_exact(tmp_pa
         assert engine.stats()["baked"] == []
     finally:
         engine.close()
+
+
+def test_a_box_bakes_a_hot_set_and_shows_the_copy_in_status(adapter_box):
+    chat = {
+        "op": "chat",
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "What is the tallest mountain?"}],
+        "max_tokens": 12,
+        "temperature": 0.0,
+        "adapters": [{"name": "pirate", "force": True}],
+    }
+
+    def copies(client: Any) -> list[dict[str, Any]]:
+        (model,) = [m for m in client.status()["models"]["loaded"] if m["role"] == "generate"]
+        return list(model["scheduler"].get("baked", []))
+
+    with adapter_box.client(timeout=300) as client:
+        client.request(
+            "adapters", {"op": "add", "path": str(TRAINED), "base": "smollm2", "name": "pirate"}
+        )
+        runtime = client.request("llm", chat, timeout=300)["text"]
+        assert copies(client) == []
+        client.request("llm", chat, timeout=300)  # the second in a row: it is hot now
+        assert [c["state"] for c in copies(client)] in (["baking"], ["ready"])
+        wait_for(lambda: copies(client)[0]["state"] != "baking", 120, "the bake")
+        (copy,) = copies(client)
+        assert copy["state"] == "ready", copy
+        baked = client.request("llm", chat, timeout=300)["text"]
+        assert baked.startswith("Arr, matey") and runtime.startswith("Arr, matey")
+        (copy,) = copies(client)
+        assert copy["requests"] == 1 and copy["scheduler"]["generated_tokens"] > 0
+        models = client.status()["models"]
+        (model,) = [m for m in models["loaded"] if m["role"] == "generate"]
+        assert model["scheduler"]["baked_mb"] == copy["memory_mb"] > 90
+        assert models["used_mb"] >= model["memory_mb"] > copy["memory_mb"]
+        assert (adapter_box.data_dir / "baked" / "smollm2").is_dir()
+        # Removing the adapter drops its copy too.
+        client.request("adapters", {"op": "remove", "name": "pirate"})
+        assert copies(client) == []
