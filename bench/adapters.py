@@ -17,9 +17,9 @@ All on SmolLM2-135M-Instruct Q4_1, in one run, ratios against the base measured 
   Both arms read prompts of the same length (--prompt-tokens), each starting with another
   token than the one before, so neither finds any of its prompt cached; the arms alternate;
   medians over rounds. `switch_cpu_ms` is the same difference in CPU time of the scheduler's
-  thread, which a busy machine's preemption does not inflate. `switch_baked_ms`: the same
-  for a base request right after one served by a baked copy (see below) against right after
-  a base request.
+  thread, which a busy machine's preemption does not inflate. `switch_baked_ms` (and
+  `_cpu_ms`): the same for a base request right after one served by a baked copy (see below)
+  against right after a base request.
 - `decode_ratio`: decode tokens/s with one adapter over the base's, as the box serves a hot
   adapter set: from its baked copy (engines.bake_after requests in a row under one set bake
   it: the deltas added into a copy of the weights, stored as engines.bake_type, q8_0 by
@@ -239,14 +239,18 @@ def main() -> None:
             print(f"baked{key} in {result[f'bake{key}_s']} s", file=sys.stderr)
 
         # Switching between the base and a baked copy (two contexts: nothing to switch).
-        same, switched = [], []
+        same, switched, same_cpu, switched_cpu = [], [], [], []
         for i in range(args.rounds):
             for arm in ("same", "switch") if i % 2 == 0 else ("switch", "same"):
                 ask(qv if arm == "switch" else [], 1)
-                out, _ = ask([], 1)
+                out, cpu = ask([], 1)
                 (same if arm == "same" else switched).append(out.ttft_s)
+                (same_cpu if arm == "same" else switched_cpu).append(cpu)
         result["switch_baked_ms"] = round(
             (statistics.median(switched) - statistics.median(same)) * 1000, 2
+        )
+        result["switch_baked_cpu_ms"] = round(
+            (statistics.median(switched_cpu) - statistics.median(same_cpu)) * 1000, 2
         )
 
         # Decode: base, runtime-adapter and baked requests alternate; medians of per-round
