@@ -17,6 +17,7 @@ All of it blocks (seconds to a minute, one BLAS thread): run it in a worker thre
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import struct
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from aether_box.adapters.gguf_header import TensorInfo, read_layout
+from aether_box.adapters.gguf_header import Layout, TensorInfo, read_layout
 from aether_box.adapters.lora_file import LoraFile
 from aether_box.errors import BadRequest
 
@@ -56,6 +57,7 @@ class BakeReport:
     rounding_to_delta: float = 0.0
 
 
+@functools.cache
 def _requantisable(kind: int) -> bool:
     import gguf
 
@@ -143,7 +145,7 @@ def bake(
 
 def _write(
     view: mmap.mmap,
-    layout: object,
+    layout: Layout,
     adapters: Sequence[tuple[LoraFile, float]],
     adapted: list[str],
     out: Path,
@@ -151,9 +153,6 @@ def _write(
     label: str,
     progress: Callable[[int, int], None] | None,
 ) -> BakeReport:
-    from aether_box.adapters.gguf_header import Layout
-
-    assert isinstance(layout, Layout)
     base_bytes = np.frombuffer(view, dtype=np.uint8)
     entries: list[tuple[TensorInfo, int]] = []  # (base entry, stored type)
     for info in layout.tensors:
@@ -201,7 +200,7 @@ def _write(
                         progress(done, len(adapted))
                 else:
                     data = raw
-                file.write(memoryview(data))
+                file.write(data.tobytes())  # at most one tensor (tens of MB) at a time
                 file.write(b"\0" * (-file.tell() % align))
             file.flush()
             os.fsync(file.fileno())

@@ -223,13 +223,13 @@ class BakedCopies:
     def stats(self) -> list[dict[str, Any]]:
         """Each copy's state, progress, memory and use, for status."""
         with self._lock:
-            copies = list(self._copies.values())
+            copies = [(c, c.engine) for c in self._copies.values()]
         return [
             {
                 "adapters": c.key,
                 "state": c.state,
                 "progress": {"done": c.done, "of": c.of},
-                "memory_mb": round(c.engine.memory_bytes / 2**20, 1) if c.engine else 0.0,
+                "memory_mb": round(engine.memory_bytes / 2**20, 1) if engine else 0.0,
                 "file_mb": round(c.file_bytes / 2**20, 1),
                 "types": c.types,
                 "rounding_to_delta": (
@@ -238,9 +238,9 @@ class BakedCopies:
                 "bake_s": c.seconds,
                 "requests": c.requests,
                 "reason": c.reason,
-                **({"scheduler": c.engine.scheduler.stats()} if c.engine else {}),
+                **({"scheduler": engine.scheduler.stats()} if engine else {}),
             }
-            for c in copies
+            for c, engine in copies
         ]
 
     def close(self) -> None:
