@@ -191,3 +191,22 @@ def test_a_box_bakes_a_hot_set_and_shows_the_copy_in_status(adapter_box):
         # Removing the adapter drops its copy too.
         client.request("adapters", {"op": "remove", "name": "pirate"})
         assert copies(client) == []
+
+
+def test_a_pinned_set_is_baked_on_its_first_request(tmp_path, smollm2_path):
+    path = str(write_random(tmp_path / "p.gguf", smollm2_path, seed=6))
+    pinned = [AdapterRef(path, "p" * 64, 1.0, pinned=True)]
+    unpinned = [AdapterRef(path, "u" * 64, 1.0)]
+    engine = LlamaGenerator.load(
+        smollm2_path, n_ctx=128, n_threads=1, n_gpu_layers=0, parallel=1,
+        bake=BakePolicy(tmp_path / "baked", after=3, keep="q8_0", limit=2),
+    )  # fmt: skip
+    try:
+        assert engine.baked is not None
+        tokens = engine.prompt_tokens("Hello")
+        params = GenerationParams(max_tokens=2, temperature=0.0)
+        for refs in (unpinned, pinned):
+            run(engine, lambda d, r=refs: engine.prepare(tokens, params, None, d, "t", None, r))
+        assert [c["adapters"] for c in engine.stats()["baked"]] == [adapter_key(pinned)]
+    finally:
+        engine.close()

@@ -2,7 +2,8 @@
 
 llama.cpp applies runtime adapters as extra graph nodes per adapted weight per token; on a
 small model that costs a tenth or more of decode speed (README, "Adapters"). When one adapter
-set is used by `after` requests in a row, a worker thread bakes it into a copy of the model
+set is used by `after` requests in a row (or once, if all its adapters are pinned by config:
+[adapters] pinned), a worker thread bakes it into a copy of the model
 (aether_box.adapters.bake: the deltas added into the weights, written to `directory`) and
 loads that copy as a generator of its own. From then on requests with exactly that set go to
 the copy; the set stays in their cache key, and the copy's context only ever holds KV of that
@@ -91,7 +92,8 @@ class BakedCopies:
 
     def route(self, key: str, refs: Sequence[AdapterRef]) -> LlamaGenerator | None:
         """Note a request under adapter set `key`; the ready copy that serves it, if any.
-        The set's `after`-th request in a row starts its bake."""
+        The set's `after`-th request in a row starts its bake (its first, when every adapter
+        of it is pinned)."""
         if self.policy.after <= 0:
             return None
         with self._lock:
@@ -105,7 +107,8 @@ class BakedCopies:
                     copy.last_used = time.monotonic()
                     return copy.engine
                 return None  # baking, or failed: runtime adapters
-            if not key or count < self.policy.after or self._closing:
+            pinned = bool(refs) and all(r.pinned for r in refs)
+            if not key or (count < self.policy.after and not pinned) or self._closing:
                 return None
             if not self._make_room():
                 return None  # every copy is busy: try again on a later request
