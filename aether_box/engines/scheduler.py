@@ -97,7 +97,8 @@ class Job:
         # them (an array (n_tokens, n_vocab)) instead of generating.
         self.score = score
         self.scores: list[Any] = []
-        self.home: Any = None  # the generator whose scheduler runs it (a baked copy's), if not the one that made it
+        # The generator that runs it when not the one that made it (a hot set's baked copy).
+        self.home: Any = None
         self.session = session
         self.saved = saved  # this session's state on disk, if its tokens start the prompt
         self.params = params
