@@ -66,6 +66,11 @@ class LoadedModel:
     nll_answers: int = 0
 
     @property
+    def total_bytes(self) -> int:
+        """Its memory, with what it took since the load (a generator's baked copies)."""
+        return self.memory_bytes + int(getattr(self.engine, "extra_memory_bytes", 0))
+
+    @property
     def idle_s(self) -> float:
         """Seconds since a request last let go of it."""
         return time.monotonic() - self.last_used
@@ -91,7 +96,7 @@ class LoadedModel:
             "name": self.name,
             "role": self.role,
             "kind": self.kind,
-            "memory_mb": round(self.memory_bytes / 2**20, 1),
+            "memory_mb": round(self.total_bytes / 2**20, 1),
             "device": self.device,
             "busy": busy,
             "queued": waiting,
@@ -348,7 +353,7 @@ class ModelRegistry:
 
     @property
     def used_bytes(self) -> int:
-        return sum(e.memory_bytes for e in self._loaded.values())
+        return sum(e.total_bytes for e in self._loaded.values())
 
     async def _make_room(self, needed: int, name: str, keep: LoadedModel | None = None) -> None:
         """Unload idle instances (never `keep`), least recently used first, till `needed` fits."""
@@ -407,6 +412,7 @@ class ModelRegistry:
         if self.llama_gpu:
             gpu_layers = -1 if s.n_gpu_layers == "all" else int(s.n_gpu_layers)
         if info.kind == "gguf":
+            from aether_box.engines.baked import BakePolicy
             from aether_box.engines.generator import LlamaGenerator
             from aether_box.engines.llama import LlamaEmbedder
 
@@ -427,6 +433,11 @@ class ModelRegistry:
                     name=info.name,
                     state_dir=s.state_dir / info.name if s.state_dir else None,
                     state_bytes=s.state_cache_mb * 2**20,
+                    bake=(
+                        BakePolicy(s.bake_dir / info.name, s.bake_after, s.bake_type, s.bake_max)
+                        if s.bake_dir and s.bake_after and s.bake_max
+                        else None
+                    ),
                 )
             return lambda: LlamaEmbedder.load(
                 info.path, n_ctx=s.embed_n_ctx, n_threads=threads, n_gpu_layers=gpu_layers

@@ -252,6 +252,23 @@ def _model_families(section: dict[str, Any] | None) -> Iterator[Metric]:
                 scale = 1000.0 if key == "ttft_ms" else 1.0
                 family.add_metric([model["name"]], value / scale)
         yield family
+    copies = _gauge(
+        "model_baked_copies", "Hot adapter sets served from a baked copy, by state", None,
+        ["model", "state"],
+    )  # fmt: skip
+    memory = _gauge(
+        "model_baked_memory_bytes", "Memory of the model's baked adapter copies", None, ["model"]
+    )
+    for model in loaded:
+        states: dict[str, int] = {}
+        for copy in model["scheduler"].get("baked", []):
+            states[copy["state"]] = states.get(copy["state"], 0) + 1
+        for state, count in states.items():
+            copies.add_metric([model["name"], state], count)
+        if "baked_mb" in model["scheduler"]:
+            memory.add_metric([model["name"]], model["scheduler"]["baked_mb"] * 2**20)
+    yield copies
+    yield memory
 
 
 def _http_families(section: dict[str, Any] | None) -> Iterator[Metric]:

@@ -340,6 +340,38 @@ def adapter_rows(section: Any) -> dict[str, Row]:
     return rows
 
 
+def baked_rows(section: Any) -> dict[str, Row]:
+    """Baked copies of hot adapter sets, as rows under their model: "⤷ model baked N" ->
+    (name, "baked · types", state or bake progress, memory, tok/s, slots, TTFT, the set)."""
+    if not isinstance(section, Mapping):
+        return {}
+    rows: dict[str, Row] = {}
+    for model in records(section, "loaded"):
+        scheduler = model.get("scheduler")
+        if not isinstance(scheduler, Mapping):
+            continue
+        for i, copy in enumerate(records(scheduler.get("baked"))):
+            own = copy.get("scheduler") if isinstance(copy.get("scheduler"), Mapping) else {}
+            progress = copy.get("progress") if isinstance(copy.get("progress"), Mapping) else {}
+            state = str(copy.get("state") or MISSING)
+            if state == "baking":
+                state += f" {progress.get('done', 0)}/{progress.get('of', '?')}"
+            types = copy.get("types") if isinstance(copy.get("types"), Mapping) else {}
+            memory = _number(copy.get("memory_mb"))
+            name = f"⤷ {_name(model)} baked {i + 1}"
+            rows[name] = (
+                name,
+                "baked · " + (", ".join(str(t) for t in types) or MISSING),
+                state,
+                fmt_bytes(memory * 2**20 if memory else None),
+                fmt_float(_number(own.get("aggregate_tokens_per_s"))),
+                _slots(own),
+                _ms(_number(own.get("ttft_ms"))),
+                str(copy.get("adapters") or MISSING),
+            )
+    return rows
+
+
 def _slots(scheduler: Mapping[str, Any]) -> str:
     """ "busy/all", with "+N" when N requests wait for a slot; "-" without a scheduler."""
     busy, slots = _number(scheduler.get("slots_busy")), _number(scheduler.get("slots"))
