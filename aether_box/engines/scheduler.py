@@ -270,7 +270,11 @@ class Scheduler:
             "steps": self.steps,
             "adapter_switches": self.adapter_switches,
             **(
-                {"threads": self.threads.current, "thread_changes": self.threads.changes}
+                {
+                    "threads": self.threads.current,
+                    "thread_looks": self.threads.looks,
+                    "thread_changes": self.threads.changes,
+                }
                 if self.threads is not None
                 else {}
             ),
