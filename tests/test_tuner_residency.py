@@ -3,6 +3,8 @@ pinned), and sessions that pin their model against the idle unload until they un
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -143,9 +145,16 @@ def test_a_pinned_session_keeps_its_idle_model_until_unpinned(models_dir: Path):
         assert status["tuner"]["held_by_pins"] == {"idle:smollm2:generate": "smollm2"}
         listed = client.request("session", {"op": "list"})["sessions"]
         assert sorted(s["pinned"] for s in listed) == [True, True]
-        # One unpinned: the other still pins it.
-        unpinned = client.request("session", {"op": "pin", "session": first, "pin": False})
-        assert unpinned["pinned"] is False
+        cli = [sys.executable, "-m", "aether_box", "--data-dir", str(box.data_dir)]
+        shown = subprocess.run([*cli, "tuner", "status"], capture_output=True, text=True,
+                               timeout=60, check=True)  # fmt: skip
+        assert "held: idle:smollm2:generate (a session pins smollm2" in shown.stdout
+        # One unpinned (as a user would, from the CLI): the other still pins it.
+        unpin = [*cli, "chat", "smollm2", "--session", first, "--no-pin"]
+        done = subprocess.run(unpin, capture_output=True, text=True, timeout=60, check=True)
+        assert f"session {first} unpinned" in done.stderr
+        listed = client.request("session", {"op": "list"})["sessions"]
+        assert {s["id"]: s["pinned"] for s in listed} == {first: False, second: True}
         assert client.status()["sessions"]["pinned_models"] == {"smollm2": [second]}
         # The other one ends: the same idle spell is acted on, unloaded after one logged skip.
         client.request("session", {"op": "delete", "session": second})
