@@ -196,7 +196,8 @@ class TunerComponent:
             self.running.pop(ident, None)
         decision = await self._db_call(self._log().update, ident, **result)
         if action.kind == "unload" and decision["state"] == "rejected":
-            key = (decision["signal"]["kind"], decision["signal"]["subject"])
+            signal = decision.get("signal") or {}
+            key = (signal.get("kind", "idle"), signal.get("subject", decision["subject"]))
             if (decision["after"] or {}).get("pinned_by"):
                 self._held[key] = decision["params"]["model"]  # again once unpinned
             else:
