@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from _load import busy_cores
 from fixtures_engines import engines_box, loaded
 
 from aether_box.engines.threads import EPOCH_STEPS, MOST_BETWEEN_LOOKS, ThreadGovernor, candidates
+from aether_box.testing import busy_cores
 
 QUIET = {4: 0.010, 3: 0.012, 2: 0.016, 1: 0.030}  # seconds per step, by thread count
 BUSY = {4: 0.200, 3: 0.100, 2: 0.080, 1: 0.060}  # one thread: twice as slow, the rest worse

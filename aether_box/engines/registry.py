@@ -28,13 +28,25 @@ from aether_box.engines.settings import EngineSettings
 from aether_box.errors import BadRequest, NotFound, ServiceUnavailable, TooLarge
 from aether_box.models.store import ModelInfo, ModelStore
 
-__all__ = ["EngineSettings", "LoadedModel", "ModelRegistry", "ROLES"]
+__all__ = ["EngineSettings", "LoadedModel", "ModelRegistry", "ROLES", "nll_key"]
 
 log = logging.getLogger(__name__)
 
 ROLES = ("generate", "embed")
 # How long a load waits for busy models to free their share of the budget.
 ROOM_WAIT_S = 120.0
+# Adapter sets whose NLL a loaded model keeps (status and the observer's spike rule read it).
+MAX_NLL_KEYS = 32
+
+
+def nll_key(model: str, adapters: Any) -> str:
+    """The NLL signal's key for a request: the model, then its adapter set as the request
+    named it (``"smollm2"``, ``"smollm2+pirate:0.5+terse:1"``), names sorted so the same set
+    is one key whichever order a client lists it in."""
+    specs = sorted(
+        (str(a["name"]), float(a.get("scale", 1.0))) for a in adapters or () if "name" in a
+    )
+    return "+".join([model, *(f"{name}:{scale:g}" for name, scale in specs)])
 
 
 class Engine(Protocol):
@@ -62,8 +74,17 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     tokens_per_s: float | None = None
     items_per_s: float | None = None
-    nll_last: float | None = None  # mean per-token NLL of its latest answer (8 tokens or more)
-    nll_answers: int = 0
+    # Per adapter set (see `nll_key`): the mean per-token NLL of its latest answer (8 tokens
+    # or more) and how many answers were scored, newest set last.
+    nll: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def note_nll(self, key: str, nll: float) -> None:
+        """Keep an answer's mean per-token NLL under its adapter set's key; the least
+        recently scored sets go beyond MAX_NLL_KEYS (a client sweeping scales)."""
+        _, answers = self.nll.pop(key, (0.0, 0))
+        self.nll[key] = (nll, answers + 1)
+        while len(self.nll) > MAX_NLL_KEYS:
+            del self.nll[next(iter(self.nll))]
 
     @property
     def total_bytes(self) -> int:
@@ -107,11 +128,10 @@ class LoadedModel:
             "gpu_layers": getattr(self.engine, "offloaded", None),  # "31/31" or None
             "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
             "texts_per_s": None if self.items_per_s is None else round(self.items_per_s, 1),
-            "nll": (
-                None
-                if self.nll_last is None
-                else {"last": round(self.nll_last, 4), "answers": self.nll_answers}
-            ),
+            "nll": {
+                key: {"adapters": key.partition("+")[2], "last": round(last, 4), "answers": n}
+                for key, (last, n) in self.nll.items()
+            },
             **({"scheduler": extra} if extra else {}),
         }
 

@@ -494,9 +494,41 @@ def grid_rows(section: Any) -> dict[str, Row]:
     return rows
 
 
+def signal_rows(section: Any) -> dict[str, Row]:
+    """signal -> (kind, "signal", subject, triggered/calm, figures): the observer's NLL
+    readings (one per model and adapter set) and every triggered signal, under the tuner's
+    decisions; a signal a session's pin holds back says so."""
+    rows: dict[str, Row] = {}
+    held = section.get("held_by_pins", {}) if isinstance(section, Mapping) else {}
+    for signal in records(section, "signals"):
+        kind, subject = str(signal.get("kind", "?")), str(signal.get("subject", "?"))
+        if kind != "nll" and not signal.get("triggered"):
+            continue
+        figures = signal.get("figures") if isinstance(signal.get("figures"), Mapping) else {}
+        if kind == "nll":
+            detail = (
+                f"nll {fmt_float(figures.get('nll'), 2)} (median "
+                f"{fmt_float(figures.get('median'), 2)}, limit {fmt_float(figures.get('limit'), 2)}"
+                f", {figures.get('answers', '?')} answers)"
+            )
+        else:
+            detail = str(signal.get("message") or MISSING)
+        if f"{kind}:{subject}" in held:
+            detail = f"held: pinned by a session; {detail}"
+        rows[f"signal:{kind}:{subject}"] = (
+            kind,
+            "signal",
+            subject,
+            "triggered" if signal.get("triggered") else "calm",
+            detail[:60] + ("..." if len(detail) > 60 else ""),
+        )
+    return rows
+
+
 def tuner_rows(section: Any) -> dict[str, Row]:
     """decision -> (#id, action, subject, state, outcome): the tuner's latest decisions,
-    open proposals first (apply them with `aether-box tuner apply ID`)."""
+    open proposals first (apply them with `aether-box tuner apply ID`), then the signals
+    (`signal_rows`)."""
     rows: dict[str, Row] = {}
     decisions = records(section, "recent")
     decisions.sort(key=lambda d: (d.get("state") != "proposed", -int(d.get("id", 0))))
@@ -510,4 +542,4 @@ def tuner_rows(section: Any) -> dict[str, Row]:
             str(pick(record, "state", default=MISSING)),
             outcome[:60] + ("..." if len(outcome) > 60 else "") or MISSING,
         )
-    return rows
+    return {**rows, **signal_rows(section)}
