@@ -38,6 +38,7 @@ __all__ = [
     "ComponentFactory",
     "Grid",
     "ModelCatalog",
+    "ModelPins",
     "ModelResidency",
     "Observations",
     "PeerDirectory",
@@ -96,6 +97,14 @@ class ModelResidency:
     async def unload_if_idle(self, model: str, role: str, idle_s: float) -> int | None:
         """Unload it if no request holds or waits for it and it has been idle `idle_s`
         seconds; the bytes freed, or None when it stays loaded."""
+        raise NotImplementedError
+
+
+class ModelPins:
+    """Models that sessions keep loaded (the sessions component implements it)."""
+
+    def pinned_by(self, model: str) -> list[str]:
+        """The ids of the live sessions pinning `model` (empty: none does)."""
         raise NotImplementedError
 
 

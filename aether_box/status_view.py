@@ -144,6 +144,12 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             for pair, figures in coherence.items():
                 line = " ".join(f"{d} {v:.3f}" for d, v in figures.items())
                 console.print(f"    {pair}: {line}")
+    sessions = report.get("sessions")
+    if isinstance(sessions, dict) and sessions.get("pins"):
+        listed = ", ".join(
+            f"{model} by {', '.join(ids)}" for model, ids in sessions["pinned_models"].items()
+        )
+        console.print(f"pinned by sessions (kept loaded): {listed}")
     tuner = report.get("tuner")
     if isinstance(tuner, dict):
         done = sum(

@@ -1,7 +1,13 @@
 """LoRA adapters: switching cost, decode speed, merge fidelity and the fusion probe's time.
 
-    python bench/adapters.py [--models-dir DIR] [--rounds 9] [--tokens 48] [--threads N]
-                             [--prompt-tokens 32]
+How to run it (about 3-5 minutes on 2 idle cores; run it on a quiet machine, the figures
+are ratios of alternated runs but a loaded machine still widens them):
+
+    .venv/bin/python bench/adapters.py --models-dir ~/.cache/aether-box/test-models
+    # options: [--rounds 9] [--tokens 48] [--threads N] [--prompt-tokens 32]
+
+It needs the test models (SmolLM2-135M-Instruct Q4_1; tests/conftest.py fetches them) and
+prints progress on stderr; the LAST line of stdout is a JSON object.
 
 All on SmolLM2-135M-Instruct Q4_1, in one run, ratios against the base measured alongside:
 - `switch_ms`: time to first token of a request under adapter B (the trained test adapter)
@@ -11,12 +17,25 @@ All on SmolLM2-135M-Instruct Q4_1, in one run, ratios against the base measured 
   Both arms read prompts of the same length (--prompt-tokens), each starting with another
   token than the one before, so neither finds any of its prompt cached; the arms alternate;
   medians over rounds. `switch_cpu_ms` is the same difference in CPU time of the scheduler's
-  thread, which a busy machine's preemption does not inflate.
-- `decode_ratio`: decode tokens/s with one adapter over the base's, for a realistic adapter:
-  rank 16 on attention q and v of all 30 layers (PEFT's default targets; random values, which
-  do not change the cost). `decode_ratio_trained`: the same for the trained test adapter
-  (rank 8 on q/k/v/o/up/down: seven targets, 840 more graph nodes per token). Base and
-  adapted requests alternate in one run; median of the per-pair ratios.
+  thread, which a busy machine's preemption does not inflate. `switch_baked_ms` (and
+  `_cpu_ms`): the same for a base request right after one served by a baked copy (see below)
+  against right after a base request.
+- `decode_ratio`: decode tokens/s with one adapter over the base's, as the box serves a hot
+  adapter set: from its baked copy (engines.bake_after requests in a row under one set bake
+  it: the deltas added into a copy of the weights, stored as engines.bake_type, q8_0 by
+  default). The adapter is a realistic one: rank 16 on attention q and v of all 30 layers
+  (PEFT's default targets; random values, which do not change the cost).
+  `decode_ratio_runtime`: the same adapter applied at runtime (llama.cpp's extra graph nodes,
+  what a set gets before it is hot). `decode_ratio_trained` / `decode_ratio_trained_runtime`:
+  the same for the trained test adapter (rank 8 on q/k/v/o/up/down: seven targets, 840 more
+  graph nodes per token at runtime). Base, runtime and baked requests alternate in one run;
+  median of the per-round ratios.
+- `bake_s`, `bake_mb` (memory of the baked copy: weights, KV cache, compute buffers),
+  `bake_file_mb`, `bake_rounding_to_delta` (RMS of the stored weights' rounding over the RMS
+  of the adapter's change), `bake_kl` (mean KL(runtime adapter || baked copy), nats/token,
+  teacher-forced over the probe prompts: the baked copy's whole error, rounding included)
+  against `bake_kl_base` (KL(base || runtime adapter): the adapter's own effect); the
+  `_trained` keys the same for the trained adapter.
 - `merge_kl_linear|ties|dare`: two rank-8 adapters merged with weights 0.7 and 0.6 (TIES and
   DARE: density 0.3, rank 16); mean KL(stacked at runtime || merged) in nats/token,
   teacher-forced over the 16 shipped probe prompts.
@@ -32,6 +51,7 @@ The last line is JSON with those keys, the verdict of the probe, and the machine
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -54,7 +74,8 @@ from aether_box.adapters.peft import convert_peft  # noqa: E402
 from aether_box.adapters.probe import Divergence, probe_prompts  # noqa: E402
 from aether_box.client import Client  # noqa: E402
 from aether_box.config import Config  # noqa: E402
-from aether_box.engines.generation import AdapterRef, GenerationParams  # noqa: E402
+from aether_box.engines.baked import BakePolicy  # noqa: E402
+from aether_box.engines.generation import AdapterRef, GenerationParams, adapter_key  # noqa: E402
 from aether_box.engines.generator import LlamaGenerator  # noqa: E402
 from aether_box.models.settings import ModelsSettings  # noqa: E402
 from aether_box.models.store import ModelStore  # noqa: E402
@@ -104,7 +125,9 @@ def distinct_prompts(engine: LlamaGenerator, length: int) -> Iterator[list[int]]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--noise-prompts", type=int, default=4)
@@ -129,7 +152,14 @@ def main() -> None:
     other = [AdapterRef(str(work / "other.gguf"), "o" * 64, 1.0)]
 
     engine = LlamaGenerator.load(
-        base, n_ctx=512, n_threads=args.threads, n_gpu_layers=0, parallel=1, name="bench"
+        base,
+        n_ctx=512,
+        n_threads=args.threads,
+        n_gpu_layers=0,
+        parallel=1,
+        name="bench",
+        # No baking until the runtime-only figures (switching) are taken; see below.
+        bake=BakePolicy(work / "baked", after=0, keep="q8_0", limit=2),
     )
     cpu_clock = time.pthread_getcpuclockid(
         next(t for t in threading.enumerate() if t.name == "llama-bench").ident or 0
@@ -173,27 +203,78 @@ def main() -> None:
         result["ttft_same_ms"] = round(statistics.median(same) * 1000, 1)
         loads.append(os.getloadavg()[0])
 
-        # Decode: base and adapted requests alternate; median of the per-pair ratios.
+        # Baking: two requests in a row under a set make it hot; its copy is then baked
+        # and loaded in the background. The runtime arms use the same files under other
+        # content keys (the bench's keys are made up), which never run twice in a row, so
+        # they stay on runtime adapters.
+        texts = probe_prompts()
+        token_lists = [engine.prompt_tokens(t) for t in texts]
+        assert engine.baked is not None
+        engine.baked.policy = dataclasses.replace(engine.baked.policy, after=2)
+        runtime_of = {}
+        for key, adapters in (("", qv), ("_trained", trained)):
+            started = time.perf_counter()
+            ask(adapters, 1)
+            ask(adapters, 1)
+            if not engine.baked.wait(adapter_key(adapters), 600):
+                raise SystemExit(f"baking {key or 'qv'} failed: {engine.baked.stats()}")
+            copy = engine.baked.ready(adapter_key(adapters))
+            assert copy is not None
+            stats = next(c for c in engine.baked.stats() if c["adapters"] == adapter_key(adapters))
+            result[f"bake{key}_s"] = round(time.perf_counter() - started, 2)
+            result[f"bake{key}_mb"] = stats["memory_mb"]
+            result[f"bake{key}_file_mb"] = stats["file_mb"]
+            result[f"bake{key}_rounding_to_delta"] = stats["rounding_to_delta"]
+            runtime = [AdapterRef(a.path, "r" + a.sha256[1:], a.scale) for a in adapters]
+            runtime_of[key] = runtime
+            to_copy, to_base = Divergence(), Divergence()
+            for tokens in token_lists:
+                want = run(engine, lambda d, t=tokens, r=runtime: engine.prepare_score(t, r, d))
+                got = run(copy, lambda d, t=tokens, c=copy: c.prepare_score(t, [], d))
+                plain = run(engine, lambda d, t=tokens: engine.prepare_score(t, [], d))
+                to_copy.add(want, got)
+                to_base.add(plain, want)
+            result[f"bake{key}_kl"] = round(to_copy.summary()["kl_mean"], 6)
+            result[f"bake{key}_kl_base"] = round(to_base.summary()["kl_mean"], 6)
+            print(f"baked{key} in {result[f'bake{key}_s']} s", file=sys.stderr)
+
+        # Switching between the base and a baked copy (two contexts: nothing to switch).
+        same, switched, same_cpu, switched_cpu = [], [], [], []
+        for i in range(args.rounds):
+            for arm in ("same", "switch") if i % 2 == 0 else ("switch", "same"):
+                ask(qv if arm == "switch" else [], 1)
+                out, cpu = ask([], 1)
+                (same if arm == "same" else switched).append(out.ttft_s)
+                (same_cpu if arm == "same" else switched_cpu).append(cpu)
+        result["switch_baked_ms"] = round(
+            (statistics.median(switched) - statistics.median(same)) * 1000, 2
+        )
+        result["switch_baked_cpu_ms"] = round(
+            (statistics.median(switched_cpu) - statistics.median(same_cpu)) * 1000, 2
+        )
+
+        # Decode: base, runtime-adapter and baked requests alternate; medians of per-round
+        # ratios. The runtime arm sits between the others: never twice in a row.
         for key, adapters in (("decode_ratio", qv), ("decode_ratio_trained", trained)):
-            ratios, base_rates, adapted_rates = [], [], []
+            runtime = runtime_of["" if key == "decode_ratio" else "_trained"]
+            arms = {"base": [], "runtime": runtime, "baked": adapters}
+            rates: dict[str, list[float]] = {arm: [] for arm in arms}
             for i in range(args.rounds):
-                rates = {}
-                for with_adapter in (False, True) if i % 2 == 0 else (True, False):
-                    out, _ = ask(adapters if with_adapter else [], args.tokens)
-                    rates[with_adapter] = out.tokens_per_s
-                base_rates.append(rates[False])
-                adapted_rates.append(rates[True])
-                ratios.append(rates[True] / rates[False])
+                order = ("base", "runtime", "baked") if i % 2 == 0 else ("baked", "runtime", "base")
+                for arm in order:
+                    out, _ = ask(arms[arm], args.tokens)
+                    rates[arm].append(out.tokens_per_s)
             print(f"{key} measured, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
-            result[key] = round(statistics.median(ratios), 3)
-            result[f"{key}_base_tokens_per_s"] = round(statistics.median(base_rates), 1)
-            result[f"{key}_adapted_tokens_per_s"] = round(statistics.median(adapted_rates), 1)
+            pairs = list(zip(rates["base"], rates["runtime"], rates["baked"], strict=True))
+            result[key] = round(statistics.median(k / b for b, _, k in pairs), 3)
+            result[f"{key}_runtime"] = round(statistics.median(r / b for b, r, _ in pairs), 3)
+            result[f"{key}_base_tokens_per_s"] = round(statistics.median(rates["base"]), 1)
+            result[f"{key}_baked_tokens_per_s"] = round(statistics.median(rates["baked"]), 1)
+            result[f"{key}_runtime_tokens_per_s"] = round(statistics.median(rates["runtime"]), 1)
             loads.append(os.getloadavg()[0])
 
         # Merges: KL(stacked at runtime || merged) over the probe prompts.
         a, b = random_lora(base, 1), random_lora(base, 2)
-        texts = probe_prompts()
-        token_lists = [engine.prompt_tokens(t) for t in texts]
         ref_a = AdapterRef(str(work / "a.gguf"), "a" * 64, 0.7)
         ref_b = AdapterRef(str(work / "b.gguf"), "b" * 64, 0.6)
         write_lora(Path(ref_a.path), a)

@@ -26,11 +26,11 @@ from typing import Any
 
 import psutil
 from _box import machine, start_box, stop_box, stream_completion
-from _load import busy_cores
 
 from aether_box.client import Client
 from aether_box.config import Config
 from aether_box.models.settings import ModelsSettings
+from aether_box.testing import busy_cores
 
 MODEL = "smollm2"
 PROMPT = "Once upon a time, in a kingdom by the sea,"

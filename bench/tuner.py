@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from aether_box.align.corpus import load_set  # noqa: E402
 from aether_box.align.fidelity import retrieval  # noqa: E402
 from aether_box.align.pairs import PairSet  # noqa: E402
 from aether_box.client import Client  # noqa: E402
+from aether_box.testing import throttled  # noqa: E402
 
 SOURCE, TARGET = "smollm2", "minilm"
 
@@ -243,27 +242,9 @@ def slowdown(box: Client, pid: int) -> dict[str, Any]:
     for _ in range(5):  # one reading per observer window (monitor.observe_s = 1)
         usual.append(generate(box))
         time.sleep(1.2)
-    stop = threading.Event()
-
-    def throttle() -> None:
-        # Stopped 19 times as long as it last ran: the ratio holds even when this thread
-        # wakes late on a loaded machine (fixed sleeps let the box run through late wake-ups).
-        while not stop.is_set():
-            resumed = time.monotonic()
-            os.kill(pid, signal.SIGCONT)
-            time.sleep(0.02)
-            os.kill(pid, signal.SIGSTOP)
-            stop.wait(19 * (time.monotonic() - resumed))
-
-    thread = threading.Thread(target=throttle, daemon=True)
     started = time.monotonic()
-    thread.start()
-    try:
+    with throttled(pid):  # stopped 95% of the time
         slowed = generate(box)
-    finally:
-        stop.set()
-        thread.join()
-        os.kill(pid, signal.SIGCONT)
     proposal = wait_decision(box, "heavy", timeout=120, state="proposed")
     alerts = [a for a in box.status()["alerts"] if a["kind"] == "slow"]
     return {

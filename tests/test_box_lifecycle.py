@@ -85,7 +85,9 @@ def test_requests_that_outlive_the_grace_are_failed_not_left_hanging(data_dir):
     code = box.stop(signal.SIGTERM)
     caller.join(10)
     assert code == 0, box.output()
-    assert time.monotonic() - started < 5
+    # Well before the worker's 30 s: the grace ran out and the request was failed (5.05 s
+    # was measured at load 12 on 2 cores, hence the room).
+    assert time.monotonic() - started < 15
     assert isinstance(result.get("error"), ServiceUnavailable), result
 
 

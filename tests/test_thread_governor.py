@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from _load import busy_cores
 from fixtures_engines import engines_box, loaded
 
 from aether_box.engines.threads import EPOCH_STEPS, MOST_BETWEEN_LOOKS, ThreadGovernor, candidates
+from aether_box.testing import busy_cores
 
 QUIET = {4: 0.010, 3: 0.012, 2: 0.016, 1: 0.030}  # seconds per step, by thread count
 BUSY = {4: 0.200, 3: 0.100, 2: 0.080, 1: 0.060}  # one thread: twice as slow, the rest worse
@@ -61,21 +61,28 @@ def test_step_times_of_different_batch_sizes_are_never_compared():
     assert governor.looks == 0
 
 
-def test_generation_on_a_busy_host_moves_to_fewer_threads(models_dir):
+def test_generation_on_a_busy_host_times_fewer_threads_and_keeps_its_answer(models_dir):
+    # Whether fewer threads win depends on how busy the host is (bench/threads.py measures
+    # it); what must hold on any host: the governor times the other counts on the real model
+    # within its first ~100 steps, and a greedy answer is the same whatever the thread count
+    # (llama.cpp splits a matmul's rows between threads, never one row's sum).
     cores = psutil.cpu_count(logical=False) or 1
     if cores < 2:
         pytest.skip("one core: there is no fewer")
+    body = {
+        "op": "complete",
+        "model": "smollm2",
+        "prompt": "Once upon a time",
+        "max_tokens": 100,
+        "temperature": 0.0,
+    }
+    with engines_box(models_dir, n_threads=1) as box, box.client() as client:
+        fixed = client.request("llm", body, timeout=600)["text"]
     with engines_box(models_dir) as box, box.client() as client:
-        body = {
-            "op": "complete",
-            "model": "smollm2",
-            "prompt": "Once upon a time",
-            "max_tokens": 120,
-            "temperature": 0.0,
-        }
-        client.request("llm", {**body, "max_tokens": 2}, timeout=120)  # loaded, quiet
         with busy_cores(cores):
-            client.request("llm", body, timeout=600)
+            reply = client.request("llm", body, timeout=600)
         stats = loaded(client)[("smollm2", "generate")]["scheduler"]
-    assert stats["threads"] < cores, stats
-    assert stats["thread_changes"] >= 1
+    assert reply["usage"]["completion_tokens"] == 100
+    assert stats["thread_looks"] >= 1, stats
+    assert stats["threads"] in candidates(cores)
+    assert reply["text"] == fixed

@@ -17,6 +17,7 @@ from aether_box.tui.view import (
     peer_rows,
     projector_rows,
     service_rows,
+    tuner_rows,
 )
 from aether_box.tui.widgets.logtail import format_event
 
@@ -196,3 +197,28 @@ def test_the_log_tail_shows_alerts_and_skips_periodic_events():
     assert format_event("status.heartbeat", {}) is None
     log = format_event("log.warning", {"logger": "aether_box.x", "message": "careful"})
     assert log is not None and "WARNING" in log.plain and "careful" in log.plain
+
+
+def test_tuner_rows_show_nll_per_adapter_set_and_triggered_signals():
+    section = {
+        "recent": [{"id": 3, "action": "unload", "subject": "smollm2:generate",
+                    "state": "rejected", "outcome": "skipped: pinned by session ab12"}],
+        "signals": [
+            {"kind": "nll", "subject": "smollm2", "triggered": False,
+             "figures": {"nll": 1.234, "median": 1.2, "limit": 1.5, "answers": 7}},
+            {"kind": "nll", "subject": "smollm2+calm:0.5", "triggered": True,
+             "figures": {"nll": 4.0, "median": 1.3, "limit": 1.6, "answers": 4}},
+            {"kind": "idle", "subject": "minilm:embed", "triggered": False, "figures": {}},
+            {"kind": "idle", "subject": "smollm2:generate", "triggered": True,
+             "message": "smollm2 (generate) idle 901 s", "figures": {}},
+        ],
+        "held_by_pins": {"idle:smollm2:generate": "smollm2"},
+    }  # fmt: skip
+    rows = tuner_rows(section)
+    assert list(rows)[0] == "#3"
+    assert rows["signal:nll:smollm2"] == (
+        "nll", "signal", "smollm2", "calm", "nll 1.23 (median 1.20, limit 1.50, 7 answers)"
+    )  # fmt: skip
+    assert rows["signal:nll:smollm2+calm:0.5"][3] == "triggered"
+    assert "signal:idle:minilm:embed" not in rows  # calm readings other than NLL: noise
+    assert rows["signal:idle:smollm2:generate"][4].startswith("held: pinned by a session")

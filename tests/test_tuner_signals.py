@@ -3,12 +3,8 @@ and a model slowed on purpose. The box runs as its own process, so it can be slo
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +14,7 @@ import pytest
 from fixtures_box import BoxProcess, wait_for
 
 from aether_box.client import BadRequest
+from aether_box.testing import throttled
 
 TOPICS = ["lighthouses", "bread", "trains", "markets", "libraries", "rivers"]
 
@@ -57,6 +54,7 @@ def usual(models_dir: Path) -> Iterator[UsualBox]:
         "--set", "monitor.alert_speed_after=4",
         "--set", "monitor.nll_after=5",
         "--set", "tuner.check_s=0.1",
+        "--set", "tuner.cooldown_s=0",  # a proposal dismissed below may come again at once
     )  # fmt: skip
     try:
         replies = []
@@ -109,35 +107,30 @@ def test_an_nll_spike_raises_an_alert_and_a_proposal(usual: UsualBox):
 # 0.73 stalled). 16 tokens: a few seconds on a quiet machine.
 @pytest.mark.timeout(900)
 def test_a_deliberate_slowdown_raises_an_alert_and_a_proposal(usual: UsualBox):
-    pid = usual.box.process.pid
     with usual.box.client(timeout=900) as client:
-        stop = threading.Event()
-
-        def throttle() -> None:
-            while not stop.is_set():
-                resumed = time.monotonic()
-                os.kill(pid, signal.SIGCONT)
-                time.sleep(0.02)
-                os.kill(pid, signal.SIGSTOP)
-                ran = time.monotonic() - resumed
-                stop.wait(19 * ran)
-
-        thread = threading.Thread(target=throttle, daemon=True)
-        thread.start()
-        try:
+        with throttled(usual.box.process.pid):
             slowed = complete(client, "painting")
-        finally:
-            stop.set()
-            thread.join()
-            os.kill(pid, signal.SIGCONT)
         # A speed reading needs 16 tokens (engines' MIN_TOKENS_FOR_SPEED), as the usual ones had.
         assert slowed["usage"]["completion_tokens"] >= 16, slowed
         speeds = sorted(r["tokens_per_s"] for r in usual.replies)
         assert slowed["tokens_per_s"] < 0.5 * speeds[len(speeds) // 2], (slowed, speeds)
-        wait_for(lambda: "speed:smollm2" in proposals(client), 30, "the slowdown proposal")
+
+        def proposed_for_the_slowdown() -> bool:
+            # On a busy host a usual answer may itself have been slow enough to be proposed
+            # on; that stale proposal is dismissed so the one for this slowdown can come.
+            advice = proposals(client).get("speed:smollm2")
+            if advice is None:
+                return False
+            # status rounds a speed to 0.1 token/s
+            if advice["signal"]["figures"]["tokens_per_s"] == pytest.approx(
+                slowed["tokens_per_s"], abs=0.06
+            ):
+                return True
+            client.request("tuner", {"op": "dismiss", "id": advice["id"]})
+            return False
+
+        wait_for(proposed_for_the_slowdown, 30, "the slowdown proposal")
         alerts = client.status()["alerts"]
         assert any(a["kind"] == "slow" and a["subject"] == "smollm2" for a in alerts)
         advice = proposals(client)["speed:smollm2"]
-        # status rounds a speed to 0.1 token/s
-        assert advice["signal"]["figures"]["tokens_per_s"] == pytest.approx(slowed["tokens_per_s"], abs=0.06)
         assert "engines.parallel" in advice["params"]["advice"]

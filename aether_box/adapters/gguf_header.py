@@ -8,15 +8,40 @@ and the shapes, so this reads just those and skips the rest by length.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["read_header"]
+__all__ = ["Layout", "TensorInfo", "read_header", "read_layout"]
 
 _MAGIC = b"GGUF"
 # Sizes of the fixed-size GGUF value types, by type id (8 is a string, 9 an array).
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
 _INTS = {4: "<I", 5: "<i", 10: "<Q", 11: "<q"}
+DEFAULT_ALIGNMENT = 32
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's entry in the header: GGUF dims (innermost first), ggml type, data offset."""
+
+    name: str
+    dims: tuple[int, ...]
+    type: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a GGUF file's parts lie: the header and metadata end at `kv_end` (the tensor
+    entries follow), tensor data starts at `data_start`, each tensor aligned to `alignment`."""
+
+    version: int
+    n_kv: int
+    kv_end: int
+    alignment: int
+    data_start: int
+    tensors: tuple[TensorInfo, ...]
 
 
 class _Cursor:
@@ -56,6 +81,17 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]
 
     ValueError when it is not a GGUF file; the whole header is read, not the tensor data.
     """
+    strings, layout = _read(path)
+    shapes = {t.name: tuple(reversed(t.dims)) for t in layout.tensors}
+    return strings, shapes
+
+
+def read_layout(path: Path) -> tuple[dict[str, str], Layout]:
+    """The metadata (as read_header) and the byte layout of the GGUF file at `path`."""
+    return _read(path)
+
+
+def _read(path: Path) -> tuple[dict[str, str], Layout]:
     with open(path, "rb") as file:
         head = file.read(24)
         if len(head) < 24 or head[:4] != _MAGIC:
@@ -74,10 +110,11 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]
                 size *= 2
 
 
-def _parse(data: bytes) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+def _parse(data: bytes) -> tuple[dict[str, str], Layout]:
     cursor = _Cursor(data)
     cursor.at = 4
-    _, n_tensors, n_kv = cursor.take("<IQQ")
+    version, n_tensors, n_kv = cursor.take("<IQQ")
+    alignment = DEFAULT_ALIGNMENT
     strings: dict[str, str] = {}
     for _ in range(n_kv):
         key = cursor.string()
@@ -86,15 +123,20 @@ def _parse(data: bytes) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
             strings[key] = cursor.string()
         elif kind in _INTS:
             (strings[key],) = (str(v) for v in cursor.take(_INTS[kind]))
+            if key == "general.alignment":
+                alignment = int(strings[key])
         else:
             cursor.skip(kind)
-    shapes: dict[str, tuple[int, ...]] = {}
+    kv_end = cursor.at
+    tensors = []
     for _ in range(n_tensors):
         name = cursor.string()
         (n_dims,) = cursor.take("<I")
         dims = cursor.take(f"<{n_dims}Q")
-        cursor.take("<IQ")  # type, offset
-        shapes[name] = tuple(int(d) for d in reversed(dims))
+        kind, offset = cursor.take("<IQ")
+        tensors.append(TensorInfo(name, tuple(int(d) for d in dims), int(kind), int(offset)))
     if cursor.at > len(data):
         raise IndexError("past the end")
-    return strings, shapes
+    data_start = -(-cursor.at // alignment) * alignment
+    layout = Layout(version, n_kv, kv_end, alignment, data_start, tuple(tensors))
+    return strings, layout

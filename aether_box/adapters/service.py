@@ -172,7 +172,8 @@ class AdaptersComponent(AdapterCatalog):
                     "to use it anyway, restore it (`aether-box adapters restore`), or remove it"
                 )
             names.append(name)
-            refs.append(AdapterRef(adapter["path"], adapter["sha256"], float(scale)))
+            pinned = name in self.settings.pinned
+            refs.append(AdapterRef(adapter["path"], adapter["sha256"], float(scale), pinned))
         if len(set(names)) != len(names):
             raise BadRequest("an adapter is named twice in 'adapters'")
         return _Lease(self, names, refs)

@@ -23,6 +23,7 @@ class AdapterRef:
     path: str
     sha256: str
     scale: float
+    pinned: bool = False  # pinned hot by config: its set is baked on first use (see baked)
 
 
 def adapter_key(adapters: Sequence[AdapterRef]) -> str:

@@ -24,6 +24,7 @@ import llama_cpp
 from llama_cpp._internals import LlamaContext, LlamaModel
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from aether_box.engines.baked import BakedCopies, BakePolicy
 from aether_box.engines.generation import AdapterRef, GenerationParams, adapter_key
 from aether_box.engines.llama import LOAD_LOCK, corrupt, measure, offloaded
 from aether_box.engines.llama_log import captured, errors
@@ -57,13 +58,16 @@ class LlamaGenerator:
         name: str = "",
         state_dir: Path | None = None,
         state_bytes: int = 0,
+        bake: BakePolicy | None = None,
     ) -> LlamaGenerator:
         """Load `path`: requests of up to `n_ctx` tokens, `parallel` at once, over `kv_cells`
         KV cells in all (0: room for `parallel` full contexts), split evenly between the
         sequences or, with `kv_unified`, shared. `flash_attn`: "auto", "on" or "off" (see
         EngineSettings.flash_attn). With `adapt_threads`, decoding uses as many of the
         `n_threads` as measure fastest (see `threads`). With `state_dir` and `state_bytes`, sessions'
-        conversations are saved there when their slot is reused (see `saved_state`)."""
+        conversations are saved there when their slot is reused (see `saved_state`). With
+        `bake`, hot adapter sets are served from baked copies (see `baked`), loaded with these
+        same settings (no saved states: a copy is rebuilt, not restored)."""
         if not path.exists():
             raise NotFound(f"model file {path} has gone; pull or add the model again")
         kv_cells = kv_cells or n_ctx * parallel
@@ -95,6 +99,15 @@ class LlamaGenerator:
                 raise corrupt(path, lines, exc) from exc
             stack.pop_all()
         memory, device, backends = measure(lines, model.model)
+        copies = None
+        if bake is not None:
+            settings = dict(
+                n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, parallel=parallel,
+                max_queue=max_queue, kv_cells=kv_cells, kv_unified=kv_unified,
+                flash_attn=flash_attn, n_batch=n_batch, name=f"{name or path.stem}+baked",
+                adapt_threads=adapt_threads,
+            )  # fmt: skip
+            copies = BakedCopies(path, bake, lambda baked: cls.load(baked, **settings))
         return cls(
             model,
             context,
@@ -111,6 +124,7 @@ class LlamaGenerator:
             name=name or path.stem,
             store=StateStore(state_dir, state_bytes) if state_dir and state_bytes else None,
             threads=ThreadGovernor(n_threads) if adapt_threads else None,
+            baked=copies,
         )
 
     def __init__(
@@ -131,8 +145,10 @@ class LlamaGenerator:
         name: str,
         store: StateStore | None = None,
         threads: ThreadGovernor | None = None,
+        baked: BakedCopies | None = None,
     ) -> None:
         self.model = model
+        self.baked = baked
         self.store = store
         self.context = context
         self.path = path
@@ -242,8 +258,14 @@ class LlamaGenerator:
                 f"{self.n_ctx}; shorten it, or raise engines.n_ctx (up to the model's "
                 f"{self.model.n_ctx_train()})"
             )
-        handles = self.adapters(adapters)
         key = adapter_key(adapters)
+        copy = self.baked.route(key, adapters) if self.baked is not None else None
+        if copy is not None:  # a hot set: its baked copy runs it, with no runtime adapter
+            job = copy.prepare(tokens, params, on_text, on_done, name, session)
+            job.adapter_key = key  # still part of its slot's cache key
+            job.home = copy
+            return job
+        handles = self.adapters(adapters)
         if session is not None and key:
             session = f"{session}\x1f{key}"  # its saved state is kept per adapter set
         try:
@@ -317,10 +339,11 @@ class LlamaGenerator:
     def release_adapter(self, sha256: str) -> bool:
         """Free the adapter of contents `sha256` once no job uses it (in the scheduler's
         thread, which drops it from the context's set first); False if it is not loaded."""
+        dropped = self.baked.release(sha256) if self.baked is not None else 0
         with self._lora_lock:
             handle = self._loras.pop(sha256, None)
         if handle is None:
-            return False
+            return bool(dropped)
 
         def unused() -> bool:  # no job prepared with it waits to be submitted
             with self._lora_lock:
@@ -334,6 +357,9 @@ class LlamaGenerator:
 
     def submit(self, job: Job) -> None:
         """Hand `job` to the scheduler (raises Busy when the queue is full); never blocks."""
+        if job.home is not None and job.home is not self:
+            job.home.submit(job)
+            return
         try:
             self.scheduler.submit(job)
         except BaseException:
@@ -342,12 +368,23 @@ class LlamaGenerator:
         finally:
             self._prepared(job.adapters, -1)
 
+    @property
+    def extra_memory_bytes(self) -> int:
+        """Memory taken since the load: the baked copies of hot adapter sets."""
+        return self.baked.memory_bytes if self.baked is not None else 0
+
     def stats(self) -> dict[str, Any]:
-        """The scheduler's figures, for status."""
-        return {**self.scheduler.stats(), "adapters_loaded": len(self._loras)}
+        """The scheduler's figures, for status (with the baked copies, if any)."""
+        out = {**self.scheduler.stats(), "adapters_loaded": len(self._loras)}
+        if self.baked is not None:
+            out["baked"] = self.baked.stats()
+            out["baked_mb"] = round(self.baked.memory_bytes / 2**20, 1)
+        return out
 
     def close(self) -> None:
         """Stop the scheduler (requests in it end as cancelled), then free context and model."""
+        if self.baked is not None:
+            self.baked.close()
         self.scheduler.close()
         self.context.close()
         self.model.close()

@@ -28,13 +28,25 @@ from aether_box.engines.settings import EngineSettings
 from aether_box.errors import BadRequest, NotFound, ServiceUnavailable, TooLarge
 from aether_box.models.store import ModelInfo, ModelStore
 
-__all__ = ["EngineSettings", "LoadedModel", "ModelRegistry", "ROLES"]
+__all__ = ["EngineSettings", "LoadedModel", "ModelRegistry", "ROLES", "nll_key"]
 
 log = logging.getLogger(__name__)
 
 ROLES = ("generate", "embed")
 # How long a load waits for busy models to free their share of the budget.
 ROOM_WAIT_S = 120.0
+# Adapter sets whose NLL a loaded model keeps (status and the observer's spike rule read it).
+MAX_NLL_KEYS = 32
+
+
+def nll_key(model: str, adapters: Any) -> str:
+    """The NLL signal's key for a request: the model, then its adapter set as the request
+    named it (``"smollm2"``, ``"smollm2+pirate:0.5+terse:1"``), names sorted so the same set
+    is one key whichever order a client lists it in."""
+    specs = sorted(
+        (str(a["name"]), float(a.get("scale", 1.0))) for a in adapters or () if "name" in a
+    )
+    return "+".join([model, *(f"{name}:{scale:g}" for name, scale in specs)])
 
 
 class Engine(Protocol):
@@ -62,8 +74,22 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     tokens_per_s: float | None = None
     items_per_s: float | None = None
-    nll_last: float | None = None  # mean per-token NLL of its latest answer (8 tokens or more)
-    nll_answers: int = 0
+    # Per adapter set (see `nll_key`): the mean per-token NLL of its latest answer (8 tokens
+    # or more) and how many answers were scored, newest set last.
+    nll: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def note_nll(self, key: str, nll: float) -> None:
+        """Keep an answer's mean per-token NLL under its adapter set's key; the least
+        recently scored sets go beyond MAX_NLL_KEYS (a client sweeping scales)."""
+        _, answers = self.nll.pop(key, (0.0, 0))
+        self.nll[key] = (nll, answers + 1)
+        while len(self.nll) > MAX_NLL_KEYS:
+            del self.nll[next(iter(self.nll))]
+
+    @property
+    def total_bytes(self) -> int:
+        """Its memory, with what it took since the load (a generator's baked copies)."""
+        return self.memory_bytes + int(getattr(self.engine, "extra_memory_bytes", 0))
 
     @property
     def idle_s(self) -> float:
@@ -91,7 +117,7 @@ class LoadedModel:
             "name": self.name,
             "role": self.role,
             "kind": self.kind,
-            "memory_mb": round(self.memory_bytes / 2**20, 1),
+            "memory_mb": round(self.total_bytes / 2**20, 1),
             "device": self.device,
             "busy": busy,
             "queued": waiting,
@@ -102,11 +128,10 @@ class LoadedModel:
             "gpu_layers": getattr(self.engine, "offloaded", None),  # "31/31" or None
             "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
             "texts_per_s": None if self.items_per_s is None else round(self.items_per_s, 1),
-            "nll": (
-                None
-                if self.nll_last is None
-                else {"last": round(self.nll_last, 4), "answers": self.nll_answers}
-            ),
+            "nll": {
+                key: {"adapters": key.partition("+")[2], "last": round(last, 4), "answers": n}
+                for key, (last, n) in self.nll.items()
+            },
             **({"scheduler": extra} if extra else {}),
         }
 
@@ -348,7 +373,7 @@ class ModelRegistry:
 
     @property
     def used_bytes(self) -> int:
-        return sum(e.memory_bytes for e in self._loaded.values())
+        return sum(e.total_bytes for e in self._loaded.values())
 
     async def _make_room(self, needed: int, name: str, keep: LoadedModel | None = None) -> None:
         """Unload idle instances (never `keep`), least recently used first, till `needed` fits."""
@@ -407,6 +432,7 @@ class ModelRegistry:
         if self.llama_gpu:
             gpu_layers = -1 if s.n_gpu_layers == "all" else int(s.n_gpu_layers)
         if info.kind == "gguf":
+            from aether_box.engines.baked import BakePolicy
             from aether_box.engines.generator import LlamaGenerator
             from aether_box.engines.llama import LlamaEmbedder
 
@@ -427,6 +453,11 @@ class ModelRegistry:
                     name=info.name,
                     state_dir=s.state_dir / info.name if s.state_dir else None,
                     state_bytes=s.state_cache_mb * 2**20,
+                    bake=(
+                        BakePolicy(s.bake_dir / info.name, s.bake_after, s.bake_type, s.bake_max)
+                        if s.bake_dir and s.bake_after and s.bake_max
+                        else None
+                    ),
                 )
             return lambda: LlamaEmbedder.load(
                 info.path, n_ctx=s.embed_n_ctx, n_threads=threads, n_gpu_layers=gpu_layers

@@ -97,6 +97,8 @@ class Job:
         # them (an array (n_tokens, n_vocab)) instead of generating.
         self.score = score
         self.scores: list[Any] = []
+        # The generator that runs it when not the one that made it (a hot set's baked copy).
+        self.home: Any = None
         self.session = session
         self.saved = saved  # this session's state on disk, if its tokens start the prompt
         self.params = params
@@ -229,6 +231,11 @@ class Scheduler:
             self._releases.append((handle, unused, free))
             self._wake.set()
 
+    def idle(self) -> bool:
+        """No request runs or waits."""
+        with self._lock:
+            return not self._running and not self._waiting
+
     def close(self) -> None:
         """Stop the thread (requests still in it end as cancelled), save the sessions' states
         and free the batch."""
@@ -263,7 +270,11 @@ class Scheduler:
             "steps": self.steps,
             "adapter_switches": self.adapter_switches,
             **(
-                {"threads": self.threads.current, "thread_changes": self.threads.changes}
+                {
+                    "threads": self.threads.current,
+                    "thread_looks": self.threads.looks,
+                    "thread_changes": self.threads.changes,
+                }
                 if self.threads is not None
                 else {}
             ),

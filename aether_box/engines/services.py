@@ -77,6 +77,7 @@ from aether_box.engines.registry import (
     LoadedModel,
     ModelRegistry,
     gpu_present,
+    nll_key,
     probe_llama_gpu,
 )
 from aether_box.engines.relay import Relay
@@ -407,13 +408,15 @@ class LlmService(ModelService):
             raise result
         if result.completion_tokens >= MIN_TOKENS_FOR_SPEED:
             entry.tokens_per_s = result.tokens_per_s or entry.tokens_per_s
+        key = nll_key(entry.name, request.body.get("adapters") if lease is not None else None)
         if result.nll is not None and result.completion_tokens >= MIN_TOKENS_FOR_NLL:
-            entry.nll_last, entry.nll_answers = result.nll, entry.nll_answers + 1
+            entry.note_nll(key, result.nll)
         if self.ctx is not None:
             self.ctx.events.publish(
                 "metrics.llm",
                 {
                     "model": entry.name,
+                    "nll_key": key,
                     "completion_tokens": result.completion_tokens,
                     "tokens_per_s": round(result.tokens_per_s, 2),
                     "ttft_s": round(result.ttft_s, 4),

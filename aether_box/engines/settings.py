@@ -68,6 +68,19 @@ class EngineSettings:
     # vectors within cosine 0.99 of float32). Vectors stored under one setting are best
     # searched with queries embedded under the same one.
     onnx_int8: bool = False
+    # LoRA adapters: after this many requests in a row under one adapter set, the set is
+    # baked into a copy of the model that serves its requests at the base's speed (runtime
+    # adapters cost llama.cpp extra graph nodes per token; README "Adapters"). 1 bakes on
+    # first use; 0 = never (always runtime adapters).
+    bake_after: int = 2
+    # How baked weights are stored: "q8_0" (default; rounding about a third of the
+    # adapter's change), "f16" (exact to 1%, larger), "same" (the base's type: on a 4-bit
+    # model the rounding is larger than the change itself).
+    bake_type: str = "q8_0"
+    # Baked copies kept per model (each costs the model's memory again); 0 = none.
+    bake_max: int = 1
+    # Where baked copies are written; default: <data dir>/baked (emptied at each load).
+    bake_dir: Path | None = None
 
     def resolve(self, data_dir: Path) -> None:
         """Check the values."""
@@ -94,6 +107,14 @@ class EngineSettings:
                 raise ConfigError(f"engines.{key} must be at least 1, got {getattr(self, key)}")
         if self.state_dir is None:
             self.state_dir = data_dir / "kv-state"
+        if self.bake_dir is None:
+            self.bake_dir = data_dir / "baked"
+        if self.bake_type not in ("same", "q8_0", "f16"):
+            raise ConfigError(
+                f'engines.bake_type must be "q8_0", "f16" or "same", got {self.bake_type!r}'
+            )
+        if self.bake_after < 0 or self.bake_max < 0:
+            raise ConfigError("engines.bake_after and engines.bake_max must be 0 or more")
         if self.max_queue < 0 or self.kv_cells < 0 or self.state_cache_mb < 0:
             raise ConfigError(
                 "engines.max_queue, engines.kv_cells and engines.state_cache_mb must be 0 or more"

@@ -263,6 +263,47 @@ def _model_families(section: dict[str, Any] | None) -> Iterator[Metric]:
                 scale = 1000.0 if key == "ttft_ms" else 1.0
                 family.add_metric([model["name"]], value / scale)
         yield family
+    copies = _gauge(
+        "model_baked_copies", "Hot adapter sets served from a baked copy, by state", None,
+        ["model", "state"],
+    )  # fmt: skip
+    baked_memory = _gauge(
+        "model_baked_memory_bytes", "Memory of the model's baked adapter copies", None, ["model"]
+    )
+    for model in loaded:
+        states: dict[str, int] = {}
+        for copy in model["scheduler"].get("baked", []):
+            states[copy["state"]] = states.get(copy["state"], 0) + 1
+        for state, count in states.items():
+            copies.add_metric([model["name"], state], count)
+        if "baked_mb" in model["scheduler"]:
+            baked_memory.add_metric([model["name"]], model["scheduler"]["baked_mb"] * 2**20)
+    yield from (copies, baked_memory)
+    # The NLL signal's inputs, per adapter set ("" for the model alone).
+    nll = _gauge(
+        "model_nll",
+        "Mean per-token NLL (nats) of the latest scored answer, by model and adapter set",
+        None,
+        ["model", "adapter"],
+    )
+    answers = _counter(
+        "model_nll_answers", "Answers scored for the NLL signal", ["model", "adapter"]
+    )
+    for model in loaded:
+        for reading in (model.get("nll") or {}).values():
+            labels = [model["name"], reading["adapters"]]
+            nll.add_metric(labels, reading["last"])
+            answers.add_metric(labels, reading["answers"])
+    yield from (nll, answers)
+    memory = _gauge(
+        "model_memory_bytes",
+        "Memory each loaded model instance holds (the tuner's memory-pressure figure)",
+        None,
+        ["model", "role"],
+    )
+    for model in section.get("loaded", []):
+        memory.add_metric([model["name"], model["role"]], model["memory_mb"] * 2**20)
+    yield memory
 
 
 def _http_families(section: dict[str, Any] | None) -> Iterator[Metric]:

@@ -223,7 +223,10 @@ class ObserverComponent(Observations):
     async def _watch(self, report: dict[str, Any], now: float) -> None:
         """Update the tuner's signals; a triggered one that a user should see is an alert."""
         before = {(x["kind"], x["subject"]): x["seq"] for x in self.table.all()}
-        self.residency.update(report, self.keep_alive, self.settings.memory_pressure_percent)
+        s = self.settings
+        self.residency.update(
+            report, self.keep_alive, s.memory_pressure_percent, s.models_memory_mb
+        )
         self.align.update(report.get("align"))
         self.nll.update(report.get("models"))
         self.router.update(report.get("router"))

@@ -56,8 +56,14 @@ class MonitorSettings:
     router_fallback_max: float = setting(0.5, min=0, max=1)
     # ...judged on at least this many messages.
     router_min_decisions: int = setting(20, min=1)
-    # The machine's memory in use (percent) from which idle models are unloaded.
+    # The machine's memory in use (percent) from which idle models are unloaded, least
+    # recently used first, one at a time.
     memory_pressure_percent: float = setting(92.0, min=1, max=100)
+    # When the loaded models together hold more than this many MB, idle ones are unloaded,
+    # least recently used first, until the rest fit (never one in use or pinned by a
+    # session). 0 = no such limit, the default: engines.memory_budget_mb already bounds
+    # loads; set it lower to keep memory free for other programs without refusing loads.
+    models_memory_mb: float = setting(0.0, min=0)
 
     def resolve(self, data_dir: Path) -> None:
         """Check the values."""

@@ -5,12 +5,16 @@ figures, message}``, kept in one `Signals` table; `seq` grows each time a signal
 calm to triggered (a condition that lasts is one piece of news), so a reader acts once.
 
 - idle: a loaded model nobody has used for `engines.keep_alive` seconds.
-- memory_pressure: the machine's memory in use passed `tuner.memory_pressure_percent`.
+- memory_pressure: per loaded model instance ("smollm2:generate"): the loaded models hold
+  more than `monitor.models_memory_mb`, or the machine's memory in use passed
+  `monitor.memory_pressure_percent`, and this idle instance is the one to unload (see
+  ResidencyWatch); subject "machine" sums it up.
 - align: a projector's gate pass rate over the last window fell under
   `monitor.align_pass_min` (the running agreement is reported with it).
 - drift: the texts a collection received lately differ from its earlier ones (MMD² with a
   permutation null, aether_box.tuner.signals).
-- nll: a model's per-token negative log-likelihood of its own text spiked (median + k MAD).
+- nll: per model and adapter set (subject "smollm2" or "smollm2+pirate:0.5"), the per-token
+  negative log-likelihood of its own text spiked (rolling median + k MAD of that key).
 - router: the router's share of messages falling back to the default route in a window.
 - adapter: a LoRA adapter's fusion-log verdict calls for a pruning decision: "prune" for one
   judged prune that no decision covers yet (requests already refuse it unforced: the decision
@@ -88,13 +92,28 @@ class Signals:
 
 
 class ResidencyWatch:
-    """Idle time of each loaded model, and the machine's memory pressure."""
+    """Idle time and memory pressure of each loaded model.
+
+    Memory pressure is per model instance: when the loaded models together hold more than
+    `models_mb` (0: no such limit), the idle ones, least recently used first, are under
+    pressure until what is left fits; when the machine's memory in use passes
+    `pressure_percent`, the least recently used idle one is (one at a time: the next look
+    sees what its unload freed). An instance in use is never named, nor one a session pinned
+    (the "sessions" status section lists them): the next idle one is.
+    """
 
     def __init__(self, signals: Signals) -> None:
         self.signals = signals
 
-    def update(self, report: dict[str, Any], keep_alive: float, pressure_percent: float) -> None:
+    def update(
+        self,
+        report: dict[str, Any],
+        keep_alive: float,
+        pressure_percent: float,
+        models_mb: float = 0.0,
+    ) -> None:
         loaded = (report.get("models") or {}).get("loaded", [])
+        pinned = ((report.get("sessions") or {}).get("pinned_models")) or {}
         seen = set()
         for entry in loaded:
             subject = f"{entry['name']}:{entry['role']}"
@@ -119,17 +138,86 @@ class ResidencyWatch:
             )
         for subject in set(self.signals.subjects("idle")) - seen:
             self.signals.drop("idle", subject)
-        used = report.get("system_memory_percent")
+        self._pressure(
+            report.get("system_memory_percent"), loaded, pinned, pressure_percent, models_mb
+        )
+
+    def _pressure(
+        self,
+        used: float | None,
+        loaded: list[dict[str, Any]],
+        pinned: dict[str, list[str]],
+        pressure_percent: float,
+        models_mb: float,
+    ) -> None:
+        """One memory_pressure reading per loaded instance, and the machine's."""
+        total = sum(e["memory_mb"] for e in loaded)
+        over_models = bool(models_mb) and total > models_mb
+        machine = used is not None and used >= pressure_percent and bool(loaded)
+        # Candidates: idle and not pinned, least recently used first.
+        free = sorted(
+            (e for e in loaded if not e.get("in_use") and e["name"] not in pinned),
+            key=lambda e: -e["idle_s"],
+        )
+        named: dict[str, str] = {}  # subject -> why
+        left = total
+        for entry in free:
+            subject = f"{entry['name']}:{entry['role']}"
+            if over_models and left > models_mb:
+                named[subject] = (
+                    f"the loaded models hold {total:.0f} MB, over monitor.models_memory_mb "
+                    f"({models_mb:.0f} MB)"
+                )
+                left -= entry["memory_mb"]
+            elif machine and not named:
+                named[subject] = (
+                    f"the machine's memory is {used:.0f}% used "
+                    f"(monitor.memory_pressure_percent {pressure_percent:.0f}%)"
+                )
+        seen = {"machine"}
+        for entry in loaded:
+            subject = f"{entry['name']}:{entry['role']}"
+            seen.add(subject)
+            why = named.get(subject)
+            self.signals.set(
+                "memory_pressure",
+                subject,
+                why is not None,
+                {
+                    "model": entry["name"],
+                    "role": entry["role"],
+                    "memory_mb": entry["memory_mb"],
+                    "idle_s": entry["idle_s"],
+                    "in_use": entry.get("in_use", 0),
+                    "loaded_mb": round(total, 1),
+                    "limit_mb": models_mb or None,
+                    "pinned_by": pinned.get(entry["name"], []),
+                },
+                f"{entry['name']} ({entry['role']}, {entry['memory_mb']:.0f} MB, idle "
+                f"{entry['idle_s']:.0f} s) is under memory pressure: {why}"
+                if why
+                else "",
+            )
+        for subject in set(self.signals.subjects("memory_pressure")) - seen:
+            self.signals.drop("memory_pressure", subject)
         if used is not None:
-            pressed = used >= pressure_percent and bool(loaded)
+            stuck = (machine or (over_models and left > models_mb)) and not named
             self.signals.set(
                 "memory_pressure",
                 "machine",
-                pressed,
-                {"memory_percent": used, "limit_percent": pressure_percent},
-                f"the machine's memory is {used:.0f}% used (limit {pressure_percent:.0f}%)"
-                if pressed
-                else "",
+                machine or over_models,
+                {
+                    "memory_percent": used,
+                    "limit_percent": pressure_percent,
+                    "loaded_mb": round(total, 1),
+                    "limit_mb": models_mb or None,
+                    "named": sorted(named),
+                },
+                ""
+                if not (machine or over_models)
+                else "every loaded model is in use or pinned by a session: nothing to unload"
+                if stuck
+                else f"memory pressure: unloading {', '.join(sorted(named))}",
             )
 
 
@@ -310,7 +398,8 @@ class DriftWatch:
 
 
 class NllWatch:
-    """Per model: the mean per-token NLL of each answer, against its rolling median."""
+    """Per model and adapter set: the mean per-token NLL of each answer, against that key's
+    rolling median (so a spike under one adapter is that adapter's, not the model's)."""
 
     def __init__(self, signals: Signals, k: float, after: int = 10, window: int = 50) -> None:
         self.signals = signals
@@ -320,31 +409,38 @@ class NllWatch:
 
     def update(self, models: dict[str, Any] | None) -> None:
         for entry in (models or {}).get("loaded", []):
-            nll = entry.get("nll")
-            if entry.get("role") != "generate" or not nll:
+            if entry.get("role") != "generate":
                 continue
-            name, seen = entry["name"], nll["answers"]
-            if self._last.get(name) == seen:
-                continue
-            self._last[name] = seen
-            rule = self.rules.setdefault(name, SpikeRule(self.window, self.k, self.after))
-            limit = rule.limit()
-            spike = rule.add(float(nll["last"]))
-            self.signals.set(
-                "nll",
-                name,
-                spike,
-                {
-                    "nll": round(float(nll["last"]), 4),
-                    "median": None if rule.median is None else round(rule.median, 4),
-                    "limit": None if limit is None else round(limit, 4),
-                    "answers": seen,
-                },
-                f"{name}'s last answer scored {nll['last']:.2f} nats/token against its usual "
-                f"{rule.median:.2f} (limit {limit:.2f}): it is writing unlike itself"
-                if spike and limit is not None and rule.median is not None
-                else "",
-            )
+            for key, nll in (entry.get("nll") or {}).items():
+                self._read(entry["name"], key, nll)
+
+    def _read(self, model: str, key: str, nll: dict[str, Any]) -> None:
+        seen = nll["answers"]
+        if self._last.get(key) == seen:
+            return
+        self._last[key] = seen
+        rule = self.rules.setdefault(key, SpikeRule(self.window, self.k, self.after))
+        limit = rule.limit()
+        spike = rule.add(float(nll["last"]))
+        adapters = nll.get("adapters") or ""
+        who = f"{model} under adapters {adapters}" if adapters else model
+        self.signals.set(
+            "nll",
+            key,
+            spike,
+            {
+                "model": model,
+                "adapters": adapters,
+                "nll": round(float(nll["last"]), 4),
+                "median": None if rule.median is None else round(rule.median, 4),
+                "limit": None if limit is None else round(limit, 4),
+                "answers": seen,
+            },
+            f"{who}: the last answer scored {nll['last']:.2f} nats/token against its usual "
+            f"{rule.median:.2f} (limit {limit:.2f}): it is writing unlike itself"
+            if spike and limit is not None and rule.median is not None
+            else "",
+        )
 
 
 class RouterWatch:

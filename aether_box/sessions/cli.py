@@ -22,6 +22,12 @@ HELP_LINE = (
 @click.argument("message", required=False)
 @click.option("--session", "session_id", help="Go on with this session (its id).")
 @click.option("--system", help="A system prompt for a new session.")
+@click.option(
+    "--pin/--no-pin",
+    default=None,
+    help="Keep the model loaded for this session (the tuner skips its idle unload) or stop "
+    "doing so; a pin lapses after sessions.pin_expiry_s unused.",
+)
 @click.option("--max-tokens", default=256, show_default=True, help="Longest reply, in tokens.")
 @click.option("--temperature", default=0.7, show_default=True, type=float)
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait per piece.")
@@ -32,6 +38,7 @@ def chat(
     message: str | None,
     session_id: str | None,
     system: str | None,
+    pin: bool | None,
     max_tokens: int,
     temperature: float,
     timeout: float,
@@ -42,6 +49,8 @@ def chat(
     aether-box chat smollm2                      # a conversation, line by line
     aether-box chat smollm2 "Hello!"             # one message; prints the session id
     aether-box chat smollm2 --session ID "And?"  # go on with an earlier one
+    aether-box chat smollm2 --pin                # the model stays loaded for it
+    aether-box chat smollm2 --session ID --no-pin  # unpin it (no message: just that)
     """
     sampling = {"max_tokens": max_tokens, "temperature": temperature}
     with state.client(timeout) as client:
@@ -49,7 +58,14 @@ def chat(
             body: dict[str, Any] = {"op": "create", "model": model}
             if system:
                 body["system"] = system
+            if pin:
+                body["pin"] = True
             session_id = client.request(SERVICE, body)["session"]
+        elif pin is not None:
+            client.request(SERVICE, {"op": "pin", "session": session_id, "pin": pin})
+            click.echo(f"session {session_id} {'pinned' if pin else 'unpinned'}", err=True)
+            if message is None:
+                return
         if message is not None:
             finished = _say(client, session_id, message, sampling)
             click.echo(f"(session {session_id})", err=True)

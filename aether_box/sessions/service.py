@@ -1,9 +1,14 @@
 """The `session` service: chat conversations that the box keeps.
 
 Ops:
-- ``create``: ``{"model", "system"?, "adapters"?}`` -> ``{"session", "model", "adapters"}``;
-  ``adapters`` (as for llm chat) are the session's default LoRA adapters, used by every
-  ``say`` that names none of its own.
+- ``create``: ``{"model", "system"?, "adapters"?, "pin"?}`` -> ``{"session", "model",
+  "adapters", "pinned"}``; ``adapters`` (as for llm chat) are the session's default LoRA
+  adapters, used by every ``say`` that names none of its own; ``pin: true`` keeps the model
+  loaded for it (below).
+- ``pin``: ``{"session", "pin": bool}`` -> ``{"session", "model", "pinned"}``. A pinned
+  session's model is not unloaded by the tuner (idle or under memory pressure; the tuner's
+  log records each skip) until the session is unpinned, deleted, or unused for
+  ``sessions.pin_expiry_s``. Pins show in status (section "sessions").
 - ``say``: ``{"session", "text", "stream"?, ...sampling as for llm chat}`` -> the llm chat
   reply plus ``{"session", "messages"}``; with ``stream``, PARTIAL ``{"token"}`` replies first.
   The model sees the system prompt and the newest messages that fit ``sessions.history_chars``.
@@ -15,6 +20,7 @@ Ops:
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 import anyio
@@ -22,7 +28,7 @@ import anyio.abc
 
 from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
-from aether_box.contract import Grid, ModelCatalog, PeerDirectory
+from aether_box.contract import Grid, ModelCatalog, ModelPins, PeerDirectory
 from aether_box.engines.services import chat_for
 from aether_box.errors import BadRequest
 from aether_box.sessions.settings import SessionSettings
@@ -46,17 +52,20 @@ def history_window(messages: list[dict[str, Any]], chars: int) -> list[dict[str,
     return kept[::-1]
 
 
-class SessionsComponent(OpService):
+class SessionsComponent(OpService, ModelPins):
     """Serves `session`; the conversations live in sessions.db."""
 
     name: ClassVar[str] = "session"
     settings_class: ClassVar[type | None] = SessionSettings
+    status_key: ClassVar[str] = "sessions"
 
     def __init__(self, ctx: BoxContext) -> None:
         self.ctx = ctx
         self.settings = ctx.config.get(SessionSettings)
         self._store: SessionStore | None = None
         self._db = anyio.CapacityLimiter(1)  # one connection: one call at a time
+        # Pinned sessions, read without a database call: id -> (model, last used, wall-clock).
+        self._pins: dict[str, tuple[str, float]] = {}
 
     async def serve(
         self,
@@ -66,6 +75,8 @@ class SessionsComponent(OpService):
     ) -> None:
         assert self.settings.file is not None
         self._store = await anyio.to_thread.run_sync(SessionStore, self.settings.file)
+        pinned = await self._run(self._store.pinned)
+        self._pins = {p["id"]: (p["model"], p["updated"]) for p in pinned}
         try:
             ctx.add_service("session", self)
             task_status.started()
@@ -90,9 +101,56 @@ class SessionsComponent(OpService):
             isinstance(a, dict) and isinstance(a.get("name"), str) for a in adapters
         ):
             raise BadRequest('field \'adapters\' must be a list of {"name", "scale"?} maps')
+        pin = _pin_field(request.body, False)
         await self._check_model(model)
-        session = await self._run(self.store.create, model, system, adapters)
-        return {"session": session["id"], "model": model, "adapters": adapters}
+        session = await self._run(self.store.create, model, system, adapters, pin)
+        self._note_pin(session)
+        return {"session": session["id"], "model": model, "adapters": adapters, "pinned": pin}
+
+    async def op_pin(self, request: Request) -> dict[str, Any]:
+        session_id = require_name(request.body, "session")
+        pin = _pin_field(request.body, None)
+        session = await self._run(self.store.pin, session_id, pin)
+        self._note_pin(session)
+        return {"session": session_id, "model": session["model"], "pinned": pin}
+
+    def _note_pin(self, session: dict[str, Any]) -> None:
+        if session["pinned"]:
+            self._pins[session["id"]] = (session["model"], session["updated"])
+        else:
+            self._pins.pop(session["id"], None)
+
+    def _live_pins(self) -> dict[str, tuple[str, float]]:
+        """The pins that have not lapsed (sessions.pin_expiry_s after their last use)."""
+        expiry = self.settings.pin_expiry_s
+        now = time.time()
+        return {
+            ident: (model, used)
+            for ident, (model, used) in self._pins.items()
+            if not expiry or now - used < expiry
+        }
+
+    def pinned_by(self, model: str) -> list[str]:
+        """The live sessions pinning `model` (see ModelPins)."""
+        return sorted(ident for ident, (m, _) in self._live_pins().items() if m == model)
+
+    def status_section(self) -> dict[str, Any]:
+        """The "sessions" section of `status`: the live pins, by model and one by one."""
+        expiry = self.settings.pin_expiry_s
+        now = time.time()
+        pins: list[dict[str, Any]] = []
+        by_model: dict[str, list[str]] = {}
+        for ident, (model, used) in sorted(self._live_pins().items()):
+            pins.append(
+                {
+                    "session": ident,
+                    "model": model,
+                    "idle_s": round(now - used, 1),
+                    "expires_in_s": round(expiry - (now - used), 1) if expiry else None,
+                }
+            )
+            by_model.setdefault(model, []).append(ident)
+        return {"pins": pins, "pinned_models": by_model, "pin_expiry_s": expiry}
 
     async def _check_model(self, model: str) -> None:
         """NotFound (saying what is installed) unless this box, a linked peer or a grid member
@@ -132,6 +190,8 @@ class SessionsComponent(OpService):
         # Only a finished reply is kept, together with the message it answers.
         turn = [("user", text), ("assistant", reply.get("text", ""))]
         count = await self._run(self.store.append, session_id, turn)
+        if session_id in self._pins:  # used now: its pin's expiry starts again
+            self._pins[session_id] = (session["model"], time.time())
         return {**reply, "session": session_id, "messages": count}
 
     async def op_history(self, request: Request) -> dict[str, Any]:
@@ -166,4 +226,14 @@ class SessionsComponent(OpService):
 
     async def op_delete(self, request: Request) -> dict[str, Any]:
         session_id = require_name(request.body, "session")
-        return {"deleted": await self._run(self.store.delete, session_id)}
+        deleted = await self._run(self.store.delete, session_id)
+        self._pins.pop(session_id, None)  # an ended session pins nothing
+        return {"deleted": deleted}
+
+
+def _pin_field(body: dict[str, Any], default: bool | None) -> bool:
+    """The request's ``pin`` flag (required when `default` is None)."""
+    pin = body.get("pin", default)
+    if not isinstance(pin, bool):
+        raise BadRequest(f"field 'pin' must be true or false, got {pin!r}")
+    return pin

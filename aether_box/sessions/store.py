@@ -54,6 +54,10 @@ class SessionStore:
                 columns = {row[1] for row in self._conn.execute("PRAGMA table_info(sessions)")}
                 if "adapters" not in columns:  # a database from before adapters
                     self._conn.execute("ALTER TABLE sessions ADD COLUMN adapters TEXT")
+                if "pinned" not in columns:  # a database from before pins
+                    self._conn.execute(
+                        "ALTER TABLE sessions ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0"
+                    )
         except apsw.Error as exc:
             if no_space_at(path.parent):  # start anyway, read-only: see MemoryStore.frozen
                 self._conn = apsw.Connection(str(path))  # _check_writable refuses writes
@@ -76,16 +80,27 @@ class SessionStore:
         self._conn.close()
 
     def create(
-        self, model: str, system: str | None, adapters: list[dict[str, Any]] | None = None
+        self,
+        model: str,
+        system: str | None,
+        adapters: list[dict[str, Any]] | None = None,
+        pinned: bool = False,
     ) -> dict[str, Any]:
-        """A new session; `adapters` are its default LoRA adapters (see llm's ``adapters``)."""
+        """A new session; `adapters` are its default LoRA adapters (see llm's ``adapters``);
+        `pinned`: it keeps its model loaded (see SessionsComponent)."""
         self._check_writable()
         now = time.time()
-        session = {"id": uuid.uuid4().hex[:16], "model": model, "system": system}
+        session = {
+            "id": uuid.uuid4().hex[:16],
+            "model": model,
+            "system": system,
+            "pinned": pinned,
+            "updated": now,
+        }
         with self._conn:
             self._conn.execute(
-                "INSERT INTO sessions (id, model, system, created, updated, adapters) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sessions (id, model, system, created, updated, adapters, pinned) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     session["id"],
                     model,
@@ -93,21 +108,41 @@ class SessionStore:
                     now,
                     now,
                     json.dumps(adapters) if adapters else None,
+                    int(pinned),
                 ),
             )
         return session
 
+    def pin(self, session_id: str, pinned: bool) -> dict[str, Any]:
+        """Pin or unpin a session; -> the session (NotFound for an unknown one)."""
+        self._check_writable()
+        with self._conn:
+            self._conn.execute(
+                "UPDATE sessions SET pinned = ? WHERE id = ?", (int(pinned), session_id)
+            )
+        return self.get(session_id)
+
+    def pinned(self) -> list[dict[str, Any]]:
+        """The pinned sessions: id, model and when each was last used (wall-clock)."""
+        rows = self._conn.execute(
+            "SELECT id, model, updated FROM sessions WHERE pinned = 1"
+        ).fetchall()
+        return [dict(zip(("id", "model", "updated"), row, strict=True)) for row in rows]
+
     def get(self, session_id: str) -> dict[str, Any]:
         """The session's model, system prompt and default adapters, or NotFound."""
         rows = self._conn.execute(
-            "SELECT id, model, system, adapters FROM sessions WHERE id = ?", (session_id,)
+            "SELECT id, model, system, adapters, pinned, updated FROM sessions WHERE id = ?",
+            (session_id,),
         ).fetchall()
         if not rows:
             raise NotFound(
                 f"no session {session_id!r}; list them with op 'list', or make one with 'create'"
             )
-        session = dict(zip(("id", "model", "system", "adapters"), rows[0], strict=True))
+        keys = ("id", "model", "system", "adapters", "pinned", "updated")
+        session = dict(zip(keys, rows[0], strict=True))
         session["adapters"] = json.loads(session["adapters"]) if session["adapters"] else []
+        session["pinned"] = bool(session["pinned"])
         return session
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:
@@ -146,11 +181,14 @@ class SessionStore:
     def list(self) -> list[dict[str, Any]]:
         """Every session, most recently used first, with its message count."""
         rows = self._conn.execute(
-            "SELECT s.id, s.model, s.created, s.updated, count(m.seq) FROM sessions s "
+            "SELECT s.id, s.model, s.created, s.updated, s.pinned, count(m.seq) FROM sessions s "
             "LEFT JOIN messages m ON m.session = s.id GROUP BY s.id ORDER BY s.updated DESC"
         ).fetchall()
-        keys = ("id", "model", "created", "updated", "messages")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        keys = ("id", "model", "created", "updated", "pinned", "messages")
+        found = [dict(zip(keys, row, strict=True)) for row in rows]
+        for session in found:
+            session["pinned"] = bool(session["pinned"])
+        return found
 
     def delete(self, session_id: str) -> bool:
         self._check_writable()

@@ -28,6 +28,7 @@ from aether_box.tui.view import (
     History,
     RateTracker,
     adapter_rows,
+    baked_rows,
     grid_rows,
     memory_rows,
     model_rows,
@@ -214,6 +215,7 @@ class BoxApp(App[None]):
                 self.record_speed(name, tps)
         panel.show_rows(
             {name: cells for name, (cells, _) in rows.items()}
+            | baked_rows(section)
             | adapter_rows(report.get("adapters")),
             _summary(section, skip=("loaded", "installed", "models")),
         )

@@ -340,6 +340,38 @@ def adapter_rows(section: Any) -> dict[str, Row]:
     return rows
 
 
+def baked_rows(section: Any) -> dict[str, Row]:
+    """Baked copies of hot adapter sets, as rows under their model: "⤷ model baked N" ->
+    (name, "baked · types", state or bake progress, memory, tok/s, slots, TTFT, the set)."""
+    if not isinstance(section, Mapping):
+        return {}
+    rows: dict[str, Row] = {}
+    for model in records(section, "loaded"):
+        scheduler = model.get("scheduler")
+        if not isinstance(scheduler, Mapping):
+            continue
+        for i, copy in enumerate(records(scheduler.get("baked"))):
+            own = copy.get("scheduler") if isinstance(copy.get("scheduler"), Mapping) else {}
+            progress = copy.get("progress") if isinstance(copy.get("progress"), Mapping) else {}
+            state = str(copy.get("state") or MISSING)
+            if state == "baking":
+                state += f" {progress.get('done', 0)}/{progress.get('of', '?')}"
+            types = copy.get("types") if isinstance(copy.get("types"), Mapping) else {}
+            memory = _number(copy.get("memory_mb"))
+            name = f"⤷ {_name(model)} baked {i + 1}"
+            rows[name] = (
+                name,
+                "baked · " + (", ".join(str(t) for t in types) or MISSING),
+                state,
+                fmt_bytes(memory * 2**20 if memory else None),
+                fmt_float(_number(own.get("aggregate_tokens_per_s"))),
+                _slots(own),
+                _ms(_number(own.get("ttft_ms"))),
+                str(copy.get("adapters") or MISSING),
+            )
+    return rows
+
+
 def _slots(scheduler: Mapping[str, Any]) -> str:
     """ "busy/all", with "+N" when N requests wait for a slot; "-" without a scheduler."""
     busy, slots = _number(scheduler.get("slots_busy")), _number(scheduler.get("slots"))
@@ -462,9 +494,41 @@ def grid_rows(section: Any) -> dict[str, Row]:
     return rows
 
 
+def signal_rows(section: Any) -> dict[str, Row]:
+    """signal -> (kind, "signal", subject, triggered/calm, figures): the observer's NLL
+    readings (one per model and adapter set) and every triggered signal, under the tuner's
+    decisions; a signal a session's pin holds back says so."""
+    rows: dict[str, Row] = {}
+    held = section.get("held_by_pins", {}) if isinstance(section, Mapping) else {}
+    for signal in records(section, "signals"):
+        kind, subject = str(signal.get("kind", "?")), str(signal.get("subject", "?"))
+        if kind != "nll" and not signal.get("triggered"):
+            continue
+        figures = signal.get("figures") if isinstance(signal.get("figures"), Mapping) else {}
+        if kind == "nll":
+            detail = (
+                f"nll {fmt_float(figures.get('nll'), 2)} (median "
+                f"{fmt_float(figures.get('median'), 2)}, limit {fmt_float(figures.get('limit'), 2)}"
+                f", {figures.get('answers', '?')} answers)"
+            )
+        else:
+            detail = str(signal.get("message") or MISSING)
+        if f"{kind}:{subject}" in held:
+            detail = f"held: pinned by a session; {detail}"
+        rows[f"signal:{kind}:{subject}"] = (
+            kind,
+            "signal",
+            subject,
+            "triggered" if signal.get("triggered") else "calm",
+            detail[:60] + ("..." if len(detail) > 60 else ""),
+        )
+    return rows
+
+
 def tuner_rows(section: Any) -> dict[str, Row]:
     """decision -> (#id, action, subject, state, outcome): the tuner's latest decisions,
-    open proposals first (apply them with `aether-box tuner apply ID`)."""
+    open proposals first (apply them with `aether-box tuner apply ID`), then the signals
+    (`signal_rows`)."""
     rows: dict[str, Row] = {}
     decisions = records(section, "recent")
     decisions.sort(key=lambda d: (d.get("state") != "proposed", -int(d.get("id", 0))))
@@ -478,4 +542,4 @@ def tuner_rows(section: Any) -> dict[str, Row]:
             str(pick(record, "state", default=MISSING)),
             outcome[:60] + ("..." if len(outcome) > 60 else "") or MISSING,
         )
-    return rows
+    return {**rows, **signal_rows(section)}

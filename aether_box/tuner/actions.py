@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aether_box.context import BoxContext
-from aether_box.contract import AdapterCatalog, ModelResidency
+from aether_box.contract import AdapterCatalog, ModelPins, ModelResidency
 from aether_box.errors import BadRequest, BoxError, NotFound, ServiceUnavailable
 
 __all__ = ["Action", "Plan", "plans_for", "settle_interrupted"]
@@ -64,7 +64,8 @@ class Plan:
 
 
 class Unload(Action):
-    """Unload an idle model instance; it reloads on its next request."""
+    """Unload an idle model instance; it reloads on its next request. Never one a request
+    holds or waits for, nor one a session pinned (the decision is rejected, saying which)."""
 
     kind = "unload"
 
@@ -73,6 +74,15 @@ class Unload(Action):
         if residency is None:
             return {"state": "failed", "outcome": "no engines component runs"}
         p = decision["params"]
+        pins = ctx.get(ModelPins)
+        pinned_by = pins.pinned_by(p["model"]) if pins is not None else []
+        if pinned_by:  # the tuner looks again once the pins are gone (see TunerComponent)
+            return {
+                "state": "rejected",
+                "after": {"pinned_by": pinned_by},
+                "outcome": f"skipped: pinned by session {', '.join(pinned_by)}; it stays "
+                "loaded until they unpin, end or lapse (sessions.pin_expiry_s)",
+            }
         freed = await residency.unload_if_idle(p["model"], p["role"], p["idle_s"])
         if freed is None:
             return {"state": "rejected", "outcome": "in use (or unloaded) since: kept as it is"}
@@ -231,7 +241,10 @@ async def plans_for(signal: dict[str, Any], ctx: BoxContext, keep_alive: float) 
         params = {"model": model, "role": role, "idle_s": keep_alive}
         return [Plan(Unload(), subject, evidence, params, figures)]
     if kind == "memory_pressure":
-        return _relieve(ctx, evidence)
+        if subject == "machine":
+            return []  # the sum-up: the readings per model name the ones to unload
+        params = {"model": figures["model"], "role": figures["role"], "idle_s": 0.0}
+        return [Plan(Unload(), subject, evidence, params, figures)]
     if kind == "drift":
         return await _refits_for_collection(ctx, subject, figures["model"], evidence)
     if kind == "align":
@@ -242,10 +255,18 @@ async def plans_for(signal: dict[str, Any], ctx: BoxContext, keep_alive: float) 
         params = {"op": figures["op"], "reason": signal["message"]}
         return [Plan(Adapters(), subject, evidence, params, figures)]
     if kind == "nll":
-        advice = (
-            f"{subject} writes text it finds unlikely: check the prompts sent to it, a changed "
-            "adapter or model file; if it persists, consider another model"
-        )
+        if figures.get("adapters"):
+            advice = (
+                f"{figures['model']} writes text it finds unlikely under adapters "
+                f"{figures['adapters']} only: compare its answers without them, look at their "
+                "fusion log (`aether-box adapters list`); prune or retrain the adapter if it "
+                "persists"
+            )
+        else:
+            advice = (
+                f"{subject} writes text it finds unlikely: check the prompts sent to it or a "
+                "changed model file; if it persists, consider another model"
+            )
         return [Plan(Advice(), f"model:{subject}", evidence, {"advice": advice}, figures)]
     if kind == "slow":
         advice = (
@@ -255,18 +276,6 @@ async def plans_for(signal: dict[str, Any], ctx: BoxContext, keep_alive: float) 
         )
         return [Plan(Advice(), f"speed:{subject}", evidence, {"advice": advice}, figures)]
     return []
-
-
-def _relieve(ctx: BoxContext, evidence: dict[str, Any]) -> list[Plan]:
-    """Under memory pressure: the least recently used instance that no request holds."""
-    residency = ctx.get(ModelResidency)
-    idle = [e for e in (residency.residency() if residency else []) if not e["in_use"]]
-    if not idle:
-        return []
-    victim = max(idle, key=lambda e: e["idle_s"])
-    params = {"model": victim["name"], "role": victim["role"], "idle_s": 0.0}
-    subject = f"{victim['name']}:{victim['role']}"
-    return [Plan(Unload(), subject, evidence, params, {"idle_s": victim["idle_s"]})]
 
 
 async def _projectors(ctx: BoxContext) -> list[dict[str, Any]]:

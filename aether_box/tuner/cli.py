@@ -95,6 +95,18 @@ def status_cmd(state: CliState, as_json: bool) -> None:
     for action, states in sorted(section["counts"].items()):
         counts = ", ".join(f"{s} {n}" for s, n in sorted(states.items()))
         click.echo(f"  {action}: {counts}")
+    for signal in section.get("signals", []):
+        if signal["kind"] == "nll":  # one per model and adapter set
+            f = signal["figures"]
+            click.echo(
+                f"nll {signal['subject']}: {f['nll']} nats/token, median {f['median']}, "
+                f"limit {f['limit']} ({f['answers']} answers)"
+                + (" SPIKE" if signal["triggered"] else "")
+            )
+        elif signal["triggered"] and signal.get("message"):
+            click.echo(f"signal {signal['kind']} {signal['subject']}: {signal['message']}")
+    for key, model in section.get("held_by_pins", {}).items():
+        click.echo(f"held: {key} (a session pins {model}; acted on once unpinned)")
     for ident, progress in section["running"].items():
         click.echo(f"running #{ident}: {json.dumps(progress, default=float)}")
     if section["proposed"]:

@@ -26,7 +26,7 @@ import anyio.abc
 
 from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
-from aether_box.contract import ModelResidency, Observations
+from aether_box.contract import ModelPins, ModelResidency, Observations
 from aether_box.engines.settings import EngineSettings
 from aether_box.errors import BadRequest, BoxError, ServiceUnavailable
 from aether_box.tuner.actions import Action, Plan, plans_for, settle_interrupted
@@ -82,6 +82,9 @@ class TunerComponent:
         self._work: anyio.abc.TaskGroup | None = None
         self._busy: set[str] = set()  # actions with work in progress (one at a time each)
         self._unloaded: dict[tuple[str, str], int] = {}  # model instance -> its decision id
+        # Signals whose unload a session's pin held back -> the model: looked at again once
+        # no session pins it (a pin is no news in itself: one logged skip per spell).
+        self._held: dict[tuple[str, str], str] = {}
         self._states: dict[int, str] = {}  # decision id -> the state last counted
 
     # ----------------------------------------------------------------- running
@@ -117,6 +120,7 @@ class TunerComponent:
             return
         signals = observer.signals()
         await self._note_reloads()
+        self._release_unpinned()
         for signal in signals:
             key = (signal["kind"], signal["subject"])
             if not signal["triggered"] or self._handled.get(key) == signal["seq"]:
@@ -192,12 +196,26 @@ class TunerComponent:
             self.running.pop(ident, None)
         decision = await self._db_call(self._log().update, ident, **result)
         if action.kind == "unload" and decision["state"] == "rejected":
-            # in use again (or not idle long enough): look at the same idle spell again
-            self._handled.pop(("idle", decision["subject"]), None)
+            signal = decision.get("signal") or {}
+            key = (signal.get("kind", "idle"), signal.get("subject", decision["subject"]))
+            if (decision["after"] or {}).get("pinned_by"):
+                self._held[key] = decision["params"]["model"]  # again once unpinned
+            else:
+                # in use again (or not idle long enough): look at the same spell again
+                self._handled.pop(key, None)
         if action.kind == "unload" and decision["state"] == "applied":
             name, role = decision["params"]["model"], decision["params"]["role"]
             self._unloaded[(name, role)] = ident
         self._announce(decision)
+
+    def _release_unpinned(self) -> None:
+        """Signals held back by a pin whose model no session pins any more: act on them at
+        this look (if they still hold)."""
+        pins = self.ctx.get(ModelPins)
+        for key, model in list(self._held.items()):
+            if pins is None or not pins.pinned_by(model):
+                del self._held[key]
+                self._handled.pop(key, None)
 
     async def _settle(self, interrupted: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Decisions a stop cut short (still `applying` in the log): settle each by what the
@@ -333,5 +351,6 @@ class TunerComponent:
             "counts": self.counts,
             "running": {str(k): v for k, v in self.running.items()},
             "recent": self.recent[:10],
+            "held_by_pins": {f"{k}:{s}": model for (k, s), model in self._held.items()},
             "proposed": [d for d in self.recent if d["state"] == "proposed"],
         }
