@@ -91,6 +91,10 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         collections = memory.get("collections", {})
         listed = ", ".join(f"{name} ({c.get('count', '?')})" for name, c in collections.items())
         console.print(f"memory: {memory.get('db_mb', '?')} MB, collections {listed or 'none'}")
+        cross = memory.get("cross_model") or {}
+        if any(cross.values()):
+            counts = ", ".join(f"{path} {count}" for path, count in cross.items())
+            console.print(f"  searches from other models: {counts}")
     peers = (report.get("peers") or {}).get("peers")
     if peers:
         listed = ", ".join(f"{p.get('name')} ({p.get('state')})" for p in peers)

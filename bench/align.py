@@ -13,12 +13,18 @@ judged as top-1 among its N. Each model embeds with its alignment recipe (the mo
 manifest: SmolLM2 a PromptEOL template read at its last token). Then `align report` judges
 every pair through the hub on the same held-out texts, beside the direct projector.
 
-Speed and caching: SmolLM2 embeds ~100 prompt tokens/s per thread here, Gemma 3 270M about
-half that, so the default scale (1,200 + 3 x 500 texts per model) is what a quiet 2-core
-machine embeds in about 10 minutes; every model's vectors are cached on disk in the data dir
-(default ~/.cache/aether-box/bench-align, under align/vectors/<model>-<digest of weights and
-recipe>/), so a rerun only fits (a minute or two) and a changed recipe never reuses stale
-vectors. Delete that dir to embed again. --max-pairs 5000 --test-pairs 1000 is the old scale.
+How long: the embedding dominates. Each model embeds 1,200 + 3 x 500 = 2,700 texts at the
+default scale (SmolLM2 ~100 prompt tokens/s per thread here, Gemma 3 270M about half that):
+about 25-30 minutes on a quiet 2-core machine for the first run (SmolLM2 ~8, Gemma ~15,
+MiniLM ~1, then the fits), several times that on a busy one (--max-pairs 150 --test-pairs 60 --methods ridge,procrustes took 33 minutes
+under `nice` at load ~10, its rerun from the cache with --models smollm2 --no-direct 7). Every
+model's vectors are cached on disk per model and recipe, in the data dir (default
+~/.cache/aether-box/bench-align, under align/vectors/<model>-<digest of weights and
+recipe>/<corpus digest>.npy), so a rerun with the same scale embeds nothing and only fits
+(a few minutes: MLP fits and the gate), and a changed recipe or model file never reuses
+stale vectors. Delete that dir to embed again. --max-pairs 5000 --test-pairs 1000 is the
+old scale (about 2.5x longer). For the README: run it twice on a quiet machine and quote the
+second (cached) run's figures with its load.
 
 Timing, in this process on SmolLM2 -> MiniLM's served method: ONNX Runtime (1 thread, IO
 binding for single vectors) against the same maths in numpy, single vector and batch of
@@ -26,11 +32,12 @@ binding for single vectors) against the same maths in numpy, single vector and b
 and one `align project` round trip through the bus.
 
 The last line is JSON: top1_in_domain, top1_out_of_domain, project_single_us (SmolLM2 ->
-MiniLM), gate_auc (that projector's served gate, AUC for "finds the native top-1" on the
-held-out out-of-domain set, the harder one; every set is in `pairs`), gate_auc_margin (the
-same for the collection-margin signal, gate.py, not yet served by `project`), hub_gap_max (the largest
-top-1 loss, in- or out-of-domain, of a pair through the hub against its direct projector),
-the coherence report and the machine with its load.
+MiniLM), gate_auc (SmolLM2 -> MiniLM: the AUC for "finds the native top-1" of the gate memory's
+cross-model search serves, agreement and collection margin combined (gate.py), on the
+in-, out-of- and far-domain held-out sets pooled), gate (that gate per domain: AUC, proxy share
+and combined top-1 at the default gate, and the AUC of the agreement and of the margin
+alone), hub_gap_max (the largest top-1 loss, in- or out-of-domain, of a pair through the hub
+against its direct projector), the coherence report and the machine with its load.
 """
 
 from __future__ import annotations
@@ -142,6 +149,9 @@ def main() -> None:
     finally:
         stop_box(box)
     first = results.get(f"smollm2->{args.hub}") or next(iter(results.values()), {})
+    served_gate = next(
+        (r for r in coherence["pairs"] if r["from"] == "smollm2" and r["to"] == args.hub), {}
+    )
     gaps = [
         row[d]["hub_gap"]
         for row in coherence["pairs"]
@@ -152,8 +162,16 @@ def main() -> None:
         "top1_in_domain": first.get("top1_in_domain"),
         "top1_out_of_domain": first.get("top1_out_of_domain"),
         "project_single_us": (first.get("timing") or {}).get("onnx_single_us"),
-        "gate_auc": (first.get("gate") or {}).get("out_of_domain", {}).get("auc_top1"),
-        "gate_auc_margin": (first.get("gate") or {}).get("out_of_domain", {}).get("auc_margin"),
+        "gate_auc": served_gate.get("gate_auc_pooled"),
+        "gate": {
+            short: {
+                key: served_gate[short][key]
+                for key in ("gate_auc", "agreement_auc", "margin_auc", "proxy_share", "top1")
+            }
+            | {"combined_top1": served_gate[short]["combined_top1"]}
+            for short in ("in", "out", "far")
+            if short in served_gate
+        },
         "hub_gap_max": max(gaps) if gaps else None,
         "scale": {"max_pairs": args.max_pairs, "test_pairs": args.test_pairs},
         "seconds": round(time.perf_counter() - started_all, 1),
@@ -201,6 +219,7 @@ def summarise(report: dict[str, Any], seconds: float) -> dict[str, Any]:
                 name: {
                     "auc_top1": gate[name]["auc_top1"],
                     "auc_margin": gate[name].get("auc_margin"),
+                    "auc_combined": gate[name].get("auc_combined"),
                     "mean_agreement": round(gate[name]["mean_agreement"], 3),
                     "proxy_share": at_gate[name]["proxy_share"],
                     "accepted_top1": at_gate[name]["accepted_top1"],

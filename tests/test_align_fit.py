@@ -170,8 +170,14 @@ def test_gate_predicts_which_projections_are_faithful() -> None:
     near_a, near_b = off_manifold(400, 0.05, 3)
     far_a, far_b = off_manifold(400, 1.0, 4)
     x, y = np.concatenate([near_a, far_a]), np.concatenate([near_b, far_b])
-    report = calibrate(gate, projector, x, y)
+    report = calibrate(gate, projector, x, y, combined_coef=facts["combined_coef"])
     assert report["auc_top1"] > 0.7  # it ranks good projections above bad ones
+    # The collection margin lifts the agreement (calibrated on near queries only, the two
+    # together weigh the agreement more than the far ones here would want: not above the
+    # margin alone on this mix).
+    assert report["auc_combined"] > report["auc_top1"] + 0.05
+    combined = [row["proxy_share"] for row in report["combined_thresholds"]]
+    assert combined == sorted(combined)
     assert gate.agreement(projector, far_a).mean() < 0.5 < gate.agreement(projector, near_a).mean()
     shares = [row["proxy_share"] for row in report["thresholds"]]
     assert shares == sorted(shares)  # a stricter gate sends more to the proxy

@@ -234,27 +234,43 @@ def test_memory_search_from_another_model_says_which_path(fitted_box: FittedBox)
         client.request("memory", {"op": "create", "collection": "notes", "model": "minilm"})
         client.request("memory", {"op": "add", "collection": "notes", "texts": texts})
         vector = _embed(client, "smollm2", [query])[0]
+        plain = client.request("embed", {"op": "embed", "model": "smollm2", "texts": [query]})
         body = {
             "op": "search",
             "collection": "notes",
-            "vector": vector,
+            "vector": plain["vectors"][0],
             "k": 3,
             "query_model": "smollm2",
             "text": query,
         }
+        # A plain `embed` vector (mean pooling, no prompt) is not what the projector takes:
+        # refused, naming the recipe to use, rather than projected or silently proxied.
+        with pytest.raises(RecipeMismatch, match='"pooling": "last"'):
+            client.request("memory", body)
+        body |= {"vector": vector, "query_recipe": _recipe("smollm2")}
         try:
             align.settings.gate = 0.0  # every projection passes
             through = client.request("memory", body)
             align.settings.gate = 1.0  # none does: the box re-embeds the text with minilm
             proxied = client.request("memory", body)
+            # Hybrid scores are fused ranks, no margin: the agreement alone decides there.
+            hybrid = client.request("memory", {**body, "hybrid": True})
         finally:
             align.settings.gate = 0.8
-        section = client.status()["align"]["projectors"]["smollm2->minilm"]
+        status = client.status()
+        section = status["align"]["projectors"]["smollm2->minilm"]
+        cross = status["memory"]["cross_model"]
     assert through["path"] == "projector" and through["alignment"]["accepted"] is True
+    # The combined gate judged the projection on the search's own two nearest records.
+    first, second = through["results"][:2]
+    assert through["alignment"]["margin"] == pytest.approx(first["score"] - second["score"], 1e-3)
+    assert 0.0 < through["alignment"]["combined"] < 1.0
     assert proxied["path"] == "proxy" and proxied["alignment"]["accepted"] is False
     assert proxied["results"][0]["text"] == query  # the native query finds its own text
+    assert hybrid["path"] == "proxy" and "combined" not in hybrid["alignment"]
     assert query in [hit["text"] for hit in through["results"]]
     assert section["proxied"] >= 1 and section["accepted"] >= 1
+    assert cross["projector"] >= 1 and cross["proxy"] >= 1 and cross["refused"] >= 1
 
 
 def test_fit_from_a_collection_reuses_its_vectors(fitted_box: FittedBox) -> None:
@@ -298,6 +314,33 @@ def test_projectors_record_both_recipes_and_refuse_another(fitted_box: FittedBox
             client.request("align", {**body, "recipe": {"pooling": "mean"}})
         with pytest.raises(RecipeMismatch, match="smollm2"):
             client.request("align", {**body, "recipe": "smollm2:mean:000000000000"})
+
+
+def test_collections_with_the_alignment_recipe_embed_and_project_that_way(
+    fitted_box: FittedBox,
+) -> None:
+    texts = fitted_box.texts[-2:]
+    with fitted_box.box.client(timeout=300) as client:
+        body = {"op": "create", "collection": "smol", "model": "smollm2", "recipe": "align"}
+        made = client.request("memory", body)["collection"]
+        assert made["recipe"] == {"prompt": _recipe("smollm2")["prompt"], "pooling": "last"}
+        ids = client.request("memory", {"op": "add", "collection": "smol", "texts": texts})["ids"]
+        stored = client.request(
+            "memory", {"op": "get", "collection": "smol", "ids": ids, "include_vectors": True}
+        )["vectors"]
+        assert np.allclose(stored, _embed(client, "smollm2", texts), atol=1e-5)
+        # The projector's target (minilm, plain) is not this collection's kind of vector.
+        project = {
+            "op": "project",
+            "from": "smollm2",
+            "to": "minilm",
+            "vector": stored[0],
+            "collection": "smol",
+        }
+        with pytest.raises(RecipeMismatch, match="collection 'smol'"):
+            client.request("align", {**project, "target_recipe": made["recipe"]})
+        plain = {"prompt": None, "pooling": "mean"}
+        assert client.request("align", {**project, "target_recipe": plain})["vector"].shape
 
 
 def test_embed_options_are_checked(fitted_box: FittedBox) -> None:

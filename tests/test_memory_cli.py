@@ -52,6 +52,7 @@ def test_import_export_round_trip(memory_box, tmp_path):
         "model": "test",
         "dim": 8,
         "metric": "l2",
+        "recipe": {"prompt": None, "pooling": "mean"},  # plain: the default
         "count": 2500,
         "created": 0,
     }
@@ -59,7 +60,10 @@ def test_import_export_round_trip(memory_box, tmp_path):
     exported = tmp_path / "out.jsonl"
     assert "exported 2500 records" in run(memory_box, "export", "docs", str(exported)).output
     header, *lines = [orjson.loads(line) for line in exported.read_bytes().splitlines()]
-    assert header == {"collection": {"name": "docs", "model": "test", "dim": 8, "metric": "l2"}}
+    plain = {"prompt": None, "pooling": "mean"}
+    assert header == {
+        "collection": {"name": "docs", "model": "test", "dim": 8, "metric": "l2", "recipe": plain}
+    }
     assert [line["id"] for line in lines] == [f"n{i}" for i in range(2_500)]
     assert lines[7]["metadata"] == {"tag": "b", "i": 7} and lines[7]["text"] == "note 7"
     np.testing.assert_array_equal(np.array([line["vector"] for line in lines], np.float32), vectors)

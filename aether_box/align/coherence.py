@@ -4,9 +4,11 @@ For each ordered pair (A, B) of the models that joined the hub (and the hub itse
 projection A -> hub -> B (or the one projector when A or B is the hub) is judged on every
 held-out set its legs were judged on (in-domain, out-of-domain, far-domain), matched by
 text: top-1 and recall@10 among the set, the mean cosine to the native vectors, the gate's
-AUC for "finds the native top-1" (and that of the collection margin, gate.py), the share
-of queries the gate sends to the proxy and the combined top-1. Where a direct projector A -> B is fitted too, its top-1 is shown beside the
-hub's and the gap between them. Everything comes from the stored projectors and held-out
+AUC for "finds the native top-1" (the gate memory's cross-model search serves: agreement and
+collection margin combined, gate.py; and each signal's alone), the share of queries the gate
+sends to the proxy and the combined top-1; `gate_auc_pooled` is the gate's AUC over the
+domains together. Where a direct projector A -> B is fitted too, its top-1 is shown beside
+the hub's and the gap between them. Everything comes from the stored projectors and held-out
 pairs: nothing is embedded again. Blocking (numpy): run it in a thread.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from aether_box.align.fidelity import ranks, retrieval
-from aether_box.align.gate import auc, margin
+from aether_box.align.gate import auc, combine, margin
 from aether_box.align.hub import Composed, composed_pairs
 from aether_box.align.pairs import PairSet
 from aether_box.align.projectors import Projector
@@ -45,9 +47,15 @@ def _held(store: ProjectorStore, source: str, target: str, domain: str) -> PairS
 
 
 def _judge(
-    legs: list[tuple[Projector, Any]], pairs: PairSet, gate: float, n: int
+    legs: list[tuple[Projector, Any]],
+    pairs: PairSet,
+    gate: float,
+    n: int,
+    combined_coef: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Figures of the chained legs on held-out pairs (the first n)."""
+    """Figures of the chained legs on held-out pairs (the first n). The gate judged is the
+    one memory's cross-model search serves: agreement and collection margin combined by the
+    last leg's calibration (gate.combine), or the agreement alone for a projector without one."""
     x, y = pairs.a[:n], pairs.b[:n]
     agreement = np.ones(len(x), np.float64)
     current = x
@@ -56,16 +64,20 @@ def _judge(
         current = projector(current)
     found = retrieval(current, y)
     hit = ranks(current, y) == 1
-    accepted = agreement >= gate
+    gaps = margin(current, y)
+    served = agreement if combined_coef is None else combine(agreement, gaps, combined_coef)
+    accepted = served >= gate
     return {
         "n": found["n"],
         "top1": round(found["top1"], 4),
         "recall_at_10": round(found["recall_at_10"], 4),
         "mean_cosine": round(found["mean_cosine"], 4),
-        "gate_auc": auc(agreement, hit),
-        "margin_auc": auc(margin(current, y), hit),
+        "gate_auc": auc(served, hit),
+        "agreement_auc": auc(agreement, hit),
+        "margin_auc": auc(gaps, hit),
         "proxy_share": round(float(1 - accepted.mean()), 4),
         "combined_top1": round(float(np.where(accepted, hit, True).mean()), 4),
+        "_scores": (served, hit),
     }
 
 
@@ -91,6 +103,7 @@ def coherence(store: ProjectorStore, hub: str, gate: float, n: int = 1000) -> di
             direct = None
             if len(legs) > 1 and f"{a}->{b}" in fitted:
                 direct = store.report(a, b)
+            scores = []
             for domain, short in DOMAINS.items():
                 first = _held(store, *legs_names[0], domain)
                 last = _held(store, *legs_names[-1], domain)
@@ -99,13 +112,18 @@ def coherence(store: ProjectorStore, hub: str, gate: float, n: int = 1000) -> di
                 pairs = first if len(legs) == 1 else composed_pairs(first, last)
                 if pairs is None or len(pairs) < 5:
                     continue
-                figures = _judge([(p, g) for p, g, _ in legs], pairs, gate, n)
+                coef = (legs[-1][2].get("gate") or {}).get("calibration", {}).get("combined_coef")
+                figures = _judge([(p, g) for p, g, _ in legs], pairs, gate, n, coef)
+                scores.append(figures.pop("_scores"))
                 if direct is not None:
                     d = direct["methods"][direct["best"]].get(domain)
                     if d is not None:
                         figures["direct_top1"] = d["top1"]
                         figures["hub_gap"] = round(d["top1"] - figures["top1"], 4)
                 row[short] = figures
+            if scores:
+                served, hit = (np.concatenate(part) for part in zip(*scores, strict=True))
+                row["gate_auc_pooled"] = auc(served, hit)
             rows.append(row)
     return {"hub": hub, "models": models, "gate": gate, "pairs": rows}
 

@@ -13,11 +13,15 @@ projection itself gives, on the source vector alone:
   on a different (K-1)/K of the pairs. Where the data pin the map down they agree; where
   the query lies off the data they scatter (an ensemble's estimate of its own uncertainty).
 
-A fourth signal needs the collection searched, so it is reported here, not served in the
-graph: ``margin``, how much nearer the projection's nearest collection vector is than its
-second nearest. A projection whose top hit stands out finds the native top-1; one among
-near-equal neighbours often does not. `calibrate` reports its AUC (``auc_margin``) and what
-a gate on it (a logistic calibrated on the same split, `margin_coef`) would proxy.
+A fourth signal needs the collection searched, so it is not in the ONNX graph: ``margin``,
+how much nearer the projection's nearest collection vector is than its second nearest. A
+projection whose top hit stands out finds the native top-1; one among near-equal neighbours
+often does not. Memory's cross-model search has the collection searched anyway, so it gates
+on the *combined* probability (`combine`): a logistic of the projection's agreement (as a
+logit) and the margin, calibrated on the same split (`combined_coef`). The margin is measured
+among the calibration split's texts (up to 1,000): in a much larger collection neighbours
+crowd closer, margins shrink, and the combined gate proxies more (it errs on the safe side).
+`calibrate` reports the AUC of each signal and what the combined gate proxies.
 
 The agreement is a logistic calibration of these signals to the event that matters: the
 projection retrieves, among N = 1,000 held-out texts, the same nearest neighbour as the
@@ -42,7 +46,7 @@ from aether_box.align.fidelity import ranks
 from aether_box.align.fit import ridge_with, split_validation
 from aether_box.align.projectors import Projector, normalise
 
-__all__ = ["FEATURES", "FOLDS", "Gate", "auc", "calibrate", "fit_gate", "signals"]
+__all__ = ["FEATURES", "FOLDS", "Gate", "auc", "calibrate", "combine", "fit_gate", "signals"]
 
 FEATURES = ("norm", "cycle", "spread")
 FOLDS = 4
@@ -73,6 +77,19 @@ def margin(projected: np.ndarray, collection: np.ndarray) -> np.ndarray:
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(t, -60, 60)))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def combine(agreement: Any, gaps: Any, coef: list[float]) -> np.ndarray:
+    """The combined gate's probability that a projection finds the native top-1, from its
+    agreement and its collection margin (`margin`), by the calibration `coef` (fit_gate's
+    ``combined_coef``: intercept, agreement logit, margin)."""
+    features = np.column_stack([_logit(agreement), np.asarray(gaps, np.float64)])
+    return _sigmoid(coef[0] + features @ np.asarray(coef[1:], np.float64))
 
 
 @dataclass
@@ -173,8 +190,11 @@ def fit_gate(
     hit = (ranks(judged(x[cal_idx]), y[cal_idx]) == 1).astype(np.float64)
     gaps = margin(judged(x[cal_idx]), y[cal_idx]).astype(np.float64)[:, None]
     margin_coef = _logistic(gaps, hit) if 0 < hit.mean() < 1 else None
+    combined_coef = None
     if 0 < hit.mean() < 1:
         coef = _logistic(s, hit)
+        agreement = _sigmoid(coef[0] + s @ coef[1:])
+        combined_coef = _logistic(np.column_stack([_logit(agreement), gaps[:, 0]]), hit)
     else:  # all right or all wrong: nothing to tell apart, the base rate is the estimate
         rate = float(np.clip(hit.mean(), 1e-3, 1 - 1e-3))
         coef = np.array([np.log(rate / (1 - rate)), 0.0, 0.0, 0.0])
@@ -186,6 +206,8 @@ def fit_gate(
     facts = {"pairs": int(len(cal_idx)), "top1": float(hit.mean()), "folds": FOLDS}
     if margin_coef is not None:
         facts["margin_coef"] = [float(c) for c in margin_coef]
+    if combined_coef is not None:
+        facts["combined_coef"] = [float(c) for c in combined_coef]
     return gate, facts
 
 
@@ -218,6 +240,7 @@ def calibrate(
     y: np.ndarray,
     thresholds: tuple[float, ...] = THRESHOLDS,
     margin_coef: list[float] | None = None,
+    combined_coef: list[float] | None = None,
 ) -> dict[str, Any]:
     """How well the agreement predicts real fidelity on held-out pairs, and what gating costs.
 
@@ -254,7 +277,25 @@ def calibrate(
             }
             for t in thresholds
         ]
+    by_combined = None
+    auc_combined = None
+    if combined_coef is not None:  # the gate memory's cross-model search serves
+        p_combined = combine(agreement, gaps, combined_coef)
+        auc_combined = auc(p_combined, hit)
+        by_combined = [
+            {
+                "gate": t,
+                "proxy_share": float(np.mean(p_combined < t)),
+                "accepted_top1": float(hit[p_combined >= t].mean())
+                if (p_combined >= t).any()
+                else None,
+                "combined_top1": float(np.where(p_combined >= t, hit, True).mean()),
+            }
+            for t in thresholds
+        ]
     return {
+        "auc_combined": auc_combined,
+        "combined_thresholds": by_combined,
         "auc_margin": auc(gaps, hit),
         "margin_thresholds": by_margin,
         "n": int(len(x)),

@@ -17,9 +17,19 @@ from typing import Any
 
 from aether_box.errors import BadRequest, RecipeMismatch
 
-__all__ = ["Recipe", "check_recipe", "recipe_of_report"]
+__all__ = [
+    "PLAIN",
+    "Recipe",
+    "check_recipe",
+    "check_target_recipe",
+    "model_recipe",
+    "options_of",
+    "recipe_of_report",
+]
 
 NORMALISE = "l2"
+# What `embed` makes when a request names no prompt and no pooling.
+PLAIN: dict[str, Any] = {"prompt": None, "pooling": "mean"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,60 @@ def recipe_of_report(report: Mapping[str, Any], side: str) -> dict[str, Any]:
         return dict(recorded)
     model = report[side]
     return {"model": model, "prompt": None, "pooling": "mean", "normalise": NORMALISE, "id": None}
+
+
+def options_of(raw: Any, what: str = "recipe") -> dict[str, Any]:
+    """`raw` ("plain", or {prompt, pooling} as `embed` takes them) as {prompt, pooling}."""
+    if raw is None or raw == "plain":
+        return dict(PLAIN)
+    if not isinstance(raw, Mapping) or set(raw) - {"prompt", "pooling"}:
+        raise BadRequest(
+            f"'{what}' must be \"plain\" or {{prompt, pooling}} as `embed` takes them, got {raw!r}"
+        )
+    prompt, pooling = raw.get("prompt"), raw.get("pooling") or "mean"
+    if prompt is not None and (not isinstance(prompt, str) or "{text}" not in prompt):
+        raise BadRequest(f"'{what}.prompt' must be a template holding '{{text}}', got {prompt!r}")
+    if pooling not in ("mean", "last"):
+        raise BadRequest(f"'{what}.pooling' must be 'mean' or 'last', got {pooling!r}")
+    return {"prompt": prompt, "pooling": pooling}
+
+
+def _options(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    return {"prompt": recorded.get("prompt"), "pooling": recorded.get("pooling") or "mean"}
+
+
+def check_target_recipe(given: Any, report: Mapping[str, Any], where: str) -> None:
+    """Refuse to project into vectors (`where`: a collection) made another way than the
+    projector's target side was fitted on; None: the caller vouches for them."""
+    if given is None:
+        return
+    have, expected = options_of(given, "target_recipe"), recipe_of_report(report, "target")
+    if have == _options(expected):
+        return
+    raise RecipeMismatch(
+        f"{where} holds {report['target']} vectors made with {json.dumps(have)}, but "
+        f"projector {report['name']} makes {report['target']} vectors made with "
+        f"{json.dumps(_options(expected))}: its projections would land among vectors of "
+        "another kind. Search with the query 'text' alone (embedded natively), keep such "
+        f"data in a collection created with that recipe (memory create ... "
+        f'"recipe": "align"), or fit a projector into the collection\'s recipe'
+    )
+
+
+def model_recipe(store: Any, name: str) -> Recipe:
+    """`name`'s alignment recipe (the models manifest's prompt and pooling for a kit GGUF
+    model, else plain) and weights digest (manifest sha256, else the file's stat).
+    `store` is a ModelStore; it reads files: call it off the event loop."""
+    info = store.info(name)  # NotFound, listing installed models, when absent
+    spec = store.manifest.models.get(name) if info.source == "kit" else None
+    if spec is not None:
+        digest = "+".join(f.sha256 for f in spec.files)
+        if info.kind == "gguf":
+            return Recipe(name, digest, spec.embed_prompt, spec.embed_pooling or "mean")
+        return Recipe(name, digest)
+    path = info.path
+    stat = path.stat()
+    return Recipe(name, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
 
 
 def check_recipe(given: Any, report: Mapping[str, Any]) -> None:

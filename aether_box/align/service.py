@@ -2,16 +2,21 @@
 
 Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames)::
 
-    project   from, to, vector (d,) | vectors (n, d), [text], [collection], [gate], [recipe]
+    project   from, to, vector (d,) | vectors (n, d), [text], [collection], [gate], [recipe],
+              [target_recipe]
               -> {vector (d_to,) | vectors (n, d_to), agreement, accepted, gate,
-                  projector, method}
+                  projector, method, recipe, [combined_coef]}
               agreement: the gate's probability that the projection finds the native top-1
               (float, or an (n,) float32 array for `vectors`; see gate.py); accepted: agreement >= gate (the [align]
               gate, or the request's own `gate`): a bool, or an (n,) uint8 array for
               `vectors`. With no direct projector, A -> hub -> B (hub.py; projector names
               the route). `recipe` (an id, or {prompt, pooling}) states how the vector was
               made: another recipe than the projector's is refused (RecipeMismatch; see
-              recipes.py), never projected. NotFound when no projector was fitted.
+              recipes.py), never projected; so is a `target_recipe` ({prompt, pooling} of the
+              vectors the projection will be compared with, e.g. a collection's) unlike the
+              projector's target side. combined_coef: the calibration of the combined gate
+              (agreement and collection margin, gate.combine) that memory's cross-model search
+              applies once it has searched. NotFound when no projector was fitted.
     list      -> {projectors: [summary], gate}
     fidelity  from, to -> the full fit report (every method, held-out figures, gate calibration)
     pairs     from, to, [texts | corpus | collection] -> {n, cached, corpus, from_key, to_key}
@@ -51,7 +56,14 @@ from aether_box.align.corpus import BUILTIN_SETS, load_set
 from aether_box.align.export import OnnxProjector
 from aether_box.align.fitting import TextPlan, fit_pair, held_out_sets, plan_texts
 from aether_box.align.pairs import PairSet, make_pairs, model_key
-from aether_box.align.recipes import Recipe, check_recipe, recipe_of_report
+from aether_box.align.recipes import (
+    Recipe,
+    check_recipe,
+    check_target_recipe,
+    model_recipe,
+    options_of,
+    recipe_of_report,
+)
 from aether_box.align.refit import refit, split_new
 from aether_box.align.settings import AlignSettings
 from aether_box.align.store import ProjectorStore, pair_name
@@ -159,7 +171,11 @@ class AlignService(OpService):
         if isinstance(gate, bool) or not isinstance(gate, int | float) or not 0 <= gate <= 1:
             raise BadRequest(f"'gate' must be a number from 0 to 1, got {gate!r}")
         legs = await self._route(source, target)
-        check_recipe(body.get("recipe"), legs[0].report)  # RecipeMismatch: never projected
+        # RecipeMismatch, never projected: a vector made another way than the first leg's
+        # source, or a destination (a collection) holding vectors unlike the last leg's target.
+        check_recipe(body.get("recipe"), legs[0].report)
+        where = f"collection {body['collection']!r}" if body.get("collection") else "the target"
+        check_target_recipe(body.get("target_recipe"), legs[-1].report, where)
         out = await self._run_legs(legs, x)
         agreement = out["agreement"]
         accepted = agreement >= gate
@@ -184,6 +200,11 @@ class AlignService(OpService):
             "gate": float(gate),
             "recipe": recipe_of_report(legs[0].report, "source").get("id") or "plain",
         }
+        # The combined gate's calibration (gate.combine), for a caller that searches a
+        # collection with the projection (memory): the last leg's, as coherence.py judges it.
+        combined = (legs[-1].report.get("gate") or {}).get("calibration", {}).get("combined_coef")
+        if combined is not None:
+            reply["combined_coef"] = combined
         if single:
             reply.update(
                 vector=out["y"][0], agreement=float(agreement[0]), accepted=bool(accepted[0])
@@ -398,12 +419,14 @@ class AlignService(OpService):
                     f"fitted (now {recipes[name_].id}); its pairs cannot be mixed with new "
                     f"ones: fit it again (`aether-box align fit --from {source} --to {target}`)"
                 )
-        if recipes[target].embed_options():
-            raise BadRequest(
-                f"{target} embeds for alignment with a prompt or pooling of its own, so a "
-                "collection's plain vectors cannot be its targets; refit from texts instead"
+        texts, vectors, model, kind = await self._collection(name)
+        if kind != _recipe_options(recipes[target]):
+            raise RecipeMismatch(
+                f"collection {name!r} holds vectors made with {kind}, but {target} embeds for "
+                f"alignment with {_recipe_options(recipes[target])}, so they cannot be its "
+                "targets; refit from texts instead, or from a collection created with "
+                '"recipe": "align"'
             )
-        texts, vectors, model = await self._collection(name)
         if model != target:
             raise BadRequest(
                 f"collection {name!r} holds {model!r} vectors, not {target!r}'s; refit "
@@ -495,7 +518,7 @@ class AlignService(OpService):
         if collection is not None:
             if not isinstance(collection, str):
                 raise BadRequest("'collection' must be a collection name")
-            texts, vectors, model = await self._collection(collection)
+            texts, vectors, model, kind = await self._collection(collection)
             sets = _ood(ood, default=False)
             plan = await anyio.to_thread.run_sync(
                 lambda: plan_texts(
@@ -507,9 +530,9 @@ class AlignService(OpService):
                     standard=standard,
                 )
             )
-            # The collection's vectors are plain `embed` output: reused only where the
-            # target's alignment recipe is plain too.
-            if model == target and not (await self._recipes(target))[target].embed_options():
+            # The collection's vectors are reused only where they were made with the target's
+            # alignment recipe.
+            if model == target and kind == _recipe_options((await self._recipes(target))[target]):
                 plan.attach_target(texts, vectors)
             return plan
         if corpus is not None and corpus not in BUILTIN_SETS:
@@ -531,10 +554,12 @@ class AlignService(OpService):
             )
         )
 
-    async def _collection(self, name: str) -> tuple[list[str], np.ndarray, str]:
-        """Texts, vectors and model of a memory collection (paged through `memory list`)."""
+    async def _collection(self, name: str) -> tuple[list[str], np.ndarray, str, dict[str, Any]]:
+        """Texts, vectors, model and recipe ({prompt, pooling}) of a memory collection (paged
+        through `memory list`)."""
         info = await self.ctx.call("memory", {"op": "info", "collection": name})
         model = info["collection"]["model"]
+        kind = options_of(info["collection"].get("recipe"))
         texts: list[str] = []
         vectors: list[np.ndarray] = []
         cursor = 0
@@ -557,7 +582,7 @@ class AlignService(OpService):
         if not texts:
             raise BadRequest(f"collection {name!r} has no texts to make pairs from")
         unique = dict(zip(texts, vectors, strict=True))  # later duplicates win; order kept
-        return list(unique), np.asarray(list(unique.values()), np.float32), model
+        return list(unique), np.asarray(list(unique.values()), np.float32), model, kind
 
     async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
         recipe = self._recipe_by_model.get(model)
@@ -581,7 +606,7 @@ class AlignService(OpService):
 
         def read() -> dict[str, Recipe]:  # the store reads the manifest: off the loop
             store = ModelStore(models_dir)
-            return {name: _recipe(store, name) for name in names}
+            return {name: model_recipe(store, name) for name in names}
 
         found = await anyio.to_thread.run_sync(read)
         self._recipe_by_model.update(found)
@@ -617,18 +642,9 @@ class _ThreadProgress:
             )
 
 
-def _recipe(store: Any, name: str) -> Recipe:
-    """`name`'s weights digest (manifest sha256 for kit models, else file stat) and recipe."""
-    info = store.info(name)  # NotFound, listing installed models, when absent
-    spec = store.manifest.models.get(name) if info.source == "kit" else None
-    if spec is not None:
-        digest = "+".join(f.sha256 for f in spec.files)
-        if info.kind == "gguf":
-            return Recipe(name, digest, spec.embed_prompt, spec.embed_pooling or "mean")
-        return Recipe(name, digest)
-    path = info.path
-    stat = path.stat()
-    return Recipe(name, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+def _recipe_options(recipe: Recipe) -> dict[str, Any]:
+    """{prompt, pooling} of a recipe, as a collection records its own."""
+    return {"prompt": recipe.prompt, "pooling": recipe.pooling}
 
 
 def _via(legs: list[Served]) -> Served:

@@ -3,7 +3,7 @@
 A JSONL line is one record: ``{"id", "text", "metadata", "vector": [floats]}``; every field is
 optional except that a record needs a text or a vector (texts alone are embedded by the box
 with the collection's model). `export` writes the same shape after one header line,
-``{"collection": {"name", "model", "dim", "metric"}}``, from which `import` re-creates the
+``{"collection": {"name", "model", "dim", "metric", "recipe"}}``, from which `import` re-creates the
 collection, so an export imports as is. A collection made without ``--model`` (by `create`,
 `add` or `import`) uses the default embedder: the one sentence encoder installed.
 """
@@ -78,6 +78,13 @@ def memory() -> None:
     type=click.Choice(["cosine", "l2", "dot"]),
     help="Distance (default: memory.default_metric).",
 )
+@click.option(
+    "--recipe",
+    type=click.Choice(["plain", "align"]),
+    help="How its vectors are made: plain `embed` (the default) or the model's alignment "
+    "recipe (its manifest prompt and pooling: what projectors are fitted with, so searches "
+    "from other models can be projected into it).",
+)
 @click.option("--exist-ok", is_flag=True, help="Succeed if it already exists with these settings.")
 @pass_state
 def create(
@@ -86,11 +93,14 @@ def create(
     model: str | None,
     dim: int | None,
     metric: str | None,
+    recipe: str | None,
     exist_ok: bool,
 ) -> None:
     """Create collection NAME."""
     with state.client(TIMEOUT) as client:
-        reply = _create(client, name, model, dim=dim, metric=metric, exist_ok=exist_ok)
+        reply = _create(
+            client, name, model, dim=dim, metric=metric, recipe=recipe, exist_ok=exist_ok
+        )
     verb = "created" if reply["created"] else "exists:"
     click.echo(f"{verb} {_describe(reply['collection'])}")
 
@@ -313,7 +323,7 @@ def export(
     console = Console(stderr=True)
     with state.client(TIMEOUT) as client:
         info = _info(client, collection)
-        header = {key: info[key] for key in ("name", "model", "dim", "metric")}
+        header = {key: info[key] for key in ("name", "model", "dim", "metric", "recipe")}
         file.write(orjson.dumps({HEADER: header}) + b"\n")
         total = client.request(
             SERVICE, {"op": "count", "collection": collection, "where": _where(where)}
@@ -397,10 +407,13 @@ def import_(
                     model or header.get("model"),
                     metric or header.get("metric"),
                     records,
+                    header.get("recipe"),
                 ):
                     console.print(f"created collection {_describe(_info(client, collection))}")
                 ensured = True
             for body in _add_bodies(collection, records, upsert):
+                if "vectors" in body and header.get("recipe"):
+                    body["recipe"] = header["recipe"]  # how the exported vectors were made
                 added += client.request(SERVICE, body)["count"]
             bar.update(task, completed=done)
     console.print(f"imported {added} records into {collection}")
@@ -492,7 +505,12 @@ def _add_bodies(
 
 
 def _ensure_collection(
-    client: Any, name: str, model: str | None, metric: str | None, records: list[dict[str, Any]]
+    client: Any,
+    name: str,
+    model: str | None,
+    metric: str | None,
+    records: list[dict[str, Any]],
+    recipe: dict[str, Any] | None = None,
 ) -> bool:
     """Create collection `name` unless it exists (True when it was created)."""
     try:
@@ -501,7 +519,8 @@ def _ensure_collection(
     except NotFound:
         pass
     vector = next((r["vector"] for r in records if r.get("vector") is not None), None)
-    _create(client, name, model, dim=None if vector is None else len(vector), metric=metric)
+    dim = None if vector is None else len(vector)
+    _create(client, name, model, dim=dim, metric=metric, recipe=recipe)
     return True
 
 

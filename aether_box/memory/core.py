@@ -149,14 +149,19 @@ class Memory:
     def info(self, collection: Collection) -> dict[str, Any]:
         return collection.info(self.counts.get(collection.id, 0))
 
-    async def create(self, name: str, model: str, dim: int, metric: str) -> Collection:
-        """Create a collection (BadRequest if the name is taken)."""
+    async def create(
+        self, name: str, model: str, dim: int, metric: str, recipe: dict[str, Any] | None = None
+    ) -> Collection:
+        """Create a collection (BadRequest if the name is taken); `recipe`: the `embed`
+        options its vectors are made with (None: plain)."""
         async with self._write_lock:
             if name in self.catalog:
                 raise BadRequest(
                     f"collection {name!r} already exists; drop it first, or pass exist_ok=true"
                 )
-            collection = await self._write(self._store.create_collection, name, model, dim, metric)
+            collection = await self._write(
+                self._store.create_collection, name, model, dim, metric, recipe
+            )
             self.catalog = {**self.catalog, name: collection}
             self.counts[collection.id] = 0
             if self.settings.index == "memory":

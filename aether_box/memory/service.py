@@ -2,12 +2,18 @@
 
 Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames)::
 
-    create       collection, model, [dim], [metric], [exist_ok]   -> {collection: info, created}
-                 dim defaults to what the embed service gives for `model`
+    create       collection, model, [dim], [metric], [recipe], [exist_ok]
+                                                                  -> {collection: info, created}
+                 dim defaults to what the embed service gives for `model`; recipe: how its
+                 vectors are made, "plain" (the default: `embed` with no options), "align"
+                 (the model's alignment recipe, what its projectors are fitted with) or
+                 {prompt, pooling}; texts are embedded that way, vectors must say so
     drop         collection, [missing_ok]                         -> {dropped, deleted}
     collections                                                   -> {collections: [info]}
     info         collection                                       -> {collection: info}
-    add          collection, texts and/or vectors (n, dim), [ids], [metadata], [upsert]
+    add          collection, texts and/or vectors (n, dim), [ids], [metadata], [upsert],
+                 [recipe] (of the vectors; unstated: plain; another than the collection's
+                 is refused, RecipeMismatch)
                                                                   -> {ids, count, replaced}
                  texts without vectors are embedded with the collection's model
     get          collection, ids, [include_vectors]               -> {records, missing, [vectors]}
@@ -17,7 +23,8 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     list         collection, [where], [limit], [cursor], [include_vectors]
                                                                   -> {records, next, last, [vectors]}
     count        collection, [where]                              -> {count}
-    search       collection, text | vector, [k], [where], [hybrid], [query_model], [gate],
+    search       collection, text | vector, [k], [where], [hybrid], [query_model],
+                 [query_recipe] (of the vector; unstated: plain), [gate],
                  [include_vectors], [index], [scope]              -> {results, path, took_ms, ...}
                  scope "grid": on every grid member too, merged   -> {results (each with its
                  box), members (who answered, who timed out), partial, took_ms}
@@ -32,18 +39,24 @@ Cross-model search: a `vector` sent with a `query_model` other than the collecti
 mapped into the collection's space by the `align` service::
 
     align {"op": "project", "from": query_model, "to": collection model, "vector": (d_from,),
-           "text": query text or None, "collection": name, ["gate": the search's own gate]}
+           "text": query text or None, "collection": name, "recipe": query_recipe,
+           "target_recipe": the collection's recipe, ["gate": the search's own gate]}
       ->  {"vector": (d_to,), "projector": name, "method": str, "agreement": float,
            "gate": float, "accepted": bool}
 
 When `accepted` is false (agreement below the gate), when there is no projector, or when no
 align service runs, the box re-embeds the query `text` with the collection's own model (the
 "proxy" path); without a text that is an error. The reply's `path` says which way it went:
-"native", "projector" or "proxy", and `alignment` carries the projector's figures.
+"native", "projector" or "proxy", and `alignment` carries the projector's figures. A query
+vector made with another recipe than the projector's source side, or a collection whose
+recipe is not the projector's target side, is refused (RecipeMismatch, saying which recipe to
+use), never projected: a client embedding SmolLM2 with plain `embed` must use the model's
+alignment recipe (`embed` with its manifest prompt and pooling) and state it as query_recipe.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -54,10 +67,12 @@ import anyio
 import anyio.abc
 import numpy as np
 
+from aether_box.align.gate import combine
+from aether_box.align.recipes import PLAIN, model_recipe, options_of
 from aether_box.bus.service import OpService, Request, require, require_name
 from aether_box.context import BoxContext
 from aether_box.contract import Grid
-from aether_box.errors import BadRequest, NotFound, ServiceUnavailable
+from aether_box.errors import BadRequest, NotFound, RecipeMismatch, ServiceUnavailable
 from aether_box.memory.core import Memory
 from aether_box.memory.filters import compile_filter
 from aether_box.memory.settings import INDEXES, MemorySettings
@@ -92,6 +107,8 @@ class MemoryService(OpService):
         self.ctx = ctx
         self.memory = memory
         self.settings = memory.settings
+        # Cross-model searches by outcome: "projector", "proxy", or "refused" (RecipeMismatch).
+        self.cross_model: dict[str, int] = {"projector": 0, "proxy": 0, "refused": 0}
 
     # ----------------------------------------------------------------- collections
 
@@ -105,17 +122,25 @@ class MemoryService(OpService):
         dim = body.get("dim")
         if dim is not None:
             dim = dim_field(dim)
+        recipe = await self._creation_recipe(model, body.get("recipe"))
         existing = self.memory.catalog.get(name)
         if existing is not None and body.get("exist_ok"):
-            wanted = {"model": model, "metric": metric} | ({"dim": dim} if dim else {})
-            have = {"model": existing.model, "metric": existing.metric, "dim": existing.dim}
+            wanted = {"model": model, "metric": metric, "recipe": recipe or PLAIN}
+            wanted |= {"dim": dim} if dim else {}
+            have = {
+                "model": existing.model,
+                "metric": existing.metric,
+                "dim": existing.dim,
+                "recipe": existing.recipe_options,
+            }
             clash = {k: v for k, v in wanted.items() if have[k] != v}
             if clash:
                 raise BadRequest(f"collection {name!r} exists with {have}, not {clash}")
             return {"collection": self.memory.info(existing), "created": False}
         if dim is None:
-            dim = dim_field(int((await self._embed(model, ["dimension probe"])).shape[1]))
-        collection = await self.memory.create(name, model, dim, metric)
+            probe = await self._embed(model, ["dimension probe"], recipe)
+            dim = dim_field(int(probe.shape[1]))
+        collection = await self.memory.create(name, model, dim, metric, recipe)
         log.info("memory: created collection %r (%s, %d-d, %s)", name, model, dim, metric)
         return {"collection": self.memory.info(collection), "created": True}
 
@@ -160,6 +185,8 @@ class MemoryService(OpService):
         )
         if vectors is None:
             vectors = await self._embed_for(collection, texts, request)
+        else:
+            _check_recipe(body.get("recipe"), collection, "vectors")
         array = await _off_loop(partial(vectors_field, vectors, collection, rows=n))
         replaced = await self.memory.add(
             collection.name,
@@ -204,6 +231,8 @@ class MemoryService(OpService):
                 partial(metadata_field, metadata, n, self.settings.max_metadata_bytes)
             )
         )
+        if vectors is not None:
+            _check_recipe(body.get("recipe"), collection, "vectors")
         if texts is not None:
             texts = texts_field(texts, n)
             if vectors is None and not body.get("keep_vectors"):
@@ -325,15 +354,37 @@ class MemoryService(OpService):
             raise BadRequest("hybrid search needs the query 'text' for its keyword half")
         where = compile_filter(body.get("where"))  # a bad filter fails before any embedding
         query, route = await self._query_vector(collection, body, text)
-        hits = await self.memory.search(
+        search = partial(
+            self.memory.search,
             collection.name,
-            query,
-            k,
             where=where,
             keywords=text if hybrid else None,
             index=index,
             vectors=bool(body.get("include_vectors")),
         )
+        judge = route.pop("judge", None)
+        if judge is None:
+            hits = await search(query, k)
+        else:  # the combined gate needs the projection's two nearest records
+            # (hybrid scores are fused ranks, not cosines: the agreement alone decides there)
+            hits = await search(query, max(k, 2))
+            if not _passes(route["alignment"], [] if hybrid else hits, judge):
+                judged = route["alignment"]
+                score = (
+                    f"combined agreement {judged['combined']} (agreement and collection margin)"
+                    if "combined" in judged
+                    else f"agreement {judged['agreement']}"
+                )
+                query, route = await self._proxy(
+                    collection,
+                    text,
+                    judged,
+                    f"the projection's {score} is below the gate {judged['gate']}",
+                )
+                hits = await search(query, k)
+            hits = hits[:k]
+        if route["path"] in self.cross_model:
+            self.cross_model[route["path"]] += 1
         reply: dict[str, Any] = {
             "results": [h.to_wire() for h in hits],
             **route,
@@ -359,15 +410,31 @@ class MemoryService(OpService):
         if vector is None:
             if not text:
                 raise BadRequest("search needs a query 'text' or a 'vector'")
-            return (await self._embed(collection.model, [text]))[0], {"path": "native"}
+            return (await self._embed_in(collection, [text]))[0], {"path": "native"}
         if query_model is None or query_model == collection.model:
+            _check_recipe(body.get("query_recipe"), collection, "the query vector")
             return vectors_field(vector, collection, key="vector", rows=1)[0], {"path": "native"}
-        return await self._align(collection, vector, query_model, text, body.get("gate"))
+        try:
+            return await self._align(collection, vector, query_model, text, body)
+        except RecipeMismatch:
+            self.cross_model["refused"] += 1
+            raise
 
     async def _align(
-        self, collection: Collection, vector: Any, query_model: str, text: str | None, gate: Any
+        self,
+        collection: Collection,
+        vector: Any,
+        query_model: str,
+        text: str | None,
+        body: dict[str, Any],
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Project a vector from `query_model`'s space, or fall back to embedding the text."""
+        """Project a vector from `query_model`'s space, or fall back to embedding the text.
+
+        The query vector's recipe (`query_recipe`; unstated: plain `embed` output) and the
+        collection's go with it: align refuses either one unlike its projector's sides
+        (RecipeMismatch), so nothing is projected from or into vectors of another kind."""
+        gate = body.get("gate")
+        query_recipe = options_of(body.get("query_recipe"), "query_recipe")
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf
                 array = np.asarray(vector, np.float32)
@@ -393,6 +460,8 @@ class MemoryService(OpService):
                 "vector": array,
                 "text": text,
                 "collection": collection.name,
+                "recipe": query_recipe,
+                "target_recipe": collection.recipe_options,
             }
             if gate is not None:  # the caller's own threshold for this query
                 ask["gate"] = gate
@@ -402,6 +471,11 @@ class MemoryService(OpService):
         alignment = {
             k: reply.get(k) for k in ("projector", "method", "agreement", "gate", "accepted")
         }
+        coef = reply.get("combined_coef")
+        if coef and collection.metric == "cosine" and reply.get("vector") is not None:
+            # Judged once the collection is searched (_passes): agreement and margin combined.
+            projected = vectors_field(reply["vector"], collection, key="projected vector")[0]
+            return projected, {"path": "projector", "alignment": alignment, "judge": coef}
         if reply.get("accepted", True) and reply.get("vector") is not None:
             projected = vectors_field(reply["vector"], collection, key="projected vector")[0]
             return projected, {"path": "projector", "alignment": alignment}
@@ -421,7 +495,7 @@ class MemoryService(OpService):
                 f"{why}; send the query 'text' too, so the box can embed it with "
                 f"{collection.model!r} instead"
             )
-        vector = (await self._embed(collection.model, [text]))[0]
+        vector = (await self._embed_in(collection, [text]))[0]
         return vector, {"path": "proxy", "alignment": alignment}
 
     # ----------------------------------------------------------------- helpers
@@ -436,19 +510,42 @@ class MemoryService(OpService):
         chunks = []
         for start in range(0, len(texts), EMBED_CHUNK):
             chunk = [t or "" for t in texts[start : start + EMBED_CHUNK]]
-            chunks.append(await self._embed(collection.model, chunk))
+            chunks.append(await self._embed_in(collection, chunk))
             if len(texts) > EMBED_CHUNK:
                 await request.partial({"embedded": start + len(chunk), "total": len(texts)})
         return np.concatenate(chunks)
 
-    async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
+    async def _creation_recipe(self, model: str, raw: Any) -> dict[str, Any] | None:
+        """A new collection's recipe: None (plain `embed`), or {prompt, pooling}; "align"
+        takes the model's alignment recipe (the models manifest's), the one its projectors
+        are fitted with."""
+        if raw == "align":
+            from aether_box.models.settings import ModelsSettings
+            from aether_box.models.store import ModelStore
+
+            models_dir = self.ctx.config.get(ModelsSettings).dir
+            found = await _off_loop(lambda: model_recipe(ModelStore(models_dir), model))
+            raw = {"prompt": found.prompt, "pooling": found.pooling}
+        options = options_of(raw)
+        return None if options == PLAIN else options
+
+    async def _embed_in(self, collection: Collection, texts: list[str]) -> np.ndarray:
+        """Texts embedded the way the collection's vectors are (its model and recipe)."""
+        return await self._embed(collection.model, texts, collection.recipe)
+
+    async def _embed(
+        self, model: str, texts: list[str], recipe: dict[str, Any] | None = None
+    ) -> np.ndarray:
         if not self.ctx.has_service("embed"):
             raise ServiceUnavailable(
                 "this box has no embed service, so it cannot embed texts; send 'vectors' "
                 "(and 'dim' when creating a collection)"
             )
         try:
-            reply = await self.ctx.call("embed", {"op": "embed", "model": model, "texts": texts})
+            options = {k: v for k, v in (recipe or {}).items() if v not in (None, "mean")}
+            reply = await self.ctx.call(
+                "embed", {"op": "embed", "model": model, "texts": texts, **options}
+            )
         except NotFound as exc:
             raise NotFound(
                 f"cannot embed texts with {model!r}: {exc.message}; or send "
@@ -509,6 +606,7 @@ class MemoryComponent:
                 info["scan_threads"] = index.scan_threads
             collections[collection.name] = info
         return {
+            "cross_model": dict(self.service.cross_model),
             "db": str(self.settings.db_path),
             "db_mb": round(memory.db_bytes / 2**20, 2),
             "index": self.settings.index,
@@ -520,6 +618,35 @@ class MemoryComponent:
 async def _off_loop(work: Callable[[], T]) -> T:
     """Run CPU-bound checking in a worker thread."""
     return await anyio.to_thread.run_sync(work)
+
+
+def _passes(alignment: dict[str, Any], hits: list[Any], coef: list[float]) -> bool:
+    """The combined gate (aether_box.align.gate.combine): is the projection's agreement,
+    with the margin of its nearest record over the next, likely enough to find the native
+    top-1? Records `margin`, `combined` and `accepted` in `alignment`. With fewer than two
+    records there is no margin: the agreement alone decides."""
+    if len(hits) < 2:
+        alignment["accepted"] = alignment["agreement"] >= alignment["gate"]
+        return bool(alignment["accepted"])
+    gap = float(hits[0].score - hits[1].score)
+    combined = float(combine(alignment["agreement"], [gap], coef)[0])
+    alignment.update(margin=round(gap, 4), combined=round(combined, 4))
+    alignment["accepted"] = combined >= alignment["gate"]
+    return bool(alignment["accepted"])
+
+
+def _check_recipe(given: Any, collection: Collection, what: str) -> None:
+    """Refuse vectors whose stated recipe (unstated: plain `embed` output) is not the
+    collection's: they would sit among vectors of another kind and match nothing right."""
+    have = options_of(given, "recipe")
+    if have != collection.recipe_options:
+        options = {k: v for k, v in collection.recipe_options.items() if v not in (None, "mean")}
+        raise RecipeMismatch(
+            f"{what}: made with {json.dumps(have)}, but collection {collection.name!r} holds "
+            f"{collection.model} vectors made with {json.dumps(collection.recipe_options)}; "
+            f'embed with {{"op": "embed", "model": "{collection.model}", ...{json.dumps(options)}}}'
+            " and say so ('recipe' on add/update, 'query_recipe' on search), or send texts"
+        )
 
 
 def _rows(vectors: Any) -> int:

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ from aether_box.memory.filters import Compiled
 
 __all__ = ["Collection", "MemoryStore", "Record", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+# 2: collections.recipe, how the collection's vectors are made (NULL: plain `embed`).
+SCHEMA_VERSION = 2
 MAX_KEYWORD_TOKENS = 64
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 # Every statement is read to the end (fetchall, not fetchone): apsw cannot commit while a
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS collections (
     model    TEXT NOT NULL,
     dim      INTEGER NOT NULL CHECK (dim > 0),
     metric   TEXT NOT NULL CHECK (metric IN ('cosine', 'l2', 'dot')),
-    created  REAL NOT NULL
+    created  REAL NOT NULL,
+    recipe   TEXT
 );
 CREATE TABLE IF NOT EXISTS records (
     rowid          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,6 +80,14 @@ class Collection:
     dim: int
     metric: str
     created: float
+    # The `embed` options its vectors are made with ({prompt, pooling}); None: plain `embed`
+    # (no prompt, mean pooling), as every collection made before recipes were recorded.
+    recipe: dict[str, Any] | None = field(default=None, hash=False)
+
+    @property
+    def recipe_options(self) -> dict[str, Any]:
+        """{prompt, pooling} of its vectors (plain ones: no prompt, mean pooling)."""
+        return dict(self.recipe or {"prompt": None, "pooling": "mean"})
 
     def info(self, count: int) -> dict[str, Any]:
         """The collection as replies and `status` show it."""
@@ -86,6 +96,7 @@ class Collection:
             "model": self.model,
             "dim": self.dim,
             "metric": self.metric,
+            "recipe": self.recipe_options,
             "count": count,
             "created": self.created,
         }
@@ -110,6 +121,12 @@ class Record:
             "created": self.created,
             "updated": self.updated,
         }
+
+
+def _collection(row: Any) -> Collection:
+    """A `collections` row (its recipe stored as JSON) as a Collection."""
+    *head, recipe = row
+    return Collection(*head, recipe=json.loads(recipe) if recipe else None)
 
 
 class MemoryStore:
@@ -228,6 +245,9 @@ class MemoryStore:
             )
         with self._writer:
             self._writer.execute(_SCHEMA)
+            columns = {row[1] for row in self._writer.execute("PRAGMA table_info(collections)")}
+            if "recipe" not in columns:  # schema 1: every collection's vectors are plain
+                self._writer.execute("ALTER TABLE collections ADD COLUMN recipe TEXT")
             self._writer.pragma("user_version", SCHEMA_VERSION)
 
     # ----------------------------------------------------------------- catalog
@@ -235,9 +255,9 @@ class MemoryStore:
     def collections(self) -> dict[str, Collection]:
         """Every collection by name."""
         rows = self._conn.execute(
-            "SELECT id, name, model, dim, metric, created FROM collections ORDER BY name"
+            "SELECT id, name, model, dim, metric, created, recipe FROM collections ORDER BY name"
         )
-        return {row[1]: Collection(*row) for row in rows}
+        return {row[1]: _collection(row) for row in rows}
 
     def counts(self) -> dict[int, int]:
         """Record count per collection id."""
@@ -259,16 +279,18 @@ class MemoryStore:
 
     # ----------------------------------------------------------------- writes
 
-    def create_collection(self, name: str, model: str, dim: int, metric: str) -> Collection:
+    def create_collection(
+        self, name: str, model: str, dim: int, metric: str, recipe: dict[str, Any] | None = None
+    ) -> Collection:
         """Create a collection and its vec0 and FTS5 tables, in one transaction."""
         conn = self._writer
         with conn:
             cursor = conn.execute(
-                "INSERT INTO collections(name, model, dim, metric, created) VALUES (?, ?, ?, ?, ?) "
-                "RETURNING id, name, model, dim, metric, created",
-                (name, model, dim, metric, time.time()),
+                "INSERT INTO collections(name, model, dim, metric, created, recipe) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id, name, model, dim, metric, created, recipe",
+                (name, model, dim, metric, time.time(), json.dumps(recipe) if recipe else None),
             )
-            collection = Collection(*cursor.fetchall()[0])
+            collection = _collection(cursor.fetchall()[0])
             cid = collection.id  # an integer we made: safe in a table name
             conn.execute(
                 f"CREATE VIRTUAL TABLE vec_{cid} USING vec0("

@@ -103,6 +103,17 @@ class StatusCollector:
         yield from _adapter_families(report.get("adapters"))
         yield from _tools_families(report.get("tools"), report.get("orchestrate"))
         yield from _tuner_families(report.get("tuner"))
+        cross = (report.get("memory") or {}).get("cross_model")
+        if cross:
+            searches = _counter(
+                "memory_cross_model_searches",
+                "Memory searches with another model's vector: projected, proxied (re-embedded "
+                "natively: the gate said no, or no projector) or refused (recipe mismatch)",
+                ["path"],
+            )
+            for path, count in cross.items():
+                searches.add_metric([path], count)
+            yield searches
 
 
 def _grid_families(section: dict[str, Any] | None) -> Iterator[Metric]:
