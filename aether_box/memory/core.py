@@ -432,6 +432,7 @@ class Memory:
             metric,
             quantized_min_rows=self.settings.quantized_min_rows,
             scan_threads=self.settings.scan_threads,
+            bit_scan_min_rows=self.settings.bit_scan_min_rows,
         )
 
     def _load_index(self, collection: Collection) -> VectorIndex:
