@@ -187,8 +187,11 @@ def test_bit_scan_is_calibrated_on_and_finds_the_exact_top_k(metric):
     rowids = np.arange(1, len(rows) + 1) * 2
     index = VectorIndex(128, metric, bit_scan_min_rows=20_000)
     exact = VectorIndex(128, metric, quantized_min_rows=10**9, bit_scan_min_rows=0)
-    index.add(rowids[:25_000], rows[:25_000])  # calibrated at 25k rows
-    index.add(rowids[25_000:], rows[25_000:])  # not yet doubled: kept
+    index.add(rowids[:25_000], rows[:25_000])
+    assert index.needs_calibration()
+    index.maybe_calibrate()  # calibrated at 25k rows
+    index.add(rowids[25_000:], rows[25_000:])
+    assert not index.needs_calibration()  # not yet doubled: kept
     exact.add(rowids, rows)
     assert index.calibrated_at == 25_000
     assert index.budget is not None and index.scan == "bits+rescore"
@@ -230,6 +233,7 @@ def test_saved_arrays_keep_the_calibration_and_the_bits():
     rows = clustered_vectors(30_000, 64, seed=15)
     index = VectorIndex(64, "cosine", bit_scan_min_rows=20_000)
     index.add(np.arange(1, len(rows) + 1), rows)
+    index.maybe_calibrate()
     assert index.budget is not None
     copy = VectorIndex(64, "cosine", bit_scan_min_rows=20_000)
     copy.load_arrays(index.arrays())

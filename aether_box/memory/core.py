@@ -76,6 +76,10 @@ class Memory:
         self.db_bytes = 0
         # One thread beside the writer's, made by open(): prepares index rows while SQLite writes.
         self._helper: ThreadPoolExecutor
+        # And one that calibrates indexes' bit scans (see VectorIndex.calibrate), off the
+        # write path: a write is acknowledged without waiting for it.
+        self._calibrator: ThreadPoolExecutor
+        self._calibrating: set[int] = set()
         self._write_lock = anyio.Lock()
         self._writer = anyio.CapacityLimiter(1)
         self._readers = anyio.CapacityLimiter(settings.readers)
@@ -85,6 +89,7 @@ class Memory:
     async def open(self) -> None:
         """Open (or create) the database and read its catalog."""
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="memory-index")
+        self._calibrator = ThreadPoolExecutor(1, thread_name_prefix="memory-calibrate")
 
         def work() -> None:
             store = MemoryStore(self.settings.db_path, synchronous=self.settings.synchronous)
@@ -105,6 +110,7 @@ class Memory:
                 await anyio.to_thread.run_sync(self.store.close, limiter=self._writer)
                 self.store = None
         self._helper.shutdown(wait=False)
+        self._calibrator.shutdown(wait=False, cancel_futures=True)
 
     def _save_indexes(self) -> None:
         # A failed save costs only the next start's rebuild from SQLite: log it and go on.
@@ -455,7 +461,36 @@ class Memory:
             source,
             time.perf_counter() - started,
         )
+        self._calibrate_later(collection, index)
         return index
+
+    def _calibrate_later(self, collection: Collection, index: VectorIndex) -> None:
+        """Calibrate the index's bit scan on the calibrating thread, if it is due."""
+        if not index.needs_calibration() or id(index) in self._calibrating:
+            return
+        self._calibrating.add(id(index))
+
+        def work() -> None:
+            started = time.perf_counter()
+            try:
+                recalls = index.calibrate()
+            except Exception:  # searches keep the int8 scan: slower, never wrong
+                log.exception("memory: calibrating the bit scan of %r failed", collection.name)
+                return
+            finally:
+                self._calibrating.discard(id(index))
+            log.info(
+                "memory: %r (%d vectors) %s; bit-scan recall@10 by budget %s (%.2f s)",
+                collection.name,
+                len(index),
+                f"scans sign bits first, {index.budget} candidates"
+                if index.budget
+                else "keeps the int8 scan",
+                {b: round(r, 3) for b, r in recalls.items()},
+                time.perf_counter() - started,
+            )
+
+        self._calibrator.submit(work)
 
     def _sync_index(self, collection: Collection, change: Callable[[VectorIndex], Any]) -> None:
         # Runs after the commit: if the copy cannot follow, drop it so the next search reloads.
@@ -464,6 +499,7 @@ class Memory:
             return
         try:
             change(index)
+            self._calibrate_later(collection, index)
         except Exception:
             log.exception(
                 "memory: index of %r fell out of step; it will be reloaded", collection.name

@@ -262,7 +262,6 @@ class VectorIndex:
             if self.metric == "l2":
                 self._sqnorms[self._n : end] = np.einsum("ij,ij->i", rows, rows)
             self._n = end
-        self.maybe_calibrate()
 
     def replace(self, rowids: np.ndarray, vectors: np.ndarray) -> None:
         """Overwrite the vectors of rows already in the index."""
@@ -398,10 +397,16 @@ class VectorIndex:
         scores = self._score(self._rows[shortlist], q, shortlist)
         return self._top(scores, shortlist, k, query_sqnorm)
 
-    def maybe_calibrate(self) -> None:
-        """Calibrate (see `calibrate`) when the collection has doubled since it last was."""
+    def needs_calibration(self) -> bool:
+        """Whether `calibrate` is due: the collection is large enough and has doubled since."""
         n = len(self)
-        if self.bit_scan_min_rows and n >= self.bit_scan_min_rows and n >= 2 * self.calibrated_at:
+        return bool(self.bit_scan_min_rows) and n >= max(
+            self.bit_scan_min_rows, 2 * self.calibrated_at
+        )
+
+    def maybe_calibrate(self) -> None:
+        """Calibrate (see `calibrate`) if it is due."""
+        if self.needs_calibration():
             self.calibrate()
 
     def calibrate(self, queries: int = CALIBRATION_QUERIES, seed: int = 0) -> dict[int, float]:
@@ -410,61 +415,46 @@ class VectorIndex:
         Each sample row's nearest other rows by an exact float32 scan (one matrix product for
         all the sample) are the truth; the bit scan's candidates, taken nearest first in
         Hamming distance and re-scored exactly, are measured against it at every budget.
+        The work reads the arrays as they were when it began, outside the lock, so searches
+        and writes go on meanwhile (the box runs it on a thread of its own, off the write
+        path: a second to a few at 1M rows); the budget is swapped in at the end.
         """
         want = K_CALIBRATION + 1  # the row itself and its nearest others
         with self._lock:
             n = self._n
-            live = np.flatnonzero(self._alive[:n])
-            if not self.bit_scan_min_rows or len(live) < self.bit_scan_min_rows:
-                return {}
-            sample = np.random.default_rng(seed).choice(live, min(queries, len(live)), False)
-            qs = self._rows[sample]
-            truth = self._exact_tops(qs, want)
-            largest = min(BINARY_BUDGETS[-1], n)
-            hits = dict.fromkeys(BINARY_BUDGETS, 0)
-            for q, position, true in zip(qs, sample, truth, strict=True):
-                found, hamming = _hamming_top(self._bits[:n], sign_bits(q), largest)
-                alive = self._alive[found]
-                found, hamming = found[alive], hamming[alive]
-                found = found[np.argsort(hamming, kind="stable")]  # nearest first
-                scores = self._score(self._rows[found], q, found)
-                others = set(true.tolist()) - {int(position)}
-                for budget in BINARY_BUDGETS:
-                    top = found[:budget][np.argsort(-scores[:budget], kind="stable")[:want]]
-                    hits[budget] += len(others & set(top.tolist()))
-            total = max(len(sample) * K_CALIBRATION, 1)
-            recalls = {b: hits[b] / total for b in BINARY_BUDGETS}
-            # A budget past an eighth of the rows saves too little of the int8 scan to pay.
-            self.budget = next(
-                (
-                    b
-                    for b in BINARY_BUDGETS
-                    if recalls[b] >= CALIBRATION_RECALL and b <= len(live) // 8
-                ),
-                None,
-            )
-            self.calibrated_at = len(live)
-        return recalls
-
-    def _exact_tops(self, qs: np.ndarray, want: int) -> list[np.ndarray]:
-        """Positions of each query's `want` best live rows by exact float32 scores."""
-        n = self._n
-        best = np.full((want, len(qs)), -np.inf, np.float32)
-        where = np.zeros((want, len(qs)), np.int64)
-        for start in range(0, n, _CALIBRATION_BLOCK):
-            end = min(n, start + _CALIBRATION_BLOCK)
-            scores = self._rows[start:end] @ qs.T
+            # Writes replace these arrays (growth, compaction) rather than shrink them, and a
+            # vector replaced in place meanwhile only shifts the estimate a little.
+            view = _View(self._rows, self._bits, self._alive[:n].copy(), self._sqnorms, n)
+        live = np.flatnonzero(view.alive)
+        if not self.bit_scan_min_rows or len(live) < self.bit_scan_min_rows:
+            return {}
+        sample = np.random.default_rng(seed).choice(live, min(queries, len(live)), False)
+        qs = view.rows[sample]
+        truth = _exact_tops(view, qs, want, self.metric)
+        largest = min(BINARY_BUDGETS[-1], n)
+        hits = dict.fromkeys(BINARY_BUDGETS, 0)
+        for q, position, true in zip(qs, sample, truth, strict=True):
+            found, hamming = _hamming_top(view.bits[:n], sign_bits(q), largest)
+            alive = view.alive[found]
+            found, hamming = found[alive], hamming[alive]
+            found = found[np.argsort(hamming, kind="stable")]  # nearest first
+            scores = _dots(view.rows[found], q)
             if self.metric == "l2":
-                scores = 2.0 * scores - self._sqnorms[start:end, None]
-            scores[~self._alive[start:end]] = -np.inf
-            scores = np.concatenate([best, scores])
-            positions = np.concatenate(
-                [where, np.broadcast_to(np.arange(start, end)[:, None], (end - start, len(qs)))]
-            )
-            top = np.argpartition(-scores, want - 1, axis=0)[:want]
-            best = np.take_along_axis(scores, top, axis=0)
-            where = np.take_along_axis(positions, top, axis=0)
-        return list(where.T)
+                scores = 2.0 * scores - view.sqnorms[found]
+            others = set(true.tolist()) - {int(position)}
+            for budget in BINARY_BUDGETS:
+                top = found[:budget][np.argsort(-scores[:budget], kind="stable")[:want]]
+                hits[budget] += len(others & set(top.tolist()))
+        total = max(len(sample) * K_CALIBRATION, 1)
+        recalls = {b: hits[b] / total for b in BINARY_BUDGETS}
+        # A budget past an eighth of the rows saves too little of the int8 scan to pay.
+        budget = next(
+            (b for b in BINARY_BUDGETS if recalls[b] >= CALIBRATION_RECALL and b <= len(live) // 8),
+            None,
+        )
+        with self._lock:
+            self.budget, self.calibrated_at = budget, len(live)
+        return recalls
 
     def _scan_chunk(
         self,
@@ -497,18 +487,7 @@ class VectorIndex:
         return best + start, approx[best]
 
     def _score(self, rows: np.ndarray, q: np.ndarray, where: np.ndarray | slice) -> np.ndarray:
-        # numkong's SIMD kernel on this thread, not `rows @ q`: OpenBLAS splits a matrix-vector
-        # product across its own threads, and on a busy host waking them cost 20 ms where the
-        # product itself takes 0.03 ms (2,048 rows).
-        scores = np.empty(len(rows), np.float32)
-        if len(rows):
-            numkong.cdist(
-                np.ascontiguousarray(rows),
-                q.reshape(1, -1),
-                metric="dot",
-                out_dtype="float32",
-                out=scores.reshape(-1, 1),
-            )
+        scores = _dots(rows, q)
         if self.metric == "l2":
             # |x - q|^2 = |x|^2 - 2 x.q + |q|^2; the last term is the same for every row.
             scores = 2.0 * scores - self._sqnorms[where]
@@ -617,6 +596,55 @@ def _best(scores: np.ndarray, size: int) -> np.ndarray:
         if len(survivors) >= size:
             return survivors[np.argpartition(scores[survivors], len(survivors) - size)[-size:]]
     return np.argpartition(scores, n - size)[n - size :]
+
+
+@dataclass(frozen=True)
+class _View:
+    """An index's arrays as one calibration reads them (see VectorIndex.calibrate)."""
+
+    rows: np.ndarray
+    bits: np.ndarray
+    alive: np.ndarray
+    sqnorms: np.ndarray
+    n: int
+
+
+def _exact_tops(view: _View, qs: np.ndarray, want: int, metric: str) -> list[np.ndarray]:
+    """Positions of each query's `want` best live rows by exact float32 scores."""
+    best = np.full((want, len(qs)), -np.inf, np.float32)
+    where = np.zeros((want, len(qs)), np.int64)
+    for start in range(0, view.n, _CALIBRATION_BLOCK):
+        end = min(view.n, start + _CALIBRATION_BLOCK)
+        scores = view.rows[start:end] @ qs.T  # a matrix product: BLAS's threads pay here
+        if metric == "l2":
+            scores = 2.0 * scores - view.sqnorms[start:end, None]
+        scores[~view.alive[start:end]] = -np.inf
+        scores = np.concatenate([best, scores])
+        positions = np.concatenate(
+            [where, np.broadcast_to(np.arange(start, end)[:, None], (end - start, len(qs)))]
+        )
+        top = np.argpartition(-scores, want - 1, axis=0)[:want]
+        best = np.take_along_axis(scores, top, axis=0)
+        where = np.take_along_axis(positions, top, axis=0)
+    return list(where.T)
+
+
+def _dots(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """rows @ q by numkong's SIMD kernel on this thread.
+
+    Not `rows @ q`: OpenBLAS splits a matrix-vector product across its own threads, and on a
+    busy host waking them cost 20 ms where the product itself takes 0.03 ms (2,048 rows).
+    """
+    scores = np.empty(len(rows), np.float32)
+    if len(rows):
+        numkong.cdist(
+            np.ascontiguousarray(rows, np.float32),
+            np.ascontiguousarray(q, np.float32).reshape(1, -1),
+            metric="dot",
+            out_dtype="float32",
+            out=scores.reshape(-1, 1),
+        )
+    return scores
 
 
 def _bit_bytes(dim: int) -> int:
