@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_memory import unit_vectors
+from fixtures_memory import clustered_vectors, unit_vectors
 
 from aether_box.memory.index import SCAN_CHUNK_MIN, VectorIndex, _best, _chunks
 
@@ -168,17 +168,6 @@ def test_scan_split_across_threads_finds_what_one_thread_finds():
         assert np.all(np.diff(distances) >= -1e-6)
         assert all(r % 2 == 1 for r in split.search(query, 10, candidates=allowed)[0])
     assert found / 300 >= 0.99
-
-
-def clustered_vectors(n: int, dim: int, seed: int, topics: int = 500) -> np.ndarray:
-    """Rows around `topics` random centres (the same for every seed), as text embeddings
-    group by topic."""
-    centres = np.random.default_rng(dim).standard_normal((topics, dim)).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    rows = centres[rng.integers(0, topics, n)] + 0.6 * rng.standard_normal((n, dim)).astype(
-        np.float32
-    )
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])

@@ -363,11 +363,12 @@ class VectorIndex:
         None when a filter keeps so few rows that the budget would grow past its limit.
         """
         n = self._n
-        budget = budget or self.budget or BINARY_BUDGETS[-1]
-        if keep is not None:
-            # Rows the filter drops still take places among the nearest: scale by its share.
-            alive = int(np.count_nonzero(keep))
-            budget = math.ceil(budget * n / max(alive, 1))
+        if budget is None:
+            # Calibrated for the top 10: more results want proportionally more candidates,
+            # and rows a filter drops still take places among the nearest.
+            budget = (self.budget or BINARY_BUDGETS[-1]) * math.ceil(k / K_CALIBRATION)
+            if keep is not None:
+                budget = math.ceil(budget * n / max(int(np.count_nonzero(keep)), 1))
             if budget > BINARY_BUDGET_MAX:
                 return None
         budget = max(min(budget, n), 1)
