@@ -38,6 +38,9 @@ HYBRID_CANDIDATES = 50
 # A filtered search first checks the filter on this many of the nearest records.
 FILTER_PROBE_FACTOR = 20
 FILTER_PROBE_MIN = 200
+# The WAL is copied into the database (a checkpoint) once it holds this many pages (8 MB
+# of 4 KB pages); SQLite's own autocheckpoint, turned off, ran at 1,000 inside the commit.
+CHECKPOINT_WAL_PAGES = 2_048
 
 
 @dataclass
@@ -80,6 +83,9 @@ class Memory:
         # write path: a write is acknowledged without waiting for it.
         self._calibrator: ThreadPoolExecutor
         self._calibrating: set[int] = set()
+        # Checkpoints copy the WAL into the database on this thread, beside the writer.
+        self._checkpointer: ThreadPoolExecutor
+        self._checkpoint_due = False
         self._write_lock = anyio.Lock()
         self._writer = anyio.CapacityLimiter(1)
         self._readers = anyio.CapacityLimiter(settings.readers)
@@ -90,6 +96,7 @@ class Memory:
         """Open (or create) the database and read its catalog."""
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="memory-index")
         self._calibrator = ThreadPoolExecutor(1, thread_name_prefix="memory-calibrate")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="memory-checkpoint")
 
         def work() -> None:
             store = MemoryStore(self.settings.db_path, synchronous=self.settings.synchronous)
@@ -106,6 +113,8 @@ class Memory:
         """Save the indexes, then close the database after the write in progress has committed."""
         async with self._write_lock:
             if self.store is not None:
+                # A checkpoint in progress finishes before its connection closes.
+                await anyio.to_thread.run_sync(self._checkpointer.shutdown)
                 await anyio.to_thread.run_sync(self._save_indexes, limiter=self._writer)
                 await anyio.to_thread.run_sync(self.store.close, limiter=self._writer)
                 self.store = None
@@ -464,6 +473,24 @@ class Memory:
         self._calibrate_later(collection, index)
         return index
 
+    def _checkpoint_later(self) -> None:
+        """Start a checkpoint on its own thread once the WAL has grown (one at a time)."""
+        if self._checkpoint_due or self._store.wal_pages < CHECKPOINT_WAL_PAGES:
+            return
+        self._checkpoint_due = True
+
+        def work() -> None:
+            self._checkpoint_due = False  # a commit from now on may ask for the next one
+            try:
+                self._store.checkpoint()
+            except apsw.Error:  # the next commit asks again; the data is safe in the WAL
+                log.exception("memory: checkpoint failed")
+
+        try:
+            self._checkpointer.submit(work)
+        except RuntimeError:  # closing: the last connection's close checkpoints
+            self._checkpoint_due = False
+
     def _calibrate_later(self, collection: Collection, index: VectorIndex) -> None:
         """Calibrate the index's bit scan on the calibrating thread, if it is due."""
         if not index.needs_calibration() or id(index) in self._calibrating:
@@ -512,6 +539,7 @@ class Memory:
         def run() -> T:
             result = work(*args)
             self.db_bytes = self._store.db_bytes()
+            self._checkpoint_later()
             return result
 
         return await anyio.to_thread.run_sync(run, limiter=self._writer)
