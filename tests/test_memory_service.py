@@ -8,7 +8,7 @@ import apsw
 import numpy as np
 import pytest
 import sqlite_vec
-from fixtures_box import BoxInThread, wait_for
+from fixtures_box import BoxInThread, scrape, wait_for
 from fixtures_memory import clustered_vectors, unit_vectors
 
 from aether_box.client import BadRequest, NotFound, ServiceUnavailable, TooLarge
@@ -547,7 +547,12 @@ def test_bit_scan_through_the_bus_keeps_filters_exact_and_survives_a_restart(dat
             )
             # The calibration runs after the acknowledgement, on a thread of its own.
             wait_for(lambda: scan(client) == "bits+rescore", 30, "the bit-scan calibration")
-            assert client.status()["memory"]["collections"]["docs"]["bit_budget"] > 0
+            status = client.status()
+            budget = status["memory"]["collections"]["docs"]["bit_budget"]
+            assert budget > 0
+            metrics = scrape(status["metrics"]["url"])
+            assert metrics[("aether_box_memory_bit_budget", (("collection", "docs"),))] == budget
+            assert metrics[("aether_box_memory_records", (("collection", "docs"),))] == n
             check_searches(client)
     finally:
         first.stop()
