@@ -261,6 +261,9 @@ def bench_bus(
         f"recall@10 {out['recall_at_10']}; inside the memory service p50 "
         f"{out['service_p50_ms']} ms, round trip on top p50 {out['bus_overhead_p50_ms']} ms"
     )
+    index = client.status()["memory"]["collections"]["bench"]
+    out.update(bus_index_scan=index.get("index_scan"), bus_bit_budget=index.get("bit_budget"))
+    print(f"the box's index: {out['bus_index_scan']}, bit budget {out['bus_bit_budget']}")
     times, hits = run({**search, "where": {"shard": 3}}, queries[:50])
     out.update(filtered_p50_ms=ms(times, 50), filtered_recall_at_10=recall(hits, truth_filtered))
     print(
