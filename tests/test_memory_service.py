@@ -500,11 +500,11 @@ def test_filters_stay_exact_through_the_int8_scan(data_dir):
 
 
 def test_bit_scan_through_the_bus_keeps_filters_exact_and_survives_a_restart(data_dir):
-    # Small thresholds so that a 6,000-row collection takes the sign-bit scan.
+    # Small thresholds so that an 8,000-row collection takes the sign-bit scan.
     settings = {
         "memory": {"bit_scan_min_rows": 4_096, "quantized_min_rows": 0, "snapshot_min_rows": 1}
     }
-    dim, n = 64, 6_000
+    dim, n = 128, 8_000
     vectors = clustered_vectors(n, dim, seed=21)
     metadata = [{"i": i, "tag": ["even", "odd"][i % 2], "year": 2000 + i % 30} for i in range(n)]
     queries = clustered_vectors(20, dim, seed=22)
