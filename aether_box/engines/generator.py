@@ -30,6 +30,7 @@ from aether_box.engines.llama_log import captured, errors
 from aether_box.engines.sampling import Sampler
 from aether_box.engines.saved_state import StateStore
 from aether_box.engines.scheduler import Job, Scheduler
+from aether_box.engines.threads import ThreadGovernor
 from aether_box.errors import BadRequest, BoxError, NotFound
 
 __all__ = ["LlamaGenerator"]
@@ -46,6 +47,7 @@ class LlamaGenerator:
         n_ctx: int,
         n_threads: int,
         n_gpu_layers: int,
+        adapt_threads: bool = False,
         parallel: int = 4,
         max_queue: int = 32,
         kv_cells: int = 0,
@@ -59,7 +61,8 @@ class LlamaGenerator:
         """Load `path`: requests of up to `n_ctx` tokens, `parallel` at once, over `kv_cells`
         KV cells in all (0: room for `parallel` full contexts), split evenly between the
         sequences or, with `kv_unified`, shared. `flash_attn`: "auto", "on" or "off" (see
-        EngineSettings.flash_attn). With `state_dir` and `state_bytes`, sessions'
+        EngineSettings.flash_attn). With `adapt_threads`, decoding uses as many of the
+        `n_threads` as measure fastest (see `threads`). With `state_dir` and `state_bytes`, sessions'
         conversations are saved there when their slot is reused (see `saved_state`)."""
         if not path.exists():
             raise NotFound(f"model file {path} has gone; pull or add the model again")
@@ -107,6 +110,7 @@ class LlamaGenerator:
             unified=kv_unified,
             name=name or path.stem,
             store=StateStore(state_dir, state_bytes) if state_dir and state_bytes else None,
+            threads=ThreadGovernor(n_threads) if adapt_threads else None,
         )
 
     def __init__(
@@ -126,6 +130,7 @@ class LlamaGenerator:
         unified: bool,
         name: str,
         store: StateStore | None = None,
+        threads: ThreadGovernor | None = None,
     ) -> None:
         self.model = model
         self.store = store
@@ -170,6 +175,7 @@ class LlamaGenerator:
             n_batch=n_batch,
             unified=unified,
             store=store,
+            threads=threads,
         )
 
     # -- prompts (any thread) ------------------------------------------------------------

@@ -416,6 +416,9 @@ class ModelRegistry:
                     n_ctx=s.n_ctx,
                     n_threads=threads,
                     n_gpu_layers=gpu_layers,
+                    # On the GPU the CPU threads barely matter; on the CPU a busy host makes
+                    # fewer threads faster (see engines/threads.py).
+                    adapt_threads=s.n_threads == 0 and gpu_layers == 0,
                     parallel=s.parallel,
                     max_queue=s.max_queue,
                     kv_cells=s.kv_cells,

@@ -42,6 +42,7 @@ from aether_box.engines.generation import Generation, GenerationParams, TextOut
 from aether_box.engines.sampling import Sampler
 from aether_box.engines.saved_state import SavedState, StateStore
 from aether_box.engines.slots import Slot, choose_slot
+from aether_box.engines.threads import ThreadGovernor
 from aether_box.errors import BoxError, Overloaded, ServiceUnavailable
 
 __all__ = ["Busy", "Job", "Scheduler"]
@@ -157,8 +158,10 @@ class Scheduler:
         n_batch: int,
         unified: bool,
         store: StateStore | None = None,
+        threads: ThreadGovernor | None = None,
     ) -> None:
         self.ctx = ctx
+        self.threads = threads  # None: the thread count stays as the context was made
         self.store = store
         self.vocab = vocab
         self.piece = piece
@@ -259,6 +262,11 @@ class Scheduler:
             "generated_tokens": self.generated,
             "steps": self.steps,
             "adapter_switches": self.adapter_switches,
+            **(
+                {"threads": self.threads.current, "thread_changes": self.threads.changes}
+                if self.threads is not None
+                else {}
+            ),
             **(
                 {
                     "states_saved": self.store.saved,
@@ -469,6 +477,8 @@ class Scheduler:
             took = time.perf_counter() - started
             self._rates.append(produced / took)
             self._step_s.append(took / produced)
+            if self.threads is not None and (n := self.threads.observe(produced, took)):
+                llama_cpp.llama_set_n_threads(self.ctx, n, n)
         self._overheads.append(time.thread_time() - cpu_started - cpu_decode - sampling)
 
     def _fill_batch(

@@ -52,7 +52,8 @@ class EngineSettings:
     state_dir: Path | None = None
     # Longest text, in tokens, that a GGUF embedding instance takes.
     embed_n_ctx: int = 512
-    # llama.cpp threads; 0 = the machine's physical cores.
+    # llama.cpp threads; 0 = auto: up to the machine's physical cores, fewer while measured
+    # faster (a busy host makes every thread wait for a descheduled one; engines/threads.py).
     n_threads: int = 0
     # "auto": offload to a GPU when llama.cpp / ONNX Runtime can and one is present; "off": CPU.
     gpu: str = "auto"
