@@ -202,10 +202,22 @@ def test_bit_scan_is_calibrated_on_and_finds_the_exact_top_k(metric):
             if rowid in expected:
                 assert distance == pytest.approx(expected[rowid], abs=1e-4)
         assert np.all(np.diff(distances) >= -1e-6)
-        # A broad filter (a mask over half the rows) still admits only what it says.
+        # A broad filter (a mask over half the rows) still admits only what it says, and
+        # finds what the exact scan finds (it takes the int8 scan, never the bits).
         allowed = rowids[rowids % 4 == 0]
         filtered = index.search(query, 10, candidates=allowed)[0]
-        assert len(filtered) == 10 and all(r % 4 == 0 for r in filtered)
+        assert all(r % 4 == 0 for r in filtered)
+        assert list(filtered) == list(exact.search(query, 10, candidates=allowed)[0])
+    assert found / 500 >= 0.99
+    # Tombstones (no filter) keep the bit scan, and no removed row comes back.
+    gone = rowids[::3]
+    index.remove(gone)
+    exact.remove(gone)
+    found = 0
+    for query in queries:
+        got = index.search(query, 10)[0]
+        assert len(got) == 10 and not set(got) & set(gone)
+        found += len(set(got) & set(exact.search(query, 10)[0]))
     assert found / 500 >= 0.99
 
 

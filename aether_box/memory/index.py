@@ -309,7 +309,10 @@ class VectorIndex:
                 keep[positions] = True
             else:
                 keep = self._alive[:n] if self._dead else None
-            if self.budget is not None:
+            # Not for a filter's rows: a filter that the nearest rows fail (or the search would
+            # not have come here, see Memory._exact_search) keeps rows away from the query,
+            # where sign bits tell neighbours apart poorly (recall 0.86 on a test's far half).
+            if self.budget is not None and candidates is None:
                 found = self._bit_shortlisted(q, k, keep, query_sqnorm)
                 if found is not None:
                     return found
@@ -353,30 +356,28 @@ class VectorIndex:
         return self._top(scores, shortlist, k, query_sqnorm)
 
     def _bit_shortlisted(
-        self,
-        q: np.ndarray,
-        k: int,
-        keep: np.ndarray | None,
-        query_sqnorm: float,
-        budget: int | None = None,
+        self, q: np.ndarray, k: int, keep: np.ndarray | None, query_sqnorm: float
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Top-k by Hamming distance of sign bits, then exact float32 scores of `budget` rows.
+        """Top-k by Hamming distance of sign bits, then exact float32 scores of the budget.
 
-        None when a filter keeps so few rows that the budget would grow past its limit.
+        `keep` masks out tombstoned rows. None (the caller scans int8 instead) when so few
+        rows are alive that the budget would grow past its limit, or when fewer candidates
+        are alive than expected.
         """
         n = self._n
-        if budget is None:
-            # Calibrated for the top 10: more results want proportionally more candidates,
-            # and rows a filter drops still take places among the nearest.
-            budget = (self.budget or BINARY_BUDGETS[-1]) * math.ceil(k / K_CALIBRATION)
-            if keep is not None:
-                budget = math.ceil(budget * n / max(int(np.count_nonzero(keep)), 1))
+        # Calibrated for the top 10: more results want proportionally more candidates, and
+        # rows a filter drops still take places among the nearest.
+        wanted = (self.budget or BINARY_BUDGETS[-1]) * math.ceil(k / K_CALIBRATION)
+        budget = wanted
+        if keep is not None:
+            budget = math.ceil(wanted * n / max(int(np.count_nonzero(keep)), 1))
             if budget > BINARY_BUDGET_MAX:
                 return None
-        budget = max(min(budget, n), 1)
-        found, _ = _hamming_top(self._bits[:n], sign_bits(q), budget)
+        found, _ = _hamming_top(self._bits[:n], sign_bits(q), max(min(budget, n), 1))
         if keep is not None:
             found = found[keep[found]]
+            if len(found) < min(wanted, int(np.count_nonzero(keep))):
+                return None
         found = np.sort(found)  # gathers in memory order
         size = max(SHORTLIST_MIN, SHORTLIST_PER_K * k)
         if len(found) > size:
