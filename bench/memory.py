@@ -12,6 +12,8 @@ Data (`--data`, the same vectors for every path; see bench/_vectors.py):
   queries are fresh draws, not rows. The JSON's `data_stats` compares real and generated.
 - random: uniformly random unit vectors (no neighbourhood structure at all: only a full
   scan finds their neighbours); queries are rows plus noise. `--dim` applies here only.
+
+Paths:
 - Ingest, baseline: sqlite-vec alone in this process, one vec0 table, every vector in one
   transaction (WAL, synchronous=FULL), the best case for SQLite.
 - Ingest, bus: `aether-box run` in its own process; `memory` op `add` with `batch` vectors a
@@ -19,13 +21,15 @@ Data (`--data`, the same vectors for every path; see bench/_vectors.py):
 - Query, bus: `memory` op `search`, top-10, one request at a time; also with a metadata filter
   that keeps a tenth of the records, and through sqlite-vec's own vec0 search (index
   "sqlite-vec").
-- Query, in-process: the box's VectorIndex (int8 scan, float32 re-scoring of a shortlist)
-  over the same vectors, and the baseline: a plain numpy matmul + argpartition over one
+- Query, in-process: the box's VectorIndex (a sign-bit or int8 first stage, as its own
+  calibration chooses, then float32 re-scoring of a shortlist) over the same vectors, and the baseline: a plain numpy matmul + argpartition over one
   float32 matrix, the two alternated query by query.
 - recall@10: every path's top-10 ids against exact numpy brute force over the same data.
 - reload: restart the box (stopped cleanly, so its index was saved beside the database) and
   time the first search.
-The last line is JSON with `ingest_per_s`, `query_p50_ms` (bus), `recall_at_10`, ratios against
+The last line is JSON with `ingest_per_s`, `query_p50_ms` (bus; `service_p50_ms` is the memory
+service's own part, `bus_overhead_p50_ms` what the round trip adds), `recall_at_10`, the first
+stage each index chose, ratios against
 the baselines, the other figures and the machine (with its load average: the figures are as
 noisy as the machine is busy).
 """
