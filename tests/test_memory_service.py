@@ -10,9 +10,11 @@ import pytest
 import sqlite_vec
 from fixtures_box import BoxInThread, scrape, wait_for
 from fixtures_memory import clustered_vectors, unit_vectors
+from rich.console import Console
 
 from aether_box.client import BadRequest, NotFound, ServiceUnavailable, TooLarge
 from aether_box.errors import ConfigError
+from aether_box.status_view import render_status
 
 DIM = 16
 TOPICS = ["cats purr on warm sofas", "dogs fetch sticks in the park", "rain falls on the roof"]
@@ -553,6 +555,9 @@ def test_bit_scan_through_the_bus_keeps_filters_exact_and_survives_a_restart(dat
             metrics = scrape(status["metrics"]["url"])
             assert metrics[("aether_box_memory_bit_budget", (("collection", "docs"),))] == budget
             assert metrics[("aether_box_memory_records", (("collection", "docs"),))] == n
+            console = Console(record=True, width=200)
+            render_status(status, console)  # what `aether-box status` prints
+            assert f"docs ({n}, bits+rescore {budget})" in console.export_text()
             check_searches(client)
     finally:
         first.stop()
