@@ -89,7 +89,14 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     memory = report.get("memory")
     if isinstance(memory, dict):
         collections = memory.get("collections", {})
-        listed = ", ".join(f"{name} ({c.get('count', '?')})" for name, c in collections.items())
+        listed = ", ".join(
+            f"{name} ({c.get('count', '?')}"
+            # how searches scan it: float32, int8+rescore, or bits+rescore with its budget
+            + (f", {c['index_scan']}" if c.get("index_scan") else "")
+            + (f" {c['bit_budget']}" if c.get("bit_budget") else "")
+            + ")"
+            for name, c in collections.items()
+        )
         console.print(f"memory: {memory.get('db_mb', '?')} MB, collections {listed or 'none'}")
         cross = memory.get("cross_model") or {}
         if any(cross.values()):

@@ -1,10 +1,19 @@
 """Memory through the bus against sqlite-vec and numpy called directly, in the same run.
 
-    python bench/memory.py [--n 100000] [--dim 384] [--batch 10000] [--queries 200]
+    python bench/memory.py [--n 100000] [--batch 10000] [--queries 200] [--data clustered]
     python bench/memory.py --n 1000000     # also prints query_p50_ms_1m, recall_at_10_1m
-                                           # (about 10 min and 8 GiB of RAM on 2 cores)
+                                           # (about 20 min and 8 GiB of RAM on 2 cores)
+    python bench/memory.py --data random   # uniformly random unit vectors instead
 
-Data: n random unit-length float32 vectors (cosine), the same for every path.
+Data (`--data`, the same vectors for every path; see bench/_vectors.py):
+- clustered (default): 384-d vectors generated to match real MiniLM embeddings of the
+  12,000 texts the box ships (their topics, mean and covariance), the first run embeds them
+  with the MiniLM model in `--models-dir` (default: the box's, then the test models);
+  queries are fresh draws, not rows. The JSON's `data_stats` compares real and generated.
+- random: uniformly random unit vectors (no neighbourhood structure at all: only a full
+  scan finds their neighbours); queries are rows plus noise. `--dim` applies here only.
+
+Paths:
 - Ingest, baseline: sqlite-vec alone in this process, one vec0 table, every vector in one
   transaction (WAL, synchronous=FULL), the best case for SQLite.
 - Ingest, bus: `aether-box run` in its own process; `memory` op `add` with `batch` vectors a
@@ -12,13 +21,15 @@ Data: n random unit-length float32 vectors (cosine), the same for every path.
 - Query, bus: `memory` op `search`, top-10, one request at a time; also with a metadata filter
   that keeps a tenth of the records, and through sqlite-vec's own vec0 search (index
   "sqlite-vec").
-- Query, in-process: the box's VectorIndex (int8 scan, float32 re-scoring of a shortlist)
-  over the same vectors, and the baseline: a plain numpy matmul + argpartition over one
+- Query, in-process: the box's VectorIndex (a sign-bit or int8 first stage, as its own
+  calibration chooses, then float32 re-scoring of a shortlist) over the same vectors, and the baseline: a plain numpy matmul + argpartition over one
   float32 matrix, the two alternated query by query.
 - recall@10: every path's top-10 ids against exact numpy brute force over the same data.
 - reload: restart the box (stopped cleanly, so its index was saved beside the database) and
   time the first search.
-The last line is JSON with `ingest_per_s`, `query_p50_ms` (bus), `recall_at_10`, ratios against
+The last line is JSON with `ingest_per_s`, `query_p50_ms` (bus; `service_p50_ms` is the memory
+service's own part, `bus_overhead_p50_ms` what the round trip adds), `recall_at_10`, the first
+stage each index chose, ratios against
 the baselines, the other figures and the machine (with its load average: the figures are as
 noisy as the machine is busy).
 """
@@ -43,9 +54,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import apsw  # noqa: E402
 import sqlite_vec  # noqa: E402
 from _box import machine, start_box, stop_box  # noqa: E402
+from _vectors import clustered, neighbour_cosines, random_unit, real_embeddings, unit  # noqa: E402
 
 from aether_box.client import Client  # noqa: E402
+from aether_box.config import Config  # noqa: E402
 from aether_box.memory.index import VectorIndex  # noqa: E402
+from aether_box.models.settings import ModelsSettings  # noqa: E402
 
 K = 10
 SHARDS = 10  # metadata "shard" values: the filtered query keeps one of them
@@ -56,23 +70,49 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=100_000, help="vectors stored")
-    parser.add_argument("--dim", type=int, default=384, help="vector size")
+    parser.add_argument(
+        "--data", choices=["clustered", "random"], default="clustered", help="see above"
+    )
+    parser.add_argument("--models-dir", type=Path, help="where MiniLM is (clustered data)")
+    parser.add_argument("--dim", type=int, default=384, help="vector size (random data)")
     parser.add_argument("--batch", type=int, default=10_000, help="vectors per add request")
     parser.add_argument("--queries", type=int, default=200, help="queries timed per path")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
     rng = np.random.default_rng(7)
-    data = unit(rng.standard_normal((args.n, args.dim), dtype=np.float32))
-    queries = unit(
-        data[rng.integers(0, args.n, args.queries)]
-        + 0.5 * unit(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
-    )
+    data_stats: dict[str, Any] = {}
+    if args.data == "clustered":
+        real = real_embeddings(minilm_dir(args.models_dir))
+        data = clustered(args.n, real, rng)
+        queries = clustered(args.queries, real, rng)
+        # The generator against the real set, at the real set's size (see bench/_vectors.py).
+        held = rng.permutation(len(real))
+        data_stats = {
+            "real": neighbour_cosines(real[held[500:]], real[held[:500]]),
+            "generated": neighbour_cosines(
+                clustered(len(real) - 500, real, rng), clustered(500, real, rng)
+            ),
+        }
+        print(f"clustered data: neighbour cosines {data_stats}")
+    else:
+        data = random_unit(args.n, args.dim, rng)
+        queries = unit(
+            data[rng.integers(0, args.n, args.queries)]
+            + 0.5 * unit(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
+        )
     shard = np.arange(args.n) // args.batch % SHARDS  # batch b carries {"shard": b % 10}
     truth = exact_tops(data, queries)
     truth_filtered = exact_tops(data, queries, shard == 3)
     print(f"exact top-{K} of {len(queries)} queries over {args.n:,} vectors; load {load_before}")
-    result: dict[str, Any] = {"n": args.n, "dim": args.dim, "batch": args.batch, "k": K}
+    result: dict[str, Any] = {
+        "n": args.n,
+        "dim": data.shape[1],
+        "batch": args.batch,
+        "k": K,
+        "data": args.data,
+        "data_stats": data_stats,
+    }
 
     work = Path(tempfile.mkdtemp(prefix="abx-bench-mem-"))
     try:
@@ -127,6 +167,7 @@ def bench_inprocess(
     index = VectorIndex(data.shape[1], "cosine")
     rowids = np.arange(1, len(data) + 1)
     index.add(rowids, data)
+    index.maybe_calibrate()  # as the box does after a write, on a thread of its own
     times, hits, numpy_times = [], [], []
     for q in queries:
         started = time.perf_counter()
@@ -139,6 +180,8 @@ def bench_inprocess(
         top[np.argsort(-scores[top])]
         numpy_times.append(time.perf_counter() - started)
     out = {
+        "inprocess_scan": index.scan,
+        "inprocess_bit_budget": index.budget,
         "inprocess_p50_ms": ms(times, 50),
         "inprocess_p95_ms": ms(times, 95),
         "inprocess_recall_at_10": recall(hits, truth),
@@ -196,22 +239,35 @@ def bench_bus(
         for q in qs[:5]:  # warm-up
             client.request("memory", {**body, "vector": q})
         times, hits = [], []
+        served.clear()
         for q in qs:
             started = time.perf_counter()
             reply = client.request("memory", {**body, "vector": q})
             times.append(time.perf_counter() - started)
+            served.append(reply["took_ms"] / 1000)
             hits.append(np.array([position[h["id"]] for h in reply["results"]]))
         return times, hits
+
+    served: list[float] = []  # the memory service's own time (its reply's took_ms)
 
     search = {"op": "search", "collection": "bench", "k": K}
     times, hits = run(search, queries)
     out.update(
-        query_p50_ms=ms(times, 50), query_p95_ms=ms(times, 95), recall_at_10=recall(hits, truth)
+        query_p50_ms=ms(times, 50),
+        query_p95_ms=ms(times, 95),
+        recall_at_10=recall(hits, truth),
+        service_p50_ms=ms(served, 50),
+        # What the round trip adds to the service's own time: bus, msgpack, the client.
+        bus_overhead_p50_ms=ms([t - s for t, s in zip(times, served, strict=True)], 50),
     )
     print(
         f"bus query: p50 {out['query_p50_ms']} ms, p95 {out['query_p95_ms']} ms, "
-        f"recall@10 {out['recall_at_10']}"
+        f"recall@10 {out['recall_at_10']}; inside the memory service p50 "
+        f"{out['service_p50_ms']} ms, round trip on top p50 {out['bus_overhead_p50_ms']} ms"
     )
+    index = client.status()["memory"]["collections"]["bench"]
+    out.update(bus_index_scan=index.get("index_scan"), bus_bit_budget=index.get("bit_budget"))
+    print(f"the box's index: {out['bus_index_scan']}, bit budget {out['bus_bit_budget']}")
     times, hits = run({**search, "where": {"shard": 3}}, queries[:50])
     out.update(filtered_p50_ms=ms(times, 50), filtered_recall_at_10=recall(hits, truth_filtered))
     print(
@@ -276,8 +332,18 @@ def recall(hits: list[np.ndarray], truth: list[np.ndarray]) -> float:
     return round(found / (K * len(truth)), 4)
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+def minilm_dir(models_dir: Path | None) -> Path:
+    """MiniLM's directory: in `models_dir`, the box's models dir, or the test models."""
+    candidates = [models_dir] if models_dir else []
+    candidates += [Config().get(ModelsSettings).dir, Path("~/.cache/aether-box/test-models")]
+    for base in candidates:
+        path = Path(base).expanduser() / "minilm"
+        if (path / "encoder.json").is_file():
+            return path
+    raise SystemExit(
+        "clustered data needs the MiniLM model (run `aether-box models pull`, or pass "
+        "--models-dir); or run with --data random"
+    )
 
 
 def ms(times: list[float], pct: int) -> float:

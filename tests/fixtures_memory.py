@@ -17,6 +17,17 @@ def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
+def clustered_vectors(n: int, dim: int, seed: int, topics: int = 500) -> np.ndarray:
+    """Rows around `topics` random centres (the same for every seed), as text embeddings
+    group by topic."""
+    centres = np.random.default_rng(dim).standard_normal((topics, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    rows = centres[rng.integers(0, topics, n)] + 0.6 * rng.standard_normal((n, dim)).astype(
+        np.float32
+    )
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
 def wait_for_memory(box: Any, timeout: float = 30.0) -> None:
     """Wait until a box process serves `memory` (its bus answers before every component runs)."""
     with box.client(timeout=5) as client:

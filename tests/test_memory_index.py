@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_memory import unit_vectors
+from fixtures_memory import clustered_vectors, unit_vectors
 
-from aether_box.memory.index import SCAN_CHUNK_MIN, VectorIndex, _best, _chunks
+from aether_box.memory.index import (
+    CALIBRATION_RECALL,
+    SCAN_CHUNK_MIN,
+    VectorIndex,
+    _best,
+    _chunks,
+)
 
 
 def brute_force(rows: np.ndarray, query: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -168,3 +174,79 @@ def test_scan_split_across_threads_finds_what_one_thread_finds():
         assert np.all(np.diff(distances) >= -1e-6)
         assert all(r % 2 == 1 for r in split.search(query, 10, candidates=allowed)[0])
     assert found / 300 >= 0.99
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_bit_scan_is_calibrated_on_and_finds_the_exact_top_k(metric):
+    rows = clustered_vectors(40_000, 128, seed=11)
+    rowids = np.arange(1, len(rows) + 1) * 2
+    index = VectorIndex(128, metric, bit_scan_min_rows=20_000)
+    exact = VectorIndex(128, metric, quantized_min_rows=10**9, bit_scan_min_rows=0)
+    index.add(rowids[:25_000], rows[:25_000])
+    assert index.needs_calibration()
+    index.maybe_calibrate()  # calibrated at 25k rows
+    index.add(rowids[25_000:], rows[25_000:])
+    assert not index.needs_calibration()  # not yet doubled: kept
+    exact.add(rowids, rows)
+    assert index.calibrated_at == 25_000
+    assert index.budget is not None and index.scan == "bits+rescore"
+    queries = clustered_vectors(50, 128, seed=12)  # fresh draws of the same topics
+    found = 0
+    for query in queries:
+        got, distances = index.search(query, 10)
+        truth, truth_distances = exact.search(query, 10)
+        found += len(set(got) & set(truth))
+        # Whatever the bit scan returns carries its exact distance, closest first.
+        expected = dict(zip(truth.tolist(), truth_distances.tolist(), strict=True))
+        for rowid, distance in zip(got.tolist(), distances.tolist(), strict=True):
+            if rowid in expected:
+                assert distance == pytest.approx(expected[rowid], abs=1e-4)
+        assert np.all(np.diff(distances) >= -1e-6)
+        # A broad filter (a mask over half the rows) still admits only what it says, and
+        # finds what the exact scan finds (it takes the int8 scan, never the bits).
+        allowed = rowids[rowids % 4 == 0]
+        filtered = index.search(query, 10, candidates=allowed)[0]
+        assert all(r % 4 == 0 for r in filtered)
+        assert list(filtered) == list(exact.search(query, 10, candidates=allowed)[0])
+    assert found / 500 >= 0.99
+    # Tombstones (no filter) keep the bit scan, and no removed row comes back.
+    gone = rowids[::3]
+    index.remove(gone)
+    exact.remove(gone)
+    found = 0
+    for query in queries:
+        got = index.search(query, 10)[0]
+        assert len(got) == 10 and not set(got) & set(gone)
+        found += len(set(got) & set(exact.search(query, 10)[0]))
+    assert found / 500 >= 0.99
+
+
+def test_bit_scan_is_declined_where_sign_bits_lose_neighbours():
+    # Uniformly random vectors: no budget of a few thousand holds the true neighbours.
+    rows = unit_vectors(70_000, 128, seed=13)
+    index = VectorIndex(128, "cosine", bit_scan_min_rows=20_000)
+    index.add(np.arange(1, len(rows) + 1), rows)
+    recalls = index.calibrate()
+    assert max(recalls.values()) < CALIBRATION_RECALL
+    assert index.budget is None and index.scan == "int8+rescore"
+    # and searches stay exact through the int8 scan
+    exact = VectorIndex(128, "cosine", quantized_min_rows=10**9, bit_scan_min_rows=0)
+    exact.add(np.arange(1, len(rows) + 1), rows)
+    for query in unit_vectors(10, 128, seed=14):
+        assert list(index.search(query, 10)[0]) == list(exact.search(query, 10)[0])
+
+
+def test_saved_arrays_keep_the_calibration_and_the_bits():
+    rows = clustered_vectors(30_000, 64, seed=15)
+    index = VectorIndex(64, "cosine", bit_scan_min_rows=20_000)
+    index.add(np.arange(1, len(rows) + 1), rows)
+    index.maybe_calibrate()
+    assert index.budget is not None
+    copy = VectorIndex(64, "cosine", bit_scan_min_rows=20_000)
+    copy.load_arrays(index.arrays())
+    assert (copy.budget, copy.calibrated_at) == (index.budget, index.calibrated_at)
+    off = VectorIndex(64, "cosine", bit_scan_min_rows=0)  # the setting turned it off since
+    off.load_arrays(index.arrays())
+    assert off.budget is None
+    for query in clustered_vectors(5, 64, seed=16):
+        assert list(copy.search(query, 10)[0]) == list(index.search(query, 10)[0])

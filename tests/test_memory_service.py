@@ -8,11 +8,13 @@ import apsw
 import numpy as np
 import pytest
 import sqlite_vec
-from fixtures_box import BoxInThread
-from fixtures_memory import unit_vectors
+from fixtures_box import BoxInThread, scrape, wait_for
+from fixtures_memory import clustered_vectors, unit_vectors
+from rich.console import Console
 
 from aether_box.client import BadRequest, NotFound, ServiceUnavailable, TooLarge
 from aether_box.errors import ConfigError
+from aether_box.status_view import render_status
 
 DIM = 16
 TOPICS = ["cats purr on warm sofas", "dogs fetch sticks in the park", "rain falls on the roof"]
@@ -497,6 +499,76 @@ def test_filters_stay_exact_through_the_int8_scan(data_dir):
                     )
     finally:
         box.stop()
+
+
+def test_bit_scan_through_the_bus_keeps_filters_exact_and_survives_a_restart(data_dir):
+    # Small thresholds so that an 8,000-row collection takes the sign-bit scan.
+    settings = {
+        "memory": {"bit_scan_min_rows": 4_096, "quantized_min_rows": 0, "snapshot_min_rows": 1}
+    }
+    dim, n = 128, 8_000
+    vectors = clustered_vectors(n, dim, seed=21)
+    metadata = [{"i": i, "tag": ["even", "odd"][i % 2], "year": 2000 + i % 30} for i in range(n)]
+    queries = clustered_vectors(20, dim, seed=22)
+
+    def scan(client):
+        return client.status()["memory"]["collections"]["docs"]["index_scan"]
+
+    def check_searches(client):
+        found = total = 0
+        for where in (None, {"tag": "odd"}, {"year": {"$gte": 2025}}, {"i": {"$in": [7, 9]}}):
+            keep = None if where is None else np.array([_passes(m, where) for m in metadata])
+            for query in queries:
+                k = 10 if keep is None else min(10, int(keep.sum()))
+                reply = client.request(
+                    "memory",
+                    {"op": "search", "collection": "docs", "vector": query, "k": 10}
+                    | ({"where": where} if where else {}),
+                )
+                got = [h["id"] for h in reply["results"]]
+                assert len(got) == k
+                if keep is not None:  # a filter admits exactly what it says
+                    assert all(keep[int(g[1:])] for g in got)
+                found += len(set(got) & set(expected_top(vectors, query, k, keep)))
+                total += k
+        assert found / total >= 0.99
+
+    first = BoxInThread(data_dir, overrides=settings)
+    try:
+        with first.client(timeout=30) as client:
+            create(client, dim=dim)
+            client.request(
+                "memory",
+                {
+                    "op": "add",
+                    "collection": "docs",
+                    "ids": [f"r{i}" for i in range(n)],
+                    "vectors": vectors,
+                    "metadata": metadata,
+                },
+            )
+            # The calibration runs after the acknowledgement, on a thread of its own.
+            wait_for(lambda: scan(client) == "bits+rescore", 30, "the bit-scan calibration")
+            status = client.status()
+            budget = status["memory"]["collections"]["docs"]["bit_budget"]
+            assert budget > 0
+            metrics = scrape(status["metrics"]["url"])
+            assert metrics[("aether_box_memory_bit_budget", (("collection", "docs"),))] == budget
+            assert metrics[("aether_box_memory_records", (("collection", "docs"),))] == n
+            console = Console(record=True, width=200)
+            render_status(status, console)  # what `aether-box status` prints
+            assert f"docs ({n}, bits+rescore {budget})" in console.export_text()
+            check_searches(client)
+    finally:
+        first.stop()
+    second = BoxInThread(data_dir, overrides=settings)  # the saved index keeps its calibration
+    try:
+        with second.client(timeout=30) as client:
+            client.request("memory", {"op": "search", "collection": "docs", "vector": queries[0]})
+            assert scan(client) == "bits+rescore"
+            check_searches(client)
+    finally:
+        second.stop()
 
 
 def _passes(record, where):

@@ -38,6 +38,9 @@ HYBRID_CANDIDATES = 50
 # A filtered search first checks the filter on this many of the nearest records.
 FILTER_PROBE_FACTOR = 20
 FILTER_PROBE_MIN = 200
+# The WAL is copied into the database (a checkpoint) once it holds this many pages (8 MB
+# of 4 KB pages); SQLite's own autocheckpoint, turned off, ran at 1,000 inside the commit.
+CHECKPOINT_WAL_PAGES = 2_048
 
 
 @dataclass
@@ -76,6 +79,13 @@ class Memory:
         self.db_bytes = 0
         # One thread beside the writer's, made by open(): prepares index rows while SQLite writes.
         self._helper: ThreadPoolExecutor
+        # And one that calibrates indexes' bit scans (see VectorIndex.calibrate), off the
+        # write path: a write is acknowledged without waiting for it.
+        self._calibrator: ThreadPoolExecutor
+        self._calibrating: set[int] = set()
+        # Checkpoints copy the WAL into the database on this thread, beside the writer.
+        self._checkpointer: ThreadPoolExecutor
+        self._checkpoint_due = False
         self._write_lock = anyio.Lock()
         self._writer = anyio.CapacityLimiter(1)
         self._readers = anyio.CapacityLimiter(settings.readers)
@@ -85,6 +95,8 @@ class Memory:
     async def open(self) -> None:
         """Open (or create) the database and read its catalog."""
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="memory-index")
+        self._calibrator = ThreadPoolExecutor(1, thread_name_prefix="memory-calibrate")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="memory-checkpoint")
 
         def work() -> None:
             store = MemoryStore(self.settings.db_path, synchronous=self.settings.synchronous)
@@ -101,10 +113,13 @@ class Memory:
         """Save the indexes, then close the database after the write in progress has committed."""
         async with self._write_lock:
             if self.store is not None:
+                # A checkpoint in progress finishes before its connection closes.
+                await anyio.to_thread.run_sync(self._checkpointer.shutdown)
                 await anyio.to_thread.run_sync(self._save_indexes, limiter=self._writer)
                 await anyio.to_thread.run_sync(self.store.close, limiter=self._writer)
                 self.store = None
         self._helper.shutdown(wait=False)
+        self._calibrator.shutdown(wait=False, cancel_futures=True)
 
     def _save_indexes(self) -> None:
         # A failed save costs only the next start's rebuild from SQLite: log it and go on.
@@ -437,6 +452,7 @@ class Memory:
             metric,
             quantized_min_rows=self.settings.quantized_min_rows,
             scan_threads=self.settings.scan_threads,
+            bit_scan_min_rows=self.settings.bit_scan_min_rows,
         )
 
     def _load_index(self, collection: Collection) -> VectorIndex:
@@ -459,7 +475,54 @@ class Memory:
             source,
             time.perf_counter() - started,
         )
+        self._calibrate_later(collection, index)
         return index
+
+    def _checkpoint_later(self) -> None:
+        """Start a checkpoint on its own thread once the WAL has grown (one at a time)."""
+        if self._checkpoint_due or self._store.wal_pages < CHECKPOINT_WAL_PAGES:
+            return
+        self._checkpoint_due = True
+
+        def work() -> None:
+            self._checkpoint_due = False  # a commit from now on may ask for the next one
+            try:
+                self._store.checkpoint()
+            except apsw.Error:  # the next commit asks again; the data is safe in the WAL
+                log.exception("memory: checkpoint failed")
+
+        try:
+            self._checkpointer.submit(work)
+        except RuntimeError:  # closing: the last connection's close checkpoints
+            self._checkpoint_due = False
+
+    def _calibrate_later(self, collection: Collection, index: VectorIndex) -> None:
+        """Calibrate the index's bit scan on the calibrating thread, if it is due."""
+        if not index.needs_calibration() or id(index) in self._calibrating:
+            return
+        self._calibrating.add(id(index))
+
+        def work() -> None:
+            started = time.perf_counter()
+            try:
+                recalls = index.calibrate()
+            except Exception:  # searches keep the int8 scan: slower, never wrong
+                log.exception("memory: calibrating the bit scan of %r failed", collection.name)
+                return
+            finally:
+                self._calibrating.discard(id(index))
+            log.info(
+                "memory: %r (%d vectors) %s; bit-scan recall@10 by budget %s (%.2f s)",
+                collection.name,
+                len(index),
+                f"scans sign bits first, {index.budget} candidates"
+                if index.budget
+                else "keeps the int8 scan",
+                {b: round(r, 3) for b, r in recalls.items()},
+                time.perf_counter() - started,
+            )
+
+        self._calibrator.submit(work)
 
     def _sync_index(self, collection: Collection, change: Callable[[VectorIndex], Any]) -> None:
         # Runs after the commit: if the copy cannot follow, drop it so the next search reloads.
@@ -468,6 +531,7 @@ class Memory:
             return
         try:
             change(index)
+            self._calibrate_later(collection, index)
         except Exception:
             log.exception(
                 "memory: index of %r fell out of step; it will be reloaded", collection.name
@@ -480,6 +544,7 @@ class Memory:
         def run() -> T:
             result = work(*args)
             self.db_bytes = self._store.db_bytes()
+            self._checkpoint_later()
             return result
 
         return await anyio.to_thread.run_sync(run, limiter=self._writer)

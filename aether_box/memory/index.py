@@ -1,4 +1,4 @@
-"""The in-memory index of one collection: an int8 scan, then exact float32 re-scoring.
+"""The in-memory index of one collection: a quantised scan, then exact float32 re-scoring.
 
 SQLite stays the source of truth; this is a copy kept in step with every committed write,
 because a scan in RAM is many times faster than sqlite-vec's. A float32 scan reads 1.5 KB a
@@ -9,6 +9,17 @@ are scored again exactly in float32. The results and distances are therefore exa
 row that reaches the shortlist; the int8 error (about 1e-3 of a cosine) only decides which
 rows reach it, so it is sized at many times k. Small collections and small candidate sets are
 scanned in float32 directly.
+
+Even int8 reads 384 MB a query at 1M x 384. Large collections therefore also keep one sign
+bit per component (48 bytes a row at 384-d) and, where their own rows show it is safe, scan
+those instead: Hamming distances (faiss's popcount kernels) pick `budget` candidates, which
+are re-scored exactly in float32. Whether sign bits keep the true neighbours depends on the
+data: on text embeddings (clustered, low intrinsic dimension) a budget of a few hundred holds
+the exact top-10; on uniformly random unit vectors, where every row is about as far as any
+other, no small budget does. So `calibrate` measures it on the collection itself (its own
+rows' nearest neighbours, by the exact path against the bit path) and turns the bit scan on
+only at the smallest budget whose recall@10 reaches CALIBRATION_RECALL; otherwise searches
+keep the int8 scan. Calibration runs again each time the collection doubles.
 
 Rows stay sorted by rowid (new rows always get larger rowids), so a set of rowids from an SQL
 filter maps to positions with one `searchsorted`. Deleted rows are tombstoned and compacted
@@ -23,8 +34,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import faiss  # type: ignore[import-untyped]
 import numkong
 import numpy as np
+
+# One Hamming scan per search is one query: faiss's OpenMP threads only add hand-off cost
+# there (a 1M-row scan took 3 ms on one thread, 34 ms on two).
+faiss.omp_set_num_threads(1)
 
 __all__ = ["Prepared", "VectorIndex", "prepare_rows", "distances_from_scores", "quantize"]
 
@@ -42,6 +58,19 @@ QUANTIZED_MIN_ROWS = 16_384
 # took twice as long as a top-10 with 8 per k, from these reads alone.
 SHORTLIST_MIN = 128
 SHORTLIST_PER_K = 2
+# Collections of at least this many rows may scan sign bits first (see the module doc).
+BINARY_MIN_ROWS = 65_536
+# Candidates a bit scan may keep for re-scoring, smallest first: calibration takes the first
+# that reaches CALIBRATION_RECALL. Each costs a random read of its float32 row (1.5 KB).
+BINARY_BUDGETS = (256, 512, 1024, 2048, 4096)
+# Above the 0.99 wanted: 100 sample rows measure 1,000 neighbours, and on the benchmark's
+# clustered data a budget that reached 0.995 on 32 rows gave 0.989 on fresh queries.
+CALIBRATION_RECALL = 0.997
+CALIBRATION_QUERIES = 100
+K_CALIBRATION = 10
+_CALIBRATION_BLOCK = 131_072
+# A filter that keeps few rows would need the budget scaled past this: int8 scan instead.
+BINARY_BUDGET_MAX = 16_384
 
 
 def prepare_rows(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -50,6 +79,11 @@ def prepare_rows(vectors: np.ndarray, metric: str) -> np.ndarray:
     if metric == "cosine":
         rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def sign_bits(rows: np.ndarray) -> np.ndarray:
+    """One bit per component (set where it is positive), packed 8 to a byte."""
+    return np.packbits(np.atleast_2d(rows) > 0, axis=1)
 
 
 def quantize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +103,7 @@ class Prepared:
     rows: np.ndarray
     codes: np.ndarray
     steps: np.ndarray
+    bits: np.ndarray
 
 
 def distances_from_scores(scores: np.ndarray, metric: str, query_sqnorm: float) -> np.ndarray:
@@ -90,21 +125,28 @@ class VectorIndex:
         *,
         quantized_min_rows: int = QUANTIZED_MIN_ROWS,
         scan_threads: int = 0,
+        bit_scan_min_rows: int = BINARY_MIN_ROWS,
     ):
         self.dim = dim
         self.metric = metric
         self.quantized_min_rows = quantized_min_rows
+        # 0: never scan sign bits (calibration never runs).
+        self.bit_scan_min_rows = bit_scan_min_rows
         # Threads one int8 scan is split across (0: one per core): memory bandwidth, not
         # arithmetic, bounds a scan, and one core alone does not draw all of it.
         self.scan_threads = scan_threads or (os.cpu_count() or 1)
         self._rows = np.empty((0, dim), np.float32)
         self._codes = np.empty((0, dim), np.int8)
         self._steps = np.empty(0, np.float32)
+        self._bits = np.empty((0, _bit_bytes(dim)), np.uint8)
         self._rowids = np.empty(0, np.int64)
         self._alive = np.empty(0, bool)
         self._sqnorms = np.empty(0, np.float32)  # l2 only: |x|^2 per row
         self._n = 0
         self._dead = 0
+        # The bit scan's candidate budget (None: scan int8), and the size it was chosen at.
+        self.budget: int | None = None
+        self.calibrated_at = 0
         # Searches read while writes append, replace and tombstone rows: one lock keeps them apart.
         self._lock = threading.Lock()
 
@@ -119,6 +161,7 @@ class VectorIndex:
                 self._rows,
                 self._codes,
                 self._steps,
+                self._bits,
                 self._rowids,
                 self._alive,
                 self._sqnorms,
@@ -130,6 +173,13 @@ class VectorIndex:
         """Whether searches scan the int8 copy (else the float32 rows alone)."""
         return self._n >= self.quantized_min_rows
 
+    @property
+    def scan(self) -> str:
+        """The first stage searches use: "float32", "int8+rescore" or "bits+rescore"."""
+        if self.budget is not None:
+            return "bits+rescore"
+        return "int8+rescore" if self.quantized else "float32"
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The live rows as saved beside the database (see snapshot.py): copies, by rowid."""
         with self._lock:
@@ -139,6 +189,8 @@ class VectorIndex:
                 "rows": self._rows[keep],
                 "codes": self._codes[keep],
                 "steps": self._steps[keep],
+                "bits": self._bits[keep],
+                "calibration": np.array([self.budget or 0, self.calibrated_at], np.int64),
             }
 
     @classmethod
@@ -160,6 +212,14 @@ class VectorIndex:
             self._rows = rows
             self._codes = codes
             self._steps = np.ascontiguousarray(arrays["steps"], np.float32)
+            self._bits = (
+                np.ascontiguousarray(arrays["bits"], np.uint8)
+                if "bits" in arrays
+                else sign_bits(rows)
+            )
+            budget, calibrated_at = arrays.get("calibration", np.zeros(2, np.int64)).tolist()
+            self.budget = (budget or None) if self.bit_scan_min_rows else None
+            self.calibrated_at = int(calibrated_at)
             self._alive = np.ones(n, bool)
             self._sqnorms = (
                 np.einsum("ij,ij->i", rows, rows)
@@ -172,7 +232,7 @@ class VectorIndex:
     def prepare(self, vectors: np.ndarray) -> Prepared:
         """Normalise and quantise rows for `add`: the CPU work, free to overlap other work."""
         rows = prepare_rows(vectors, self.metric)
-        return Prepared(rows, *quantize(rows))
+        return Prepared(rows, *quantize(rows), sign_bits(rows))
 
     def reserve(self, extra: int) -> None:
         """Make room for `extra` more rows now, so a later `add` only copies them in."""
@@ -186,7 +246,7 @@ class VectorIndex:
         if not len(rowids):
             return
         prepared = vectors if isinstance(vectors, Prepared) else self.prepare(vectors)
-        rows, codes, steps = prepared.rows, prepared.codes, prepared.steps
+        rows, codes, steps, bits = prepared.rows, prepared.codes, prepared.steps, prepared.bits
         if len(rows) != len(rowids):
             raise ValueError("add: as many rowids as rows, please")
         with self._lock:
@@ -198,6 +258,7 @@ class VectorIndex:
             self._rows[self._n : end] = rows
             self._codes[self._n : end] = codes
             self._steps[self._n : end] = steps
+            self._bits[self._n : end] = bits
             self._rowids[self._n : end] = rowids
             self._alive[self._n : end] = True
             if self.metric == "l2":
@@ -215,6 +276,7 @@ class VectorIndex:
             self._rows[positions] = rows
             self._codes[positions] = codes
             self._steps[positions] = steps
+            self._bits[positions] = sign_bits(rows)
             if self.metric == "l2":
                 self._sqnorms[positions] = np.einsum("ij,ij->i", rows, rows)
 
@@ -247,6 +309,13 @@ class VectorIndex:
                 keep[positions] = True
             else:
                 keep = self._alive[:n] if self._dead else None
+            # Not for a filter's rows: a filter that the nearest rows fail (or the search would
+            # not have come here, see Memory._exact_search) keeps rows away from the query,
+            # where sign bits tell neighbours apart poorly (recall 0.86 on a test's far half).
+            if self.budget is not None and candidates is None:
+                found = self._bit_shortlisted(q, k, keep, query_sqnorm)
+                if found is not None:
+                    return found
             if self.quantized:
                 return self._shortlisted(q, k, keep, query_sqnorm)
             scores = self._score(self._rows[:n], q, slice(0, n))
@@ -286,6 +355,111 @@ class VectorIndex:
         scores = self._score(self._rows[shortlist], q, shortlist)
         return self._top(scores, shortlist, k, query_sqnorm)
 
+    def _bit_shortlisted(
+        self, q: np.ndarray, k: int, keep: np.ndarray | None, query_sqnorm: float
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k by Hamming distance of sign bits, then exact float32 scores of the budget.
+
+        `keep` masks out tombstoned rows. None (the caller scans int8 instead) when so few
+        rows are alive that the budget would grow past its limit, or when fewer candidates
+        are alive than expected.
+        """
+        n = self._n
+        # Calibrated for the top 10: more results want proportionally more candidates, and
+        # rows a filter drops still take places among the nearest.
+        wanted = (self.budget or BINARY_BUDGETS[-1]) * math.ceil(k / K_CALIBRATION)
+        budget = wanted
+        if keep is not None:
+            budget = math.ceil(wanted * n / max(int(np.count_nonzero(keep)), 1))
+            if budget > BINARY_BUDGET_MAX:
+                return None
+        found, _ = _hamming_top(self._bits[:n], sign_bits(q), max(min(budget, n), 1))
+        if keep is not None:
+            found = found[keep[found]]
+            if len(found) < min(wanted, int(np.count_nonzero(keep))):
+                return None
+        found = np.sort(found)  # gathers in memory order
+        size = max(SHORTLIST_MIN, SHORTLIST_PER_K * k)
+        if len(found) > size:
+            # The candidates' int8 codes are a quarter of their float32 rows' bytes: they cut
+            # the candidates to the shortlist, as in the int8 scan, before the exact scores.
+            q_codes, q_step = quantize(q)
+            approx = np.empty(len(found), np.float32)
+            numkong.cdist(
+                self._codes[found],
+                q_codes,
+                metric="dot",
+                out_dtype="float32",
+                out=approx.reshape(-1, 1),
+            )
+            approx *= self._steps[found]
+            if self.metric == "l2":
+                approx *= 2.0 * float(q_step[0])
+                approx -= self._sqnorms[found]
+            found = np.sort(found[_best(approx, size)])
+        shortlist = found
+        scores = self._score(self._rows[shortlist], q, shortlist)
+        return self._top(scores, shortlist, k, query_sqnorm)
+
+    def needs_calibration(self) -> bool:
+        """Whether `calibrate` is due: the collection is large enough and has doubled since."""
+        n = len(self)
+        return bool(self.bit_scan_min_rows) and n >= max(
+            self.bit_scan_min_rows, 2 * self.calibrated_at
+        )
+
+    def maybe_calibrate(self) -> None:
+        """Calibrate (see `calibrate`) if it is due."""
+        if self.needs_calibration():
+            self.calibrate()
+
+    def calibrate(self, queries: int = CALIBRATION_QUERIES, seed: int = 0) -> dict[int, float]:
+        """Choose the bit scan's budget from the collection's own rows; returns recall by budget.
+
+        Each sample row's nearest other rows by an exact float32 scan (one matrix product for
+        all the sample) are the truth; the bit scan's candidates, taken nearest first in
+        Hamming distance and re-scored exactly, are measured against it at every budget.
+        The work reads the arrays as they were when it began, outside the lock, so searches
+        and writes go on meanwhile (the box runs it on a thread of its own, off the write
+        path: a second to a few at 1M rows); the budget is swapped in at the end.
+        """
+        want = K_CALIBRATION + 1  # the row itself and its nearest others
+        with self._lock:
+            n = self._n
+            # Writes replace these arrays (growth, compaction) rather than shrink them, and a
+            # vector replaced in place meanwhile only shifts the estimate a little.
+            view = _View(self._rows, self._bits, self._alive[:n].copy(), self._sqnorms, n)
+        live = np.flatnonzero(view.alive)
+        if not self.bit_scan_min_rows or len(live) < self.bit_scan_min_rows:
+            return {}
+        sample = np.random.default_rng(seed).choice(live, min(queries, len(live)), False)
+        qs = view.rows[sample]
+        truth = _exact_tops(view, qs, want, self.metric)
+        largest = min(BINARY_BUDGETS[-1], n)
+        hits = dict.fromkeys(BINARY_BUDGETS, 0)
+        for q, position, true in zip(qs, sample, truth, strict=True):
+            found, hamming = _hamming_top(view.bits[:n], sign_bits(q), largest)
+            alive = view.alive[found]
+            found, hamming = found[alive], hamming[alive]
+            found = found[np.argsort(hamming, kind="stable")]  # nearest first
+            scores = _dots(view.rows[found], q)
+            if self.metric == "l2":
+                scores = 2.0 * scores - view.sqnorms[found]
+            others = set(true.tolist()) - {int(position)}
+            for budget in BINARY_BUDGETS:
+                top = found[:budget][np.argsort(-scores[:budget], kind="stable")[:want]]
+                hits[budget] += len(others & set(top.tolist()))
+        total = max(len(sample) * K_CALIBRATION, 1)
+        recalls = {b: hits[b] / total for b in BINARY_BUDGETS}
+        # A budget past an eighth of the rows saves too little of the int8 scan to pay.
+        budget = next(
+            (b for b in BINARY_BUDGETS if recalls[b] >= CALIBRATION_RECALL and b <= len(live) // 8),
+            None,
+        )
+        with self._lock:
+            self.budget, self.calibrated_at = budget, len(live)
+        return recalls
+
     def _scan_chunk(
         self,
         span: tuple[int, int],
@@ -317,7 +491,7 @@ class VectorIndex:
         return best + start, approx[best]
 
     def _score(self, rows: np.ndarray, q: np.ndarray, where: np.ndarray | slice) -> np.ndarray:
-        scores = rows @ q
+        scores = _dots(rows, q)
         if self.metric == "l2":
             # |x - q|^2 = |x|^2 - 2 x.q + |q|^2; the last term is the same for every row.
             scores = 2.0 * scores - self._sqnorms[where]
@@ -359,6 +533,7 @@ class VectorIndex:
             ("_rows", (capacity, self.dim)),
             ("_codes", (capacity, self.dim)),
             ("_steps", (capacity,)),
+            ("_bits", (capacity, _bit_bytes(self.dim))),
             ("_rowids", (capacity,)),
             ("_alive", (capacity,)),
             ("_sqnorms", (capacity,)),
@@ -373,6 +548,7 @@ class VectorIndex:
         self._rows = np.ascontiguousarray(self._rows[keep])
         self._codes = np.ascontiguousarray(self._codes[keep])
         self._steps = self._steps[keep]
+        self._bits = np.ascontiguousarray(self._bits[keep])
         self._rowids = self._rowids[keep]
         self._sqnorms = self._sqnorms[keep]
         self._alive = np.ones(len(keep), bool)
@@ -424,3 +600,81 @@ def _best(scores: np.ndarray, size: int) -> np.ndarray:
         if len(survivors) >= size:
             return survivors[np.argpartition(scores[survivors], len(survivors) - size)[-size:]]
     return np.argpartition(scores, n - size)[n - size :]
+
+
+@dataclass(frozen=True)
+class _View:
+    """An index's arrays as one calibration reads them (see VectorIndex.calibrate)."""
+
+    rows: np.ndarray
+    bits: np.ndarray
+    alive: np.ndarray
+    sqnorms: np.ndarray
+    n: int
+
+
+def _exact_tops(view: _View, qs: np.ndarray, want: int, metric: str) -> list[np.ndarray]:
+    """Positions of each query's `want` best live rows by exact float32 scores."""
+    best = np.full((want, len(qs)), -np.inf, np.float32)
+    where = np.zeros((want, len(qs)), np.int64)
+    for start in range(0, view.n, _CALIBRATION_BLOCK):
+        end = min(view.n, start + _CALIBRATION_BLOCK)
+        scores = view.rows[start:end] @ qs.T  # a matrix product: BLAS's threads pay here
+        if metric == "l2":
+            scores = 2.0 * scores - view.sqnorms[start:end, None]
+        scores[~view.alive[start:end]] = -np.inf
+        scores = np.concatenate([best, scores])
+        positions = np.concatenate(
+            [where, np.broadcast_to(np.arange(start, end)[:, None], (end - start, len(qs)))]
+        )
+        top = np.argpartition(-scores, want - 1, axis=0)[:want]
+        best = np.take_along_axis(scores, top, axis=0)
+        where = np.take_along_axis(positions, top, axis=0)
+    return list(where.T)
+
+
+def _dots(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """rows @ q by numkong's SIMD kernel on this thread.
+
+    Not `rows @ q`: OpenBLAS splits a matrix-vector product across its own threads, and on a
+    busy host waking them cost 20 ms where the product itself takes 0.03 ms (2,048 rows).
+    """
+    scores = np.empty(len(rows), np.float32)
+    if len(rows):
+        numkong.cdist(
+            np.ascontiguousarray(rows, np.float32),
+            np.ascontiguousarray(q, np.float32).reshape(1, -1),
+            metric="dot",
+            out_dtype="float32",
+            out=scores.reshape(-1, 1),
+        )
+    return scores
+
+
+def _bit_bytes(dim: int) -> int:
+    return (dim + 7) // 8
+
+
+def _hamming_top(
+    bits: np.ndarray, query_bits: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, distances) of the `size` rows of `bits` nearest to `query_bits` (Hamming).
+
+    faiss's counting variant ("mc"): one pass that buckets rows by distance, so its cost does
+    not grow with `size` as a heap's does (4,096 of 100k: 0.8 ms against 4.0).
+    """
+    distances = np.empty((1, size), np.int32)
+    labels = np.empty((1, size), np.int64)
+    query_bits = np.ascontiguousarray(query_bits, np.uint8)
+    faiss.hammings_knn_mc(
+        faiss.swig_ptr(query_bits),
+        faiss.swig_ptr(bits),
+        1,
+        len(bits),
+        size,
+        bits.shape[1],
+        faiss.swig_ptr(distances),
+        faiss.swig_ptr(labels),
+    )
+    found = labels[0] >= 0
+    return labels[0][found], distances[0][found]

@@ -602,8 +602,9 @@ class MemoryComponent:
             index = memory.indexes.get(collection.id)
             info["index_mb"] = round(index.nbytes / 2**20, 1) if index is not None else None
             if index is not None:
-                info["index_scan"] = "int8+rescore" if index.quantized else "float32"
+                info["index_scan"] = index.scan
                 info["scan_threads"] = index.scan_threads
+                info["bit_budget"] = index.budget
             collections[collection.name] = info
         return {
             "cross_model": dict(self.service.cross_model),

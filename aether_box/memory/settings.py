@@ -42,6 +42,10 @@ class MemorySettings:
     # Threads one int8 scan is split across (0: one per core). A scan is bound by memory
     # bandwidth, which one core alone does not draw in full; chunks are 32k rows at least.
     scan_threads: int = 0
+    # Collections of at least this many vectors also keep one sign bit per component, and
+    # scan those first (Hamming distance, a candidate budget re-scored exactly) where a
+    # calibration on their own rows shows recall@10 of at least 0.997; 0 turns it off.
+    bit_scan_min_rows: int = 65_536
 
     def resolve(self, data_dir: Path) -> None:
         """Fill the data dir into the db path and check the choices."""
@@ -57,7 +61,12 @@ class MemorySettings:
             if getattr(self, key) < 1:
                 raise ConfigError(f"memory.{key} must be at least 1, got {getattr(self, key)}")
 
-        for key in ("snapshot_min_rows", "quantized_min_rows", "scan_threads"):
+        for key in (
+            "snapshot_min_rows",
+            "quantized_min_rows",
+            "scan_threads",
+            "bit_scan_min_rows",
+        ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"memory.{key} must be 0 or more, got {getattr(self, key)}")
 

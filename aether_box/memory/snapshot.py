@@ -32,8 +32,8 @@ __all__ = ["Snapshots", "SNAPSHOT_FORMAT"]
 
 log = logging.getLogger(__name__)
 # Bump when the saved arrays change meaning, so older copies are rebuilt instead of misread.
-SNAPSHOT_FORMAT = 2
-_ARRAYS = ("rowids", "rows", "codes", "steps")
+SNAPSHOT_FORMAT = 3
+_ARRAYS = ("rowids", "rows", "codes", "steps", "bits", "calibration")
 
 
 class Snapshots:

