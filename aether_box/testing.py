@@ -12,10 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["busy_cores", "throttled"]
+__all__ = ["busy_cores", "run_job", "throttled"]
 
 
 @contextmanager
@@ -59,3 +60,21 @@ def busy_cores(count: int) -> Iterator[None]:
         for hog in hogs:
             hog.kill()
             hog.wait()
+
+
+def run_job(engine: Any, make: Callable[[Callable[[Any], None]], Any], timeout: float = 300) -> Any:
+    """Submit the job `make(on_done)` builds to a generation engine's scheduler and wait for
+    its outcome (raised if it is an error)."""
+    done = threading.Event()
+    out: list[Any] = []
+
+    def on_done(item: Any) -> None:
+        out.append(item)
+        done.set()
+
+    engine.submit(make(on_done))
+    if not done.wait(timeout):
+        raise TimeoutError(f"the scheduler did not answer within {timeout:.0f} s")
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]

@@ -79,23 +79,9 @@ from aether_box.engines.generation import AdapterRef, GenerationParams, adapter_
 from aether_box.engines.generator import LlamaGenerator  # noqa: E402
 from aether_box.models.settings import ModelsSettings  # noqa: E402
 from aether_box.models.store import ModelStore  # noqa: E402
+from aether_box.testing import run_job  # noqa: E402
 
 TRAINED = Path(__file__).resolve().parents[1] / "tests" / "data" / "adapters" / "pirate-peft"
-
-
-def run(engine: LlamaGenerator, make: Any) -> Any:
-    done = threading.Event()
-    out: list[Any] = []
-
-    def on_done(item: Any) -> None:
-        out.append(item)
-        done.set()
-
-    engine.submit(make(on_done))
-    done.wait()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
 
 
 def random_lora(base: Path, seed: int, rank: int = 8) -> LoraFile:
@@ -174,7 +160,7 @@ def main() -> None:
             prompt = next(prompts)
             p = GenerationParams(max_tokens=tokens, temperature=0.0)
             cpu = time.clock_gettime(cpu_clock)
-            out = run(engine, lambda d: engine.prepare(prompt, p, None, d, "b", None, adapters))
+            out = run_job(engine, lambda d: engine.prepare(prompt, p, None, d, "b", None, adapters))
             return out, time.clock_gettime(cpu_clock) - cpu
 
         for adapters in ([], trained, qv, other):  # warm up: each adapter loaded once
@@ -229,9 +215,9 @@ def main() -> None:
             runtime_of[key] = runtime
             to_copy, to_base = Divergence(), Divergence()
             for tokens in token_lists:
-                want = run(engine, lambda d, t=tokens, r=runtime: engine.prepare_score(t, r, d))
-                got = run(copy, lambda d, t=tokens, c=copy: c.prepare_score(t, [], d))
-                plain = run(engine, lambda d, t=tokens: engine.prepare_score(t, [], d))
+                want = run_job(engine, lambda d, t=tokens, r=runtime: engine.prepare_score(t, r, d))
+                got = run_job(copy, lambda d, t=tokens, c=copy: c.prepare_score(t, [], d))
+                plain = run_job(engine, lambda d, t=tokens: engine.prepare_score(t, [], d))
                 to_copy.add(want, got)
                 to_base.add(plain, want)
             result[f"bake{key}_kl"] = round(to_copy.summary()["kl_mean"], 6)
@@ -280,7 +266,7 @@ def main() -> None:
         write_lora(Path(ref_a.path), a)
         write_lora(Path(ref_b.path), b)
         stacked = [
-            run(engine, lambda d, t=t: engine.prepare_score(t, [ref_a, ref_b], d))
+            run_job(engine, lambda d, t=t: engine.prepare_score(t, [ref_a, ref_b], d))
             for t in token_lists
         ]
         for method in ("linear", "ties", "dare"):
@@ -292,7 +278,7 @@ def main() -> None:
             ref = AdapterRef(str(path), method * 10, 1.0)
             divergence = Divergence()
             for tokens, want in zip(token_lists, stacked, strict=True):
-                got = run(engine, lambda d, t=tokens, r=ref: engine.prepare_score(t, [r], d))
+                got = run_job(engine, lambda d, t=tokens, r=ref: engine.prepare_score(t, [r], d))
                 divergence.add(want, got)
             print(f"merge {method} measured", file=sys.stderr)
             result[f"merge_kl_{method}"] = round(divergence.summary()["kl_mean"], 6)
@@ -302,9 +288,9 @@ def main() -> None:
         # The base read in one batch against each prefix read anew.
         noise = Divergence()
         for tokens in token_lists[: args.noise_prompts]:
-            batched = run(engine, lambda d, t=tokens: engine.prepare_score(t, [], d))
+            batched = run_job(engine, lambda d, t=tokens: engine.prepare_score(t, [], d))
             singles = [
-                run(engine, lambda d, t=tokens[: i + 1]: engine.prepare_score(t, [], d))[-1]
+                run_job(engine, lambda d, t=tokens[: i + 1]: engine.prepare_score(t, [], d))[-1]
                 for i in range(len(tokens))
             ]
             import numpy as np

@@ -3,8 +3,6 @@ generator serving a hot set from its copy while the base stays exactly the base.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,23 +19,8 @@ from aether_box.engines.generation import AdapterRef, GenerationParams, adapter_
 from aether_box.engines.generator import LlamaGenerator
 from aether_box.errors import BadRequest
 from aether_box.monitor.metrics import _model_families
+from aether_box.testing import run_job
 from aether_box.tui.view import baked_rows
-
-
-def run(engine: LlamaGenerator, make: Callable[[Callable[[Any], None]], Any]) -> Any:
-    """Submit the job `make(on_done)` builds and wait for its outcome."""
-    done = threading.Event()
-    out: list[Any] = []
-
-    def on_done(item: Any) -> None:
-        out.append(item)
-        done.set()
-
-    engine.submit(make(on_done))
-    assert done.wait(120), "the scheduler did not answer"
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
 
 
 def test_baked_copy_matches_the_runtime_adapter(tmp_path, smollm2_path):
@@ -62,9 +45,9 @@ def test_baked_copy_matches_the_runtime_adapter(tmp_path, smollm2_path):
         effect, error = Divergence(), Divergence()
         for text in probe_prompts()[:2]:
             tokens = engine.prompt_tokens(text)
-            plain = run(engine, lambda d, t=tokens: engine.prepare_score(t, [], d))
-            runtime = run(engine, lambda d, t=tokens: engine.prepare_score(t, refs, d))
-            baked = run(copy, lambda d, t=tokens: copy.prepare_score(t, [], d))
+            plain = run_job(engine, lambda d, t=tokens: engine.prepare_score(t, [], d))
+            runtime = run_job(engine, lambda d, t=tokens: engine.prepare_score(t, refs, d))
+            baked = run_job(copy, lambda d, t=tokens: copy.prepare_score(t, [], d))
             effect.add(plain, runtime)
             error.add(runtime, baked)
     finally:
@@ -114,7 +97,7 @@ def test_a_hot_set_is_served_from_its_baked_copy_and_the_base_stays_exact(tmp_pa
         params = GenerationParams(max_tokens=12, temperature=0.0)
 
         def complete(adapters: list[AdapterRef]) -> Any:
-            return run(
+            return run_job(
                 engine, lambda d: engine.prepare(tokens, params, None, d, "t", None, adapters)
             )
 
@@ -206,7 +189,7 @@ def test_a_pinned_set_is_baked_on_its_first_request(tmp_path, smollm2_path):
         tokens = engine.prompt_tokens("Hello")
         params = GenerationParams(max_tokens=2, temperature=0.0)
         for refs in (unpinned, pinned):
-            run(engine, lambda d, r=refs: engine.prepare(tokens, params, None, d, "t", None, r))
+            run_job(engine, lambda d, r=refs: engine.prepare(tokens, params, None, d, "t", None, r))
         assert [c["adapters"] for c in engine.stats()["baked"]] == [adapter_key(pinned)]
     finally:
         engine.close()

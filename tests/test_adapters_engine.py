@@ -4,7 +4,7 @@ and the adapter set in every cache key."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from fixtures_adapters import write_random
 
 from aether_box.engines.generation import AdapterRef, GenerationParams
 from aether_box.engines.generator import LlamaGenerator
+from aether_box.testing import run_job
 
 TEXT = "The capital of France is Paris, and the capital of Italy is"
 
@@ -26,22 +27,6 @@ def generator(model_store) -> Iterator[LlamaGenerator]:  # type: ignore[no-untyp
     engine.close()
 
 
-def run(engine: LlamaGenerator, make: Callable[[Callable[[Any], None]], Any]) -> Any:
-    """Submit the job `make(on_done)` builds and wait for its outcome."""
-    done = threading.Event()
-    out: list[Any] = []
-
-    def on_done(item: Any) -> None:
-        out.append(item)
-        done.set()
-
-    engine.submit(make(on_done))
-    assert done.wait(120), "the scheduler did not answer"
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
-
-
 def test_scale_zero_and_switching_back_give_the_base_logits_exactly(
     generator, tmp_path, smollm2_path
 ):
@@ -49,10 +34,10 @@ def test_scale_zero_and_switching_back_give_the_base_logits_exactly(
     tokens = generator.prompt_tokens(TEXT)
     on = [AdapterRef(path, "a" * 64, 1.0)]
     zero = [AdapterRef(path, "a" * 64, 0.0)]
-    base = run(generator, lambda d: generator.prepare_score(tokens, [], d))
-    at_zero = run(generator, lambda d: generator.prepare_score(tokens, zero, d))
-    adapted = run(generator, lambda d: generator.prepare_score(tokens, on, d))
-    back = run(generator, lambda d: generator.prepare_score(tokens, [], d))
+    base = run_job(generator, lambda d: generator.prepare_score(tokens, [], d))
+    at_zero = run_job(generator, lambda d: generator.prepare_score(tokens, zero, d))
+    adapted = run_job(generator, lambda d: generator.prepare_score(tokens, on, d))
+    back = run_job(generator, lambda d: generator.prepare_score(tokens, [], d))
     assert base.shape == (len(tokens), 49152)
     assert np.array_equal(at_zero, base)  # bit for bit
     assert np.array_equal(back, base)
@@ -66,7 +51,7 @@ def test_a_request_never_reuses_kv_computed_under_another_set(generator, tmp_pat
     params = GenerationParams(max_tokens=4, temperature=0.0)
 
     def complete(adapters: list[AdapterRef]) -> Any:
-        return run(
+        return run_job(
             generator, lambda d: generator.prepare(tokens, params, None, d, "t", None, adapters)
         )
 
@@ -92,7 +77,7 @@ def test_requests_under_different_sets_in_one_context_each_get_their_own_answer(
     params = GenerationParams(max_tokens=6, temperature=0.0)
 
     def alone(adapters: list[AdapterRef]) -> str:
-        return run(
+        return run_job(
             generator, lambda d: generator.prepare(tokens, params, None, d, "t", None, adapters)
         ).text
 
@@ -123,8 +108,8 @@ def test_a_released_adapter_is_freed_after_the_job_using_it_and_the_base_is_inta
     path = str(write_random(tmp_path / "gone.gguf", smollm2_path, std=0.05, seed=3))
     ref = [AdapterRef(path, "g" * 64, 1.0)]
     tokens = generator.prompt_tokens(TEXT)
-    base = run(generator, lambda d: generator.prepare_score(tokens, [], d))
-    adapted = run(generator, lambda d: generator.prepare_score(tokens, ref, d))
+    base = run_job(generator, lambda d: generator.prepare_score(tokens, [], d))
+    adapted = run_job(generator, lambda d: generator.prepare_score(tokens, ref, d))
     loaded = generator.stats()["adapters_loaded"]
     # Released while a queued job still holds it: that job runs under it, then it is freed.
     done = threading.Event()
@@ -137,7 +122,9 @@ def test_a_released_adapter_is_freed_after_the_job_using_it_and_the_base_is_inta
     assert generator.stats()["adapters_loaded"] == loaded - 1
     assert not generator.release_adapter("g" * 64)  # no longer loaded
     # The context no longer applies it: the base reads exactly as before.
-    assert np.array_equal(run(generator, lambda d: generator.prepare_score(tokens, [], d)), base)
+    assert np.array_equal(
+        run_job(generator, lambda d: generator.prepare_score(tokens, [], d)), base
+    )
     # And it loads again from its file when asked for.
-    again = run(generator, lambda d: generator.prepare_score(tokens, ref, d))
+    again = run_job(generator, lambda d: generator.prepare_score(tokens, ref, d))
     assert np.array_equal(again, adapted)
