@@ -217,6 +217,10 @@ class Terminal:
     def __init__(self, command: list[str]) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
+            # As an interactive shell starts a foreground job: Ctrl-C's SIGINT not ignored,
+            # even where this test runs as a background job of a script (which ignores it,
+            # and a child would inherit that).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execv(command[0], command)
         self.seen = ""
 

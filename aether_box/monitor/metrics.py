@@ -325,7 +325,8 @@ def _model_families(section: dict[str, Any] | None) -> Iterator[Metric]:
         ["model", "role"],
     )
     for model in section.get("loaded", []):
-        memory.add_metric([model["name"], model["role"]], model["memory_mb"] * 2**20)
+        if model.get("memory_mb") is not None:
+            memory.add_metric([model["name"], model["role"]], model["memory_mb"] * 2**20)
     yield memory
 
 
