@@ -7,7 +7,13 @@ import psutil
 import pytest
 from fixtures_engines import engines_box, loaded
 
-from aether_box.engines.threads import EPOCH_STEPS, MOST_BETWEEN_LOOKS, ThreadGovernor, candidates
+from aether_box.engines.threads import (
+    EPOCH_STEPS,
+    MOST_BETWEEN_LOOKS,
+    TRIAL_CUT_STEPS,
+    ThreadGovernor,
+    candidates,
+)
 from aether_box.testing import busy_cores
 
 QUIET = {4: 0.010, 3: 0.012, 2: 0.016, 1: 0.030}  # seconds per step, by thread count
@@ -36,6 +42,14 @@ def test_a_quiet_host_keeps_every_thread_and_looks_ever_less_often():
     # Looks back off to one per MOST_BETWEEN_LOOKS readings: the slower counts get few steps.
     late = used[len(used) // 2 :]
     assert sum(n != 4 for n in late) / len(late) < 3 / MOST_BETWEEN_LOOKS * 1.5
+
+
+def test_a_clearly_slower_trial_is_cut_short():
+    governor = ThreadGovernor(2)
+    used = run(governor, QUIET, 40)
+    # Each look tried one thread, twice as slow here, for only the first few steps.
+    assert governor.looks >= 3 and governor.changes == 0
+    assert used.count(1) == governor.looks * TRIAL_CUT_STEPS
 
 
 def test_load_arriving_moves_to_fewer_threads_at_once_and_back_when_it_leaves():

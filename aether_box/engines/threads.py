@@ -4,9 +4,10 @@ llama.cpp's threads meet at a barrier after every graph node. On a busy host the
 deschedules one of them and the rest wait for it at each barrier: on 2 cores with two busy
 processes beside it, SmolLM2 decoded at 8-27 tokens/s with 2 threads against 35-42 with one
 (115 and 78 on the quiet machine). The governor times decode steps at the thread count in use,
-now and then times the other candidates for a short epoch, and keeps the fastest. A change of
-more than half in the current count's step time (load came or went) makes it look again at
-once; otherwise it looks less and less often, so a quiet machine pays almost nothing.
+now and then times the other candidates for a short epoch (cut shorter still when one is
+clearly slower), and keeps the fastest. A change of more than half in the current count's
+step time (load came or went) makes it look again at once; otherwise it looks less and less
+often, so a quiet machine pays almost nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import statistics
 __all__ = ["ThreadGovernor", "candidates"]
 
 EPOCH_STEPS = 16  # decode steps timed per reading
+TRIAL_CUT_STEPS = 4  # a tried count this far in and clearly slower is dropped from the look
+CLEARLY_SLOWER = 1.3  # ... slower than this times the count in use before the look
 FIRST_LOOK = 4  # readings before the first look at the other counts
 MOST_BETWEEN_LOOKS = 256  # the longest wait, in readings, between looks (~40 s of decoding)
 CHANGED = 1.5  # a step time this much slower or faster than last reading's: look again
@@ -52,7 +55,7 @@ class ThreadGovernor:
         if sequences != self._batch:  # step times only compare at one batch size
             self._batch, self._samples = sequences, []
         self._samples.append(seconds)
-        if len(self._samples) < EPOCH_STEPS:
+        if len(self._samples) < EPOCH_STEPS and not self._clearly_slower(sequences):
             return None
         median = statistics.median(self._samples)
         self._samples = []
@@ -68,6 +71,14 @@ class ThreadGovernor:
         if changed or self._wait <= 0:
             return self._look()
         return None
+
+    def _clearly_slower(self, sequences: int) -> bool:
+        """Whether the count on trial is already far behind the one in use before the look:
+        on a quiet host most trials are, and a short one costs it four slow steps, not 16."""
+        if not self._looking or len(self._samples) < TRIAL_CUT_STEPS:
+            return False
+        home = self._readings.get((self._home, sequences))
+        return home is not None and statistics.median(self._samples) > home * CLEARLY_SLOWER
 
     def _look(self) -> int:
         self.looks += 1
