@@ -21,9 +21,12 @@ def test_sigterm_with_a_stream_in_flight_ends_it_with_a_reason(models_dir, data_
         body = json.dumps(
             {
                 "model": "smollm2",
-                "messages": [{"role": "user", "content": "Tell a long story."}],
+                "messages": [
+                    {"role": "user", "content": "Tell me a very long story about a dragon."}
+                ],
                 "stream": True,
                 "max_tokens": 4000,
+                "temperature": 0,  # greedy: runs for hundreds of tokens, past the 0.5 s grace
             }
         ).encode()
         sock = socket.create_connection((url.hostname, url.port), timeout=60)
@@ -36,6 +39,7 @@ def test_sigterm_with_a_stream_in_flight_ends_it_with_a_reason(models_dir, data_
             chunk = sock.recv(65536)
             assert chunk, received
             received += chunk
+        assert b'finish_reason":"' not in received.replace(b" ", b""), "answered before SIGTERM"
         started = time.monotonic()
         assert box.stop() == 0  # SIGTERM; also checks the box never blocked its loop
         assert time.monotonic() - started < 10
