@@ -190,7 +190,8 @@ def bench_generation(client: Client, model_path: Path, threads: int, args: Any) 
     # the same round. Not over the faster of the two in each round: the larger of two noisy
     # readings is biased upwards, by about half their noise (3% on a shared 2-core machine).
     faster = max(DIRECT, key=rate.__getitem__)
-    ratios = [bus / direct for (bus, _), (direct, _) in zip(samples["bus"], samples[faster])]
+    pairs = zip(samples["bus"], samples[faster], strict=True)
+    ratios = [bus / direct for (bus, _), (direct, _) in pairs]
     llm.close()
     return {
         # Median over rounds of bus / the faster direct path in the same round.

@@ -133,12 +133,16 @@ def bench_choice(client: Client, suite: dict[str, Any]) -> dict[str, Any]:
     tools = suite["tools"]
     picked, best_scores, argmax, no_tool_wins = [], [], [], []
     for item in suite["tasks"]:
-        reply = client.request("orchestrate", {"op": "select", "task": item["task"], "tools": tools})
+        reply = client.request(
+            "orchestrate", {"op": "select", "task": item["task"], "tools": tools}
+        )
         picked.append(reply["tool"])
         top = max(reply["scores"], key=reply["scores"].__getitem__)
         argmax.append(top)
         best_scores.append(reply["scores"][top])
-        no_tool_wins.append(reply["no_tool"] is not None and reply["no_tool"] > reply["scores"][top])
+        no_tool_wins.append(
+            reply["no_tool"] is not None and reply["no_tool"] > reply["scores"][top]
+        )
     expected = [item["tool"] for item in suite["tasks"]]
     right = [p == e for p, e in zip(picked, expected, strict=True)]
     no_tool = [e is None for e in expected]
@@ -148,6 +152,7 @@ def bench_choice(client: Client, suite: dict[str, Any]) -> dict[str, Any]:
         for item, p, ok in zip(suite["tasks"], picked, right, strict=True)
         if not ok
     ]
+
     # The floor, fitted on the whole suite (what tools.min_score ships with), and its
     # 2-fold cross-validated accuracy: fitted on the even-numbered tasks and scored on the
     # odd ones, then the other way round.
@@ -255,7 +260,10 @@ def bench_mcp(client: Client, calls: int) -> dict[str, Any]:
         times.append((time.perf_counter() - started) * 1000)
     p95 = float(np.percentile(times, 95))
     print(f"mcp stdio: p50 {statistics.median(times):.2f} ms, p95 {p95:.2f} ms", file=sys.stderr)
-    return {"mcp_stdio_p95_ms": round(p95, 3), "mcp_stdio_p50_ms": round(statistics.median(times), 3)}
+    return {
+        "mcp_stdio_p95_ms": round(p95, 3),
+        "mcp_stdio_p50_ms": round(statistics.median(times), 3),
+    }
 
 
 if __name__ == "__main__":

@@ -13,8 +13,14 @@ from aether_box.bus.worker import Worker
 
 worker = Worker(sys.argv[1], "assistant", heartbeat_s=0.5)
 
-FACTORS = {("km", "mi"): 0.621371, ("mi", "km"): 1.609344, ("kg", "lb"): 2.204623,
-           ("lb", "kg"): 0.453592, ("m", "ft"): 3.280840, ("ft", "m"): 0.3048}
+FACTORS = {
+    ("km", "mi"): 0.621371,
+    ("mi", "km"): 1.609344,
+    ("kg", "lb"): 2.204623,
+    ("lb", "kg"): 0.453592,
+    ("m", "ft"): 3.280840,
+    ("ft", "m"): 0.3048,
+}
 
 
 @worker.tool(
@@ -25,8 +31,11 @@ FACTORS = {("km", "mi"): 0.621371, ("mi", "km"): 1.609344, ("kg", "lb"): 2.20462
         "properties": {"city": {"type": "string", "minLength": 1}},
         "required": ["city"],
     },
-    examples=["will it rain tomorrow", "how warm will it be this afternoon",
-              "what is the weather like in my town"],
+    examples=[
+        "will it rain tomorrow",
+        "how warm will it be this afternoon",
+        "what is the weather like in my town",
+    ],
 )
 def weather_forecast(city: str) -> dict:
     return {"city": city, "temperature_c": 14, "rain": "light showers", "wind_kmh": 12}
@@ -65,8 +74,11 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> dict:
         },
         "required": ["to", "subject", "body"],
     },
-    examples=["email my colleague that I will be late", "send a mail about the invoice",
-              "write to my boss that the report is done"],
+    examples=[
+        "email my colleague that I will be late",
+        "send a mail about the invoice",
+        "write to my boss that the report is done",
+    ],
 )
 def send_email(to: str, subject: str, body: str) -> dict:
     return {"sent": True, "to": to, "characters": len(body)}
@@ -83,8 +95,11 @@ def send_email(to: str, subject: str, body: str) -> dict:
         },
         "required": ["title", "when"],
     },
-    examples=["put the dentist appointment on Monday at 10 in my calendar",
-              "schedule a meeting with Sara on Friday", "book lunch with Tom tomorrow at noon"],
+    examples=[
+        "put the dentist appointment on Monday at 10 in my calendar",
+        "schedule a meeting with Sara on Friday",
+        "book lunch with Tom tomorrow at noon",
+    ],
 )
 def calendar_add(title: str, when: str) -> dict:
     return {"added": True, "title": title, "when": when}
