@@ -23,18 +23,35 @@ from aether_box.align.gate import auc, combine, margin
 from aether_box.align.hub import Composed, composed_pairs
 from aether_box.align.pairs import PairSet
 from aether_box.align.projectors import Projector
+from aether_box.align.space import SHARED
 from aether_box.align.store import ProjectorStore
 from aether_box.errors import BadRequest, NotFound
 
 __all__ = ["DOMAINS", "coherence"]
 
 DOMAINS = {"in_domain": "in", "out_of_domain": "out", "out_of_domain_docs": "far"}
+DIRECT_KEYS = (
+    "top1",
+    "recall_at_10",
+    "gate_auc",
+    "agreement_auc",
+    "margin_auc",
+    "proxy_share",
+    "combined_top1",
+)
 
 
 def _leg(store: ProjectorStore, source: str, target: str) -> tuple[Projector, Any, dict[str, Any]]:
     report = store.report(source, target)
     best = report["best"]
     return store.projector(source, target, best), store.gate(source, target), report
+
+
+def _combined_coef(report: dict[str, Any]) -> list[float] | None:
+    coef: list[float] | None = (
+        (report.get("gate") or {}).get("calibration", {}).get("combined_coef")
+    )
+    return coef
 
 
 def _held(store: ProjectorStore, source: str, target: str, domain: str) -> PairSet | None:
@@ -92,8 +109,8 @@ def coherence(store: ProjectorStore, hub: str, gate: float, n: int = 1000) -> di
     rows = []
     for a in models:
         for b in models:
-            if a == b:
-                continue
+            if a == b or (hub == SHARED and hub in (a, b)):
+                continue  # the learned space holds each model's own directions: no news
             legs_names = [(a, b)] if hub in (a, b) else [(a, hub), (hub, b)]
             try:
                 legs = [_leg(store, s, t) for s, t in legs_names]
@@ -102,8 +119,8 @@ def coherence(store: ProjectorStore, hub: str, gate: float, n: int = 1000) -> di
             row: dict[str, Any] = {"from": a, "to": b, "via": None if len(legs) == 1 else hub}
             direct = None
             if len(legs) > 1 and f"{a}->{b}" in fitted:
-                direct = store.report(a, b)
-            scores = []
+                direct = _leg(store, a, b)
+            scores, direct_scores = [], []
             for domain, short in DOMAINS.items():
                 first = _held(store, *legs_names[0], domain)
                 last = _held(store, *legs_names[-1], domain)
@@ -112,18 +129,25 @@ def coherence(store: ProjectorStore, hub: str, gate: float, n: int = 1000) -> di
                 pairs = first if len(legs) == 1 else composed_pairs(first, last)
                 if pairs is None or len(pairs) < 5:
                     continue
-                coef = (legs[-1][2].get("gate") or {}).get("calibration", {}).get("combined_coef")
+                coef = _combined_coef(legs[-1][2])
                 figures = _judge([(p, g) for p, g, _ in legs], pairs, gate, n, coef)
                 scores.append(figures.pop("_scores"))
-                if direct is not None:
-                    d = direct["methods"][direct["best"]].get(domain)
-                    if d is not None:
-                        figures["direct_top1"] = d["top1"]
-                        figures["hub_gap"] = round(d["top1"] - figures["top1"], 4)
+                own = _held(store, a, b, domain) if direct is not None else None
+                if direct is not None and own is not None:
+                    # The direct projector on its own held-out pairs (the same texts): what
+                    # the route serves when both exist, and the yardstick of the hub's gap.
+                    d = _judge([direct[:2]], own, gate, n, _combined_coef(direct[2]))
+                    direct_scores.append(d.pop("_scores"))
+                    figures["direct"] = {k: d[k] for k in DIRECT_KEYS}
+                    figures["direct_top1"] = d["top1"]
+                    figures["hub_gap"] = round(d["top1"] - figures["top1"], 4)
                 row[short] = figures
             if scores:
                 served, hit = (np.concatenate(part) for part in zip(*scores, strict=True))
                 row["gate_auc_pooled"] = auc(served, hit)
+            if direct_scores:
+                served, hit = (np.concatenate(part) for part in zip(*direct_scores, strict=True))
+                row["direct_gate_auc_pooled"] = auc(served, hit)
             rows.append(row)
     return {"hub": hub, "models": models, "gate": gate, "pairs": rows}
 

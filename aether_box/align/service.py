@@ -25,6 +25,10 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     refit     from, to, collection, [holdout], [max_loss] -> {candidate, before, after,
               promote, verdict, pairs, took_s}: a candidate fitted on the served projector's
               pairs plus the collection's new texts, judged by aether_box.align.refit's rule
+    hub       models, [dim], [max_pairs], [test_pairs] -> {hub, founders, dim, texts, digest,
+              served}: build the shared hub space (space.py) from the models' vectors of the
+              standard fit texts; `[align] hub = "shared"` serves it, and each model then
+              joins it by fitting its two projectors (`fit` from/to "shared")
     report    -> {hub, models, gate, pairs: [{from, to, via, in|out|far: {top1, recall_at_10,
               mean_cosine, gate_auc, proxy_share, combined_top1, [direct_top1, hub_gap]}}]}:
               every pair through the hub judged on the stored held-out pairs (coherence.py)
@@ -44,6 +48,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
@@ -55,7 +60,7 @@ from aether_box.align.coherence import coherence
 from aether_box.align.corpus import BUILTIN_SETS, load_set
 from aether_box.align.export import OnnxProjector
 from aether_box.align.fitting import TextPlan, fit_pair, held_out_sets, plan_texts
-from aether_box.align.pairs import PairSet, make_pairs, model_key
+from aether_box.align.pairs import PairSet, VectorCache, embed_texts, make_pairs, model_key
 from aether_box.align.recipes import (
     Recipe,
     check_recipe,
@@ -66,6 +71,7 @@ from aether_box.align.recipes import (
 )
 from aether_box.align.refit import refit, split_new
 from aether_box.align.settings import AlignSettings
+from aether_box.align.space import SHARED, SharedSpace, build_space
 from aether_box.align.store import ProjectorStore, pair_name
 from aether_box.bus.service import OpService, Request, require_name
 from aether_box.context import BoxContext
@@ -143,6 +149,7 @@ class AlignService(OpService):
         self._load_lock = anyio.Lock()
         self._recipe_by_model: dict[str, Recipe] = {}
         self._coherence: dict[str, Any] = {}  # "A->hub->B": {"in": top-1, ...}, last report
+        self._space_cache: SharedSpace | None = None
 
     # ----------------------------------------------------------------- projection
 
@@ -254,6 +261,8 @@ class AlignService(OpService):
         async with self._load_lock:
             if name not in self.served:
                 report = await anyio.to_thread.run_sync(self.store.report, source, target)
+                if SHARED in (source, target):
+                    await self._check_space_leg(report)
                 path = self.store.served_path(source, target)
                 engine = await anyio.to_thread.run_sync(OnnxProjector, path)
                 if not engine.has_gate:
@@ -263,6 +272,17 @@ class AlignService(OpService):
                     )
                 self.served[name] = Served(name, report["best"], engine, report)
             return self.served[name]
+
+    async def _check_space_leg(self, report: Mapping[str, Any]) -> None:
+        """Refuse a leg into or out of the shared space fitted against another build of it."""
+        side = "target" if report["target"] == SHARED else "source"
+        fitted = recipe_of_report(report, side).get("weights") or ""
+        if fitted != (await self._space()).digest:
+            model = report["source"] if side == "target" else report["target"]
+            raise RecipeMismatch(
+                f"{report['name']} was fitted against another build of the shared hub space; "
+                f"let {model} join it again (`aether-box align join --model {model}`)"
+            )
 
     # ----------------------------------------------------------------- reports
 
@@ -307,6 +327,7 @@ class AlignService(OpService):
         source, target = _models(body)
         plan = await self._plan(body, target, standard=False)
         texts = plan.all_texts()
+        progress = self._progress(request)
         pairs, cached = await make_pairs(
             self._embed,
             source,
@@ -314,9 +335,14 @@ class AlignService(OpService):
             texts,
             self.settings.dir,
             await self._keys(source, target),
-            self._progress(request),
-            known_target=plan.known_target,
+            progress,
+            known_target=(
+                plan.known_target
+                if plan.known_target is not None
+                else await self._space_vectors(target, texts, progress)
+            ),
             chunk=self.settings.embed_chunk,
+            known_source=await self._space_vectors(source, texts, progress),
         )
         return {
             "from": source,
@@ -374,7 +400,9 @@ class AlignService(OpService):
                     self.settings.dir,
                     keys,
                     progress,
-                    chunk=self.settings.embed_chunk,
+                    await self._space_vectors(target, texts, progress),
+                    self.settings.embed_chunk,
+                    await self._space_vectors(source, texts, progress),
                 )
                 cached.append(hit)
         send = _ThreadProgress(request)
@@ -585,6 +613,11 @@ class AlignService(OpService):
         return list(unique), np.asarray(list(unique.values()), np.float32), model, kind
 
     async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
+        if model == SHARED:  # reached only where a path has no founders' vectors to map
+            raise BadRequest(
+                f"{SHARED!r} is the learned hub space, not a model: it has no vectors of "
+                "its own to refit from; fit its projectors from texts or the built-in corpus"
+            )
         recipe = self._recipe_by_model.get(model)
         options = recipe.embed_options() if recipe is not None else {}
         reply = await self.ctx.call(
@@ -592,9 +625,9 @@ class AlignService(OpService):
         )
         return np.asarray(reply["vectors"], dtype=np.float32)
 
-    async def _keys(self, source: str, target: str) -> dict[str, str]:
+    async def _keys(self, *names: str) -> dict[str, str]:
         """Each model's vector-cache key: its weights and its recipe (see recipes.py)."""
-        recipes = await self._recipes(source, target)
+        recipes = await self._recipes(*names)
         return {name: model_key(name, r.weights, r.embed_options()) for name, r in recipes.items()}
 
     async def _recipes(self, *names: str) -> dict[str, Recipe]:
@@ -606,11 +639,101 @@ class AlignService(OpService):
 
         def read() -> dict[str, Recipe]:  # the store reads the manifest: off the loop
             store = ModelStore(models_dir)
-            return {name: model_recipe(store, name) for name in names}
+            return {name: model_recipe(store, name) for name in names if name != SHARED}
 
         found = await anyio.to_thread.run_sync(read)
+        if SHARED in names:  # the learned space: its "weights" are its map (space.py)
+            found[SHARED] = Recipe(SHARED, (await self._space()).digest)
         self._recipe_by_model.update(found)
         return found
+
+    # ----------------------------------------------------------------- the shared hub space
+
+    def _space_path(self) -> Path:
+        assert self.settings.dir is not None
+        return self.settings.dir / "hub" / f"{SHARED}.npz"
+
+    async def _space(self) -> SharedSpace:
+        """The built shared space (space.py), or NotFound saying how to build it."""
+        if self._space_cache is None:
+            self._space_cache = await anyio.to_thread.run_sync(SharedSpace.load, self._space_path())
+        space: SharedSpace = self._space_cache
+        return space
+
+    async def _space_vectors(
+        self, model: str, texts: list[str], progress: Any = None
+    ) -> np.ndarray | None:
+        """The shared space's vectors of `texts` when `model` is it (its founders' vectors,
+        cached like any model's, mapped into it), else None: `model` embeds as usual."""
+        if model != SHARED:
+            return None
+        space = await self._space()
+        keys = await self._keys(*space.founders)
+        changed = [m for m, k in zip(space.founders, space.keys, strict=True) if keys[m] != k]
+        if changed:
+            raise RecipeMismatch(
+                f"{changed} embed another way (weights or recipe) than when the shared hub "
+                f"space was built from them; rebuild it (`aether-box align hub --models "
+                f"{','.join(space.founders)}`) and let every model join it again"
+            )
+        cache = VectorCache(self.settings.dir)
+        vectors = {}
+        for founder in space.founders:
+            vectors[founder], _ = await embed_texts(
+                self._embed,
+                founder,
+                keys[founder],
+                texts,
+                cache,
+                progress,
+                self.settings.embed_chunk,
+            )
+        return await anyio.to_thread.run_sync(space.transform, vectors)
+
+    async def op_hub(self, request: Request) -> dict[str, Any]:
+        """Build the shared hub space from `models` on the standard fit texts (space.py)."""
+        body = request.body
+        models = body.get("models")
+        if (
+            not isinstance(models, list)
+            or len(set(models)) < 2
+            or len(set(models)) != len(models)
+            or not all(isinstance(m, str) and m and m != SHARED for m in models)
+        ):
+            raise BadRequest(
+                "'models' must list at least two distinct models to share the space "
+                f'(not {SHARED!r} itself), e.g. ["smollm2", "gemma3-270m", "minilm"]'
+            )
+        dim = _count(body, "dim", self.settings.hub_dim)
+        plan = await self._plan(
+            {k: body[k] for k in ("max_pairs", "test_pairs") if k in body},
+            models[0],
+            standard=True,
+        )
+        texts = plan.parts["fit"]
+        keys = await self._keys(*models)
+        cache, progress = VectorCache(self.settings.dir), self._progress(request)
+        vectors = {}
+        for model in models:
+            vectors[model], _ = await embed_texts(
+                self._embed, model, keys[model], texts, cache, progress, self.settings.embed_chunk
+            )
+        async with self._fit_limiter:
+            space = await anyio.to_thread.run_sync(lambda: build_space(vectors, keys, dim))
+            await anyio.to_thread.run_sync(space.save, self._space_path())
+        async with self._load_lock:  # legs fitted against an older space are not served
+            self._space_cache = space
+            for name in [n for n in self.served if SHARED in n.split("->")]:
+                del self.served[name]
+        log.info("align: built the shared hub space from %s (%d-d)", models, space.dim)
+        return {
+            "hub": SHARED,
+            "founders": models,
+            "dim": space.dim,
+            "texts": len(texts),
+            "digest": space.digest,
+            "served": self.settings.hub == SHARED,
+        }
 
     def _progress(self, request: Request):
         last = [0.0]
