@@ -264,7 +264,9 @@ def calibrate(
                 "combined_top1": float(np.where(accepted, hit, True).mean()),
             }
         )
-    enough = len(x) > 2 and np.std(agreement) > 0
+    # A constant agreement (a leg whose calibration hit every time) or cosine has no
+    # correlation to report.
+    enough = len(x) > 2 and min(np.std(agreement, dtype=np.float64), np.std(true)) > 1e-9
     gaps = margin(projected, y)
     by_margin = None
     if margin_coef is not None:  # the margin gate: the collection is the held-out set itself

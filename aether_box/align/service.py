@@ -25,9 +25,9 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     refit     from, to, collection, [holdout], [max_loss] -> {candidate, before, after,
               promote, verdict, pairs, took_s}: a candidate fitted on the served projector's
               pairs plus the collection's new texts, judged by aether_box.align.refit's rule
-    hub       models, [dim], [max_pairs], [test_pairs] -> {hub, founders, dim, texts, digest,
-              served}: build the shared hub space (space.py) from the models' vectors of the
-              standard fit texts; `[align] hub = "shared"` serves it, and each model then
+    hub       models, [dim], [texts | corpus], [max_pairs], [test_pairs] -> {hub, founders, dim,
+              texts, digest, served}: build the shared hub space (space.py) from the models'
+              vectors of the fit texts (the standard glosses split by default); `[align] hub = "shared"` serves it, and each model then
               joins it by fitting its two projectors (`fit` from/to "shared")
     report    -> {hub, models, gate, pairs: [{from, to, via, in|out|far: {top1, recall_at_10,
               mean_cosine, gate_auc, proxy_share, combined_top1, [direct_top1, hub_gap]}}]}:
@@ -705,11 +705,9 @@ class AlignService(OpService):
                 f'(not {SHARED!r} itself), e.g. ["smollm2", "gemma3-270m", "minilm"]'
             )
         dim = _count(body, "dim", self.settings.hub_dim)
-        plan = await self._plan(
-            {k: body[k] for k in ("max_pairs", "test_pairs") if k in body},
-            models[0],
-            standard=True,
-        )
+        # The fit part of the same split `fit` makes, so the founders' cached vectors serve.
+        given = ("texts", "corpus", "max_pairs", "test_pairs")
+        plan = await self._plan({k: body[k] for k in given if k in body}, models[0], standard=True)
         texts = plan.parts["fit"]
         keys = await self._keys(*models)
         cache, progress = VectorCache(self.settings.dir), self._progress(request)
