@@ -316,6 +316,11 @@ class AlignService(OpService):
         return {
             "gate": self.settings.gate,
             "hub": self.settings.hub or None,
+            "shared_space": (
+                {"founders": self._space_cache.founders, "dim": self._space_cache.dim}
+                if self._space_cache is not None
+                else None
+            ),
             "projectors": {name: s.summary() for name, s in sorted(self.served.items())},
             "coherence": self._coherence,
         }
