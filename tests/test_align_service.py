@@ -376,6 +376,8 @@ def test_the_coherence_report_covers_the_pairs_through_the_hub(fitted_box: Fitte
     assert status["align"]["coherence"]["smollm2->minilm"]["in"] == forward["top1"]
 
 
+# The module's fit (the fixture, minutes of SmolLM2 on busy cores) counts when this runs alone.
+@pytest.mark.timeout(900)
 def test_a_learned_shared_hub_serves_pairs_through_it(
     fitted_box: FittedBox, models_dir: Path, tmp_path: Path
 ) -> None:
