@@ -129,8 +129,8 @@ def main() -> None:
         with Client(endpoint, data_dir=args.data_dir, timeout=3600) as client:
             if args.hub == "shared":
                 started = time.perf_counter()
-                built = client.request(
-                    "align",
+                built = request(
+                    client,
                     {
                         "op": "hub",
                         "models": joined,
@@ -138,7 +138,6 @@ def main() -> None:
                         "max_pairs": args.max_pairs,
                         "test_pairs": args.test_pairs,
                     },
-                    timeout=3600,
                 )
                 results["hub"] = {**built, "seconds": round(time.perf_counter() - started, 1)}
                 print(json.dumps({"hub": results["hub"]}), flush=True)
@@ -147,8 +146,9 @@ def main() -> None:
                 fits += [(a, b) for a in joined for b in joined if a != b]
             for source, target in fits:
                 started = time.perf_counter()
-                report = client.request(
-                    "align",
+                print(f"[{time.strftime('%H:%M:%S')}] fitting {source} -> {target}", flush=True)
+                report = request(
+                    client,
                     {
                         "op": "fit",
                         "from": source,
@@ -158,12 +158,12 @@ def main() -> None:
                         "methods": args.methods.split(","),
                         "out_of_domain": ["examples", "docs"],
                     },
-                    timeout=3600,
                 )
                 print_report(report)
                 name = report["name"]
                 results[name] = summarise(report, time.perf_counter() - started)
-                print(json.dumps({name: results[name]}, indent=1), flush=True)
+                results[name]["routes_calibrated"] = report.get("routes", {})
+                print(json.dumps({name: results[name]}), flush=True)
             first = "smollm2->minilm"
             if first in results:
                 report = client.request(
@@ -178,37 +178,41 @@ def main() -> None:
     finally:
         stop_box(box)
     first = results.get("smollm2->minilm") or {}
-    row = next(
-        (r for r in coherence["pairs"] if r["from"] == "smollm2" and r["to"] == "minilm"), {}
-    )
-    # The gate the route serves: the direct projector's where one is fitted (align project
-    # prefers it), else the hub route's.
-    served_gate = {short: row[short].get("direct", row[short]) for short in DOMAINS if short in row}
+    rows = coherence["pairs"]
+    by_route = {_route_name(r): r for r in rows}
+    row = next((r for r in rows if r["from"] == "smollm2" and r["to"] == "minilm"), {})
     gap_by_pair = {
         f"{r['from']}->{r['to']}": {
             d: r[d]["hub_gap"] for d in DOMAINS if "hub_gap" in r.get(d, {})
         }
-        for r in coherence["pairs"]
+        for r in rows
         if r["via"]
     }
     gaps = [g[d] for g in gap_by_pair.values() for d in ("in", "out") if d in g]
+    # Per route: the served (combined) gate's AUC pooled over the held-out sets, for every
+    # route through the hub and every direct projector fitted beside it.
+    route_auc = {name: r["gate_auc_pooled"] for name, r in by_route.items()}
+    route_auc |= {
+        f"{r['from']}->{r['to']}": r["direct_gate_auc_pooled"]
+        for r in rows
+        if r.get("direct_gate_auc_pooled") is not None
+    }
+    hub_aucs = [r["gate_auc_pooled"] for r in rows if r["gate_auc_pooled"] is not None]
+    print_table(rows)
     out = {
         "top1_in_domain": first.get("top1_in_domain"),
         "top1_out_of_domain": first.get("top1_out_of_domain"),
         "project_single_us": (first.get("timing") or {}).get("onnx_single_us"),
-        "gate_auc": row.get("direct_gate_auc_pooled", row.get("gate_auc_pooled")),
-        "gate_auc_hub": row.get("gate_auc_pooled") if row.get("via") else None,
-        "gate": {
-            short: {
-                key: served_gate[short][key]
-                for key in ("gate_auc", "agreement_auc", "margin_auc", "proxy_share", "top1")
-            }
-            | {"combined_top1": served_gate[short]["combined_top1"]}
-            for short in DOMAINS
-            if short in served_gate
-        },
+        # The routes a box of 2N fits serves: every ordered pair through the hub, the
+        # combined gate, pooled over pairs and the three held-out sets.
+        "gate_auc": coherence.get("gate_auc_routes_pooled"),
+        "gate_auc_min": min(hub_aucs) if hub_aucs else None,
+        "gate_auc_direct": coherence.get("gate_auc_direct_pooled"),
+        "gate_auc_routes": route_auc,
+        "gate": {name: _gate_figures(r) for name, r in by_route.items()},
         "hub_gap_max": max(gaps) if gaps else None,
         "hub": args.hub,
+        "models": models,
         "hub_gap": gap_by_pair,
         "scale": {"max_pairs": args.max_pairs, "test_pairs": args.test_pairs},
         "seconds": round(time.perf_counter() - started_all, 1),
@@ -217,7 +221,88 @@ def main() -> None:
         "skipped": skipped,
         "machine": {**machine(), "loadavg_end": os.getloadavg()},
     }
+    if row:
+        out["gate_smollm2_minilm"] = {
+            "route": _route_name(row),
+            "auc": row["gate_auc_pooled"],
+            "direct_auc": row.get("direct_gate_auc_pooled"),
+        }
     print(json.dumps(out))
+
+
+def _route_name(row: dict[str, Any]) -> str:
+    via = f"->{row['via']}" if row["via"] else ""
+    return f"{row['from']}{via}->{row['to']}"
+
+
+def _gate_figures(row: dict[str, Any]) -> dict[str, Any]:
+    """One route's gate per held-out set: AUC, proxy share and combined top-1 at the default
+    gate, and the agreement's and the margin's AUC alone."""
+    keys = ("top1", "gate_auc", "agreement_auc", "margin_auc", "proxy_share", "combined_top1")
+    figures: dict[str, Any] = {
+        short: {k: row[short][k] for k in keys} for short in DOMAINS if short in row
+    }
+    figures["pooled_auc"] = row["gate_auc_pooled"]
+    figures["route_gate"] = row.get("route_gate")
+    return figures
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The README's tables: top-1 through the hub against direct, and each route's gate."""
+    print("\n| pair | direct in / out / far | hub in / out / far | gap in / out / far |")
+    print("|---|---|---|---|")
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        return " / ".join(f"{row[d][key]:.3f}" if key in row.get(d, {}) else "-" for d in DOMAINS)
+
+    for r in rows:
+        direct = " / ".join(
+            f"{r[d]['direct_top1']:.3f}" if "direct_top1" in r.get(d, {}) else "-" for d in DOMAINS
+        )
+        hub = cell(r, "top1")
+        gap = cell(r, "hub_gap")
+        print(f"| {_route_name(r)} | {direct} | {hub} | {gap} |")
+    print(
+        "\n| route | gate AUC in / out / far / pooled | proxied at the gate in / out / far |"
+        " combined top-1 in / out / far |"
+    )
+    print("|---|---|---|---|")
+    for r in rows:
+        pooled = r["gate_auc_pooled"]
+        aucs = " / ".join(
+            f"{r[d]['gate_auc']:.3f}" if r.get(d, {}).get("gate_auc") is not None else "-"
+            for d in DOMAINS
+        )
+        pooled_text = f"{pooled:.3f}" if pooled is not None else "-"
+        print(
+            f"| {_route_name(r)} | {aucs} / {pooled_text} | {cell(r, 'proxy_share')} |"
+            f" {cell(r, 'combined_top1')} |"
+        )
+    print(flush=True)
+
+
+def request(client: Client, body: dict[str, Any]) -> dict[str, Any]:
+    """One streaming `align` request, its progress printed a line per tenth (and per step)."""
+    final: dict[str, Any] = {}
+    shown: dict[str, int] = {}
+    for reply in client.stream("align", body, timeout=3600):
+        stage = reply.get("stage")
+        if stage == "embed":
+            key, tenth = (
+                f"embedding with {reply['model']}",
+                10 * reply["done"] // max(1, reply["total"]),
+            )
+            where = f"{reply['done']}/{reply['total']}"
+        elif stage == "fit":
+            key, tenth = reply["step"], int(10 * reply["fraction"])
+            where = f"{reply['fraction']:.0%}"
+        else:
+            final = reply
+            continue
+        if shown.get(key) != tenth:
+            shown[key] = tenth
+            print(f"  [{time.strftime('%H:%M:%S')}] {body['op']}: {key} {where}", flush=True)
+    return final
 
 
 def summarise(report: dict[str, Any], seconds: float) -> dict[str, Any]:

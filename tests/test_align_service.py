@@ -387,6 +387,7 @@ def test_a_learned_shared_hub_serves_pairs_through_it(
     overrides = {**ALIGN_OVERRIDES, "hub": "shared", "methods": ["ridge", "procrustes"]}
     running = BoxInThread(tmp_path, {"models": {"dir": str(models_dir)}, "align": overrides})
     texts = fitted_box.texts
+    routes: dict[tuple[str, str], dict] = {}
     try:
         with running.client(timeout=600) as client:
             fit = {"op": "fit", "from": "smollm2", "to": "shared", "texts": texts}
@@ -408,6 +409,7 @@ def test_a_learned_shared_hub_serves_pairs_through_it(
                 assert not any(
                     r.get("stage") == "embed" and r["done"] < r["total"] for r in replies
                 )
+                routes[(a, b)] = replies[-1]["routes"]
             report = client.request("align", {"op": "report"}, timeout=120)
             query = "a small boat with oars, used for fishing on a lake"  # in no fit
             vector = _embed(client, "minilm", [query])[0]
@@ -436,5 +438,15 @@ def test_a_learned_shared_hub_serves_pairs_through_it(
         forward["in"]["direct_top1"] - forward["in"]["top1"], abs=1e-3
     )
     assert forward["direct_gate_auc_pooled"] is not None
+    # Each route's gate is calibrated when its second leg is fitted (routes.py), and it
+    # tells hits from misses (the product of the legs' gates was flat: AUC 0.5).
+    assert routes[("smollm2", "shared")] == {} and routes[("smollm2", "minilm")] == {}
+    assert set(routes[("shared", "minilm")]) == {"smollm2->shared->minilm"}
+    assert (
+        routes[("shared", "minilm")]["smollm2->shared->minilm"]["texts"] == len(texts) - TEST_PAIRS
+    )
+    assert forward["route_gate"] and forward["gate_auc_pooled"] > 0.6
+    assert report["gate_auc_routes_pooled"] is not None
+    assert reply["route_gate"] and 0 < reply["agreement"] < 1 and len(reply["combined_coef"]) == 3
     assert reply["projector"] == "minilm->shared->smollm2" and len(reply["vector"]) == 576
     assert float(np.dot(reply["vector"], native)) > 0.5

@@ -59,7 +59,8 @@ import numpy as np
 from aether_box.align.coherence import coherence
 from aether_box.align.corpus import BUILTIN_SETS, load_set
 from aether_box.align.export import OnnxProjector
-from aether_box.align.fitting import TextPlan, fit_pair, held_out_sets, plan_texts
+from aether_box.align.fitting import TextPlan, fit_options, fit_pair, held_out_sets, plan_texts
+from aether_box.align.gate import FEATURES as SIGNALS
 from aether_box.align.pairs import PairSet, VectorCache, embed_texts, make_pairs, model_key
 from aether_box.align.recipes import (
     Recipe,
@@ -70,6 +71,7 @@ from aether_box.align.recipes import (
     recipe_of_report,
 )
 from aether_box.align.refit import refit, split_new
+from aether_box.align.routes import RouteGate, calibrate_stored, routes_through, stored_route
 from aether_box.align.settings import AlignSettings
 from aether_box.align.space import SHARED, SharedSpace, build_space
 from aether_box.align.store import ProjectorStore, pair_name
@@ -150,6 +152,7 @@ class AlignService(OpService):
         self._recipe_by_model: dict[str, Recipe] = {}
         self._coherence: dict[str, Any] = {}  # "A->hub->B": {"in": top-1, ...}, last report
         self._space_cache: SharedSpace | None = None
+        self._route_gates: dict[str, RouteGate] = {}  # "A->hub->B": its calibration
 
     # ----------------------------------------------------------------- projection
 
@@ -183,7 +186,8 @@ class AlignService(OpService):
         check_recipe(body.get("recipe"), legs[0].report)
         where = f"collection {body['collection']!r}" if body.get("collection") else "the target"
         check_target_recipe(body.get("target_recipe"), legs[-1].report, where)
-        out = await self._run_legs(legs, x)
+        route = await self._route_gate(legs)
+        out = await self._run_legs(legs, x, route)
         agreement = out["agreement"]
         accepted = agreement >= gate
         for leg in legs:
@@ -207,9 +211,16 @@ class AlignService(OpService):
             "gate": float(gate),
             "recipe": recipe_of_report(legs[0].report, "source").get("id") or "plain",
         }
+        if len(legs) > 1:  # whether the route's own gate served (routes.py), or the legs'
+            reply["route_gate"] = route is not None
         # The combined gate's calibration (gate.combine), for a caller that searches a
-        # collection with the projection (memory): the last leg's, as coherence.py judges it.
-        combined = (legs[-1].report.get("gate") or {}).get("calibration", {}).get("combined_coef")
+        # collection with the projection (memory): the route's, else the last leg's, as
+        # coherence.py judges it.
+        combined = (
+            route.combined_coef
+            if route is not None
+            else (legs[-1].report.get("gate") or {}).get("calibration", {}).get("combined_coef")
+        )
         if combined is not None:
             reply["combined_coef"] = combined
         if single:
@@ -239,11 +250,33 @@ class AlignService(OpService):
                 f"(`aether-box align fit --from {source} --to {target}`)"
             ) from None
 
-    async def _run_legs(self, legs: list[Served], x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the legs in turn; a composed agreement is the product of its legs' (hub.py)."""
+    async def _route_gate(self, legs: list[Served]) -> RouteGate | None:
+        """The calibrated gate of a route through the hub (routes.py), if it was made with
+        the legs served now and their graphs give the signals it needs; None for one leg."""
+        if len(legs) != 2 or not all(leg.engine.has_signals for leg in legs):
+            return None
+        name = "->".join([legs[0].report["source"], *(leg.report["target"] for leg in legs)])
+        created = (legs[0].report["created"], legs[1].report["created"])
+        found = self._route_gates.get(name)
+        if found is None or not found.fresh(*created):
+            a, hub, b = name.split("->")
+            found = await anyio.to_thread.run_sync(stored_route, self.store, a, hub, b, created)
+            if found is not None:
+                self._route_gates[name] = found
+        return found
+
+    async def _run_legs(
+        self, legs: list[Served], x: np.ndarray, route: RouteGate | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the legs in turn; a route's agreement comes from both legs' signals by its own
+        calibration (routes.py), or, uncalibrated, is the product of its legs' (hub.py)."""
 
         def run() -> dict[str, np.ndarray]:
             out = legs[0].engine.run(x)
+            if route is not None:
+                more = legs[1].engine.run(out["y"])
+                into, beyond = (np.stack([o[k] for k in SIGNALS], 1) for o in (out, more))
+                return {**more, "agreement": route.agreement(into, beyond)}
             for leg in legs[1:]:
                 more = leg.engine.run(out["y"])
                 out = {**more, "agreement": out["agreement"] * more["agreement"]}
@@ -273,11 +306,20 @@ class AlignService(OpService):
                 self.served[name] = Served(name, report["best"], engine, report)
             return self.served[name]
 
+    async def _current_legs(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`reports` less the legs fitted against another build of the shared hub space."""
+        if self.settings.hub != SHARED:
+            return reports
+        try:
+            digest = (await self._space()).digest
+        except NotFound:
+            return [r for r in reports if SHARED not in (r["source"], r["target"])]
+        return [r for r in reports if _space_digest(r) in (None, digest)]
+
     async def _check_space_leg(self, report: Mapping[str, Any]) -> None:
         """Refuse a leg into or out of the shared space fitted against another build of it."""
         side = "target" if report["target"] == SHARED else "source"
-        fitted = recipe_of_report(report, side).get("weights") or ""
-        if fitted != (await self._space()).digest:
+        if _space_digest(report) != (await self._space()).digest:
             model = report["source"] if side == "target" else report["target"]
             raise RecipeMismatch(
                 f"{report['name']} was fitted against another build of the shared hub space; "
@@ -305,8 +347,10 @@ class AlignService(OpService):
         """The coherence report (coherence.py): every pair through the hub, per domain."""
         if not self.settings.hub:
             raise BadRequest("no hub is set ([align] hub); set one to see pairs through it")
+        reports = await self._current_legs(await anyio.to_thread.run_sync(self.store.reports))
+        fitted = {r["name"] for r in reports}
         report = await anyio.to_thread.run_sync(
-            lambda: coherence(self.store, self.settings.hub, self.settings.gate)
+            lambda: coherence(self.store, self.settings.hub, self.settings.gate, fitted=fitted)
         )
         self._coherence = _compact(report)
         return report
@@ -423,8 +467,28 @@ class AlignService(OpService):
             }
             kept = {"fit": parts["fit"], **held_out_sets(parts)}
             await anyio.to_thread.run_sync(self.store.save, projectors, gate, report, kept)
-        self.served.pop(pair_name(source, target), None)  # serve the new one from now on
+            self.served.pop(pair_name(source, target), None)  # serve the new one from now on
+            report["routes"] = await self._calibrate_routes(source, target, request)
         return report
+
+    async def _calibrate_routes(self, source: str, target: str, request: Request) -> dict[str, Any]:
+        """Calibrate the gate of every route through the hub the new leg completes
+        (routes.py); {route: its calibration facts, or None when its legs share too few
+        texts}. Called holding the fit limiter."""
+        hub = self.settings.hub
+        if not hub or hub not in (source, target):
+            return {}
+        reports = await self._current_legs(await anyio.to_thread.run_sync(self.store.reports))
+        done: dict[str, Any] = {}
+        todo = routes_through(reports, hub, source, target)
+        for i, route in enumerate(todo):
+            step = {"stage": "fit", "step": f"gate: route {'->'.join(route)}"}
+            await request.partial({**step, "fraction": round(i / len(todo), 3)})
+            found = await anyio.to_thread.run_sync(
+                calibrate_stored, self.store, route, fit_options(self.settings)
+            )
+            done["->".join(route)] = found.facts if found is not None else None
+        return done
 
     # ----------------------------------------------------------------- refits (the tuner's)
 
@@ -771,6 +835,15 @@ class _ThreadProgress:
 def _recipe_options(recipe: Recipe) -> dict[str, Any]:
     """{prompt, pooling} of a recipe, as a collection records its own."""
     return {"prompt": recipe.prompt, "pooling": recipe.pooling}
+
+
+def _space_digest(report: Mapping[str, Any]) -> str | None:
+    """The build of the shared space a leg into or out of it was fitted against; None for a
+    projector between two models."""
+    if SHARED not in (report["source"], report["target"]):
+        return None
+    side = "target" if report["target"] == SHARED else "source"
+    return str(recipe_of_report(report, side).get("weights") or "")
 
 
 def _via(legs: list[Served]) -> Served:
