@@ -19,15 +19,21 @@ every pair through the hub on the same held-out texts, beside the direct project
 How long: the embedding dominates. Each model embeds 1,200 + 3 x 500 = 2,700 texts at the
 default scale (SmolLM2 ~100 prompt tokens/s per thread here, Gemma 3 270M about half that):
 about 25-30 minutes on a quiet 2-core machine for the first run (SmolLM2 ~8, Gemma ~15,
-MiniLM ~1, then the fits), several times that on a busy one (--max-pairs 150 --test-pairs 60 --methods ridge,procrustes took 33 minutes
-under `nice` at load ~10, its rerun from the cache with --models smollm2 --no-direct 7). Every
-model's vectors are cached on disk per model and recipe, in the data dir (default
+MiniLM ~1, then the fits), several times that on a busy one. Every model's vectors are
+cached on disk per model and recipe, in the data dir (default
 ~/.cache/aether-box/bench-align, under align/vectors/<model>-<digest of weights and
-recipe>/<corpus digest>.npy), so a rerun with the same scale embeds nothing and only fits
-(a few minutes: MLP fits and the gate), and a changed recipe or model file never reuses
-stale vectors. Delete that dir to embed again. --max-pairs 5000 --test-pairs 1000 is the
-old scale (about 2.5x longer). For the README: run it twice on a quiet machine and quote the
+recipe>/<corpus digest>.npy), so a rerun with the same scale embeds nothing and only fits,
+and a changed recipe or model file never reuses stale vectors. Delete that dir to embed
+again. From the cache, three models, --methods ridge,procrustes: about a minute of fits and
+route calibrations (12 fits, 6 routes) at load ~6; MLP adds its training to every fit and to
+every route calibration whose leg serves it. On a busy machine run it with
+OPENBLAS_NUM_THREADS=1: numpy's two BLAS threads fighting other processes made one ridge
+solve ~8x slower here. For the README: run it twice on a quiet machine and quote the
 second (cached) run's figures with its load.
+
+A fourth model joins with --models smollm2,gemma3-270m,minilm,mpnet (any installed kit
+model that embeds; nothing assumes a width or a number of models): the shared space is
+rebuilt from every model listed, each joins it, and the tables cover every ordered pair.
 
 Timing, in this process on SmolLM2 -> MiniLM's served method: ONNX Runtime (1 thread, IO
 binding for single vectors) against the same maths in numpy, single vector and batch of
@@ -38,14 +44,19 @@ With --hub minilm (MiniLM's own space as the hub, the other way the issue asks t
 MiniLM is the hub and not one of the joined models. Both runs share the vector cache.
 
 The last line is JSON: top1_in_domain, top1_out_of_domain, project_single_us (SmolLM2 ->
-MiniLM, direct), gate_auc (SmolLM2 -> MiniLM: the AUC for "finds the native top-1" of the gate
-memory's cross-model search serves on the route `align project` takes (the direct projector
-when one is fitted), agreement and collection margin combined (gate.py), on the in-, out-of-
-and far-domain held-out sets pooled), gate_auc_hub (the same through the hub), gate (that
-gate per domain: AUC, proxy share and combined top-1 at the default gate, and the AUC of the
-agreement and of the margin alone), hub_gap_max (the largest top-1 loss, in- or
-out-of-domain, of a pair through the hub against its direct projector), hub_gap (that loss
-per pair and domain), the coherence report and the machine with its load.
+MiniLM, the direct projector); gate_auc: the AUC for "finds the native top-1" of the gate
+memory's cross-model search serves (agreement and collection margin combined, gate.py; a
+route through the hub by its own calibration, routes.py), pooled over every ordered pair's
+route through the hub (what a box of 2N fits serves) and the in-, out-of- and far-domain
+held-out sets; gate_auc_min: the lowest route's (pooled over its three sets);
+gate_auc_direct: the same pooled over the direct projectors fitted beside them (what
+`align project` serves for a pair that has one); gate_auc_routes: every route's and
+direct projector's; gate: per route and held-out set, its top-1, gate AUC, the agreement's
+and the margin's AUC alone, the share proxied at the default gate and the combined top-1;
+hub_gap_max (the largest top-1 loss, in- or out-of-domain, of a pair through the hub
+against its direct projector), hub_gap (that loss per pair and domain), the coherence
+report and the machine with its load. Before it, two markdown tables: top-1 through the
+hub against direct per pair and domain, and each route's gate.
 """
 
 from __future__ import annotations

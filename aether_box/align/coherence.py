@@ -123,8 +123,11 @@ def coherence(
     reports = [r for r in store.reports() if fitted is None or r["name"] in fitted]
     fitted = {r["name"] for r in reports}
     joined = sorted(
-        {r["source"] for r in reports if r["target"] == hub}
-        & {r["target"] for r in reports if r["source"] == hub}
+        (
+            {r["source"] for r in reports if r["target"] == hub}
+            & {r["target"] for r in reports if r["source"] == hub}
+        )
+        - {SHARED}  # the learned space's legs into a model's space are no model's route
     )
     models = [hub, *joined] if joined else []
     rows = []

@@ -852,12 +852,22 @@ def _via(legs: list[Served]) -> Served:
     return Served("->".join(names), "+".join(leg.method for leg in legs), legs[-1].engine, {})
 
 
-def _compact(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """Each pair's top-1 per domain ({"in", "out", "far"}), for `status` and the dashboard."""
+def _compact(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each route's top-1 per domain ({"in", "out", "far"}), its gate's AUC over them
+    (`gate_auc`), the share it proxies in-domain (`proxy_in`) and whether the route has its
+    own gate calibration (`route_gate`), for `status` and the dashboard."""
     out = {}
     for row in report["pairs"]:
         via = f"->{row['via']}" if row["via"] else ""
-        figures = {short: row[short]["top1"] for short in ("in", "out", "far") if short in row}
+        figures: dict[str, Any] = {
+            short: row[short]["top1"] for short in ("in", "out", "far") if short in row
+        }
+        if row.get("gate_auc_pooled") is not None:
+            figures["gate_auc"] = round(row["gate_auc_pooled"], 3)
+        if "in" in row:
+            figures["proxy_in"] = row["in"]["proxy_share"]
+        if "route_gate" in row:
+            figures["route_gate"] = row["route_gate"]
         out[f"{row['from']}{via}->{row['to']}"] = figures
     return out
 
