@@ -16,6 +16,7 @@ from aether_box.align.service import AlignComponent
 from aether_box.cli import cli
 from aether_box.errors import BadRequest, NotFound, RecipeMismatch
 from aether_box.models.manifest import Manifest
+from aether_box.monitor.metrics import StatusCollector
 
 NAME = "smollm2->minilm"
 
@@ -374,6 +375,17 @@ def test_the_coherence_report_covers_the_pairs_through_the_hub(fitted_box: Fitte
     assert forward["n"] == held["n"] and forward["top1"] == pytest.approx(held["top1"], abs=1e-4)
     assert 0 <= forward["proxy_share"] <= 1 and forward["margin_auc"] is not None
     assert status["align"]["coherence"]["smollm2->minilm"]["in"] == forward["top1"]
+    # /metrics reads the same: each route's top-1 per held-out set and its gate's AUC.
+    families = {f.name: f for f in StatusCollector(lambda: status).collect()}
+    top1 = {
+        (s.labels["route"], s.labels["set"]): s.value
+        for s in families["aether_box_align_route_top1"].samples
+    }
+    assert top1[("smollm2->minilm", "in")] == forward["top1"]
+    auc = {s.labels["route"]: s.value for s in families["aether_box_align_route_gate_auc"].samples}
+    assert auc.get("smollm2->minilm") == status["align"]["coherence"]["smollm2->minilm"].get(
+        "gate_auc"
+    )
 
 
 # The module's fit (the fixture, minutes of SmolLM2 on busy cores) counts when this runs alone.
