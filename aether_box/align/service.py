@@ -21,7 +21,9 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     fidelity  from, to -> the full fit report (every method, held-out figures, gate calibration)
     pairs     from, to, [texts | corpus | collection] -> {n, cached, corpus, from_key, to_key}
     fit       from, to, [texts | corpus | collection], [methods], [max_pairs], [test_pairs],
-              [out_of_domain] -> the fit report (see `aether_box.align.fitting.fit_pair`)
+              [out_of_domain] -> the fit report (see `aether_box.align.fitting.fit_pair`),
+              with `routes`: the routes through the hub the new leg completes, each with its
+              gate calibrated anew ({route: {texts, folds, top1}}; routes.py)
     refit     from, to, collection, [holdout], [max_loss] -> {candidate, before, after,
               promote, verdict, pairs, took_s}: a candidate fitted on the served projector's
               pairs plus the collection's new texts, judged by aether_box.align.refit's rule
@@ -32,8 +34,10 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     report    -> {hub, models, gate, pairs: [{from, to, via, in|out|far: {top1, recall_at_10,
               mean_cosine, gate_auc, proxy_share, combined_top1, [direct_top1, hub_gap]}}]}:
               every pair through the hub judged on the stored held-out pairs (coherence.py)
-    promote   from, to, candidate -> {projector, previous}: serve it; the old one is kept
-    rollback  from, to, version -> {projector, restored, previous}: serve a kept version
+    promote   from, to, candidate -> {projector, previous, routes}: serve it; the old one is
+              kept; a leg of the hub recalibrates the routes through it (routes.py)
+    rollback  from, to, version -> {projector, restored, previous, routes}: serve a kept
+              version (routes as for promote)
 
 `pairs` and `fit` stream PARTIAL progress: ``{"stage": "embed", "model", "done", "total"}``
 and ``{"stage": "fit", "step", "fraction"}``. Texts come from `texts` (a list), a built-in
@@ -471,7 +475,9 @@ class AlignService(OpService):
             report["routes"] = await self._calibrate_routes(source, target, request)
         return report
 
-    async def _calibrate_routes(self, source: str, target: str, request: Request) -> dict[str, Any]:
+    async def _calibrate_routes(
+        self, source: str, target: str, request: Request | None = None
+    ) -> dict[str, Any]:
         """Calibrate the gate of every route through the hub the new leg completes
         (routes.py); {route: its calibration facts, or None when its legs share too few
         texts}. Called holding the fit limiter."""
@@ -482,11 +488,16 @@ class AlignService(OpService):
         done: dict[str, Any] = {}
         todo = routes_through(reports, hub, source, target)
         for i, route in enumerate(todo):
-            step = {"stage": "fit", "step": f"gate: route {'->'.join(route)}"}
-            await request.partial({**step, "fraction": round(i / len(todo), 3)})
-            found = await anyio.to_thread.run_sync(
-                calibrate_stored, self.store, route, fit_options(self.settings)
-            )
+            if request is not None:
+                step = {"stage": "fit", "step": f"gate: route {'->'.join(route)}"}
+                await request.partial({**step, "fraction": round(i / len(todo), 3)})
+            try:
+                found = await anyio.to_thread.run_sync(
+                    calibrate_stored, self.store, route, fit_options(self.settings)
+                )
+            except (BadRequest, NotFound) as exc:  # a leg without its fit pairs, say
+                log.warning("align: route %s keeps its legs' gates: %s", "->".join(route), exc)
+                found = None
             done["->".join(route)] = found.facts if found is not None else None
         return done
 
@@ -586,7 +597,9 @@ class AlignService(OpService):
             previous = await anyio.to_thread.run_sync(self.store.promote, source, target, candidate)
             self.served.pop(pair_name(source, target), None)  # serve the new one from now on
         log.info("align: %s promoted candidate %s", pair_name(source, target), candidate)
-        return {"projector": pair_name(source, target), "previous": previous}
+        async with self._fit_limiter:  # the routes through a promoted leg: their gates anew
+            routes = await self._calibrate_routes(source, target)
+        return {"projector": pair_name(source, target), "previous": previous, "routes": routes}
 
     async def op_rollback(self, request: Request) -> dict[str, Any]:
         """Serve a kept version again (the one served now is kept in its turn)."""
@@ -596,7 +609,14 @@ class AlignService(OpService):
             shelved = await anyio.to_thread.run_sync(self.store.restore, source, target, version)
             self.served.pop(pair_name(source, target), None)
         log.info("align: %s rolled back to %s", pair_name(source, target), version)
-        return {"projector": pair_name(source, target), "restored": version, "previous": shelved}
+        async with self._fit_limiter:
+            routes = await self._calibrate_routes(source, target)
+        return {
+            "projector": pair_name(source, target),
+            "restored": version,
+            "previous": shelved,
+            "routes": routes,
+        }
 
     async def _plan(self, body: Mapping[str, Any], target: str, *, standard: bool) -> TextPlan:
         texts, corpus, collection = body.get("texts"), body.get("corpus"), body.get("collection")
