@@ -8,9 +8,9 @@ nothing already fitted changes. The shared space composes as well as direct proj
 (README: within 0.002 or better at 1,200 pairs), where a model's own space can be the weak
 leg.
 
-A composed projection's agreement is the product of its two legs' agreements: each is the
-estimated chance that its leg keeps the right nearest text, and the second leg's errors come
-on top of the first's.
+A composed projection's agreement comes from the route's own gate (routes.py), calibrated
+on whole routes: each leg's own calibration sees almost no misses through the shared space.
+Without one (legs exported before it), it is the product of the two legs' agreements.
 """
 
 from __future__ import annotations
