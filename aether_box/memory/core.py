@@ -218,8 +218,12 @@ class Memory:
             def work() -> int:
                 self.snapshots.invalidate(collection.id)
                 index = self.indexes.get(collection.id)
-                # The index's copy of the rows is made on the other core while SQLite writes.
-                prepared = self._helper.submit(_prepare, index, vectors) if index else None
+                # The index's copy of the rows is made on the other core while SQLite writes
+                # (`is not None`: an empty index is falsy, and its first batch was prepared
+                # serially after the commit).
+                prepared = (
+                    self._helper.submit(_prepare, index, vectors) if index is not None else None
+                )
                 try:
                     rowids, replaced = self._store.insert(
                         collection,

@@ -1,0 +1,77 @@
+"""MemoryStore.insert writes a whole batch with one statement a table: what goes in comes back."""
+
+from __future__ import annotations
+
+import json
+
+from fixtures_memory import unit_vectors
+
+from aether_box.memory.filters import compile_filter
+from aether_box.memory.store import MemoryStore
+
+DIM = 8
+# Strings a JSON hand-over could mangle: NUL, quotes, backslashes, control characters,
+# characters outside the BMP (surrogate pairs in escaped JSON).
+ODD = ["a\x00b", 'q"uote\\', "line\nbreak\ttab", "émoji 😀", "\x1f", "plain"]
+
+
+def test_a_batch_round_trips_exactly_and_only_texts_reach_keyword_search(tmp_path):
+    store = MemoryStore(tmp_path / "memory.db")
+    try:
+        collection = store.create_collection("docs", "m", DIM, "cosine")
+        vectors = unit_vectors(len(ODD), DIM)
+        texts = [f"{s} alpha" for s in ODD[:-2]] + [None, ""]
+        metadata = [json.dumps({"s": s, "i": i}, ensure_ascii=False) for i, s in enumerate(ODD)]
+        rowids, replaced = store.insert(collection, ODD, texts, metadata, vectors)
+        assert len(replaced) == 0 and rowids.tolist() == list(range(1, len(ODD) + 1))
+
+        with store.reader() as conn:
+            records = store.records(conn, rowids.tolist())
+            assert [records[r].id for r in rowids.tolist()] == ODD
+            assert [records[r].text for r in rowids.tolist()] == texts
+            assert [records[r].metadata for r in rowids.tolist()] == [
+                {"s": s, "i": i} for i, s in enumerate(ODD)
+            ]
+            # Bit for bit: the vectors were cut out of one buffer by offset.
+            assert store.vectors(conn, collection, rowids.tolist()).tobytes() == vectors.tobytes()
+            # Records without text (None or "") are not in the keyword index.
+            found = store.keyword(conn, collection, "alpha", 100, compile_filter(None))
+            assert sorted(found) == rowids[:-2].tolist()
+    finally:
+        store.close()
+
+
+def test_shared_metadata_upsert_and_rowids_that_never_come_back(tmp_path):
+    store = MemoryStore(tmp_path / "memory.db")
+    try:
+        collection = store.create_collection("docs", "m", DIM, "l2")
+        shared = json.dumps({"shard": 3})
+        first, _ = store.insert(
+            collection, ["a", "b", "c"], [None] * 3, [shared] * 3, unit_vectors(3, DIM)
+        )
+        with store.reader() as conn:
+            created = {r.id: r.created for r in store.records(conn, first.tolist()).values()}
+            assert store.count(conn, collection, compile_filter({"shard": 3})) == 3
+
+        # Upsert: "b" is replaced by a new row that keeps its creation time.
+        again, replaced = store.insert(
+            collection,
+            ["b", "d"],
+            ["new b", None],
+            [shared] * 2,
+            unit_vectors(2, DIM, seed=1),
+            upsert=True,
+        )
+        assert replaced.tolist() == [first[1]] and again.tolist() == [4, 5]
+        with store.reader() as conn:
+            records = {r.id: r for r in store.records(conn, again.tolist()).values()}
+            assert records["b"].created == created["b"] and records["b"].text == "new b"
+            assert records["d"].created >= created["a"]
+            assert store.extent(conn, collection) == (4, 5)
+
+        # Rowids are never reused, even after the newest records are deleted.
+        store.delete(collection, again)
+        later, _ = store.insert(collection, ["e"], [None], [shared], unit_vectors(1, DIM))
+        assert later.tolist() == [6]
+    finally:
+        store.close()
