@@ -91,6 +91,28 @@ def test_compaction_keeps_results_right():
     assert index.search(query, 1)[0][0] in (6_001, 9_000)
 
 
+def test_staged_rows_are_searched_only_once_added_and_survive_a_compaction_between():
+    rows = unit_vectors(3_000, 8, seed=5)
+    index = VectorIndex(8, "cosine")
+    index.add(np.arange(1, 2_001), rows[:2_000])
+    staged = index.stage(rows[2_000:2_500])  # as the box does while SQLite writes
+    assert len(index) == 2_000 and 2_001 not in index.search(rows[2_000], 10)[0]
+    index.add(np.arange(2_001, 2_501), staged)
+    assert len(index) == 2_500 and index.search(rows[2_000], 1)[0][0] == 2_001
+
+    # A compaction between stage and add (an upsert's removal) moves the rows: add copies
+    # them again rather than publish whatever lies where they were put.
+    staged = index.stage(rows[2_500:])
+    before = index.nbytes
+    index.remove(np.arange(1, 1_201))  # 1,200 of 2,500 dead: compacts
+    assert index.nbytes < before  # new, smaller arrays
+    index.add(np.arange(2_501, 3_001), staged)
+    assert len(index) == 1_800
+    for i in (1_500, 2_200, 2_999):
+        got, _ = index.search(rows[i], 1)
+        assert got[0] == i + 1
+
+
 def test_k_larger_than_the_collection_returns_everything_alive():
     index = VectorIndex(4, "l2")
     assert len(index.search(np.ones(4, np.float32), 5)[0]) == 0

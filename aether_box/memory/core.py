@@ -218,9 +218,9 @@ class Memory:
             def work() -> int:
                 self.snapshots.invalidate(collection.id)
                 index = self.indexes.get(collection.id)
-                # The index's copy of the rows is made on the other core while SQLite writes
-                # (`is not None`: an empty index is falsy, and its first batch was prepared
-                # serially after the commit).
+                # The index's copy of the rows is made and put in place on the other core while
+                # SQLite writes, so after the commit `add` only publishes it (`is not None`: an
+                # empty index is falsy, and its first batch was prepared after the commit).
                 prepared = (
                     self._helper.submit(_prepare, index, vectors) if index is not None else None
                 )
@@ -580,8 +580,7 @@ def _settled(prepared: Future[Prepared] | None, vectors: np.ndarray) -> Prepared
 
 
 def _prepare(index: VectorIndex, vectors: np.ndarray) -> Prepared:
-    index.reserve(len(vectors))
-    return index.prepare(vectors)
+    return index.stage(vectors)
 
 
 def _similarity(distance: float, metric: str) -> float:
