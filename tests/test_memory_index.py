@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
+import anyio
 import numpy as np
 import pytest
 from fixtures_memory import clustered_vectors, unit_vectors
 
+from aether_box.memory.core import Memory
 from aether_box.memory.index import (
     CALIBRATION_RECALL,
     SCAN_CHUNK_MIN,
@@ -13,6 +19,7 @@ from aether_box.memory.index import (
     _best,
     _chunks,
 )
+from aether_box.memory.settings import MemorySettings
 
 
 def brute_force(rows: np.ndarray, query: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -272,3 +279,28 @@ def test_saved_arrays_keep_the_calibration_and_the_bits():
     assert off.budget is None
     for query in clustered_vectors(5, 64, seed=16):
         assert list(copy.search(query, 10)[0]) == list(index.search(query, 10)[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_calibrations_run_at_the_lowest_priority_and_nothing_else_does(tmp_path):
+    memory = Memory(MemorySettings(db=str(tmp_path / "memory.db")))
+    before = os.getpriority(os.PRIO_PROCESS, os.getpid())
+
+    def own() -> int:  # Linux: a thread id names that thread alone
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def priorities() -> tuple[int, int, int]:
+        await memory.open()
+        try:
+            calibrating = await anyio.to_thread.run_sync(
+                lambda: memory._calibrator.submit(own).result()
+            )
+            writing = await anyio.to_thread.run_sync(own)
+            return calibrating, writing, own()
+        finally:
+            await memory.close()
+
+    calibrating, writing, looping = anyio.run(priorities)
+    assert calibrating == 19  # a calibration only takes CPU that writes and searches leave
+    assert before != 19 and writing == looping == before
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == before

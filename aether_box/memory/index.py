@@ -646,7 +646,17 @@ def _exact_tops(view: _View, qs: np.ndarray, want: int, metric: str) -> list[np.
     where = np.zeros((want, len(qs)), np.int64)
     for start in range(0, view.n, _CALIBRATION_BLOCK):
         end = min(view.n, start + _CALIBRATION_BLOCK)
-        scores = view.rows[start:end] @ qs.T  # a matrix product: BLAS's threads pay here
+        # numkong on this thread, not `rows @ qs.T`: OpenBLAS would spread the product over
+        # its own threads, at normal priority on every core, beside the writer (the box runs
+        # calibrations on a thread of the lowest priority, see Memory).
+        scores = np.empty((end - start, len(qs)), np.float32)
+        numkong.cdist(
+            np.ascontiguousarray(view.rows[start:end]),
+            np.ascontiguousarray(qs, np.float32),
+            metric="dot",
+            out_dtype="float32",
+            out=scores,
+        )
         if metric == "l2":
             scores = 2.0 * scores - view.sqnorms[start:end, None]
         scores[~view.alive[start:end]] = -np.inf
