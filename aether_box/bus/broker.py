@@ -119,6 +119,9 @@ class Service:
     in_flight: int = 0
     stats: ServiceStats = field(default_factory=ServiceStats)
     owner: str | None = None  # the component that registered it (None: a remote worker's)
+    # Whether every connection may call every op of it (scopes.allows_every_op at the floor
+    # scope): worked out once here, not per message, as it is the same for each.
+    open_to_all: bool = False
 
     def snapshot(self) -> dict[str, Any]:
         local = self.handler is not None
@@ -185,7 +188,12 @@ class Broker:
             raise ValueError(f"service {name!r} is already registered")
         limit = concurrency or self.settings.local_concurrency
         self.services[name] = Service(
-            name, handler, anyio.CapacityLimiter(limit), inline=inline, owner=owner
+            name,
+            handler,
+            anyio.CapacityLimiter(limit),
+            inline=inline,
+            owner=owner,
+            open_to_all=allows_every_op(self._floor_scope, name),
         )
 
     def owned_by(self, owner: str) -> set[str]:
@@ -463,7 +471,8 @@ class Broker:
             )
             return
         name = service.decode("utf-8", "replace")
-        denied = self._refusal(name, body)
+        svc = self.services.get(name)
+        denied = None if svc is not None and svc.open_to_all else self._refusal(name, body)
         if denied is not None:
             self.rejected["forbidden"] += 1
             self._reply_error(client, legacy, service, denied)
@@ -474,7 +483,6 @@ class Broker:
         if name == CANCEL_SERVICE:
             self._on_cancel(client, legacy, service, body)
             return
-        svc = self.services.get(name)
         if svc is None:
             self.rejected["unknown_service"] += 1
             error: BoxError = NotFound(f"no service {name!r}; services: {sorted(self.services)}")
@@ -673,7 +681,9 @@ class Broker:
             self._disconnect(identity, legacy)
             return
         if svc is None:
-            svc = self.services[name] = Service(name)
+            svc = self.services[name] = Service(
+                name, open_to_all=allows_every_op(self._floor_scope, name)
+            )
         worker = RemoteWorker(identity, legacy, svc, self._expiry())
         self._workers[identity] = svc.workers[identity] = worker
         svc.idle.append(worker)
