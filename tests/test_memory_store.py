@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fixtures_memory import unit_vectors
 
+from aether_box.errors import ConfigError
 from aether_box.memory.filters import compile_filter
+from aether_box.memory.settings import MemorySettings
 from aether_box.memory.store import MemoryStore
 
 DIM = 8
@@ -75,3 +78,25 @@ def test_shared_metadata_upsert_and_rowids_that_never_come_back(tmp_path):
         assert later.tolist() == [6]
     finally:
         store.close()
+
+
+def test_vectors_span_several_vec0_chunks_of_the_configured_size(tmp_path):
+    # 20 vectors in chunks of 8: three chunks, one part-filled; all come back in order.
+    store = MemoryStore(tmp_path / "memory.db", vec0_chunk=8)
+    try:
+        collection = store.create_collection("docs", "m", DIM, "cosine")
+        vectors = unit_vectors(20, DIM)
+        keys = [f"k{i}" for i in range(20)]
+        rowids, _ = store.insert(collection, keys, [None] * 20, ["{}"] * 20, vectors)
+        with store.reader() as conn:
+            chunks = conn.execute(f"SELECT count(*) FROM vec_{collection.id}_chunks").fetchall()
+            assert chunks[0][0] == 3
+            assert store.vectors(conn, collection, rowids.tolist()).tobytes() == vectors.tobytes()
+    finally:
+        store.close()
+
+
+def test_a_vec0_chunk_size_sqlite_vec_refuses_is_a_config_error(tmp_path):
+    for bad in (12, 0, 8_192):
+        with pytest.raises(ConfigError, match="multiple of 8 from 8 to 4096"):
+            MemorySettings(vec0_chunk=bad).resolve(tmp_path)

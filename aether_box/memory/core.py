@@ -104,7 +104,11 @@ class Memory:
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="memory-checkpoint")
 
         def work() -> None:
-            store = MemoryStore(self.settings.db_path, synchronous=self.settings.synchronous)
+            store = MemoryStore(
+                self.settings.db_path,
+                synchronous=self.settings.synchronous,
+                vec0_chunk=self.settings.vec0_chunk,
+            )
             self.store = store
             self.snapshots.clean()
             self.catalog = store.collections()
