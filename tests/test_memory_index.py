@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 
 import anyio
@@ -12,6 +10,7 @@ import pytest
 from fixtures_memory import clustered_vectors, unit_vectors
 
 from aether_box.memory.core import Memory
+from aether_box.memory.filters import compile_filter
 from aether_box.memory.index import (
     CALIBRATION_RECALL,
     SCAN_CHUNK_MIN,
@@ -281,26 +280,51 @@ def test_saved_arrays_keep_the_calibration_and_the_bits():
         assert list(copy.search(query, 10)[0]) == list(index.search(query, 10)[0])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-def test_calibrations_run_at_the_lowest_priority_and_nothing_else_does(tmp_path):
-    memory = Memory(MemorySettings(db=str(tmp_path / "memory.db")))
-    before = os.getpriority(os.PRIO_PROCESS, os.getpid())
+def test_a_calibration_goes_no_further_than_its_pause_lets_it():
+    index = VectorIndex(128, "cosine", bit_scan_min_rows=20_000)
+    index.add(np.arange(1, 25_001), clustered_vectors(25_000, 128, seed=11))
+    paused, go = threading.Event(), threading.Event()
+    steps = []
 
-    def own() -> int:  # Linux: a thread id names that thread alone
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    def pause() -> None:  # as the box's: held while a write is in progress
+        steps.append(1)
+        paused.set()
+        go.wait()
 
-    async def priorities() -> tuple[int, int, int]:
+    worker = threading.Thread(target=index.calibrate, kwargs={"pause": pause})
+    worker.start()
+    assert paused.wait(30)
+    assert worker.is_alive() and index.budget is None and index.calibrated_at == 0
+    go.set()
+    worker.join()
+    assert index.budget is not None and index.calibrated_at == 25_000
+    assert len(steps) > 100  # a step per block of the exact pass and per sample query
+
+
+def test_the_box_calibrates_between_writes_and_then_searches_scan_sign_bits(tmp_path):
+    memory = Memory(MemorySettings(db=str(tmp_path / "memory.db"), bit_scan_min_rows=20_000))
+    rows = clustered_vectors(30_000, 128, seed=11)
+    keys = [str(i) for i in range(len(rows))]
+
+    async def ingest_then_search() -> None:
         await memory.open()
         try:
-            calibrating = await anyio.to_thread.run_sync(
-                lambda: memory._calibrator.submit(own).result()
-            )
-            writing = await anyio.to_thread.run_sync(own)
-            return calibrating, writing, own()
+            await memory.create("docs", "m", 128, "cosine")
+            # While a write runs, a calibration's steps wait (and resume once it is done).
+            assert await memory._write(memory._writes_idle.is_set) is False
+            assert memory._writes_idle.is_set()
+            for start in range(0, len(rows), 10_000):  # due at 20k, during the last add
+                part = slice(start, start + 10_000)
+                await memory.add("docs", keys[part], [None] * 10_000, ["{}"] * 10_000, rows[part])
+            index = next(iter(memory.indexes.values()))
+            # The calibrating thread runs one job at a time: this one runs after it.
+            await anyio.to_thread.run_sync(lambda: memory._calibrator.submit(int).result())
+            assert not memory.calibrating(index)
+            assert index.calibrated_at >= 20_000 and index.scan == "bits+rescore"
+            hits = await memory.search("docs", rows[7], 10, where=compile_filter(None))
+            assert hits[0].record.id == "7"
+            assert index.searches == {"bits+rescore": 1}
         finally:
             await memory.close()
 
-    calibrating, writing, looping = anyio.run(priorities)
-    assert calibrating == 19  # a calibration only takes CPU that writes and searches leave
-    assert before != 19 and writing == looping == before
-    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == before
+    anyio.run(ingest_then_search)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -68,7 +69,8 @@ BINARY_BUDGETS = (256, 512, 1024, 2048, 4096)
 CALIBRATION_RECALL = 0.997
 CALIBRATION_QUERIES = 100
 K_CALIBRATION = 10
-_CALIBRATION_BLOCK = 131_072
+# Rows a step of the exact pass of a calibration: about 20 ms on one core (100 queries).
+_CALIBRATION_BLOCK = 32_768
 # A filter that keeps few rows would need the budget scaled past this: int8 scan instead.
 BINARY_BUDGET_MAX = 16_384
 
@@ -149,6 +151,8 @@ class VectorIndex:
         # The bit scan's candidate budget (None: scan int8), and the size it was chosen at.
         self.budget: int | None = None
         self.calibrated_at = 0
+        # Searches by the first stage that served them (see `scan`), for status and metrics.
+        self.searches: dict[str, int] = {}
         # Searches read while writes append, replace and tombstone rows: one lock keeps them apart.
         self._lock = threading.Lock()
 
@@ -330,6 +334,7 @@ class VectorIndex:
             if candidates is not None:
                 positions = self._positions(np.asarray(candidates, np.int64))
                 if len(positions) < _GATHER_SHARE * n:
+                    self._count("float32")
                     scores = self._score(self._rows[positions], q, positions)
                     return self._top(scores, positions, k, query_sqnorm)
                 keep = np.zeros(n, bool)
@@ -342,15 +347,21 @@ class VectorIndex:
             if self.budget is not None and candidates is None:
                 found = self._bit_shortlisted(q, k, keep, query_sqnorm)
                 if found is not None:
+                    self._count("bits+rescore")
                     return found
             if self.quantized:
+                self._count("int8+rescore")
                 return self._shortlisted(q, k, keep, query_sqnorm)
+            self._count("float32")
             scores = self._score(self._rows[:n], q, slice(0, n))
             if keep is not None:
                 scores[~keep] = -np.inf
             return self._top(
                 scores, None, min(k, int(keep.sum()) if keep is not None else n), query_sqnorm
             )
+
+    def _count(self, scan: str) -> None:
+        self.searches[scan] = self.searches.get(scan, 0) + 1  # under the lock
 
     def _shortlisted(
         self, q: np.ndarray, k: int, keep: np.ndarray | None, query_sqnorm: float
@@ -440,7 +451,12 @@ class VectorIndex:
         if self.needs_calibration():
             self.calibrate()
 
-    def calibrate(self, queries: int = CALIBRATION_QUERIES, seed: int = 0) -> dict[int, float]:
+    def calibrate(
+        self,
+        queries: int = CALIBRATION_QUERIES,
+        seed: int = 0,
+        pause: Callable[[], object] | None = None,
+    ) -> dict[int, float]:
         """Choose the bit scan's budget from the collection's own rows; returns recall by budget.
 
         Each sample row's nearest other rows by an exact float32 scan (one matrix product for
@@ -448,8 +464,11 @@ class VectorIndex:
         Hamming distance and re-scored exactly, are measured against it at every budget.
         The work reads the arrays as they were when it began, outside the lock, so searches
         and writes go on meanwhile (the box runs it on a thread of its own, off the write
-        path: a second to a few at 1M rows); the budget is swapped in at the end.
+        path: a second to a few at 1M rows); the budget is swapped in at the end. `pause` is
+        called between steps of a few tens of milliseconds each: the box's returns once no
+        write is in progress, so calibrating never takes a core from a write.
         """
+        pause = pause or _go_on
         want = K_CALIBRATION + 1  # the row itself and its nearest others
         with self._lock:
             n = self._n
@@ -461,10 +480,11 @@ class VectorIndex:
             return {}
         sample = np.random.default_rng(seed).choice(live, min(queries, len(live)), False)
         qs = view.rows[sample]
-        truth = _exact_tops(view, qs, want, self.metric)
+        truth = _exact_tops(view, qs, want, self.metric, pause)
         largest = min(BINARY_BUDGETS[-1], n)
         hits = dict.fromkeys(BINARY_BUDGETS, 0)
         for q, position, true in zip(qs, sample, truth, strict=True):
+            pause()
             found, hamming = _hamming_top(view.bits[:n], sign_bits(q), largest)
             alive = view.alive[found]
             found, hamming = found[alive], hamming[alive]
@@ -640,15 +660,17 @@ class _View:
     n: int
 
 
-def _exact_tops(view: _View, qs: np.ndarray, want: int, metric: str) -> list[np.ndarray]:
+def _exact_tops(
+    view: _View, qs: np.ndarray, want: int, metric: str, pause: Callable[[], object]
+) -> list[np.ndarray]:
     """Positions of each query's `want` best live rows by exact float32 scores."""
     best = np.full((want, len(qs)), -np.inf, np.float32)
     where = np.zeros((want, len(qs)), np.int64)
     for start in range(0, view.n, _CALIBRATION_BLOCK):
+        pause()
         end = min(view.n, start + _CALIBRATION_BLOCK)
         # numkong on this thread, not `rows @ qs.T`: OpenBLAS would spread the product over
-        # its own threads, at normal priority on every core, beside the writer (the box runs
-        # calibrations on a thread of the lowest priority, see Memory).
+        # its own threads, on every core, beside whatever else runs (searches, a write).
         scores = np.empty((end - start, len(qs)), np.float32)
         numkong.cdist(
             np.ascontiguousarray(view.rows[start:end]),
@@ -668,6 +690,10 @@ def _exact_tops(view: _View, qs: np.ndarray, want: int, metric: str) -> list[np.
         best = np.take_along_axis(scores, top, axis=0)
         where = np.take_along_axis(positions, top, axis=0)
     return list(where.T)
+
+
+def _go_on() -> None:
+    """A calibration's `pause` that never waits."""
 
 
 def _dots(rows: np.ndarray, q: np.ndarray) -> np.ndarray:

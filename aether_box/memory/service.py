@@ -605,6 +605,10 @@ class MemoryComponent:
                 info["index_scan"] = index.scan
                 info["scan_threads"] = index.scan_threads
                 info["bit_budget"] = index.budget
+                # Searches switch to the bit scan once a calibration chooses it (a second or
+                # so after a large ingest stops): until then `index_scan` says int8+rescore.
+                info["calibrating"] = memory.calibrating(index)
+                info["searches_by_scan"] = dict(index.searches)
             collections[collection.name] = info
         return {
             "cross_model": dict(self.service.cross_model),
