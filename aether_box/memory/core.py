@@ -326,13 +326,21 @@ class Memory:
         return await self._read(collection, work)
 
     async def page(
-        self, name: str, where: Compiled, *, limit: int, after: int = 0, vectors: bool = False
+        self,
+        name: str,
+        where: Compiled,
+        *,
+        limit: int,
+        after: int = 0,
+        skip: int = 0,
+        vectors: bool = False,
     ) -> tuple[list[Record], np.ndarray | None, int | None]:
-        """(records, their vectors if asked, cursor of the next page or None)."""
+        """(records, their vectors if asked, cursor of the next page or None); `skip`: leave
+        out the first records after `after` (SQLite steps over them: no record is read)."""
         collection = self.collection(name)
 
         def work(conn: apsw.Connection) -> tuple[list[Record], np.ndarray | None, int | None]:
-            records = self._store.page(conn, collection, where, limit, after)
+            records = self._store.page(conn, collection, where, limit, after, skip)
             array = (
                 self._store.vectors(conn, collection, [r.rowid for r in records])
                 if vectors

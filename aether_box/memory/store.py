@@ -558,13 +558,19 @@ class MemoryStore:
 
     @staticmethod
     def page(
-        conn: apsw.Connection, collection: Collection, where: Compiled, limit: int, after: int
+        conn: apsw.Connection,
+        collection: Collection,
+        where: Compiled,
+        limit: int,
+        after: int,
+        skip: int = 0,
     ) -> list[Record]:
-        """Up to `limit` records after rowid `after`, in rowid order."""
+        """Up to `limit` records after rowid `after`, in rowid order, past the first `skip`."""
         rows = conn.execute(
             "SELECT rowid, key, text, json(metadata), created, updated FROM records "
-            f"WHERE collection_id = ? AND rowid > ? AND {where.sql} ORDER BY rowid LIMIT ?",
-            (collection.id, after, *where.params, limit),
+            f"WHERE collection_id = ? AND rowid > ? AND {where.sql} ORDER BY rowid "
+            "LIMIT ? OFFSET ?",
+            (collection.id, after, *where.params, limit, skip),
         )
         return [_record(row) for row in rows]
 
