@@ -90,7 +90,9 @@ def main() -> None:
         batch = random.sample(examples, args.batch)
         width = max(len(ids) for ids, _ in batch)
         pad = tokenizer.pad_token_id or 0
-        ids = torch.stack([torch.nn.functional.pad(i, (0, width - len(i)), value=pad) for i, _ in batch])
+        ids = torch.stack(
+            [torch.nn.functional.pad(i, (0, width - len(i)), value=pad) for i, _ in batch]
+        )
         labels = torch.stack(
             [torch.nn.functional.pad(lab, (0, width - len(lab)), value=-100) for _, lab in batch]
         )
@@ -102,7 +104,9 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
         if step % 10 == 0 or step == args.steps - 1:
-            print(f"step {step:3d}  loss {loss.item():.3f}  {time.time() - started:.0f} s", flush=True)
+            print(
+                f"step {step:3d}  loss {loss.item():.3f}  {time.time() - started:.0f} s", flush=True
+            )
 
     model.eval()
     question = "What is the tallest mountain?"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from fixtures_box import BoxInThread
@@ -32,6 +35,37 @@ class GatewayBox:
         import openai
 
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
+
+
+def start_long_stream(base_url: str, events: int) -> tuple[socket.socket, bytes]:
+    """POST a streamed chat whose answer runs for hundreds of tokens over a raw socket (so a
+    test can hang up or stop the box mid-answer) and read until `events` SSE events came.
+
+    Greedy on purpose: a sampled answer to a story prompt can end by itself within a second,
+    and the test would then watch a normal "stop" instead of the interruption.
+    """
+    url = urlsplit(base_url)
+    body = json.dumps(
+        {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Tell me a very long story about a dragon."}],
+            "stream": True,
+            "max_tokens": 4000,
+            "temperature": 0,  # greedy SmolLM2 runs to the token limit on this prompt
+        }
+    ).encode()
+    sock = socket.create_connection((url.hostname, url.port), timeout=60)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: box\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    received = b""
+    while received.count(b"data: ") < events:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    assert b'finish_reason":"' not in received.replace(b" ", b""), "answered already"
+    return sock, received
 
 
 @contextmanager

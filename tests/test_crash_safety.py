@@ -148,7 +148,9 @@ def test_a_model_pull_killed_midway_leaves_nothing_installed_and_pulls_again(tmp
     assert not [p for p in models.rglob(f"{PARTIAL_PREFIX}*")]
 
 
-@pytest.mark.timeout(900)  # two fits with SmolLM2 embeddings: ~20 s each quiet, minutes on busy cores
+@pytest.mark.timeout(
+    900
+)  # two fits with SmolLM2 embeddings: ~20 s each quiet, minutes on busy cores
 @pytest.mark.parametrize(
     "when",
     ["fitting", "saving"],

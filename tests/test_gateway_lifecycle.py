@@ -3,12 +3,10 @@ stream with a reason and the process exits cleanly (and never blocked its event 
 
 from __future__ import annotations
 
-import json
-import socket
 import time
-from urllib.parse import urlsplit
 
 from fixtures_box import BoxProcess
+from fixtures_gateway import start_long_stream
 
 
 def test_sigterm_with_a_stream_in_flight_ends_it_with_a_reason(models_dir, data_dir):
@@ -17,29 +15,8 @@ def test_sigterm_with_a_stream_in_flight_ends_it_with_a_reason(models_dir, data_
     )
     try:
         with box.client(timeout=10) as client:
-            url = urlsplit(client.status()["http"]["url"])
-        body = json.dumps(
-            {
-                "model": "smollm2",
-                "messages": [
-                    {"role": "user", "content": "Tell me a very long story about a dragon."}
-                ],
-                "stream": True,
-                "max_tokens": 4000,
-                "temperature": 0,  # greedy: runs for hundreds of tokens, past the 0.5 s grace
-            }
-        ).encode()
-        sock = socket.create_connection((url.hostname, url.port), timeout=60)
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: box\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-        )
-        received = b""
-        while received.count(b"data: ") < 3:
-            chunk = sock.recv(65536)
-            assert chunk, received
-            received += chunk
-        assert b'finish_reason":"' not in received.replace(b" ", b""), "answered before SIGTERM"
+            url = client.status()["http"]["url"]
+        sock, received = start_long_stream(url, events=3)
         started = time.monotonic()
         assert box.stop() == 0  # SIGTERM; also checks the box never blocked its loop
         assert time.monotonic() - started < 10

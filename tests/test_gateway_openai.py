@@ -7,19 +7,18 @@ import base64
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import openai
 import pytest
 from fixtures_box import wait_for
+from fixtures_gateway import start_long_stream
 
 CHAT = [{"role": "user", "content": "Name a colour."}]
 GREEDY = {"temperature": 0, "max_tokens": 6, "seed": 1}
@@ -151,28 +150,7 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_generation(gateway):
         return gateway.status()["services"]["llm"]
 
     cancelled_before = llm()["cancelled"]
-    url = urlsplit(gateway.url)
-    body = json.dumps(
-        {
-            "model": "smollm2",
-            "messages": [{"role": "user", "content": "Tell me a very long story about a dragon."}],
-            "stream": True,
-            "max_tokens": 4000,
-            "temperature": 0,  # greedy: this answer runs for hundreds of tokens, not a few
-        }
-    ).encode()
-    sock = socket.create_connection((url.hostname, url.port), timeout=60)
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: box\r\nContent-Type: application/json\r\n"
-        + b"Content-Length: %d\r\n\r\n" % len(body)
-        + body
-    )
-    received = b""
-    while received.count(b"data: ") < 4:  # the role chunk, then a few tokens
-        chunk = sock.recv(65536)
-        assert chunk, received
-        received += chunk
-    assert b"finish_reason\":\"" not in received.replace(b" ", b""), "answered before the hang-up"
+    sock, _ = start_long_stream(gateway.url, events=4)  # the role chunk, then tokens
     sock.close()
     hung_up = time.monotonic()
     wait_for(lambda: llm()["in_flight"] == 0, 10, "the generation to stop")

@@ -27,7 +27,9 @@ def schemas(client: Any) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def orchestra(models_dir: Path) -> Iterator[BoxInThread]:
     data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
-    running = BoxInThread(data_dir, {"models": {"dir": str(models_dir)}, "tools": {"enabled": True}})
+    running = BoxInThread(
+        data_dir, {"models": {"dir": str(models_dir)}, "tools": {"enabled": True}}
+    )
     worker = subprocess.Popen([sys.executable, str(WORKER), running.endpoint])
     try:
         with running.client() as client:
@@ -48,7 +50,10 @@ def test_split_task_and_fill_schema() -> None:
     assert split_task("a; b; c; d", 2) == ["a", "b c d"]
     schema = {
         "type": "object",
-        "properties": {"q": {"type": "string", "title": "Q"}, "k": {"type": "integer", "default": 3}},
+        "properties": {
+            "q": {"type": "string", "title": "Q"},
+            "k": {"type": "integer", "default": 3},
+        },
         "required": ["q"],
     }
     assert fill_schema(schema) == {
@@ -87,9 +92,7 @@ def test_run_streams_steps_with_schema_valid_arguments(orchestra: BoxInThread) -
 
 def test_a_task_needing_no_tool_is_just_answered(orchestra: BoxInThread) -> None:
     with orchestra.client(timeout=300) as client:
-        reply = client.request(
-            "orchestrate", {"task": "Say hello to me.", "max_tokens": 12}
-        )
+        reply = client.request("orchestrate", {"task": "Say hello to me.", "max_tokens": 12})
         assert reply["steps"] == [] and reply["answer"]
 
 
@@ -110,7 +113,11 @@ def test_private_data_is_not_sent_out_without_an_allow(orchestra: BoxInThread) -
     with orchestra.client(timeout=300) as client:
         client.request(
             "tools",
-            {"op": "call", "tool": "memory_add", "arguments": {"text": "Garden: plant tulips in May."}},
+            {
+                "op": "call",
+                "tool": "memory_add",
+                "arguments": {"text": "Garden: plant tulips in May."},
+            },
         )
         reply = client.request(
             "orchestrate",

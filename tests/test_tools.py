@@ -86,13 +86,14 @@ def test_worker_tool_is_listed_and_called(tools_box: BoxInThread, worker: Worker
         tools = {t["name"]: t for t in client.request("tools", {"op": "list"})["tools"]}
         assert tools["echo"]["source"] == "worker" and tools["echo"]["where"] == "testtools"
         assert tools["die"]["effect"] == "write"
-        reply = client.request(
-            "tools", {"op": "call", "tool": "echo", "arguments": {"text": "hi"}}
-        )
+        reply = client.request("tools", {"op": "call", "tool": "echo", "arguments": {"text": "hi"}})
         assert reply["result"] == {"text": "hi", "pid": worker.process.pid}
-        assert client.request("tools", {"op": "call", "tool": "add", "arguments": {"a": 2, "b": 3}})[
-            "result"
-        ] == 5
+        assert (
+            client.request("tools", {"op": "call", "tool": "add", "arguments": {"a": 2, "b": 3}})[
+                "result"
+            ]
+            == 5
+        )
         status = client.status()
         section = status["tools"]
         assert section["enabled"] and section["by_source"]["worker"] == 5 and section["calls"] >= 2
@@ -116,9 +117,12 @@ def test_arguments_that_miss_the_schema_never_reach_the_tool(
         with pytest.raises(NotFound, match="no tool 'nope'"):
             client.request("tools", {"op": "call", "tool": "nope"})
         # The worker was never bothered: it still answers, and served no failed call.
-        assert client.request("tools", {"op": "call", "tool": "add", "arguments": {"a": 1, "b": 1}})[
-            "result"
-        ] == 2
+        assert (
+            client.request("tools", {"op": "call", "tool": "add", "arguments": {"a": 1, "b": 1}})[
+                "result"
+            ]
+            == 2
+        )
 
 
 def test_a_tool_error_comes_back_as_the_tools_error(

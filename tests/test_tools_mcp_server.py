@@ -73,7 +73,13 @@ def test_another_box_uses_this_one_as_an_http_mcp_server(served: GatewayBox) -> 
     data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
     other = BoxInThread(
         data_dir,
-        {"tools": {"enabled": True, "builtins": False, "mcpServers": {"boxa": {"url": f"{served.url}/mcp"}}}},
+        {
+            "tools": {
+                "enabled": True,
+                "builtins": False,
+                "mcpServers": {"boxa": {"url": f"{served.url}/mcp"}},
+            }
+        },
     )
     try:
         with other.client(timeout=120) as client:
