@@ -2,14 +2,15 @@
 
 BERT (MiniLM) and MPNet (all-mpnet-base-v2) share one graph builder: they differ only in
 weight names, token type embeddings, where position ids start and MPNet's relative position
-bias (see `_Layout`). No torch: the graph is written op by op with `onnx.helper` and the weights are read with
-`safetensors.numpy`. The graph takes ``input_ids`` and ``attention_mask`` (int64, batch x
-seq) and returns ``sentence_embedding`` (float32, batch x hidden): mean-pooled over the
-mask and L2-normalised, as sentence-transformers' Transformer + Pooling + Normalize do.
+bias (see `LAYOUTS`). No torch: the graph is written op by op with `onnx.helper` and the
+weights are read with `safetensors.numpy`. The graph takes ``input_ids`` and
+``attention_mask`` (int64, batch x seq) and returns ``sentence_embedding`` (float32, batch x
+hidden): mean-pooled over the mask and L2-normalised, as sentence-transformers' Transformer +
+Pooling + Normalize do.
 ONNX Runtime's transformer optimizer then fuses the graph (Attention, SkipLayerNormalization,
 BiasGelu: contrib ops that ONNX Runtime's CPU and CUDA providers run; MPNet's attention, with
-its position bias, stays unfused), and a dynamically
-quantised int8 copy is written beside it (see `quantize_int8`) for `engines.onnx_int8`.
+its position bias, stays unfused), and a dynamically quantised int8 copy is written beside it
+(see `quantize_int8`; BERT only) for `engines.onnx_int8`.
 The export is cached in the model's dir and redone when the checkpoint or the exporter changes.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,8 +248,8 @@ class _Layout:
     positions_after_padding: bool  # MPNet (as RoBERTa): position ids start at pad_token_id + 1
     relative_bias: bool  # MPNet: a bucketed relative position bias, shared by every layer
     # Whether `quantize_int8` keeps every reference vector within cosine 0.99 of float32. MPNet:
-    # no (worst 0.970 as MiniLM is quantised, 0.982 even with only the FFN up-projections in
-    # int8), so it has no int8 copy and `engines.onnx_int8` runs it in float32.
+    # no (worst 0.970 with MiniLM's float32 exceptions, 0.982 even with only the FFN
+    # up-projections in int8), so it has no int8 copy and `engines.onnx_int8` runs it in float32.
     int8_copy: bool
 
 
@@ -420,7 +422,9 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     return model
 
 
-def _relative_bias(g: _Graph, w: Any, config: dict[str, Any], positions: int) -> str:
+def _relative_bias(
+    g: _Graph, w: Callable[[str], np.ndarray], config: dict[str, Any], positions: int
+) -> str:
     """MPNet's position bias for this sequence length, (1, heads, seq, seq).
 
     It depends only on the distance k - q, so a table over every distance a sequence of
