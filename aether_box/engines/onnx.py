@@ -1,7 +1,7 @@
 """Sentence encoders on ONNX Runtime: tokenize, run, mean-pool, L2-normalise.
 
 An encoder is a dir with ``encoder.json`` naming its ONNX file and tokenizer.json (paths
-relative to the dir, or absolute for user-added models). A dir that holds a BERT
+relative to the dir, or absolute for user-added models). A dir that holds a BERT or MPNet
 ``model.safetensors`` is exported to ONNX first (once; see aether_box.models.bert_export). The CUDA provider is
 used when a GPU is present, the CPU one otherwise; `provider` says which.
 """

@@ -20,8 +20,9 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     update       collection, ids, [texts], [vectors], [metadata], [merge], [keep_vectors]
                                                                   -> {ids, count}
     delete       collection, ids | where                          -> {deleted}
-    list         collection, [where], [limit], [cursor], [include_vectors]
+    list         collection, [where], [limit], [cursor], [skip], [include_vectors]
                                                                   -> {records, next, last, [vectors]}
+                 skip: leave out that many records after the cursor (to jump ahead cheaply)
     count        collection, [where]                              -> {count}
     search       collection, text | vector, [k], [where], [hybrid], [query_model],
                  [query_recipe] (of the vector; unstated: plain), [gate],
@@ -278,15 +279,19 @@ class MemoryService(OpService):
         collection = self._collection(body)
         limit = body.get("limit", DEFAULT_PAGE)
         cursor = body.get("cursor") or 0
+        skip = body.get("skip") or 0
         if not isinstance(limit, int) or not 1 <= limit <= self.settings.max_batch:
             raise BadRequest(f"limit must be an integer from 1 to {self.settings.max_batch}")
         if not isinstance(cursor, int) or not 0 <= cursor < 2**63:
             raise BadRequest("cursor must be the 'next' value of the previous page")
+        if not isinstance(skip, int) or isinstance(skip, bool) or not 0 <= skip < 2**63:
+            raise BadRequest("skip must be a count of records, 0 or more")
         records, vectors, following = await self.memory.page(
             collection.name,
             compile_filter(body.get("where")),
             limit=limit,
             after=cursor,
+            skip=skip,
             vectors=bool(body.get("include_vectors")),
         )
         reply: dict[str, Any] = {
@@ -605,6 +610,10 @@ class MemoryComponent:
                 info["index_scan"] = index.scan
                 info["scan_threads"] = index.scan_threads
                 info["bit_budget"] = index.budget
+                # Searches switch to the bit scan once a calibration chooses it (a second or
+                # so after a large ingest stops): until then `index_scan` says int8+rescore.
+                info["calibrating"] = memory.calibrating(index)
+                info["searches_by_scan"] = dict(index.searches)
             collections[collection.name] = info
         return {
             "cross_model": dict(self.service.cross_model),

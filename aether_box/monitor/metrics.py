@@ -151,12 +151,20 @@ def _memory_families(section: dict[str, Any] | None) -> Iterator[Metric]:
         None,
         ["collection"],
     )
+    scans = _counter(
+        "memory_searches",
+        "Searches of the collection's in-memory index, by the first stage that served them "
+        "(bits+rescore, int8+rescore or float32)",
+        ["collection", "scan"],
+    )
     for name, info in (section.get("collections") or {}).items():
         vectors.add_metric([name], info.get("count", 0))
         if info.get("index_mb") is not None:
             index_bytes.add_metric([name], info["index_mb"] * 2**20)
             budget.add_metric([name], info.get("bit_budget") or 0)
-    yield from (vectors, index_bytes, budget)
+        for scan, count in (info.get("searches_by_scan") or {}).items():
+            scans.add_metric([name, scan], count)
+    yield from (vectors, index_bytes, budget, scans)
     cross = section.get("cross_model")
     if cross:
         searches = _counter(

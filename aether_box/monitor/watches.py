@@ -266,6 +266,7 @@ class _Follow:
 
     model: str
     cursor: int = 0
+    passed: int = 0  # records the cursor has passed (read or skipped)
     reference: np.ndarray | None = None
     recent: list[np.ndarray] = field(default_factory=list)  # the newest `reference` at most
     arrived: int = 0  # recent texts received since the last shift
@@ -322,22 +323,24 @@ class DriftWatch:
                 follow.reference = pooled[-self.reference_size :]
                 follow.recent, follow.tested_at, follow.arrived = [], 0, 0
 
-    async def _skip(self, name: str, follow: _Follow, call: Call, records: int) -> None:
-        """Move the cursor past `records` records without reading their vectors."""
-        while records > 0:
-            page = await call(
-                "memory",
-                {
-                    "op": "list",
-                    "collection": name,
-                    "cursor": follow.cursor,
-                    "limit": min(records, 500),
-                },
-            )
-            follow.cursor = page["last"]
-            records -= len(page["records"])
-            if page.get("next") is None or not page["records"]:
-                return
+    async def _skip(self, name: str, follow: _Follow, call: Call, records: int) -> int:
+        """Move the cursor past `records` records without reading them (one `list` whose
+        `skip` SQLite steps over); returns how many it passed (0 if fewer were there)."""
+        page = await call(
+            "memory",
+            {
+                "op": "list",
+                "collection": name,
+                "cursor": follow.cursor,
+                "skip": records - 1,
+                "limit": 1,
+            },
+        )
+        if not page["records"]:
+            return 0
+        follow.cursor = page["last"]
+        follow.passed += records
+        return records
 
     def _add_recent(self, follow: _Follow, vectors: np.ndarray) -> None:
         follow.arrived += len(vectors)
@@ -356,6 +359,17 @@ class DriftWatch:
         if first and isinstance(count, int) and count > self.reference_size:
             # Vectors are read one row at a time: skip the older records without them.
             await self._skip(name, follow, call, count - self.reference_size)
+        elif (
+            isinstance(count, int)
+            and follow.reference is not None
+            and len(follow.reference) >= self.min_texts
+            and count - follow.passed > self.reference_size
+        ):
+            # Only the newest `reference` of the records that arrived are kept: the others
+            # are counted, not read (reading back a 100k-vector ingest took seconds of CPU
+            # beside the writer and the searches).
+            behind = count - follow.passed - self.reference_size
+            follow.arrived += await self._skip(name, follow, call, behind)
         while True:
             page = await call(
                 "memory",
@@ -369,6 +383,7 @@ class DriftWatch:
             )
             vectors = np.asarray(page.get("vectors", []), np.float32)
             follow.cursor = page["last"]
+            follow.passed += len(page["records"])
             if len(vectors):
                 if first:
                     held = vectors if follow.reference is None else [follow.reference, vectors]
