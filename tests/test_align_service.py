@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fixtures_align import FIT_TEXTS, TEST_PAIRS, FittedBox
+from fixtures_align import ALIGN_OVERRIDES, FIT_TEXTS, TEST_PAIRS, FittedBox
+from fixtures_box import BoxInThread
 
 from aether_box.align.corpus import load_set
 from aether_box.align.service import AlignComponent
 from aether_box.cli import cli
 from aether_box.errors import BadRequest, NotFound, RecipeMismatch
 from aether_box.models.manifest import Manifest
+from aether_box.monitor.metrics import StatusCollector
 
 NAME = "smollm2->minilm"
 
@@ -372,3 +375,91 @@ def test_the_coherence_report_covers_the_pairs_through_the_hub(fitted_box: Fitte
     assert forward["n"] == held["n"] and forward["top1"] == pytest.approx(held["top1"], abs=1e-4)
     assert 0 <= forward["proxy_share"] <= 1 and forward["margin_auc"] is not None
     assert status["align"]["coherence"]["smollm2->minilm"]["in"] == forward["top1"]
+    # /metrics reads the same: each route's top-1 per held-out set and its gate's AUC.
+    families = {f.name: f for f in StatusCollector(lambda: status).collect()}
+    top1 = {
+        (s.labels["route"], s.labels["set"]): s.value
+        for s in families["aether_box_align_route_top1"].samples
+    }
+    assert top1[("smollm2->minilm", "in")] == forward["top1"]
+    auc = {s.labels["route"]: s.value for s in families["aether_box_align_route_gate_auc"].samples}
+    assert auc.get("smollm2->minilm") == status["align"]["coherence"]["smollm2->minilm"].get(
+        "gate_auc"
+    )
+
+
+# The module's fit (the fixture, minutes of SmolLM2 on busy cores) counts when this runs alone.
+@pytest.mark.timeout(900)
+def test_a_learned_shared_hub_serves_pairs_through_it(
+    fitted_box: FittedBox, models_dir: Path, tmp_path: Path
+) -> None:
+    # A second box whose hub is the learned space, on the first box's cached vectors: only
+    # the space and the fits are computed, nothing is embedded but two query texts.
+    shutil.copytree(fitted_box.box.data_dir / "align" / "vectors", tmp_path / "align" / "vectors")
+    overrides = {**ALIGN_OVERRIDES, "hub": "shared", "methods": ["ridge", "procrustes"]}
+    running = BoxInThread(tmp_path, {"models": {"dir": str(models_dir)}, "align": overrides})
+    texts = fitted_box.texts
+    routes: dict[tuple[str, str], dict] = {}
+    try:
+        with running.client(timeout=600) as client:
+            fit = {"op": "fit", "from": "smollm2", "to": "shared", "texts": texts}
+            with pytest.raises(NotFound, match="align hub --models"):
+                client.request("align", fit, timeout=600)
+            body = {"op": "hub", "models": ["smollm2", "minilm"], "texts": texts}
+            built = client.request("align", body, timeout=600)
+            # 160 fit texts span at most 159 directions, fewer than [align] hub_dim's 512.
+            assert built["dim"] == FIT_TEXTS - TEST_PAIRS - 1 and built["served"]
+            for a, b in (
+                ("smollm2", "shared"),
+                ("shared", "smollm2"),
+                ("minilm", "shared"),
+                ("shared", "minilm"),
+                ("smollm2", "minilm"),  # a direct one, the yardstick of the hub
+            ):
+                body = {"op": "fit", "from": a, "to": b, "texts": texts}
+                replies = list(client.stream("align", body, timeout=600))
+                assert not any(
+                    r.get("stage") == "embed" and r["done"] < r["total"] for r in replies
+                )
+                routes[(a, b)] = replies[-1]["routes"]
+            report = client.request("align", {"op": "report"}, timeout=120)
+            query = "a small boat with oars, used for fishing on a lake"  # in no fit
+            vector = _embed(client, "minilm", [query])[0]
+            reply = client.request(
+                "align", {"op": "project", "from": "minilm", "to": "smollm2", "vector": vector}
+            )
+            native = _embed(client, "smollm2", [query])[0]
+            # Rebuilt from other texts, the space moves: legs fitted on the old one are refused.
+            rebuilt = {"op": "hub", "models": ["smollm2", "minilm"], "texts": texts, "dim": 32}
+            assert client.request("align", rebuilt, timeout=600)["dim"] == 32
+            with pytest.raises(RecipeMismatch, match="join it again"):
+                client.request(
+                    "align", {"op": "project", "from": "minilm", "to": "smollm2", "vector": vector}
+                )
+    finally:
+        running.stop(timeout=30)
+    assert report["hub"] == "shared" and report["models"] == ["shared", "minilm", "smollm2"]
+    rows = {(r["from"], r["to"]): r for r in report["pairs"]}
+    # Only model pairs: the space itself holds each model's own directions.
+    assert set(rows) == {("minilm", "smollm2"), ("smollm2", "minilm")}
+    forward = rows[("smollm2", "minilm")]
+    assert forward["via"] == "shared" and forward["in"]["n"] == TEST_PAIRS
+    # Through the space about as well as direct: 160 pairs, N = 40, one text is 0.025.
+    assert forward["in"]["top1"] >= forward["in"]["direct_top1"] - 0.05
+    assert forward["in"]["hub_gap"] == pytest.approx(
+        forward["in"]["direct_top1"] - forward["in"]["top1"], abs=1e-3
+    )
+    assert forward["direct_gate_auc_pooled"] is not None
+    # Each route's gate is calibrated when its second leg is fitted (routes.py) and serves
+    # (how well it knows: test_align_routes.py and bench/align.py; 40 held-out texts with a
+    # few misses are too few to say).
+    assert routes[("smollm2", "shared")] == {} and routes[("smollm2", "minilm")] == {}
+    assert set(routes[("shared", "minilm")]) == {"smollm2->shared->minilm"}
+    assert (
+        routes[("shared", "minilm")]["smollm2->shared->minilm"]["texts"] == len(texts) - TEST_PAIRS
+    )
+    assert forward["route_gate"] and forward["gate_auc_pooled"] is not None
+    assert report["gate_auc_routes_pooled"] is not None
+    assert reply["route_gate"] and 0 < reply["agreement"] < 1 and len(reply["combined_coef"]) == 3
+    assert reply["projector"] == "minilm->shared->smollm2" and len(reply["vector"]) == 576
+    assert float(np.dot(reply["vector"], native)) > 0.5

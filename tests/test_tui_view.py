@@ -115,6 +115,16 @@ def test_memory_projectors_and_peers_tolerate_lists_and_maps():
         "9",
         "0.780",
     )
+    # Routes through the hub from the last `align report`, with their gate's AUC.
+    routed = {
+        "coherence": {"smollm2->shared->minilm": {"in": 0.958, "out": 0.912, "gate_auc": 0.935}}
+    }
+    assert projector_rows(routed)["smollm2->shared->minilm"][:4] == (
+        "smollm2->shared->minilm",
+        "via hub, gate AUC 0.94",
+        "0.958",
+        "0.912",
+    )
     # Or a list of records with the spaces named and the fidelity nested.
     listed = {
         "projectors": [

@@ -338,6 +338,46 @@ def join_cmd(
         )
 
 
+@align.command("hub")
+@click.option(
+    "--models",
+    required=True,
+    help="Comma-separated models the shared space is built from, e.g. smollm2,gemma3-270m,minilm.",
+)
+@click.option("--dim", type=int, help="Dimensions of the space (default: [align] hub_dim).")
+@click.option("--max-pairs", type=int, help="Most texts to build on (default: [align] max_pairs).")
+@click.option(
+    "--test-pairs", type=int, help="Held-out texts kept out (default: [align] test_pairs)."
+)
+@_timeout
+@pass_state
+def hub_cmd(
+    state: CliState,
+    models: str,
+    dim: int | None,
+    max_pairs: int | None,
+    test_pairs: int | None,
+    timeout: float,
+) -> None:
+    """Build the shared hub space: a learned space holding every named model's directions.
+
+    With `[align] hub = "shared"` every model then joins it (`align join --model NAME`, two
+    fits each, founders included) and any two reach each other through it about as well as
+    through a direct projector. A model that is not a founder joins the same way later;
+    rebuilding the space means every model joins again.
+    """
+    body: dict[str, Any] = {"op": "hub", "models": [m for m in models.split(",") if m]}
+    for key, value in (("dim", dim), ("max_pairs", max_pairs), ("test_pairs", test_pairs)):
+        if value is not None:
+            body[key] = value
+    reply = _run(state, body, timeout)
+    served = "served" if reply["served"] else 'not served: set [align] hub = "shared"'
+    click.echo(
+        f"shared hub space: {reply['dim']}-d from {', '.join(reply['founders'])} on "
+        f"{reply['texts']} texts ({served})"
+    )
+
+
 @align.command("report")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw report as JSON.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the box.")

@@ -111,7 +111,10 @@ def to_onnx(projector: Projector, gate: Gate | None = None) -> onnx.ModelProto:
     ]
     if gate is not None:
         _gate_nodes(gate, nodes, inits)
-        outputs.append(helper.make_tensor_value_info("agreement", TensorProto.FLOAT, ["n", 1]))
+        outputs += [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 1])
+            for name in ("agreement", "cycle", "spread")
+        ]
     graph = helper.make_graph(
         nodes,
         f"project_{p.source}_to_{p.target}_{p.method}",
@@ -153,6 +156,7 @@ class OnnxProjector:
         self.dims = {o.name: int(o.shape[1]) for o in self.session.get_outputs()}
         self.dout = self.dims["y"]
         self.has_gate = "agreement" in self.dims
+        self.has_signals = "spread" in self.dims  # graphs exported before routes.py lack it
         self._local = threading.local()
 
     @classmethod
@@ -161,7 +165,8 @@ class OnnxProjector:
         return cls(to_onnx(projector, gate))
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for rows of `x`: ``y`` (n, dout), ``norm`` and ``agreement`` (n,)."""
+        """Every output for rows of `x`: ``y`` (n, dout); ``norm`` and, with a gate,
+        ``agreement``, ``cycle`` and ``spread`` (n,)."""
         x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.din:
             raise BadRequest(

@@ -26,7 +26,7 @@ from aether_box.align.settings import AlignSettings
 from aether_box.align.store import pair_name
 from aether_box.errors import BadRequest
 
-__all__ = ["TextPlan", "fit_pair", "held_out_sets", "plan_texts"]
+__all__ = ["TextPlan", "fit_options", "fit_pair", "held_out_sets", "plan_texts", "stand_in"]
 
 FITTERS = {"ridge": fit_ridge, "procrustes": fit_procrustes, "mlp": fit_mlp}
 MIN_PAIRS = 20
@@ -87,7 +87,7 @@ def plan_texts(
     return TextPlan(label, parts)
 
 
-def _options(settings: AlignSettings) -> FitOptions:
+def fit_options(settings: AlignSettings) -> FitOptions:
     return FitOptions(mlp_epochs=settings.mlp_epochs, mlp_hidden=settings.mlp_hidden)
 
 
@@ -115,7 +115,7 @@ def fit_pair(
         raise BadRequest(
             f"{len(fit)} pairs are too few to fit a projector; give at least {MIN_PAIRS} texts"
         )
-    options = _options(settings)
+    options = fit_options(settings)
     source, target = fit.source, fit.target
     held = held_out_sets(parts)
     projectors: dict[str, Projector] = {}
@@ -191,10 +191,19 @@ def _fit_gate(
     fit: PairSet, best: str, projector: Projector, ridge_lambda: float, options: FitOptions
 ) -> tuple[Gate, dict[str, Any]]:
     """The gate for the served method, calibrated with a stand-in of that method (gate.py)."""
+    factory = stand_in(best, fit.source, fit.target, ridge_lambda, options)
+    return fit_gate(projector, fit.a, fit.b, ridge_lambda, options.seed, factory)
+
+
+def stand_in(
+    method: str, source: str, target: str, ridge_lambda: float, options: FitOptions
+) -> Callable[[np.ndarray, np.ndarray], Projector]:
+    """Fits `method` on some of the pairs, as a calibration's stand-in for the served map
+    (ridge with the served map's lambda: no search on the smaller set)."""
 
     def factory(a: np.ndarray, b: np.ndarray) -> Projector:
-        if best == "ridge":
-            return ridge_with(a, b, fit.source, fit.target, ridge_lambda)
-        return FITTERS[best](a, b, fit.source, fit.target, options)
+        if method == "ridge":
+            return ridge_with(a, b, source, target, ridge_lambda)
+        return FITTERS[method](a, b, source, target, options)
 
-    return fit_gate(projector, fit.a, fit.b, ridge_lambda, options.seed, factory)
+    return factory

@@ -46,7 +46,18 @@ from aether_box.align.fidelity import ranks
 from aether_box.align.fit import ridge_with, split_validation
 from aether_box.align.projectors import Projector, normalise
 
-__all__ = ["FEATURES", "FOLDS", "Gate", "auc", "calibrate", "combine", "fit_gate", "signals"]
+__all__ = [
+    "FEATURES",
+    "FOLDS",
+    "Gate",
+    "auc",
+    "calibrate",
+    "combine",
+    "fit_gate",
+    "gate_maps",
+    "logistic",
+    "signals",
+]
 
 FEATURES = ("norm", "cycle", "spread")
 FOLDS = 4
@@ -144,6 +155,39 @@ def _fold_maps(
     return [ridge_with(x[fold != i], y[fold != i], source, target, lam) for i in range(k)]
 
 
+def gate_maps(
+    x: np.ndarray, y: np.ndarray, lam: float, seed: int, source: str, target: str
+) -> tuple[Projector, list[Projector]]:
+    """The reverse map and the K fold maps a gate's signals need, fitted on pairs (x, y)."""
+    reverse = ridge_with(y, x, target, source, lam)
+    return reverse, _fold_maps(x, y, lam, FOLDS, seed, source, target)
+
+
+def logistic(features: np.ndarray, hit: np.ndarray, *, nonnegative: bool = False) -> np.ndarray:
+    """Calibration coefficients (intercept first) of `features` to the 0/1 `hit`; where every
+    row hit or none did, nothing tells them apart: the base rate, every weight zero.
+
+    `nonnegative`: every feature is one that can only speak for a hit (higher means more
+    likely right); a feature whose fitted weight comes out negative is dropped and the rest
+    refitted. A weight against that sense is the calibration set's noise, and it turns into
+    nonsense on text unlike the calibration set's (measured on routes through the hub: an
+    unconstrained fit on glosses ranked Python-docs projections worse than chance)."""
+    coef = np.zeros(features.shape[1] + 1)
+    rate = float(np.clip(hit.mean(), 1e-3, 1 - 1e-3))
+    coef[0] = np.log(rate / (1 - rate))
+    if not 0 < hit.mean() < 1:
+        return coef
+    active = list(range(features.shape[1]))
+    while active:
+        fitted = _logistic(features[:, active], hit)
+        if not nonnegative or fitted[1:].min() >= 0:
+            coef[0] = fitted[0]
+            coef[1 + np.array(active)] = fitted[1:]
+            break
+        active.pop(int(np.argmin(fitted[1:])))
+    return coef
+
+
 def _logistic(features: np.ndarray, hit: np.ndarray, l2: float = 1e-2) -> np.ndarray:
     """Coefficients (intercept first) of a logistic regression, by Newton's method."""
     mean, scale = features.mean(0), features.std(0) + 1e-9
@@ -184,8 +228,9 @@ def fit_gate(
     cal_idx = cal_idx[:1000]
     make = factory or (lambda a, b: ridge_with(a, b, projector.source, projector.target, lam))
     judged = make(x[fit_idx], y[fit_idx])
-    reverse = ridge_with(y[fit_idx], x[fit_idx], projector.target, projector.source, lam)
-    folds = _fold_maps(x[fit_idx], y[fit_idx], lam, FOLDS, seed, projector.source, projector.target)
+    reverse, folds = gate_maps(
+        x[fit_idx], y[fit_idx], lam, seed, projector.source, projector.target
+    )
     s = signals(judged, reverse, folds, x[cal_idx]).astype(np.float64)
     hit = (ranks(judged(x[cal_idx]), y[cal_idx]) == 1).astype(np.float64)
     gaps = margin(judged(x[cal_idx]), y[cal_idx]).astype(np.float64)[:, None]
@@ -198,11 +243,7 @@ def fit_gate(
     else:  # all right or all wrong: nothing to tell apart, the base rate is the estimate
         rate = float(np.clip(hit.mean(), 1e-3, 1 - 1e-3))
         coef = np.array([np.log(rate / (1 - rate)), 0.0, 0.0, 0.0])
-    gate = Gate(
-        ridge_with(y, x, projector.target, projector.source, lam),
-        _fold_maps(x, y, lam, FOLDS, seed, projector.source, projector.target),
-        coef,
-    )
+    gate = Gate(*gate_maps(x, y, lam, seed, projector.source, projector.target), coef)
     facts = {"pairs": int(len(cal_idx)), "top1": float(hit.mean()), "folds": FOLDS}
     if margin_coef is not None:
         facts["margin_coef"] = [float(c) for c in margin_coef]
@@ -264,7 +305,9 @@ def calibrate(
                 "combined_top1": float(np.where(accepted, hit, True).mean()),
             }
         )
-    enough = len(x) > 2 and np.std(agreement) > 0
+    # A constant agreement (a leg whose calibration hit every time) or cosine has no
+    # correlation to report.
+    enough = len(x) > 2 and min(np.std(agreement, dtype=np.float64), np.std(true)) > 1e-9
     gaps = margin(projected, y)
     by_margin = None
     if margin_coef is not None:  # the margin gate: the collection is the held-out set itself

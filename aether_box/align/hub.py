@@ -1,15 +1,16 @@
 """The hub: one shared space every model projects into and out of.
 
-The hub is one model's own space (`[align] hub`, MiniLM by default). Every other model gets
-two projectors, into the hub and out of it (2N fits for N models, not N(N-1)); a projection
-from A to B with no direct projector goes A -> hub -> B. A model joins by fitting its own
-two projectors; nothing already fitted changes. A learned shared space (a generalised CCA of
-the models' vectors of the corpus) measured better at small scale (README: MiniLM's space
-loses up to 11 points where the encoder -> decoder leg is weak); serving it is the next step.
+The hub is one model's own space (`[align] hub`, MiniLM by default) or the learned shared
+space ("shared", space.py), built from founding models. Every model gets two projectors,
+into the hub and out of it (2N fits for N models, not N(N-1)); a projection from A to B with
+no direct projector goes A -> hub -> B. A model joins by fitting its own two projectors;
+nothing already fitted changes. The shared space composes as well as direct projectors
+(README: within 0.002 or better at 1,200 pairs), where a model's own space can be the weak
+leg.
 
-A composed projection's agreement is the product of its two legs' agreements: each is the
-estimated chance that its leg keeps the right nearest text, and the second leg's errors come
-on top of the first's.
+A composed projection's agreement comes from the route's own gate (routes.py), calibrated
+on whole routes: each leg's own calibration sees almost no misses through the shared space.
+Without one (legs exported before it), it is the product of the two legs' agreements.
 """
 
 from __future__ import annotations

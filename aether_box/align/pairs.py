@@ -205,16 +205,21 @@ async def make_pairs(
     progress: ProgressFn | None = None,
     known_target: np.ndarray | None = None,
     chunk: int = CHUNK,
+    known_source: np.ndarray | None = None,
 ) -> tuple[PairSet, bool]:
     """Embed `texts` with both models (cached) and save the pair set; (pairs, all_cached).
 
-    `keys` maps each model name to its `model_key`. `known_target` supplies the target
-    vectors when they exist already (a memory collection's own vectors).
+    `keys` maps each model name to its `model_key`. `known_target` / `known_source` supply
+    one side's vectors when they exist already (a memory collection's own vectors, or the
+    shared hub space's, which space.py makes from its founders' vectors).
     """
     if not texts:
         raise BadRequest("no texts to make pairs from")
     cache = VectorCache(root)
-    a, cached_a = await embed_texts(embed, source, keys[source], texts, cache, progress, chunk)
+    if known_source is not None:
+        a, cached_a = np.asarray(known_source, dtype=np.float32), True
+    else:
+        a, cached_a = await embed_texts(embed, source, keys[source], texts, cache, progress, chunk)
     if known_target is not None:
         b, cached_b = np.asarray(known_target, dtype=np.float32), True
     else:

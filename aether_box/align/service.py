@@ -21,15 +21,23 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
     fidelity  from, to -> the full fit report (every method, held-out figures, gate calibration)
     pairs     from, to, [texts | corpus | collection] -> {n, cached, corpus, from_key, to_key}
     fit       from, to, [texts | corpus | collection], [methods], [max_pairs], [test_pairs],
-              [out_of_domain] -> the fit report (see `aether_box.align.fitting.fit_pair`)
+              [out_of_domain] -> the fit report (see `aether_box.align.fitting.fit_pair`),
+              with `routes`: the routes through the hub the new leg completes, each with its
+              gate calibrated anew ({route: {texts, folds, top1}}; routes.py)
     refit     from, to, collection, [holdout], [max_loss] -> {candidate, before, after,
               promote, verdict, pairs, took_s}: a candidate fitted on the served projector's
               pairs plus the collection's new texts, judged by aether_box.align.refit's rule
+    hub       models, [dim], [texts | corpus], [max_pairs], [test_pairs] -> {hub, founders, dim,
+              texts, digest, served}: build the shared hub space (space.py) from the models'
+              vectors of the fit texts (the standard glosses split by default); `[align] hub = "shared"` serves it, and each model then
+              joins it by fitting its two projectors (`fit` from/to "shared")
     report    -> {hub, models, gate, pairs: [{from, to, via, in|out|far: {top1, recall_at_10,
               mean_cosine, gate_auc, proxy_share, combined_top1, [direct_top1, hub_gap]}}]}:
               every pair through the hub judged on the stored held-out pairs (coherence.py)
-    promote   from, to, candidate -> {projector, previous}: serve it; the old one is kept
-    rollback  from, to, version -> {projector, restored, previous}: serve a kept version
+    promote   from, to, candidate -> {projector, previous, routes}: serve it; the old one is
+              kept; a leg of the hub recalibrates the routes through it (routes.py)
+    rollback  from, to, version -> {projector, restored, previous, routes}: serve a kept
+              version (routes as for promote)
 
 `pairs` and `fit` stream PARTIAL progress: ``{"stage": "embed", "model", "done", "total"}``
 and ``{"stage": "fit", "step", "fraction"}``. Texts come from `texts` (a list), a built-in
@@ -44,6 +52,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
@@ -54,8 +63,9 @@ import numpy as np
 from aether_box.align.coherence import coherence
 from aether_box.align.corpus import BUILTIN_SETS, load_set
 from aether_box.align.export import OnnxProjector
-from aether_box.align.fitting import TextPlan, fit_pair, held_out_sets, plan_texts
-from aether_box.align.pairs import PairSet, make_pairs, model_key
+from aether_box.align.fitting import TextPlan, fit_options, fit_pair, held_out_sets, plan_texts
+from aether_box.align.gate import FEATURES as SIGNALS
+from aether_box.align.pairs import PairSet, VectorCache, embed_texts, make_pairs, model_key
 from aether_box.align.recipes import (
     Recipe,
     check_recipe,
@@ -65,7 +75,9 @@ from aether_box.align.recipes import (
     recipe_of_report,
 )
 from aether_box.align.refit import refit, split_new
+from aether_box.align.routes import RouteGate, calibrate_stored, routes_through, stored_route
 from aether_box.align.settings import AlignSettings
+from aether_box.align.space import SHARED, SharedSpace, build_space
 from aether_box.align.store import ProjectorStore, pair_name
 from aether_box.bus.service import OpService, Request, require_name
 from aether_box.context import BoxContext
@@ -143,6 +155,8 @@ class AlignService(OpService):
         self._load_lock = anyio.Lock()
         self._recipe_by_model: dict[str, Recipe] = {}
         self._coherence: dict[str, Any] = {}  # "A->hub->B": {"in": top-1, ...}, last report
+        self._space_cache: SharedSpace | None = None
+        self._route_gates: dict[str, RouteGate] = {}  # "A->hub->B": its calibration
 
     # ----------------------------------------------------------------- projection
 
@@ -176,7 +190,8 @@ class AlignService(OpService):
         check_recipe(body.get("recipe"), legs[0].report)
         where = f"collection {body['collection']!r}" if body.get("collection") else "the target"
         check_target_recipe(body.get("target_recipe"), legs[-1].report, where)
-        out = await self._run_legs(legs, x)
+        route = await self._route_gate(legs)
+        out = await self._run_legs(legs, x, route)
         agreement = out["agreement"]
         accepted = agreement >= gate
         for leg in legs:
@@ -200,9 +215,16 @@ class AlignService(OpService):
             "gate": float(gate),
             "recipe": recipe_of_report(legs[0].report, "source").get("id") or "plain",
         }
+        if len(legs) > 1:  # whether the route's own gate served (routes.py), or the legs'
+            reply["route_gate"] = route is not None
         # The combined gate's calibration (gate.combine), for a caller that searches a
-        # collection with the projection (memory): the last leg's, as coherence.py judges it.
-        combined = (legs[-1].report.get("gate") or {}).get("calibration", {}).get("combined_coef")
+        # collection with the projection (memory): the route's, else the last leg's, as
+        # coherence.py judges it.
+        combined = (
+            route.combined_coef
+            if route is not None
+            else (legs[-1].report.get("gate") or {}).get("calibration", {}).get("combined_coef")
+        )
         if combined is not None:
             reply["combined_coef"] = combined
         if single:
@@ -232,11 +254,33 @@ class AlignService(OpService):
                 f"(`aether-box align fit --from {source} --to {target}`)"
             ) from None
 
-    async def _run_legs(self, legs: list[Served], x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the legs in turn; a composed agreement is the product of its legs' (hub.py)."""
+    async def _route_gate(self, legs: list[Served]) -> RouteGate | None:
+        """The calibrated gate of a route through the hub (routes.py), if it was made with
+        the legs served now and their graphs give the signals it needs; None for one leg."""
+        if len(legs) != 2 or not all(leg.engine.has_signals for leg in legs):
+            return None
+        name = "->".join([legs[0].report["source"], *(leg.report["target"] for leg in legs)])
+        created = (legs[0].report["created"], legs[1].report["created"])
+        found = self._route_gates.get(name)
+        if found is None or not found.fresh(*created):
+            a, hub, b = name.split("->")
+            found = await anyio.to_thread.run_sync(stored_route, self.store, a, hub, b, created)
+            if found is not None:
+                self._route_gates[name] = found
+        return found
+
+    async def _run_legs(
+        self, legs: list[Served], x: np.ndarray, route: RouteGate | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the legs in turn; a route's agreement comes from both legs' signals by its own
+        calibration (routes.py), or, uncalibrated, is the product of its legs' (hub.py)."""
 
         def run() -> dict[str, np.ndarray]:
             out = legs[0].engine.run(x)
+            if route is not None:
+                more = legs[1].engine.run(out["y"])
+                into, beyond = (np.stack([o[k] for k in SIGNALS], 1) for o in (out, more))
+                return {**more, "agreement": route.agreement(into, beyond)}
             for leg in legs[1:]:
                 more = leg.engine.run(out["y"])
                 out = {**more, "agreement": out["agreement"] * more["agreement"]}
@@ -254,6 +298,8 @@ class AlignService(OpService):
         async with self._load_lock:
             if name not in self.served:
                 report = await anyio.to_thread.run_sync(self.store.report, source, target)
+                if SHARED in (source, target):
+                    await self._check_space_leg(report)
                 path = self.store.served_path(source, target)
                 engine = await anyio.to_thread.run_sync(OnnxProjector, path)
                 if not engine.has_gate:
@@ -263,6 +309,26 @@ class AlignService(OpService):
                     )
                 self.served[name] = Served(name, report["best"], engine, report)
             return self.served[name]
+
+    async def _current_legs(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`reports` less the legs fitted against another build of the shared hub space."""
+        if self.settings.hub != SHARED:
+            return reports
+        try:
+            digest = (await self._space()).digest
+        except NotFound:
+            return [r for r in reports if SHARED not in (r["source"], r["target"])]
+        return [r for r in reports if _space_digest(r) in (None, digest)]
+
+    async def _check_space_leg(self, report: Mapping[str, Any]) -> None:
+        """Refuse a leg into or out of the shared space fitted against another build of it."""
+        side = "target" if report["target"] == SHARED else "source"
+        if _space_digest(report) != (await self._space()).digest:
+            model = report["source"] if side == "target" else report["target"]
+            raise RecipeMismatch(
+                f"{report['name']} was fitted against another build of the shared hub space; "
+                f"let {model} join it again (`aether-box align join --model {model}`)"
+            )
 
     # ----------------------------------------------------------------- reports
 
@@ -285,8 +351,10 @@ class AlignService(OpService):
         """The coherence report (coherence.py): every pair through the hub, per domain."""
         if not self.settings.hub:
             raise BadRequest("no hub is set ([align] hub); set one to see pairs through it")
+        reports = await self._current_legs(await anyio.to_thread.run_sync(self.store.reports))
+        fitted = {r["name"] for r in reports}
         report = await anyio.to_thread.run_sync(
-            lambda: coherence(self.store, self.settings.hub, self.settings.gate)
+            lambda: coherence(self.store, self.settings.hub, self.settings.gate, fitted=fitted)
         )
         self._coherence = _compact(report)
         return report
@@ -296,6 +364,11 @@ class AlignService(OpService):
         return {
             "gate": self.settings.gate,
             "hub": self.settings.hub or None,
+            "shared_space": (
+                {"founders": self._space_cache.founders, "dim": self._space_cache.dim}
+                if self._space_cache is not None
+                else None
+            ),
             "projectors": {name: s.summary() for name, s in sorted(self.served.items())},
             "coherence": self._coherence,
         }
@@ -307,6 +380,7 @@ class AlignService(OpService):
         source, target = _models(body)
         plan = await self._plan(body, target, standard=False)
         texts = plan.all_texts()
+        progress = self._progress(request)
         pairs, cached = await make_pairs(
             self._embed,
             source,
@@ -314,9 +388,14 @@ class AlignService(OpService):
             texts,
             self.settings.dir,
             await self._keys(source, target),
-            self._progress(request),
-            known_target=plan.known_target,
+            progress,
+            known_target=(
+                plan.known_target
+                if plan.known_target is not None
+                else await self._space_vectors(target, texts, progress)
+            ),
             chunk=self.settings.embed_chunk,
+            known_source=await self._space_vectors(source, texts, progress),
         )
         return {
             "from": source,
@@ -374,7 +453,9 @@ class AlignService(OpService):
                     self.settings.dir,
                     keys,
                     progress,
-                    chunk=self.settings.embed_chunk,
+                    await self._space_vectors(target, texts, progress),
+                    self.settings.embed_chunk,
+                    await self._space_vectors(source, texts, progress),
                 )
                 cached.append(hit)
         send = _ThreadProgress(request)
@@ -390,8 +471,35 @@ class AlignService(OpService):
             }
             kept = {"fit": parts["fit"], **held_out_sets(parts)}
             await anyio.to_thread.run_sync(self.store.save, projectors, gate, report, kept)
-        self.served.pop(pair_name(source, target), None)  # serve the new one from now on
+            self.served.pop(pair_name(source, target), None)  # serve the new one from now on
+            report["routes"] = await self._calibrate_routes(source, target, request)
         return report
+
+    async def _calibrate_routes(
+        self, source: str, target: str, request: Request | None = None
+    ) -> dict[str, Any]:
+        """Calibrate the gate of every route through the hub the new leg completes
+        (routes.py); {route: its calibration facts, or None when its legs share too few
+        texts}. Called holding the fit limiter."""
+        hub = self.settings.hub
+        if not hub or hub not in (source, target):
+            return {}
+        reports = await self._current_legs(await anyio.to_thread.run_sync(self.store.reports))
+        done: dict[str, Any] = {}
+        todo = routes_through(reports, hub, source, target)
+        for i, route in enumerate(todo):
+            if request is not None:
+                step = {"stage": "fit", "step": f"gate: route {'->'.join(route)}"}
+                await request.partial({**step, "fraction": round(i / len(todo), 3)})
+            try:
+                found = await anyio.to_thread.run_sync(
+                    calibrate_stored, self.store, route, fit_options(self.settings)
+                )
+            except (BadRequest, NotFound) as exc:  # a leg without its fit pairs, say
+                log.warning("align: route %s keeps its legs' gates: %s", "->".join(route), exc)
+                found = None
+            done["->".join(route)] = found.facts if found is not None else None
+        return done
 
     # ----------------------------------------------------------------- refits (the tuner's)
 
@@ -489,7 +597,9 @@ class AlignService(OpService):
             previous = await anyio.to_thread.run_sync(self.store.promote, source, target, candidate)
             self.served.pop(pair_name(source, target), None)  # serve the new one from now on
         log.info("align: %s promoted candidate %s", pair_name(source, target), candidate)
-        return {"projector": pair_name(source, target), "previous": previous}
+        async with self._fit_limiter:  # the routes through a promoted leg: their gates anew
+            routes = await self._calibrate_routes(source, target)
+        return {"projector": pair_name(source, target), "previous": previous, "routes": routes}
 
     async def op_rollback(self, request: Request) -> dict[str, Any]:
         """Serve a kept version again (the one served now is kept in its turn)."""
@@ -499,7 +609,14 @@ class AlignService(OpService):
             shelved = await anyio.to_thread.run_sync(self.store.restore, source, target, version)
             self.served.pop(pair_name(source, target), None)
         log.info("align: %s rolled back to %s", pair_name(source, target), version)
-        return {"projector": pair_name(source, target), "restored": version, "previous": shelved}
+        async with self._fit_limiter:
+            routes = await self._calibrate_routes(source, target)
+        return {
+            "projector": pair_name(source, target),
+            "restored": version,
+            "previous": shelved,
+            "routes": routes,
+        }
 
     async def _plan(self, body: Mapping[str, Any], target: str, *, standard: bool) -> TextPlan:
         texts, corpus, collection = body.get("texts"), body.get("corpus"), body.get("collection")
@@ -585,6 +702,11 @@ class AlignService(OpService):
         return list(unique), np.asarray(list(unique.values()), np.float32), model, kind
 
     async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
+        if model == SHARED:  # reached only where a path has no founders' vectors to map
+            raise BadRequest(
+                f"{SHARED!r} is the learned hub space, not a model: it has no vectors of "
+                "its own to refit from; fit its projectors from texts or the built-in corpus"
+            )
         recipe = self._recipe_by_model.get(model)
         options = recipe.embed_options() if recipe is not None else {}
         reply = await self.ctx.call(
@@ -592,9 +714,9 @@ class AlignService(OpService):
         )
         return np.asarray(reply["vectors"], dtype=np.float32)
 
-    async def _keys(self, source: str, target: str) -> dict[str, str]:
+    async def _keys(self, *names: str) -> dict[str, str]:
         """Each model's vector-cache key: its weights and its recipe (see recipes.py)."""
-        recipes = await self._recipes(source, target)
+        recipes = await self._recipes(*names)
         return {name: model_key(name, r.weights, r.embed_options()) for name, r in recipes.items()}
 
     async def _recipes(self, *names: str) -> dict[str, Recipe]:
@@ -606,11 +728,99 @@ class AlignService(OpService):
 
         def read() -> dict[str, Recipe]:  # the store reads the manifest: off the loop
             store = ModelStore(models_dir)
-            return {name: model_recipe(store, name) for name in names}
+            return {name: model_recipe(store, name) for name in names if name != SHARED}
 
         found = await anyio.to_thread.run_sync(read)
+        if SHARED in names:  # the learned space: its "weights" are its map (space.py)
+            found[SHARED] = Recipe(SHARED, (await self._space()).digest)
         self._recipe_by_model.update(found)
         return found
+
+    # ----------------------------------------------------------------- the shared hub space
+
+    def _space_path(self) -> Path:
+        assert self.settings.dir is not None
+        return self.settings.dir / "hub" / f"{SHARED}.npz"
+
+    async def _space(self) -> SharedSpace:
+        """The built shared space (space.py), or NotFound saying how to build it."""
+        if self._space_cache is None:
+            self._space_cache = await anyio.to_thread.run_sync(SharedSpace.load, self._space_path())
+        space: SharedSpace = self._space_cache
+        return space
+
+    async def _space_vectors(
+        self, model: str, texts: list[str], progress: Any = None
+    ) -> np.ndarray | None:
+        """The shared space's vectors of `texts` when `model` is it (its founders' vectors,
+        cached like any model's, mapped into it), else None: `model` embeds as usual."""
+        if model != SHARED:
+            return None
+        space = await self._space()
+        keys = await self._keys(*space.founders)
+        changed = [m for m, k in zip(space.founders, space.keys, strict=True) if keys[m] != k]
+        if changed:
+            raise RecipeMismatch(
+                f"{changed} embed another way (weights or recipe) than when the shared hub "
+                f"space was built from them; rebuild it (`aether-box align hub --models "
+                f"{','.join(space.founders)}`) and let every model join it again"
+            )
+        cache = VectorCache(self.settings.dir)
+        vectors = {}
+        for founder in space.founders:
+            vectors[founder], _ = await embed_texts(
+                self._embed,
+                founder,
+                keys[founder],
+                texts,
+                cache,
+                progress,
+                self.settings.embed_chunk,
+            )
+        return await anyio.to_thread.run_sync(space.transform, vectors)
+
+    async def op_hub(self, request: Request) -> dict[str, Any]:
+        """Build the shared hub space from `models` on the standard fit texts (space.py)."""
+        body = request.body
+        models = body.get("models")
+        if (
+            not isinstance(models, list)
+            or len(set(models)) < 2
+            or len(set(models)) != len(models)
+            or not all(isinstance(m, str) and m and m != SHARED for m in models)
+        ):
+            raise BadRequest(
+                "'models' must list at least two distinct models to share the space "
+                f'(not {SHARED!r} itself), e.g. ["smollm2", "gemma3-270m", "minilm"]'
+            )
+        dim = _count(body, "dim", self.settings.hub_dim)
+        # The fit part of the same split `fit` makes, so the founders' cached vectors serve.
+        given = ("texts", "corpus", "max_pairs", "test_pairs")
+        plan = await self._plan({k: body[k] for k in given if k in body}, models[0], standard=True)
+        texts = plan.parts["fit"]
+        keys = await self._keys(*models)
+        cache, progress = VectorCache(self.settings.dir), self._progress(request)
+        vectors = {}
+        for model in models:
+            vectors[model], _ = await embed_texts(
+                self._embed, model, keys[model], texts, cache, progress, self.settings.embed_chunk
+            )
+        async with self._fit_limiter:
+            space = await anyio.to_thread.run_sync(lambda: build_space(vectors, keys, dim))
+            await anyio.to_thread.run_sync(space.save, self._space_path())
+        async with self._load_lock:  # legs fitted against an older space are not served
+            self._space_cache = space
+            for name in [n for n in self.served if SHARED in n.split("->")]:
+                del self.served[name]
+        log.info("align: built the shared hub space from %s (%d-d)", models, space.dim)
+        return {
+            "hub": SHARED,
+            "founders": models,
+            "dim": space.dim,
+            "texts": len(texts),
+            "digest": space.digest,
+            "served": self.settings.hub == SHARED,
+        }
 
     def _progress(self, request: Request):
         last = [0.0]
@@ -647,18 +857,37 @@ def _recipe_options(recipe: Recipe) -> dict[str, Any]:
     return {"prompt": recipe.prompt, "pooling": recipe.pooling}
 
 
+def _space_digest(report: Mapping[str, Any]) -> str | None:
+    """The build of the shared space a leg into or out of it was fitted against; None for a
+    projector between two models."""
+    if SHARED not in (report["source"], report["target"]):
+        return None
+    side = "target" if report["target"] == SHARED else "source"
+    return str(recipe_of_report(report, side).get("weights") or "")
+
+
 def _via(legs: list[Served]) -> Served:
     """A stand-in naming a composed route (its counters live on the legs)."""
     names = [legs[0].report["source"], *(leg.report["target"] for leg in legs)]
     return Served("->".join(names), "+".join(leg.method for leg in legs), legs[-1].engine, {})
 
 
-def _compact(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """Each pair's top-1 per domain ({"in", "out", "far"}), for `status` and the dashboard."""
+def _compact(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each route's top-1 per domain ({"in", "out", "far"}), its gate's AUC over them
+    (`gate_auc`), the share it proxies in-domain (`proxy_in`) and whether the route has its
+    own gate calibration (`route_gate`), for `status` and the dashboard."""
     out = {}
     for row in report["pairs"]:
         via = f"->{row['via']}" if row["via"] else ""
-        figures = {short: row[short]["top1"] for short in ("in", "out", "far") if short in row}
+        figures: dict[str, Any] = {
+            short: row[short]["top1"] for short in ("in", "out", "far") if short in row
+        }
+        if row.get("gate_auc_pooled") is not None:
+            figures["gate_auc"] = round(row["gate_auc_pooled"], 3)
+        if "in" in row:
+            figures["proxy_in"] = row["in"]["proxy_share"]
+        if "route_gate" in row:
+            figures["route_gate"] = row["route_gate"]
         out[f"{row['from']}{via}->{row['to']}"] = figures
     return out
 

@@ -35,9 +35,14 @@ class AlignSettings:
     mlp_hidden: int = 512
     # Texts per call to `embed` while making pairs (progress and checkpoints come this often).
     embed_chunk: int = 128
-    # The model whose space is the hub (aether_box/align/hub.py): a pair with no direct
-    # projector is projected through it, A -> hub -> B. "" turns composition off.
+    # The hub (aether_box/align/hub.py): a pair with no direct projector is projected
+    # through it, A -> hub -> B. A model's name makes that model's space the hub; "shared"
+    # is a learned space holding every founding model's directions (space.py; built with
+    # `aether-box align hub --models ...`), which composes as well as direct projectors.
+    # "" turns composition off.
     hub: str = "minilm"
+    # Dimensions of the shared space (measured: 256 to 960 all match direct projectors).
+    hub_dim: int = 512
 
     def resolve(self, data_dir: Path) -> None:
         """Fill the default dir and check the values."""
@@ -50,6 +55,13 @@ class AlignSettings:
             raise ConfigError(
                 f"align.methods must name some of ridge, procrustes, mlp; got {self.methods}"
             )
-        for key in ("max_pairs", "test_pairs", "mlp_epochs", "mlp_hidden", "embed_chunk"):
+        for key in (
+            "max_pairs",
+            "test_pairs",
+            "mlp_epochs",
+            "mlp_hidden",
+            "embed_chunk",
+            "hub_dim",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"align.{key} must be at least 1, got {getattr(self, key)}")

@@ -5,6 +5,8 @@ alone) for every method, ``served.onnx`` (the best method with its gate: what `a
 runs), ``gate.npz``, ``report.json`` (every method's fidelity, which one is served, the
 gate's calibration and where the pairs came from) and ``pairs-fit.npz`` /
 ``pairs-in_domain.npz``: the pairs it was fitted and judged on, which a refit starts from.
+A route through the hub keeps its own gate calibration (routes.py) in
+``<align dir>/routes/<A>__<hub>__<B>.json``.
 
 A refit (the tuner's) writes a candidate under ``candidates/<id>/``; promoting it moves the
 served files to ``history/<version>/`` first, so a rollback can bring them back.
@@ -166,6 +168,10 @@ class ProjectorStore:
                 f"`aether-box align fit --from {source} --to {target}`"
             )
         return json.loads(path.read_text())
+
+    def route_path(self, source: str, hub: str, target: str) -> Path:
+        """Where the gate calibration of the route source -> hub -> target is kept."""
+        return child_path(self.root.parent / "routes", f"{source}__{hub}__{target}.json")
 
     def onnx_path(self, source: str, target: str, method: str) -> Path:
         """The projection-only graph of one method."""

@@ -104,6 +104,37 @@ class StatusCollector:
         yield from _tools_families(report.get("tools"), report.get("orchestrate"))
         yield from _tuner_families(report.get("tuner"))
         yield from _memory_families(report.get("memory"))
+        yield from _align_families(report.get("align"))
+
+
+def _align_families(section: dict[str, Any] | None) -> Iterator[Metric]:
+    """Per route through the hub, from the last `align report`: top-1 per held-out set and
+    its gate's AUC; per served projector, how many projections it made and proxied."""
+    if not section:
+        return
+    top1 = _gauge(
+        "align_route_top1", "Held-out top-1 of a route, by held-out set", None, ["route", "set"]
+    )
+    gate_auc = _gauge(
+        "align_route_gate_auc",
+        "AUC of a route's gate for finding the native top-1",
+        None,
+        ["route"],
+    )
+    for route, figures in (section.get("coherence") or {}).items():
+        for short in ("in", "out", "far"):
+            if figures.get(short) is not None:
+                top1.add_metric([route, short], figures[short])
+        if figures.get("gate_auc") is not None:
+            gate_auc.add_metric([route], figures["gate_auc"])
+    projections = _counter("align_projections", "Projections made, by projector", ["projector"])
+    proxied = _counter(
+        "align_proxied", "Projections the gate sent to the proxy, by projector", ["projector"]
+    )
+    for name, served in (section.get("projectors") or {}).items():
+        projections.add_metric([name], served.get("projections", 0))
+        proxied.add_metric([name], served.get("proxied", 0))
+    yield from (top1, gate_auc, projections, proxied)
 
 
 def _memory_families(section: dict[str, Any] | None) -> Iterator[Metric]:

@@ -434,13 +434,17 @@ def projector_rows(section: Any) -> dict[str, Row]:
                 3,
             ),
         )
-    # Pairs through the hub, from the last `align report`: top-1 in and out of domain.
+    # Pairs through the hub, from the last `align report`: top-1 in and out of domain and
+    # the route's gate AUC (over the held-out sets).
     coherence = section.get("coherence") if isinstance(section, Mapping) else None
     for pair, figures in (coherence or {}).items():
         if pair not in rows and isinstance(figures, Mapping):
+            kind = "via hub" if pair.count("->") > 1 else "hub leg"
+            if figures.get("gate_auc") is not None:
+                kind += f", gate AUC {fmt_float(figures['gate_auc'], 2)}"
             rows[pair] = (
                 pair,
-                "via hub" if pair.count("->") > 1 else "hub leg",
+                kind,
                 fmt_float(figures.get("in"), 3),
                 fmt_float(figures.get("out"), 3),
                 MISSING,
