@@ -26,7 +26,6 @@ not used: the route falls back to the product of its legs' agreements and says s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from aether_box.align.hub import composed_pairs
 from aether_box.align.pairs import PairSet
 from aether_box.align.projectors import Projector, normalise
 from aether_box.align.store import ProjectorStore
+from aether_box.models.files import atomic_writer
 
 __all__ = [
     "FOLDS",
@@ -87,7 +87,6 @@ class RouteGate:
 
     def save(self, path: Path) -> None:
         """One JSON file, written atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         body = {
             "route": self.route,
             "legs_created": self.legs_created,
@@ -95,12 +94,8 @@ class RouteGate:
             "combined_coef": self.combined_coef,
             "facts": self.facts,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as handle:
-            json.dump(body, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+        with atomic_writer(path) as handle:
+            handle.write(json.dumps(body).encode())
 
     @classmethod
     def load(cls, path: Path) -> RouteGate | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from aether_box.align.projectors import normalise
 from aether_box.errors import BadRequest, NotFound
+from aether_box.models.files import atomic_writer
 
 __all__ = ["DEFAULT_DIM", "SHARED", "SharedSpace", "build_space"]
 
@@ -72,15 +72,11 @@ class SharedSpace:
 
     def save(self, path: Path) -> None:
         """One .npz, written atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"mean{i}": m for i, m in enumerate(self.means)}
         arrays |= {f"scale{i}": s for i, s in enumerate(self.scales)}
         meta = {"founders": self.founders, "keys": self.keys, "n_texts": self.n_texts}
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, basis=self.basis, meta=np.array(json.dumps(meta)), **arrays)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+        with atomic_writer(path) as handle:
+            np.savez(handle, basis=self.basis, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> SharedSpace:
