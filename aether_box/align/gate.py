@@ -234,15 +234,12 @@ def fit_gate(
     s = signals(judged, reverse, folds, x[cal_idx]).astype(np.float64)
     hit = (ranks(judged(x[cal_idx]), y[cal_idx]) == 1).astype(np.float64)
     gaps = margin(judged(x[cal_idx]), y[cal_idx]).astype(np.float64)[:, None]
-    margin_coef = _logistic(gaps, hit) if 0 < hit.mean() < 1 else None
-    combined_coef = None
+    coef = logistic(s, hit)  # the base rate alone when every pair hit or none did
+    margin_coef = combined_coef = None
     if 0 < hit.mean() < 1:
-        coef = _logistic(s, hit)
+        margin_coef = _logistic(gaps, hit)
         agreement = _sigmoid(coef[0] + s @ coef[1:])
         combined_coef = _logistic(np.column_stack([_logit(agreement), gaps[:, 0]]), hit)
-    else:  # all right or all wrong: nothing to tell apart, the base rate is the estimate
-        rate = float(np.clip(hit.mean(), 1e-3, 1 - 1e-3))
-        coef = np.array([np.log(rate / (1 - rate)), 0.0, 0.0, 0.0])
     gate = Gate(*gate_maps(x, y, lam, seed, projector.source, projector.target), coef)
     facts = {"pairs": int(len(cal_idx)), "top1": float(hit.mean()), "folds": FOLDS}
     if margin_coef is not None:
