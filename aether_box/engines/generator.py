@@ -24,6 +24,7 @@ import llama_cpp
 from llama_cpp._internals import LlamaContext, LlamaModel
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from aether_box.engines import llama_cpu
 from aether_box.engines.baked import BakedCopies, BakePolicy
 from aether_box.engines.generation import AdapterRef, GenerationParams, adapter_key
 from aether_box.engines.llama import LOAD_LOCK, corrupt, measure, offloaded
@@ -71,7 +72,7 @@ class LlamaGenerator:
         if not path.exists():
             raise NotFound(f"model file {path} has gone; pull or add the model again")
         kv_cells = kv_cells or n_ctx * parallel
-        model_params = llama_cpp.llama_model_default_params()
+        model_params = llama_cpu.model_params()
         model_params.n_gpu_layers = n_gpu_layers
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = max(kv_cells, n_ctx)

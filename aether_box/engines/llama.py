@@ -17,6 +17,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
+from aether_box.engines.llama_cpu import safe_defaults
 from aether_box.engines.llama_log import captured, errors
 from aether_box.errors import BadRequest, BoxError, CorruptModel, NotFound
 
@@ -96,7 +97,7 @@ def _load(path: Path, **kwargs: Any) -> _Loaded:
     """A Llama instance, with llama.cpp's own account of the memory it allocated."""
     if not path.exists():
         raise NotFound(f"model file {path} has gone; pull or add the model again")
-    with LOAD_LOCK, captured() as lines:
+    with LOAD_LOCK, captured() as lines, safe_defaults():
         try:
             llm = Llama(str(path), verbose=False, **kwargs)
         except ValueError as exc:
