@@ -125,17 +125,21 @@ def bench_generation(client: Client, model_path: Path, threads: int, args: Any) 
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     import aether_box.engines.llama  # noqa: F401  (routes llama.cpp's log lines to logging)
+    from aether_box.engines.llama_cpu import safe_defaults
 
     # Flash attention as the box uses it on the CPU (engines.flash_attn = "auto"): the same
-    # maths on both sides, so the same text, and a like-for-like rate.
-    llm = Llama(
-        str(model_path),
-        n_ctx=2048,
-        n_threads=threads,
-        n_threads_batch=threads,
-        flash_attn=True,
-        verbose=False,
-    )
+    # maths on both sides, so the same text, and a like-for-like rate. The weights are laid
+    # out as the box lays them out (on an AMX CPU, without llama.cpp's repacking: see
+    # llama_cpu), which is also what keeps this baseline from crashing there.
+    with safe_defaults():
+        llm = Llama(
+            str(model_path),
+            n_ctx=2048,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=True,
+            verbose=False,
+        )
     # The same raw prompt on every path: the model's chat template, rendered once here.
     formatter = Jinja2ChatFormatter(
         template=llm.metadata["tokenizer.chat_template"], eos_token="", bos_token=""
