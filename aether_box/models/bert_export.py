@@ -287,16 +287,11 @@ LAYOUTS = {
 def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     """The ONNX ModelProto of a BERT-family encoder (BERT or MPNet, by config's model_type)
     with mean pooling and L2 normalisation."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
     model_type = config.get("model_type", "bert")
     layout = LAYOUTS[model_type]
-    hidden = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    layers = int(config["num_hidden_layers"])
-    eps = float(config.get("layer_norm_eps", 1e-12))
-    if config.get("hidden_act", "gelu") != "gelu":
-        raise BadRequest(f"hidden_act {config.get('hidden_act')!r} is not supported (only gelu)")
+    hidden, heads, layers, eps = _dimensions(config)
     head_dim = hidden // heads
     prefix = (
         f"{model_type}." if f"{model_type}.embeddings.word_embeddings.weight" in weights else ""
@@ -336,16 +331,7 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
         positions = positions + w("embeddings.token_type_embeddings.weight")[0]
     seq_len = g.op("Gather", [g.op("Shape", ["input_ids"]), "index_1"], axis=0)
     pos = g.op("Slice", [g.const("position_embeddings", positions), "zero_i", seq_len, "axes_0"])
-    x = g.op(
-        "LayerNormalization",
-        [
-            g.op("Add", [words, pos]),
-            g.const("emb_ln_w", w("embeddings.LayerNorm.weight")),
-            g.const("emb_ln_b", w("embeddings.LayerNorm.bias")),
-        ],
-        axis=-1,
-        epsilon=eps,
-    )
+    x = _add_and_norm(g, words, pos, "emb_ln", w, "embeddings", eps)
 
     # Additive attention mask (batch, 1, 1, seq): 0 where attended, float32 min where padding.
     # (PyTorch's BERT export pattern, which onnxruntime.transformers fuses into Attention.)
@@ -371,16 +357,7 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
             out: str, residual: str, tag: str, name: str, _p: str = p, _i: int = i
         ) -> str:
             # Residual connection, then LayerNorm with the checkpoint's `name`.LayerNorm weights.
-            return g.op(
-                "LayerNormalization",
-                [
-                    g.op("Add", [out, residual]),
-                    g.const(f"l{_i}_{tag}_ln_w", w(_p + name + ".LayerNorm.weight")),
-                    g.const(f"l{_i}_{tag}_ln_b", w(_p + name + ".LayerNorm.bias")),
-                ],
-                axis=-1,
-                epsilon=eps,
-            )
+            return _add_and_norm(g, out, residual, f"l{_i}_{tag}_ln", w, _p + name, eps)
 
         def heads_of(t: str, perm: list[int]) -> str:
             return g.op("Transpose", [g.op("Reshape", [t, "split_heads"])], perm=perm)
@@ -400,31 +377,7 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
         gelu = g.op("Mul", [g.op("Mul", [inner, g.op("Add", [erf, "one_f"])]), "half_f"])
         x = add_and_norm(dense(gelu, "output.dense"), x, "out", "output")
 
-    # Mean over attended tokens, then L2 normalisation (x / max(|x|, 1e-12)).
-    mask_f = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
-    mask_3d = g.op("Unsqueeze", [mask_f, "axes_2"])
-    summed = g.op("ReduceSum", [g.op("Mul", [x, mask_3d]), "axes_1"], keepdims=0)
-    counts = g.op("Max", [g.op("ReduceSum", [mask_3d, "axes_1"], keepdims=0), "tiny"])
-    mean = g.op("Div", [summed, counts])
-    # ReduceL2 takes axes as an attribute up to opset 17 (ReduceSum as an input since 13).
-    norm = g.op("Max", [g.op("ReduceL2", [mean], axes=[1], keepdims=1), "norm_eps"])
-    g.op("Div", [mean, norm], name="sentence_embedding")
-
-    graph = helper.make_graph(
-        g.nodes,
-        "sentence_encoder",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
-        ],
-        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
-        g.inits,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="aether-box"
-    )
-    model.ir_version = 8  # opset 17's IR, readable by every onnxruntime that runs opset 17
-    return model
+    return _pooled_model(g, x, hidden)
 
 
 def _relative_bias(
@@ -482,14 +435,9 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     as the Gelu kernel runs faster than BiasGelu; together 8% more texts per CPU-second.
     Padding must be on the right (positions restart at 0 in each row), as the encoder pads.
     """
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
-    hidden = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    layers = int(config["num_hidden_layers"])
-    eps = float(config.get("layer_norm_eps", 1e-12))
-    if config.get("hidden_act", "gelu") != "gelu":
-        raise BadRequest(f"hidden_act {config.get('hidden_act')!r} is not supported (only gelu)")
+    hidden, heads, layers, eps = _dimensions(config)
     prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
 
     def w(name: str) -> np.ndarray:
@@ -531,26 +479,12 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     table = (
         w("embeddings.position_embeddings.weight") + w("embeddings.token_type_embeddings.weight")[0]
     )
-    x = g.op(
-        "LayerNormalization",
-        [
-            g.op(
-                "Add",
-                [
-                    g.op(
-                        "Gather",
-                        [g.const("word_embeddings", w("embeddings.word_embeddings.weight")), ids],
-                        axis=0,
-                    ),
-                    g.op("Gather", [g.const("position_embeddings", table), positions], axis=0),
-                ],
-            ),
-            g.const("emb_ln_w", w("embeddings.LayerNorm.weight")),
-            g.const("emb_ln_b", w("embeddings.LayerNorm.bias")),
-        ],
-        axis=-1,
-        epsilon=eps,
-    )  # (tokens, hidden) from here on
+    words = g.op(
+        "Gather", [g.const("word_embeddings", w("embeddings.word_embeddings.weight")), ids], axis=0
+    )
+    position_rows = g.op("Gather", [g.const("position_embeddings", table), positions], axis=0)
+    # (tokens, hidden) from here on
+    x = _add_and_norm(g, words, position_rows, "emb_ln", w, "embeddings", eps)
 
     for i in range(layers):
         p = f"encoder.layer.{i}."
@@ -568,16 +502,8 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
         def add_and_norm(
             out: str, residual: str, tag: str, name: str, _p: str = p, _i: int = i
         ) -> str:
-            return g.op(
-                "LayerNormalization",
-                [
-                    g.op("Add", [out, residual]),
-                    g.const(f"l{_i}_{tag}_ln_w", w(_p + name + ".LayerNorm.weight")),
-                    g.const(f"l{_i}_{tag}_ln_b", w(_p + name + ".LayerNorm.bias")),
-                ],
-                axis=-1,
-                epsilon=eps,
-            )
+            # Residual connection, then LayerNorm with the checkpoint's `name`.LayerNorm weights.
+            return _add_and_norm(g, out, residual, f"l{_i}_{tag}_ln", w, _p + name, eps)
 
         qkv_names = ("attention.self.query", "attention.self.key", "attention.self.value")
         qkv_w = g.const(f"l{i}_qkv_w", np.concatenate([weight(n) for n in qkv_names], axis=1))
@@ -602,15 +528,20 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
         inner = g.op("Gelu", [dense(x, "intermediate.dense", "inner")], domain="com.microsoft")
         x = add_and_norm(dense(inner, "output.dense", "out"), x, "out", "output")
 
-    # Mean over each text's tokens, then L2 normalisation (x / max(|x|, 1e-12)).
-    padded = to_padded(x)
+    return _pooled_model(g, to_padded(x), hidden, contrib_ops=True)
+
+
+def _pooled_model(g: _Graph, padded: str, hidden: int, *, contrib_ops: bool = False) -> Any:
+    """The model whose output is `padded` (batch, seq, hidden) mean-pooled over each text's
+    tokens and L2-normalised (x / max(|x|, 1e-12)); `contrib_ops` when the graph uses
+    ONNX Runtime's com.microsoft ops."""
+    from onnx import TensorProto, helper
+
     mask_3d = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT), "axes_2"])
     summed = g.op("ReduceSum", [g.op("Mul", [padded, mask_3d]), "axes_1"], keepdims=0)
-    counts = g.op(
-        "Max",
-        [g.op("Cast", [g.op("Unsqueeze", [lengths, "axes_1"])], to=TensorProto.FLOAT), "tiny"],
-    )
+    counts = g.op("Max", [g.op("ReduceSum", [mask_3d, "axes_1"], keepdims=0), "tiny"])
     mean = g.op("Div", [summed, counts])
+    # ReduceL2 takes axes as an attribute up to opset 17 (ReduceSum as an input since 13).
     norm = g.op("Max", [g.op("ReduceL2", [mean], axes=[1], keepdims=1), "norm_eps"])
     g.op("Div", [mean, norm], name="sentence_embedding")
 
@@ -624,10 +555,44 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
         [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
         g.inits,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
-        producer_name="aether-box",
-    )
-    model.ir_version = 8
+    opsets = [helper.make_opsetid("", OPSET)]
+    if contrib_ops:
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="aether-box")
+    model.ir_version = 8  # opset 17's IR, readable by every onnxruntime that runs opset 17
     return model
+
+
+def _add_and_norm(
+    g: _Graph,
+    out: str,
+    residual: str,
+    name: str,
+    w: Callable[[str], np.ndarray],
+    prefix: str,
+    eps: float,
+) -> str:
+    """`out` + `residual`, then LayerNormalization with the checkpoint's
+    `prefix`.LayerNorm weights (read through `w`), stored as `name`_w and `name`_b."""
+    return g.op(
+        "LayerNormalization",
+        [
+            g.op("Add", [out, residual]),
+            g.const(f"{name}_w", w(prefix + ".LayerNorm.weight")),
+            g.const(f"{name}_b", w(prefix + ".LayerNorm.bias")),
+        ],
+        axis=-1,
+        epsilon=eps,
+    )
+
+
+def _dimensions(config: dict[str, Any]) -> tuple[int, int, int, float]:
+    """(hidden size, heads, layers, layer-norm epsilon) of a checkpoint's config.json."""
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise BadRequest(f"hidden_act {config.get('hidden_act')!r} is not supported (only gelu)")
+    return (
+        int(config["hidden_size"]),
+        int(config["num_attention_heads"]),
+        int(config["num_hidden_layers"]),
+        float(config.get("layer_norm_eps", 1e-12)),
+    )
