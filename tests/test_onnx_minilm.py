@@ -202,12 +202,18 @@ def test_export_is_fused_and_packed(model_store: ModelStore) -> None:
 
     graph = onnx.load(str(model_store.path("minilm") / "model.onnx"), load_external_data=False)
     kinds = {n.op_type for n in graph.graph.node}
-    assert {"MultiHeadAttention", "Gelu", "LayerNormalization"} <= kinds
-    assert "SkipLayerNormalization" not in kinds  # 5x slower on CPU than Add + LayerNorm
+    assert {"Softmax", "Gelu", "LayerNormalization"} <= kinds
+    # Plain attention ops measured faster than MultiHeadAttention; Add + LayerNorm 5x faster
+    # on CPU than SkipLayerNormalization.
+    assert not {"MultiHeadAttention", "SkipLayerNormalization"} & kinds
     assert "NonZero" in kinds  # the real tokens are packed out of the padded batch
     int8 = onnx.load(str(model_store.path("minilm") / "model.int8.onnx"))
-    dense = {n.op_type for n in int8.graph.node if n.op_type.endswith("MatMul")}
-    assert dense == {"DynamicQuantizeMatMul"}  # every dense layer of the int8 copy is int8
+    weights = {t.name for t in int8.graph.initializer}
+    float_dense = [
+        n.name for n in int8.graph.node if n.op_type == "MatMul" and n.input[1] in weights
+    ]
+    assert float_dense == []  # every dense layer of the int8 copy is int8
+    assert sum(n.op_type == "DynamicQuantizeMatMul" for n in int8.graph.node) == 6 * 6
 
 
 def test_packed_graph_matches_the_reference_graph(model_store: ModelStore, tmp_path: Path) -> None:

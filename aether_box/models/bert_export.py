@@ -9,9 +9,8 @@ hidden): mean-pooled over the mask and L2-normalised, as sentence-transformers' 
 Pooling + Normalize do. `build_bert_graph` writes it in standard ONNX ops (the reference).
 BERT is exported as `build_packed_graph`, the same maths run on the batch's real tokens only
 (no work on padding), with an int8 copy beside it (per-row dynamic int8 with SmoothQuant, see
-`int8_copy`) for `engines.onnx_int8`. MPNet, whose position bias does not fit the packed
-attention, is exported as the reference graph with ONNX Runtime's fusions (`fuse_transformer`)
-and no int8 copy.
+`int8_copy`) for `engines.onnx_int8`. MPNet is exported as the reference graph with ONNX
+Runtime's fusions (`fuse_transformer`) and no int8 copy (see `_Layout.packed`).
 The export is cached in the model's dir and redone when the checkpoint or the exporter changes.
 """
 
@@ -43,7 +42,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 # Bump when the graph changes, so cached exports are redone.
-EXPORTER_VERSION = 5
+EXPORTER_VERSION = 6
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 SOURCE = "model.safetensors"
@@ -251,10 +250,10 @@ class _Layout:
     token_types: bool  # BERT adds token type 0's embedding to every token
     positions_after_padding: bool  # MPNet (as RoBERTa): position ids start at pad_token_id + 1
     relative_bias: bool  # MPNet: a bucketed relative position bias, shared by every layer
-    # BERT: exported as `build_packed_graph` with an int8 copy. MPNet: its position bias does
-    # not fit the packed graph's attention (a key mask only), and no int8 variant kept every
-    # reference vector within cosine 0.99 of float32 (best 0.982), so it is exported as the
-    # fused reference graph, and `engines.onnx_int8` runs it in float32.
+    # BERT: exported as `build_packed_graph` with an int8 copy. MPNet: the packed builder knows
+    # only BERT's weight names and positions, and no int8 variant kept every reference vector
+    # within cosine 0.99 of float32 (best 0.982), so it is exported as the fused reference
+    # graph, and `engines.onnx_int8` runs it in float32.
     packed: bool
 
 
@@ -359,17 +358,8 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
             # Residual connection, then LayerNorm with the checkpoint's `name`.LayerNorm weights.
             return _add_and_norm(g, out, residual, f"l{_i}_{tag}_ln", w, _p + name, eps)
 
-        def heads_of(t: str, perm: list[int]) -> str:
-            return g.op("Transpose", [g.op("Reshape", [t, "split_heads"])], perm=perm)
-
-        q = heads_of(dense(x, layout.query), [0, 2, 1, 3])
-        k = heads_of(dense(x, layout.key), [0, 2, 3, 1])
-        v = heads_of(dense(x, layout.value), [0, 2, 1, 3])
-        scores = g.op("Div", [g.op("MatMul", [q, k]), "sqrt_head_dim"])
-        scores = g.op("Add", [scores, add_mask])
-        probs = g.op("Softmax", [scores], axis=-1)
-        context = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-        context = g.op("Reshape", [context, "merge_heads"])
+        qkv = (dense(x, layout.query), dense(x, layout.key), dense(x, layout.value))
+        context = g.op("Reshape", [_attention(g, *qkv, add_mask, "sqrt_head_dim"), "merge_heads"])
         x = add_and_norm(dense(context, layout.attention_out), x, "attn", layout.attention_norm)
         inner = dense(x, "intermediate.dense")
         # Exact GELU, as BERT uses: x * 0.5 * (1 + erf(x / sqrt(2))).
@@ -428,8 +418,7 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     Same inputs and output. The padded (batch, seq) ids are packed into one (tokens, hidden)
     matrix inside the graph, so every matrix product, layer norm and GELU (nine tenths of the
     work) skips the padding; only attention sees the padded layout (gathered there and back),
-    as ONNX Runtime's MultiHeadAttention (com.microsoft) with the sequence lengths as its key
-    mask. The rest is plain ONNX on 2-d tensors, chosen by measurement on ONNX Runtime's CPU
+    as the reference graph's plain ops with a key mask of the sequence lengths. The rest is plain ONNX on 2-d tensors, chosen by measurement on ONNX Runtime's CPU
     provider: each MatMul + bias Add fuses into one Gemm, and Add + LayerNormalization run
     about 5x faster than the fused SkipLayerNormalization kernel (which 3-d input would get),
     as the Gelu kernel runs faster than BiasGelu; together 8% more texts per CPU-second.
@@ -453,6 +442,8 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     g.const("one_i", np.array(1, i64))
     g.const("zero_i", np.array(0, i64))
     g.const("rows_of_hidden", np.array([-1, hidden], i64))
+    g.const("split_heads", np.array([0, 0, heads, hidden // heads], i64))
+    g.const("one_f", np.array(1.0, np.float32))
     g.const("tiny", np.array(1e-9, np.float32))
     g.const("norm_eps", np.array(1e-12, np.float32))
 
@@ -467,8 +458,20 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     slot_to_token = g.op(
         "Max", [g.op("Sub", [g.op("CumSum", [mask_flat, "zero_i"]), "one_i"]), "zero_i"]
     )
-    lengths = g.op("ReduceSum", ["attention_mask", "axes_1"], keepdims=0)
-    key_lengths = g.op("Cast", [lengths], to=TensorProto.INT32)
+    # (batch, 1, 1, seq): 0 on a text's tokens, -1e9 on its padding (softmax gives it 0).
+    key_mask = g.op(
+        "Unsqueeze",
+        [
+            g.op(
+                "Mul",
+                [
+                    g.op("Sub", [g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT), "one_f"]),
+                    g.const("padding_score", np.array(1e9, np.float32)),
+                ],
+            ),
+            g.const("axes_1_2", np.array([1, 2], i64)),
+        ],
+    )
 
     def to_padded(packed: str) -> str:
         return g.op("Reshape", [g.op("Gather", [packed, slot_to_token], axis=0), padded_shape])
@@ -495,9 +498,10 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
         def bias(name: str, _p: str = p) -> np.ndarray:
             return w(_p + name + ".bias")
 
-        def dense(inp: str, name: str, tag: str, _i: int = i) -> str:
-            product = g.op("MatMul", [inp, g.const(f"l{_i}_{tag}_w", weight(name))])
-            return g.op("Add", [product, g.const(f"l{_i}_{tag}_b", bias(name))])
+        def dense(inp: str, name: str, tag: str, scale: float = 1.0, _i: int = i) -> str:
+            scaled = np.float32(scale)
+            product = g.op("MatMul", [inp, g.const(f"l{_i}_{tag}_w", weight(name) * scaled)])
+            return g.op("Add", [product, g.const(f"l{_i}_{tag}_b", bias(name) * scaled)])
 
         def add_and_norm(
             out: str, residual: str, tag: str, name: str, _p: str = p, _i: int = i
@@ -505,21 +509,16 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
             # Residual connection, then LayerNorm with the checkpoint's `name`.LayerNorm weights.
             return _add_and_norm(g, out, residual, f"l{_i}_{tag}_ln", w, _p + name, eps)
 
-        qkv_names = ("attention.self.query", "attention.self.key", "attention.self.value")
-        qkv_w = g.const(f"l{i}_qkv_w", np.concatenate([weight(n) for n in qkv_names], axis=1))
-        q, k, v = g.split(to_padded(g.op("MatMul", [x, qkv_w])), 3, axis=2)
-        context = g.op(
-            "MultiHeadAttention",
-            [
-                q,
-                k,
-                v,
-                g.const(f"l{i}_qkv_b", np.concatenate([bias(n) for n in qkv_names])),
-                key_lengths,
-            ],
-            domain="com.microsoft",
-            num_heads=heads,
+        # Attention on the padded layout, as the reference graph's plain MatMuls and Softmax
+        # (2-4% more texts per CPU-second than MultiHeadAttention at these lengths), with the
+        # 1/sqrt(head size) of the scores folded into the query's weights and bias.
+        q_scale = 1.0 / math.sqrt(hidden // heads)
+        qkv = (
+            to_padded(dense(x, "attention.self.query", "query", q_scale)),
+            to_padded(dense(x, "attention.self.key", "key")),
+            to_padded(dense(x, "attention.self.value", "value")),
         )
+        context = _attention(g, *qkv, key_mask)
         context = g.op("Gather", [g.op("Reshape", [context, "rows_of_hidden"]), real], axis=0)
         x = add_and_norm(
             dense(context, "attention.output.dense", "attn"), x, "attn", "attention.output"
@@ -596,3 +595,19 @@ def _dimensions(config: dict[str, Any]) -> tuple[int, int, int, float]:
         int(config["num_hidden_layers"]),
         float(config.get("layer_norm_eps", 1e-12)),
     )
+
+
+def _attention(g: _Graph, q: str, k: str, v: str, mask: str, divisor: str | None = None) -> str:
+    """Multi-head attention of (batch, seq, hidden) queries, keys and values, as plain ONNX:
+    the scores (batch, heads, seq, seq), divided by `divisor` (None: the scale is already in
+    the queries), plus `mask`, softmax, then the values. Returns (batch, seq, heads, head size).
+    Its op sequence is the pattern onnxruntime.transformers fuses into Attention."""
+
+    def heads(t: str, perm: list[int]) -> str:
+        return g.op("Transpose", [g.op("Reshape", [t, "split_heads"])], perm=perm)
+
+    scores = g.op("MatMul", [heads(q, [0, 2, 1, 3]), heads(k, [0, 2, 3, 1])])
+    if divisor is not None:
+        scores = g.op("Div", [scores, divisor])
+    probs = g.op("Softmax", [g.op("Add", [scores, mask])], axis=-1)
+    return g.op("Transpose", [g.op("MatMul", [probs, heads(v, [0, 2, 1, 3])])], perm=[0, 2, 1, 3])
