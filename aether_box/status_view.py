@@ -86,6 +86,8 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
                 console.print(f"  {m.get('name')}: {_scheduler_line(m['scheduler'])}")
         if models.get("onnx_cuda", "available") != "available":
             console.print(f"  gpu: {models['onnx_cuda']}")
+        if models.get("llama_repacking", "on") != "on":
+            console.print(f"  llama.cpp weight repacking: {models['llama_repacking']}")
     memory = report.get("memory")
     if isinstance(memory, dict):
         collections = memory.get("collections", {})

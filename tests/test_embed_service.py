@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fixtures_engines import engines_box
 
+from aether_box.engines.llama_cpu import cpu_has_amx
 from aether_box.engines.onnx import OnnxEncoder
 from aether_box.errors import BadRequest, NotFound, TooLarge
 from aether_box.models.store import ModelStore
@@ -66,6 +67,8 @@ def test_big_requests_are_split_in_batches_and_keep_their_order(models_dir: Path
         assert models["onnx_cuda"] == "available" or models["onnx_cuda"].endswith(
             "ONNX models run on the CPU"
         )
+        # llama.cpp's weight repacking: off, with the reason, exactly where the CPU has AMX.
+        assert models["llama_repacking"].startswith("off: this CPU has AMX") == cpu_has_amx()
 
 
 def test_no_texts_gives_an_empty_matrix(llm_box):

@@ -22,7 +22,7 @@ from typing import Any
 
 import llama_cpp.llama_cpp as low_level
 
-__all__ = ["cpu_has_amx", "model_params", "safe_defaults"]
+__all__ = ["cpu_has_amx", "model_params", "repacking", "safe_defaults"]
 
 log = logging.getLogger(__name__)
 _LIBRARY_DEFAULTS = low_level.llama_model_default_params
@@ -39,15 +39,23 @@ def cpu_has_amx() -> bool:
     return bool(_AMX_FLAG.search(info))
 
 
+NO_REPACKING = (
+    "off: this CPU has AMX, whose llama.cpp kernels crash on some machines "
+    "(set AETHER_BOX_LLAMA_AMX=1 to use them)"
+)
+
+
 @functools.cache
 def _avoid_extra_buffers() -> bool:
     avoid = cpu_has_amx() and os.environ.get("AETHER_BOX_LLAMA_AMX") != "1"
     if avoid:
-        log.info(
-            "this CPU has AMX, whose llama.cpp kernels crash on some machines: models load "
-            "without weight repacking (set AETHER_BOX_LLAMA_AMX=1 to use AMX)"
-        )
+        log.info("llama.cpp weight repacking %s", NO_REPACKING)
     return avoid
+
+
+def repacking() -> str:
+    """What `status` says of llama.cpp's weight repacking: "on", or "off: why"."""
+    return NO_REPACKING if _avoid_extra_buffers() else "on"
 
 
 def model_params() -> Any:

@@ -114,6 +114,7 @@ class EnginesComponent(ModelCatalog, ModelResidency, TextScorer, AdapterHost):
         self.models_dir = ctx.config.get(ModelsSettings).dir
         self.registry: ModelRegistry | None = None
         self._cuda_note: str | None = None
+        self._repacking = "on"
 
     async def serve(
         self,
@@ -139,11 +140,15 @@ class EnginesComponent(ModelCatalog, ModelResidency, TextScorer, AdapterHost):
                 await self.registry.close()
 
     def status_section(self) -> dict[str, Any] | None:
-        """The "models" section of `status`: installed and loaded models, the budget, and why
-        ONNX runs on the CPU when it does."""
+        """The "models" section of `status`: installed and loaded models, the budget, why
+        ONNX runs on the CPU when it does, and whether llama.cpp repacks weights (llama_cpu)."""
         if self.registry is None:
             return None
-        return {**self.registry.status(), "onnx_cuda": self._cuda_note or "available"}
+        return {
+            **self.registry.status(),
+            "onnx_cuda": self._cuda_note or "available",
+            "llama_repacking": self._repacking,
+        }
 
     def installed(self) -> list[str]:
         return [] if self.registry is None else self.registry.installed_names()
@@ -207,10 +212,12 @@ class EnginesComponent(ModelCatalog, ModelResidency, TextScorer, AdapterHost):
 
     def _probe(self) -> tuple[ModelStore, bool, int, bool]:
         import aether_box.engines.llama  # noqa: F401  (loads libllama once, here)
+        from aether_box.engines.llama_cpu import repacking
 
         gpu = gpu_present()
         store = ModelStore(self.models_dir)
         self._cuda_note = cuda_unavailable_reason()
+        self._repacking = repacking()  # reads /proc/cpuinfo: here, off the loop
         return store, gpu, self.settings.probe_threads(), probe_llama_gpu(self.settings, gpu)
 
     async def _refresh(self) -> None:
