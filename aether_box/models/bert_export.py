@@ -510,7 +510,7 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
             return _add_and_norm(g, out, residual, f"l{_i}_{tag}_ln", w, _p + name, eps)
 
         # Attention on the padded layout, as the reference graph's plain MatMuls and Softmax
-        # (2-4% more texts per CPU-second than MultiHeadAttention at these lengths), with the
+        # (about 4% more texts per CPU-second than MultiHeadAttention at these lengths), with the
         # 1/sqrt(head size) of the scores folded into the query's weights and bias.
         q_scale = 1.0 / math.sqrt(hidden // heads)
         qkv = (
