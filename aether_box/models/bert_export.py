@@ -7,10 +7,9 @@ weights are read with `safetensors.numpy`. The graph takes ``input_ids`` and
 ``attention_mask`` (int64, batch x seq) and returns ``sentence_embedding`` (float32, batch x
 hidden): mean-pooled over the mask and L2-normalised, as sentence-transformers' Transformer +
 Pooling + Normalize do. `build_bert_graph` writes it in standard ONNX ops (the reference).
-BERT is exported as `build_packed_graph`, the same maths run on the batch's real tokens only
-(no work on padding), with an int8 copy beside it (per-row dynamic int8 with SmoothQuant, see
-`int8_copy`) for `engines.onnx_int8`. MPNet is exported as the reference graph with ONNX
-Runtime's fusions (`fuse_transformer`) and no int8 copy (see `_Layout.packed`).
+Both are exported as `build_packed_graph`, the same maths run on the batch's real tokens
+only (no work on padding); BERT gets an int8 copy beside it (per-row dynamic int8 with
+SmoothQuant, see `int8_copy`) for `engines.onnx_int8`, MPNet none (see `_Layout.int8_copy`).
 The export is cached in the model's dir and redone when the checkpoint or the exporter changes.
 """
 
@@ -42,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 # Bump when the graph changes, so cached exports are redone.
-EXPORTER_VERSION = 6
+EXPORTER_VERSION = 7
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 SOURCE = "model.safetensors"
@@ -127,48 +126,18 @@ def _export(model_dir: Path, onnx_path: Path) -> None:
         (model_dir / INT8_FILE).unlink(missing_ok=True)
 
 
-def fuse_transformer(model: Any, config: dict[str, Any]) -> Any:
-    """The graph with ONNX Runtime's BERT fusions applied (same outputs, fewer kernels).
-
-    The attention block becomes one Attention op (QKV in one MatMul, no 4-d transposes), each
-    residual Add + LayerNormalization one SkipLayerNormalization, and bias + erf GELU one
-    BiasGelu; the result matches the plain graph to float32 rounding.
-    """
-    from onnxruntime.transformers import optimizer
-
-    fused = optimizer.optimize_model(
-        model,
-        model_type="bert",
-        num_heads=int(config["num_attention_heads"]),
-        hidden_size=int(config["hidden_size"]),
-        opt_level=0,  # graph fusions only; ONNX Runtime's own passes run when it loads
-    )
-    model = fused.model
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        from onnx import helper
-
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))  # the fused ops'
-    return model
-
-
 def _graphs(
     model_dir: Path, weights: dict[str, np.ndarray], config: dict[str, Any]
 ) -> tuple[Any, Any]:
     """The float32 graph to serve and its int8 copy (None when there is none)."""
-    if LAYOUTS[config.get("model_type", "bert")].packed:
-        model = build_packed_graph(weights, config)
-        try:
-            return model, build_int8_copy(model, model_dir / "tokenizer.json")
-        except Exception as exc:  # e.g. no tokenizer.json beside the checkpoint
-            # The int8 copy is an option (engines.onnx_int8); the float32 graph is what counts.
-            log.warning("exporting %s without an int8 copy: %r", model_dir, exc)
-            return model, None
-    model = build_bert_graph(weights, config)
+    model = build_packed_graph(weights, config)
+    if not LAYOUTS[config.get("model_type", "bert")].int8_copy:
+        return model, None
     try:
-        return fuse_transformer(model, config), None
-    except Exception as exc:  # e.g. a frozen app without onnxruntime's Python tools
-        # Fusion only speeds things up: the plain graph gives the same vectors.
-        log.warning("exporting %s unfused: %r", model_dir, exc)
+        return model, build_int8_copy(model, model_dir / "tokenizer.json")
+    except Exception as exc:  # e.g. no tokenizer.json beside the checkpoint
+        # The int8 copy is an option (engines.onnx_int8); the float32 graph is what counts.
+        log.warning("exporting %s without an int8 copy: %r", model_dir, exc)
         return model, None
 
 
@@ -250,11 +219,10 @@ class _Layout:
     token_types: bool  # BERT adds token type 0's embedding to every token
     positions_after_padding: bool  # MPNet (as RoBERTa): position ids start at pad_token_id + 1
     relative_bias: bool  # MPNet: a bucketed relative position bias, shared by every layer
-    # BERT: exported as `build_packed_graph` with an int8 copy. MPNet: the packed builder knows
-    # only BERT's weight names and positions, and no int8 variant kept every reference vector
-    # within cosine 0.99 of float32 (best 0.982), so it is exported as the fused reference
-    # graph, and `engines.onnx_int8` runs it in float32.
-    packed: bool
+    # Whether the export writes an int8 copy: for MPNet no int8 variant kept every reference
+    # vector within cosine 0.99 of float32 (best 0.982), so `engines.onnx_int8` runs it in
+    # float32.
+    int8_copy: bool
 
 
 LAYOUTS = {
@@ -267,7 +235,7 @@ LAYOUTS = {
         token_types=True,
         positions_after_padding=False,
         relative_bias=False,
-        packed=True,
+        int8_copy=True,
     ),
     "mpnet": _Layout(
         "attention.attn.q",
@@ -278,7 +246,7 @@ LAYOUTS = {
         token_types=False,
         positions_after_padding=True,
         relative_bias=True,
-        packed=False,
+        int8_copy=False,
     ),
 }
 
@@ -288,16 +256,9 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     with mean pooling and L2 normalisation."""
     from onnx import TensorProto
 
-    model_type = config.get("model_type", "bert")
-    layout = LAYOUTS[model_type]
+    layout, w = _reader(weights, config)
     hidden, heads, layers, eps = _dimensions(config)
     head_dim = hidden // heads
-    prefix = (
-        f"{model_type}." if f"{model_type}.embeddings.word_embeddings.weight" in weights else ""
-    )
-
-    def w(name: str) -> np.ndarray:
-        return weights[prefix + name].astype(np.float32)
 
     g = _Graph()
     f32 = np.float32
@@ -322,18 +283,12 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
         [g.const("word_embeddings", w("embeddings.word_embeddings.weight")), "input_ids"],
         axis=0,
     )
-    positions = w("embeddings.position_embeddings.weight")
-    if layout.positions_after_padding:
-        # Right-padded rows: token t has position pad_token_id + 1 + t (padding is masked out).
-        positions = positions[int(config.get("pad_token_id", 1)) + 1 :]
-    if layout.token_types:
-        positions = positions + w("embeddings.token_type_embeddings.weight")[0]
+    positions = _position_table(w, layout, config)
     seq_len = g.op("Gather", [g.op("Shape", ["input_ids"]), "index_1"], axis=0)
     pos = g.op("Slice", [g.const("position_embeddings", positions), "zero_i", seq_len, "axes_0"])
     x = _add_and_norm(g, words, pos, "emb_ln", w, "embeddings", eps)
 
     # Additive attention mask (batch, 1, 1, seq): 0 where attended, float32 min where padding.
-    # (PyTorch's BERT export pattern, which onnxruntime.transformers fuses into Attention.)
     mask_4d = g.op("Unsqueeze", [g.op("Unsqueeze", ["attention_mask", "axes_1"]), "axes_2"])
     mask_4d = g.op("Cast", [mask_4d], to=TensorProto.FLOAT)
     add_mask = g.op("Mul", [g.op("Sub", ["one_f", mask_4d]), "mask_min"])
@@ -426,11 +381,8 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     """
     from onnx import TensorProto
 
+    layout, w = _reader(weights, config)
     hidden, heads, layers, eps = _dimensions(config)
-    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
-
-    def w(name: str) -> np.ndarray:
-        return weights[prefix + name].astype(np.float32)
 
     g = _Graph()
     i64 = np.int64
@@ -476,12 +428,13 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     def to_padded(packed: str) -> str:
         return g.op("Reshape", [g.op("Gather", [packed, slot_to_token], axis=0), padded_shape])
 
-    # Embeddings: words + positions + token type 0 (single sentences only ever use type 0).
+    table = _position_table(w, layout, config)
+    if layout.relative_bias:  # MPNet: the same (1, heads, seq, seq) bias in every layer
+        key_mask = g.op("Add", [key_mask, _relative_bias(g, w, config, len(table))])
+
+    # Embeddings: words + positions (+ token type 0: single sentences only ever use type 0).
     ids = g.op("Gather", [g.op("Reshape", ["input_ids", "flat"]), real], axis=0)
     positions = g.op("Mod", [real, seq_len])
-    table = (
-        w("embeddings.position_embeddings.weight") + w("embeddings.token_type_embeddings.weight")[0]
-    )
     words = g.op(
         "Gather", [g.const("word_embeddings", w("embeddings.word_embeddings.weight")), ids], axis=0
     )
@@ -514,15 +467,14 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
         # 1/sqrt(head size) of the scores folded into the query's weights and bias.
         q_scale = 1.0 / math.sqrt(hidden // heads)
         qkv = (
-            to_padded(dense(x, "attention.self.query", "query", q_scale)),
-            to_padded(dense(x, "attention.self.key", "key")),
-            to_padded(dense(x, "attention.self.value", "value")),
+            to_padded(dense(x, layout.query, "query", q_scale)),
+            to_padded(dense(x, layout.key, "key")),
+            to_padded(dense(x, layout.value, "value")),
         )
         context = _attention(g, *qkv, key_mask)
         context = g.op("Gather", [g.op("Reshape", [context, "rows_of_hidden"]), real], axis=0)
-        x = add_and_norm(
-            dense(context, "attention.output.dense", "attn"), x, "attn", "attention.output"
-        )
+        attended = dense(context, layout.attention_out, "attn")
+        x = add_and_norm(attended, x, "attn", layout.attention_norm)
         # Exact (erf) GELU, as BERT uses; ONNX Runtime's contrib Gelu (opset 20's is the same).
         inner = g.op("Gelu", [dense(x, "intermediate.dense", "inner")], domain="com.microsoft")
         x = add_and_norm(dense(inner, "output.dense", "out"), x, "out", "output")
@@ -600,8 +552,7 @@ def _dimensions(config: dict[str, Any]) -> tuple[int, int, int, float]:
 def _attention(g: _Graph, q: str, k: str, v: str, mask: str, divisor: str | None = None) -> str:
     """Multi-head attention of (batch, seq, hidden) queries, keys and values, as plain ONNX:
     the scores (batch, heads, seq, seq), divided by `divisor` (None: the scale is already in
-    the queries), plus `mask`, softmax, then the values. Returns (batch, seq, heads, head size).
-    Its op sequence is the pattern onnxruntime.transformers fuses into Attention."""
+    the queries), plus `mask`, softmax, then the values. Returns (batch, seq, heads, head size)."""
 
     def heads(t: str, perm: list[int]) -> str:
         return g.op("Transpose", [g.op("Reshape", [t, "split_heads"])], perm=perm)
@@ -611,3 +562,32 @@ def _attention(g: _Graph, q: str, k: str, v: str, mask: str, divisor: str | None
         scores = g.op("Div", [scores, divisor])
     probs = g.op("Softmax", [g.op("Add", [scores, mask])], axis=-1)
     return g.op("Transpose", [g.op("MatMul", [probs, heads(v, [0, 2, 1, 3])])], perm=[0, 2, 1, 3])
+
+
+def _reader(
+    weights: dict[str, np.ndarray], config: dict[str, Any]
+) -> tuple[_Layout, Callable[[str], np.ndarray]]:
+    """The checkpoint's layout, and a float32 reader of its weights by their names without the
+    architecture's prefix ("bert.", "mpnet.": present in some checkpoints, not in others)."""
+    model_type = config.get("model_type", "bert")
+    prefix = (
+        f"{model_type}." if f"{model_type}.embeddings.word_embeddings.weight" in weights else ""
+    )
+
+    def w(name: str) -> np.ndarray:
+        return weights[prefix + name].astype(np.float32)
+
+    return LAYOUTS[model_type], w
+
+
+def _position_table(
+    w: Callable[[str], np.ndarray], layout: _Layout, config: dict[str, Any]
+) -> np.ndarray:
+    """Row t: what the embeddings add to a text's t-th token besides its word."""
+    table = w("embeddings.position_embeddings.weight")
+    if layout.positions_after_padding:
+        # Right-padded rows: token t has position pad_token_id + 1 + t (padding is masked out).
+        table = table[int(config.get("pad_token_id", 1)) + 1 :]
+    if layout.token_types:
+        table = table + w("embeddings.token_type_embeddings.weight")[0]
+    return table
