@@ -27,6 +27,10 @@ __all__ = ["cpu_has_amx", "model_params", "repacking", "safe_defaults"]
 log = logging.getLogger(__name__)
 _LIBRARY_DEFAULTS = low_level.llama_model_default_params
 _AMX_FLAG = re.compile(r"^flags\s*:.*\bamx_int8\b", re.MULTILINE)
+NO_REPACKING = (
+    "off: this CPU has AMX, whose llama.cpp kernels crash on some machines "
+    "(set AETHER_BOX_LLAMA_AMX=1 to use them)"
+)
 
 
 @functools.cache
@@ -37,12 +41,6 @@ def cpu_has_amx() -> bool:
     except OSError:
         return False
     return bool(_AMX_FLAG.search(info))
-
-
-NO_REPACKING = (
-    "off: this CPU has AMX, whose llama.cpp kernels crash on some machines "
-    "(set AETHER_BOX_LLAMA_AMX=1 to use them)"
-)
 
 
 @functools.cache
