@@ -41,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 # Bump when the graph changes, so cached exports are redone.
-EXPORTER_VERSION = 7
+EXPORTER_VERSION = 8
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 SOURCE = "model.safetensors"
@@ -195,17 +195,6 @@ class _Graph:
         self.nodes.append(helper.make_node(kind, inputs, [out], name=f"{kind}_{self._n}", **attrs))
         return out
 
-    def split(self, inp: str, parts: int, axis: int) -> list[str]:
-        """`inp` cut into `parts` equal pieces along `axis`."""
-        from onnx import helper
-
-        self._n += 1
-        outs = [f"split_{self._n}_{i}" for i in range(parts)]
-        self.nodes.append(
-            helper.make_node("Split", [inp], outs, name=f"Split_{self._n}", axis=axis)
-        )
-        return outs
-
 
 @dataclass(frozen=True)
 class _Layout:
@@ -254,7 +243,6 @@ LAYOUTS = {
 def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     """The ONNX ModelProto of a BERT-family encoder (BERT or MPNet, by config's model_type)
     with mean pooling and L2 normalisation."""
-    from onnx import TensorProto
 
     layout, w = _reader(weights, config)
     hidden, heads, layers, eps = _dimensions(config)
@@ -271,7 +259,6 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     g.const("one_f", np.array(1.0, f32))
     g.const("half_f", np.array(0.5, f32))
     g.const("sqrt2_f", np.array(math.sqrt(2.0), f32))
-    g.const("mask_min", np.array(np.finfo(np.float32).min, f32))
     g.const("tiny", np.array(1e-9, f32))
     g.const("norm_eps", np.array(1e-12, f32))
     g.const("split_heads", np.array([0, 0, heads, head_dim], i64))
@@ -288,13 +275,10 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
     pos = g.op("Slice", [g.const("position_embeddings", positions), "zero_i", seq_len, "axes_0"])
     x = _add_and_norm(g, words, pos, "emb_ln", w, "embeddings", eps)
 
-    # Additive attention mask (batch, 1, 1, seq): 0 where attended, float32 min where padding.
-    mask_4d = g.op("Unsqueeze", [g.op("Unsqueeze", ["attention_mask", "axes_1"]), "axes_2"])
-    mask_4d = g.op("Cast", [mask_4d], to=TensorProto.FLOAT)
-    add_mask = g.op("Mul", [g.op("Sub", ["one_f", mask_4d]), "mask_min"])
+    add_mask = _key_mask(g)
     if layout.relative_bias:
         # MPNet adds the same (1, heads, seq, seq) bias to every layer's scores: add it to the
-        # mask once. (This breaks the pattern ONNX Runtime fuses into Attention.)
+        # mask once.
         add_mask = g.op("Add", [add_mask, _relative_bias(g, w, config, len(positions))])
 
     g.const("sqrt_head_dim", np.array(math.sqrt(head_dim), f32))
@@ -302,10 +286,7 @@ def build_bert_graph(weights: dict[str, np.ndarray], config: dict[str, Any]):
         p = f"encoder.layer.{i}."
 
         def dense(inp: str, name: str, _p: str = p, _i: int = i) -> str:
-            # Weights are stored (out, in); MatMul wants (in, out).
-            weight = g.const(f"l{_i}_{name}_w", w(_p + name + ".weight").T)
-            bias = g.const(f"l{_i}_{name}_b", w(_p + name + ".bias"))
-            return g.op("Add", [g.op("MatMul", [inp, weight]), bias])
+            return _dense(g, w, inp, _p + name, f"l{_i}_{name}")
 
         def add_and_norm(
             out: str, residual: str, tag: str, name: str, _p: str = p, _i: int = i
@@ -373,13 +354,12 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     Same inputs and output. The padded (batch, seq) ids are packed into one (tokens, hidden)
     matrix inside the graph, so every matrix product, layer norm and GELU (nine tenths of the
     work) skips the padding; only attention sees the padded layout (gathered there and back),
-    as the reference graph's plain ops with a key mask of the sequence lengths. The rest is plain ONNX on 2-d tensors, chosen by measurement on ONNX Runtime's CPU
-    provider: each MatMul + bias Add fuses into one Gemm, and Add + LayerNormalization run
+    as the reference graph's plain ops and key mask. The rest is plain ONNX on 2-d tensors,
+    chosen by measurement on ONNX Runtime's CPU provider: each MatMul + bias Add fuses into one Gemm, and Add + LayerNormalization run
     about 5x faster than the fused SkipLayerNormalization kernel (which 3-d input would get),
     as the Gelu kernel runs faster than BiasGelu; together 8% more texts per CPU-second.
     Padding must be on the right (positions restart at 0 in each row), as the encoder pads.
     """
-    from onnx import TensorProto
 
     layout, w = _reader(weights, config)
     hidden, heads, layers, eps = _dimensions(config)
@@ -395,7 +375,6 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     g.const("zero_i", np.array(0, i64))
     g.const("rows_of_hidden", np.array([-1, hidden], i64))
     g.const("split_heads", np.array([0, 0, heads, hidden // heads], i64))
-    g.const("one_f", np.array(1.0, np.float32))
     g.const("tiny", np.array(1e-9, np.float32))
     g.const("norm_eps", np.array(1e-12, np.float32))
 
@@ -410,20 +389,7 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     slot_to_token = g.op(
         "Max", [g.op("Sub", [g.op("CumSum", [mask_flat, "zero_i"]), "one_i"]), "zero_i"]
     )
-    # (batch, 1, 1, seq): 0 on a text's tokens, -1e9 on its padding (softmax gives it 0).
-    key_mask = g.op(
-        "Unsqueeze",
-        [
-            g.op(
-                "Mul",
-                [
-                    g.op("Sub", [g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT), "one_f"]),
-                    g.const("padding_score", np.array(1e9, np.float32)),
-                ],
-            ),
-            g.const("axes_1_2", np.array([1, 2], i64)),
-        ],
-    )
+    key_mask = _key_mask(g)
 
     def to_padded(packed: str) -> str:
         return g.op("Reshape", [g.op("Gather", [packed, slot_to_token], axis=0), padded_shape])
@@ -445,16 +411,10 @@ def build_packed_graph(weights: dict[str, np.ndarray], config: dict[str, Any]) -
     for i in range(layers):
         p = f"encoder.layer.{i}."
 
-        def weight(name: str, _p: str = p) -> np.ndarray:
-            return w(_p + name + ".weight").T  # stored (out, in); MatMul wants (in, out)
-
-        def bias(name: str, _p: str = p) -> np.ndarray:
-            return w(_p + name + ".bias")
-
-        def dense(inp: str, name: str, tag: str, scale: float = 1.0, _i: int = i) -> str:
-            scaled = np.float32(scale)
-            product = g.op("MatMul", [inp, g.const(f"l{_i}_{tag}_w", weight(name) * scaled)])
-            return g.op("Add", [product, g.const(f"l{_i}_{tag}_b", bias(name) * scaled)])
+        def dense(
+            inp: str, name: str, tag: str, scale: float = 1.0, _p: str = p, _i: int = i
+        ) -> str:
+            return _dense(g, w, inp, _p + name, f"l{_i}_{tag}", scale)
 
         def add_and_norm(
             out: str, residual: str, tag: str, name: str, _p: str = p, _i: int = i
@@ -591,3 +551,33 @@ def _position_table(
     if layout.token_types:
         table = table + w("embeddings.token_type_embeddings.weight")[0]
     return table
+
+
+def _key_mask(g: _Graph) -> str:
+    """The scores' additive mask, (batch, 1, 1, seq): 0 on a text's tokens, float32 min on its
+    padding (softmax gives it 0)."""
+    from onnx import TensorProto
+
+    mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
+    padding = g.op("Sub", [g.const("mask_one", np.array(1.0, np.float32)), mask])
+    lowest = g.const("mask_min", np.array(np.finfo(np.float32).min, np.float32))
+    return g.op(
+        "Unsqueeze",
+        [g.op("Mul", [padding, lowest]), g.const("axes_1_2", np.array([1, 2], np.int64))],
+    )
+
+
+def _dense(
+    g: _Graph,
+    w: Callable[[str], np.ndarray],
+    inp: str,
+    module: str,
+    name: str,
+    scale: float = 1.0,
+) -> str:
+    """`inp` times the checkpoint's `module` weight plus its bias (both times `scale`), stored
+    as `name`_w and `name`_b. Weights are stored (out, in); MatMul wants (in, out)."""
+    scaled = np.float32(scale)
+    weight = g.const(f"{name}_w", w(module + ".weight").T * scaled)
+    bias = g.const(f"{name}_b", w(module + ".bias") * scaled)
+    return g.op("Add", [g.op("MatMul", [inp, weight]), bias])
