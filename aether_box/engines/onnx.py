@@ -21,7 +21,7 @@ import psutil
 from aether_box.errors import BadRequest, NotFound
 from aether_box.models.encoders import ENCODER_JSON
 
-__all__ = ["OnnxEncoder"]
+__all__ = ["OnnxEncoder", "padded_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +165,8 @@ class OnnxEncoder:
             self._pool.shutdown(wait=True)
 
     def _run(self, encodings: list[Any]) -> np.ndarray:
-        width = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), width), np.int64)
-        mask = np.zeros((len(encodings), width), np.int64)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
+        feeds = padded_batch(encodings)
+        ids, mask = feeds["input_ids"], feeds["attention_mask"]
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
         (result,) = self.session.run([self._output], feeds)
@@ -180,6 +175,18 @@ class OnnxEncoder:
             result = (result * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
         norms = np.maximum(np.linalg.norm(result, axis=1, keepdims=True), 1e-12)
         return (result / norms).astype(np.float32, copy=False)
+
+
+def padded_batch(encodings: list[Any]) -> dict[str, np.ndarray]:
+    """An encoder's inputs for tokenizer encodings: `input_ids` and `attention_mask`, (texts,
+    longest) int64, each row padded on the right."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), width), np.int64)
+    mask = np.zeros((len(encodings), width), np.int64)
+    for row, enc in enumerate(encodings):
+        ids[row, : len(enc.ids)] = enc.ids
+        mask[row, : len(enc.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def gpu_present() -> bool:

@@ -43,6 +43,8 @@ def input_ranges(model: Any, tokenizer_path: Path, texts: list[str]) -> dict[str
     from onnx import TensorProto, helper
     from tokenizers import Tokenizer
 
+    from aether_box.engines.onnx import padded_batch
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     inputs = sorted({n.input[0] for n in _weighted_matmuls(probe)})
@@ -55,14 +57,9 @@ def input_ranges(model: Any, tokenizer_path: Path, texts: list[str]) -> dict[str
     tokenizer.enable_truncation(512)  # BERT's positions
     ranges = {name: np.zeros(0, np.float32) for name in inputs}
     for start in range(0, len(texts), 16):
-        encodings = tokenizer.encode_batch(texts[start : start + 16])
-        width = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), width), np.int64)
-        mask = np.zeros_like(ids)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        values = session.run(inputs, {"input_ids": ids, "attention_mask": mask})
+        values = session.run(
+            inputs, padded_batch(tokenizer.encode_batch(texts[start : start + 16]))
+        )
         for name, value in zip(inputs, values, strict=True):
             peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             ranges[name] = np.maximum(ranges[name], peak) if ranges[name].size else peak
