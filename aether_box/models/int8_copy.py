@@ -24,8 +24,6 @@ import numpy as np
 
 __all__ = ["calibration_texts", "input_ranges", "quantize_rows"]
 
-# SmoothQuant's migration strength: the share of an input channel's range moved into weights.
-ALPHA = 0.5
 MS = "com.microsoft"
 
 
@@ -107,6 +105,7 @@ def quantize_rows(model: Any, ranges: dict[str, np.ndarray]) -> Any:
         w = numpy_helper.to_array(weights[weight_name]).astype(np.float32)
         producer = producers.get(x)
         if producer is not None and producer.op_type == "LayerNormalization":
+            # SmoothQuant with migration strength 0.5: s = sqrt(max|x| / max|w|) per channel.
             smooth = np.sqrt(np.maximum(ranges[x], 1e-5) / np.maximum(np.abs(w).max(axis=1), 1e-5))
             smooth = smooth.astype(np.float32)
             w = w * smooth[:, None]
