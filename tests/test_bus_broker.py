@@ -19,6 +19,7 @@ from aether_box.client import (
     BadRequest,
     Client,
     NotFound,
+    Overloaded,
     ProtocolError,
     ServiceUnavailable,
     Timeout,
@@ -57,6 +58,17 @@ def test_unknown_service_lists_the_running_ones(box):
     with box.client(timeout=5) as client, pytest.raises(NotFound) as caught:
         client.request("nope", {})
     assert "echo" in caught.value.message and "status" in caught.value.message
+
+
+def test_a_removed_service_is_unknown_again_and_can_be_added_back(box):
+    add_service(box, "probe", lambda request: {"first": True}, inline=True)
+    with box.client(timeout=5) as client:
+        assert client.request("probe", {}) == {"first": True}
+        box.portal.call(lambda: box.box.broker.remove_service("probe"))
+        with pytest.raises(NotFound):
+            client.request("probe", {})
+        add_service(box, "probe", lambda request: {"second": True}, inline=True)
+        assert client.request("probe", {}) == {"second": True}
 
 
 def test_arrays_travel_as_raw_frames_both_ways(box):
@@ -178,6 +190,38 @@ def test_multi_frame_request_over_the_limit_gets_too_large(data_dir):
             assert client.request("echo", {"ok": True}) == {"ok": True}
             assert client.status()["rejected"]["too_large"] == 1
     finally:
+        running.stop()
+
+
+def test_a_service_at_its_queue_limit_answers_overloaded_and_names_itself(data_dir):
+    running = BoxInThread(data_dir, {"bus": {"queue_limit": 1}})
+    started, release = threading.Event(), threading.Event()
+
+    async def hold(request):
+        started.set()
+        await anyio.to_thread.run_sync(release.wait)
+        return {"held": True}
+
+    try:
+        add_service(running, "hold", hold)
+        replies: list[dict] = []
+
+        def ask_first() -> None:
+            with running.client(timeout=10) as client:
+                replies.append(client.request("hold", {}))
+
+        first = threading.Thread(target=ask_first)
+        first.start()
+        assert started.wait(10)
+        with running.client(timeout=5) as client:
+            with pytest.raises(Overloaded, match="hold has 1 requests waiting"):
+                client.request("hold", {})
+            release.set()
+            first.join(10)
+            assert replies == [{"held": True}]
+            assert client.status()["services"]["hold"]["rejected"] == {"overloaded": 1}
+    finally:
+        release.set()
         running.stop()
 
 

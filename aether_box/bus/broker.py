@@ -73,6 +73,11 @@ MAX_SERVICE_NAME = 255
 DRAIN_BATCH = 256
 
 
+def _routed_apart(name: str) -> bool:
+    """Whether requests to `name` are the broker's own (MMI, cancel), whatever serves it."""
+    return name.startswith("mmi.") or name == CANCEL_SERVICE
+
+
 async def _ignore_partial(_: Mapping[str, Any]) -> None:
     return None
 
@@ -166,6 +171,9 @@ class Broker:
         self.bound: list[str] = []
         # CURVE keys (z85) whose messages are dropped (AllowList.revoked; empty without CURVE).
         self.refused: Container[str] = ()
+        # Services every connection may call every op of, by their name's bytes as a request
+        # carries it: a request to one needs no name decoding and no scope check.
+        self._open_routes: dict[bytes, Service] = {}
 
     # ----------------------------------------------------------------- registry
 
@@ -187,14 +195,15 @@ class Broker:
         if name in self.services:
             raise ValueError(f"service {name!r} is already registered")
         limit = concurrency or self.settings.local_concurrency
-        self.services[name] = Service(
-            name,
-            handler,
-            anyio.CapacityLimiter(limit),
-            inline=inline,
-            owner=owner,
-            open_to_all=allows_every_op(self._floor_scope, name),
-        )
+        self._add(Service(name, handler, anyio.CapacityLimiter(limit), inline=inline, owner=owner))
+
+    def _add(self, svc: Service) -> Service:
+        """Put `svc` in the service table (and the open routes, when it is open to all)."""
+        svc.open_to_all = allows_every_op(self._floor_scope, svc.name)
+        self.services[svc.name] = svc
+        if svc.open_to_all and not _routed_apart(svc.name):
+            self._open_routes[svc.name.encode()] = svc
+        return svc
 
     def owned_by(self, owner: str) -> set[str]:
         """The names of the in-process services `owner` registered."""
@@ -208,6 +217,7 @@ class Broker:
         svc = self.services.get(name)
         if svc is not None and svc.handler is not None and handler in (None, svc.handler):
             del self.services[name]
+            self._open_routes.pop(name.encode(), None)
 
     def snapshot(self) -> dict[str, Any]:
         """Services, workers and counters, as `status` reports them."""
@@ -448,7 +458,7 @@ class Broker:
                 client, legacy, service, ProtocolError(f"unknown client command {command!r}")
             )
             return
-        if len(service) > MAX_SERVICE_NAME:
+        if len(service) > MAX_SERVICE_NAME:  # before `service` is a key: a large one is a view
             self.rejected["bad_service"] += 1
             self._reply_error(
                 client,
@@ -470,27 +480,8 @@ class Broker:
                 ),
             )
             return
-        name = service.decode("utf-8", "replace")
-        svc = self.services.get(name)
-        denied = None if svc is not None and svc.open_to_all else self._refusal(name, body)
-        if denied is not None:
-            self.rejected["forbidden"] += 1
-            self._reply_error(client, legacy, service, denied)
-            return
-        if name.startswith("mmi."):
-            self._on_mmi(client, legacy, service, body)
-            return
-        if name == CANCEL_SERVICE:
-            self._on_cancel(client, legacy, service, body)
-            return
+        svc = self._open_routes.get(service) or self._route(client, legacy, service, body)
         if svc is None:
-            self.rejected["unknown_service"] += 1
-            error: BoxError = NotFound(f"no service {name!r}; services: {sorted(self.services)}")
-            if self.starting:  # its component may not have registered it yet
-                error = ServiceUnavailable(
-                    f"the box is still starting (no {name!r} yet); retry in a moment"
-                )
-            self._reply_error(client, legacy, service, error)
             return
         if not self.accepting:
             svc.stats.rejected["shutting_down"] += 1
@@ -507,7 +498,9 @@ class Broker:
                 client,
                 legacy,
                 service,
-                Overloaded(f"{name} has {self.settings.queue_limit} requests waiting; retry later"),
+                Overloaded(
+                    f"{svc.name} has {self.settings.queue_limit} requests waiting; retry later"
+                ),
             )
             return
         if svc.inline:
@@ -520,6 +513,35 @@ class Broker:
         else:
             svc.queue.append(Job(client, legacy, service, body, time.monotonic()))
             self._assign(svc)
+
+    def _route(
+        self, client: bytes, legacy: bool, service: bytes, body: list[FrameBytes]
+    ) -> Service | None:
+        """The service a request not on an open route goes to, once its connection's scope
+        allows it; None when the broker answered it itself (refused, MMI, cancel, unknown)."""
+        name = service.decode("utf-8", "replace")
+        svc = self.services.get(name)
+        denied = None if svc is not None and svc.open_to_all else self._refusal(name, body)
+        if denied is not None:
+            self.rejected["forbidden"] += 1
+            self._reply_error(client, legacy, service, denied)
+            return None
+        if name.startswith("mmi."):
+            self._on_mmi(client, legacy, service, body)
+            return None
+        if name == CANCEL_SERVICE:
+            self._on_cancel(client, legacy, service, body)
+            return None
+        if svc is None:
+            self.rejected["unknown_service"] += 1
+            error: BoxError = NotFound(f"no service {name!r}; services: {sorted(self.services)}")
+            if self.starting:  # its component may not have registered it yet
+                error = ServiceUnavailable(
+                    f"the box is still starting (no {name!r} yet); retry in a moment"
+                )
+            self._reply_error(client, legacy, service, error)
+            return None
+        return svc
 
     def _run_inline(
         self, svc: Service, client: bytes, legacy: bool, service: bytes, frames: list[FrameBytes]
@@ -681,9 +703,7 @@ class Broker:
             self._disconnect(identity, legacy)
             return
         if svc is None:
-            svc = self.services[name] = Service(
-                name, open_to_all=allows_every_op(self._floor_scope, name)
-            )
+            svc = self._add(Service(name))
         worker = RemoteWorker(identity, legacy, svc, self._expiry())
         self._workers[identity] = svc.workers[identity] = worker
         svc.idle.append(worker)
