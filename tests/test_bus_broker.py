@@ -269,6 +269,30 @@ def test_raw_rfc18_reply_framing(box):
         socket.close()
 
 
+def test_pipelined_requests_from_two_peers_all_come_back_to_their_sender_in_order(box):
+    """Replies held in groups while the box drains a backlog: none lost, none reordered."""
+    sockets = [zmq.Context.instance().socket(zmq.DEALER) for _ in range(2)]
+    try:
+        for socket in sockets:
+            socket.linger = 0
+            socket.connect(box.endpoint)
+        for n in range(500):  # both peers' requests interleave in the box's backlog
+            for peer, socket in enumerate(sockets):
+                body = encode_body({"peer": peer, "n": n, "_rid": n})
+                socket.send_multipart([CLIENT, ClientCmd.REQUEST, b"echo", *body])
+        for peer, socket in enumerate(sockets):
+            for n in range(500):
+                assert socket.poll(10_000), f"peer {peer} got {n} of 500 replies"
+                frames = socket.recv_multipart()
+                assert frames[:3] == [CLIENT, ClientCmd.FINAL, b"echo"]
+                assert decode_body(frames[3:]) == {"peer": peer, "n": n, "_rid": n}
+        with box.client(timeout=5) as client:
+            assert "send_queue_full" not in client.status()["rejected"]
+    finally:
+        for socket in sockets:
+            socket.close()
+
+
 def test_cancel_error_is_reported_to_a_client_that_cancels_but_keeps_listening(box):
     probe = Probe()
     add_service(box, "probe", probe)

@@ -40,6 +40,7 @@ from aether_box.bus.protocol import (
     recv_message,
     send_frames,
 )
+from aether_box.bus.reply_groups import ReplyGroups
 from aether_box.bus.scopes import (
     allows_every_op,
     connection_key,
@@ -167,6 +168,8 @@ class Broker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._recheck_scheduled = False
+        # Replies made while a backlog drains go out in groups, one per peer (reply_groups).
+        self._replies = ReplyGroups(self._send_now)
         self._tg: anyio.abc.TaskGroup | None = None
         self.bound: list[str] = []
         # CURVE keys (z85) whose messages are dropped (AllowList.revoked; empty without CURVE).
@@ -364,17 +367,24 @@ class Broker:
     def _on_readable(self) -> None:
         """Handle what is queued on the socket, in bounded batches so other tasks get turns.
 
-        Each reply goes out as soon as it is made: holding a batch's replies to send them
-        together measured slower, as the client then idles while the box works, and back.
+        Replies made meanwhile are held in groups per peer (`ReplyGroups`), sent when a group
+        fills, when another peer's message comes, and when the socket is drained.
         """
         self._recheck_scheduled = False
         self._draining = True
+        handled = 0
         try:
             for _ in range(DRAIN_BATCH):
                 try:
                     frames, self._peer = recv_message(self._router)
                 except zmq.Again:
+                    if self._replies.flush():
+                        continue  # a send may consume the socket's read edge: look again
+                    if handled:
+                        self._replies.drained(handled)
                     return
+                handled += 1
+                self._replies.next_from(frames[0])
                 if self.refused and connection_key(self._peer) in self.refused:
                     self.rejected["revoked"] += 1  # a key revoked since it connected
                     continue
@@ -383,9 +393,11 @@ class Broker:
                 except Exception:  # a bug here must cost one message, never the broker
                     self.rejected["internal"] += 1
                     log.exception("broker failed on a message; dropped it")
+            self._replies.drained(handled)
             self._schedule_recheck()  # the batch ran out: more may be waiting
         finally:
             self._draining = False
+            self._replies.flush()  # the batch ran out, or the socket failed: send what is held
 
     def _schedule_recheck(self) -> None:
         if not self._recheck_scheduled and self._loop is not None:
@@ -845,7 +857,14 @@ class Broker:
         return True
 
     def _send_nowait(self, frames: list[Any]) -> None:
-        """Send without waiting; count it if the peer's queue is full."""
+        """Send without waiting (in a group, while a backlog drains); count it if the peer's
+        queue is full."""
+        if self._draining:
+            self._replies.add(frames)
+        else:
+            self._send_now(frames)
+
+    def _send_now(self, frames: list[Any]) -> None:
         if self._try_send(frames) is None:
             self.rejected["send_queue_full"] += 1
 
