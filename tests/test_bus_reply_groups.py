@@ -1,4 +1,4 @@
-"""Replies held while a backlog drains go out per peer, in order, in groups of the set size."""
+"""Replies held while a backlog drains: per peer, in order, in groups of half its requests."""
 
 from __future__ import annotations
 
@@ -9,43 +9,57 @@ def reply(peer: bytes, n: int) -> list[bytes]:
     return [peer, str(n).encode()]
 
 
-def test_a_group_of_one_sends_each_reply_at_once():
+def drain(groups: ReplyGroups, requests: dict[bytes, int]) -> None:
+    """One drain of the socket that found `requests` messages from each peer."""
+    for peer, count in requests.items():
+        for _ in range(count):
+            groups.request_from(peer)
+    groups.drained()
+
+
+def test_a_peer_not_yet_seen_gets_each_reply_at_once():
     sent: list[list[bytes]] = []
     groups = ReplyGroups(sent.append)
     groups.add(reply(b"a", 1))
     assert sent == [reply(b"a", 1)]
-    assert groups.flush() is False  # nothing left held
+    assert groups.flush() is False  # nothing held
 
 
-def test_replies_to_one_peer_wait_for_a_full_group_or_a_flush():
+def test_a_peer_with_many_in_flight_gets_groups_of_half_of_them():
     sent: list[list[bytes]] = []
     groups = ReplyGroups(sent.append)
-    groups.drained(8)  # half the backlog: groups of 4
+    drain(groups, {b"a": 8})  # groups of 4
     for n in range(6):
         groups.add(reply(b"a", n))
     assert sent == [reply(b"a", n) for n in range(4)]
-    assert groups.flush() is True
+    assert groups.flush() is True  # the socket is drained: the rest goes
     assert sent == [reply(b"a", n) for n in range(6)]
 
 
-def test_another_peer_never_waits_on_a_group_it_is_not_in():
+def test_a_peer_with_one_request_at_a_time_never_waits_on_another():
     sent: list[list[bytes]] = []
     groups = ReplyGroups(sent.append)
-    groups.drained(8)
-    groups.add(reply(b"a", 1))
-    groups.next_from(b"a")  # the same peer's next request: keep holding
-    assert sent == []
-    groups.next_from(b"b")  # another peer's request is next: a's reply goes first
-    assert sent == [reply(b"a", 1)]
-    groups.add(reply(b"a", 2))
-    groups.add(reply(b"b", 1))  # a reply to b sends a's group before it is held
-    assert sent == [reply(b"a", 1), reply(b"a", 2)]
+    drain(groups, {b"busy": 32, b"lockstep": 1})
+    groups.add(reply(b"busy", 1))
+    groups.add(reply(b"lockstep", 1))
+    assert sent == [reply(b"lockstep", 1)]
     groups.flush()
-    assert sent[-1] == reply(b"b", 1)
+    assert sent == [reply(b"lockstep", 1), reply(b"busy", 1)]
 
 
-def test_group_size_is_half_the_backlog_within_bounds():
-    groups = ReplyGroups(lambda frames: None)
-    for backlog, size in [(0, 1), (1, 1), (3, 1), (10, 5), (10_000, GROUP_MAX)]:
-        groups.drained(backlog)
-        assert groups.size == size
+def test_group_sizes_follow_each_drain_within_bounds():
+    sent: list[list[bytes]] = []
+    groups = ReplyGroups(sent.append)
+    drain(groups, {b"a": 10_000})
+    for n in range(GROUP_MAX - 1):
+        groups.add(reply(b"a", n))
+    assert sent == []  # capped at GROUP_MAX, not half of 10,000
+    groups.add(reply(b"a", GROUP_MAX))
+    assert len(sent) == GROUP_MAX
+    groups.drained()  # a wake-up that found nothing keeps the sizes
+    groups.add(reply(b"a", 0))
+    assert len(sent) == GROUP_MAX
+    groups.flush()
+    drain(groups, {b"a": 3})  # few in flight now: replies go at once again
+    groups.add(reply(b"a", 1))
+    assert sent[-1] == reply(b"a", 1)

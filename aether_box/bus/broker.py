@@ -367,12 +367,11 @@ class Broker:
     def _on_readable(self) -> None:
         """Handle what is queued on the socket, in bounded batches so other tasks get turns.
 
-        Replies made meanwhile are held in groups per peer (`ReplyGroups`), sent when a group
-        fills, when another peer's message comes, and when the socket is drained.
+        Replies made meanwhile to peers with many requests in flight are held in groups
+        (`ReplyGroups`), sent when a group fills and when the socket is drained.
         """
         self._recheck_scheduled = False
         self._draining = True
-        handled = 0
         try:
             for _ in range(DRAIN_BATCH):
                 try:
@@ -380,11 +379,9 @@ class Broker:
                 except zmq.Again:
                     if self._replies.flush():
                         continue  # a send may consume the socket's read edge: look again
-                    if handled:
-                        self._replies.drained(handled)
+                    self._replies.drained()
                     return
-                handled += 1
-                self._replies.next_from(frames[0])
+                self._replies.request_from(frames[0])
                 if self.refused and connection_key(self._peer) in self.refused:
                     self.rejected["revoked"] += 1  # a key revoked since it connected
                     continue
@@ -393,7 +390,7 @@ class Broker:
                 except Exception:  # a bug here must cost one message, never the broker
                     self.rejected["internal"] += 1
                     log.exception("broker failed on a message; dropped it")
-            self._replies.drained(handled)
+            self._replies.drained()
             self._schedule_recheck()  # the batch ran out: more may be waiting
         finally:
             self._draining = False

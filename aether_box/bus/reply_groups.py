@@ -2,15 +2,16 @@
 
 A message sent alone wakes libzmq's I/O thread, and then the peer's, for that one message:
 several microseconds of CPU on each side, more than the broker spends routing it. While the
-socket still holds requests, replies to the same peer wait here and go out together: one
-wake-up and one write for the group. A group is sent when it is full (half the backlog the
-last drain found, so the peer always keeps requests in flight), when a message from or a
-reply to another peer comes (so no peer waits on another's work), and when the backlog is
-drained. A reply waits at most while the broker handles the next few requests.
+socket still holds requests, replies to a peer that keeps many requests in flight wait here
+and go out together: one wake-up and one write for the group. A peer's group holds half as
+many replies as the peer had requests in the last drain (so it always keeps some in flight;
+a peer with one request at a time gets each reply at once), and is sent when full or when
+the backlog is drained. A reply waits at most while the broker routes the next few requests.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -26,31 +27,45 @@ class ReplyGroups:
 
     def __init__(self, send: Callable[[list[Any]], None]) -> None:
         self._send = send
-        self._held: list[list[Any]] = []
-        self.size = 1  # replies a group may hold; set from each drain's backlog
+        self._held: dict[bytes, list[list[Any]]] = {}  # per peer, in the order made
+        self._sizes: dict[bytes, int] = {}  # how many replies each peer's group holds
+        self._requests: Counter[bytes] = Counter()  # per peer, in the drain under way
+
+    def request_from(self, peer: bytes) -> None:
+        """Count a message from `peer` in this drain."""
+        self._requests[peer] += 1
 
     def add(self, frames: list[Any]) -> None:
-        """Hold a reply, sending the group first if it is for another peer, or after if full."""
-        if self._held and frames[0] != self._held[0][0]:
-            self.flush()
-        self._held.append(frames)
-        if len(self._held) >= self.size:
-            self.flush()
-
-    def next_from(self, peer: bytes) -> None:
-        """A message from `peer` is next: a group held for anyone else goes now."""
-        if self._held and peer != self._held[0][0]:
-            self.flush()
+        """Hold a reply for its peer's group, and send the group if that fills it."""
+        peer = frames[0]
+        size = self._sizes.get(peer, 1)
+        if size == 1:
+            self._send(frames)
+            return
+        group = self._held.setdefault(peer, [])
+        group.append(frames)
+        if len(group) >= size:
+            del self._held[peer]
+            self._send_all(group)
 
     def flush(self) -> bool:
-        """Send what is held; whether there was anything."""
+        """Send everything held; whether there was anything."""
         if not self._held:
             return False
-        held, self._held = self._held, []
-        for frames in held:
-            self._send(frames)
+        held, self._held = self._held, {}
+        for group in held.values():
+            self._send_all(group)
         return True
 
-    def drained(self, backlog: int) -> None:
-        """A drain handled `backlog` messages: groups may hold half as many from now on."""
-        self.size = max(1, min(GROUP_MAX, backlog // 2))
+    def drained(self) -> None:
+        """The backlog is drained: each peer's groups hold half its requests in this drain."""
+        if not self._requests:
+            return  # a wake-up that found nothing says nothing about the peers
+        self._sizes = {  # fewer than 4 requests: groups of one, that is, each reply at once
+            peer: min(GROUP_MAX, count // 2) for peer, count in self._requests.items() if count >= 4
+        }
+        self._requests.clear()
+
+    def _send_all(self, group: list[list[Any]]) -> None:
+        for frames in group:
+            self._send(frames)
