@@ -6,7 +6,8 @@ socket still holds requests, replies to a peer that keeps many requests in fligh
 and go out together: one wake-up and one write for the group. A peer's group holds half as
 many replies as the peer had requests in the last drain (so it always keeps some in flight;
 a peer with one request at a time gets each reply at once), and is sent when full or when
-the backlog is drained. A reply waits at most while the broker routes the next few requests.
+the backlog is drained, or after the broker's batch of messages (DRAIN_BATCH) in any case: a
+reply waits no longer than routing what the socket already held when it was made.
 """
 
 from __future__ import annotations
