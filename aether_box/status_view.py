@@ -48,6 +48,12 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
     if report.get("rejected"):
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(report["rejected"].items()))
         console.print(f"rejected messages: {rejected}")
+    groups = report.get("reply_groups", {})
+    if groups.get("groups"):
+        console.print(
+            f"replies sent in groups: {groups['replies']} in {groups['groups']} "
+            "(to clients with many requests in flight)"
+        )
     restarted = {n: c["restarts"] for n, c in report.get("components", {}).items() if c["restarts"]}
     if restarted:
         listed = ", ".join(f"{name} {count}x" for name, count in sorted(restarted.items()))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import zmq
 from fixtures_box import BoxInThread, wait_for
+from rich.console import Console
 
 from aether_box.bus.protocol import CLIENT, ClientCmd, decode_body, encode_body
 from aether_box.bus.worker import Worker
@@ -26,6 +27,7 @@ from aether_box.client import (
     TooLarge,
 )
 from aether_box.errors import Cancelled
+from aether_box.status_view import render_status
 
 
 class Probe:
@@ -287,7 +289,16 @@ def test_pipelined_requests_from_two_peers_all_come_back_to_their_sender_in_orde
                 assert frames[:3] == [CLIENT, ClientCmd.FINAL, b"echo"]
                 assert decode_body(frames[3:]) == {"peer": peer, "n": n, "_rid": n}
         with box.client(timeout=5) as client:
-            assert "send_queue_full" not in client.status()["rejected"]
+            status = client.status()
+        assert "send_queue_full" not in status["rejected"]
+        # 1,000 requests sent faster than the box routes them make a backlog: it groups.
+        groups = status["reply_groups"]
+        assert groups["groups"] > 0 and groups["replies"] >= 2 * groups["groups"]
+        console = Console(record=True, width=200)
+        render_status(status, console)
+        assert f"replies sent in groups: {groups['replies']} in {groups['groups']}" in (
+            console.export_text()
+        )
     finally:
         for socket in sockets:
             socket.close()

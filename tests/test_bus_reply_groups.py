@@ -34,6 +34,7 @@ def test_a_peer_with_many_in_flight_gets_groups_of_half_of_them():
     assert sent == [reply(b"a", n) for n in range(4)]
     assert groups.flush() is True  # the socket is drained: the rest goes
     assert sent == [reply(b"a", n) for n in range(6)]
+    assert groups.snapshot() == {"groups": 2, "replies": 6}
 
 
 def test_a_peer_with_one_request_at_a_time_never_waits_on_another():

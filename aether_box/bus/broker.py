@@ -228,6 +228,7 @@ class Broker:
             "services": {name: s.snapshot() for name, s in sorted(self.services.items())},
             "rejected": dict(self.rejected),
             "in_flight": self.in_flight,
+            "reply_groups": self._replies.snapshot(),
         }
 
     @property

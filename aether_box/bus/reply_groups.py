@@ -31,6 +31,8 @@ class ReplyGroups:
         self._held: dict[bytes, list[list[Any]]] = {}  # per peer, in the order made
         self._sizes: dict[bytes, int] = {}  # how many replies each peer's group holds
         self._requests: Counter[bytes] = Counter()  # per peer, in the drain under way
+        self.groups = 0  # groups of two replies or more sent, and the replies in them
+        self.grouped = 0
 
     def request_from(self, peer: bytes) -> None:
         """Count a message from `peer` in this drain."""
@@ -67,6 +69,13 @@ class ReplyGroups:
         }
         self._requests.clear()
 
+    def snapshot(self) -> dict[str, int]:
+        """What `status` shows: groups sent so far, and the replies that went in them."""
+        return {"groups": self.groups, "replies": self.grouped}
+
     def _send_all(self, group: list[list[Any]]) -> None:
+        if len(group) > 1:
+            self.groups += 1
+            self.grouped += len(group)
         for frames in group:
             self._send(frames)
