@@ -28,6 +28,8 @@ def test_a_scrape_counts_requests_errors_and_rejections(box):
     assert samples[("aether_box_request_errors_total", (("service", "echo"),))] == 0
     unknown = ("aether_box_rejected_total", (("reason", "unknown_service"), ("scope", "bus")))
     assert samples[unknown] == 1
+    assert samples[("aether_box_reply_groups_total", ())] == 0  # one request at a time
+    assert samples[("aether_box_grouped_replies_total", ())] == 0
     p50 = samples[
         ("aether_box_request_latency_seconds", (("quantile", "0.5"), ("service", "echo")))
     ]

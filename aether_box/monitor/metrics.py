@@ -90,6 +90,13 @@ class StatusCollector:
             for reason, count in svc["rejected"].items():
                 rejected.add_metric([name, reason], count)
         yield rejected
+        groups = report.get("reply_groups", {})
+        yield _counter(
+            "reply_groups", "Groups of replies sent together (bus)", value=groups.get("groups", 0)
+        )
+        yield _counter(
+            "grouped_replies", "Replies sent in groups (bus)", value=groups.get("replies", 0)
+        )
 
         events = report["events"]
         yield _counter("events_published", "Events published", value=events["published"])
