@@ -536,11 +536,9 @@ class Broker:
             self.rejected["forbidden"] += 1
             self._reply_error(client, legacy, service, denied)
             return None
-        if name.startswith("mmi."):
-            self._on_mmi(client, legacy, service, body)
-            return None
-        if name == CANCEL_SERVICE:
-            self._on_cancel(client, legacy, service, body)
+        if _routed_apart(name):
+            answer = self._on_cancel if name == CANCEL_SERVICE else self._on_mmi
+            answer(client, legacy, service, body)
             return None
         if svc is None:
             self.rejected["unknown_service"] += 1

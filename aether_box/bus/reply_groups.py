@@ -31,8 +31,8 @@ class ReplyGroups:
         self._held: dict[bytes, list[list[Any]]] = {}  # per peer, in the order made
         self._sizes: dict[bytes, int] = {}  # how many replies each peer's group holds
         self._requests: Counter[bytes] = Counter()  # per peer, in the drain under way
-        self.groups = 0  # groups of two replies or more sent, and the replies in them
-        self.grouped = 0
+        self._groups = 0  # groups of two replies or more sent, and the replies in them
+        self._grouped = 0
 
     def request_from(self, peer: bytes) -> None:
         """Count a message from `peer` in this drain."""
@@ -71,11 +71,11 @@ class ReplyGroups:
 
     def snapshot(self) -> dict[str, int]:
         """What `status` shows: groups sent so far, and the replies that went in them."""
-        return {"groups": self.groups, "replies": self.grouped}
+        return {"groups": self._groups, "replies": self._grouped}
 
     def _send_all(self, group: list[list[Any]]) -> None:
         if len(group) > 1:
-            self.groups += 1
-            self.grouped += len(group)
+            self._groups += 1
+            self._grouped += len(group)
         for frames in group:
             self._send(frames)
