@@ -2,6 +2,9 @@
 
 llama.cpp explains a failure (a model it cannot load, a grammar it cannot parse) only in its
 log; `captured()` keeps the lines the calling thread causes, so the error can quote them.
+
+Importing this module also stops llama-cpp-python's quiet loads (`verbose=False`) from
+silencing the whole process: see `_KeepStreams`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import llama_cpp
+import llama_cpp._internals
+import llama_cpp.llama
 
 __all__ = ["captured", "errors"]
 
@@ -40,6 +45,32 @@ def _on_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 
 llama_cpp.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
+
+
+class _KeepStreams:
+    """Stands in for llama-cpp-python's `suppress_stdout_stderr`, and leaves the streams be.
+
+    For a load with `verbose=False` that helper points fds 1 and 2 and sys.stdout/stderr at
+    /dev/null, process-wide, until the load ends, then puts back the streams it found. In the
+    box other threads log, serve and draw the dashboard meanwhile: their lines were lost, and
+    a stream another thread swapped in during the load was undone. llama.cpp's lines come
+    through `_on_llama_log` instead, so there is nothing left for it to silence.
+    """
+
+    def __init__(self, disable: bool = True) -> None:
+        pass
+
+    def __enter__(self) -> _KeepStreams:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+# The two modules that call it by that name (llama-cpp-python 0.3.x, pinned in pyproject);
+# tests/test_llama_log.py fails if a load touches the streams again.
+llama_cpp.llama.suppress_stdout_stderr = _KeepStreams  # type: ignore[misc,assignment]
+llama_cpp._internals.suppress_stdout_stderr = _KeepStreams  # type: ignore[misc,assignment]
 
 
 @contextmanager
