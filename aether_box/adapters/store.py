@@ -20,11 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import apsw
-
 from aether_box.adapters.lora_file import LoraFile, write_lora
-from aether_box.errors import BadRequest, ConfigError, NotFound
-from aether_box.sqlite import open_durable
+from aether_box.errors import BadRequest, NotFound
+from aether_box.sqlite import open_with_schema
 
 __all__ = ["AdapterStore", "valid_name"]
 
@@ -110,15 +108,9 @@ class AdapterStore:
         self.files = directory / "files"
         self.files.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one apsw connection, used from worker threads
-        path = directory / "adapters.sqlite"
-        try:
-            self._conn = open_durable(path)
-            with self._conn:
-                self._conn.execute(SCHEMA)
-        except apsw.Error as exc:
-            raise ConfigError(
-                f"cannot open the adapters database {path} ({exc}); move or delete it"
-            ) from exc
+        self._conn = open_with_schema(
+            directory / "adapters.sqlite", SCHEMA, "the adapters database", "move or delete it"
+        )
         self._sweep()
 
     def _sweep(self) -> None:

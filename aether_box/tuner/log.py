@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import apsw
-
-from aether_box.errors import ConfigError, NotFound
-from aether_box.sqlite import open_durable
+from aether_box.errors import NotFound
+from aether_box.sqlite import open_with_schema
 
 __all__ = ["DecisionLog", "STATES"]
 
@@ -50,14 +48,9 @@ class DecisionLog:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = open_durable(path)
-            with self._conn:
-                self._conn.execute(SCHEMA)
-        except apsw.Error as exc:
-            raise ConfigError(
-                f"cannot open the tuner's log {path} ({exc}); move or delete it, or set tuner.file"
-            ) from exc
+        self._conn = open_with_schema(
+            path, SCHEMA, "the tuner's log", "move or delete it, or set tuner.file"
+        )
 
     def close(self) -> None:
         self._conn.close()
