@@ -1,10 +1,16 @@
-"""Render a status report for people (the `aether-box status` command)."""
+"""Render a status report for people (the `aether-box status` command).
+
+Lines carry the box's own text (names, paths, messages, hints such as "[tools] enabled =
+true"), so they print without rich markup; the two styled lines escape what they quote.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["access_line", "events_line", "render_status", "tools_line"]
@@ -17,11 +23,12 @@ def _ms(value: float | None) -> str:
 def render_status(report: dict[str, Any], console: Console | None = None) -> None:
     """Print health, endpoints, services and counters as tables."""
     console = console or Console()
+    say = partial(console.print, markup=False)
     console.print(
-        f"[bold]aether-box {report['version']}[/] pid {report['pid']}  up {report['uptime_s']:.0f} s  "
+        f"[bold]aether-box {escape(str(report['version']))}[/] pid {report['pid']}  up {report['uptime_s']:.0f} s  "
         f"CPU {report['cpu_percent']:.0f}%  RSS {report['rss_mb']:.0f} MB  in flight {report['in_flight']}"
     )
-    console.print(
+    say(
         f"bus: {', '.join(report['endpoints']['bus'])}   events: {', '.join(report['endpoints']['events'])}"
         f"   CURVE: {'on' if report.get('curve') else 'off'}"
         f"   metrics: {report.get('metrics', {}).get('url', 'off')}"
@@ -30,7 +37,7 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
     table = Table("service", "kind", "workers", "requests", "errors", "queued", "p50 ms", "p95 ms")
     for name, svc in report["services"].items():
         table.add_row(
-            name,
+            escape(name),  # a bus worker names its services
             svc["kind"],
             str(svc["workers"]),
             str(svc["requests"]),
@@ -41,25 +48,25 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
         )
     console.print(table)
     if isinstance(report.get("access"), dict):
-        console.print(f"access: {access_line(report['access'], report.get('rejected', {}))}")
+        say(f"access: {access_line(report['access'], report.get('rejected', {}))}")
     if isinstance(report.get("events"), dict):
-        console.print(f"events: {events_line(report['events'])}")
+        say(f"events: {events_line(report['events'])}")
     _render_sections(report, console)
     if report.get("rejected"):
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(report["rejected"].items()))
-        console.print(f"rejected messages: {rejected}")
+        say(f"rejected messages: {rejected}")
     groups = report.get("reply_groups", {})
     if groups.get("groups"):
-        console.print(
+        say(
             f"replies sent in groups: {groups['replies']} in {groups['groups']} "
             "(to clients with many requests in flight)"
         )
     restarted = {n: c["restarts"] for n, c in report.get("components", {}).items() if c["restarts"]}
     if restarted:
         listed = ", ".join(f"{name} {count}x" for name, count in sorted(restarted.items()))
-        console.print(f"[yellow]components restarted after failures:[/] {listed}")
+        console.print(f"[yellow]components restarted after failures:[/] {escape(listed)}")
     for alert in report.get("alerts", [])[-3:]:  # the latest few; all are in --json
-        console.print(f"[yellow]alert[/] {alert['message']}")
+        console.print(f"[yellow]alert[/] {escape(alert['message'])}")
 
 
 def _scheduler_line(s: dict[str, Any]) -> str:
@@ -79,6 +86,7 @@ def _scheduler_line(s: dict[str, Any]) -> str:
 def _render_sections(report: dict[str, Any], console: Console) -> None:
     """One line each for the models, memory, adapters and projectors sections, when the box has
     them."""
+    say = partial(console.print, markup=False)
     models = report.get("models")
     if isinstance(models, dict):
         loaded = ", ".join(
@@ -86,14 +94,14 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             for m in models.get("loaded", [])
         )
         installed = ", ".join(m.get("name", "?") for m in models.get("installed", []))
-        console.print(f"models: installed {installed or 'none'}; loaded {loaded or 'none'}")
+        say(f"models: installed {installed or 'none'}; loaded {loaded or 'none'}")
         for m in models.get("loaded", []):
             if isinstance(m.get("scheduler"), dict):
-                console.print(f"  {m.get('name')}: {_scheduler_line(m['scheduler'])}")
+                say(f"  {m.get('name')}: {_scheduler_line(m['scheduler'])}")
         if models.get("onnx_cuda", "available") != "available":
-            console.print(f"  gpu: {models['onnx_cuda']}")
+            say(f"  gpu: {models['onnx_cuda']}")
         if models.get("llama_repacking", "on") != "on":
-            console.print(f"  llama.cpp weight repacking: {models['llama_repacking']}")
+            say(f"  llama.cpp weight repacking: {models['llama_repacking']}")
     memory = report.get("memory")
     if isinstance(memory, dict):
         collections = memory.get("collections", {})
@@ -106,22 +114,22 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             + ")"
             for name, c in collections.items()
         )
-        console.print(f"memory: {memory.get('db_mb', '?')} MB, collections {listed or 'none'}")
+        say(f"memory: {memory.get('db_mb', '?')} MB, collections {listed or 'none'}")
         cross = memory.get("cross_model") or {}
         if any(cross.values()):
             counts = ", ".join(f"{path} {count}" for path, count in cross.items())
-            console.print(f"  searches from other models: {counts}")
+            say(f"  searches from other models: {counts}")
     peers = (report.get("peers") or {}).get("peers")
     if peers:
         listed = ", ".join(f"{p.get('name')} ({p.get('state')})" for p in peers)
-        console.print(f"peers: {listed}")
+        say(f"peers: {listed}")
     grid = report.get("grid")
     if isinstance(grid, dict) and grid.get("members"):
         listed = ", ".join(f"{m.get('name')} ({m.get('state')})" for m in grid["members"])
-        console.print(f"grid: {grid.get('name')} with {listed}")
+        say(f"grid: {grid.get('name')} with {listed}")
         placed = ", ".join(f"{p['box']} {p['count']}" for p in grid.get("placements", []))
         if placed:
-            console.print(f"  requests placed: {placed}")
+            say(f"  requests placed: {placed}")
     http = report.get("http")
     if isinstance(http, dict) and http.get("keys"):
         keys = ", ".join(
@@ -129,7 +137,7 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             for name, c in http["keys"].items()
         )
         need = "required" if http.get("require_key") else "optional"
-        console.print(f"http requests by API key ({need}): {keys}")
+        say(f"http requests by API key ({need}): {keys}")
     adapters = report.get("adapters")
     if isinstance(adapters, dict) and adapters.get("adapters"):
         listed = ", ".join(
@@ -138,34 +146,32 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             + f", {a.get('requests', 0)} requests)"
             for a in adapters["adapters"]
         )
-        console.print(f"adapters: {listed}")
+        say(f"adapters: {listed}")
         probe = adapters.get("probe") or {}
         if probe.get("running"):
-            console.print(
+            say(
                 f"  probing {probe['running']} {probe.get('done', 0)}/{probe.get('total', '?')}"
                 f", queued {len(probe.get('queued', []))}"
             )
     tools = report.get("tools")
     if isinstance(tools, dict):
-        console.print(f"tools: {tools_line(tools)}")
+        say(f"tools: {tools_line(tools)}")
     align = report.get("align")
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"
-        console.print(f"projectors: {projectors} (gate {align.get('gate')})")
+        say(f"projectors: {projectors} (gate {align.get('gate')})")
         coherence = align.get("coherence") or {}
         if coherence:  # the hub's last `align report`, one pair a line, top-1 per domain
-            console.print(
-                f"  through the hub {align.get('hub')} (top-1, `aether-box align report`):"
-            )
+            say(f"  through the hub {align.get('hub')} (top-1, `aether-box align report`):")
             for pair, figures in coherence.items():
                 line = " ".join(f"{d} {v:.3f}" for d, v in figures.items())
-                console.print(f"    {pair}: {line}")
+                say(f"    {pair}: {line}")
     sessions = report.get("sessions")
     if isinstance(sessions, dict) and sessions.get("pins"):
         listed = ", ".join(
             f"{model} by {', '.join(ids)}" for model, ids in sessions["pinned_models"].items()
         )
-        console.print(f"pinned by sessions (kept loaded): {listed}")
+        say(f"pinned by sessions (kept loaded): {listed}")
     tuner = report.get("tuner")
     if isinstance(tuner, dict):
         done = sum(
@@ -174,7 +180,7 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         )  # fmt: skip
         proposed = len(tuner.get("proposed", []))
         running = len(tuner.get("running", {}))
-        console.print(
+        say(
             f"tuner: {done} applied, {proposed} proposed, {running} running "
             "(`aether-box tuner status`)"
         )

@@ -24,7 +24,9 @@ from aether_box.tui.widgets.section import SectionTable
 pytestmark = pytest.mark.anyio
 SIZE = (140, 44)
 NOTES = [
-    "The cat sleeps on the warm mat all afternoon.",
+    # Brackets as a user writes them: a table cell read as markup showed "warm  all afternoon"
+    # (a lone "[/]" raises instead).
+    "The cat sleeps on the warm [mat] all afternoon [/].",
     "Quarterly revenue grew by twelve percent.",
     "Rust and Python can call each other through FFI.",
 ]
@@ -166,6 +168,7 @@ async def test_memory_panel_and_search_box(model_box):
         await wait_until(pilot, lambda: results.row_count == 3, what="search results")
         top = [str(cell) for cell in results.get_row_at(0)]
         assert top[2] == "cat" and "cat sleeps" in top[3]
+        assert "warm [mat] all afternoon [/]" in screen_text(app)
         assert "3 result(s)" in str(search.query_one("#search-status", Static).content)
         assert "path: native" in str(search.query_one("#search-status", Static).content)
 

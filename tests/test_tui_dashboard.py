@@ -81,6 +81,7 @@ async def test_services_health_and_sections_show_the_real_box(box):
         assert str(box.data_dir) in text
         assert box.tcp_endpoint in text  # endpoints, tcp included
         assert "CPU" in text and "RSS" in text
+        assert "set [tools] enabled = true" in text  # the hint whole, not read as markup
         # Sections other components add: a table when the box reports one, else "not available".
         for widget_id, key in OPTIONAL_SECTIONS.items():
             panel = app.query_one(f"#{widget_id}", SectionTable)

@@ -78,7 +78,7 @@ class ChatScreen(ModalScreen[None]):
                 yield Input(value=self.model, id="chat-model")
             yield VerticalScroll(id="chat-log")
             yield Input(placeholder="say something…", id="chat-input")
-            yield Static("", id="chat-status")
+            yield Static("", id="chat-status", markup=False)  # it names models
 
     def on_mount(self) -> None:
         self.query_one("#chat-input", Input).focus()

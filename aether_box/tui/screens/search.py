@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,6 +16,7 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from aether_box.client import BoxError
 from aether_box.tui.view import fmt_float, pick, records
+from aether_box.tui.widgets.section import plain_cells
 
 __all__ = ["SearchScreen", "result_rows"]
 
@@ -91,7 +93,7 @@ class SearchScreen(ModalScreen[None]):
             table: DataTable = DataTable(cursor_type="row", zebra_stripes=True, id="search-results")
             table.add_columns(*RESULT_COLUMNS)
             yield table
-            yield Static("", id="search-status")
+            yield Static("", id="search-status", markup=False)  # it quotes the query
 
     def on_mount(self) -> None:
         self.query_one("#search-query", Input).focus()
@@ -116,12 +118,12 @@ class SearchScreen(ModalScreen[None]):
                 "memory", self.build_body(collection, query, self.k), timeout=self.timeout_s
             )
         except BoxError as exc:
-            status.update(f"[red]{exc.message}[/red]")
+            status.update(Text(exc.message, style="red"))
             return
         self.last_reply = reply
         rows = result_rows(reply)
         table.clear()
-        table.add_rows(rows)
+        table.add_rows(plain_cells(row) for row in rows)
         took = pick(reply, "took_ms", "elapsed_ms", "ms")
         status.update(
             f"{len(rows)} result(s)"

@@ -120,8 +120,9 @@ class HealthPanel(Static):
                 grid.add_row("http", f"{http['url']}   {need}   {fmt_count(requests)} requests")
             tools = r.get("tools")
             if isinstance(tools, Mapping):
-                grid.add_row("tools", tools_line(dict(tools)))
-            grid.add_row("data dir", str(r.get("data_dir", MISSING)))
+                # Text, not markup: the line reads "set [tools] enabled = true" when off.
+                grid.add_row("tools", Text(tools_line(dict(tools))))
+            grid.add_row("data dir", Text(str(r.get("data_dir", MISSING))))
         outer = Table.grid()
         outer.add_row(self.state)
         outer.add_row(grid)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-__all__ = ["SectionTable", "sync_rows"]
+__all__ = ["SectionTable", "plain_cells", "sync_rows"]
+
+
+def plain_cells(cells: Sequence[Any]) -> list[Any]:
+    """Cells for a DataTable, strings as plain Text: it reads a string as markup, and the
+    box's names and texts may hold brackets ("[note]" vanished, a lone "[/]" raised)."""
+    return [Text(cell) if isinstance(cell, str) else cell for cell in cells]
 
 
 def sync_rows(table: DataTable, rows: Mapping[str, Sequence[str]]) -> None:
@@ -17,7 +25,8 @@ def sync_rows(table: DataTable, rows: Mapping[str, Sequence[str]]) -> None:
     current = {key.value for key in table.rows}
     for key in current - set(rows):
         table.remove_row(key)
-    for key, cells in rows.items():
+    for key, texts in rows.items():
+        cells = plain_cells(texts)
         if key not in current:
             table.add_row(*cells, key=key)
             continue
@@ -47,7 +56,9 @@ class SectionTable(Vertical):
         for column in self.columns:
             table.add_column(column, key=column)
         yield table
-        yield Static("not available", classes="unavailable", id=f"{self.id}-unavailable")
+        yield Static(
+            "not available", classes="unavailable", id=f"{self.id}-unavailable", markup=False
+        )
 
     @property
     def table(self) -> DataTable:
