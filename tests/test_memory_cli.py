@@ -106,3 +106,17 @@ def test_import_errors_are_one_clear_line(memory_box, tmp_path):
     assert result.exit_code == 2 and "--where" in result.output
     listed = json.loads(run(memory_box, "list", "--json").output)
     assert listed[0]["count"] == 0  # nothing from the failed imports was written
+
+
+def test_records_print_as_written_brackets_and_all(memory_box, tmp_path):
+    # A rich table reads its cells as markup: "[milk]" vanished and a lone "[/]" raised.
+    run(memory_box, "create", "notes", "--model", "test", "--dim", "8")
+    source = tmp_path / "notes.jsonl"
+    texts = ["buy [milk] and eggs", "[/] closes nothing"]
+    with source.open("wb") as out:
+        for i, (text, vector) in enumerate(zip(texts, unit_vectors(2, DIM), strict=True)):
+            line = {"id": f"t{i}", "text": text, "metadata": {}, "vector": vector.tolist()}
+            out.write(orjson.dumps(line) + b"\n")
+    run(memory_box, "import", str(source), "--collection", "notes")
+    listed = run(memory_box, "list", "notes").output
+    assert all(text in listed for text in texts), listed

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
+from aether_box.plain_console import plain_console
 
 __all__ = ["adapters"]
 
@@ -61,7 +61,7 @@ def add(state: CliState, path: Path, base: str, name: str | None, no_wait: bool)
 def _wait(client: Any, name: str) -> dict[str, Any]:
     """Follow `name`'s fusion probe with a progress bar; its log entry."""
     columns = (TextColumn("probing {task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    with Progress(*columns, console=plain_console(stderr=True), transient=True) as progress:
         task = progress.add_task(name, total=None)
         entry: dict[str, Any] = {}
         for reply in client.stream(SERVICE, {"op": "wait", "name": name}, timeout=TIMEOUT):
@@ -82,7 +82,7 @@ def list_(state: CliState) -> None:
     for a in reply["adapters"]:
         verdict = _verdict(a) + (f"; pruned {a['pruned']}" if a.get("pruned") else "")
         table.add_row(a["name"], a["base"], str(a["rank"]), verdict, a["source"])
-    Console().print(table)
+    plain_console().print(table)
 
 
 @adapters.command()
@@ -110,7 +110,7 @@ def show(state: CliState, name: str, as_json: bool) -> None:
             fmt(e["kl_p95"]), fmt(e["top1"], "{:.1%}"), fmt(e["stack_kl_mean"]),
             fmt(e["seconds"], "{:.1f}"),
         )  # fmt: skip
-    Console().print(table)
+    plain_console().print(table)
 
 
 def _when(at: float) -> str:

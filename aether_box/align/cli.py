@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
+from aether_box.plain_console import plain_console
 
 __all__ = ["align"]
 
@@ -41,7 +41,7 @@ def _source(corpus: Path | None, collection: str | None, builtin: str | None) ->
 
 def _run(state: CliState, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Send one streaming request, showing its progress; the final reply."""
-    console = Console(stderr=True)
+    console = plain_console(stderr=True)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -221,7 +221,7 @@ def list_cmd(state: CliState, as_json: bool, timeout: float) -> None:
             " ".join(f"{m} {_f(v)}" for m, v in p["methods"].items()),
             str(counters.get("projections", 0)),
         )
-    Console().print(table)
+    plain_console().print(table)
 
 
 def _f(value: Any) -> str:
@@ -230,7 +230,7 @@ def _f(value: Any) -> str:
 
 def print_report(report: dict[str, Any]) -> None:
     """The fit report as tables: fidelity per method and held-out set, then the gate."""
-    console = Console()
+    console = plain_console()
     sets = [
         k
         for k in report["methods"][report["best"]]
@@ -423,4 +423,4 @@ def print_coherence(reply: dict[str, Any]) -> None:
             )
     if not reply["pairs"]:
         table.caption = "no model has joined the hub yet: `aether-box align join --model NAME`"
-    Console().print(table)
+    plain_console().print(table)

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
+from aether_box.plain_console import plain_console
 
 __all__ = ["link", "read_server_key"]
 
@@ -99,4 +99,4 @@ def _print_peers(peers: list[dict[str, Any]]) -> None:
             ", ".join(f"{peer['name']}/{s}" for s in peer["services"]) or "-",
             peer.get("error") or "",
         )
-    Console().print(table)
+    plain_console().print(table)

@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
 from aether_box.federation.cli import read_server_key
+from aether_box.plain_console import plain_console
 
 __all__ = ["grid"]
 
@@ -118,7 +118,7 @@ def _print_members(reply: dict[str, Any]) -> None:
             str(free) if loads else "-",
             m.get("error") or "",
         )
-    Console().print(table)
+    plain_console().print(table)
     placed = reply.get("placements") or []
     if placed:
         click.echo(

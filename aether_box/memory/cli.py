@@ -32,6 +32,7 @@ from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
 from aether_box.errors import BadRequest, NotFound
+from aether_box.plain_console import plain_console
 
 __all__ = ["memory"]
 
@@ -170,7 +171,7 @@ def list_(
                     info["metric"],
                     str(info["count"]),
                 )
-            Console().print(table)
+            plain_console().print(table)
             return
         reply = client.request(
             SERVICE,
@@ -266,7 +267,7 @@ def search(
             hit["text"] or "",
             json.dumps(hit["metadata"], ensure_ascii=False),
         )
-    Console().print(table)
+    plain_console().print(table)
 
 
 @memory.command()
@@ -320,7 +321,7 @@ def export(
     state: CliState, collection: str, file: IO[bytes], where: str | None, vectors: bool, batch: int
 ) -> None:
     """Write the records of COLLECTION to FILE (default stdout) as JSONL."""
-    console = Console(stderr=True)
+    console = plain_console(stderr=True)
     with state.client(TIMEOUT) as client:
         info = _info(client, collection)
         header = {key: info[key] for key in ("name", "model", "dim", "metric", "recipe")}
@@ -388,7 +389,7 @@ def import_(
 
     A collection that does not exist is created, as the export's header describes it.
     """
-    console = Console(stderr=True)
+    console = plain_console(stderr=True)
     added = 0
     size = _size(file)
     with state.client(TIMEOUT) as client, _progress(console, in_bytes=True) as bar:
@@ -530,4 +531,4 @@ def _records_table(records: list[dict[str, Any]]) -> None:
         table.add_row(
             record["id"], record["text"] or "", json.dumps(record["metadata"], ensure_ascii=False)
         )
-    Console().print(table)
+    plain_console().print(table)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -17,10 +16,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from aether_box.cli import CliState, pass_state
 from aether_box.models.settings import ModelsSettings
 from aether_box.models.store import ModelStore
+from aether_box.plain_console import plain_console
 
 __all__ = ["models"]
 
@@ -55,7 +56,7 @@ def pull(state: CliState, names: tuple[str, ...], pull_all: bool, find_links: Pa
 
     store = _store(state)
     chosen = store.manifest.names() if pull_all else list(names)
-    console = Console(stderr=True)
+    console = plain_console(stderr=True)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -128,9 +129,9 @@ def list_models(state: CliState, show_all: bool, as_json: bool) -> None:
             str(row["dim"] or ""),
             _mb(row["size"]),
             row["source"],
-            row["path"] or "[dim]not pulled[/dim]",
+            row["path"] or Text("not pulled", style="dim"),
         )
-    Console().print(table)
+    plain_console().print(table)
 
 
 @models.command()
