@@ -29,7 +29,7 @@ class _LookAtStreams(logging.Handler):
 
 
 def test_a_model_load_leaves_stdout_and_stderr_to_the_rest_of_the_process(smollm2_path):
-    # In the box other threads log, serve and draw the dashboard while a model loads: a load
+    # In the box other threads log and serve while a model loads: a load
     # that pointed fds 1 and 2 (and sys.stdout/stderr) at /dev/null lost their lines, and one
     # that put back the streams it found undid another thread's swap made meanwhile.
     logger = logging.getLogger("llama.cpp")

