@@ -18,8 +18,10 @@ from typing import Any
 
 import anyio.from_thread
 import pytest
+import zmq
 
 from aether_box.box import Box
+from aether_box.bus.protocol import CLIENT, ClientCmd, decode_body, encode_body
 from aether_box.client import Client
 from aether_box.config import Config
 
@@ -35,6 +37,29 @@ _TESTS = Path(__file__).parent
 _BLOCKBUSTER_PATH = os.pathsep.join(
     [str(_TESTS / "blockbuster_site"), str(_TESTS), os.environ.get("PYTHONPATH", "")]
 ).rstrip(os.pathsep)
+
+
+def pipeline_echo(endpoint: str, peers: int = 2, each: int = 500) -> None:
+    """Send `each` echo requests from each of `peers` DEALERs before reading any reply, so
+    they interleave in the box's backlog; check every reply comes back to its sender, in order."""
+    sockets = [zmq.Context.instance().socket(zmq.DEALER) for _ in range(peers)]
+    try:
+        for socket in sockets:
+            socket.linger = 0
+            socket.connect(endpoint)
+        for n in range(each):
+            for peer, socket in enumerate(sockets):
+                body = encode_body({"peer": peer, "n": n, "_rid": n})
+                socket.send_multipart([CLIENT, ClientCmd.REQUEST, b"echo", *body])
+        for peer, socket in enumerate(sockets):
+            for n in range(each):
+                assert socket.poll(10_000), f"peer {peer} got {n} of {each} replies"
+                frames = socket.recv_multipart()
+                assert frames[:3] == [CLIENT, ClientCmd.FINAL, b"echo"]
+                assert decode_body(frames[3:]) == {"peer": peer, "n": n, "_rid": n}
+    finally:
+        for socket in sockets:
+            socket.close()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:

@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from fixtures_box import BoxInThread, wait_for
+from fixtures_box import BoxInThread, pipeline_echo, wait_for
 from rich.console import Console
 
 from aether_box.bus.protocol import CLIENT, ClientCmd, decode_body, encode_body
@@ -273,35 +273,18 @@ def test_raw_rfc18_reply_framing(box):
 
 def test_pipelined_requests_from_two_peers_all_come_back_to_their_sender_in_order(box):
     """Replies held in groups while the box drains a backlog: none lost, none reordered."""
-    sockets = [zmq.Context.instance().socket(zmq.DEALER) for _ in range(2)]
-    try:
-        for socket in sockets:
-            socket.linger = 0
-            socket.connect(box.endpoint)
-        for n in range(500):  # both peers' requests interleave in the box's backlog
-            for peer, socket in enumerate(sockets):
-                body = encode_body({"peer": peer, "n": n, "_rid": n})
-                socket.send_multipart([CLIENT, ClientCmd.REQUEST, b"echo", *body])
-        for peer, socket in enumerate(sockets):
-            for n in range(500):
-                assert socket.poll(10_000), f"peer {peer} got {n} of 500 replies"
-                frames = socket.recv_multipart()
-                assert frames[:3] == [CLIENT, ClientCmd.FINAL, b"echo"]
-                assert decode_body(frames[3:]) == {"peer": peer, "n": n, "_rid": n}
-        with box.client(timeout=5) as client:
-            status = client.status()
-        assert "send_queue_full" not in status["rejected"]
-        # 1,000 requests sent faster than the box routes them make a backlog: it groups.
-        groups = status["reply_groups"]
-        assert groups["groups"] > 0 and groups["replies"] >= 2 * groups["groups"]
-        console = Console(record=True, width=200)
-        render_status(status, console)
-        assert f"replies sent in groups: {groups['replies']} in {groups['groups']}" in (
-            console.export_text()
-        )
-    finally:
-        for socket in sockets:
-            socket.close()
+    pipeline_echo(box.endpoint, peers=2, each=500)
+    with box.client(timeout=5) as client:
+        status = client.status()
+    assert "send_queue_full" not in status["rejected"]
+    # 1,000 requests sent faster than the box routes them make a backlog: it groups.
+    groups = status["reply_groups"]
+    assert groups["groups"] > 0 and groups["replies"] >= 2 * groups["groups"]
+    console = Console(record=True, width=200)
+    render_status(status, console)
+    assert f"replies sent in groups: {groups['replies']} in {groups['groups']}" in (
+        console.export_text()
+    )
 
 
 def test_cancel_error_is_reported_to_a_client_that_cancels_but_keeps_listening(box):

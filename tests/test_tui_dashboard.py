@@ -10,7 +10,7 @@ import time
 
 import anyio
 import pytest
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, pipeline_echo
 from fixtures_tui import screen_text, table_rows, wait_until
 
 from aether_box.bus.security import init_keys
@@ -94,6 +94,19 @@ async def test_services_health_and_sections_show_the_real_box(box):
             else:
                 assert f"this box reports no {key}" in text, widget_id
                 assert not panel.table.display
+
+
+async def test_health_shows_replies_sent_in_groups(box):
+    """A client with many requests in flight gets its replies in groups: the count shows."""
+    await anyio.to_thread.run_sync(pipeline_echo, box.endpoint)
+    groups = (await anyio.to_thread.run_sync(box_status, box))["reply_groups"]
+    assert groups["groups"] > 0
+    app = make_app(box)
+    async with app.run_test(size=SIZE) as pilot:
+        text = await wait_until(
+            pilot, lambda: "grouped" in screen_text(app) and screen_text(app), what="the count"
+        )
+        assert re.search(r"grouped +[\d,]+ replies in [\d,]+ sends", text), text
 
 
 async def test_health_shows_each_way_ins_scope_and_the_event_queue(box):

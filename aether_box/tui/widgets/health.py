@@ -103,6 +103,13 @@ class HealthPanel(Static):
                 f"in flight {fmt_count(r.get('in_flight'))}   "
                 f"rejected {fmt_count(r.get('rejected_total'))}",
             )
+            groups = r.get("reply_groups")
+            if isinstance(groups, Mapping) and groups.get("groups"):
+                # Replies to clients with many requests in flight go out several to a send.
+                grid.add_row(
+                    "grouped",
+                    f"{fmt_count(groups['replies'])} replies in {fmt_count(groups['groups'])} sends",
+                )
             grid.add_row("bus", "\n".join(endpoints.get("bus", [])) or MISSING)
             grid.add_row("events", "\n".join(endpoints.get("events", [])) or MISSING)
             if isinstance(r.get("events"), Mapping):
