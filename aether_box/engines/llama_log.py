@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import llama_cpp
 import llama_cpp._internals
 import llama_cpp.llama
+import llama_cpp.llama_chat_format
 
 __all__ = ["captured", "errors"]
 
@@ -67,10 +68,11 @@ class _KeepStreams:
         return None
 
 
-# The two modules that call it by that name (llama-cpp-python 0.3.x, pinned in pyproject);
+# The modules that call it by that name (llama-cpp-python 0.3.x, pinned in pyproject; the
+# chat formats' multimodal handlers, which the box does not use, call it too);
 # tests/test_llama_log.py fails if a load touches the streams again.
-llama_cpp.llama.suppress_stdout_stderr = _KeepStreams  # type: ignore[misc,assignment]
-llama_cpp._internals.suppress_stdout_stderr = _KeepStreams  # type: ignore[misc,assignment]
+for _module in (llama_cpp.llama, llama_cpp._internals, llama_cpp.llama_chat_format):
+    _module.suppress_stdout_stderr = _KeepStreams  # type: ignore[attr-defined]
 
 
 @contextmanager
