@@ -117,6 +117,13 @@ def test_records_print_as_written_brackets_and_all(memory_box, tmp_path):
         for i, (text, vector) in enumerate(zip(texts, unit_vectors(2, DIM), strict=True)):
             line = {"id": f"t{i}", "text": text, "metadata": {}, "vector": vector.tolist()}
             out.write(orjson.dumps(line) + b"\n")
-    run(memory_box, "import", str(source), "--collection", "notes")
+    assert (
+        "imported 2 records into notes"
+        in run(memory_box, "import", str(source), "--collection", "notes").output
+    )
+    one = tmp_path / "one.jsonl"
+    one.write_bytes(orjson.dumps({"id": "t2", "vector": unit_vectors(1, DIM)[0].tolist()}))
+    imported = run(memory_box, "import", str(one), "--collection", "notes").output
+    assert "imported 1 record into notes" in imported
     listed = run(memory_box, "list", "notes").output
     assert all(text in listed for text in texts), listed

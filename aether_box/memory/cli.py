@@ -53,6 +53,11 @@ def _where(text: str | None) -> Any:
         ) from None
 
 
+def _count(n: int, noun: str) -> str:
+    """ "1 record", "2 records"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _json_out(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=_plain))
 
@@ -143,7 +148,7 @@ def drop(state: CliState, name: str, yes: bool) -> None:
         click.confirm(f"delete collection {name!r} and all its records?", abort=True)
     with state.client() as client:
         reply = client.request(SERVICE, {"op": "drop", "collection": name})
-    click.echo(f"dropped {name} ({reply['deleted']} records)")
+    click.echo(f"dropped {name} ({_count(reply['deleted'], 'record')})")
 
 
 @memory.command("list")
@@ -258,7 +263,7 @@ def search(
         "id",
         "text",
         "metadata",
-        title=f"{len(reply['results'])} results in {reply['took_ms']:.1f} ms",
+        title=f"{_count(len(reply['results']), 'result')} in {reply['took_ms']:.1f} ms",
     )
     for hit in reply["results"]:
         table.add_row(
@@ -356,7 +361,7 @@ def export(
                     file.write(orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
                 progress.advance(task, len(reply["records"]))
                 cursor = reply["next"]
-    console.print(f"exported {total} records of {collection}")
+    console.print(f"exported {_count(total, 'record')} of {collection}")
 
 
 @memory.command("import")
@@ -417,7 +422,7 @@ def import_(
                     body["recipe"] = header["recipe"]  # how the exported vectors were made
                 added += client.request(SERVICE, body)["count"]
             bar.update(task, completed=done)
-    console.print(f"imported {added} records into {collection}")
+    console.print(f"imported {_count(added, 'record')} into {collection}")
 
 
 def _size(file: IO[bytes]) -> int | None:
