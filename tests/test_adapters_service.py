@@ -231,3 +231,16 @@ def test_the_cli_adds_lists_shows_and_removes(adapter_box, tmp_path, smollm2_pat
     assert "nope" in out
     assert "removed via-cli" in run("remove", "via-cli")
     assert "via-cli" not in run("list")
+
+
+def test_the_cli_says_how_to_add_one_when_there_are_none(box):
+    from click.testing import CliRunner
+
+    from aether_box.cli import cli
+
+    where = ["--data-dir", str(box.data_dir), "--endpoint", box.endpoint]
+    result = CliRunner().invoke(cli, [*where, "adapters", "list"])
+    assert result.exit_code == 0, result.output
+    assert "no adapters; keep one with `aether-box adapters add PATH --base MODEL`" in (
+        result.output
+    )

@@ -143,6 +143,8 @@ def test_the_link_command_links_lists_and_removes(data_dir, peer):
         assert "lab" in listed.output
         bad = runner.invoke(cli, [*base, "link", "http://x", "--name", "web"])
         assert bad.exit_code == 1 and "tcp://host:port" in bad.output
+        command = runner.invoke(cli, [*base, "link", "list"])  # a subcommand it does not have
+        assert command.exit_code == 2 and "`aether-box link` alone lists" in command.output
         removed = runner.invoke(cli, [*base, "link", "--remove", "lab"])
         assert removed.exit_code == 0 and "unlinked lab" in removed.output
         empty = runner.invoke(cli, [*base, "link"])

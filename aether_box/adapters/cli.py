@@ -78,6 +78,9 @@ def list_(state: CliState) -> None:
     """The kept adapters and their fusion verdicts."""
     with state.client() as client:
         reply = client.request(SERVICE, {"op": "list"})
+    if not reply["adapters"]:
+        click.echo("no adapters; keep one with `aether-box adapters add PATH --base MODEL`")
+        return
     table = Table("name", "base", "rank", "verdict", "source")
     for a in reply["adapters"]:
         verdict = _verdict(a) + (f"; pruned {a['pruned']}" if a.get("pruned") else "")

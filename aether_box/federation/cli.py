@@ -66,6 +66,11 @@ def link(
     """
     if endpoint and remove:
         raise click.UsageError("give an ENDPOINT to link, or --remove NAME, not both")
+    if endpoint and "://" not in endpoint:  # `link list`, `link lab`: meant as a command
+        raise click.UsageError(
+            f"{endpoint!r} is not an endpoint (tcp://HOST:PORT or ipc://PATH); "
+            "`aether-box link` alone lists the links, `--remove NAME` unlinks one"
+        )
     if remove:
         body: dict[str, Any] = {"op": "unlink", "name": remove}
     elif endpoint:
