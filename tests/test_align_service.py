@@ -177,6 +177,11 @@ def test_bad_requests_say_what_to_do(fitted_box: FittedBox) -> None:
                     "vector": np.full(576, np.nan, np.float32),
                 },
             )
+        with pytest.raises(BadRequest, match="infinite"):  # a list too large for float32
+            client.request(
+                "align",
+                {"op": "project", "from": "smollm2", "to": "minilm", "vector": [1e300] * 576},
+            )
         with pytest.raises(BadRequest, match="gate"):
             client.request(
                 "align",

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,8 +167,9 @@ class AlignService(OpService):
         if raw is None:
             raise BadRequest("project needs a 'vector' (d,) or 'vectors' (n, d) float32 array")
         try:  # a list of numbers works too; too large for float32 becomes inf, refused below
-            with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
+            # errstate is per thread, where catch_warnings would change the whole process's
+            # filters; numpy's float32 cast reports its overflow through it.
+            with np.errstate(over="ignore", invalid="ignore"):
                 x = np.asarray(raw, dtype=np.float32)
         except (TypeError, ValueError, OverflowError):
             raise BadRequest("'vector' / 'vectors' must be float32 arrays (d,) or (n, d)") from None
