@@ -60,7 +60,11 @@ def add(state: CliState, path: Path, base: str, name: str | None, no_wait: bool)
 
 def _wait(client: Any, name: str) -> dict[str, Any]:
     """Follow `name`'s fusion probe with a progress bar; its log entry."""
-    columns = (TextColumn("probing {task.description}"), BarColumn(), MofNCompleteColumn())
+    columns = (
+        TextColumn("probing {task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+    )
     with Progress(*columns, console=plain_console(stderr=True), transient=True) as progress:
         task = progress.add_task(name, total=None)
         entry: dict[str, Any] = {}

@@ -43,7 +43,7 @@ def _run(state: CliState, body: dict[str, Any], timeout: float) -> dict[str, Any
     """Send one streaming request, showing its progress; the final reply."""
     console = plain_console(stderr=True)
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -441,7 +441,7 @@ def _progress(console: Console, *, in_bytes: bool = False) -> Progress:
     """A progress bar counting records, or bytes of the file being read."""
     count = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         *count,
         TimeRemainingColumn(),

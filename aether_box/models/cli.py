@@ -59,7 +59,7 @@ def pull(state: CliState, names: tuple[str, ...], pull_all: bool, find_links: Pa
     console = plain_console(stderr=True)
     progress = Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
