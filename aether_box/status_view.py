@@ -1,7 +1,7 @@
 """Render a status report for people (the `aether-box status` command).
 
 Lines carry the box's own text (names, paths, messages, hints such as "[tools] enabled =
-true"), so they print without rich markup; the two styled lines escape what they quote.
+true"), so they print without rich markup; the styled lines escape what they quote.
 """
 
 from __future__ import annotations
