@@ -8,10 +8,16 @@ drop a bracketed word and raise at a lone "[/]". Style goes in `Text` or a table
 from __future__ import annotations
 
 from rich.console import Console
+from rich.progress import TextColumn
 
-__all__ = ["plain_console"]
+__all__ = ["plain_console", "plain_description"]
 
 
 def plain_console(*, stderr: bool = False) -> Console:
     """A console on stdout (or stderr) that prints strings as they are."""
     return Console(stderr=stderr, markup=False)
+
+
+def plain_description(template: str = "{task.description}") -> TextColumn:
+    """A progress bar's description column that prints it as given (a file name, a model's)."""
+    return TextColumn(template, markup=False)

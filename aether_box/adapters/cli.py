@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress
 from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
-from aether_box.plain_console import plain_console
+from aether_box.plain_console import plain_console, plain_description
 
 __all__ = ["adapters"]
 
@@ -61,7 +61,7 @@ def add(state: CliState, path: Path, base: str, name: str | None, no_wait: bool)
 def _wait(client: Any, name: str) -> dict[str, Any]:
     """Follow `name`'s fusion probe with a progress bar; its log entry."""
     columns = (
-        TextColumn("probing {task.description}", markup=False),
+        plain_description("probing {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
     )

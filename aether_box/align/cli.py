@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
-from aether_box.plain_console import plain_console
+from aether_box.plain_console import plain_console, plain_description
 
 __all__ = ["align"]
 
@@ -43,7 +43,7 @@ def _run(state: CliState, body: dict[str, Any], timeout: float) -> dict[str, Any
     """Send one streaming request, showing its progress; the final reply."""
     console = plain_console(stderr=True)
     columns = (
-        TextColumn("{task.description}", markup=False),
+        plain_description(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -54,8 +54,8 @@ class _KeepStreams:
     For a load with `verbose=False` that helper points fds 1 and 2 and sys.stdout/stderr at
     /dev/null, process-wide, until the load ends, then puts back the streams it found. In the
     box other threads log and serve meanwhile: their lines were lost, and a stream another
-    thread swapped in during the load was undone. llama.cpp's lines come
-    through `_on_llama_log` instead, so there is nothing left for it to silence.
+    thread swapped in during the load was undone. llama.cpp's lines come through
+    `_on_llama_log` instead, so there is nothing left for it to silence.
     """
 
     def __init__(self, disable: bool = True) -> None:

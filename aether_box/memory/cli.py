@@ -24,7 +24,6 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
-    TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -32,7 +31,7 @@ from rich.table import Table
 
 from aether_box.cli import CliState, pass_state
 from aether_box.errors import BadRequest, NotFound
-from aether_box.plain_console import plain_console
+from aether_box.plain_console import plain_console, plain_description
 
 __all__ = ["memory"]
 
@@ -441,7 +440,7 @@ def _progress(console: Console, *, in_bytes: bool = False) -> Progress:
     """A progress bar counting records, or bytes of the file being read."""
     count = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
     return Progress(
-        TextColumn("{task.description}", markup=False),
+        plain_description(),
         BarColumn(),
         *count,
         TimeRemainingColumn(),

@@ -11,7 +11,6 @@ from rich.progress import (
     DownloadColumn,
     Progress,
     SpinnerColumn,
-    TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -21,7 +20,7 @@ from rich.text import Text
 from aether_box.cli import CliState, pass_state
 from aether_box.models.settings import ModelsSettings
 from aether_box.models.store import ModelStore
-from aether_box.plain_console import plain_console
+from aether_box.plain_console import plain_console, plain_description
 
 __all__ = ["models"]
 
@@ -59,7 +58,7 @@ def pull(state: CliState, names: tuple[str, ...], pull_all: bool, find_links: Pa
     console = plain_console(stderr=True)
     progress = Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}", markup=False),
+        plain_description(),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
