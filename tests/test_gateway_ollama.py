@@ -4,6 +4,7 @@ box (SmolLM2 and MiniLM)."""
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -60,3 +61,33 @@ def test_embed_and_errors(gateway, client):
     with pytest.raises(ollama.ResponseError) as missing:
         client.chat(model="no-such-model", messages=MESSAGES, stream=False)
     assert missing.value.status_code == 404 and "installed" in missing.value.error
+
+
+def test_format_holds_the_answer_to_json(gateway, client):
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"type": "string"}},
+        "required": ["colour"],
+    }
+    ask = [{"role": "user", "content": "Name a colour, as JSON."}]
+    options = {"temperature": 0, "num_predict": 40}
+    reply = client.chat(model="smollm2", messages=ask, format=schema, options=options, stream=False)
+    assert isinstance(json.loads(reply.message.content)["colour"], str)
+    options["num_predict"] = 6
+    as_json = client.generate(
+        model="smollm2", prompt=ask[0]["content"], format="json", options=options
+    )
+    assert as_json.response.lstrip().startswith("{")
+    # What the typed client will not send: a format Ollama does not have.
+    bad = {"model": "smollm2", "messages": ask, "format": "yaml", "stream": False}
+    request = urllib.request.Request(f"{gateway.url}/api/chat", json.dumps(bad).encode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400 and "format" in json.loads(refused.value.read())["error"]
+
+
+def test_repeat_penalty_reaches_the_model(client):
+    # A value the llm service refuses proves the option is passed on, not dropped.
+    with pytest.raises(ollama.ResponseError) as bad:
+        client.chat(model="smollm2", messages=MESSAGES, options={"repeat_penalty": 0}, stream=False)
+    assert bad.value.status_code == 400 and "repeat_penalty" in bad.value.error

@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -16,9 +17,12 @@ from typing import Any
 
 import numpy as np
 import openai
+import pydantic
 import pytest
 from fixtures_box import wait_for
 from fixtures_gateway import start_long_stream
+
+from aether_box.bus.settings import BusSettings
 
 CHAT = [{"role": "user", "content": "Name a colour."}]
 GREEDY = {"temperature": 0, "max_tokens": 6, "seed": 1}
@@ -128,6 +132,90 @@ def test_wrong_requests_get_openai_shaped_errors(gateway):
         status, reply = post(url, body)
         assert status == 400, reply
         assert set(reply["error"]) >= {"message", "type", "code"}
+
+
+class Colour(pydantic.BaseModel):
+    name: str
+
+
+def test_structured_output_follows_response_format(gateway):
+    client = gateway.openai()
+    ask = [{"role": "user", "content": "Name a colour, as JSON."}]
+    # The client's own structured-output path: a strict json_schema from a pydantic model.
+    parsed = client.chat.completions.parse(
+        model="smollm2", messages=ask, response_format=Colour, temperature=0, max_tokens=40
+    )
+    assert isinstance(parsed.choices[0].message.parsed, Colour)
+    as_object = client.chat.completions.create(
+        model="smollm2",
+        messages=ask,
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=6,
+    )
+    assert as_object.choices[0].message.content.lstrip().startswith("{")
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(
+            model="smollm2", messages=ask, response_format={"type": "xml"}, max_tokens=6
+        )
+
+
+def test_a_model_is_retrieved_by_name(gateway):
+    client = gateway.openai()
+    assert client.models.retrieve("smollm2").id == "smollm2"
+    assert client.models.retrieve("router").id == "router"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert "smollm2" in missing.value.body["message"]  # says what is
+
+
+def test_embeddings_the_box_cannot_make_as_asked_are_refused(gateway):
+    client = gateway.openai()
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.embeddings.create(model="minilm", input=[])
+    # MiniLM's vectors have 384 dimensions: 128 would be a silent mismatch in the app's store.
+    with pytest.raises(openai.BadRequestError, match="384"):
+        client.embeddings.create(model="minilm", input="a cat", dimensions=128)
+    same = client.embeddings.create(model="minilm", input="a cat", dimensions=384)
+    assert len(same.data[0].embedding) == 384
+
+
+def raw_request(base_url: str, head: bytes, body: bytes) -> bytes:
+    """Send a POST's head and as much of `body` as the box reads; the response's bytes."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: box\r\n" + head + b"\r\n")
+        try:
+            sock.sendall(body)
+        except OSError:  # the box answered and stopped reading: what we came for
+            pass
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One HTTP response whole: its head, then as many bytes as its Content-Length says."""
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+        data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0]
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    wanted = len(head) + 4 + (int(length.group(1)) if length else 0)
+    while len(data) < wanted and (chunk := sock.recv(65536)):
+        data += chunk
+    return data
+
+
+def test_a_body_over_the_bus_limit_gets_413_before_it_is_read(gateway):
+    limit = gateway.box.box.config.get(BusSettings).max_message_bytes
+    # Declared too big: refused from the headers, the body never read (only 1 KiB sent).
+    declared = raw_request(gateway.url, b"Content-Length: %d\r\n" % (limit + 1), b"x" * 1024)
+    assert declared.startswith(b"HTTP/1.1 413"), declared[:200]
+    assert b'"code":"too_large"' in declared and b"bus.max_message_mb" in declared
+    # Undeclared (chunked): read up to the limit, then refused.
+    mib = b"x" * 2**20
+    chunks = (b"%x\r\n%s\r\n" % (len(mib), mib)) * (limit // len(mib) + 1) + b"0\r\n\r\n"
+    chunked = raw_request(gateway.url, b"Transfer-Encoding: chunked\r\n", chunks)
+    assert chunked.startswith(b"HTTP/1.1 413"), chunked[:200]
 
 
 def test_the_router_and_a_box_session(gateway):

@@ -21,8 +21,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aether_box import __version__
+from aether_box.bus.settings import BusSettings
 from aether_box.context import BoxContext
-from aether_box.errors import BadRequest, BoxError, ServiceUnavailable
+from aether_box.errors import BadRequest, BoxError, ServiceUnavailable, TooLarge
 from aether_box.gateway import ollama, openai
 from aether_box.gateway.exchange import Exchange, Reply, http_status
 from aether_box.gateway.keys import ApiKey, KeyRing
@@ -53,6 +54,9 @@ class Gateway:
         self.keyring = keyring
         self.require_key = require_key
         self.stats = GatewayStats()
+        # A body becomes one bus message: held to the bus's limit for socket clients, read
+        # no further than that (an unbounded body would be held whole in the box's memory).
+        self.max_body = ctx.config.get(BusSettings).max_message_bytes
         # The box as an MCP server (aether_box.tools.mcp_server), behind the same keys.
         mcp_routes = (
             [Route(MCP_ROUTE, _Keyed(self, mcp_app), methods=["GET", "POST", "DELETE"])]
@@ -64,6 +68,7 @@ class Gateway:
                 *mcp_routes,
                 Route("/", self.root, methods=["GET", "HEAD"]),
                 Route("/v1/models", self.openai_models, methods=["GET"]),
+                Route("/v1/models/{model:path}", self.openai_model, methods=["GET"]),
                 Route("/v1/chat/completions", self.openai_chat, methods=["POST"]),
                 Route("/v1/completions", self.openai_completions, methods=["POST"]),
                 Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
@@ -93,8 +98,8 @@ class Gateway:
 
     async def openai_embeddings(self, request: Request) -> Any:
         def translate(body: dict[str, Any]) -> tuple[Target, Reply]:
-            target, as_base64 = openai.embeddings_target(body)
-            return target, openai.EmbeddingsReply(target, as_base64)
+            target, encoding = openai.embeddings_target(body)
+            return target, openai.EmbeddingsReply(target, encoding)
 
         return await self._bus_route(request, "/v1/embeddings", openai.error_body, translate)
 
@@ -103,6 +108,14 @@ class Gateway:
             return openai.models_body([m["name"] for m in await self._models(key)])
 
         return await self._local_route(request, "/v1/models", openai.error_body, answer)
+
+    async def openai_model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+
+        async def answer(key: ApiKey | None) -> bytes:
+            return openai.model_body(name, [m["name"] for m in await self._models(key)])
+
+        return await self._local_route(request, "/v1/models/{model}", openai.error_body, answer)
 
     # -- Ollama ------------------------------------------------------------------------
 
@@ -154,7 +167,7 @@ class Gateway:
         try:
             key = self._authorize(request)
             key_name = key.name if key is not None else ANONYMOUS
-            target, reply = translate(await _json_body(request))
+            target, reply = translate(await _json_body(request, self.max_body))
             _check_allowed(key, target.service, target.model)
             if not self.ctx.view.broker.accepting:
                 # As the bus does for socket requests: the box is finishing what it has.
@@ -246,8 +259,8 @@ def _check_allowed(key: ApiKey | None, service: str, model: str) -> None:
         )
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    raw = await _read_body(request, limit)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -255,6 +268,27 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or TooLarge (413) as soon as it is known to pass `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> TooLarge:
+    return TooLarge(
+        f"the request body is {size} bytes or more, over the {limit}-byte limit; send less "
+        "(split the texts), or the box's owner raises bus.max_message_mb"
+    )
 
 
 class _Keyed:

@@ -64,7 +64,7 @@ class Reply(Protocol):
         ...
 
     def whole(self, final: Mapping[str, Any]) -> bytes:
-        """The JSON body of a non-streamed answer."""
+        """The JSON body of a non-streamed answer (a BoxError: the request's error instead)."""
         ...
 
     def error(self, exc: BoxError) -> bytes:
@@ -144,6 +144,12 @@ class Exchange:
         if not outcome:
             return CLIENT_GONE  # the client hung up: the call was cancelled, nobody to tell
         result = outcome[0]
+        whole = b""
+        if not self.stream and not isinstance(result, BoxError):
+            try:  # made before the status is sent: a reply the request cannot take is an error
+                whole = reply.whole(result)
+            except BoxError as exc:
+                result = exc
         if isinstance(result, BoxError):
             status = http_status(result)
             if not self._sent_start:
@@ -154,7 +160,7 @@ class Exchange:
             return status
         if not self.stream:
             await self._start(send, 200, "application/json")
-            await _end(send, reply.whole(result))
+            await _end(send, whole)
             return 200
         body = reply.closing(result)
         if not self._sent_start:  # no partial came (an empty answer)

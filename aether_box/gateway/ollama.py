@@ -4,8 +4,9 @@ Routes (see aether_box.gateway.app): ``GET /api/tags``, ``GET /api/version``, ``
 /api/chat``, ``POST /api/generate``, ``POST /api/embed``. As Ollama does, chat and generate
 stream by default (``"stream": false`` for one object), as NDJSON: one JSON object a line,
 the last with ``"done": true`` and the counts. ``options`` map onto the llm service's
-sampling (``num_predict`` is ``max_tokens``); generate without ``raw`` goes through the
-model's chat template, as Ollama's does. Errors are ``{"error": "..."}``. Box extra: chat
+sampling (``num_predict`` is ``max_tokens``), and ``format`` (``"json"`` or a JSON schema) onto
+its ``json_schema``; generate without ``raw`` goes through the model's chat template, as
+Ollama's does. Errors are ``{"error": "..."}``. Box extra: chat
 and generate take ``adapters: [{"name", "scale"?, "force"?}]``, LoRA adapters kept by the box,
 passed to the llm service as they are.
 """
@@ -21,7 +22,7 @@ import orjson
 
 from aether_box.errors import BadRequest, BoxError
 from aether_box.gateway.exchange import WholeReply
-from aether_box.gateway.openai import Target, adapters_field
+from aether_box.gateway.openai import JSON_OBJECT, Target, adapters_field
 
 __all__ = [
     "ChatReply",
@@ -34,7 +35,7 @@ __all__ = [
     "tags_body",
 ]
 
-OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop")
+OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "repeat_penalty")
 
 
 def error_body(exc: BoxError) -> bytes:
@@ -127,7 +128,22 @@ def _options(body: Mapping[str, Any]) -> dict[str, Any]:
     predict = options.get("num_predict")
     if predict is not None and predict != -1:  # -1: until the model stops (box default)
         out["max_tokens"] = predict
+    schema = _format_schema(body.get("format"))
+    if schema is not None:
+        out["json_schema"] = schema
     return out
+
+
+def _format_schema(value: Any) -> dict[str, Any] | None:
+    """The JSON schema Ollama's ``format`` asks for: ``"json"`` (an object, as Ollama's JSON
+    mode), a schema, or nothing (``""`` or absent: free text)."""
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return JSON_OBJECT
+    if isinstance(value, dict):
+        return value
+    raise BadRequest(f"field 'format' must be \"json\" or a JSON schema (an object), got {value!r}")
 
 
 def _line(obj: Mapping[str, Any]) -> bytes:

@@ -1,9 +1,11 @@
 """The OpenAI API on the bus: request bodies to bus bodies, bus replies to OpenAI's shapes.
 
-Routes (see aether_box.gateway.app): ``GET /v1/models``, ``POST /v1/chat/completions``,
-``POST /v1/completions``, ``POST /v1/embeddings``. Sampling fields map one to one onto the
-llm service's (``max_tokens`` or ``max_completion_tokens``, ``temperature``, ``top_p``,
-``seed``, ``stop``, and the box's own ``top_k`` and ``min_p``); other fields are ignored, as
+Routes (see aether_box.gateway.app): ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST
+/v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/embeddings``. Sampling fields map
+one to one onto the llm service's (``max_tokens`` or ``max_completion_tokens``,
+``temperature``, ``top_p``, ``seed``, ``stop``, and the box's own ``top_k`` and ``min_p``);
+``response_format`` (``json_object``, or ``json_schema`` with its ``schema``) becomes the llm
+service's ``json_schema``, so the reply is JSON that fits it; other fields are ignored, as
 OpenAI ignores what it does not know. Box extras: ``model: "router"`` routes by meaning
 (the router service), ``session: "<id>"`` continues a box session (the session service:
 only the newest user message is sent, the box keeps the history), and ``adapters: [{"name",
@@ -23,25 +25,29 @@ from typing import Any
 import numpy as np
 import orjson
 
-from aether_box.errors import BadRequest, BoxError
+from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.gateway.exchange import WholeReply, http_status
 
 __all__ = [
     "ChatReply",
     "CompletionReply",
     "EmbeddingsReply",
+    "Encoding",
     "Target",
     "adapters_field",
     "chat_target",
     "completion_target",
     "embeddings_target",
     "error_body",
+    "model_body",
     "models_body",
 ]
 
 ROUTER_MODEL = "router"
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", "stop")
 SSE_DONE = b"data: [DONE]\n\n"
+# What `json_object` output (and Ollama's `format: "json"`) is held to: any JSON object.
+JSON_OBJECT: dict[str, Any] = {"type": "object"}
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -113,8 +119,16 @@ def completion_target(body: Mapping[str, Any]) -> Target:
     return Target("llm", {**complete, "stream": stream}, model, stream, include_usage)
 
 
-def embeddings_target(body: Mapping[str, Any]) -> tuple[Target, bool]:
-    """`POST /v1/embeddings` as embed; the flag: whether vectors go back as base64."""
+@dataclass
+class Encoding:
+    """How an embeddings answer is written: as base64 or floats, and the size it must be."""
+
+    as_base64: bool = False
+    dimensions: int | None = None  # the size the client asked for (None: the model's)
+
+
+def embeddings_target(body: Mapping[str, Any]) -> tuple[Target, Encoding]:
+    """`POST /v1/embeddings` as embed, and how its vectors go back."""
     model = _field(body, "model", str)
     texts = body.get("input")
     if isinstance(texts, str):
@@ -124,17 +138,34 @@ def embeddings_target(body: Mapping[str, Any]) -> tuple[Target, bool]:
             "field 'input' must be a string or a list of strings (token arrays are not "
             "supported: send the text)"
         )
+    if not texts:  # OpenAI's 400 too; an empty list back would break the client's parsing
+        raise BadRequest("field 'input' is an empty list: send at least one text")
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise BadRequest(f"field 'encoding_format' must be 'float' or 'base64', got {encoding!r}")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (
+        not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
+    ):
+        raise BadRequest(f"field 'dimensions' must be a positive integer, got {dimensions!r}")
     target = Target("embed", {"op": "embed", "model": model, "texts": texts}, model)
-    return target, encoding == "base64"
+    return target, Encoding(encoding == "base64", dimensions)
 
 
 def models_body(names: list[str]) -> bytes:
     """`GET /v1/models`: the models a client may name."""
-    data = [{"id": n, "object": "model", "created": 0, "owned_by": "aether-box"} for n in names]
-    return orjson.dumps({"object": "list", "data": data})
+    return orjson.dumps({"object": "list", "data": [_model(n) for n in names]})
+
+
+def model_body(name: str, names: list[str]) -> bytes:
+    """`GET /v1/models/{name}` (the client's `models.retrieve`): one of `names`, or 404."""
+    if name not in names:
+        raise NotFound(f"model {name!r} is not one this box serves to you; models: {names}")
+    return orjson.dumps(_model(name))
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "aether-box"}
 
 
 def _field(body: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -205,7 +236,35 @@ def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
         max_tokens = body.get("max_tokens")
     if max_tokens is not None:
         out["max_tokens"] = max_tokens
+    schema = _response_schema(body.get("response_format"))
+    if schema is not None:
+        out["json_schema"] = schema
     return out
+
+
+def _response_schema(value: Any) -> dict[str, Any] | None:
+    """The JSON schema a ``response_format`` asks for (None for free text). Structured output
+    is a promise the client parses by: ignoring it would hand back prose it cannot read."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JSON_OBJECT
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema", JSON_OBJECT) if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest(
+                "field 'response_format.json_schema' must be an object with a 'schema' "
+                f"(a JSON schema), got {spec!r}"
+            )
+        return schema
+    raise BadRequest(
+        'field \'response_format\' must be {"type": "text"}, {"type": "json_object"} '
+        f'or {{"type": "json_schema", "json_schema": {{"schema": ...}}}}, got {value!r}'
+    )
 
 
 # -- replies -----------------------------------------------------------------------------
@@ -336,16 +395,24 @@ class CompletionReply(_Stream):
 class EmbeddingsReply(WholeReply):
     """The `list` of `embedding` objects; vectors as floats or base64 little-endian float32."""
 
-    def __init__(self, target: Target, as_base64: bool) -> None:
+    def __init__(self, target: Target, encoding: Encoding) -> None:
         self.target = target
-        self.as_base64 = as_base64
+        self.encoding = encoding
 
     def error(self, exc: BoxError) -> bytes:
         return error_body(exc)
 
     def whole(self, final: Mapping[str, Any]) -> bytes:
         vectors = np.asarray(final["vectors"], dtype="<f4")
-        if self.as_base64:
+        asked, size = self.encoding.dimensions, vectors.shape[-1]
+        if asked is not None and asked != size:
+            # Cut vectors are only meaningful for models trained for it (OpenAI's 400 too);
+            # a silent mismatch would surface later, in the app's vector store.
+            raise BadRequest(
+                f"model {final.get('model')!r} makes {size}-dimensional vectors and cannot "
+                f"shorten them to {asked}: leave 'dimensions' out, or send {size}"
+            )
+        if self.encoding.as_base64:
             rows: list[Any] = [base64.b64encode(row.tobytes()).decode() for row in vectors]
         else:
             rows = list(vectors)  # orjson writes numpy rows directly
