@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,21 @@ from aether_box.config import Config, data_dir_from, overrides_from
 from aether_box.errors import BoxError
 from aether_box.private import private_umask
 
-__all__ = ["main", "CliState", "pass_state"]
+__all__ = [
+    "main",
+    "CliState",
+    "pass_state",
+    "SECONDS",
+    "Whole",
+    "checked_endpoint",
+    "timeout_option",
+]
+
+# The bus carries 64-bit integers: a bigger number is refused at the option, in one line,
+# not by the message encoder with a traceback.
+BUS_INT_MAX = 2**63 - 1
+# zmq keeps a receive timeout in milliseconds in a C int (about 24 days); more overflows it.
+MAX_WAIT_S = 2_000_000.0
 
 
 @dataclass
@@ -43,6 +58,86 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState)
+
+
+class Whole(click.ParamType):
+    """A whole number from `low` to `high` (by default: what the bus can carry)."""
+
+    name = "integer"
+
+    def __init__(self, low: int = 1, high: int = BUS_INT_MAX) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number: int = click.INT.convert(value, param, ctx)
+        if number < self.low:
+            self.fail(f"{number} is less than {self.low}", param, ctx)
+        if number > self.high:
+            self.fail(f"{number} is more than the largest allowed, {self.high}", param, ctx)
+        return number
+
+
+class Seconds(click.ParamType):
+    """A wait in seconds: above 0, finite (not inf or nan), and what a socket timeout holds."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        seconds: float = click.FLOAT.convert(value, param, ctx)
+        if not 0 < seconds <= MAX_WAIT_S:  # also false for nan
+            self.fail(
+                f"{value!r} is not a wait: give seconds above 0 and at most {MAX_WAIT_S:,.0f}",
+                param,
+                ctx,
+            )
+        return seconds
+
+
+SECONDS = Seconds()
+
+
+def timeout_option(
+    default: float | None = 30.0, help: str = "Seconds to wait for the box."
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The `--timeout` of a command that waits on the box: seconds, checked as it is parsed."""
+    return click.option(
+        "--timeout", type=SECONDS, default=default, show_default=default is not None, help=help
+    )
+
+
+def endpoint_problem(endpoint: str, *, bind: bool = False) -> str | None:
+    """Why zmq could not use `endpoint` (None when it can): caught here, it is one line, not
+    a ZMQError traceback. Binding also takes port `*` (any free one)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("tcp", "ipc") or not rest:
+        return "not a bus endpoint"
+    if scheme == "ipc":
+        return None
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        return "a tcp endpoint needs a host and a port"
+    if not (port.isdigit() and int(port) < 65536 or bind and port == "*"):
+        return f"{port!r} is not a port"
+    return None
+
+
+def checked_endpoint(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Option callback: refuse endpoints zmq cannot use, saying what one looks like."""
+    bind = param.name == "binds"
+    for endpoint in value if isinstance(value, tuple) else [value]:
+        if endpoint is None:
+            continue
+        problem = endpoint_problem(endpoint, bind=bind)
+        if problem:
+            example = "tcp://127.0.0.1:*" if bind else "tcp://127.0.0.1:7745"
+            raise click.BadParameter(
+                f"{endpoint!r}: {problem}; give tcp://HOST:PORT (e.g. {example}) or ipc://PATH",
+                ctx,
+                param,
+            )
+    return value
 
 
 class BoxGroup(click.Group):
@@ -78,6 +173,7 @@ class BoxGroup(click.Group):
 )
 @click.option(
     "--endpoint",
+    callback=checked_endpoint,
     help="The bus endpoint to talk to (default: where the data dir's box listens; for the "
     "default data dir with no box socket, tcp://127.0.0.1:7745).",
 )
@@ -110,6 +206,7 @@ def cli(
     "binds",
     multiple=True,
     metavar="ENDPOINT",
+    callback=checked_endpoint,
     help="Bus endpoint to listen on, replacing the defaults (repeatable). "
     "Non-loopback tcp needs CURVE keys: `aether-box keys init`.",
 )
@@ -140,7 +237,7 @@ cli.add_command(run, "serve")  # the name other servers use; the same command
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw report as JSON.")
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the box.")
+@timeout_option(5.0)
 @pass_state
 def status(state: CliState, as_json: bool, timeout: float) -> None:
     """Show a running box's health, services and counters."""
@@ -211,6 +308,8 @@ def keys_authorize(state: CliState, key_file: Path, scope: str, name: str | None
     """Allow a CURVE client (its public .key file) to use the box, with an access scope."""
     from aether_box.bus.security import authorize_key
 
+    if name is not None and not name.strip():  # else the file's name is taken, unasked
+        raise click.BadParameter("give a name, or leave --name out", param_hint="--name")
     target = authorize_key(state.data_dir, key_file, scope, name)
     click.echo(
         f"authorized {target.stem} with scope {scope} ({target}); a new key is admitted at "

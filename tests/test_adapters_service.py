@@ -229,6 +229,13 @@ def test_the_cli_adds_lists_shows_and_removes(adapter_box, tmp_path, smollm2_pat
     assert "sha256" in shown and "done" in shown
     out = run("add", str(path), "--base", "nope", "--name", "x", ok=False)
     assert "nope" in out
+    # A weight or density that is no finite number is refused: a nan weight made an adapter
+    # of NaN tensors ("100.00% of the deltas' energy kept").
+    out = run("merge", "nan-mix", "--from", "via-cli:nan", "--no-wait", ok=False)
+    assert "'via-cli:nan': use name:weight with a finite weight" in out
+    out = run("merge", "nan-mix", "--from", "via-cli:1", "--density", "nan", ok=False)
+    assert "nan is not a share" in out
+    assert "nan-mix" not in run("list")
     assert "removed via-cli" in run("remove", "via-cli")
     assert "via-cli" not in run("list")
 

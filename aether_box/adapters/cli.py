@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress
 from rich.table import Table
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, Whole, pass_state
 from aether_box.plain_console import plain_console, plain_description
 
 __all__ = ["adapters"]
@@ -157,25 +158,48 @@ def restore(state: CliState, name: str) -> None:
     click.echo(f"restored {name}")
 
 
+def _part(item: str) -> dict[str, Any]:
+    """One NAME:WEIGHT of --from; a weight that is no finite number (nan, inf) made a merge
+    of NaN tensors, "100% of the energy kept"."""
+    adapter, _, text = item.strip().partition(":")
+    try:
+        weight = float(text or 1.0)
+    except ValueError:
+        weight = math.nan
+    if not adapter or not math.isfinite(weight):
+        raise click.BadParameter(
+            f"{item!r}: use name:weight with a finite weight, e.g. a:0.7,b:0.6",
+            param_hint="--from",
+        )
+    return {"name": adapter, "weight": weight}
+
+
+def _density(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Option callback: a share of entries, 0 < density <= 1 (nan is neither)."""
+    if not 0 < value <= 1:
+        raise click.BadParameter(f"{value} is not a share: give more than 0 and at most 1")
+    return value
+
+
 @adapters.command("merge")
 @click.argument("name")
 @click.option("--from", "sources", required=True, help="What to merge: a:0.7,b:0.6 (weights).")
 @click.option("--method", type=click.Choice(["linear", "ties", "dare"]), default="linear")
-@click.option("--density", type=float, default=0.3, help="TIES/DARE: share of entries kept.")
-@click.option("--rank", type=int, default=16, help="TIES/DARE: rank of the result.")
+@click.option(
+    "--density",
+    type=float,
+    default=0.3,
+    callback=_density,
+    help="TIES/DARE: share of entries kept (0 to 1).",
+)
+@click.option("--rank", type=Whole(), default=16, help="TIES/DARE: rank of the result.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the fusion probe.")
 @pass_state
 def merge_(
     state: CliState, name: str, sources: str, method: str, density: float, rank: int, no_wait: bool
 ) -> None:
     """Merge adapters into a new adapter NAME."""
-    parts = []
-    for item in sources.split(","):
-        adapter, _, weight = item.strip().partition(":")
-        try:
-            parts.append({"name": adapter, "weight": float(weight or 1.0)})
-        except ValueError:
-            raise click.BadParameter(f"{item!r}: use name:weight", param_hint="--from") from None
+    parts = [_part(item) for item in sources.split(",")]
     body = {"op": "merge", "name": name, "from": parts, "method": method}
     body |= {"density": density, "rank": rank}
     with state.client(TIMEOUT) as client:

@@ -16,7 +16,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, Whole, pass_state, timeout_option
 from aether_box.plain_console import plain_console, plain_description
 
 __all__ = ["align"]
@@ -91,12 +91,7 @@ _builtin = click.option(
     type=click.Choice(["glosses", "examples", "docs"]),
     help="A built-in set (default: the standard glosses split).",
 )
-_timeout = click.option(
-    "--timeout",
-    default=900.0,
-    show_default=True,
-    help="Seconds to wait for each progress report from the box.",
-)
+_timeout = timeout_option(900.0, help="Seconds to wait for each progress report from the box.")
 
 
 @align.command("pairs")
@@ -136,8 +131,10 @@ def pairs_cmd(
     type=click.Choice(["ridge", "procrustes", "mlp"]),
     help="Fit only these (repeatable; default: [align] methods).",
 )
-@click.option("--max-pairs", type=int, help="Most pairs to fit on (default: [align] max_pairs).")
-@click.option("--test-pairs", type=int, help="Held-out pairs (default: [align] test_pairs).")
+@click.option(
+    "--max-pairs", type=Whole(), help="Most pairs to fit on (default: [align] max_pairs)."
+)
+@click.option("--test-pairs", type=Whole(), help="Held-out pairs (default: [align] test_pairs).")
 @click.option(
     "--ood/--no-ood",
     default=None,
@@ -185,7 +182,7 @@ def fit_cmd(
 
 @align.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw list as JSON.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the box.")
+@timeout_option(10.0)
 @pass_state
 def list_cmd(state: CliState, as_json: bool, timeout: float) -> None:
     """Every fitted projector with its held-out figures."""
@@ -193,6 +190,9 @@ def list_cmd(state: CliState, as_json: bool, timeout: float) -> None:
         reply = client.request("align", {"op": "list"}, timeout=timeout)
     if as_json:
         click.echo(json.dumps(reply, indent=2, default=float))
+        return
+    if not reply["projectors"]:  # an empty table alone says nothing of what to do
+        click.echo("no projectors yet; fit one with `aether-box align fit --from MODEL --to MODEL`")
         return
     table = Table(title=f"projectors (gate {reply['gate']})")
     for column in (
@@ -310,7 +310,9 @@ def print_report(report: dict[str, Any]) -> None:
 @align.command("join")
 @click.option("--model", required=True, help="The model that joins the hub.")
 @click.option("--hub", help="The hub model (default: the box's [align] hub).")
-@click.option("--max-pairs", type=int, help="Most pairs to fit on (default: [align] max_pairs).")
+@click.option(
+    "--max-pairs", type=Whole(), help="Most pairs to fit on (default: [align] max_pairs)."
+)
 @_timeout
 @pass_state
 def join_cmd(
@@ -344,10 +346,12 @@ def join_cmd(
     required=True,
     help="Comma-separated models the shared space is built from, e.g. smollm2,gemma3-270m,minilm.",
 )
-@click.option("--dim", type=int, help="Dimensions of the space (default: [align] hub_dim).")
-@click.option("--max-pairs", type=int, help="Most texts to build on (default: [align] max_pairs).")
+@click.option("--dim", type=Whole(), help="Dimensions of the space (default: [align] hub_dim).")
 @click.option(
-    "--test-pairs", type=int, help="Held-out texts kept out (default: [align] test_pairs)."
+    "--max-pairs", type=Whole(), help="Most texts to build on (default: [align] max_pairs)."
+)
+@click.option(
+    "--test-pairs", type=Whole(), help="Held-out texts kept out (default: [align] test_pairs)."
 )
 @_timeout
 @pass_state
@@ -380,7 +384,7 @@ def hub_cmd(
 
 @align.command("report")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw report as JSON.")
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the box.")
+@timeout_option(120.0)
 @pass_state
 def report_cmd(state: CliState, as_json: bool, timeout: float) -> None:
     """Which models can share memory: every pair through the hub, judged per domain.

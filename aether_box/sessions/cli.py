@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, Whole, pass_state, timeout_option
 
 __all__ = ["chat"]
 
@@ -28,9 +28,11 @@ HELP_LINE = (
     help="Keep the model loaded for this session (the tuner skips its idle unload) or stop "
     "doing so; a pin lapses after sessions.pin_expiry_s unused.",
 )
-@click.option("--max-tokens", default=256, show_default=True, help="Longest reply, in tokens.")
-@click.option("--temperature", default=0.7, show_default=True, type=float)
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait per piece.")
+@click.option(
+    "--max-tokens", type=Whole(), default=256, show_default=True, help="Longest reply, in tokens."
+)
+@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(0.0, 2.0))
+@timeout_option(300.0, help="Seconds to wait per piece.")
 @pass_state
 def chat(
     state: CliState,
@@ -52,6 +54,11 @@ def chat(
     aether-box chat smollm2 --pin                # the model stays loaded for it
     aether-box chat smollm2 --session ID --no-pin  # unpin it (no message: just that)
     """
+    if message is not None and not message.strip():  # the model answered nothing asked
+        raise click.BadParameter(
+            "the message is empty; give the text to send, or leave it out to chat line by line",
+            param_hint="MESSAGE",
+        )
     sampling = {"max_tokens": max_tokens, "temperature": temperature}
     with state.client(timeout) as client:
         if session_id is None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, Whole, pass_state, timeout_option
 
 __all__ = ["tools"]
 
@@ -46,12 +46,26 @@ def list_(state: CliState, show_all: bool, as_json: bool) -> None:
         off = "" if tool["allowed"] else "  (not allowed)"
         click.echo(f"{tool['name']:<24} [{flags}] {tool['source']}:{tool['where']}{off}")
         click.echo(f"    {tool['description']}")
+        if arguments := _arguments(tool.get("schema") or {}):
+            # Errors of `tools call` send the user here for the schema: show its fields.
+            click.echo(f"    arguments: {arguments}")
+
+
+def _arguments(schema: dict[str, Any]) -> str:
+    """A schema's properties in one line: `query` (string, required), `k` (integer)."""
+    required = set(schema.get("required") or [])
+    fields = []
+    for name, spec in (schema.get("properties") or {}).items():
+        kind = spec.get("type", "any") if isinstance(spec, dict) else "any"
+        kind = "/".join(kind) if isinstance(kind, list) else str(kind)
+        fields.append(f"{name} ({kind}{', required' if name in required else ''})")
+    return ", ".join(fields)
 
 
 @tools.command("call")
 @click.argument("name")
 @click.argument("arguments", required=False, default="{}")
-@click.option("--timeout", type=float, help="Seconds the tool gets (default: tools.timeout_s).")
+@timeout_option(None, help="Seconds the tool gets (default: tools.timeout_s).")
 @pass_state
 def call(state: CliState, name: str, arguments: str, timeout: float | None) -> None:
     """Call tool NAME with ARGUMENTS, a JSON map checked against its schema.
@@ -76,8 +90,8 @@ def call(state: CliState, name: str, arguments: str, timeout: float | None) -> N
 @click.option("--tool", "names", multiple=True, help="Only these tools (repeatable).")
 @click.option("--model", help="The model that fills arguments and answers.")
 @click.option("--session", help="Keep the trace with this session (its id).")
-@click.option("--max-steps", type=int, help="At most this many tool calls.")
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait per step.")
+@click.option("--max-steps", type=Whole(), help="At most this many tool calls.")
+@timeout_option(300.0, help="Seconds to wait per step.")
 @pass_state
 def run(
     state: CliState,

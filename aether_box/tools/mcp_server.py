@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import click
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, pass_state, timeout_option
 from aether_box.errors import BoxError
 from aether_box.tools.builtin import DEFAULT_COLLECTION, DEFAULT_EMBED, call_builtin
 
@@ -96,7 +96,7 @@ def http_endpoint(call: Call, host: str) -> tuple[Any, Any]:
 
 
 @click.command()
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds a box call may take.")
+@timeout_option(600.0, help="Seconds a box call may take.")
 @pass_state
 def mcp(state: CliState, timeout: float) -> None:
     """Serve this box to an MCP host over stdio (memory search and add, chat, embed).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, checked_endpoint, pass_state
 
 __all__ = ["tui"]
 
@@ -12,6 +12,7 @@ __all__ = ["tui"]
 @click.command()
 @click.option(
     "--endpoint",
+    callback=checked_endpoint,
     help="The box's bus endpoint (default: the global --endpoint, else "
     "the data dir's ipc socket, else tcp://127.0.0.1:7745).",
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from aether_box.cli import CliState, pass_state
+from aether_box.cli import CliState, Whole, pass_state, timeout_option
 
 __all__ = ["tuner"]
 
@@ -55,7 +55,9 @@ def _show(d: dict[str, Any], as_json: bool) -> None:
 
 
 @tuner.command("log")
-@click.option("--limit", default=20, show_default=True, help="How many decisions, newest first.")
+@click.option(
+    "--limit", type=Whole(), default=20, show_default=True, help="How many decisions, newest first."
+)
 @click.option("--action", help="Only this action (unload, refit_projector, refit_router, ...).")
 @click.option("--state", "wanted", help="Only this state (proposed, applied, rejected, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decisions as JSON.")
@@ -116,9 +118,9 @@ def status_cmd(state: CliState, as_json: bool) -> None:
 
 
 def _act(op: str, doc: str) -> click.Command:
-    @click.argument("decision_id", metavar="ID", type=int)
+    @click.argument("decision_id", metavar="ID", type=Whole())
     @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
-    @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
+    @timeout_option(60.0, help="Seconds to wait.")
     @pass_state
     def command(state: CliState, decision_id: int, as_json: bool, timeout: float) -> None:
         with state.client(timeout) as client:
