@@ -156,8 +156,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix or delete it") from exc
+    except OSError as exc:  # a directory of that name, no permission to read it
+        raise ConfigError(
+            f"cannot read {path} ({exc.strerror or exc}); make it a readable file or remove it"
+        ) from exc
 
 
 def _from_env(

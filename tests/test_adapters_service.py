@@ -138,6 +138,28 @@ def test_linear_merge_matches_the_adapters_stacked_at_runtime(adapter_box, tmp_p
         assert alone["text"] == stacked["text"]
 
 
+def test_a_merge_that_cannot_be_made_says_why(adapter_box, tmp_path, smollm2_path):
+    with adapter_box.client(timeout=300) as client:
+        path = write_random(tmp_path / "part.gguf", smollm2_path, std=0.02, seed=13)
+        client.request("adapters", {"op": "add", "path": str(path), "base": "smollm2"})
+
+        def merge(**fields: object) -> dict:
+            body = {"op": "merge", "name": "mix", "from": [{"name": "part"}], **fields}
+            return client.request("adapters", body, timeout=300)
+
+        # Each is the client's mistake, answered as such: not an internal error of the box.
+        with pytest.raises(NotFound, match="nosuch"):
+            merge(**{"from": [{"name": "nosuch"}]})
+        with pytest.raises(BadRequest, match="exists"):
+            merge(name="part")
+        with pytest.raises(BadRequest, match="weight"):
+            merge(**{"from": [{"name": "part", "weight": float("nan")}]})
+        with pytest.raises(BadRequest, match="density"):
+            merge(method="ties", density=5)
+        with pytest.raises(BadRequest, match="rank"):
+            merge(method="ties", rank=0)
+
+
 def test_removing_an_adapter_in_use_is_refused_until_the_request_ends(
     adapter_box, tmp_path, smollm2_path
 ):

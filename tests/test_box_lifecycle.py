@@ -167,6 +167,21 @@ def test_config_errors_say_what_is_wrong(data_dir):
     assert bad_type.returncode == 1 and "bus.heartbeat_s" in bad_type.stderr
 
 
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda path: path.write_bytes(b"[bus]\nname = '\xff'\n"), "not valid TOML"),
+        (lambda path: path.mkdir(), "cannot read"),
+    ],
+    ids=["not-utf8", "a-directory"],
+)
+def test_a_config_file_that_cannot_be_read_is_one_line_not_a_traceback(data_dir, make, says):
+    make(data_dir / "config.toml")
+    result = cli("--data-dir", str(data_dir), "config", "show")
+    assert result.returncode == 1 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "config.toml" in result.stderr
+
+
 def test_data_dir_from_environment(data_dir):
     result = cli("config", "show", env={"AETHER_BOX_HOME": str(data_dir)})
     assert f"file: {data_dir}/config.toml" in result.stdout

@@ -23,6 +23,7 @@ Requests of `llm` reach the adapters through `AdapterCatalog.lease` (see contrac
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from aether_box.adapters.lora_file import check_against_base, read_lora
 from aether_box.adapters.merge import METHODS, merge
 from aether_box.adapters.settings import AdapterSettings
 from aether_box.adapters.store import AdapterStore, valid_name
-from aether_box.bus.service import OpService, Request, require
+from aether_box.bus.service import OpService, Request, ThreadProgress, require
 from aether_box.context import BoxContext
 from aether_box.contract import AdapterCatalog, AdapterHost, AdapterLease, TextScorer
 from aether_box.engines.generation import AdapterRef
@@ -311,8 +312,12 @@ class AdaptersComponent(AdapterCatalog):
             raise BadRequest(f"field 'method' must be one of {list(METHODS)}, got {method!r}")
         density = body.get("density", 0.3)
         rank = body.get("rank", 16)
-        if not isinstance(density, int | float) or not isinstance(rank, int):
-            raise BadRequest("'density' must be a number and 'rank' an integer")
+        if isinstance(density, bool) or not isinstance(density, int | float):
+            raise BadRequest(f"field 'density' must be a number, got {density!r}")
+        if not 0 < density <= 1:  # also false for nan
+            raise BadRequest(f"field 'density' is the share of entries kept: 0 to 1, not {density}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise BadRequest(f"field 'rank' must be a whole number of at least 1, got {rank!r}")
         parts = require(body, "from", list)
         sources = []
         for i, part in enumerate(parts):
@@ -321,8 +326,10 @@ class AdaptersComponent(AdapterCatalog):
             weight = part.get("weight", 1.0)
             if isinstance(weight, bool) or not isinstance(weight, int | float):
                 raise BadRequest(f"from[{i}].weight must be a number")
+            if not math.isfinite(weight):  # a NaN weight merged into NaN tensors
+                raise BadRequest(f"from[{i}].weight must be a finite number, got {weight}")
             sources.append((part["name"], float(weight)))
-        progress: list[tuple[int, int]] = []
+        progress = ThreadProgress(request)
 
         def work() -> dict[str, Any]:
             if store.exists(name):
@@ -341,7 +348,7 @@ class AdaptersComponent(AdapterCatalog):
                 method,
                 density=float(density),
                 rank=rank,
-                progress=lambda i, n: progress.append((i, n)),
+                progress=lambda i, n: progress({"merged": i, "of": n}, last=i == n),
             )
             recipe = {
                 "method": method,
@@ -360,24 +367,7 @@ class AdaptersComponent(AdapterCatalog):
             )  # fmt: skip
             return store.add(name, bases.pop(), report.lora, f"merge:{method}", recipe)
 
-        async with anyio.create_task_group() as tg:
-            done = anyio.Event()
-
-            async def report_progress() -> None:
-                sent = 0
-                while not done.is_set():
-                    with anyio.move_on_after(0.5):
-                        await done.wait()
-                    if len(progress) > sent:
-                        sent = len(progress)
-                        merged, of = progress[-1]
-                        await request.partial({"merged": merged, "of": of})
-
-            tg.start_soon(report_progress)
-            try:
-                adapter = await anyio.to_thread.run_sync(work)
-            finally:
-                done.set()
+        adapter = await anyio.to_thread.run_sync(work)
         await self.refresh()
         await self.queue_probe(name)
         return adapter

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -78,7 +78,7 @@ from aether_box.align.routes import RouteGate, calibrate_stored, routes_through,
 from aether_box.align.settings import AlignSettings
 from aether_box.align.space import SHARED, SharedSpace, build_space
 from aether_box.align.store import ProjectorStore, pair_name
-from aether_box.bus.service import OpService, Request, require_name
+from aether_box.bus.service import OpService, Request, ThreadProgress, require_name
 from aether_box.context import BoxContext
 from aether_box.errors import BadRequest, BoxError, NotFound, RecipeMismatch, TooLarge
 
@@ -458,7 +458,7 @@ class AlignService(OpService):
                     await self._space_vectors(source, texts, progress),
                 )
                 cached.append(hit)
-        send = _ThreadProgress(request)
+        send = _fit_progress(request)
         async with self._fit_limiter:
             report, projectors, gate = await anyio.to_thread.run_sync(
                 lambda: fit_pair(parts, plan, self.settings, methods, send)
@@ -562,7 +562,7 @@ class AlignService(OpService):
         )
         new_fit = pairs.subset(list(range(len(fit_idx))))
         new_held = pairs.subset(list(range(len(fit_idx), len(picked))))
-        send = _ThreadProgress(request)
+        send = _fit_progress(request)
         candidate = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
         async with self._fit_limiter:
             result, report, projectors, gate, kept = await anyio.to_thread.run_sync(
@@ -836,20 +836,15 @@ class AlignService(OpService):
         return report
 
 
-class _ThreadProgress:
-    """Progress from a fitting thread, sent as PARTIAL replies at most twice a second."""
+def _fit_progress(request: Request) -> Callable[[str, float], None]:
+    """A fit's progress callback (step, fraction), sent from its thread as PARTIAL replies."""
+    send = ThreadProgress(request, PROGRESS_EVERY_S)
 
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.last = 0.0
+    def report(step: str, fraction: float) -> None:
+        body = {"stage": "fit", "step": step, "fraction": round(fraction, 3)}
+        send(body, last=fraction >= 1.0)
 
-    def __call__(self, step: str, fraction: float) -> None:
-        now = time.monotonic()
-        if fraction >= 1.0 or now - self.last >= PROGRESS_EVERY_S:
-            self.last = now
-            anyio.from_thread.run(
-                self.request.partial, {"stage": "fit", "step": step, "fraction": round(fraction, 3)}
-            )
+    return report
 
 
 def _recipe_options(recipe: Recipe) -> dict[str, Any]:

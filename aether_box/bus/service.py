@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import reprlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+import anyio.from_thread
 
 from aether_box.errors import BadRequest, NotFound
 
@@ -15,6 +18,7 @@ __all__ = [
     "OpService",
     "PartialSender",
     "Request",
+    "ThreadProgress",
     "require",
     "require_name",
     "shown",
@@ -46,6 +50,22 @@ class Request:
     async def partial(self, body: Mapping[str, Any]) -> None:
         """Send one PARTIAL reply; cancels the request if the client has gone away."""
         await self._send_partial(body)
+
+
+class ThreadProgress:
+    """PARTIAL replies from work running in a thread (`anyio.to_thread`), at most one every
+    `every_s` seconds and always the last: a progress bar moves, the client is not flooded."""
+
+    def __init__(self, request: Request, every_s: float = 0.5) -> None:
+        self.request = request
+        self.every_s = every_s
+        self._sent = 0.0
+
+    def __call__(self, body: Mapping[str, Any], *, last: bool = False) -> None:
+        now = time.monotonic()
+        if last or now - self._sent >= self.every_s:
+            self._sent = now
+            anyio.from_thread.run(self.request.partial, body)
 
 
 Handler = Callable[[Request], Awaitable[Mapping[str, Any] | None]]
