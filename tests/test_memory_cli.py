@@ -44,6 +44,8 @@ def test_import_export_round_trip(memory_box, tmp_path):
             memory_box, "create", "docs", "--model", "test", "--dim", "8", "--metric", "l2"
         ).output
     )
+    again = run(memory_box, "create", "docs", "--model", "test", "--dim", "8", ok=False)
+    assert again.exit_code == 1 and "--exist-ok" in again.output  # the flag, not the API field
     result = run(memory_box, "import", str(source), "--collection", "docs", "--batch", "1000")
     assert "imported 2500 records into docs" in result.output
     listed = run(memory_box, "list", "--json").output

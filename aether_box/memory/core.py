@@ -183,7 +183,8 @@ class Memory:
         async with self._write_lock:
             if name in self.catalog:
                 raise BadRequest(
-                    f"collection {name!r} already exists; drop it first, or pass exist_ok=true"
+                    f"collection {name!r} already exists; drop it first, or pass exist_ok=true "
+                    "(`--exist-ok` on the command line)"
                 )
             collection = await self._write(
                 self._store.create_collection, name, model, dim, metric, recipe
