@@ -91,3 +91,45 @@ def test_repeat_penalty_reaches_the_model(client):
     with pytest.raises(ollama.ResponseError) as bad:
         client.chat(model="smollm2", messages=MESSAGES, options={"repeat_penalty": 0}, stream=False)
     assert bad.value.status_code == 400 and "repeat_penalty" in bad.value.error
+
+
+def test_show_tells_what_the_box_knows_of_a_model(gateway, client):
+    n_ctx = gateway.status()["models"]["n_ctx"]
+    chat = client.show("smollm2")
+    assert chat.capabilities == ["completion"] and chat.details.format == "gguf"
+    arch = chat.modelinfo["general.architecture"]
+    assert chat.modelinfo[f"{arch}.context_length"] == n_ctx
+    encoder = client.show("minilm:latest")
+    assert encoder.capabilities == ["embedding"]
+    assert encoder.modelinfo[f"{arch}.embedding_length"] == 384
+    # Older clients send "name".
+    request = urllib.request.Request(
+        f"{gateway.url}/api/show", json.dumps({"name": "smollm2"}).encode()
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["capabilities"] == ["completion"]
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.show("no-such-model")
+    assert missing.value.status_code == 404 and "smollm2" in missing.value.error
+
+
+def test_ps_lists_the_models_loaded_now(gateway, client):
+    client.chat(model="smollm2", messages=MESSAGES, options=OPTIONS, stream=False)
+    loaded = {m["name"]: m for m in gateway.status()["models"]["loaded"]}
+    running = {m.model: m for m in client.ps().models}
+    assert set(running) == set(loaded) and "smollm2" in running
+    assert running["smollm2"].size == int(loaded["smollm2"]["memory_mb"] * 2**20) > 0
+    assert running["smollm2"].size_vram == 0  # the test box runs on the CPU
+    assert running["smollm2"].details.format == "gguf"
+
+
+def test_legacy_embeddings_and_an_empty_input(client):
+    legacy = client.embeddings(model="minilm", prompt="a cat")
+    current = client.embed(model="minilm", input="a cat")
+    np.testing.assert_allclose(legacy.embedding, current.embeddings[0], atol=1e-6)
+    with pytest.raises(ollama.ResponseError) as empty:
+        client.embed(model="minilm", input=[])
+    assert empty.value.status_code == 400 and "empty" in empty.value.error
+    with pytest.raises(ollama.ResponseError) as no_prompt:
+        client.embeddings(model="minilm", prompt="")
+    assert no_prompt.value.status_code == 400 and "prompt" in no_prompt.value.error

@@ -274,3 +274,188 @@ def test_the_readmes_examples_work_as_written(gateway, capsys):
         assert json.loads(done.stdout)["choices"][0]["message"]["content"]
     exec(compile(python.replace(documented, gateway.url), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time now in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}, "hours24": {"type": "boolean"}},
+            "required": ["zone", "hours24"],
+        },
+    },
+}
+TOOLS = [WEATHER, TIME]
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+TOOL_GREEDY = {"temperature": 0, "seed": 1, "max_tokens": 80}
+
+
+def valid_call(call: Any) -> bool:
+    """A tool call whose arguments are JSON fitting its function's schema (checked by hand)."""
+    spec = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    schema = spec.get(call.function.name)
+    if schema is None or call.type != "function" or not call.id.startswith("call_"):
+        return False
+    arguments = json.loads(call.function.arguments)
+    kinds = {"string": str, "boolean": bool}
+    return set(arguments) >= set(schema["required"]) and all(
+        value in schema["properties"][key].get("enum", [value])
+        and isinstance(value, kinds.get(schema["properties"][key].get("type"), object))
+        for key, value in arguments.items()
+    )
+
+
+def answer_of(reply: Any) -> tuple[Any, ...]:
+    """(finish_reason, content, (name, arguments) of each call) of a whole reply."""
+    choice = reply.choices[0]
+    calls = choice.message.tool_calls or []
+    return (
+        choice.finish_reason,
+        choice.message.content,
+        [(c.function.name, c.function.arguments) for c in calls],
+    )
+
+
+def streamed_answer_of(chunks: list[Any]) -> tuple[Any, ...]:
+    """The same, put together from a stream's chunks as a client does."""
+    content, calls, finish = None, {}, None
+    for chunk in chunks:
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content:
+                content = (content or "") + delta.content
+            for call in delta.tool_calls or []:
+                name, arguments = calls.get(call.index, ("", ""))
+                calls[call.index] = (
+                    name + (call.function.name or ""),
+                    arguments + (call.function.arguments or ""),
+                )
+            finish = choice.finish_reason or finish
+    return finish, content, [calls[i] for i in sorted(calls)]
+
+
+def test_a_named_function_is_called_with_arguments_that_fit_its_schema(gateway):
+    reply = gateway.openai().chat.completions.create(
+        model="smollm2",
+        messages=ASK_WEATHER,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        **TOOL_GREEDY,
+    )
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "tool_calls" and message.content is None
+    (call,) = message.tool_calls
+    assert call.function.name == "get_weather" and valid_call(call), call
+
+
+def test_required_calls_one_of_the_tools(gateway):
+    reply = gateway.openai().chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What time is it in Tokyo?"}],
+        tools=TOOLS,
+        tool_choice="required",
+        **TOOL_GREEDY,
+    )
+    (call,) = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert call.function.name in ("get_weather", "get_time") and valid_call(call), call
+
+
+@pytest.mark.parametrize(
+    "choice, sampling",
+    [
+        ("auto", TOOL_GREEDY),
+        ({"type": "function", "function": {"name": "get_time"}}, TOOL_GREEDY),
+        ("auto", {**TOOL_GREEDY, "temperature": 1.0, "seed": 2}),  # answered in text here
+    ],
+)
+def test_a_tool_reply_is_a_call_or_text_and_the_stream_says_the_same(gateway, choice, sampling):
+    client = gateway.openai()
+    ask = {"model": "smollm2", "messages": ASK_WEATHER, "tools": TOOLS, "tool_choice": choice}
+    whole = client.chat.completions.create(**ask, **sampling)
+    finish, content, calls = answer_of(whole)
+    if calls:  # a call: its arguments fit, and there is no text
+        assert finish == "tool_calls" and content is None
+        assert valid_call(whole.choices[0].message.tool_calls[0])
+    else:  # an answer: plain text, not the JSON the model was held to
+        assert finish == "stop" and isinstance(content, str) and not content.startswith("{")
+    chunks = list(client.chat.completions.create(**ask, stream=True, **sampling))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    # The same seed: the streamed reply is the same call (or text) as the whole one.
+    assert streamed_answer_of(chunks) == (finish, content, calls)
+
+
+def test_a_call_and_its_result_reach_the_model_in_the_next_turn(gateway):
+    client = gateway.openai()
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+    }
+    result = {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'}
+    turns = [*ASK_WEATHER, {"role": "assistant", "content": None, "tool_calls": [call]}, result]
+    reply = client.chat.completions.create(model="smollm2", messages=turns, tools=TOOLS, **GREEDY)
+    assert reply.choices[0].message.content or reply.choices[0].message.tool_calls
+    # The call is written into the prompt: the same turns without it are shorter.
+    bare = [*ASK_WEATHER, {"role": "assistant", "content": ""}, result]
+    without = client.chat.completions.create(model="smollm2", messages=bare, **GREEDY)
+    with_call = client.chat.completions.create(model="smollm2", messages=turns, **GREEDY)
+    assert with_call.usage.prompt_tokens > without.usage.prompt_tokens
+
+
+def test_bad_tool_requests_get_400s_that_say_what_to_do(gateway):
+    client = gateway.openai()
+    nameless = {"type": "function", "function": {"parameters": {"type": "object"}}}
+    not_object = {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}
+    unknown = {"type": "function", "function": {"name": "get_stock"}}
+    cases = [
+        ({"tools": [nameless]}, "name"),
+        ({"tools": [not_object]}, "parameters"),
+        ({"tools": TOOLS, "tool_choice": unknown}, "get_weather"),
+        ({"tools": TOOLS, "model": "router"}, "name a model"),
+        ({"tools": TOOLS, "extra_body": {"session": "abc"}}, "session"),
+        ({"tool_choice": "required"}, "tools"),
+    ]
+    for fields, says in cases:
+        ask = {"model": "smollm2", "messages": ASK_WEATHER, "max_tokens": 4, **fields}
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(**ask)
+        assert bad.value.status_code == 400 and says in bad.value.body["message"], fields
+
+
+def test_a_call_cut_short_by_max_tokens_comes_back_as_text_with_length(gateway):
+    client = gateway.openai()
+    ask = {
+        "model": "smollm2",
+        "messages": ASK_WEATHER,
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 3,
+    }
+    whole = client.chat.completions.create(**ask)
+    finish, content, calls = answer_of(whole)
+    assert (finish, calls) == ("length", []) and content.startswith("{")
+    assert streamed_answer_of(list(client.chat.completions.create(**ask, stream=True))) == (
+        finish,
+        content,
+        calls,
+    )

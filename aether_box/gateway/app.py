@@ -74,9 +74,12 @@ class Gateway:
                 Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
                 Route("/api/version", self.ollama_version, methods=["GET"]),
                 Route("/api/tags", self.ollama_tags, methods=["GET"]),
+                Route("/api/show", self.ollama_show, methods=["POST"]),
+                Route("/api/ps", self.ollama_ps, methods=["GET"]),
                 Route("/api/chat", self.ollama_chat, methods=["POST"]),
                 Route("/api/generate", self.ollama_generate, methods=["POST"]),
                 Route("/api/embed", self.ollama_embed, methods=["POST"]),
+                Route("/api/embeddings", self.ollama_embeddings, methods=["POST"]),
             ]
         )
 
@@ -139,6 +142,26 @@ class Gateway:
             return target, ollama.EmbedReply(target)
 
         return await self._bus_route(request, "/api/embed", ollama.error_body, translate)
+
+    async def ollama_embeddings(self, request: Request) -> Any:
+        def translate(body: dict[str, Any]) -> tuple[Target, Reply]:
+            target = ollama.embeddings_target(body)
+            return target, ollama.EmbeddingsReply(target)
+
+        return await self._bus_route(request, "/api/embeddings", ollama.error_body, translate)
+
+    async def ollama_show(self, request: Request) -> Response:
+        async def answer(key: ApiKey | None) -> bytes:
+            name = ollama.show_name(await _json_body(request, self.max_body))
+            return ollama.show_body(name, await self._model_facts(key))
+
+        return await self._local_route(request, "/api/show", ollama.error_body, answer)
+
+    async def ollama_ps(self, request: Request) -> Response:
+        async def answer(key: ApiKey | None) -> bytes:
+            return ollama.ps_body(await self._model_facts(key))
+
+        return await self._local_route(request, "/api/ps", ollama.error_body, answer)
 
     async def ollama_tags(self, request: Request) -> Response:
         async def answer(key: ApiKey | None) -> bytes:
@@ -235,11 +258,19 @@ class Gateway:
 
     async def _models(self, key: ApiKey | None) -> list[dict[str, Any]]:
         """The installed models this key may use, and the router when it runs."""
-        reply = await self.ctx.call("llm", {"op": "models"})
-        models = list(reply.get("installed", []))
-        if self.ctx.has_service("router"):
+        models: list[dict[str, Any]] = (await self._model_facts(key))["installed"]
+        if self.ctx.has_service("router") and (key is None or key.allows_model(ROUTER_MODEL)):
             models.append({"name": ROUTER_MODEL, "kind": "router"})
-        return [m for m in models if key is None or key.allows_model(m["name"])]
+        return models
+
+    async def _model_facts(self, key: ApiKey | None) -> dict[str, Any]:
+        """The llm service's ``models`` reply (installed, loaded, n_ctx, ...), its lists cut
+        to the models this key may use."""
+        reply = dict(await self.ctx.call("llm", {"op": "models"}))
+        for field in ("installed", "loaded"):
+            models = reply.get(field, [])
+            reply[field] = [m for m in models if key is None or key.allows_model(m["name"])]
+        return reply
 
 
 def _check_allowed(key: ApiKey | None, service: str, model: str) -> None:

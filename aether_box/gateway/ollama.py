@@ -1,7 +1,11 @@
 """The Ollama API on the bus, enough for front-ends that expect an Ollama server.
 
 Routes (see aether_box.gateway.app): ``GET /api/tags``, ``GET /api/version``, ``POST
-/api/chat``, ``POST /api/generate``, ``POST /api/embed``. As Ollama does, chat and generate
+/api/show`` (one model's facts, as far as the box knows them), ``GET /api/ps`` (the models
+loaded now), ``POST /api/chat``, ``POST /api/generate``, ``POST /api/embed`` and the legacy
+``POST /api/embeddings`` (``{"model", "prompt"}`` -> ``{"embedding"}``). Facts the box does
+not keep (digests, dates, GGUF family and quantisation) are empty strings, as Ollama leaves
+unknown fields. As Ollama does, chat and generate
 stream by default (``"stream": false`` for one object), as NDJSON: one JSON object a line,
 the last with ``"done": true`` and the counts. ``options`` map onto the llm service's
 sampling (``num_predict`` is ``max_tokens``), and ``format`` (``"json"`` or a JSON schema) onto
@@ -20,21 +24,27 @@ from typing import Any
 import numpy as np
 import orjson
 
-from aether_box.errors import BadRequest, BoxError
+from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.gateway.exchange import WholeReply
 from aether_box.gateway.openai import JSON_OBJECT, Target, adapters_field
 
 __all__ = [
     "ChatReply",
     "EmbedReply",
+    "EmbeddingsReply",
     "GenerateReply",
     "chat_target",
     "embed_target",
+    "embeddings_target",
     "error_body",
     "generate_target",
+    "ps_body",
+    "show_body",
+    "show_name",
     "tags_body",
 ]
 
+EPOCH = "1970-01-01T00:00:00Z"  # for dates the box keeps none of
 OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "repeat_penalty")
 
 
@@ -87,7 +97,76 @@ def embed_target(body: Mapping[str, Any]) -> Target:
         texts = [texts]
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise BadRequest("field 'input' must be a string or a list of strings")
+    if not texts:  # as OpenAI's 400: an empty list back would break the client's parsing
+        raise BadRequest("field 'input' is an empty list: send at least one text")
     return Target("embed", {"op": "embed", "model": model, "texts": texts}, model)
+
+
+def embeddings_target(body: Mapping[str, Any]) -> Target:
+    """The legacy `POST /api/embeddings` (one ``prompt``) as embed."""
+    model = _model(body)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise BadRequest(
+            f"field 'prompt' must be the text to embed (a non-empty string), got {prompt!r}"
+        )
+    return Target("embed", {"op": "embed", "model": model, "texts": [prompt]}, model)
+
+
+def show_name(body: Mapping[str, Any]) -> str:
+    """The model `POST /api/show` asks about: ``model``, or the older ``name``."""
+    return _model({"model": body.get("model") or body.get("name")})
+
+
+def show_body(name: str, facts: Mapping[str, Any]) -> bytes:
+    """`POST /api/show`: what the box knows of model `name` (`facts`: the llm service's
+    ``models`` reply), or 404 naming the models there are."""
+    installed = {m["name"]: m for m in facts.get("installed", [])}
+    model = installed.get(name)
+    if model is None:
+        raise NotFound(f"model {name!r} is not installed; models: {sorted(installed)}")
+    embedding = model.get("kind") != "gguf"  # the box's other kind: ONNX sentence encoders
+    # The box does not read the GGUF's architecture; its facts go under one namespace that
+    # general.architecture names, so clients that look up "<arch>.context_length" find them.
+    info: dict[str, Any] = {"general.architecture": "aether"}
+    if not embedding and facts.get("n_ctx"):
+        info["aether.context_length"] = facts["n_ctx"]  # per request, as the box serves it
+    if model.get("dim"):
+        info["aether.embedding_length"] = model["dim"]
+    body = {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": _details(model),
+        "model_info": info,
+        "capabilities": ["embedding"] if embedding else ["completion"],
+        "modified_at": EPOCH,
+    }
+    return orjson.dumps(body)
+
+
+def ps_body(facts: Mapping[str, Any]) -> bytes:
+    """`GET /api/ps`: the models loaded now, one entry per name (its instances added up)."""
+    installed = {m["name"]: m for m in facts.get("installed", [])}
+    models: dict[str, dict[str, Any]] = {}
+    for loaded in facts.get("loaded", []):
+        name = loaded["name"]
+        size = int(loaded.get("memory_mb", 0) * 2**20)
+        vram = size if loaded.get("device", "cpu") != "cpu" else 0
+        entry = models.setdefault(
+            name,
+            {
+                "name": name,
+                "model": name,
+                "size": 0,
+                "size_vram": 0,
+                "digest": "",
+                "details": _details(installed.get(name, {"kind": loaded.get("kind", "")})),
+            },
+        )
+        entry["size"] += size
+        entry["size_vram"] += vram
+    return orjson.dumps({"models": list(models.values())})
 
 
 def tags_body(installed: list[dict[str, Any]]) -> bytes:
@@ -96,14 +175,20 @@ def tags_body(installed: list[dict[str, Any]]) -> bytes:
         {
             "name": m["name"],
             "model": m["name"],
-            "modified_at": "1970-01-01T00:00:00Z",  # the box keeps no such date
+            "modified_at": EPOCH,
             "size": int(m.get("size_mb", 0) * 2**20),
             "digest": "",
-            "details": {"format": "gguf" if m.get("kind") == "gguf" else m.get("kind", "")},
+            "details": _details(m),
         }
         for m in installed
     ]
     return orjson.dumps({"models": models})
+
+
+def _details(model: Mapping[str, Any]) -> dict[str, str]:
+    """Ollama's ``details`` of an installed model: its format; the rest the box does not keep."""
+    unknown = {"family": "", "parameter_size": "", "quantization_level": ""}
+    return {"format": model.get("kind", ""), **unknown}
 
 
 def _model(body: Mapping[str, Any]) -> str:
@@ -228,3 +313,11 @@ class EmbedReply(WholeReply):
             "total_duration": int((time.perf_counter() - self.started) * 1e9),
         }
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class EmbeddingsReply(EmbedReply):
+    """The legacy /api/embeddings answer: the one vector, as ``{"embedding": [...]}``."""
+
+    def whole(self, final: Mapping[str, Any]) -> bytes:
+        vector = np.asarray(final["vectors"], dtype=np.float32)[0]
+        return orjson.dumps({"embedding": vector}, option=orjson.OPT_SERIALIZE_NUMPY)

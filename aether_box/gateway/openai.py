@@ -11,6 +11,8 @@ OpenAI ignores what it does not know. Box extras: ``model: "router"`` routes by 
 only the newest user message is sent, the box keeps the history), and ``adapters: [{"name",
 "scale"?, "force"?}]`` runs the request with LoRA adapters kept by the box (passed to the llm
 service as they are; a session or a route names its own default adapters instead).
+``tools`` and ``tool_choice`` (function calling) become a ``json_schema`` too, and the reply
+is read back into ``tool_calls``: see aether_box.gateway.tools.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import orjson
 
 from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.gateway.exchange import WholeReply, http_status
+from aether_box.gateway.tools import ToolPlan, history_message, read_reply, tool_call, tool_plan
 
 __all__ = [
     "ChatReply",
@@ -68,6 +71,7 @@ class Target:
     model: str  # as the client named it (checked against the key's models)
     stream: bool = False
     include_usage: bool = False
+    tools: ToolPlan | None = None  # a chat whose reply is read back as a tool call
 
 
 def error_body(exc: BoxError, param: str | None = None) -> bytes:
@@ -87,6 +91,10 @@ def chat_target(body: Mapping[str, Any]) -> Target:
     messages = _messages(body.get("messages"))
     stream, include_usage = _stream(body)
     sampling = _sampling(body)
+    plan = tool_plan(body)
+    if plan is not None:
+        target = Target("llm", {}, model, stream, include_usage, plan)
+        return _tools_target(body, target, messages, sampling)
     session = body.get("session")
     if session is not None:
         if not isinstance(session, str):
@@ -103,6 +111,47 @@ def chat_target(body: Mapping[str, Any]) -> Target:
         return Target("router", chat, model, stream, include_usage)
     chat = {"op": "chat", "model": model, "messages": messages, **sampling, "stream": stream}
     return Target("llm", chat | adapters_field(body), model, stream, include_usage)
+
+
+def _tools_target(
+    body: Mapping[str, Any],
+    target: Target,
+    messages: list[dict[str, str]],
+    sampling: dict[str, Any],
+) -> Target:
+    """`target` (with its tool plan) given its llm chat body, the reply held to the plan's
+    schema. Never streamed from the service: the JSON is read whole, then sent as one call or
+    answer."""
+    plan = target.tools
+    assert plan is not None
+    if body.get("session") is not None or target.model == ROUTER_MODEL:
+        where = "a box session" if body.get("session") is not None else "the router"
+        raise BadRequest(
+            f"field 'tools' cannot be used with {where} (its reply is not held to the tools); "
+            "name a model and send the conversation's messages"
+        )
+    if "json_schema" in sampling:
+        raise BadRequest(
+            "send 'tools' or a JSON 'response_format', not both: the reply is held to one schema"
+        )
+    chat = {
+        "op": "chat",
+        "model": target.model,
+        "messages": _with_system_note(messages, plan.prompt()),
+        **sampling,
+        "json_schema": plan.schema,
+        "stream": False,
+    }
+    target.body = chat | adapters_field(body)
+    return target
+
+
+def _with_system_note(messages: list[dict[str, str]], note: str) -> list[dict[str, str]]:
+    """`messages` with `note` at the end of the system prompt (a new one if there is none)."""
+    if messages and messages[0]["role"] == "system":
+        first = messages[0]
+        return [{**first, "content": f"{first['content']}\n\n{note}".strip()}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
 
 
 def completion_target(body: Mapping[str, Any]) -> Target:
@@ -178,7 +227,8 @@ def _field(body: Mapping[str, Any], key: str, kind: type) -> Any:
 def _messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise BadRequest("field 'messages' must be a non-empty list of {role, content} objects")
-    out = []
+    out: list[dict[str, str]] = []
+    calls: dict[str, str] = {}  # tool call ids seen so far, to name the tool in its result
     for i, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
@@ -192,8 +242,7 @@ def _messages(value: Any) -> list[dict[str, str]]:
             content = ""
         if not isinstance(content, str):
             raise BadRequest(f"messages[{i}].content must be a string or a list of text parts")
-        role = "system" if message["role"] == "developer" else message["role"]
-        out.append({"role": role, "content": content})
+        out.append(history_message(message, content, calls))
     return out
 
 
@@ -327,7 +376,8 @@ class ChatReply(_Stream):
     prefix = "chatcmpl-"
 
     def opening(self) -> bytes:
-        delta = {"role": "assistant", "content": ""}
+        # With tools, as OpenAI: no content yet (the reply may be a call).
+        delta = {"role": "assistant", "content": None if self.target.tools else ""}
         return _sse(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
 
     def piece(self, partial: Mapping[str, Any]) -> bytes:
@@ -335,11 +385,32 @@ class ChatReply(_Stream):
         return _sse(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
 
     def closing(self, final: Mapping[str, Any]) -> bytes:
-        choice = {"index": 0, "delta": {}, "finish_reason": final.get("finish_reason", "stop")}
-        return self._end(final, choice)
+        if self.target.tools is None:
+            choice = {"index": 0, "delta": {}, "finish_reason": final.get("finish_reason", "stop")}
+            return self._end(final, choice)
+        # A tools reply came whole (see _tools_target): one delta with it, then the end.
+        message, finish = self._message(final)
+        if message.get("tool_calls"):
+            delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
+        else:
+            delta = {"content": message["content"]}
+        piece = _sse(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
+        return piece + self._end(final, {"index": 0, "delta": {}, "finish_reason": finish})
+
+    def _message(self, final: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        """The assistant message and finish_reason: a tool call, or text."""
+        text, finish = final.get("text", ""), final.get("finish_reason", "stop")
+        plan = self.target.tools
+        reading = read_reply(plan, text) if plan is not None else None
+        if reading is None:  # no tools, or JSON cut short by max_tokens: the text as it is
+            return {"role": "assistant", "content": text}, finish
+        if reading.name is None:
+            return {"role": "assistant", "content": reading.content}, finish
+        call = tool_call(reading.name, reading.arguments)
+        return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
 
     def whole(self, final: Mapping[str, Any]) -> bytes:
-        message = {"role": "assistant", "content": final.get("text", "")}
+        message, finish = self._message(final)
         reply: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",
@@ -350,7 +421,7 @@ class ChatReply(_Stream):
                     "index": 0,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": final.get("finish_reason", "stop"),
+                    "finish_reason": finish,
                 }
             ],
             "usage": _usage(final),
