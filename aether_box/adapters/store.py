@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -23,6 +24,11 @@ from typing import Any
 from aether_box.adapters.lora_file import LoraFile, write_lora
 from aether_box.errors import BadRequest, NotFound
 from aether_box.sqlite import open_with_schema
+
+log = logging.getLogger(__name__)
+# Where the sweep moves adapter files the index does not list: never deleted, since a lost
+# or replaced index would otherwise take every adapter the user kept with it.
+UNINDEXED_DIR = "unindexed"
 
 __all__ = ["AdapterStore", "valid_name"]
 
@@ -109,18 +115,37 @@ class AdapterStore:
         self.files.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one apsw connection, used from worker threads
         self._conn = open_with_schema(
-            directory / "adapters.sqlite", SCHEMA, "the adapters database", "move or delete it"
+            directory / "adapters.sqlite",
+            SCHEMA,
+            "the adapters database",
+            "move it aside to start with no adapters (their files are kept, moved to "
+            "adapters/unindexed, to add again with `aether-box adapters add PATH`)",
         )
         self._sweep()
 
     def _sweep(self) -> None:
-        """Delete what an add cut short left in `files`: its temporary file, or its file
-        renamed before its row was committed (one box owns the data dir: no add runs now)."""
+        """Clear what an add cut short left in `files` (one box owns the data dir: no add
+        runs now): delete its temporary file; move a whole file the index does not list
+        (renamed before its row was committed, or left by a lost index) to `unindexed`."""
         with self._lock:
             kept = {row[0] for row in self._conn.execute("SELECT sha256 FROM adapters")}
         for path in self.files.iterdir():
-            if path.name.endswith(".tmp") or (path.suffix == ".gguf" and path.stem not in kept):
+            if path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)
+            elif path.suffix == ".gguf" and path.stem not in kept:
+                self._set_aside(path)
+
+    def _set_aside(self, path: Path) -> None:
+        aside = self.directory / UNINDEXED_DIR
+        aside.mkdir(exist_ok=True)
+        os.replace(path, aside / path.name)
+        log.warning(
+            "adapters: %s is listed in no adapter; moved it to %s (add it again with "
+            "`aether-box adapters add %s --base MODEL`)",
+            path.name,
+            aside,
+            aside / path.name,
+        )
 
     def close(self) -> None:
         self._conn.close()

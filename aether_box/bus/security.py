@@ -54,12 +54,25 @@ class CurveKeys:
 
     @classmethod
     def load(cls, secret_file: Path) -> CurveKeys:
-        public, secret = zmq.auth.load_certificate(secret_file)
+        public, secret = load_key_file(secret_file)
         if secret is None:
             raise ConfigError(
                 f"{secret_file} holds no secret key; run `aether-box keys init --force`"
             )
         return cls(public, secret)
+
+
+def load_key_file(path: Path) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) from a ZeroMQ certificate file; a file that is not one (a bad
+    copy, a hand edit) is a ConfigError naming it, not zmq's ValueError from deep inside."""
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError too
+        raise ConfigError(
+            f"{path} is not a readable CURVE key file ({exc}); put back the file from a "
+            "backup, or make new keys with `aether-box keys init --force` (remote clients "
+            "then need the new keys/server.key)"
+        ) from exc
 
 
 def keys_dir(data_dir: Path) -> Path:
@@ -79,6 +92,7 @@ class AllowList:
         self.directory = directory
         self.scopes: dict[bytes, str] = {}  # z85 public key -> its scope
         self.revoked: set[str] = set()  # z85 keys whose connections the broker drops
+        self.skipped: set[Path] = set()  # files there that hold no key (warned about once)
 
     @property
     def keys(self) -> set[bytes]:
@@ -86,7 +100,7 @@ class AllowList:
 
     def load(self) -> AllowList:
         """Read every key file in the directory (blocking: call it in a worker thread)."""
-        self.scopes = scopes_in(self.directory)
+        self.scopes = scopes_in(self.directory, self.skipped)
         self.revoked -= {key.decode() for key in self.scopes}  # a key put back is admitted
         return self
 
@@ -143,15 +157,14 @@ def init_keys(data_dir: Path, *, force: bool = False) -> Path:
     (root / AUTHORIZED_DIR).mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     zmq.auth.create_certificates(root, "server")
-    client_public, client_secret = zmq.auth.create_certificates(
-        root,
-        "client",
-        metadata={"scope": "admin"},  # the data dir's own CLI and dashboard
-    )
+    client_public, client_secret = zmq.auth.create_certificates(root, "client")
     # pyzmq writes them with the umask's mode: secrets are the user's alone, whatever it was.
     for secret in (root / "server.key_secret", Path(client_secret)):
         secret.chmod(0o600)
-    shutil.copy(client_public, root / AUTHORIZED_DIR / "client.key")
+    # The data dir's own CLI and dashboard: admin. (pyzmq puts metadata in the secret file
+    # only, so a copy of the public file would carry no scope and count as `use`.)
+    public, _ = zmq.auth.load_certificate(client_public)
+    write_authorized(root / AUTHORIZED_DIR / "client.key", public.decode(), "admin", "keys init")
     return root
 
 
@@ -187,16 +200,27 @@ def write_authorized(target: Path, public: str, scope: str, by: str) -> Path:
     return target
 
 
-def scopes_in(directory: Path) -> dict[bytes, str]:
+def scopes_in(directory: Path, skipped: set[Path] | None = None) -> dict[bytes, str]:
     """Each authorized public key (z85) in `directory` and its scope; a key file without
-    one is `use`; a file that is no key file is skipped."""
+    one is `use`; a file that is no key file is skipped, with a warning the first time it
+    is added to `skipped` (the directory is read again at each unknown client)."""
+    skipped = set() if skipped is None else skipped
     found: dict[bytes, str] = {}
     for path in sorted(directory.glob("*.key")):
         try:
             public, _ = zmq.auth.load_certificate(path)
             match = _SCOPE_LINE.search(path.read_text())
-        except (OSError, ValueError):
-            continue  # the authenticator skips it too
+        except (OSError, ValueError) as exc:
+            # Skipped, not fatal: one bad file must not lock out every other client.
+            if path not in skipped:
+                skipped.add(path)
+                log.warning(
+                    "skipping %s: not a CURVE public key file (%s); its client is refused "
+                    "until it holds the client's public key again",
+                    path,
+                    exc,
+                )
+            continue
         found[public] = match.group(1) if match else "use"
     return found
 
@@ -215,7 +239,7 @@ def client_keys(data_dir: Path) -> tuple[CurveKeys, bytes] | None:
     root = keys_dir(data_dir)
     if not (root / "client.key_secret").exists() or not (root / "server.key").exists():
         return None
-    server_public, _ = zmq.auth.load_certificate(root / "server.key")
+    server_public, _ = load_key_file(root / "server.key")
     return CurveKeys.load(root / "client.key_secret"), server_public
 
 

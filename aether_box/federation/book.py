@@ -102,8 +102,8 @@ class PeerBook:
         if not self.path.exists():
             return self
         try:
-            data = tomllib.loads(self.path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+            data = tomllib.loads(self.path.read_text("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # a hand edit, a bad copy
             raise ConfigError(
                 f"{self.path} is not a valid {self.table} file ({exc}); fix it, or delete it "
                 f"and {self.redo}"

@@ -58,12 +58,21 @@ class ApiKey:
         return shown
 
 
+_REDO_KEYS = (
+    "fix it, or move it away and create the keys again with `aether-box keys api create NAME`"
+)
+
+
 def load_keys(path: Path) -> list[ApiKey]:
     """Every key record in `path` (none when the file does not exist)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # repr would quote every garbage byte
+        raise ConfigError(f"{path} is not a valid API keys file ({exc}); {_REDO_KEYS}") from exc
     try:
         records = json.loads(text)["keys"]
         return [
@@ -78,10 +87,7 @@ def load_keys(path: Path) -> list[ApiKey]:
             for r in records
         ]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{path} is not a valid API keys file ({exc!r}); fix it, or move it away and "
-            "create the keys again with `aether-box keys api create NAME`"
-        ) from exc
+        raise ConfigError(f"{path} is not a valid API keys file ({exc!r}); {_REDO_KEYS}") from exc
 
 
 def create_key(

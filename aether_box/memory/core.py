@@ -112,8 +112,7 @@ class Memory:
             )
             self.store = store
             self.snapshots.clean()
-            self.catalog = store.collections()
-            counts = store.counts()
+            self.catalog, counts = store.catalog()
             self.counts = {c.id: counts.get(c.id, 0) for c in self.catalog.values()}
             self.db_bytes = store.db_bytes()
 

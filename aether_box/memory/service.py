@@ -606,6 +606,8 @@ class MemoryComponent:
             info = memory.info(collection)
             index = memory.indexes.get(collection.id)
             info["index_mb"] = round(index.nbytes / 2**20, 1) if index is not None else None
+            # Why its index was rebuilt from the database rather than loaded (None: it was not).
+            info["index_rebuilt"] = memory.snapshots.rebuilt.get(collection.id)
             if index is not None:
                 info["index_scan"] = index.scan
                 info["scan_threads"] = index.scan_threads

@@ -43,9 +43,21 @@ class Snapshots:
         self.directory = Path(f"{db_path}.index")
         # Collections whose copy is known to be gone: a write needs no unlink then.
         self._absent: set[int] = set()
+        # Collections whose saved copy was there but unusable, and why: `status` says so.
+        self.rebuilt: dict[int, str] = {}
 
     def clean(self) -> None:
-        """Delete what saves cut short by a kill left behind."""
+        """Delete what saves cut short by a kill left behind; move aside a file (not a
+        directory) where the copies belong, so saves work again without deleting it."""
+        if self.directory.exists() and not self.directory.is_dir():
+            aside = self.directory.with_name(f"{self.directory.name}.not-a-directory")
+            log.warning(
+                "memory: %s is a file, not the directory of saved indexes; moved it to %s "
+                "(the indexes are rebuilt from the database)",
+                self.directory,
+                aside,
+            )
+            os.replace(self.directory, aside)
         remove_partials(self.directory)
 
     def path(self, collection_id: int) -> Path:
@@ -74,9 +86,14 @@ class Snapshots:
         try:
             with open(path, "rb") as handle:
                 if json.loads(handle.readline()) != expected:
+                    # Another format, or a write since the save that a crash kept from
+                    # deleting the copy: the database is the truth.
                     log.info("memory: saved index of %r is stale; rebuilding", collection.name)
+                    self.rebuilt[collection.id] = "saved index stale"
                     return None
                 arrays = {name: np.load(handle, allow_pickle=False) for name in _ARRAYS}
+                if handle.read(1):
+                    raise ValueError("bytes after the last array")
             index = new_index(collection.dim, collection.metric)
             index.load_arrays(arrays)
             return index
@@ -84,7 +101,12 @@ class Snapshots:
             self._absent.add(collection.id)
             return None
         except (OSError, ValueError, KeyError, EOFError) as exc:
-            log.warning("memory: saved index %s unreadable (%s); rebuilding", path, exc)
+            log.warning(
+                "memory: saved index %s unreadable (%s); rebuilding it from the database",
+                path,
+                exc,
+            )
+            self.rebuilt[collection.id] = "saved index unreadable"
             return None
 
     def save(self, collection: Collection, index: VectorIndex) -> None:

@@ -170,10 +170,14 @@ class MemoryStore:
                 self.frozen = True
                 self._conn = self._connect(readonly=False)  # but _writer refuses writes
                 return
-            raise ConfigError(
-                f"cannot open the memory database {self.path}: {exc}; check memory.db and "
-                "its directory, or move the file aside to start with an empty memory"
-            ) from exc
+            raise self._unreadable(exc) from exc
+
+    def _unreadable(self, exc: apsw.Error) -> ConfigError:
+        """What the box says when memory.db cannot be opened or read as it starts."""
+        return ConfigError(
+            f"cannot open the memory database {self.path}: {exc}; check memory.db and "
+            "its directory, or move the file aside to start with an empty memory"
+        )
 
     # ----------------------------------------------------------------- connections
 
@@ -296,6 +300,14 @@ class MemoryStore:
             self._writer.pragma("user_version", SCHEMA_VERSION)
 
     # ----------------------------------------------------------------- catalog
+
+    def catalog(self) -> tuple[dict[str, Collection], dict[int, int]]:
+        """`collections` and `counts`, as the box reads them when it starts: a file damaged
+        past its first page fails here, and says so as a ConfigError, not a traceback."""
+        try:
+            return self.collections(), self.counts()
+        except apsw.Error as exc:
+            raise self._unreadable(exc) from exc
 
     def collections(self) -> dict[str, Collection]:
         """Every collection by name."""

@@ -56,6 +56,13 @@ class ModelStore:
         found = next((m for m in self.installed() if m.name == name), None)
         if found is not None:
             return found
+        entry = self._registry().get(name)
+        if entry is not None and name not in self.manifest.models:
+            raise NotFound(
+                f"model {name!r} is registered in {self.dir / REGISTRY} but its file "
+                f"{entry['path']} is gone; put the file back there, or remove the entry and "
+                "add the model again with `aether-box models add PATH`"
+            )
         installed = ", ".join(m.name for m in self.installed()) or "none"
         hint = (
             f"pull it with `aether-box models pull {name}`"
@@ -168,10 +175,20 @@ class ModelStore:
             return {}
         import tomllib
 
+        # The file lists the user's own models: a damaged one is reported, never replaced.
+        redo = "fix it, or move it aside and add your models again with `aether-box models add`"
         try:
-            return tomllib.loads(path.read_text("utf-8")).get("models", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise BoxError(f"{path} is not valid TOML ({exc}); fix or delete it") from exc
+            models = tomllib.loads(path.read_text("utf-8")).get("models", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise BoxError(f"{path} is not valid TOML ({exc}); {redo}") from exc
+        for name, entry in models.items() if isinstance(models, dict) else [("models", None)]:
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("kind"), str)
+                and isinstance(entry.get("path"), str)
+            ):
+                raise BoxError(f"{path}: entry {name!r} needs a kind and a path; {redo}")
+        return models
 
 
 def _size(path: Path) -> int:

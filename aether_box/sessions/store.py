@@ -17,7 +17,7 @@ import apsw
 
 from aether_box.bus.failures import DISK_FULL_HINT, no_space_at
 from aether_box.errors import ConfigError, DiskFull, NotFound
-from aether_box.sqlite import open_durable
+from aether_box.sqlite import check_sound, open_durable
 
 __all__ = ["SessionStore"]
 
@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
+# Never "delete it": the file holds the user's conversations, and SQLite can often save them.
+_REMEDY = (
+    "move it aside to start with no sessions (`sqlite3 FILE .recover` may save what it "
+    "holds), or set sessions.file"
+)
+
+
 class SessionStore:
     """Create, read, extend and delete sessions."""
 
@@ -48,6 +55,7 @@ class SessionStore:
         self.frozen = False
         try:
             self._conn = open_durable(path)
+            check_sound(self._conn, path, "the sessions database", _REMEDY)
             self._conn.pragma("foreign_keys", "ON")
             with self._conn:
                 self._conn.execute(SCHEMA)
@@ -65,8 +73,7 @@ class SessionStore:
                 self.frozen = True
                 return
             raise ConfigError(
-                f"cannot open the sessions database {path} ({exc}); move or delete it, "
-                "or set sessions.file"
+                f"cannot open the sessions database {path} ({exc}); {_REMEDY}"
             ) from exc
 
     def _check_writable(self) -> None:
