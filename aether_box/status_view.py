@@ -6,6 +6,7 @@ true"), so they print without rich markup; the styled lines escape what they quo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -13,17 +14,30 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["access_line", "events_line", "render_status", "tools_line"]
+__all__ = [
+    "access_line",
+    "events_line",
+    "orchestrate_line",
+    "render_status",
+    "route_line",
+    "router_line",
+    "tools_line",
+]
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _plain(console: Console) -> Callable[..., None]:
+    """`console.print` without markup: the lines quote the box's own text."""
+    return partial(console.print, markup=False)
+
+
 def render_status(report: dict[str, Any], console: Console | None = None) -> None:
     """Print health, endpoints, services and counters as tables."""
     console = console or Console()
-    say = partial(console.print, markup=False)
+    say = _plain(console)
     console.print(
         f"[bold]aether-box {escape(str(report['version']))}[/] pid {report['pid']}  up {report['uptime_s']:.0f} s  "
         f"CPU {report['cpu_percent']:.0f}%  RSS {report['rss_mb']:.0f} MB  in flight {report['in_flight']}"
@@ -86,7 +100,7 @@ def _scheduler_line(s: dict[str, Any]) -> str:
 def _render_sections(report: dict[str, Any], console: Console) -> None:
     """One line each for the models, memory, adapters and projectors sections, when the box has
     them."""
-    say = partial(console.print, markup=False)
+    say = _plain(console)
     models = report.get("models")
     if isinstance(models, dict):
         loaded = ", ".join(
@@ -98,6 +112,8 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         for m in models.get("loaded", []):
             if isinstance(m.get("scheduler"), dict):
                 say(f"  {m.get('name')}: {_scheduler_line(m['scheduler'])}")
+                for copy in m["scheduler"].get("baked") or []:
+                    say(f"    baked {_baked_line(copy)}")
         if models.get("onnx_cuda", "available") != "available":
             say(f"  gpu: {models['onnx_cuda']}")
         if models.get("llama_repacking", "on") != "on":
@@ -111,6 +127,11 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             + (f", {c['index_scan']}" if c.get("index_scan") else "")
             + (f" {c['bit_budget']}" if c.get("bit_budget") else "")
             + (", calibrating" if c.get("calibrating") else "")
+            + (
+                f", rebuilt from the database: {c['index_rebuilt']}"
+                if c.get("index_rebuilt")
+                else ""
+            )
             + ")"
             for name, c in collections.items()
         )
@@ -138,11 +159,14 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
         )
         need = "required" if http.get("require_key") else "optional"
         say(f"http requests by API key ({need}): {keys}")
+    if isinstance(http, dict) and http.get("routes"):
+        say(f"http requests by route: {route_line(http['routes'])}")
     adapters = report.get("adapters")
     if isinstance(adapters, dict) and adapters.get("adapters"):
         listed = ", ".join(
             f"{a.get('name')} ({a.get('verdict')}"
             + (f", KL {a['kl_mean']:.3f}" if isinstance(a.get("kl_mean"), float) else "")
+            + (", pruned" if a.get("pruned") else "")
             + f", {a.get('requests', 0)} requests)"
             for a in adapters["adapters"]
         )
@@ -156,6 +180,10 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     tools = report.get("tools")
     if isinstance(tools, dict):
         say(f"tools: {tools_line(tools)}")
+    if isinstance(report.get("orchestrate"), dict):
+        say(f"orchestrate: {orchestrate_line(report['orchestrate'])}")
+    if isinstance(report.get("router"), dict):
+        say(f"router: {router_line(report['router'])}")
     align = report.get("align")
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"
@@ -184,6 +212,45 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             f"tuner: {done} applied, {proposed} proposed, {running} running "
             "(`aether-box tuner status`)"
         )
+
+
+def _baked_line(copy: dict[str, Any]) -> str:
+    """A baked copy of an adapter set: which set, its state (or bake progress), memory, use."""
+    state = str(copy.get("state", "?"))
+    if state == "baking":
+        progress = copy.get("progress") or {}
+        state += f" {progress.get('done', 0)}/{progress.get('of', '?')}"
+    return (
+        f"{copy.get('adapters', '?')}: {state}, {copy.get('memory_mb', '?')} MB, "
+        f"{copy.get('requests', 0)} requests"
+    )
+
+
+def route_line(routes: dict[str, Any]) -> str:
+    """HTTP requests per route, with the failed ones (4xx and 5xx) where there are any."""
+    parts = []
+    for route, counts in routes.items():
+        failed = counts.get("errors", 0) + counts.get("client_errors", 0)
+        parts.append(
+            f"{route} {counts.get('requests', 0)}" + (f" ({failed} failed)" if failed else "")
+        )
+    return ", ".join(parts)
+
+
+def router_line(router: dict[str, Any]) -> str:
+    """Routing decisions, how many fell back (no route scored high enough), feedback kept."""
+    return (
+        f"{router.get('decisions', 0)} decisions, {router.get('fallbacks', 0)} fell back, "
+        f"{router.get('feedback', 0)} feedback"
+    )
+
+
+def orchestrate_line(orchestrate: dict[str, Any]) -> str:
+    """Tool runs, their steps, and the steps where no tool fit the task."""
+    return (
+        f"{orchestrate.get('runs', 0)} runs, {orchestrate.get('steps', 0)} steps, "
+        f"{orchestrate.get('no_tool_steps', 0)} without a tool"
+    )
 
 
 def tools_line(tools: dict[str, Any]) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -37,3 +40,21 @@ async def wait_until(
                 f"{screen_text(pilot.app)}"
             )
         await pilot.pause(0.1)
+
+
+def hit_routes(base_url: str) -> None:
+    """One request to each of three gateway routes: /api/ps answers, the others 404 (no
+    such model): counted all the same. Blocking: call it from a thread."""
+    for path, body in (
+        ("/api/ps", None),
+        ("/api/show", {"model": "nope"}),
+        ("/v1/models/nope", None),
+    ):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            base_url + path, data, {"content-type": "application/json"}
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except urllib.error.HTTPError as exc:
+            exc.close()

@@ -51,6 +51,11 @@ def make_app(box: BoxInThread, **options) -> BoxApp:
     return BoxApp(BoxLink(box.endpoint, box.data_dir, timeout_s=5.0), **options)
 
 
+def status_of(box: BoxInThread) -> dict:
+    with box.client(timeout=10) as client:
+        return client.status()
+
+
 def model_state(app: BoxApp, name: str) -> str | None:
     row = table_rows(app.query_one(ModelsPanel).table).get(name)
     return row[2] if row else None
@@ -157,6 +162,9 @@ async def test_memory_panel_and_search_box(model_box):
             pilot, lambda: table_rows(memory.table).get("notes"), what="the notes collection"
         )
         assert row[1] == "minilm" and row[2] == "384" and row[3] == "3"
+        # How searches scan it (float32, int8+rescore, bits+rescore), as `status` says.
+        report = await anyio.to_thread.run_sync(lambda: status_of(model_box))
+        assert row[4].endswith(f" · {report['memory']['collections']['notes']['index_scan']}")
 
         await pilot.press("s")
         search = app.screen
@@ -180,3 +188,29 @@ async def test_memory_panel_and_search_box(model_box):
             lambda: "no_such_collection" in str(search.query_one("#search-status", Static).content),
             what="error",
         )
+
+
+async def test_models_pinned_by_sessions_say_so(model_box):
+    """A session's pin keeps its model loaded: the models table shows who holds it."""
+
+    def pin() -> str:
+        with model_box.client(timeout=30) as client:
+            return client.request("session", {"op": "create", "model": "smollm2", "pin": True})[
+                "session"
+            ]
+
+    session = await anyio.to_thread.run_sync(pin)
+    app = make_app(model_box)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            state = await wait_until(
+                pilot, lambda: model_state(app, "smollm2"), what="the smollm2 row"
+            )
+            assert state.endswith(" · pinned by 1"), state
+    finally:
+
+        def unpin() -> None:
+            with model_box.client(timeout=30) as client:
+                client.request("session", {"op": "pin", "session": session, "pin": False})
+
+        await anyio.to_thread.run_sync(unpin)

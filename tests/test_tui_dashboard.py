@@ -7,13 +7,16 @@ import os
 import re
 import threading
 import time
+from typing import Any, ClassVar
 
 import anyio
 import pytest
-from fixtures_box import BoxInThread, pipeline_echo
-from fixtures_tui import screen_text, table_rows, wait_until
+from fixtures_box import BoxInThread, pipeline_echo, wait_for
+from fixtures_tui import hit_routes, screen_text, table_rows, wait_until
 
+from aether_box.box import load_components
 from aether_box.bus.security import init_keys
+from aether_box.monitor.observer import ObserverComponent
 from aether_box.tui.app import BoxApp
 from aether_box.tui.link import BoxLink
 from aether_box.tui.screens.chat import ChatScreen
@@ -89,11 +92,99 @@ async def test_services_health_and_sections_show_the_real_box(box):
                 expected = ROWS_OF[widget_id](status[key])
                 assert set(table_rows(panel.table)) == set(expected), widget_id
                 assert panel.table.display == bool(expected)
-                if not expected:
-                    assert panel.empty in text, widget_id
+                if not expected:  # the note wraps in a narrow panel: its first words
+                    assert panel.empty.split(";")[0] in text, widget_id
             else:
                 assert f"this box reports no {key}" in text, widget_id
                 assert not panel.table.display
+
+
+async def test_shows_http_routes_metrics_router_and_tool_runs(box):
+    """What `status` reports about the gateway (each route, the newer /api/show, /api/ps and
+    /v1/models/{model} included), /metrics, the router and the orchestrator is on screen."""
+    report = await anyio.to_thread.run_sync(box_status, box)
+    await anyio.to_thread.run_sync(hit_routes, report["http"]["url"])
+    app = make_app(box)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: "http /api/ps" in services(app), what="the route rows")
+        rows = services(app)
+        assert rows["http /api/ps"][1:2] + rows["http /api/ps"][4:6] == ["http", "1", "0"]
+        assert rows["http /api/show"][4:6] == ["1", "1"]  # a 404: no such model
+        assert rows["http /v1/models/{model}"][4:6] == ["1", "1"]
+        text = screen_text(app)
+        assert f"metrics  {report['metrics']['url']}" in text
+        assert "router   0 decisions, 0 fell back, 0 feedback" in text
+        assert "         0 runs, 0 steps, 0 without a tool" in text
+        assert str(box.data_dir) in text  # the rows above it leave it room
+
+
+async def test_empty_panels_and_search_say_what_to_do(box):
+    """A box with no models, collections, projectors or peers: each panel says how to get
+    some, and a search with no collection to name says so instead of "missing field"."""
+    app = make_app(box)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.reports_seen, what="a report")
+        text = screen_text(app)
+        for words in (
+            "no models installed; pull one with",
+            "no collections; create one with",
+            "no projectors yet; fit one with",
+            "no linked peers; link one with",
+        ):
+            assert words in text, (words, text)
+        await pilot.press("s", *"kittens", "enter")
+        status = app.screen.query_one("#search-status")
+        await wait_until(pilot, lambda: "no collections yet" in str(status.content), what="hint")
+        assert "aether-box memory create NAME" in screen_text(app)
+
+
+class Flaky:
+    """Serves `flaky`; its first run fails when asked to, the next stays up."""
+
+    name: ClassVar[str] = "flaky"
+    settings_class: ClassVar[type | None] = None
+
+    def __init__(self, ctx: Any) -> None:
+        self.fail = anyio.Event()
+
+    async def serve(self, ctx: Any, *, task_status: Any) -> None:
+        ctx.add_service("flaky", lambda request: self.fail.set() or {}, inline=True)
+        task_status.started()
+        if not Flaky.failed:
+            await self.fail.wait()
+            Flaky.failed = True
+            raise RuntimeError("the disk went away")
+        await anyio.sleep_forever()
+
+    failed = False
+
+
+async def test_log_shows_restarts_and_alerts_from_before_it_opened(data_dir):
+    """What went wrong before the dashboard came (a component restarted, an alert) is in
+    `status`; the log tail shows it too, instead of starting blank."""
+    Flaky.failed = False
+    box = await anyio.to_thread.run_sync(
+        lambda: BoxInThread(data_dir, components=[*load_components(), Flaky])
+    )
+    try:
+
+        def fail_once() -> None:
+            with box.client(timeout=5) as client:
+                client.request("flaky")
+            wait_for(lambda: box_status(box)["components"]["flaky"]["restarts"], 10, "restart")
+            observer = box.box.get(ObserverComponent)
+            alert = {"kind": "test", "subject": "disk", "message": "disk [sda1] nearly full"}
+            box.portal.call(observer._raise, alert, time.monotonic())
+
+        await anyio.to_thread.run_sync(fail_once)
+        app = make_app(box)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: app.reports_seen, what="a report")
+            text = screen_text(app)
+            assert "component flaky restarted after failures (1x)" in text
+            assert "earlier alert: disk [sda1] nearly full" in text
+    finally:
+        await anyio.to_thread.run_sync(box.stop)
 
 
 async def test_health_shows_replies_sent_in_groups(box):
@@ -231,6 +322,16 @@ async def test_help_lists_the_keys_and_each_key_does_what_it_says(box):
             assert any(listed.search(line) for line in help_text.splitlines()), (keys, help_text)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("f1")  # "? / f1"
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("q")  # closes the help, not the dashboard
+        assert not isinstance(app.screen, HelpScreen) and app.return_code is None
+        await pilot.press("slash")  # "s / /"
+        assert isinstance(app.screen, SearchScreen)
+        await pilot.press("escape")
+        focused = app.focused
+        await pilot.press("tab")  # "Move between tables"
+        assert app.focused is not focused
 
         await pilot.press("c")
         assert isinstance(app.screen, ChatScreen)

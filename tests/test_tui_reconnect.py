@@ -28,6 +28,11 @@ def make_app(data_dir) -> BoxApp:
     return BoxApp(BoxLink(endpoint, data_dir, timeout_s=1.5, retry_min_s=0.2, retry_max_s=1.0))
 
 
+def log_text(app: BoxApp) -> str:
+    """Every line of the log tail, scrolled out of view or not (the new box logs a lot)."""
+    return "\n".join(line.text for line in app.log_tail.lines)
+
+
 def box_pid(app: BoxApp) -> int | None:
     return app.report.get("pid") if app.connected else None
 
@@ -68,6 +73,7 @@ async def test_box_goes_away_and_comes_back(data_dir):
             )
             assert not app.connected
             assert "disconnected:" in screen_text(app)  # and the log tail records it
+            assert "_Lost" not in screen_text(app)  # words, not a Python class name
 
             # A new box on the same data dir: the dashboard finds it without any key press.
             second = await anyio.to_thread.run_sync(BoxProcess, data_dir)
@@ -76,6 +82,9 @@ async def test_box_goes_away_and_comes_back(data_dir):
             )
             assert "● connected" in screen_text(app)
             assert app.query_one(HealthPanel).report["pid"] == second.process.pid
+            # A different box answers: the log says so (its counters started over).
+            restarted = f"the box restarted (pid {first.process.pid} -> {second.process.pid})"
+            await wait_until(pilot, lambda: restarted in log_text(app), what="the restart note")
 
             # A crash (SIGKILL): no goodbye; silence is noticed within the poll timeout.
             await anyio.to_thread.run_sync(partial(second.stop, signal.SIGKILL))

@@ -94,6 +94,7 @@ REPORT = {
                 "metric": "cosine",
                 "count": 1532,
                 "index_mb": 2.2,
+                "index_scan": "int8+rescore",
             },
             "docs": {
                 "name": "docs",
@@ -131,6 +132,32 @@ REPORT = {
             },
         ]
     },
+    "sessions": {"pins": [], "pinned_models": {"smollm2": ["s1"]}, "pin_expiry_s": 86400.0},
+    "http": {  # as the gateway reports it
+        "url": "http://127.0.0.1:11434",
+        "require_key": False,
+        "routes": {
+            "/api/ps": {
+                "requests": 3,
+                "errors": 0,
+                "client_errors": 0,
+                "p50_ms": 0.4,
+                "p95_ms": 0.9,
+            },
+            "/v1/chat/completions": {
+                "requests": 12,
+                "errors": 0,
+                "client_errors": 1,
+                "p50_ms": 640.0,
+                "p95_ms": 1800.0,
+            },
+        },
+        "keys": {"-": {"requests": 15, "errors": 0, "client_errors": 1}},
+    },
+    "metrics": {"url": "http://127.0.0.1:9464/metrics"},
+    "tools": {"enabled": True, "callable": 4, "by_source": {"builtin": 4}, "calls": 6},
+    "orchestrate": {"runs": 2, "steps": 5, "no_tool_steps": 1, "min_score": 0.27},
+    "router": {"decisions": 9, "fallbacks": 2, "feedback": 1, "min_score": {"general": 0.2}},
     "tuner": {  # as the tuner component reports it
         "modes": {"unload": "auto", "refit_projector": "propose"},
         "counts": {"unload": {"applying": 1, "applied": 1}},

@@ -30,13 +30,16 @@ from aether_box.tui.view import (
     adapter_rows,
     baked_rows,
     grid_rows,
+    http_routes,
     memory_rows,
     model_rows,
     peer_rows,
     projector_rows,
+    route_rows,
     scalars,
     service_rows,
     tuner_rows,
+    with_pins,
 )
 from aether_box.tui.widgets.health import HealthPanel
 from aether_box.tui.widgets.logtail import LogTail
@@ -62,6 +65,14 @@ PROJECTOR_COLUMNS = ("projector", "method", "top-1 in", "top-1 out", "uses", "pr
 PEER_COLUMNS = ("peer", "state", "endpoint", "seen s", "services")
 TUNER_COLUMNS = ("decision", "action", "subject", "state", "outcome")
 DEFAULT_CHAT_MODEL = "smollm2"
+# What an empty panel says: that it is empty, and how to fill it.
+EMPTY = {
+    "models": "no models installed; pull one with `aether-box models pull smollm2`",
+    "memory": "no collections; create one with `aether-box memory create NAME --model minilm`",
+    "projectors": "no projectors yet; fit one with `aether-box align fit --from MODEL --to MODEL`",
+    "peers": "no linked peers; link one with `aether-box link ENDPOINT`",
+    "tuner": "no tuner decisions yet (`aether-box tuner status` shows its modes)",
+}
 
 
 class BoxApp(App[None]):
@@ -107,6 +118,7 @@ class BoxApp(App[None]):
         self.connected = False
         self.reports_seen = 0
         self.events_seen = 0
+        self.restarts_seen: dict[str, int] = {}  # per component, of the box shown
         self.sub_title = self.link.endpoint
 
     def compose(self) -> ComposeResult:
@@ -116,16 +128,14 @@ class BoxApp(App[None]):
                 yield HealthPanel(id="health")
                 yield SectionTable("services", SERVICE_COLUMNS, id="services", empty="no services")
             with Horizontal(id="middle"):
-                yield ModelsPanel(self.speeds, id="models")
-                yield SectionTable("memory", MEMORY_COLUMNS, id="memory", empty="no collections")
+                yield ModelsPanel(self.speeds, id="models", empty=EMPTY["models"])
+                yield SectionTable("memory", MEMORY_COLUMNS, id="memory", empty=EMPTY["memory"])
             with Horizontal(id="lower"):
                 yield SectionTable(
-                    "projectors", PROJECTOR_COLUMNS, id="projectors", empty="no projectors fitted"
+                    "projectors", PROJECTOR_COLUMNS, id="projectors", empty=EMPTY["projectors"]
                 )
-                yield SectionTable("peers", PEER_COLUMNS, id="peers", empty="no linked peers")
-                yield SectionTable(
-                    "tuner", TUNER_COLUMNS, id="tuner", empty="no tuner decisions yet"
-                )
+                yield SectionTable("peers", PEER_COLUMNS, id="peers", empty=EMPTY["peers"])
+                yield SectionTable("tuner", TUNER_COLUMNS, id="tuner", empty=EMPTY["tuner"])
             yield LogTail(id="log", now=self.now)
         yield Footer()
 
@@ -160,6 +170,15 @@ class BoxApp(App[None]):
         self.health.show_connected(message.endpoint)
         pid = message.report.get("pid", "?")
         self.log_tail.note(f"connected to {message.endpoint} (box pid {pid})", "green")
+        before = self.report.get("pid")
+        if before is not None and before != pid:  # counters, loaded models: all from zero
+            self.log_tail.note(
+                f"the box restarted (pid {before} -> {pid}): its counters started over", "yellow"
+            )
+        if before != pid:  # a box seen for the first time: what it said before we came
+            self.restarts_seen.clear()
+            for alert in message.report.get("alerts", [])[-3:]:
+                self.log_tail.note(f"earlier alert: {alert.get('message')}", "bold yellow")
 
     def on_link_down(self, message: LinkDown) -> None:
         was_connected, self.connected = self.connected, False
@@ -181,8 +200,9 @@ class BoxApp(App[None]):
         self.reports_seen += 1
         self.health.show_report(report)
         services = report.get("services") if isinstance(report.get("services"), dict) else {}
-        rates = self.rates.update(services, message.received or None)
-        self.panels["services"].show_rows(service_rows(services, rates))
+        routes = http_routes(report)  # the gateway's routes sit under the bus services
+        rates = self.rates.update({**services, **routes}, message.received or None)
+        self.panels["services"].show_rows(service_rows(services, rates) | route_rows(routes, rates))
         self._show_models(report)
         self._show_section("memory", report, memory_rows)
         self._show_section("projectors", report, projector_rows, key="align")
@@ -191,6 +211,20 @@ class BoxApp(App[None]):
             "peers", report, lambda section: {**peer_rows(section), **grid_rows(report.get("grid"))}
         )
         self._show_section("tuner", report, tuner_rows)
+        self._note_restarts(report)
+
+    def _note_restarts(self, report: dict[str, Any]) -> None:
+        """A line in the log for each component restarted since the last report (or before
+        the dashboard came: `status` lists them, and so does this)."""
+        components = report.get("components")
+        for name, state in (components if isinstance(components, dict) else {}).items():
+            count = state.get("restarts") if isinstance(state, dict) else None
+            if isinstance(count, int) and count > self.restarts_seen.get(name, 0):
+                self.restarts_seen[name] = count
+                self.log_tail.note(
+                    f"component {name} restarted after failures ({count}x); see the box's log",
+                    "bold yellow",
+                )
 
     def on_box_event(self, message: BoxEvent) -> None:
         self.events_seen += 1
@@ -214,7 +248,7 @@ class BoxApp(App[None]):
             if tps is not None:
                 self.record_speed(name, tps)
         panel.show_rows(
-            {name: cells for name, (cells, _) in rows.items()}
+            with_pins({name: cells for name, (cells, _) in rows.items()}, report.get("sessions"))
             | baked_rows(section)
             | adapter_rows(report.get("adapters")),
             _summary(section, skip=("loaded", "installed", "models")),
@@ -252,8 +286,10 @@ class BoxApp(App[None]):
         )
 
     def action_search(self) -> None:
-        collection = self.panels["memory"].selected_key() or ""
-        self.push_screen(SearchScreen(self.link, collection))
+        memory = self.panels["memory"]
+        collection = memory.selected_key() or ""
+        known = list(memory_rows(self.report.get("memory"))) if "memory" in self.report else None
+        self.push_screen(SearchScreen(self.link, collection, collections=known))
 
     def action_load_model(self) -> None:
         self._ask_model("load")

@@ -77,8 +77,13 @@ class _Lost(Exception):
 
 
 def _describe(exc: BaseException) -> str:
+    """Why the session ended, in words; a Python type name only for the unexpected."""
     if isinstance(exc, BoxError):
         return exc.message
+    if isinstance(exc, _Lost):
+        return str(exc)
+    if isinstance(exc, TimeoutError):  # anyio.fail_after: no message of its own
+        return "the box did not answer in time (stopped, or stuck on something long)"
     return f"{type(exc).__name__}: {exc}"
 
 

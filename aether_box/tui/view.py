@@ -24,6 +24,8 @@ __all__ = [
     "pick",
     "records",
     "service_rows",
+    "route_rows",
+    "http_routes",
     "model_rows",
     "memory_rows",
     "projector_rows",
@@ -222,6 +224,36 @@ def service_rows(services: Mapping[str, Any], rates: Mapping[str, float | None])
     return rows
 
 
+def http_routes(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The gateway's routes as "http ROUTE" -> counts, to sit with the bus services."""
+    http = report.get("http")
+    routes = http.get("routes") if isinstance(http, Mapping) else None
+    if not isinstance(routes, Mapping):
+        return {}
+    return {f"http {route}": c for route, c in routes.items() if isinstance(c, Mapping)}
+
+
+def route_rows(routes: Mapping[str, Any], rates: Mapping[str, float | None]) -> dict[str, Row]:
+    """HTTP routes as services-table rows (kind "http"); errors count 4xx and 5xx answers."""
+    rows: dict[str, Row] = {}
+    for name, counts in sorted(routes.items()):
+        rate = rates.get(name)
+        failed = [_number(counts.get(k)) for k in ("errors", "client_errors")]
+        rows[name] = (
+            name.removeprefix("http "),  # the kind column says http; the route keeps it narrow
+            "http",
+            MISSING,
+            MISSING if rate is None else f"{rate:.1f}",
+            fmt_count(counts.get("requests")),
+            fmt_count(sum(x for x in failed if x is not None)),
+            MISSING,
+            MISSING,
+            fmt_ms(counts.get("p50_ms")),
+            fmt_ms(counts.get("p95_ms")),
+        )
+    return rows
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -307,6 +339,17 @@ def model_rows(section: Any) -> dict[str, tuple[Row, float | None]]:
     return dict(sorted(rows.items()))
 
 
+def with_pins(rows: Mapping[str, Row], sessions: Any) -> dict[str, Row]:
+    """Model rows with "pinned by N" (sessions) in their state: those stay loaded."""
+    pinned = sessions.get("pinned_models") if isinstance(sessions, Mapping) else None
+    out = dict(rows)
+    for model, ids in (pinned if isinstance(pinned, Mapping) else {}).items():
+        if model in out and isinstance(ids, list) and ids:
+            cells = out[model]  # short: the state column is the table's widest
+            out[model] = (*cells[:2], f"{cells[2]} · pinned by {len(ids)}", *cells[3:])
+    return out
+
+
 def adapter_rows(section: Any) -> dict[str, Row]:
     """LoRA adapters as rows of the models table: "↳ name" -> (name, "lora rN · base",
     fusion verdict with KL and top-1, requests, tok/s, -, -, probe progress)."""
@@ -386,18 +429,32 @@ def _ms(value: float | None) -> str:
 
 
 def memory_rows(section: Any) -> dict[str, Row]:
-    """collection -> (name, model, dim, count, size)."""
+    """collection -> (name, model, dim, count, index size and how searches scan it)."""
     rows: dict[str, Row] = {}
     for record in records(section, "collections"):
         name = str(pick(record, "name", "collection", default="?"))
+        size = fmt_bytes(_bytes(record, ("index_mb", "size_mb", "db_mb"), ("bytes", "size_bytes")))
         rows[name] = (
             name,
             str(pick(record, "model", "space", "embedding_model", default=MISSING)),
             fmt_count(pick(record, "dim", "dimension")),
             fmt_count(pick(record, "count", "records", "items", "vectors")),
-            fmt_bytes(_bytes(record, ("index_mb", "size_mb", "db_mb"), ("bytes", "size_bytes"))),
+            size + _scan(record),
         )
     return rows
+
+
+def _scan(record: Mapping[str, Any]) -> str:
+    """ " · float32", " · bits+rescore 96", " · int8+rescore, calibrating", or "" unknown."""
+    scan = record.get("index_scan")
+    if not scan:
+        return ""
+    budget = record.get("bit_budget")
+    return (
+        f" · {scan}"
+        + (f" {budget}" if budget else "")
+        + (", calibrating" if record.get("calibrating") else "")
+    )
 
 
 def projector_rows(section: Any) -> dict[str, Row]:

@@ -67,6 +67,7 @@ class SearchScreen(ModalScreen[None]):
         link: Any,
         collection: str = "",
         *,
+        collections: list[str] | None = None,
         k: int = 10,
         build_body: Callable[[str, str, int], dict[str, Any]] | None = None,
         timeout_s: float = 30.0,
@@ -74,6 +75,7 @@ class SearchScreen(ModalScreen[None]):
         super().__init__()
         self.link = link
         self.collection = collection
+        self.collections = collections  # None: the box did not say which it has
         self.k = k
         self.build_body = build_body or search_body
         self.timeout_s = timeout_s
@@ -105,6 +107,11 @@ class SearchScreen(ModalScreen[None]):
         if not query:
             self.query_one("#search-query", Input).focus()
             return
+        if not collection and self.collections is not None:
+            # The box would answer "missing field 'collection'": say what to type instead.
+            self.query_one("#search-status", Static).update(_which_collection(self.collections))
+            self.query_one("#search-collection", Input).focus()
+            return
         self.search(collection, query)
 
     @work(exclusive=True, group="search")
@@ -133,6 +140,16 @@ class SearchScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def _which_collection(collections: list[str]) -> str:
+    """What to type in the empty collection box."""
+    if not collections:
+        return (
+            "this box has no collections yet; create one with "
+            "`aether-box memory create NAME --model minilm` and add texts to it"
+        )
+    return "type the collection to search: " + ", ".join(collections)
 
 
 def search_body(collection: str, query: str, k: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from aether_box.status_view import tools_line
+from aether_box.status_view import orchestrate_line, router_line, tools_line
 from aether_box.tui.view import MISSING, fmt_bytes, fmt_count, fmt_duration, fmt_float
 
 __all__ = ["HealthPanel"]
@@ -119,21 +119,38 @@ class HealthPanel(Static):
                 grid.add_row("access", self._access_text(r["access"], curve))
             else:
                 grid.add_row("access", curve)
-            http = r.get("http")
-            if isinstance(http, Mapping) and http.get("url"):  # only boxes with the gateway
-                keys = http.get("keys") if isinstance(http.get("keys"), Mapping) else {}
-                requests = sum(c.get("requests", 0) for c in keys.values())
-                need = "keys required" if http.get("require_key") else "keys optional"
-                grid.add_row("http", f"{http['url']}   {need}   {fmt_count(requests)} requests")
-            tools = r.get("tools")
-            if isinstance(tools, Mapping):
-                # Text, not markup: the line reads "set [tools] enabled = true" when off.
-                grid.add_row("tools", Text(tools_line(dict(tools))))
+            _add_http_rows(grid, r)
+            _add_tool_rows(grid, r)
             grid.add_row("data dir", Text(str(r.get("data_dir", MISSING))))
         outer = Table.grid()
         outer.add_row(self.state)
         outer.add_row(grid)
         self.update(outer)
+
+
+def _add_http_rows(grid: Table, r: Mapping[str, Any]) -> None:
+    """The gateway's URL, keys and requests (its routes are rows of the services table),
+    and where Prometheus scrapes the metrics."""
+    http = r.get("http")
+    if isinstance(http, Mapping) and http.get("url"):  # only boxes with the gateway
+        keys = http.get("keys") if isinstance(http.get("keys"), Mapping) else {}
+        requests = sum(c.get("requests", 0) for c in keys.values())
+        need = "keys required" if http.get("require_key") else "keys optional"
+        grid.add_row("http", f"{http['url']}\n{need}, {fmt_count(requests)} requests")
+    metrics = r.get("metrics")
+    if isinstance(metrics, Mapping) and metrics.get("url"):
+        grid.add_row("metrics", str(metrics["url"]))
+
+
+def _add_tool_rows(grid: Table, r: Mapping[str, Any]) -> None:
+    """Tools (on or off, calls), the orchestrator's runs and the router's decisions."""
+    if isinstance(r.get("tools"), Mapping):
+        # Text, not markup: the line reads "set [tools] enabled = true" when off.
+        grid.add_row("tools", Text(tools_line(dict(r["tools"]))))
+    if isinstance(r.get("orchestrate"), Mapping):
+        grid.add_row("", orchestrate_line(dict(r["orchestrate"])))
+    if isinstance(r.get("router"), Mapping):
+        grid.add_row("router", router_line(dict(r["router"])))
 
 
 def _events_text(events: Mapping[str, Any]) -> str:

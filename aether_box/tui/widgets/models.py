@@ -26,8 +26,8 @@ class ModelsPanel(SectionTable):
     ModelsPanel Sparkline { width: 1fr; height: 1; margin: 0 1 0 0; }
     """
 
-    def __init__(self, history: History, *, id: str) -> None:
-        super().__init__("models", MODEL_COLUMNS, id=id, empty="no models installed")
+    def __init__(self, history: History, *, id: str, empty: str = "no models installed") -> None:
+        super().__init__("models", MODEL_COLUMNS, id=id, empty=empty)
         self.history = history
 
     def compose(self) -> ComposeResult:
