@@ -18,7 +18,7 @@ from aether_box.bus.scopes import (
     floor_scope,
     required_scope,
 )
-from aether_box.bus.security import CurveKeys, init_keys
+from aether_box.bus.security import CurveKeys, init_keys, scopes_in
 from aether_box.cli import cli
 from aether_box.client import BoxError, Client
 from aether_box.errors import Forbidden
@@ -115,6 +115,13 @@ def test_loopback_admin_gives_plain_tcp_every_op(data_dir):
 def _keypair(where, name: str) -> tuple[CurveKeys, object]:
     public_file, secret_file = zmq.auth.create_certificates(where, name)
     return CurveKeys.load(secret_file), public_file
+
+
+def test_keys_init_authorizes_the_data_dirs_own_client_key_as_admin(data_dir):
+    # The README: "`keys init` authorizes the data dir's own client key as `admin`".
+    root = init_keys(data_dir)
+    own, _ = zmq.auth.load_certificate(root / "client.key")
+    assert scopes_in(root / "authorized") == {own: ADMIN}
 
 
 def test_curve_keys_carry_the_scope_they_were_authorized_with(data_dir, tmp_path):

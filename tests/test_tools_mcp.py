@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -92,3 +93,27 @@ def test_bad_mcp_config_is_a_clear_error(tmp_path: Path) -> None:
         Config(tmp_path, {"tools": {"mcpServers": {"x": {"command": "a", "colour": 1}}}}).get(
             ToolsSettings
         )
+
+
+def test_a_server_that_cannot_be_reached_says_why(data_dir: Path) -> None:
+    # The README's `[tools.mcpServers.search] url = ...` with nothing listening there used to
+    # log "ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)" and nothing else.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/mcp"  # closed once the block ends
+    tools = {"enabled": True, "mcpServers": {"s": {"url": url}}}
+    # No gateway: its first hypercorn import on the loop can wait on the import lock the MCP
+    # client's thread holds, which blockbuster reports (seen only when this test runs alone).
+    running = BoxInThread(data_dir, {"tools": tools, "http": {"address": ""}})
+    try:
+        with running.client() as client:
+
+            def server() -> dict[str, Any]:
+                return client.status()["tools"]["mcp_servers"]["s"]
+
+            wait_for(lambda: server()["state"] == "down", 30, "the MCP server marked down")
+            error = server()["error"]
+            assert "TaskGroup" not in error, error
+            assert url in error and "retrying" in error, error
+    finally:
+        running.stop(timeout=30)

@@ -105,7 +105,7 @@ class McpServer:
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:  # any failure of a foreign server: note it, retry
-                self.error = f"{type(exc).__name__}: {exc}"
+                self.error = self._down(exc, RETRY_S[min(attempt, len(RETRY_S) - 1)])
                 log.warning("MCP server %s is down: %s", self.name, self.error)
             finally:
                 self.client, self.tools = None, []
@@ -114,6 +114,16 @@ class McpServer:
             self.state = "down"
             await anyio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
             attempt += 1
+
+    def _down(self, exc: BaseException, retry_s: float) -> str:
+        """Why the server is down (the error the SDK's task groups wrap), where, and what next."""
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        where = self.spec.get("url") or self.spec.get("command")
+        return (
+            f"{type(exc).__name__}: {exc} ({where}); retrying in {retry_s:g} s: check that "
+            f"the server runs, or fix [tools.mcpServers.{self.name}]"
+        )
 
     async def _client(self) -> tuple[Any, Any]:
         """The SDK's client for this server, and the HTTP client to close after it (None for a
