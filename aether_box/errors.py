@@ -176,6 +176,8 @@ _BY_CODE: dict[str, type[BoxError]] = {
         RecipeMismatch,
     )
 }
+# Codes of the box's own subclasses, raised as the documented class they belong to.
+_BY_CODE["busy"] = Overloaded  # a model's slots and queue are full (engines.scheduler.Busy)
 
 
 def error_for_code(code: str, message: str) -> BoxError:
@@ -184,4 +186,4 @@ def error_for_code(code: str, message: str) -> BoxError:
     if cls is None:
         # Codes from services we don't know (e.g. an external worker) keep their code.
         return BoxError(message, code=code)
-    return cls(message)
+    return cls(message, code=code)

@@ -74,6 +74,11 @@ def start_hint(data_dir: str | os.PathLike | None = None) -> str:
     return "aether-box run" if home == data_dir_from(None) else f"aether-box --data-dir {home} run"
 
 
+def _texts(texts: list[str]) -> list[str]:
+    """`texts` as a list; a lone str goes as it is, for the box to refuse (not as characters)."""
+    return texts if isinstance(texts, str) else list(texts)
+
+
 def _llm_body(op: str, model: str, **fields: Any) -> dict[str, Any]:
     return {"op": op, "model": model, **fields}
 
@@ -137,8 +142,15 @@ class _Session:
 
     def timeout_error(self, service: str, timeout: float) -> Timeout:
         return Timeout(
-            f"no reply from {service!r} within {timeout:g} s at {self.endpoint}; "
-            "is the box running (`aether-box run`), and is the endpoint right?"
+            f"no reply from {service!r} within {timeout:g} s at {self.endpoint}, so the box was "
+            "told to stop the work; a slow request needs a longer `timeout` (per call, or the "
+            "client's own); a box that never answers may be stopped or at another endpoint"
+        )
+
+    def events_timeout_error(self, prefixes: tuple[str, ...], timeout: float) -> Timeout:
+        return Timeout(
+            f"no event on {list(prefixes) or 'any topic'} within {timeout:g} s from the box at "
+            f"{self.endpoint}; pass a longer `timeout`, or None to wait for as long as it takes"
         )
 
     def event_endpoint(self, published: list[str]) -> str:
@@ -155,11 +167,25 @@ class _Session:
 
 
 class Client:
-    """A blocking client. One per thread; use it as a context manager or call close().
+    """A blocking client; use it as a context manager or call close() (twice does no harm).
 
+    Not thread-safe: use one per thread (a zmq socket shared between threads can mix up
+    replies or crash the process; nothing detects it). `AsyncClient` takes overlapping calls.
+
+    `endpoint`: None finds the box (see `resolve_endpoint`): $AETHER_BOX_ENDPOINT, else the
+    data dir's ipc socket or published endpoint, else tcp://127.0.0.1:7745 for the default
+    data dir. `timeout` (seconds, default 30) bounds the wait for each reply; every call
+    also takes its own. A call that times out or a stream left early has the box stop the
+    work, and its late reply never reaches a later call.
     `curve`: (client keys, the box's public key) for CURVE over tcp; None uses the data
     dir's client keys when it has them; False connects without CURVE. A local endpoint
-    with nothing listening raises `NoBox` at once (`check=False` skips that look).
+    with nothing listening raises `NoBox` at once, as the client opens and when a call finds
+    the box gone (`check=False` skips that look: calls then wait for a box, up to `timeout`).
+
+    Errors are the typed exceptions of `aether_box.client`, all `BoxError` with a `code`:
+    `NotFound` (service, model, op), `BadRequest`, `TooLarge`, `Overloaded` (retry later),
+    `Cancelled`, `ServiceUnavailable`/`NoBox`, `Timeout`; their message says what to do.
+    A body that msgpack cannot carry raises TypeError before anything is sent.
     """
 
     def __init__(
@@ -173,6 +199,7 @@ class Client:
     ) -> None:
         self._session = _Session(endpoint, data_dir, timeout, curve)
         self.endpoint = self._session.endpoint
+        self._check = check
         if check:
             self._session.check_box()
         self._context = zmq.Context.instance()
@@ -211,6 +238,10 @@ class Client:
             if not self._socket.poll(wait * 1000, zmq.POLLOUT):
                 raise self._session.timeout_error(service, wait) from None
             send_frames(self._socket, frames)
+        except zmq.ZMQError:
+            if self._socket.closed:
+                raise RuntimeError("this Client is closed; open a new one") from None
+            raise
         finished = False
         try:
             while True:
@@ -236,8 +267,10 @@ class Client:
             self._set_wait(left)
             try:
                 frames = recv_frames(self._socket, wait=True)
-            except zmq.Again:
-                break
+            except zmq.Again:  # a second without a reply: is the box still there?
+                if self._check:
+                    self._session.check_box()  # it stopped: say so now, not at the deadline
+                continue
             final, reply = self._session.parse(frames)
             if reply.get(RID, rid) == rid:
                 return final, reply
@@ -245,7 +278,7 @@ class Client:
         raise self._session.timeout_error(service, timeout)
 
     def _set_wait(self, seconds: float) -> None:
-        ms = max(1, math.ceil(seconds * 1000))
+        ms = min(1000, math.ceil(seconds * 1000))  # seconds > 0; waits of 1 s at most
         if ms != self._wait_ms:  # most calls reuse the last timeout: skip the setsockopt
             self._socket.rcvtimeo = self._wait_ms = ms
 
@@ -280,7 +313,7 @@ class Client:
     def embed(self, model: str, texts: list[str], *, timeout: float | None = None) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text."""
         return self.request(
-            "embed", {"op": "embed", "model": model, "texts": list(texts)}, timeout=timeout
+            "embed", {"op": "embed", "model": model, "texts": _texts(texts)}, timeout=timeout
         )["vectors"]
 
     def events(
@@ -295,7 +328,7 @@ class Client:
             self._session.connect(socket, endpoint)
             while True:
                 if timeout is not None and not socket.poll(timeout * 1000):
-                    raise self._session.timeout_error("events", timeout)
+                    raise self._session.events_timeout_error(prefixes, timeout)
                 topic, payload = socket.recv_multipart()
                 yield topic.decode(), msgpack.unpackb(payload)
         finally:
@@ -305,8 +338,11 @@ class Client:
 class AsyncClient:
     """An anyio client; many calls may overlap. Use as ``async with AsyncClient() as client``.
 
-    Entering it raises `NoBox` at once when nothing listens at a local endpoint; a watcher
-    that waits for a box to come (a federation link) passes `check=False`.
+    Calls before entering it or after leaving it raise RuntimeError. Endpoint, `timeout`,
+    `curve` and errors are as for `Client`. Entering it raises `NoBox` at once when nothing
+    listens at a local endpoint; a watcher that waits for a box to come (a federation link)
+    passes `check=False`. Leave an `async for` over `stream` early with `break` and the
+    generator's cleanup (or ``aclose()``, or `contextlib.aclosing`) tells the box to stop.
     """
 
     def __init__(
@@ -341,17 +377,21 @@ class AsyncClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        assert self._tg is not None and self._socket is not None
+        tg, socket = self._tg, self._socket
+        if tg is None or socket is None:  # never entered, or closed already
+            return
+        self._tg = self._socket = None
         try:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
         finally:  # also when the caller itself is being cancelled
-            self._socket.close(linger=0)
+            socket.close(linger=0)
 
     async def _read_replies(self) -> None:
-        assert self._socket is not None
+        socket = self._socket
+        assert socket is not None
         while True:
-            frames = await self._socket.recv_multipart()
+            frames = await socket.recv_multipart()
             try:
                 final, reply = self._session.parse(frames)
             except ProtocolError:
@@ -376,8 +416,12 @@ class AsyncClient:
         self, service: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield every reply (partials, then the final one). `timeout` bounds the wait for each."""
-        if self._socket is None:
-            raise RuntimeError("use `async with AsyncClient() as client:` before calling it")
+        socket = self._socket
+        if socket is None:
+            raise RuntimeError(
+                "the AsyncClient is not open (or closed already): "
+                "call it inside `async with AsyncClient() as client:`"
+            )
         rid = next(_rids)
         wait = self._session.timeout if timeout is None else timeout
         send, receive = anyio.create_memory_object_stream[tuple[bool, dict[str, Any]]](float("inf"))
@@ -385,7 +429,7 @@ class AsyncClient:
         finished = False
         try:
             with anyio.move_on_after(wait) as scope:
-                await self._socket.send_multipart(self._session.request_frames(service, body, rid))
+                await socket.send_multipart(self._session.request_frames(service, body, rid))
             if scope.cancelled_caught:
                 raise self._session.timeout_error(service, wait)
             while not finished:
@@ -401,9 +445,9 @@ class AsyncClient:
             del self._waiting[rid]
             send.close()
             receive.close()
-            if not finished:  # timed out or the caller stopped iterating: stop the work
+            if not finished and not socket.closed:  # timed out or left early: stop the work
                 frames = self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0)
-                sent = self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+                sent = socket.send_multipart(frames, flags=zmq.NOBLOCK)
                 sent.add_done_callback(lambda f: f.exception())  # no connection: nothing to cancel
 
     async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
@@ -439,16 +483,15 @@ class AsyncClient:
         self, model: str, texts: list[str], *, timeout: float | None = None
     ) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text."""
-        body = {"op": "embed", "model": model, "texts": list(texts)}
+        body = {"op": "embed", "model": model, "texts": _texts(texts)}
         return (await self.request("embed", body, timeout=timeout))["vectors"]
 
     async def events(
         self, *prefixes: str, timeout: float | None = None
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield (topic, body) for published events whose topic starts with one of `prefixes`."""
-        endpoint = self._session.event_endpoint(
-            (await self.status(timeout=timeout))["endpoints"]["events"]
-        )
+        published = (await self.status(timeout=timeout))["endpoints"]["events"]
+        endpoint = self._session.event_endpoint(published)
         socket = zmq.asyncio.Context.instance().socket(zmq.SUB)
         try:
             for prefix in prefixes or ("",):
@@ -458,7 +501,7 @@ class AsyncClient:
                 with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
                     topic, payload = await socket.recv_multipart()
                 if scope.cancelled_caught:
-                    raise self._session.timeout_error("events", timeout or 0)
+                    raise self._session.events_timeout_error(prefixes, timeout or 0)
                 yield topic.decode(), msgpack.unpackb(payload)
         finally:
             socket.close(linger=0)
