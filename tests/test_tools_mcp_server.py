@@ -98,3 +98,52 @@ def test_another_box_uses_this_one_as_an_http_mcp_server(served: GatewayBox) -> 
     finally:
         other.stop(timeout=30)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_every_argument_is_described_with_its_bounds(served: GatewayBox) -> None:
+    """A host's model calls the tools from their input schemas alone."""
+
+    async def schemas() -> dict[str, dict[str, Any]]:
+        async with Client(f"{served.url}/mcp", raise_exceptions=True) as client:
+            return {t.name: t.input_schema for t in (await client.list_tools()).tools}
+
+    tools = anyio.run(schemas)
+    for name in EXPECTED:
+        for argument, schema in tools[name]["properties"].items():
+            assert schema.get("description"), f"{name}.{argument} has no description"
+    k = tools["memory_search"]["properties"]["k"]
+    assert (k["minimum"], k["maximum"]) == (1, 1000)  # the memory service's bounds
+    assert tools["chat"]["properties"]["max_tokens"]["minimum"] == 1
+
+
+def test_stdio_server_started_before_the_box_says_how_to_start_it_then_uses_it(
+    models_dir: Path,
+) -> None:
+    """Hosts start `aether-box mcp` with the editor, box or not, and do not restart it."""
+    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
+    command = StdioServerParameters(
+        command=sys.executable, args=["-m", "aether_box", "--data-dir", str(data_dir), "mcp"]
+    )
+
+    async def session() -> tuple[Any, Any, Any]:
+        async with Client(command, raise_exceptions=True) as client:
+            listed = await client.list_tools()
+            before = await client.call_tool("embed", {"text": "hello"})
+            box = await anyio.to_thread.run_sync(
+                BoxInThread, data_dir, {"models": {"dir": str(models_dir)}}
+            )
+            try:
+                after = await client.call_tool("embed", {"text": "hello"})
+            finally:
+                await anyio.to_thread.run_sync(box.stop, 30)
+        return listed, before, after
+
+    try:
+        listed, before, after = anyio.run(session)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert EXPECTED <= {t.name for t in listed.tools}
+    assert before.is_error
+    assert "no box is running" in before.content[0].text
+    assert f"aether-box --data-dir {data_dir} run" in before.content[0].text
+    assert not after.is_error and after.structured_content["dim"] == 384
