@@ -133,3 +133,121 @@ def test_legacy_embeddings_and_an_empty_input(client):
     with pytest.raises(ollama.ResponseError) as no_prompt:
         client.embeddings(model="minilm", prompt="")
     assert no_prompt.value.status_code == 400 and "prompt" in no_prompt.value.error
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time now in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}, "hours24": {"type": "boolean"}},
+            "required": ["zone", "hours24"],
+        },
+    },
+}
+TOOLS = [WEATHER, TIME]
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+TOOL_GREEDY = {"temperature": 0, "seed": 1, "num_predict": 80}
+
+
+def valid_call(call) -> bool:
+    """An Ollama tool call: a tool's name, and arguments (an object) that fit its schema."""
+    spec = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    schema = spec.get(call.function.name)
+    arguments = call.function.arguments
+    if schema is None or not isinstance(arguments, dict):
+        return False
+    kinds = {"string": str, "boolean": bool}
+    return set(arguments) >= set(schema["required"]) and all(
+        value in schema["properties"][key].get("enum", [value])
+        and isinstance(value, kinds.get(schema["properties"][key].get("type"), object))
+        for key, value in arguments.items()
+    )
+
+
+def answer_of(message) -> tuple:
+    """(content, (name, arguments) of each call) of a reply's message, checked: a call has
+    arguments (an object) that fit its schema and no text; an answer is plain text, not the
+    JSON the model was held to."""
+    calls = [(c.function.name, dict(c.function.arguments)) for c in message.tool_calls or []]
+    if calls:
+        (call,) = message.tool_calls
+        assert not message.content and valid_call(call), call
+    else:
+        assert message.content and not message.content.lstrip().startswith("{"), message
+    return message.content, calls
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        TOOL_GREEDY,  # a call here
+        {**TOOL_GREEDY, "temperature": 1.0, "seed": 2},  # mostly answered in text
+    ],
+)
+def test_a_tools_reply_is_a_call_or_content_and_the_stream_says_the_same(client, options):
+    ask = {"model": "smollm2", "messages": ASK_WEATHER, "options": options}
+    whole = client.chat(**ask, tools=TOOLS, stream=False)
+    answer = answer_of(whole.message)
+    assert whole.done and whole.done_reason == "stop"
+    # Streamed: the call (or the answer) in one line, then the final done line.
+    *pieces, last = client.chat(**ask, tools=TOOLS, stream=True)
+    assert last.done and not last.message.content and not last.message.tool_calls
+    assert len(pieces) == 1 and not pieces[0].done
+    streamed = answer_of(pieces[0].message)
+    if options["temperature"] == 0:  # greedy, a fixed seed: the same reply
+        assert streamed == answer
+    # (Sampled, the prompt cache's state can tip a token: each reply is checked alone.)
+    # The tools are in the prompt: the model knows what it may call.
+    bare = client.chat(**ask, stream=False)
+    assert whole.prompt_eval_count > bare.prompt_eval_count
+
+
+def test_a_call_and_its_result_reach_the_model_in_the_next_turn(client):
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}}
+    result = {"role": "tool", "content": '{"celsius": 21}', "tool_name": "get_weather"}
+    turns = [*ASK_WEATHER, {"role": "assistant", "content": "", "tool_calls": [call]}, result]
+    options = {"temperature": 0, "seed": 1, "num_predict": 6}
+    reply = client.chat(model="smollm2", messages=turns, tools=TOOLS, options=options)
+    assert reply.done and (reply.message.content or reply.message.tool_calls)
+    # The call is written into the prompt: the same turns without it are shorter.
+    bare = [*ASK_WEATHER, {"role": "assistant", "content": ""}, result]
+    without = client.chat(model="smollm2", messages=bare, options=options)
+    with_call = client.chat(model="smollm2", messages=turns, options=options)
+    assert with_call.prompt_eval_count > without.prompt_eval_count
+
+
+def test_bad_tools_get_400s_that_say_what_to_do(gateway):
+    nameless = {"type": "function", "function": {"parameters": {"type": "object"}}}
+    not_object = {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}
+    cases = [
+        ({"tools": [nameless]}, "name"),
+        ({"tools": [not_object]}, "parameters"),
+        ({"tools": WEATHER}, "list"),
+        ({"tools": [WEATHER, WEATHER]}, "own name"),
+        ({"tools": TOOLS, "format": "json"}, "format"),
+    ]
+    for fields, says in cases:
+        body = {"model": "smollm2", "messages": ASK_WEATHER, "stream": False, **fields}
+        request = urllib.request.Request(f"{gateway.url}/api/chat", json.dumps(body).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        error = json.loads(refused.value.read())
+        assert refused.value.code == 400 and says in error["error"], (fields, error)

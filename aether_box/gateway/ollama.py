@@ -10,7 +10,11 @@ stream by default (``"stream": false`` for one object), as NDJSON: one JSON obje
 the last with ``"done": true`` and the counts. ``options`` map onto the llm service's
 sampling (``num_predict`` is ``max_tokens``), and ``format`` (``"json"`` or a JSON schema) onto
 its ``json_schema``; generate without ``raw`` goes through the model's chat template, as
-Ollama's does. Errors are ``{"error": "..."}``. Box extra: chat
+Ollama's does. Chat takes ``tools`` as Ollama does (``"auto"``: it has no ``tool_choice``),
+through the same schema-constrained generation as OpenAI's (aether_box.gateway.tools): a call
+comes back as ``message.tool_calls: [{"function": {"name", "arguments": {...}}}]`` with
+``content`` "", streamed as one line before the ``done`` line; earlier calls and ``tool``
+results reach the model as text. Errors are ``{"error": "..."}``. Box extra: chat
 and generate take ``adapters: [{"name", "scale"?, "force"?}]``, LoRA adapters kept by the box,
 passed to the llm service as they are.
 """
@@ -27,6 +31,7 @@ import orjson
 from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.gateway.exchange import WholeReply
 from aether_box.gateway.openai import JSON_OBJECT, Target, adapters_field
+from aether_box.gateway.tools import history_message, read_reply, tool_plan, with_system_note
 
 __all__ = [
     "ChatReply",
@@ -55,16 +60,34 @@ def error_body(exc: BoxError) -> bytes:
 def chat_target(body: Mapping[str, Any]) -> Target:
     """`POST /api/chat` as llm chat."""
     model = _model(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("field 'messages' must be a non-empty list of {role, content} objects")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
-            raise BadRequest(f"messages[{i}] must be an object with string role and content")
-    plain = [{"role": m.get("role"), "content": m.get("content", "")} for m in messages]
+    messages = _messages(body.get("messages"))
     stream = _stream(body)
-    chat = {"op": "chat", "model": model, "messages": plain, **_options(body), "stream": stream}
-    return Target("llm", chat | adapters_field(body), model, stream)
+    options = _options(body)
+    chat = {"op": "chat", "model": model, "messages": messages, **options, "stream": stream}
+    plan = tool_plan({"tools": body.get("tools")})  # Ollama has no tool_choice: "auto"
+    if plan is not None:  # held to the plan's schema, read whole (see ChatReply)
+        if "json_schema" in options:
+            raise BadRequest("send 'tools' or 'format', not both: the reply is held to one schema")
+        note = with_system_note(messages, plan.prompt())
+        chat |= {"messages": note, "json_schema": plan.schema, "stream": False}
+    return Target("llm", chat | adapters_field(body), model, stream, tools=plan)
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise BadRequest("field 'messages' must be a non-empty list of {role, content} objects")
+    out: list[dict[str, str]] = []
+    calls: dict[str, str] = {}  # tool call ids seen so far (Ollama's calls mostly have none)
+    for i, message in enumerate(value):
+        content = message.get("content") if isinstance(message, dict) else None
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(content, str | None)
+        ):
+            raise BadRequest(f"messages[{i}] must be an object with string role and content")
+        out.append(history_message(message, content or "", calls))
+    return out
 
 
 def generate_target(body: Mapping[str, Any]) -> Target:
@@ -288,6 +311,29 @@ class _Reply:
 class ChatReply(_Reply):
     def _text(self, text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}}
+
+    def _message(self, final: Mapping[str, Any]) -> dict[str, Any]:
+        """A tools reply's message: the call, or the answer (the raw text if cut short)."""
+        text = final.get("text", "")
+        assert self.target.tools is not None
+        reading = read_reply(self.target.tools, text)
+        if reading is None or reading.name is None:
+            content = text if reading is None else reading.content
+            return {"role": "assistant", "content": content}
+        call = {"function": {"name": reading.name, "arguments": orjson.loads(reading.arguments)}}
+        return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+    def closing(self, final: Mapping[str, Any]) -> bytes:
+        if self.target.tools is None:
+            return super().closing(final)
+        head = {"model": self.target.model, "created_at": self._now()}
+        call_or_answer = _line({**head, "message": self._message(final), "done": False})
+        return call_or_answer + super().closing(final)
+
+    def whole(self, final: Mapping[str, Any]) -> bytes:
+        if self.target.tools is None:
+            return super().whole(final)
+        return orjson.dumps({**self._done(final, ""), "message": self._message(final)})
 
 
 class GenerateReply(_Reply):

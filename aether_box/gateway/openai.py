@@ -29,7 +29,14 @@ import orjson
 
 from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.gateway.exchange import WholeReply, http_status
-from aether_box.gateway.tools import ToolPlan, history_message, read_reply, tool_call, tool_plan
+from aether_box.gateway.tools import (
+    ToolPlan,
+    history_message,
+    read_reply,
+    tool_call,
+    tool_plan,
+    with_system_note,
+)
 
 __all__ = [
     "ChatReply",
@@ -137,21 +144,13 @@ def _tools_target(
     chat = {
         "op": "chat",
         "model": target.model,
-        "messages": _with_system_note(messages, plan.prompt()),
+        "messages": with_system_note(messages, plan.prompt()),
         **sampling,
         "json_schema": plan.schema,
         "stream": False,
     }
     target.body = chat | adapters_field(body)
     return target
-
-
-def _with_system_note(messages: list[dict[str, str]], note: str) -> list[dict[str, str]]:
-    """`messages` with `note` at the end of the system prompt (a new one if there is none)."""
-    if messages and messages[0]["role"] == "system":
-        first = messages[0]
-        return [{**first, "content": f"{first['content']}\n\n{note}".strip()}, *messages[1:]]
-    return [{"role": "system", "content": note}, *messages]
 
 
 def completion_target(body: Mapping[str, Any]) -> Target:

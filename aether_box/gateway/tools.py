@@ -8,7 +8,8 @@ into the system prompt so the model's choice is informed. The reply's JSON is th
 into OpenAI's ``tool_calls`` (one call: ``parallel_tool_calls`` is taken as false) or into
 ordinary content. Earlier turns' calls and results (assistant ``tool_calls``, role ``tool``)
 are written as text any chat template takes: the call as the same JSON, the result as a user
-turn.
+turn. Ollama's ``/api/chat`` uses the same plan ("auto": it has no ``tool_choice``) and reading
+(see aether_box.gateway.ollama).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ import orjson
 
 from aether_box.errors import BadRequest
 
-__all__ = ["ToolPlan", "ToolReading", "history_message", "read_reply", "tool_call", "tool_plan"]
+__all__ = [
+    "ToolPlan",
+    "ToolReading",
+    "history_message",
+    "read_reply",
+    "tool_call",
+    "tool_plan",
+    "with_system_note",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 _NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -133,7 +142,9 @@ def history_message(
     """An earlier turn as plain ``{role, content}``: an assistant's ``tool_calls`` as the JSON
     the model is asked to write, a ``tool`` (or legacy ``function``) result as a user turn
     (not every chat template knows a tool role, and one that refuses a role refuses
-    the whole chat). `calls` maps call ids seen so far to function names; this adds to it."""
+    the whole chat). Ollama's shapes too: a call's ``arguments`` as an object, a result
+    named by ``tool_name``. `calls` maps call ids seen so far to function names; this adds
+    to it."""
     role = message["role"]
     if role == "assistant" and message.get("tool_calls"):
         if not isinstance(message["tool_calls"], list):
@@ -143,7 +154,8 @@ def history_message(
         written = [_written_call(call, calls) for call in message["tool_calls"]]
         return {"role": "assistant", "content": "\n".join([content, *written]).strip()}
     if role in ("tool", "function"):
-        name = calls.get(str(message.get("tool_call_id")), message.get("name") or "the tool")
+        named = message.get("name") or message.get("tool_name") or "the tool"  # Ollama's
+        name = calls.get(str(message.get("tool_call_id")), named)
         return {"role": "user", "content": f"Result of {name}: {content}"}
     return {"role": "system" if role == "developer" else role, "content": content}
 
@@ -238,3 +250,11 @@ def _signature(tool: Tool) -> str:
         args.append(f"{arg}{'' if arg in required else '?'}: {kind}")
     description = tool.description[:_DESCRIPTION_CHARS]
     return f"{tool.name}({', '.join(args)})" + (f": {description}" if description else "")
+
+
+def with_system_note(messages: list[dict[str, str]], note: str) -> list[dict[str, str]]:
+    """`messages` with `note` at the end of the system prompt (a new one if there is none)."""
+    if messages and messages[0]["role"] == "system":
+        first = messages[0]
+        return [{**first, "content": f"{first['content']}\n\n{note}".strip()}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
