@@ -92,3 +92,35 @@ def gateway(models_dir: Path) -> Iterator[GatewayBox]:
     """One box with the gateway and the test kit (smollm2, minilm), shared by a test module."""
     with gateway_box(models_dir) as running:
         yield running
+
+
+# Two functions for the function-calling tests of both dialects (OpenAI's and Ollama's).
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time now in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}, "hours24": {"type": "boolean"}},
+            "required": ["zone", "hours24"],
+        },
+    },
+}
+TOOLS = [WEATHER, TIME]
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]

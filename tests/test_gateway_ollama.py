@@ -10,6 +10,7 @@ import urllib.request
 import numpy as np
 import ollama
 import pytest
+from fixtures_gateway import ASK_WEATHER, TOOLS, WEATHER
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 OPTIONS = {"temperature": 0, "num_predict": 6, "seed": 1}
@@ -135,35 +136,6 @@ def test_legacy_embeddings_and_an_empty_input(client):
     assert no_prompt.value.status_code == 400 and "prompt" in no_prompt.value.error
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "The time now in a time zone.",
-        "parameters": {
-            "type": "object",
-            "properties": {"zone": {"type": "string"}, "hours24": {"type": "boolean"}},
-            "required": ["zone", "hours24"],
-        },
-    },
-}
-TOOLS = [WEATHER, TIME]
-ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOL_GREEDY = {"temperature": 0, "seed": 1, "num_predict": 80}
 
 

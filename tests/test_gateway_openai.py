@@ -20,7 +20,7 @@ import openai
 import pydantic
 import pytest
 from fixtures_box import wait_for
-from fixtures_gateway import start_long_stream
+from fixtures_gateway import ASK_WEATHER, TOOLS, start_long_stream
 
 from aether_box.bus.settings import BusSettings
 
@@ -276,35 +276,6 @@ def test_the_readmes_examples_work_as_written(gateway, capsys):
     assert capsys.readouterr().out.strip()
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "The time now in a time zone.",
-        "parameters": {
-            "type": "object",
-            "properties": {"zone": {"type": "string"}, "hours24": {"type": "boolean"}},
-            "required": ["zone", "hours24"],
-        },
-    },
-}
-TOOLS = [WEATHER, TIME]
-ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOL_GREEDY = {"temperature": 0, "seed": 1, "max_tokens": 80}
 
 
