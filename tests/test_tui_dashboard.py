@@ -384,3 +384,14 @@ async def test_attaches_over_tcp_with_curve(data_dir):
             assert "this dashboard its key's scope" in screen_text(app)
     finally:
         await anyio.to_thread.run_sync(box.stop)
+
+
+async def test_a_small_terminal_keeps_every_panel_on_screen(box):
+    """At 80 x 24 the box panel gives way (it is cut, not the panels below it): the services,
+    models and memory panels all show, as the executable's check at that size expects."""
+    app = make_app(box)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: services(app).get("echo"), what="the echo row")
+        for panel in ("#services", "#models", "#memory"):
+            region = app.query_one(panel).region
+            assert region.height >= 3 and region.bottom <= 24, (panel, region)
