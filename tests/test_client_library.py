@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import time
+from functools import partial
 
 import anyio
 import pytest
-from fixtures_box import BoxInThread
+import zmq
+from fixtures_box import BoxInThread, BoxProcess, wait_for
 from fixtures_engines import loaded
 
+from aether_box.bus.protocol import WORKER, WorkerCmd
 from aether_box.client import AsyncClient, BadRequest, Client, NoBox, Overloaded, Timeout
 from aether_box.engines.scheduler import Busy
 
@@ -28,6 +32,75 @@ def test_a_call_while_the_box_is_down_says_so_at_once_and_works_once_it_is_back(
             assert client.request("echo", {"n": 3}) == {"n": 3}
     finally:
         running.stop()
+
+
+def hold_a_request(worker: zmq.Socket) -> None:
+    """Wait (10 s at most) until `worker` is handed a request, which it never answers."""
+    deadline = time.monotonic() + 10
+    while (left := deadline - time.monotonic()) > 0 and worker.poll(left * 1000):
+        if worker.recv_multipart()[1] == WorkerCmd.REQUEST:  # not a broker heartbeat
+            return
+    pytest.fail("a call's request never reached its worker")
+
+
+def test_an_async_call_says_at_once_that_the_box_died_under_it_unless_it_waits_for_one(data_dir):
+    # A box that stops gracefully answers what is in flight ('cancelled'); one that dies
+    # (SIGKILL) never does. Each call waits on a slow service, its worker here, as it dies.
+    running = BoxProcess(data_dir)
+    workers = [zmq.Context.instance().socket(zmq.DEALER) for _ in range(2)]
+    ended: dict[str, tuple[BaseException, float, float]] = {}  # error, started, ended
+
+    async def call(name: str, client: AsyncClient) -> None:
+        started = time.monotonic()
+        with pytest.raises((NoBox, Timeout)) as caught:
+            await client.request("slow", {"n": 1})
+        ended[name] = (caught.value, started, time.monotonic())
+
+    async def main() -> float:
+        async with (
+            AsyncClient(running.endpoint, data_dir=data_dir, timeout=20) as checked,
+            AsyncClient(running.endpoint, data_dir=data_dir, timeout=4, check=False) as waiting,
+        ):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "checked", checked)
+                tg.start_soon(call, "waiting", waiting)
+                for worker in workers:
+                    await anyio.to_thread.run_sync(hold_a_request, worker)
+                await anyio.to_thread.run_sync(partial(running.stop, signal.SIGKILL))
+                killed = time.monotonic()
+            # The same client, once a box is back (in place of the dead one's socket file).
+            back = await anyio.to_thread.run_sync(BoxInThread, data_dir)
+            try:
+                assert await checked.request("echo", {"n": 3}) == {"n": 3}
+            finally:
+                await anyio.to_thread.run_sync(back.stop)
+        return killed
+
+    try:
+        for worker in workers:
+            worker.linger = 0
+            worker.connect(running.endpoint)
+            worker.send_multipart([WORKER, WorkerCmd.READY, b"slow"])
+        with running.client(timeout=5) as client:
+
+            def registered() -> bool:
+                return client.status()["services"].get("slow", {}).get("workers") == 2
+
+            wait_for(registered, 10, "the two workers to register")
+        killed = anyio.run(main)
+    finally:
+        running.stop(signal.SIGKILL)
+        for worker in workers:
+            worker.close()
+    error, _, at = ended["checked"]
+    # Before: a Timeout after the whole 20 s, asking whether the box runs.
+    assert isinstance(error, NoBox), error
+    assert f"aether-box --data-dir {data_dir} run" in str(error)
+    assert at - killed < 5, at - killed
+    # A federation link's client (check=False) waits for a box to come, up to its timeout.
+    error, started, at = ended["waiting"]
+    assert isinstance(error, Timeout), error
+    assert at - started >= 4 - 0.05, at - started
 
 
 def test_closed_clients_say_so_and_closing_twice_does_no_harm(box):

@@ -22,6 +22,7 @@ import msgpack
 import numpy as np
 import zmq
 import zmq.asyncio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from aether_box.bus.discovery import check_listening, published_curve, read_endpoints
 from aether_box.bus.protocol import (
@@ -340,9 +341,12 @@ class AsyncClient:
 
     Calls before entering it or after leaving it raise RuntimeError. Endpoint, `timeout`,
     `curve` and errors are as for `Client`. Entering it raises `NoBox` at once when nothing
-    listens at a local endpoint; a watcher that waits for a box to come (a federation link)
-    passes `check=False`. Leave an `async for` over `stream` early with `break` and the
-    generator's cleanup (or ``aclose()``, or `contextlib.aclosing`) tells the box to stop.
+    listens at a local endpoint, and so does a call that waits a second without a reply and
+    finds the box gone (a look in a worker thread each such second), not at its `timeout`.
+    A watcher that waits for a box to come (a federation link) passes `check=False`: no
+    look, and calls wait for a box, up to `timeout`. Leave an `async for` over `stream`
+    early with `break` and the generator's cleanup (or ``aclose()``, or
+    `contextlib.aclosing`) tells the box to stop.
     """
 
     def __init__(
@@ -433,10 +437,7 @@ class AsyncClient:
             if scope.cancelled_caught:
                 raise self._session.timeout_error(service, wait)
             while not finished:
-                with anyio.move_on_after(wait) as scope:
-                    final, reply = await receive.receive()
-                if scope.cancelled_caught:
-                    raise self._session.timeout_error(service, wait)
+                final, reply = await self._receive(receive, service, wait)
                 reply.pop(RID, None)
                 finished = final
                 raise_if_error(reply)
@@ -449,6 +450,24 @@ class AsyncClient:
                 frames = self._session.request_frames(CANCEL_SERVICE, {"rid": rid}, 0)
                 sent = socket.send_multipart(frames, flags=zmq.NOBLOCK)
                 sent.add_done_callback(lambda f: f.exception())  # no connection: nothing to cancel
+
+    async def _receive(
+        self,
+        replies: MemoryObjectReceiveStream[tuple[bool, dict[str, Any]]],
+        service: str,
+        timeout: float,
+    ) -> tuple[bool, dict[str, Any]]:
+        """The call's next reply, within `timeout`; with `check`, a look for the box each
+        second without one (in a worker thread: it may block up to 1 s)."""
+        deadline = anyio.current_time() + timeout
+        while (left := deadline - anyio.current_time()) > 0:
+            with anyio.move_on_after(min(1.0, left) if self._check else left):
+                return await replies.receive()
+            if self._check:  # a second without a reply: is the box still there?
+                await anyio.to_thread.run_sync(self._session.check_box)  # gone: NoBox now
+        with contextlib.suppress(anyio.WouldBlock):  # one that came during the last look
+            return replies.receive_nowait()
+        raise self._session.timeout_error(service, timeout)
 
     async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The box's status report."""
