@@ -249,6 +249,14 @@ def test_the_cli_adds_lists_shows_and_removes(adapter_box, tmp_path, smollm2_pat
     assert "via-cli" in run("list")
     shown = run("show", "via-cli")
     assert "sha256" in shown and "done" in shown
+    # Off a terminal (CliRunner's output, as a pipe or a log) the merge's progress is separate
+    # lines ending with the complete one: "\rmerged 1/180 tensorsmerged 180/180..." ran together.
+    out = run("merge", "via-mix", "--from", "via-cli:1", "--no-wait")
+    shown = [line for line in out.splitlines() if line.startswith("merging via-mix tensors: ")]
+    assert shown[0] == "merging via-mix tensors: 0" and shown[-1].endswith(" (100%)"), out
+    done, total = shown[-1].split(": ")[1].split(" ")[0].split("/")
+    assert done == total and int(total) > 0 and "merged via-mix (linear" in out
+    assert "removed via-mix" in run("remove", "via-mix")
     out = run("add", str(path), "--base", "nope", "--name", "x", ok=False)
     assert "nope" in out
     # A weight or density that is no finite number is refused: a nan weight made an adapter

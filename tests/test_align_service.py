@@ -228,6 +228,12 @@ def test_cli_lists_projectors_and_makes_pairs_from_a_file(
     )
     assert made.exit_code == 0, made.output
     assert "50 pairs smollm2 -> minilm" in made.output
+    # Off a terminal (CliRunner's output, as a pipe or a log) the progress is separate lines,
+    # the last one complete, as it goes; rich showed nothing there until the end.
+    for model in ("smollm2", "minilm"):
+        start = f"embedding with {model}: "
+        shown = [line for line in made.output.splitlines() if line.startswith(start)]
+        assert shown and shown[-1].endswith(" (100%)"), made.output
     missing = runner.invoke(
         cli, ["--data-dir", data_dir, "align", "fit", "--from", "minilm", "--to", "minilm"]
     )

@@ -148,3 +148,30 @@ def test_records_print_as_written_brackets_and_all(memory_box, tmp_path):
     assert "imported 1 record into notes" in imported
     listed = run(memory_box, "list", "notes").output
     assert all(text in listed for text in texts), listed
+
+
+def progress_lines(output: str, start: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(start)]
+
+
+def test_progress_off_a_terminal_is_separate_lines_ending_complete(memory_box, tmp_path):
+    # CliRunner's output is no terminal, as a pipe, a log file or a CI job: rich's bars ran
+    # together there, or showed nothing until the end.
+    source = tmp_path / "in.jsonl"
+    lines = [
+        orjson.dumps({"id": f"n{i}", "text": f"note {i}", "vector": vector.tolist()})
+        for i, vector in enumerate(unit_vectors(300, DIM))
+    ]
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    run(memory_box, "create", "docs", "--model", "test", "--dim", "8")
+    imported = run(memory_box, "import", str(source), "--collection", "docs", "--batch", "100")
+    shown = progress_lines(imported.output, f"import {source}: ")
+    size = source.stat().st_size
+    assert shown[0] == f"import {source}: 0/{size} (0%)", imported.output
+    assert shown[-1] == f"import {source}: {size}/{size} (100%)", imported.output
+    assert len(shown) == len(set(shown))
+    exported = run(memory_box, "export", "docs", str(tmp_path / "out.jsonl"), "--batch", "100")
+    assert progress_lines(exported.output, "export docs: ") == [
+        "export docs: 0/300 (0%)",
+        "export docs: 300/300 (100%)",  # the batches between came within 5 s: held back
+    ], exported.output

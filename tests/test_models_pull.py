@@ -242,6 +242,14 @@ def test_cli_pull(tmp_path: Path, models_dir: Path) -> None:
     done = runner.invoke(cli, [*base, "smollm2", "minilm"])
     assert done.exit_code == 0, done.output
     assert "smollm2: already present" in done.output and "minilm: already present" in done.output
+    # Off a terminal (CliRunner's output, as a pipe or a log) progress is separate plain lines,
+    # "description: done/total (NN%)", the last one complete; rich's bars ran together there.
+    for model in ("smollm2", "minilm"):
+        shown = [line for line in done.output.splitlines() if line.startswith(f"{model}: verify")]
+        assert shown, done.output
+        assert shown[0].endswith(" (0%)") and shown[-1].endswith(" (100%)"), done.output
+        done_of, total = shown[-1].rsplit(": ", 1)[1].split(" ")[0].split("/")
+        assert done_of == total
 
     unknown = runner.invoke(cli, ["--data-dir", str(tmp_path), "models", "pull", "gpt-17"])
     assert unknown.exit_code == 1

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress
+from rich.progress import BarColumn, MofNCompleteColumn
 from rich.table import Table
 
 from aether_box.cli import CliState, Whole, pass_state
-from aether_box.plain_console import plain_console, plain_description
+from aether_box.plain_console import plain_console, plain_description, progress
 
 __all__ = ["adapters"]
 
@@ -66,12 +66,12 @@ def _wait(client: Any, name: str) -> dict[str, Any]:
         BarColumn(),
         MofNCompleteColumn(),
     )
-    with Progress(*columns, console=plain_console(stderr=True), transient=True) as progress:
-        task = progress.add_task(name, total=None)
+    with progress(*columns, console=plain_console(stderr=True), transient=True) as bars:
+        task = bars.add_task(name, total=None)
         entry: dict[str, Any] = {}
         for reply in client.stream(SERVICE, {"op": "wait", "name": name}, timeout=TIMEOUT):
             if "probed" in reply:
-                progress.update(task, completed=reply["probed"], total=reply["of"])
+                bars.update(task, completed=reply["probed"], total=reply["of"])
             else:
                 entry = reply
     return entry
@@ -202,14 +202,16 @@ def merge_(
     parts = [_part(item) for item in sources.split(",")]
     body = {"op": "merge", "name": name, "from": parts, "method": method}
     body |= {"density": density, "rank": rank}
+    columns = (plain_description("merging {task.description}"), BarColumn(), MofNCompleteColumn())
     with state.client(TIMEOUT) as client:
         adapter: dict[str, Any] = {}
-        for reply in client.stream(SERVICE, body, timeout=TIMEOUT):
-            if "merged" in reply:
-                click.echo(f"\rmerged {reply['merged']}/{reply['of']} tensors", nl=False, err=True)
-            else:
-                adapter = reply
-        click.echo("", err=True)
+        with progress(*columns, console=plain_console(stderr=True), transient=True) as bars:
+            task = bars.add_task(f"{name} tensors", total=None)
+            for reply in client.stream(SERVICE, body, timeout=TIMEOUT):
+                if "merged" in reply:
+                    bars.update(task, completed=reply["merged"], total=reply["of"])
+                else:
+                    adapter = reply
         recipe = adapter["recipe"]
         click.echo(
             f"merged {name} ({method}, rank {adapter['rank']}): {recipe['energy_mean']:.2%} "

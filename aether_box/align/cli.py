@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aether_box.cli import CliState, Whole, pass_state, timeout_option
-from aether_box.plain_console import plain_console, plain_description
+from aether_box.plain_console import plain_console, plain_description, progress
 
 __all__ = ["align"]
 
@@ -51,7 +51,7 @@ def _run(state: CliState, body: dict[str, Any], timeout: float) -> dict[str, Any
     tasks: dict[str, Any] = {}
     with (
         state.client(timeout) as client,
-        Progress(*columns, console=console, transient=False) as progress,
+        progress(*columns, console=console) as bars,
     ):
         final: dict[str, Any] = {}
         for reply in client.stream("align", body, timeout=timeout):
@@ -59,15 +59,15 @@ def _run(state: CliState, body: dict[str, Any], timeout: float) -> dict[str, Any
             if stage == "embed":
                 key = f"embed {reply['model']}"
                 if key not in tasks:
-                    tasks[key] = progress.add_task(
+                    tasks[key] = bars.add_task(
                         f"embedding with {reply['model']}", total=reply["total"]
                     )
-                progress.update(tasks[key], completed=reply["done"], total=reply["total"])
+                bars.update(tasks[key], completed=reply["done"], total=reply["total"])
             elif stage == "fit":
                 key = f"fit {reply['step']}"
                 if key not in tasks:
-                    tasks[key] = progress.add_task(reply["step"], total=STEP_SCALE)
-                progress.update(tasks[key], completed=int(reply["fraction"] * STEP_SCALE))
+                    tasks[key] = bars.add_task(reply["step"], total=STEP_SCALE)
+                bars.update(tasks[key], completed=int(reply["fraction"] * STEP_SCALE))
             else:
                 final = reply
     return final

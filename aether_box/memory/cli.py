@@ -31,7 +31,7 @@ from rich.table import Table
 
 from aether_box.cli import CliState, Whole, pass_state
 from aether_box.errors import BadRequest, NotFound
-from aether_box.plain_console import plain_console, plain_description
+from aether_box.plain_console import plain_console, plain_description, progress
 
 __all__ = ["memory"]
 
@@ -337,8 +337,8 @@ def export(
         total = client.request(
             SERVICE, {"op": "count", "collection": collection, "where": _where(where)}
         )["count"]
-        with _progress(console) as progress:
-            task = progress.add_task(f"export {collection}", total=total)
+        with _progress(console) as bars:
+            task = bars.add_task(f"export {collection}", total=total)
             cursor = 0
             while cursor is not None:
                 reply = client.request(
@@ -362,7 +362,7 @@ def export(
                     if rows is not None:
                         line["vector"] = rows[i]
                     file.write(orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-                progress.advance(task, len(reply["records"]))
+                bars.advance(task, len(reply["records"]))
                 cursor = reply["next"]
     console.print(f"exported {_count(total, 'record')} of {collection}")
 
@@ -445,7 +445,7 @@ def _info(client: Any, name: str) -> dict[str, Any]:
 def _progress(console: Console, *, in_bytes: bool = False) -> Progress:
     """A progress bar counting records, or bytes of the file being read."""
     count = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
-    return Progress(
+    return progress(
         plain_description(),
         BarColumn(),
         *count,

@@ -9,7 +9,6 @@ import click
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    Progress,
     SpinnerColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -20,7 +19,7 @@ from rich.text import Text
 from aether_box.cli import CliState, Whole, pass_state
 from aether_box.models.settings import ModelsSettings
 from aether_box.models.store import ModelStore
-from aether_box.plain_console import plain_console, plain_description
+from aether_box.plain_console import plain_console, plain_description, progress
 
 __all__ = ["models"]
 
@@ -61,7 +60,7 @@ def pull(state: CliState, names: tuple[str, ...], pull_all: bool, find_links: Pa
     store = _store(state)
     chosen = store.manifest.names() if pull_all else list(names)
     console = plain_console(stderr=True)
-    progress = Progress(
+    bars = progress(
         SpinnerColumn(),
         plain_description(),
         BarColumn(),
@@ -71,8 +70,8 @@ def pull(state: CliState, names: tuple[str, ...], pull_all: bool, find_links: Pa
         console=console,
         transient=True,
     )
-    with progress:
-        results = pull_models(store, chosen, find_links=find_links, progress=progress)
+    with bars:
+        results = pull_models(store, chosen, find_links=find_links, progress=bars)
     for result in results:
         verb = "pulled" if result.status == "pulled" else "already present"
         click.echo(

@@ -367,7 +367,7 @@ class _Bars:
             return
         task = self.progress.add_task(description, total=total)
         yield lambda n: self.progress.advance(task, n)
-        self.progress.update(task, completed=total or 0, total=total or 1)  # done: full bar
+        self.progress.update(task, completed=total or 1, total=total or 1)  # done: full bar
 
     @contextlib.contextmanager
     def spinner(self, description: str) -> Iterator[None]:
