@@ -73,11 +73,12 @@ class PlainProgress(Progress):
         self._closed: set[TaskID] = set()
 
     def line(self, task: Task) -> str:
-        """One task's line: "description: done/total (NN%)", or "description: done"."""
+        """One task's line: "description: done/total (NN%)"; with no total, "description: done",
+        or "description..." before anything is done (a spinner's start)."""
         description = self._template.format(task=task)
         done = _number(task.completed)
         if task.total is None:
-            return f"{description}: {done}"
+            return f"{description}: {done}" if task.completed else f"{description}..."
         percent = int(task.percentage) if task.total else 100
         return f"{description}: {done}/{_number(task.total)} ({percent}%)"
 

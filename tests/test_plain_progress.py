@@ -49,7 +49,7 @@ def test_a_task_left_unfinished_gets_its_last_state_when_the_display_closes() ->
         bars.update(sized, completed=4)
         bars.update(sized, completed=4)  # complete once: one line
     assert out.getvalue().splitlines() == [
-        "counted: 0",
+        "counted...",
         "sized: 0/4 (0%)",
         "sized: 4/4 (100%)",
         "counted: 3",
@@ -59,3 +59,14 @@ def test_a_task_left_unfinished_gets_its_last_state_when_the_display_closes() ->
 def test_on_a_terminal_it_is_rich_progress() -> None:
     bars = progress(plain_description(), console=console(io.StringIO(), terminal=True))
     assert type(bars) is Progress
+
+
+def test_a_task_with_no_total_starts_as_a_word_not_a_zero() -> None:
+    out, clock = io.StringIO(), Clock()
+    with progress(plain_description(), console=console(out), get_time=clock) as bars:
+        task = bars.add_task("minilm: ONNX export", total=None)  # a spinner, as models pull's
+        bars.update(task, completed=1, total=1)
+    assert out.getvalue().splitlines() == [
+        "minilm: ONNX export...",
+        "minilm: ONNX export: 1/1 (100%)",
+    ]
