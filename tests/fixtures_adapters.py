@@ -3,14 +3,12 @@ trained one in tests/data/adapters, and a box with a quick fusion probe."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, temp_box
 
 from aether_box.adapters.lora_file import LoraFile, base_shapes, write_lora
 
@@ -51,17 +49,8 @@ def smollm2_path(model_store) -> Path:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def adapter_box(models_dir: Path) -> Iterator[BoxInThread]:
     """A box with the test kit whose fusion probe reads 4 prompts (a quick, coarse probe)."""
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-ad-"))
     # One llama.cpp thread: on the shared 2-core test machine two threads' barriers wait on a
     # descheduled thread (measured 15-30x slower at load 16).
-    overrides = {
-        "models": {"dir": str(models_dir)},
-        "adapters": {"probe_prompts": 4},
-        "engines": {"n_threads": 1},
-    }
-    running = BoxInThread(data_dir, overrides)
-    try:
+    overrides = {"adapters": {"probe_prompts": 4}, "engines": {"n_threads": 1}}
+    with temp_box(overrides, models_dir=models_dir) as running:
         yield running
-    finally:
-        running.stop(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)

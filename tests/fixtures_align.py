@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, temp_box
 
 from aether_box.align.corpus import load_set
 
@@ -40,21 +38,9 @@ class FittedBox:
 @pytest.fixture(scope="module")
 def fitted_box(models_dir: Path) -> Iterator[FittedBox]:
     """A box over the test models with smollm2 -> minilm fitted on a slice of the glosses."""
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
-    running = BoxInThread(
-        data_dir, {"models": {"dir": str(models_dir)}, "align": dict(ALIGN_OVERRIDES)}
-    )
     texts = load_set("glosses")[:FIT_TEXTS]
-    try:
+    with temp_box({"align": dict(ALIGN_OVERRIDES)}, models_dir=models_dir) as running:
         with running.client(timeout=600) as client:
-            replies = list(
-                client.stream(
-                    "align",
-                    {"op": "fit", "from": "smollm2", "to": "minilm", "texts": texts},
-                    timeout=600,
-                )
-            )
+            fit = {"op": "fit", "from": "smollm2", "to": "minilm", "texts": texts}
+            replies = list(client.stream("align", fit, timeout=600))
         yield FittedBox(running, texts, replies[-1], replies[:-1])
-    finally:
-        running.stop(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)

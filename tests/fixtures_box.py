@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,32 @@ class BoxInThread:
         self.portal.call(self.box.stop)
         self._future.result(timeout=timeout)
         self._portal_cm.__exit__(None, None, None)
+
+
+@contextmanager
+def temp_box(
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    models_dir: Path | None = None,
+    files: dict[str, str] | None = None,
+    stop_timeout: float = 30.0,
+) -> Iterator[BoxInThread]:
+    """A BoxInThread over a fresh temp data dir: `files` (such as config.toml) written there
+    before it starts, `[models] dir` set when given; stopped and the dir removed after."""
+    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
+    for name, text in (files or {}).items():
+        (data_dir / name).write_text(text)
+    merged = dict(overrides or {})
+    if models_dir is not None:
+        merged["models"] = {"dir": str(models_dir), **merged.get("models", {})}
+    running = None
+    try:
+        running = BoxInThread(data_dir, merged)
+        yield running
+    finally:
+        if running is not None:
+            running.stop(timeout=stop_timeout)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

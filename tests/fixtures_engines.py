@@ -12,22 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_box import BoxInThread, wait_for  # noqa: F401  (engine tests import it from here)
+from fixtures_box import BoxInThread, temp_box, wait_for  # noqa: F401  (engine tests import it from here)
 
 
 @contextmanager
 def engines_box(models_dir: Path, **engines: Any) -> Iterator[BoxInThread]:
     """A box in this process over `models_dir`, with `[engines]` settings overridden."""
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
-    overrides: dict[str, dict[str, Any]] = {"models": {"dir": str(models_dir)}}
-    if engines:
-        overrides["engines"] = engines
-    running = BoxInThread(data_dir, overrides)
-    try:
+    with temp_box({"engines": engines} if engines else None, models_dir=models_dir) as running:
         yield running
-    finally:
-        running.stop(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,13 @@ a 409 that says why."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fixtures_adapters import write_random
-from fixtures_box import BoxInThread
+from fixtures_box import temp_box
 from fixtures_gateway import GatewayBox
 
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
@@ -21,25 +19,19 @@ LOUD = [{"name": "loud", "force": True}]
 
 @pytest.fixture(scope="module")
 def box(models_dir: Path, smollm2_path: Path) -> Iterator[GatewayBox]:
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-adgw-"))
     overrides = {
-        "models": {"dir": str(models_dir)},
         "http": {"address": "127.0.0.1:0"},
         "adapters": {"probe_prompts": 1},
         "engines": {"n_threads": 1},
     }
-    running = BoxInThread(data_dir, overrides)
-    try:
-        path = write_random(data_dir / "loud.gguf", smollm2_path, std=0.2, seed=7)
+    with temp_box(overrides, models_dir=models_dir) as running:
+        path = write_random(running.data_dir / "loud.gguf", smollm2_path, std=0.2, seed=7)
         with running.client(timeout=300) as client:
             client.request("adapters", {"op": "add", "path": str(path), "base": "smollm2"})
             client.request("adapters", {"op": "wait", "name": "loud"}, timeout=300)
             # Pruned by hand whatever the probe said: the refusal below is deterministic.
             client.request("adapters", {"op": "prune", "name": "loud", "reason": "too loud"})
         yield GatewayBox(running)
-    finally:
-        running.stop(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def bus_text(box: GatewayBox, adapters: list[dict] | None) -> str:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from fixtures_box import BoxInThread, wait_for
+from fixtures_box import BoxInThread, temp_box, wait_for
 
 from aether_box.errors import NotAllowed
 from aether_box.tools.orchestrator import fill_schema, split_task
@@ -26,20 +24,15 @@ def schemas(client: Any) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def orchestra(models_dir: Path) -> Iterator[BoxInThread]:
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
-    running = BoxInThread(
-        data_dir, {"models": {"dir": str(models_dir)}, "tools": {"enabled": True}}
-    )
-    worker = subprocess.Popen([sys.executable, str(WORKER), running.endpoint])
-    try:
-        with running.client() as client:
-            wait_for(lambda: "send_email" in schemas(client), 30, "the assistant's tools")
-        yield running
-    finally:
-        worker.terminate()
-        worker.wait(10)
-        running.stop(timeout=60)
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with temp_box({"tools": {"enabled": True}}, models_dir=models_dir, stop_timeout=60) as running:
+        worker = subprocess.Popen([sys.executable, str(WORKER), running.endpoint])
+        try:
+            with running.client() as client:
+                wait_for(lambda: "send_email" in schemas(client), 30, "the assistant's tools")
+            yield running
+        finally:
+            worker.terminate()
+            worker.wait(10)
 
 
 def test_split_task_and_fill_schema() -> None:

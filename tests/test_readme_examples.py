@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from fixtures_box import BoxInThread, wait_for
+from fixtures_box import BoxInThread, temp_box, wait_for
 
 from aether_box.cli import cli
 
@@ -77,23 +75,17 @@ def aether_box(box: BoxInThread, args: list[str], stdin: str | None = None) -> R
 def readme_box(models_dir: Path) -> Iterator[BoxInThread]:
     """A box whose config.toml holds the README's router and [tools] examples (the MCP
     servers left out: one runs `npx` from the network, the other is only an address)."""
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
     (router,) = blocks("Semantic router", "toml")
     (tools,) = blocks("Tools and the orchestrator", "toml")
     assert "mcpServers" in tools
-    (data_dir / "config.toml").write_text(router + tools.split("[tools.mcpServers")[0])
+    config = router + tools.split("[tools.mcpServers")[0]
     # One llama.cpp thread: on 2 cores shared with other work, two wait on each other.
     overrides = {
-        "models": {"dir": str(models_dir)},
         "engines": {"n_threads": 1},
         "adapters": {"probe_prompts": 2},  # a quick fusion probe
     }
-    running = BoxInThread(data_dir, overrides)
-    try:
+    with temp_box(overrides, models_dir=models_dir, files={"config.toml": config}) as running:
         yield running
-    finally:
-        running.stop(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("title", SECTIONS)

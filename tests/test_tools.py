@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from fixtures_box import BoxInThread, wait_for
+from fixtures_box import BoxInThread, temp_box, wait_for
 from test_monitor_metrics import scrape
 
 from aether_box.cli import cli
@@ -53,17 +53,9 @@ class WorkerProcess:
 @pytest.fixture(scope="module")
 def tools_box(models_dir: Path) -> Iterator[BoxInThread]:
     """A box with tools on and a short bus heartbeat, over the test models."""
-    import shutil
-    import tempfile
-
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
-    running = BoxInThread(
-        data_dir,
-        {"bus": HEARTBEAT, "models": {"dir": str(models_dir)}, "tools": {"enabled": True}},
-    )
-    yield running
-    running.stop(timeout=30)
-    shutil.rmtree(data_dir, ignore_errors=True)
+    overrides = {"bus": HEARTBEAT, "tools": {"enabled": True}}
+    with temp_box(overrides, models_dir=models_dir) as running:
+        yield running
 
 
 @pytest.fixture

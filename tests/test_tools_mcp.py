@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_box import BoxInThread, wait_for
+from fixtures_box import BoxInThread, temp_box, wait_for
 
 from aether_box.config import Config
 from aether_box.errors import BadRequest, ConfigError, ToolFailed
@@ -27,9 +25,9 @@ def listed(client: Any) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def mcp_box() -> Iterator[BoxInThread]:
+def mcp_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoxInThread]:
     """A box whose tools come from the test MCP server, named in an mcpServers JSON file."""
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
+    mcp_json = tmp_path_factory.mktemp("mcp") / "mcp.json"
     servers = {
         "mcpServers": {
             "testmcp": {
@@ -39,20 +37,15 @@ def mcp_box() -> Iterator[BoxInThread]:
             }
         }
     }
-    (data_dir / "mcp.json").write_text(json.dumps(servers))
+    mcp_json.write_text(json.dumps(servers))
     os.environ["ABX_SECRET"] = "the box's own secret"
-    running = BoxInThread(
-        data_dir,
-        {"tools": {"enabled": True, "mcp_config": str(data_dir / "mcp.json")}},
-    )
     try:
-        with running.client() as client:
-            wait_for(lambda: "testmcp_add" in listed(client), 60, "the MCP server's tools")
-        yield running
+        with temp_box({"tools": {"enabled": True, "mcp_config": str(mcp_json)}}) as running:
+            with running.client() as client:
+                wait_for(lambda: "testmcp_add" in listed(client), 60, "the MCP server's tools")
+            yield running
     finally:
         del os.environ["ABX_SECRET"]
-        running.stop(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def call(client: Any, tool: str, **arguments: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fixtures_box import BoxInThread, wait_for
+from fixtures_box import BoxInThread, temp_box, wait_for
 from fixtures_gateway import GatewayBox, gateway_box
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
@@ -70,34 +70,24 @@ def test_mcp_over_stdio(served: GatewayBox) -> None:
 
 
 def test_another_box_uses_this_one_as_an_http_mcp_server(served: GatewayBox) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
-    other = BoxInThread(
-        data_dir,
-        {
-            "tools": {
-                "enabled": True,
-                "builtins": False,
-                "mcpServers": {"boxa": {"url": f"{served.url}/mcp"}},
-            }
-        },
-    )
-    try:
-        with other.client(timeout=120) as client:
+    tools = {
+        "enabled": True,
+        "builtins": False,
+        "mcpServers": {"boxa": {"url": f"{served.url}/mcp"}},
+    }
+    with temp_box({"tools": tools}) as other, other.client(timeout=120) as client:
 
-            def names() -> set[str]:
-                return {t["name"] for t in client.request("tools", {"op": "list"})["tools"]}
+        def names() -> set[str]:
+            return {t["name"] for t in client.request("tools", {"op": "list"})["tools"]}
 
-            wait_for(lambda: "boxa_embed" in names(), 60, "box A's tools in box B")
-            tools = {t["name"]: t for t in client.request("tools", {"op": "list"})["tools"]}
-            assert tools["boxa_memory_search"]["effect"] == "read"
-            assert tools["boxa_memory_add"]["effect"] == "write"
-            reply = client.request(
-                "tools", {"op": "call", "tool": "boxa_embed", "arguments": {"text": "hi"}}
-            )
-            assert reply["result"]["dim"] == 384
-    finally:
-        other.stop(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        wait_for(lambda: "boxa_embed" in names(), 60, "box A's tools in box B")
+        listed = {t["name"]: t for t in client.request("tools", {"op": "list"})["tools"]}
+        assert listed["boxa_memory_search"]["effect"] == "read"
+        assert listed["boxa_memory_add"]["effect"] == "write"
+        reply = client.request(
+            "tools", {"op": "call", "tool": "boxa_embed", "arguments": {"text": "hi"}}
+        )
+        assert reply["result"]["dim"] == 384
 
 
 def test_every_argument_is_described_with_its_bounds(served: GatewayBox) -> None:

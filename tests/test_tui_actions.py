@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
-from fixtures_box import BoxInThread
+from fixtures_box import BoxInThread, temp_box
 from fixtures_tui import screen_text, table_rows, wait_until
 from textual.widgets import DataTable, Input, Static
 
@@ -40,11 +38,8 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def model_box(models_dir: Path) -> Iterator[BoxInThread]:
     """One box with the starter models for this module (starting one per test costs time)."""
-    data_dir = Path(tempfile.mkdtemp(prefix="abx-"))
-    running = BoxInThread(data_dir, overrides={"models": {"dir": str(models_dir)}})
-    yield running
-    running.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with temp_box(models_dir=models_dir) as running:
+        yield running
 
 
 def make_app(box: BoxInThread, **options) -> BoxApp:
