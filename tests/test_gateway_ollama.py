@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import ollama
 import pytest
-from fixtures_gateway import ASK_WEATHER, TOOLS, WEATHER
+from fixtures_gateway import ASK_WEATHER, TOOLS, WEATHER, answers_with_tools
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 OPTIONS = {"temperature": 0, "num_predict": 6, "seed": 1}
@@ -179,17 +179,34 @@ def test_a_tools_reply_is_a_call_or_content_and_the_stream_says_the_same(client,
     whole = client.chat(**ask, tools=TOOLS, stream=False)
     answer = answer_of(whole.message)
     assert whole.done and whole.done_reason == "stop"
-    # Streamed: the call (or the answer) in one line, then the final done line.
+    # Streamed: the call in one line (the answer as it comes), then the final done line.
     *pieces, last = client.chat(**ask, tools=TOOLS, stream=True)
     assert last.done and not last.message.content and not last.message.tool_calls
-    assert len(pieces) == 1 and not pieces[0].done
-    streamed = answer_of(pieces[0].message)
+    assert pieces and not any(p.done for p in pieces)
+    calls = [c for p in pieces for c in p.message.tool_calls or []]
+    content = "".join(p.message.content or "" for p in pieces)
+    assert len(pieces) == 1 or not calls  # a call comes whole, in one line
+    streamed = answer_of(
+        ollama.Message(role="assistant", content=content, tool_calls=calls or None)
+    )
     if options["temperature"] == 0:  # greedy, a fixed seed: the same reply
         assert streamed == answer
     # (Sampled, the prompt cache's state can tip a token: each reply is checked alone.)
     # The tools are in the prompt: the model knows what it may call.
     bare = client.chat(**ask, stream=False)
     assert whole.prompt_eval_count > bare.prompt_eval_count
+
+
+def test_a_plain_answer_with_tools_streams_token_by_token(client):
+    for reply in answers_with_tools(client.chat, stream=True, options=TOOL_GREEDY):
+        *pieces, last = reply
+        if not any(p.message.tool_calls for p in pieces):
+            break
+    else:
+        pytest.fail("smollm2 called a tool for every prompt that has no use for one")
+    texts = [p.message.content for p in pieces]
+    assert last.done and len(texts) >= 2 and all(texts), texts
+    assert not texts[0].lstrip().startswith("{"), texts  # as written, not the JSON
 
 
 def test_a_call_and_its_result_reach_the_model_in_the_next_turn(client):

@@ -20,7 +20,7 @@ import openai
 import pydantic
 import pytest
 from fixtures_box import wait_for
-from fixtures_gateway import ASK_WEATHER, TOOLS, start_long_stream
+from fixtures_gateway import ASK_WEATHER, TOOLS, answers_with_tools, start_long_stream
 
 from aether_box.bus.settings import BusSettings
 
@@ -377,6 +377,22 @@ def test_a_tool_reply_is_a_call_or_text_and_the_stream_says_the_same(gateway, ch
         assert streamed[0] in ("tool_calls", "stop") and (streamed[1] is None) == bool(streamed[2])
 
 
+def test_a_plain_answer_with_tools_streams_token_by_token(gateway):
+    client = gateway.openai()
+    for stream in answers_with_tools(client.chat.completions.create, stream=True, **TOOL_GREEDY):
+        chunks = list(stream)
+        finish, content, calls = streamed_answer_of(chunks)
+        if not calls:
+            break
+    else:
+        pytest.fail("smollm2 called a tool for every prompt that has no use for one")
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert finish == "stop" and content == "".join(pieces)
+    assert len(pieces) >= 2 and not content.startswith("{"), pieces  # as written, not the JSON
+
+
 def test_a_call_and_its_result_reach_the_model_in_the_next_turn(gateway):
     client = gateway.openai()
     call = {
@@ -433,3 +449,23 @@ def test_a_call_cut_short_by_max_tokens_comes_back_as_text_with_length(gateway):
         content,
         calls,
     )
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_an_answers_text_is_read_from_its_json_in_any_token_sizes(size):
+    """AnswerStream gives out a plain answer's text as its JSON comes, whatever the cuts:
+    escapes split across tokens, a surrogate pair, quotes; a call gives nothing out."""
+    from aether_box.gateway.tools import AnswerStream
+
+    said = 'He said "hi" \\ ok\nnext \U0001f600 é'
+    written = ' {"content": ' + json.dumps(said) + "} "
+    stream = AnswerStream()
+    out = [stream.feed(written[i : i + size]) for i in range(0, len(written), size)]
+    assert stream.answering and "".join(out) == said
+    assert sum(1 for piece in out if piece) > 1  # as it comes, not at the end
+    call = AnswerStream()
+    text = '{"name": "get_weather", "arguments": {"content": "x"}}'
+    assert [call.feed(text[i : i + size]) for i in range(0, len(text), size)] == [""] * len(
+        range(0, len(text), size)
+    )
+    assert not call.answering

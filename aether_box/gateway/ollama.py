@@ -13,7 +13,8 @@ its ``json_schema``; generate without ``raw`` goes through the model's chat temp
 Ollama's does. Chat takes ``tools`` as Ollama does (``"auto"``: it has no ``tool_choice``),
 through the same schema-constrained generation as OpenAI's (aether_box.gateway.tools): a call
 comes back as ``message.tool_calls: [{"function": {"name", "arguments": {...}}}]`` with
-``content`` "", streamed as one line before the ``done`` line; earlier calls and ``tool``
+``content`` "", streamed as one line before the ``done`` line (a plain answer streams as
+without tools); earlier calls and ``tool``
 results reach the model as text. Errors are ``{"error": "..."}``. Box extra: chat
 and generate take ``adapters: [{"name", "scale"?, "force"?}]``, LoRA adapters kept by the box,
 passed to the llm service as they are.
@@ -31,7 +32,13 @@ import orjson
 from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.gateway.exchange import WholeReply
 from aether_box.gateway.openai import JSON_OBJECT, Target, adapters_field
-from aether_box.gateway.tools import history_message, read_reply, tool_plan, with_system_note
+from aether_box.gateway.tools import (
+    AnswerStream,
+    history_message,
+    read_reply,
+    tool_plan,
+    with_system_note,
+)
 
 __all__ = [
     "ChatReply",
@@ -65,11 +72,11 @@ def chat_target(body: Mapping[str, Any]) -> Target:
     options = _options(body)
     chat = {"op": "chat", "model": model, "messages": messages, **options, "stream": stream}
     plan = tool_plan({"tools": body.get("tools")})  # Ollama has no tool_choice: "auto"
-    if plan is not None:  # held to the plan's schema, read whole (see ChatReply)
+    if plan is not None:  # held to the plan's schema (see ChatReply)
         if "json_schema" in options:
             raise BadRequest("send 'tools' or 'format', not both: the reply is held to one schema")
         note = with_system_note(messages, plan.prompt())
-        chat |= {"messages": note, "json_schema": plan.schema, "stream": False}
+        chat |= {"messages": note, "json_schema": plan.schema}
     return Target("llm", chat | adapters_field(body), model, stream, tools=plan)
 
 
@@ -309,6 +316,18 @@ class _Reply:
 
 
 class ChatReply(_Reply):
+    """With tools, streamed: a plain answer's text as it comes, a call in one line once whole."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self.answer = AnswerStream() if target.tools is not None else None
+
+    def piece(self, partial: Mapping[str, Any]) -> bytes:
+        if self.answer is None:
+            return super().piece(partial)
+        text = self.answer.feed(partial.get("token", ""))
+        return super().piece({"token": text}) if text else b""
+
     def _text(self, text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}}
 
@@ -324,7 +343,7 @@ class ChatReply(_Reply):
         return {"role": "assistant", "content": "", "tool_calls": [call]}
 
     def closing(self, final: Mapping[str, Any]) -> bytes:
-        if self.target.tools is None:
+        if self.answer is None or self.answer.answering:  # all its text has gone out
             return super().closing(final)
         head = {"model": self.target.model, "created_at": self._now()}
         call_or_answer = _line({**head, "message": self._message(final), "done": False})

@@ -30,6 +30,7 @@ import orjson
 from aether_box.errors import BadRequest, BoxError, NotFound
 from aether_box.gateway.exchange import WholeReply, http_status
 from aether_box.gateway.tools import (
+    AnswerStream,
     ToolPlan,
     history_message,
     read_reply,
@@ -127,8 +128,7 @@ def _tools_target(
     sampling: dict[str, Any],
 ) -> Target:
     """`target` (with its tool plan) given its llm chat body, the reply held to the plan's
-    schema. Never streamed from the service: the JSON is read whole, then sent as one call or
-    answer."""
+    schema (streamed: a plain answer's text as it comes, a call once whole; see ChatReply)."""
     plan = target.tools
     assert plan is not None
     if body.get("session") is not None or target.model == ROUTER_MODEL:
@@ -147,7 +147,7 @@ def _tools_target(
         "messages": with_system_note(messages, plan.prompt()),
         **sampling,
         "json_schema": plan.schema,
-        "stream": False,
+        "stream": target.stream,
     }
     target.body = chat | adapters_field(body)
     return target
@@ -374,20 +374,29 @@ class ChatReply(_Stream):
     object = "chat.completion.chunk"
     prefix = "chatcmpl-"
 
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self.answer = AnswerStream() if target.tools is not None else None
+
     def opening(self) -> bytes:
         # With tools, as OpenAI: no content yet (the reply may be a call).
         delta = {"role": "assistant", "content": None if self.target.tools else ""}
         return _sse(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
 
     def piece(self, partial: Mapping[str, Any]) -> bytes:
-        delta = {"content": partial.get("token", "")}
+        text = partial.get("token", "")
+        if self.answer is not None:  # with tools: only a plain answer's text, as it comes
+            text = self.answer.feed(text)
+            if not text:
+                return b""
+        delta = {"content": text}
         return _sse(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
 
     def closing(self, final: Mapping[str, Any]) -> bytes:
-        if self.target.tools is None:
+        if self.answer is None or self.answer.answering:  # all its text has gone out
             choice = {"index": 0, "delta": {}, "finish_reason": final.get("finish_reason", "stop")}
             return self._end(final, choice)
-        # A tools reply came whole (see _tools_target): one delta with it, then the end.
+        # A call (or JSON cut short by max_tokens): one delta with it, then the end.
         message, finish = self._message(final)
         if message.get("tool_calls"):
             delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}

@@ -6,7 +6,8 @@ A chat request's ``tools`` and ``tool_choice`` become one ``json_schema`` for th
 with tools): those, or ``{"content": "..."}``, a plain answer. A short list of the tools goes
 into the system prompt so the model's choice is informed. The reply's JSON is then read back
 into OpenAI's ``tool_calls`` (one call: ``parallel_tool_calls`` is taken as false) or into
-ordinary content. Earlier turns' calls and results (assistant ``tool_calls``, role ``tool``)
+ordinary content; streamed, a plain answer's text goes out as it is written (AnswerStream),
+a call once it is whole. Earlier turns' calls and results (assistant ``tool_calls``, role ``tool``)
 are written as text any chat template takes: the call as the same JSON, the result as a user
 turn. Ollama's ``/api/chat`` uses the same plan ("auto": it has no ``tool_choice``) and reading
 (see aether_box.gateway.ollama).
@@ -14,6 +15,7 @@ turn. Ollama's ``/api/chat`` uses the same plan ("auto": it has no ``tool_choice
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Mapping
@@ -25,6 +27,7 @@ import orjson
 from aether_box.errors import BadRequest
 
 __all__ = [
+    "AnswerStream",
     "ToolPlan",
     "ToolReading",
     "history_message",
@@ -41,6 +44,9 @@ _ANSWER: dict[str, Any] = {
     "properties": {"content": {"type": "string"}},
     "required": ["content"],
 }
+# How a plain answer's JSON opens; the grammar allows one space around each token.
+_ANSWER_OPENING = re.compile(r'\s*\{\s*"content"\s*:\s*"')
+_HIGH_SURROGATE = re.compile(r"\\u[dD][89abAB]")
 _DESCRIPTION_CHARS = 200  # per tool in the system prompt: a tiny model's context is small
 _TOOL_SHAPE = '{"type": "function", "function": {"name", "description"?, "parameters"?}}'
 
@@ -125,6 +131,56 @@ def read_reply(plan: ToolPlan, text: str) -> ToolReading | None:
     if isinstance(value.get("content"), str):
         return ToolReading(content=value["content"])
     return None
+
+
+class AnswerStream:
+    """A tools reply read as it is generated: once it opens as a plain answer
+    (``{"content": "...``), its text comes out token by token, as a chat without tools does;
+    a call comes out only when whole (read_reply)."""
+
+    def __init__(self) -> None:
+        self.text = ""  # all the reply so far
+        self.answering = False  # it opened as a plain answer
+        self._next = 0  # where the answer's text not yet given out starts in `text`
+        self._closed = False  # the answer's closing quote was read
+
+    def feed(self, token: str) -> str:
+        """The answer's text that `token` completes: '' for a call, or while undecided."""
+        self.text += token
+        if not self.answering:
+            opened = _ANSWER_OPENING.match(self.text)
+            if opened is None:
+                return ""
+            self.answering, self._next = True, opened.end()
+        if self._closed:
+            return ""
+        end = self._complete_until()
+        written, self._next = self.text[self._next : end], end
+        # Escapes decoded as JSON does; a lone surrogate (\ud800) cannot go out as UTF-8.
+        decoded: str = json.loads(f'"{written}"', strict=False)
+        return decoded.encode("utf-8", "replace").decode()
+
+    def _complete_until(self) -> int:
+        """Where the answer's complete characters end: at its closing quote, or before an
+        escape whose rest has not come yet."""
+        text, at = self.text, self._next
+        while at < len(text) and text[at] != '"':
+            size = _escape_size(text, at) if text[at] == "\\" else 1
+            if at + size > len(text):
+                return at
+            at += size
+        self._closed = at < len(text)
+        return at
+
+
+def _escape_size(text: str, at: int) -> int:
+    """The length of the escape at `at`; a high surrogate (\\ud83d) counts with the escape
+    after it, its low half, as JSON decodes them together."""
+    if text[at + 1 : at + 2] != "u":
+        return 2
+    if _HIGH_SURROGATE.match(text, at) and text[at + 6 : at + 8] in ("", "\\", "\\u"):
+        return 12
+    return 6
 
 
 def tool_call(name: str, arguments: str) -> dict[str, Any]:
