@@ -44,6 +44,7 @@ COMMANDS = {
     "link": "aether_box.federation.cli:link",
     "grid": "aether_box.grid.cli:grid",
     "chat": "aether_box.sessions.cli:chat",
+    "sessions": "aether_box.sessions.cli:sessions",
     "adapters": "aether_box.adapters.cli:adapters",
     "tools": "aether_box.tools.cli:tools",
     "mcp": "aether_box.tools.mcp_server:mcp",

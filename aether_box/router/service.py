@@ -31,7 +31,7 @@ import numpy as np
 from aether_box.bus.service import OpService, Request, require
 from aether_box.context import BoxContext
 from aether_box.engines.services import chat_for
-from aether_box.errors import BadRequest
+from aether_box.errors import BadRequest, NotFound
 from aether_box.models.files import atomic_writer
 from aether_box.router.feedback import DecisionLog, refit_thresholds
 from aether_box.router.settings import RouterSettings
@@ -93,6 +93,14 @@ class RouterComponent(OpService):
     ) -> None:
         kept = await anyio.to_thread.run_sync(_read_thresholds, self._kept)
         self.thresholds.update({k: v for k, v in kept.items() if k in self.thresholds})
+        for name, route in self.settings.routes.items():
+            if not route["examples"] and name != self.settings.default:
+                log.warning(
+                    "[router.routes.%s] has no examples, so no message is routed to it (only "
+                    "router.default, %r, takes what matches nothing); give it examples",
+                    name,
+                    self.settings.default,
+                )
         ctx.add_service("router", self)
         task_status.started()
 
@@ -110,15 +118,23 @@ class RouterComponent(OpService):
         good = body.get("good")
         if not isinstance(good, bool):
             raise BadRequest("'good' must be true or false")
-        label = self.log.feedback(
-            require(body, "message_id", str), require(body, "route", str), good
-        )
+        route = require(body, "route", str)
+        scored = sorted(n for n, r in self.settings.routes.items() if r["examples"])
+        if route not in self.settings.routes:
+            raise NotFound(f"no route {route!r}; feedback names one of the routes {scored}")
+        if route not in scored:  # nothing to fit: a route without examples has no score
+            raise BadRequest(
+                f"route {route!r} has no examples, so it has no score or threshold to learn; "
+                f"feedback names one of the routes {scored} (good: false when it was wrong)"
+            )
+        label = self.log.feedback(require(body, "message_id", str), route, good)
         return {"route": label.route, "score": round(label.score, 4), "good": label.good,
                 "feedback": len(self.log.labels)}  # fmt: skip
 
     async def op_refit(self, request: Request) -> dict[str, Any]:
         found = refit_thresholds(list(self.log.labels), self.thresholds)
-        return {**found, "min_score": found.pop("thresholds")}
+        found["min_score"] = found.pop("thresholds")
+        return found
 
     async def op_threshold(self, request: Request) -> dict[str, Any]:
         wanted = request.body.get("min_score")
@@ -164,12 +180,24 @@ class RouterComponent(OpService):
             text = require(body, "text", str)
             messages = [{"role": "user", "content": text}]
         chosen = await self._route(text)
-        route = self.settings.routes[chosen["route"]]
+        name = chosen["route"]
+        route = self.settings.routes[name]
         if route.get("system"):
             messages = [{"role": "system", "content": route["system"]}, *messages]
-        reply = await chat_for(
-            self.ctx, request, route["model"], messages, OWN_FIELDS, adapters=route.get("adapters")
-        )
+        try:
+            reply = await chat_for(
+                self.ctx,
+                request,
+                route["model"],
+                messages,
+                OWN_FIELDS,
+                adapters=route.get("adapters"),
+            )
+        except NotFound as exc:  # a route's model or adapter: the fix is in the config
+            raise NotFound(
+                f"route {name!r} chose model {route['model']!r}: {exc.message}; or change "
+                f"[router.routes.{name}] in config.toml"
+            ) from exc
         return {
             **reply,
             "route": chosen["route"],

@@ -144,8 +144,9 @@ class SessionStore:
         ).fetchall()
         if not rows:
             raise NotFound(
-                f"no session {session_id!r}; list them with op 'list', or make one with 'create' "
-                "(`aether-box chat MODEL` without --session starts one)"
+                f"no session {session_id!r}; list them with op 'list' (`aether-box sessions "
+                "list`), or make one with 'create' (`aether-box chat MODEL` without --session "
+                "starts one)"
             )
         keys = ("id", "model", "system", "adapters", "pinned", "updated")
         session = dict(zip(keys, rows[0], strict=True))

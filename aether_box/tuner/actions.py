@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from aether_box.context import BoxContext
 from aether_box.contract import AdapterCatalog, ModelPins, ModelResidency
 from aether_box.errors import BadRequest, BoxError, NotFound, ServiceUnavailable
+from aether_box.router.feedback import MIN_FEEDBACK
 
 __all__ = ["Action", "Plan", "plans_for", "settle_interrupted"]
 
@@ -250,6 +251,8 @@ async def plans_for(signal: dict[str, Any], ctx: BoxContext, keep_alive: float) 
     if kind == "align":
         return await _refits_for_projector(ctx, subject, evidence)
     if kind == "router":
+        if figures.get("feedback", 0) < MIN_FEEDBACK:
+            return []  # a refit learns only from feedback: without it, it could only be rejected
         return [Plan(RefitRouter(), "router", evidence, {}, figures)]
     if kind == "adapter":
         params = {"op": figures["op"], "reason": signal["message"]}

@@ -76,7 +76,11 @@ def log_cmd(
     if as_json:
         click.echo(json.dumps(decisions, indent=2, default=float))
         return
-    if not decisions:
+    if not decisions and (action or wanted):
+        click.echo(
+            "no decisions match; `aether-box tuner log` without --action or --state lists all"
+        )
+    elif not decisions:
         click.echo("no decisions yet: the tuner acts when a signal triggers (tuner status)")
     for d in decisions:
         _show(d, False)
@@ -86,7 +90,7 @@ def log_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the section as JSON.")
 @pass_state
 def status_cmd(state: CliState, as_json: bool) -> None:
-    """Each action's mode, how many decisions reached each state, work in progress."""
+    """Each action's mode, its decisions by the state each is in, work in progress."""
     with state.client() as client:
         section = client.request(SERVICE, {"op": "status"})
     if as_json:
@@ -94,15 +98,22 @@ def status_cmd(state: CliState, as_json: bool) -> None:
         return
     modes = ", ".join(f"{a} {m}" for a, m in section["modes"].items())
     click.echo(f"modes: {modes}")
-    for action, states in sorted(section["counts"].items()):
+    if not section["states"]:
+        click.echo("no decisions yet: the tuner acts when a signal triggers")
+    for action, states in sorted(section["states"].items()):  # the state each is in now
         counts = ", ".join(f"{s} {n}" for s, n in sorted(states.items()))
         click.echo(f"  {action}: {counts}")
     for signal in section.get("signals", []):
         if signal["kind"] == "nll":  # one per model and adapter set
             f = signal["figures"]
+            spread = (  # the median and limit exist once enough answers were scored
+                "no limit until more answers are scored"
+                if f["limit"] is None or f["median"] is None
+                else f"median {f['median']}, limit {f['limit']}"
+            )
+            answers = f"{f['answers']} answer" + ("" if f["answers"] == 1 else "s")
             click.echo(
-                f"nll {signal['subject']}: {f['nll']} nats/token, median {f['median']}, "
-                f"limit {f['limit']} ({f['answers']} answers)"
+                f"nll {signal['subject']}: {f['nll']} nats/token, {spread} ({answers})"
                 + (" SPIKE" if signal["triggered"] else "")
             )
         elif signal["triggered"] and signal.get("message"):

@@ -8,7 +8,7 @@ Every decision is a row of the log (aether_box.tuner.log) and a `tuner.action` e
 The `tuner` service::
 
     log       [limit], [action], [state]      -> {decisions: [...]}
-    status                                    -> the "tuner" status section
+    status                                    -> the "tuner" status section, and `states`
     apply     id                              -> the decision, applied (or why not)
     rollback  id                              -> the decision, undone
     dismiss   id                              -> the proposal, dropped
@@ -30,7 +30,7 @@ from aether_box.contract import ModelPins, ModelResidency, Observations
 from aether_box.engines.settings import EngineSettings
 from aether_box.errors import BadRequest, BoxError, ServiceUnavailable
 from aether_box.tuner.actions import Action, Plan, plans_for, settle_interrupted
-from aether_box.tuner.log import DecisionLog
+from aether_box.tuner.log import STATES, DecisionLog
 from aether_box.tuner.settings import ACTIONS, TunerSettings
 
 __all__ = ["TunerComponent"]
@@ -51,7 +51,7 @@ class TunerService(OpService):
         return await self.tuner.op_log(request)
 
     async def op_status(self, request: Request) -> dict[str, Any]:
-        return self.tuner.status_section()
+        return await self.tuner.op_status(request)
 
     async def op_apply(self, request: Request) -> dict[str, Any]:
         return await self.tuner.op_apply(request)
@@ -278,8 +278,16 @@ class TunerComponent:
         if action is not None and action not in ACTIONS:
             raise BadRequest(f"'action' must be one of {list(ACTIONS)}, got {action!r}")
         state = body.get("state")
+        if state is not None and state not in STATES:
+            raise BadRequest(f"'state' must be one of {list(STATES)}, got {state!r}")
         found = await self._db_call(self._log().recent, limit, action, state)
         return {"decisions": found}
+
+    async def op_status(self, request: Request) -> dict[str, Any]:
+        """The status section, plus ``states``: decisions per action by the state each is in
+        now (``counts`` counts every state a decision passed through, as /metrics wants)."""
+        states = await self._db_call(self._log().counts)
+        return {**self.status_section(), "states": states}
 
     async def op_apply(self, request: Request) -> dict[str, Any]:
         decision = await self._decision(request)
