@@ -34,7 +34,7 @@ SECTIONS = (
 )
 # "Using it" lines run for real (the rest of it: interactive, or another box).
 RUN = ("status", "config show", "models list", "memory --help", "align --help", "tuner status",
-       "keys init", "keys api create", "chat smollm2")  # fmt: skip
+       "keys init", "keys api create", "chat smollm2", "sessions list")  # fmt: skip
 DOCUMENTED_SOCKET = "ipc:///home/me/.local/share/aether-box/bus.sock"
 
 
@@ -107,7 +107,7 @@ def test_using_it_commands_do_what_the_text_says(readme_box):
         assert result.exit_code == 0, f"`aether-box {line}`: {result.output}"
         assert result.output.strip(), line
         ran += 1
-    assert ran == 10
+    assert ran == 11
 
 
 def test_using_it_python_runs_as_written(readme_box, monkeypatch, capsys):
