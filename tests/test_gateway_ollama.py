@@ -97,18 +97,30 @@ def test_repeat_penalty_reaches_the_model(client):
 def test_show_tells_what_the_box_knows_of_a_model(gateway, client):
     n_ctx = gateway.status()["models"]["n_ctx"]
     chat = client.show("smollm2")
-    assert chat.capabilities == ["completion"] and chat.details.format == "gguf"
-    arch = chat.modelinfo["general.architecture"]
-    assert chat.modelinfo[f"{arch}.context_length"] == n_ctx
+    # Any generating model calls tools here (the gateway holds its reply to them).
+    assert chat.capabilities == ["completion", "tools"]
+    # What the GGUF's header says: SmolLM2-135M-Instruct.Q4_1.gguf.
+    assert chat.details.model_dump() == {
+        "parent_model": None,
+        "format": "gguf",
+        "family": "llama",
+        "families": ["llama"],
+        "parameter_size": "135M",
+        "quantization_level": "Q4_1",
+    }
+    assert chat.modelinfo["general.architecture"] == "llama"
+    assert chat.modelinfo["llama.context_length"] == n_ctx  # what a request gets here
+    assert chat.template.startswith("{%") and "messages" in chat.template
     encoder = client.show("minilm:latest")
-    assert encoder.capabilities == ["embedding"]
+    assert encoder.capabilities == ["embedding"] and encoder.details.format != "gguf"
+    arch = encoder.modelinfo["general.architecture"]
     assert encoder.modelinfo[f"{arch}.embedding_length"] == 384
     # Older clients send "name".
     request = urllib.request.Request(
         f"{gateway.url}/api/show", json.dumps({"name": "smollm2"}).encode()
     )
     with urllib.request.urlopen(request, timeout=10) as response:
-        assert json.loads(response.read())["capabilities"] == ["completion"]
+        assert json.loads(response.read())["capabilities"] == ["completion", "tools"]
     with pytest.raises(ollama.ResponseError) as missing:
         client.show("no-such-model")
     assert missing.value.status_code == 404 and "smollm2" in missing.value.error

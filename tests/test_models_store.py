@@ -199,3 +199,22 @@ def test_cli_list_and_add(tmp_path: Path) -> None:
     text.write_text("hello")
     refused = runner.invoke(cli, [*base, "models", "add", str(text)])
     assert refused.exit_code == 1 and "neither a GGUF model" in refused.output
+
+
+def test_cli_show_reads_what_the_model_file_says(models_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["--data-dir", str(tmp_path), "--set", f"models.dir={models_dir}"]
+    shown = runner.invoke(cli, [*base, "models", "show", "smollm2", "--json"])
+    assert shown.exit_code == 0, shown.output
+    card = json.loads(shown.output)
+    assert (card["architecture"], card["size_label"], card["quantization"]) == (
+        "llama",
+        "135M",
+        "Q4_1",
+    )
+    assert card["context_length"] == 8192 and card["dim"] == 576
+    assert "<|im_start|>" in card["chat_template"]
+    text = runner.invoke(cli, [*base, "models", "show", "minilm"])
+    assert text.exit_code == 0 and "onnx-encoder" in text.output and "dim: 384" in text.output
+    missing = runner.invoke(cli, [*base, "models", "show", "nope"])
+    assert missing.exit_code == 1 and "smollm2" in missing.output  # says what is installed

@@ -29,6 +29,8 @@
   ``engines.max_queue`` more wait, and beyond that a request fails at once with code ``busy``.
   Cancelling the request (or disconnecting) stops the generation within a token.
 - ``models``: what is installed and loaded (the same map as status's "models" section).
+- ``show``: ``{"model"}`` -> what its file says (aether_box.models.card): ``architecture``,
+  ``size_label``, ``quantization``, ``context_length`` (as trained), ``chat_template``.
 - ``load``: ``{"model", "role"?: "generate" | "embed"}`` loads it now; ``unload``: ``{"model"}``.
 
 ``embed`` op ``embed``: ``{"model", "texts": [str, ...], "prompt"?, "pooling"?}`` ->
@@ -82,6 +84,7 @@ from aether_box.engines.registry import (
 )
 from aether_box.engines.relay import Relay
 from aether_box.errors import BadRequest, BoxError, ServiceUnavailable, TooLarge
+from aether_box.models.card import model_card
 from aether_box.models.settings import ModelsSettings
 from aether_box.models.store import ModelStore
 
@@ -349,6 +352,12 @@ class LlmService(ModelService):
         """Installed and loaded models, and the memory budget."""
         await self.registry.refresh_installed()
         return self.registry.status()
+
+    async def op_show(self, request: Request) -> dict[str, Any]:
+        """What an installed model's own file says about it (see aether_box.models.card)."""
+        name = require_name(request.body, "model")
+        store = self.registry.store
+        return await anyio.to_thread.run_sync(lambda: model_card(store.info(name)))
 
     async def op_load(self, request: Request) -> dict[str, Any]:
         """Load a model now rather than on first use."""

@@ -153,7 +153,10 @@ class Gateway:
     async def ollama_show(self, request: Request) -> Response:
         async def answer(key: ApiKey | None) -> bytes:
             name = ollama.show_name(await _json_body(request, self.max_body))
-            return ollama.show_body(name, await self._model_facts(key))
+            facts = await self._model_facts(key)
+            ollama.require_installed(name, facts)  # (one this key may use)
+            card = await self.ctx.call("llm", {"op": "show", "model": name})
+            return ollama.show_body(facts, card)
 
         return await self._local_route(request, "/api/show", ollama.error_body, answer)
 

@@ -4,8 +4,8 @@ Routes (see aether_box.gateway.app): ``GET /api/tags``, ``GET /api/version``, ``
 /api/show`` (one model's facts, as far as the box knows them), ``GET /api/ps`` (the models
 loaded now), ``POST /api/chat``, ``POST /api/generate``, ``POST /api/embed`` and the legacy
 ``POST /api/embeddings`` (``{"model", "prompt"}`` -> ``{"embedding"}``). Facts the box does
-not keep (digests, dates, GGUF family and quantisation) are empty strings, as Ollama leaves
-unknown fields. As Ollama does, chat and generate
+not keep (digests, dates) are empty strings, as Ollama leaves unknown fields; family, size
+and quantisation come from the GGUF's header in ``/api/show`` (the lists leave them empty). As Ollama does, chat and generate
 stream by default (``"stream": false`` for one object), as NDJSON: one JSON object a line,
 the last with ``"done": true`` and the counts. ``options`` map onto the llm service's
 sampling (``num_predict`` is ``max_tokens``), and ``format`` (``"json"`` or a JSON schema) onto
@@ -51,6 +51,7 @@ __all__ = [
     "error_body",
     "generate_target",
     "ps_body",
+    "require_installed",
     "show_body",
     "show_name",
     "tags_body",
@@ -148,28 +149,35 @@ def show_name(body: Mapping[str, Any]) -> str:
     return _model({"model": body.get("model") or body.get("name")})
 
 
-def show_body(name: str, facts: Mapping[str, Any]) -> bytes:
-    """`POST /api/show`: what the box knows of model `name` (`facts`: the llm service's
-    ``models`` reply), or 404 naming the models there are."""
-    installed = {m["name"]: m for m in facts.get("installed", [])}
-    model = installed.get(name)
-    if model is None:
-        raise NotFound(f"model {name!r} is not installed; models: {sorted(installed)}")
-    embedding = model.get("kind") != "gguf"  # the box's other kind: ONNX sentence encoders
-    # The box does not read the GGUF's architecture; its facts go under one namespace that
-    # general.architecture names, so clients that look up "<arch>.context_length" find them.
-    info: dict[str, Any] = {"general.architecture": "aether"}
-    if not embedding and facts.get("n_ctx"):
-        info["aether.context_length"] = facts["n_ctx"]  # per request, as the box serves it
-    if model.get("dim"):
-        info["aether.embedding_length"] = model["dim"]
+def require_installed(name: str, facts: Mapping[str, Any]) -> None:
+    """NotFound naming the models there are, unless `name` is among `facts`' installed."""
+    installed = sorted(m["name"] for m in facts.get("installed", []))
+    if name not in installed:
+        raise NotFound(f"model {name!r} is not installed; models: {installed}")
+
+
+def show_body(facts: Mapping[str, Any], card: Mapping[str, Any]) -> bytes:
+    """`POST /api/show`: what the box knows of a model: `card` (the llm service's ``show``
+    reply: what the model's file says) and `facts` (its ``models`` reply)."""
+    embedding = card.get("kind") != "gguf"  # the box's other kind: ONNX sentence encoders
+    arch = card.get("architecture") or "aether"
+    info: dict[str, Any] = {"general.architecture": arch}
+    # The context a request gets here (engines.n_ctx), else the trained one: clients size
+    # their prompts by it.
+    context = (facts.get("n_ctx") if not embedding else None) or card.get("context_length")
+    if context:
+        info[f"{arch}.context_length"] = context
+    if card.get("dim"):
+        info[f"{arch}.embedding_length"] = card["dim"]
+    # Any model the box generates with can call tools: the gateway holds its reply to them.
+    capabilities = ["embedding"] if embedding else ["completion", "tools"]
     body = {
         "modelfile": "",
-        "parameters": "",
-        "template": "",
-        "details": _details(model),
+        "parameters": f"num_ctx {facts['n_ctx']}" if facts.get("n_ctx") and not embedding else "",
+        "template": card.get("chat_template", ""),
+        "details": _details(card),
         "model_info": info,
-        "capabilities": ["embedding"] if embedding else ["completion"],
+        "capabilities": capabilities,
         "modified_at": EPOCH,
     }
     return orjson.dumps(body)
@@ -215,10 +223,17 @@ def tags_body(installed: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"models": models})
 
 
-def _details(model: Mapping[str, Any]) -> dict[str, str]:
-    """Ollama's ``details`` of an installed model: its format; the rest the box does not keep."""
-    unknown = {"family": "", "parameter_size": "", "quantization_level": ""}
-    return {"format": model.get("kind", ""), **unknown}
+def _details(model: Mapping[str, Any]) -> dict[str, Any]:
+    """Ollama's ``details`` of a model: its format, and what its card says (`/api/show`;
+    the lists leave them empty rather than read every file)."""
+    family = model.get("architecture", "")
+    return {
+        "format": model.get("kind", ""),
+        "family": family,
+        "families": [family] if family else None,
+        "parameter_size": model.get("size_label", ""),
+        "quantization_level": model.get("quantization", ""),
+    }
 
 
 def _model(body: Mapping[str, Any]) -> str:

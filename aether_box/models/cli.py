@@ -1,4 +1,4 @@
-"""`aether-box models`: pull the starter kit, list installed models, add your own."""
+"""`aether-box models`: pull the starter kit, list installed models, add your own, show one."""
 
 from __future__ import annotations
 
@@ -161,6 +161,28 @@ def add(
         raise click.BadParameter("give a name, or leave --name out", param_hint="--name")
     info = _store(state).add(path, name, tokenizer=tokenizer, max_length=max_length)
     click.echo(f"added {info.name} ({info.kind}, {_mb(info.size)}) from {path}")
+
+
+@models.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the chat template whole).")
+@pass_state
+def show(state: CliState, name: str, as_json: bool) -> None:
+    """What installed model NAME's own file says: family, size, quantisation, context."""
+    from aether_box.models.card import model_card
+
+    info = _store(state).info(name)
+    card = model_card(info)
+    if as_json:
+        click.echo(json.dumps({**card, "path": str(info.path), "size": info.size}, indent=2))
+        return
+    click.echo(f"{info.name}: {info.kind}, {_mb(info.size)}, {info.path}")
+    for key, value in card.items():
+        if key in ("model", "kind") or value in (None, ""):
+            continue
+        if key == "chat_template":  # long: its size here, whole with --json
+            value = f"{len(value)} characters (--json shows it)"
+        click.echo(f"  {key}: {value}")
 
 
 def _mb(size: int) -> str:
