@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fixtures_box import BoxInThread, wait_for
+from fixtures_box import BoxInThread, temp_box, wait_for
 
 from aether_box.router.feedback import Label, refit_thresholds
 
@@ -93,3 +93,25 @@ def test_a_refit_without_gain_is_not_promoted():
     assert wrong["promote"] and 0.3 < wrong["thresholds"]["a"] <= 0.6
     few = refit_thresholds(labels[:5], {"a": 0.9})
     assert not few["promote"] and "10 needed" in few["verdict"]
+
+
+def test_with_no_route_to_score_falling_back_is_no_alarm(models_dir: Path):
+    # The built-in router has one route and no examples: every message takes it by design.
+    # "min_score may be too high" (and a refit proposal) would be advice nobody can follow.
+    config = {
+        "monitor": {"observe_s": 0.1, "router_min_decisions": 5},
+        "tuner": {"check_s": 0.1},
+    }
+    with temp_box(config, models_dir=models_dir) as box, box.client(timeout=60) as client:
+        for text in OTHER[:5]:
+            assert client.request("router", {"op": "route", "text": text})["route"] == "general"
+
+        def router_signal() -> dict | None:
+            signals = client.request("tuner", {"op": "status"})["signals"]
+            return next((s for s in signals if s["kind"] == "router"), None)
+
+        wait_for(lambda: router_signal() is not None, 30, "the observer's look at the router")
+        signal = router_signal()
+        assert signal is not None and signal["figures"]["fallback_share"] == 1.0
+        assert not signal["triggered"], signal
+        assert not [a for a in client.status()["alerts"] if a["kind"] == "router"]

@@ -478,7 +478,9 @@ class RouterWatch:
         mean_score = (scores - self._last[2]) / n
         self._last = (decisions, fallbacks, scores)
         share = fell / n
-        high = share > self.fallback_max
+        # With no route to score against (the built-in config), every message takes the
+        # default route by design: no threshold is too high, and there is nothing to refit.
+        high = share > self.fallback_max and section.get("scored_routes", 1) > 0
         self.signals.set(
             "router",
             "router",

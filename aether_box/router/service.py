@@ -163,6 +163,8 @@ class RouterComponent(OpService):
             "best_score_sum": round(self.log.best_score_sum, 4),
             "feedback": len(self.log.labels),
             "min_score": dict(self.thresholds),
+            # Routes a message can be scored against (the rest have no examples).
+            "scored_routes": sum(1 for route in self.settings.routes.values() if route["examples"]),
         }
 
     async def op_route(self, request: Request) -> dict[str, Any]:
