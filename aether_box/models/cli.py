@@ -33,7 +33,7 @@ def _store(state: CliState) -> ModelStore:
 
 @click.group()
 def models() -> None:
-    """Pull, list and add models (GGUF language models, ONNX sentence encoders)."""
+    """Pull, list, add and show models (GGUF language models, ONNX sentence encoders)."""
 
 
 @models.command()
