@@ -68,6 +68,8 @@ def link(
     """
     if name is not None and not name.strip():  # else the host is taken, unasked
         raise click.BadParameter("give a name, or leave --name out", param_hint="--name")
+    if remove is not None and not remove.strip():  # else it would list the links instead
+        raise click.BadParameter("give the NAME of the peer to unlink", param_hint="--remove")
     if endpoint and remove:
         raise click.UsageError("give an ENDPOINT to link, or --remove NAME, not both")
     if endpoint and "://" not in endpoint:  # `link list`, `link lab`: meant as a command

@@ -9,6 +9,7 @@ cancels it there. When the peer stops answering, those services stay listed but 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +60,7 @@ class PeerLink(PeerForwarder):
         self.first_look = anyio.Event()  # set once the state is up or down, not connecting
         self.closed = anyio.Event()  # set once closed and its services are withdrawn
         self.error: str | None = None
+        self.itself = False  # the endpoint turned out to be this box's own bus
         self.last_seen: float | None = None
         self.services: list[str] = []  # the peer's own services, as it last reported them
         self.models: list[str] = []  # the models installed there
@@ -138,6 +140,15 @@ class PeerLink(PeerForwarder):
                 report = await client.status(timeout=self.refresh_s)
         except (BoxError, TimeoutError) as exc:
             self._down(_why(exc, self.record))
+            # No answer: ZeroMQ does not retry a CURVE handshake the peer refused, so a
+            # fresh connection is what lets a key authorised there later get through.
+            return not isinstance(exc, (Timeout, TimeoutError))
+        if self._is_this_box(report):
+            self.itself = True
+            self._down(
+                f"{self.record.endpoint} is this box's own bus: a box cannot link to itself; "
+                f"`aether-box link --remove {self.name}`"
+            )
             return True
         installed = (report.get("models") or {}).get("installed", [])
         self._offer(
@@ -145,6 +156,15 @@ class PeerLink(PeerForwarder):
             [m["name"] for m in installed if isinstance(m, dict) and "name" in m],
         )
         return True
+
+    def _is_this_box(self, report: Mapping[str, Any]) -> bool:
+        """Whether a status report is this box's own (the same process, data dir and bus)."""
+        bus = (report.get("endpoints") or {}).get("bus")
+        return (
+            report.get("pid") == os.getpid()
+            and report.get("data_dir") == str(self.ctx.data_dir)
+            and bus == list(self.ctx.view.broker.bound)
+        )
 
     def _offer(self, reported: list[str], models: list[str]) -> None:
         """The peer answered with these services and models: offer them here, mark it up."""
@@ -235,7 +255,8 @@ def _why(exc: BaseException, record: PeerRecord) -> str:
     if isinstance(exc, BoxError) and not isinstance(exc, Timeout):
         return str(exc)
     hint = (
-        "is this box's keys/server.key in the peer's keys/authorized/?"
+        "is this box's keys/server.key in the peer's keys/authorized/, and is --server-key "
+        "the peer's keys/server.key?"
         if record.server_key
         else "is it running, and if it uses CURVE, did you give its --server-key?"
     )

@@ -23,6 +23,11 @@ from aether_box.federation.settings import FederationSettings
 
 __all__ = ["FederationComponent"]
 
+_ITSELF = (
+    "{endpoint} is this box's own bus (or key): a box cannot link to itself; give another "
+    "box's endpoint and keys/server.key (`aether-box status` there shows its endpoint)"
+)
+
 
 class FederationComponent(OpService, PeerDirectory):
     """Serves `federation` and runs one PeerLink per linked peer."""
@@ -83,17 +88,37 @@ class FederationComponent(OpService, PeerDirectory):
         key = request.body.get("server_key")
         record = PeerRecord(str(name), endpoint, key if isinstance(key, str) else None)
         name = record.name  # checked: a short plain name
+        if self._keys is not None and record.server_key == self._keys.public.decode():
+            raise BadRequest(_ITSELF.format(endpoint=endpoint))
         if name in self.book.peers:
             raise BadRequest(
                 f"a peer named {name!r} is already linked ({self.book.peers[name].endpoint}); "
                 "unlink it first, or choose another --name"
             )
+        taken = next(
+            (s for s in sorted(self.ctx.view.broker.services) if s.startswith(f"{name}/")), None
+        )
+        if taken is not None:  # a grid member's (or a worker's): a link would take it over
+            raise BadRequest(
+                f"{taken} is already served here (by a grid member or a worker named "
+                f"{name!r}); choose another --name"
+            )
+        for other in self.book.peers.values():
+            if other.endpoint == record.endpoint:  # two names for one peer: twice the work
+                raise BadRequest(
+                    f"{record.endpoint} is already linked as {other.name!r}; to call it "
+                    f"{name!r}, unlink {other.name!r} first (`aether-box link --remove "
+                    f"{other.name}`)"
+                )
         self.book.peers[record.name] = record
         await anyio.to_thread.run_sync(self.book.save)
         link = self._start(record)
         # Give the first look a moment, so the reply can already say whether it answers.
         with anyio.move_on_after(self.settings.refresh_s + 1):
             await link.first_look.wait()
+        if link.itself:  # kept, it would offer this box's services to itself
+            await self._remove(name)
+            raise BadRequest(_ITSELF.format(endpoint=endpoint))
         return {"linked": link.describe()}
 
     async def op_unlink(self, request: Request) -> dict[str, Any]:
@@ -103,15 +128,19 @@ class FederationComponent(OpService, PeerDirectory):
             return {"unlinked": name}
         if name not in self.book.peers:
             raise NotFound(f"no linked peer {name!r}; linked: {sorted(self.book.peers)}")
+        await self._remove(name)
+        self.ctx.events.publish("peer.removed", {"name": name})
+        return {"unlinked": name}
+
+    async def _remove(self, name: str) -> None:
+        """Forget peer `name` and stop its link; its services are gone when this returns."""
         del self.book.peers[name]
         await anyio.to_thread.run_sync(self.book.save)
         link = self.links.pop(name, None)
         if link is not None:
             link.close()
             with anyio.move_on_after(self.settings.refresh_s + 1):
-                await link.closed.wait()  # its services are withdrawn when the reply comes
-        self.ctx.events.publish("peer.removed", {"name": name})
-        return {"unlinked": name}
+                await link.closed.wait()
 
     def _start(self, record: PeerRecord) -> PeerLink:
         assert self._tg is not None

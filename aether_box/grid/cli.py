@@ -83,7 +83,9 @@ def leave(state: CliState, timeout: float) -> None:
     reply = _ask(state, {"op": "leave"}, timeout)
     click.echo(f"left the grid ({', '.join(reply['left']) or 'no members'})")
     if reply["not_told"]:
-        click.echo(f"not told (down): {', '.join(reply['not_told'])}; they drop this box later")
+        click.echo(
+            f"not told (down): {', '.join(reply['not_told'])}; this box tells them when they are back"
+        )
 
 
 @grid.command()
@@ -109,13 +111,14 @@ def _print_members(reply: dict[str, Any]) -> None:
         loads = (m.get("load") or {}).get("models", {})
         queue = sum(int(x.get("queue", 0)) for x in loads.values())
         free = sum(int(x.get("slots", 0)) - int(x.get("busy", 0)) for x in loads.values())
+        up = m["state"] == "up"  # a down member's load is its last, no longer true
         table.add_row(
             m["name"],
             m["state"],
             m["endpoint"],
             ", ".join(m.get("models", [])) or "-",
-            str(queue),
-            str(free) if loads else "-",
+            str(queue) if up else "-",
+            str(free) if loads and up else "-",
             m.get("error") or "",
         )
     plain_console().print(table)

@@ -56,6 +56,14 @@ class GridComponent(OpService, Grid):
         self.book = PeerBook(
             self.settings.members_file, "members", "join again with `aether-box grid join`"
         )
+        # Members this box left while they were down: told when they are back (kept
+        # across restarts, else such a member would count this box in for ever).
+        self.leaving = PeerBook(
+            self.settings.members_file.with_suffix(".leaving.toml"),
+            "leaving",
+            "those members are not told",
+        )
+        self._byes: dict[str, anyio.CancelScope] = {}
         self.links: dict[str, MemberLink] = {}
         self.placements: Counter[tuple[str, str]] = Counter()  # (box, reason kind)
         self.placed_here: Counter[str] = Counter()  # per model: placed here, unfinished
@@ -79,6 +87,7 @@ class GridComponent(OpService, Grid):
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         await anyio.to_thread.run_sync(self.book.load)
+        await anyio.to_thread.run_sync(self.leaving.load)
         self._keys = await anyio.to_thread.run_sync(server_keys, ctx.data_dir)
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -86,6 +95,8 @@ class GridComponent(OpService, Grid):
             for record in self.book.peers.values():
                 self._start(record)
                 tg.start_soon(self._hello_again, record)  # back from a restart: say so
+            for record in self.leaving.peers.values():
+                self._bye_later(record)
             ctx.add_service(SERVICE, self)
             task_status.started()
             while True:  # pushed to members with the next heartbeat when they change
@@ -115,7 +126,13 @@ class GridComponent(OpService, Grid):
         """Join the grid of the box at `endpoint` (its public key: `server_key`)."""
         endpoint = require(request.body, "endpoint", str)
         key = require(request.body, "server_key", str)
+        PeerRecord("member", endpoint, key)  # a bad endpoint or key: say so, not a ZMQError
         me = self._me()
+        if key == me["key"] or endpoint == me["endpoint"]:
+            raise BadRequest(
+                f"{endpoint} with that key is this box itself; join through another box: "
+                "its bus endpoint and its keys/server.key"
+            )
         try:
             async with AsyncClient(
                 endpoint, timeout=HELLO_TIMEOUT_S, curve=self._curve(key), check=False
@@ -145,12 +162,15 @@ class GridComponent(OpService, Grid):
         """Leave the grid: tell every member, then forget them all."""
         names = sorted(self.links)
         told = await self.ask_members(SERVICE, {"op": "bye", "name": self.me}, timeout=2.0)
+        not_told = sorted(n for n, r in told.items() if isinstance(r, BaseException))
+        if not_told:
+            self.leaving.peers.update((name, self.book.peers[name]) for name in not_told)
+            await anyio.to_thread.run_sync(self.leaving.save)
         for name in names:
             await self._drop(name, revoke=False)
-        return {
-            "left": names,
-            "not_told": sorted(n for n, r in told.items() if isinstance(r, BaseException)),
-        }
+        for name in not_told:
+            self._bye_later(self.leaving.peers[name])
+        return {"left": names, "not_told": not_told}
 
     async def op_revoke(self, request: Request) -> dict[str, Any]:
         """Revoke member `name`'s key here and on every other member, at once."""
@@ -173,6 +193,10 @@ class GridComponent(OpService, Grid):
     async def op_hello(self, request: Request) -> dict[str, Any]:
         """A box joins (or a member is back): admit it, introduce it, answer the members."""
         member = _member(request.body.get("member"))
+        if request.body.get("again") and member["name"] in self._byes:
+            # A member back from a restart, and this box left meanwhile: this is its bye.
+            await self._told(member["name"])
+            raise NotFound(f"{self.me} left the grid while {member['name']} was away")
         if member["name"] == self.me:
             raise BadRequest(
                 f"this box is called {self.me!r} in the grid too; give one of them another "
@@ -351,6 +375,8 @@ class GridComponent(OpService, Grid):
         """Admit `member`'s key, keep it in the book, and link to it (again if it moved)."""
         name, endpoint, key = member["name"], member["endpoint"], member["key"]
         allow = self._allow_list()
+        if name in self._byes:  # in the grid again: no bye is owed
+            await self._told(name)
         # Members hold `admin` on each other: the grid's own messages (hello, heartbeats,
         # introductions, revocations) are admin ops (see aether_box.bus.scopes).
         await anyio.to_thread.run_sync(allow.admit, KEY_FILE.format(name=name)[:-4], key, ADMIN)
@@ -393,9 +419,45 @@ class GridComponent(OpService, Grid):
                 curve=self._curve(record.server_key),
                 check=False,
             ) as client:
-                await client.request(SERVICE, {"op": "hello", "member": self._me()})
+                await client.request(SERVICE, {"op": "hello", "member": self._me(), "again": True})
+        except NotFound as exc:  # it left the grid while this box was away
+            log.info("grid: %s", exc.message)
+            if self.book.peers.get(record.name) == record:
+                await self._drop(record.name, revoke=False)
         except BoxError as exc:
             log.info("grid: %s did not hear this box's hello (%s)", record.name, exc)
+
+    def _bye_later(self, record: PeerRecord) -> None:
+        """Say bye to a member that was down when this box left, once it is back."""
+        assert self._tg is not None
+        scope = self._byes[record.name] = anyio.CancelScope()
+
+        async def bye() -> None:
+            with scope:
+                while True:
+                    try:
+                        async with AsyncClient(
+                            record.endpoint,
+                            timeout=2.0,
+                            curve=self._curve(record.server_key or ""),
+                            check=False,
+                        ) as client:
+                            await client.request(SERVICE, {"op": "bye", "name": self.me})
+                        break
+                    except BoxError:
+                        await anyio.sleep(HELLO_TIMEOUT_S)
+            if not scope.cancel_called:  # else it was told another way
+                await self._told(record.name)
+
+        self._tg.start_soon(bye)
+
+    async def _told(self, name: str) -> None:
+        """Member `name` knows this box left (or is a member again): stop saying bye."""
+        scope = self._byes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        if self.leaving.peers.pop(name, None) is not None:
+            await anyio.to_thread.run_sync(self.leaving.save)
 
     async def _wait_up(self, names: list[str]) -> None:
         """Give new links a moment, so a reply can already say they answer."""
