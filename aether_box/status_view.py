@@ -144,10 +144,12 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     if peers:
         listed = ", ".join(f"{p.get('name')} ({p.get('state')})" for p in peers)
         say(f"peers: {listed}")
+        _say_why_down(say, peers)
     grid = report.get("grid")
     if isinstance(grid, dict) and grid.get("members"):
         listed = ", ".join(f"{m.get('name')} ({m.get('state')})" for m in grid["members"])
         say(f"grid: {grid.get('name')} with {listed}")
+        _say_why_down(say, grid["members"])
         placed = ", ".join(f"{p['box']} {p['count']}" for p in grid.get("placements", []))
         if placed:
             say(f"  requests placed: {placed}")
@@ -212,6 +214,13 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             f"tuner: {done} applied, {proposed} proposed, {running} running "
             "(`aether-box tuner status`)"
         )
+
+
+def _say_why_down(say: Callable[..., None], peers: list[dict[str, Any]]) -> None:
+    """A line for each peer or member that is not up and says why."""
+    for peer in peers:
+        if peer.get("state") != "up" and peer.get("error"):
+            say(f"  {peer.get('name')} {peer.get('state')}: {peer['error']}")
 
 
 def _baked_line(copy: dict[str, Any]) -> str:

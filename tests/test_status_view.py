@@ -71,3 +71,14 @@ def test_status_prints_baked_copies_of_hot_adapter_sets(adapter_box):
         finally:
             client.request("adapters", {"op": "remove", "name": "pirate"})
     assert f"    baked {copy['adapters']}: ready, {copy['memory_mb']} MB, 0 requests" in printed
+
+
+def test_status_says_why_a_peer_or_member_is_down(box):
+    with box.client() as client:
+        report = client.status()
+    why = "tcp://10.0.0.2:7745 did not answer within 5 s; is it running?"
+    report["peers"] = {"peers": [{"name": "lab", "state": "down", "error": why}]}
+    report["grid"] = {"name": "a", "members": [{"name": "b", "state": "up", "error": None}]}
+    printed = _printed(report)
+    assert "peers: lab (down)" in printed and f"  lab down: {why}" in printed
+    assert "grid: a with b (up)" in printed and "  b up" not in printed

@@ -178,6 +178,13 @@ def test_memory_projectors_and_peers_tolerate_lists_and_maps():
         "queue 2, free slots 1; smollm2",
     )
     assert grid_rows(None) == {}
+    # A peer or member that is not up: why, not its last (stale) services or load.
+    why = "no answer within 5 s; is it running?"
+    down = {"peers": [{"name": "lab", "state": "down", "endpoint": "tcp://h:1", "error": why,
+                       "services": ["llm"]}]}  # fmt: skip
+    assert peer_rows(down)["lab"][4] == f"down: {why}"
+    gone = {"members": [{**grid["members"][0], "state": "down", "error": why}]}
+    assert grid_rows(gone)["grid:b"][4] == f"down: {why}"
 
 
 def test_search_results_become_rows():

@@ -512,7 +512,7 @@ def projector_rows(section: Any) -> dict[str, Row]:
 
 
 def peer_rows(section: Any) -> dict[str, Row]:
-    """peer -> (name, state, endpoint, last seen, services)."""
+    """peer -> (name, state, endpoint, last seen, services; for a peer that is not up, why)."""
     rows: dict[str, Row] = {}
     for record in records(section, "peers", "links"):
         endpoint = str(pick(record, "endpoint", "address", "url", default=MISSING))
@@ -521,12 +521,13 @@ def peer_rows(section: Any) -> dict[str, Row]:
         if isinstance(services, Mapping):
             services = list(services)
         listed = ", ".join(str(s) for s in services) if isinstance(services, Iterable) else ""
+        state = str(pick(record, "state", "status", default=MISSING))
         rows[name] = (
             name,
-            str(pick(record, "state", "status", default=MISSING)),
+            state,
             endpoint,
             fmt_float(pick(record, "last_seen_s", "age_s", "seen_s")),
-            listed or MISSING,
+            _down_reason(record, state) or listed or MISSING,
         )
     return rows
 
@@ -545,14 +546,22 @@ def grid_rows(section: Any) -> dict[str, Row]:
             if isinstance(m, Mapping)
         )
         offered = ", ".join(str(m) for m in record.get("models") or []) or "no models"
+        state = str(pick(record, "state", default=MISSING))
         rows[f"grid:{name}"] = (
             f"{name} (grid)",
-            str(pick(record, "state", default=MISSING)),
+            state,
             str(pick(record, "endpoint", default=MISSING)),
             fmt_float(pick(record, "last_seen_s")),
-            f"queue {queue}, free slots {free if models else '-'}; {offered}",
+            _down_reason(record, state)
+            or f"queue {queue}, free slots {free if models else '-'}; {offered}",
         )
     return rows
+
+
+def _down_reason(record: Mapping[str, Any], state: str) -> str:
+    """Why a peer or member is not up, when it says (its services and load are stale then)."""
+    error = record.get("error")
+    return f"{state}: {error}" if state != "up" and error else ""
 
 
 def signal_rows(section: Any) -> dict[str, Row]:
