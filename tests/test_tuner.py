@@ -78,6 +78,7 @@ def test_an_idle_model_is_unloaded_never_mid_request_and_reloads(models_dir: Pat
         decision = unloaded()[-1]
         assert decision["created"] > time.time() - took - 60
         assert decision["signal"]["figures"]["idle_s"] >= 0.3
+        assert "(engines.keep_alive 0.3 s)" in decision["signal"]["message"]  # not "0 s"
         assert decision["after"]["freed_mb"] > 0
         # Nothing was unloaded while the request ran: its decision came after the last token.
         assert decision["created"] >= stream_end_wall(stream)

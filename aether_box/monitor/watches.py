@@ -131,8 +131,9 @@ class ResidencyWatch:
                     "keep_alive": keep_alive,
                     "memory_mb": entry["memory_mb"],
                 },
-                f"{entry['name']} ({entry['role']}) idle {entry['idle_s']:.0f} s "
-                f"(engines.keep_alive {keep_alive:.0f} s)"
+                # :g with a tenth kept: a keep_alive of 0.3 s is not written "0 s"
+                f"{entry['name']} ({entry['role']}) idle {round(entry['idle_s'], 1):g} s "
+                f"(engines.keep_alive {round(keep_alive, 1):g} s)"
                 if idle
                 else "",
             )
