@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import zmq
 import zmq.asyncio
 from zmq.utils import z85
@@ -41,13 +42,16 @@ from aether_box.context import BoxContext, BoxView
 from aether_box.contract import Component, ComponentFactory
 from aether_box.errors import BoxError, ConfigError
 from aether_box.monitor.supervisor import Supervisor
-from aether_box.plugins import LOAD_ENV
+from aether_box.plugins import LOAD_ENV, where_defined
 from aether_box.private import make_private
 
 __all__ = ["Box", "load_components"]
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "box.lock"
+SOCKET_FILES = ("bus.sock", "events.sock")
+# A component still starting after this long gets a warning that names it (it may hang).
+SLOW_START_S = 15.0
 T = TypeVar("T")
 
 
@@ -73,6 +77,7 @@ class Box:
         self.broker: Broker
         self.allow_list: AllowList | None = None  # the CURVE keys admitted, when CURVE is on
         self._stop: anyio.Event | None = None
+        self._starting: anyio.CancelScope | None = None  # cancelled by a stop while starting
         self.ready = False  # True once every component has started
         self._stop_requested = False
 
@@ -91,6 +96,8 @@ class Box:
         self._stop_requested = True
         if self._stop is not None:
             self._stop.set()
+        if self._starting is not None and not self.ready:
+            self._starting.cancel()  # a component that never starts must not keep the box up
 
     async def run(
         self, *, handle_signals: bool = True, on_ready: Callable[[Box], None] | None = None
@@ -100,10 +107,24 @@ class Box:
         if self._stop_requested:
             self._stop.set()
         data_dir = self.config.data_dir
+        if not self.settings.endpoints:  # it would run, and no client could ever reach it
+            raise ConfigError(
+                "bus.endpoints is empty: the box would listen nowhere; list at least one, "
+                'e.g. bus.endpoints = ["ipc://{data_dir}/bus.sock"]'
+            )
+        # The data dir, its lock and the keys are files: opened in a worker thread.
+        lock = await anyio.to_thread.run_sync(_lock_data_dir, data_dir)
+        try:
+            await self._run_locked(handle_signals, on_ready)
+        finally:
+            with anyio.CancelScope(shield=True):  # the lock must go even when cancelled
+                await anyio.to_thread.run_sync(_unlock_data_dir, lock)
+
+    async def _run_locked(
+        self, handle_signals: bool, on_ready: Callable[[Box], None] | None
+    ) -> None:
+        data_dir = self.config.data_dir
         with ExitStack() as stack:
-            # The data dir, its lock and the keys are files: opened in a worker thread.
-            lock = await anyio.to_thread.run_sync(_lock_data_dir, data_dir)
-            stack.callback(lock.__exit__)
             self.context = zmq.asyncio.Context()
             # Registered first so it runs last: closes every socket, then ends the context.
             stack.callback(self.context.destroy, linger=0)
@@ -146,35 +167,15 @@ class Box:
             if handle_signals:
                 tg.start_soon(self._watch_signals)
             await tg.start(self.broker.serve)
-            view = BoxView(
-                self.broker,
-                self.events,
-                lambda: self._components,
-                self._supervision,
-                lambda: self.ready,
-                self.allow_list,
-            )
-            for cls in self._component_classes or load_components():
-                ctx = BoxContext(self.config, view, getattr(cls, "name", cls.__name__))
-                component = cls(ctx)
-                if component.name in self.supervisors:
-                    raise ConfigError(
-                        f"two components are called {component.name!r}; a plugin must "
-                        f"choose another name (or leave it out with {LOAD_ENV})"
-                    )
-                self._components.append(component)
-                supervisor = Supervisor(ctx, self.broker, component)
-                self.supervisors[component.name] = supervisor
-                await tg.start(supervisor.run)
-            await self._publish_endpoints()
-            self.broker.starting = False  # an unknown service is now truly unknown
-            self.ready = True
-            log.info("box ready on %s (pid %d)", ", ".join(self.broker.bound), os.getpid())
-            self.events.publish("status.ready", {"endpoints": self.broker.bound})
-            if on_ready is not None:
-                on_ready(self)
-            assert self._stop is not None
-            await self._stop.wait()
+            with anyio.CancelScope() as self._starting:
+                if self._stop_requested:
+                    self._starting.cancel()
+                await self._start_components(tg, on_ready)
+            if not self.ready:
+                log.info("stopped while starting: not every component had started")
+            else:
+                assert self._stop is not None
+                await self._stop.wait()
             log.info("shutting down: finishing %d in-flight request(s)", self.broker.in_flight)
             self.events.publish("status.stopping", {"in_flight": self.broker.in_flight})
             self.broker.stop_accepting()
@@ -188,6 +189,59 @@ class Box:
                 await self.broker.abandon_in_flight()
             await anyio.to_thread.run_sync(clear_endpoints, self.config.data_dir)
             tg.cancel_scope.cancel()
+
+    async def _start_components(
+        self, tg: anyio.abc.TaskGroup, on_ready: Callable[[Box], None] | None
+    ) -> None:
+        """Build and start each component in order, then publish the endpoints."""
+        view = BoxView(
+            self.broker,
+            self.events,
+            lambda: self._components,
+            self._supervision,
+            lambda: self.ready,
+            self.allow_list,
+        )
+        for cls in self._component_classes or load_components():
+            ctx = BoxContext(self.config, view, getattr(cls, "name", cls.__name__))
+            try:
+                component = cls(ctx)
+            except BoxError:
+                raise
+            except Exception as exc:
+                raise _start_failure(cls, exc) from exc
+            if not isinstance(getattr(component, "name", None), str) or not callable(
+                getattr(component, "serve", None)
+            ):
+                raise ConfigError(
+                    f"{where_defined(cls)} is not a component: it needs a `name` (a text) and "
+                    "`async serve(ctx, *, task_status)` (see aether_box/contract.py)"
+                )
+            if component.name in self.supervisors:
+                raise ConfigError(
+                    f"two components are called {component.name!r}; a plugin must "
+                    f"choose another name (or leave it out with {LOAD_ENV})"
+                )
+            self._components.append(component)
+            supervisor = Supervisor(ctx, self.broker, component)
+            self.supervisors[component.name] = supervisor
+            watch = anyio.CancelScope()
+            tg.start_soon(_warn_if_slow, watch, component.name)
+            try:
+                await tg.start(supervisor.run)
+            except BoxError:
+                raise
+            except Exception as exc:
+                raise _start_failure(cls, exc) from exc
+            finally:
+                watch.cancel()
+        await self._publish_endpoints()
+        self.broker.starting = False  # an unknown service is now truly unknown
+        self.ready = True
+        log.info("box ready on %s (pid %d)", ", ".join(self.broker.bound), os.getpid())
+        self.events.publish("status.ready", {"endpoints": self.broker.bound})
+        if on_ready is not None:
+            on_ready(self)
 
     async def _publish_endpoints(self) -> None:
         """Tell this data dir's clients where the box listens (and where CURVE is on)."""
@@ -222,12 +276,41 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return leaves
 
 
+def _start_failure(cls: Any, exc: Exception) -> ConfigError:
+    """One line for a component that could not start; the traceback goes to the log."""
+    name = getattr(cls, "name", getattr(cls, "__name__", repr(cls)))
+    log.error("component %r (%s) failed to start", name, where_defined(cls), exc_info=exc)
+    return ConfigError(
+        f"component {name!r} ({where_defined(cls)}) failed to start: {exc!r}; the log has the "
+        f"traceback. Fix it, or leave the plugin that brings it out with {LOAD_ENV}"
+    )
+
+
+async def _warn_if_slow(scope: anyio.CancelScope, name: str) -> None:
+    with scope:
+        await anyio.sleep(SLOW_START_S)
+        log.warning(
+            "component %r has not started after %g s; still waiting (Ctrl-C stops the box). "
+            "Its serve() must call task_status.started() once its services are registered",
+            name,
+            SLOW_START_S,
+        )
+
+
+def _remove_sockets(data_dir: Path) -> list[Path]:
+    """Remove the data dir's ipc socket files (libzmq leaves them behind); -> those removed."""
+    removed = []
+    for name in SOCKET_FILES:
+        path = data_dir / name
+        if path.exists():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _clear_stale_sockets(data_dir: Path) -> None:
-    for name in ("bus.sock", "events.sock"):
-        stale = data_dir / name
-        if stale.exists():
-            log.info("removing %s, left by a box that did not stop cleanly", stale)
-            stale.unlink(missing_ok=True)
+    for stale in _remove_sockets(data_dir):
+        log.info("removed %s, left by a box that did not stop cleanly", stale)
     clear_endpoints(data_dir)
 
 
@@ -260,11 +343,24 @@ class _DataDirLock:
 
 
 def _lock_data_dir(data_dir: Path) -> _DataDirLock:
-    make_private(data_dir)  # before the first file of this run is made
-    lock = _DataDirLock(data_dir / LOCK_FILE).__enter__()
+    try:
+        make_private(data_dir)  # before the first file of this run is made
+        lock = _DataDirLock(data_dir / LOCK_FILE).__enter__()
+    except OSError as exc:  # a file of that name, a read-only disk, no permission
+        raise ConfigError(
+            f"cannot use {data_dir} as the data dir ({exc.strerror or exc}): it must be a "
+            "directory you can write to; fix that, or pass another --data-dir"
+        ) from exc
     # Holding the lock proves no box runs here: what a crashed one left is stale.
     _clear_stale_sockets(data_dir)
     return lock
+
+
+def _unlock_data_dir(lock: _DataDirLock) -> None:
+    try:  # still holding the lock: no other box can have bound these sockets yet
+        _remove_sockets(lock.path.parent)
+    finally:
+        lock.__exit__()
 
 
 def _start_authenticator(context: zmq.asyncio.Context, allow_list: AllowList) -> Any:

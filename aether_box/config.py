@@ -11,6 +11,8 @@ environment variables < command-line overrides (``section.key=value``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
 import types
@@ -23,6 +25,7 @@ import platformdirs
 import tomli_w
 
 from aether_box.errors import ConfigError
+from aether_box.plugins import LOAD_ENV
 
 __all__ = ["Config", "data_dir_from", "section", "section_name", "setting"]
 
@@ -93,17 +96,20 @@ class Config:
         self.sections = dict(sections)
         self.data_dir = data_dir_from(data_dir)
         self.path = self.data_dir / CONFIG_FILE
-        self._raw = _merge(
-            _read_toml(self.path),
-            _from_env(os.environ if environ is None else environ, self.sections),
-        )
-        self._raw = _merge(self._raw, overrides or {})
-        unknown = sorted(set(self._raw) - set(self.sections))
-        if unknown:
-            raise ConfigError(
-                f"unknown config section(s) {unknown} in {self.path} or overrides; "
-                f"known sections: {sorted(self.sections)}"
-            )
+        layers = [
+            (_read_toml(self.path), f"in {self.path}"),
+            (_from_env(os.environ if environ is None else environ, self.sections), ""),
+            (overrides or {}, "from --set"),
+        ]
+        self._raw: dict[str, dict[str, Any]] = {}
+        # Where each value came from, for errors: the file, an env variable or --set.
+        self._origin: dict[tuple[str, str], str] = {}
+        for data, origin in layers:
+            _check_sections(data, origin, self.sections)
+            for name, values in data.items():
+                for key, value in values.items():
+                    self._raw.setdefault(name, {})[key] = value
+                    self._origin[name, key] = origin or f"from ${_env_name(name, key)}"
         self._cache: dict[str, Any] = {}
 
     def get(self, cls: type[T]) -> T:
@@ -112,7 +118,8 @@ class Config:
         if name is None:
             raise ConfigError(f"{cls.__name__} is not a registered config section")
         if name not in self._cache:
-            self._cache[name] = _build(cls, name, self._raw.get(name, {}), self.data_dir)
+            origins = {key: self._origin[name, key] for key in self._raw.get(name, {})}
+            self._cache[name] = _build(cls, name, self._raw.get(name, {}), self.data_dir, origins)
         return self._cache[name]
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
@@ -155,7 +162,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: Notepad and some Windows editors begin the file with a byte-order mark.
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix or delete it") from exc
     except OSError as exc:  # a directory of that name, no permission to read it
@@ -164,13 +172,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from exc
 
 
+def _env_name(name: str, key: str) -> str:
+    return f"AETHER_BOX_{name}_{key}".upper()
+
+
 def _from_env(
     environ: typing.Mapping[str, str], sections: typing.Mapping[str, type]
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, cls in sections.items():
         for field in dataclasses.fields(cls):
-            value = environ.get(f"AETHER_BOX_{name}_{field.name}".upper())
+            value = environ.get(_env_name(name, field.name))
             if value is not None:
                 out.setdefault(name, {})[field.name] = parse_override(
                     f"{name}.{field.name}={value}"
@@ -178,20 +190,59 @@ def _from_env(
     return out
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for name, values in top.items():
-        merged.setdefault(name, {}).update(values)
-    return merged
+def _check_sections(data: dict[str, Any], origin: str, sections: typing.Mapping[str, type]) -> None:
+    """Every top-level name a known section, each a table: else say what to write instead."""
+    for name, values in data.items():
+        if name in sections and isinstance(values, dict):
+            continue
+        if name in sections:
+            raise ConfigError(
+                f"{name} = {values!r} {origin}: [{name}] is a section, not a value; put its "
+                f"keys under a [{name}] line (known keys: {sorted(_keys(sections[name]))})"
+            )
+        owners = [s for s, cls in sections.items() if name in _keys(cls)]
+        if owners and not isinstance(values, dict):
+            raise ConfigError(
+                f"{name} = {values!r} {origin} is outside any section; it belongs under "
+                f"{' or '.join(f'[{s}]' for s in owners)}"
+            )
+        hint = _did_you_mean(name, sections) or (
+            f" (if a plugin adds [{name}], it is not installed, or {LOAD_ENV} leaves it out)"
+        )
+        raise ConfigError(
+            f"unknown config section [{name}] {origin}{hint}; known sections: {sorted(sections)}"
+        )
 
 
-def _build(cls: type[T], name: str, values: dict[str, Any], data_dir: Path) -> T:
+def _keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(
+    cls: type[T], name: str, values: dict[str, Any], data_dir: Path, origins: dict[str, str]
+) -> T:
+    """The section's settings from `values`; `origins` says where each was set, for errors."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in [{name}]; known keys: {sorted(fields)}")
+        key = unknown[0]
+        raise ConfigError(
+            f"unknown key {key!r} in [{name}] {origins[key]}{_did_you_mean(key, fields)}; "
+            f"known keys: {sorted(fields)}"
+        )
     hints = typing.get_type_hints(cls)
-    kwargs = {key: _coerce(f"{name}.{key}", hints[key], value) for key, value in values.items()}
+    kwargs = {}
+    for key, value in values.items():
+        try:
+            kwargs[key] = _coerce(f"{name}.{key}", hints[key], value)
+            _check_range(f"{name}.{key}", fields[key], kwargs[key])
+        except ConfigError as exc:  # say where the value was set: the file, env or --set
+            raise ConfigError(f"{exc.message} ({origins[key]})") from None
     settings = cls(**kwargs)
     for key, spec in fields.items():
         _check_range(f"{name}.{key}", spec, getattr(settings, key))
@@ -208,10 +259,20 @@ def _coerce(where: str, hint: Any, value: Any) -> Any:
         kind_origin = typing.get_origin(kind) or kind
         if kind is type(None) and value is None:
             return None
-        if kind_origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool) and kind_origin is not bool:
+            continue  # TOML's true is not the number 1
+        if isinstance(value, float) and math.isnan(value):
+            continue  # nan passes every range check: never a setting
+        if kind_origin is float and isinstance(value, (int, float)):
             return float(value)
         if kind_origin is list and isinstance(value, list):
-            return list(value)
+            item = (typing.get_args(kind) or (Any,))[0]
+            item_type = typing.get_origin(item) or item
+            if item is Any or all(isinstance(v, item_type) for v in value):
+                return list(value)
+            raise ConfigError(
+                f"{where} must be a list, each item {_type_name(item)}, got {value!r}"
+            )
         if kind_origin is Path and isinstance(value, str):
             return Path(value).expanduser()
         if isinstance(kind_origin, type) and isinstance(value, kind_origin):

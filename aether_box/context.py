@@ -94,8 +94,16 @@ class BoxContext:
     ) -> None:
         """Serve `name` with `handler`, owned by `owner` (default: this context's component).
 
-        See Broker.add_service for `concurrency` and `inline`.
+        See Broker.add_service for `concurrency` and `inline`. A name already served raises
+        ValueError saying by whom.
         """
+        taken = self.view.broker.services.get(name)
+        if taken is not None:
+            by = f"component {taken.owner!r}" if taken.owner else "an external worker"
+            raise ValueError(
+                f"component {owner or self.owner!r} cannot serve {name!r}: {by} already "
+                "serves it; choose another service name"
+            )
         self.view.broker.add_service(
             name, handler, concurrency=concurrency, inline=inline, owner=owner or self.owner
         )

@@ -31,7 +31,16 @@ if TYPE_CHECKING:
 
     from aether_box.contract import ComponentFactory
 
-__all__ = ["ENTRY_POINT_GROUP", "LOAD_ENV", "Registry", "Spec", "hookimpl", "registry", "resolve"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LOAD_ENV",
+    "Registry",
+    "Spec",
+    "hookimpl",
+    "registry",
+    "resolve",
+    "where_defined",
+]
 
 ENTRY_POINT_GROUP = "aether_box"
 LOAD_ENV = "AETHER_BOX_LOAD_PLUGINS"
@@ -77,21 +86,45 @@ class Registry:
     def sections(self) -> dict[str, type]:
         """Config section name -> settings dataclass: those registered with
         `register_settings`, and each component's `settings_class`."""
-        from aether_box.config import section_name
+        from aether_box.config import SECTION_ATTR
 
         classes = [*self.settings]
         for component in self.components():
             settings = getattr(component, "settings_class", None)
             if settings is not None and settings not in classes:
                 classes.append(settings)
-        return {section_name(cls): cls for cls in classes}
+        sections: dict[str, type] = {}
+        for cls in classes:
+            name = getattr(cls, SECTION_ATTR, None)
+            if not isinstance(name, str):
+                raise ConfigError(f'{where_defined(cls)} is not marked with @section("name")')
+            if name in sections:  # one would silently replace the other's settings
+                raise ConfigError(
+                    f"config section [{name}] is claimed by {where_defined(sections[name])} and by "
+                    f"{where_defined(cls)}; a plugin must choose another section name (or leave it "
+                    f"out with {LOAD_ENV})"
+                )
+            sections[name] = cls
+        return sections
+
+
+def where_defined(obj: Any) -> str:
+    """A class as a plugin author finds it: module.Class."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}"
 
 
 def resolve(ref: Any) -> Any:
+    """A registered object, importing a "module:attribute" reference."""
     if not isinstance(ref, str):
         return ref
     module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"a plugin registered {ref!r}, which cannot be imported ({exc}); fix or uninstall "
+            f"that plugin, or list only the plugins to load in {LOAD_ENV}"
+        ) from exc
 
 
 def plugin_manager() -> pluggy.PluginManager:
@@ -103,8 +136,10 @@ def plugin_manager() -> pluggy.PluginManager:
     manager.register(builtins, name="aether_box.builtins")
     allowed = os.environ.get(LOAD_ENV)
     wanted = None if allowed is None else {p.strip() for p in allowed.split(",") if p.strip()}
+    installed: set[str] = set()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else None
+        installed |= {ep.name} | ({dist} if dist else set())
         if wanted is not None and ep.name not in wanted and dist not in wanted:
             continue
         if manager.get_plugin(ep.name) is None:
@@ -116,18 +151,52 @@ def plugin_manager() -> pluggy.PluginManager:
                     f"uninstall it, or list only the plugins to load in {LOAD_ENV}"
                 ) from exc
             manager.register(plugin, name=ep.name)
+    missing = sorted((wanted or set()) - installed)
+    if missing:  # a misspelt or uninstalled plugin would otherwise just not be there
+        raise ConfigError(
+            f"{LOAD_ENV} names {', '.join(missing)}, which no installed plugin is called; "
+            f"installed plugins: {', '.join(sorted(installed)) or 'none'}"
+        )
+    try:
+        manager.check_pending()  # a misspelt hook would otherwise register nothing, silently
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(
+            f"{exc}; the hooks a plugin may implement are "
+            f"{', '.join(n for n in dir(Spec) if n.startswith('register_'))}"
+        ) from exc
     return manager
 
 
 def build_registry(manager: pluggy.PluginManager) -> Registry:
     """Ask every plugin to register what it brings (the built-ins run first: tryfirst)."""
     reg = Registry(plugins=[name for name, _ in manager.list_name_plugin()])
-    manager.hook.register_components(register=reg.component_refs.append)
-    manager.hook.register_commands(
-        register=lambda name, ref: reg.command_refs.setdefault(name, ref)
-    )
-    manager.hook.register_settings(register=reg.settings.append)
+    _call(manager.hook.register_components, reg.component_refs.append)
+
+    def add_command(name: str, ref: Any) -> None:
+        if reg.command_refs.get(name, ref) is not ref:  # else one would hide the other
+            raise ConfigError(
+                f"two plugins register the command {name!r}; a plugin must choose another "
+                f"name (or leave it out with {LOAD_ENV})"
+            )
+        reg.command_refs[name] = ref
+
+    _call(manager.hook.register_commands, add_command)
+    _call(manager.hook.register_settings, reg.settings.append)
     return reg
+
+
+def _call(hook: Any, register: Callable[..., None]) -> None:
+    """Call each plugin's implementation of `hook` in pluggy's order, naming one that fails."""
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            impl.function(*[register for _ in impl.argnames])
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"plugin {impl.plugin_name!r} failed in {hook.name}: {exc!r}; fix or uninstall "
+                f"it, or list only the plugins to load in {LOAD_ENV}"
+            ) from exc
 
 
 @cache

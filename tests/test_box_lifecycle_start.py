@@ -1,0 +1,111 @@
+"""Starting and stopping: a component that fails or hangs as the box starts, and the files a
+stopped box leaves in its data dir."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, ClassVar
+
+import anyio
+import anyio.from_thread
+import pytest
+from fixtures_box import BoxInThread, wait_for
+
+from aether_box import box as box_module
+from aether_box.box import Box
+from aether_box.config import Config
+from aether_box.echo import EchoComponent
+from aether_box.errors import ConfigError
+
+
+class NeverStarts:
+    """Forgets task_status.started(): the box waits for it."""
+
+    name: ClassVar[str] = "never"
+    settings_class: ClassVar[type | None] = None
+
+    def __init__(self, ctx: Any) -> None:
+        pass
+
+    async def serve(self, ctx: Any, *, task_status: Any) -> None:
+        await anyio.sleep_forever()
+
+
+class BadInit(NeverStarts):
+    name: ClassVar[str] = "bad_init"
+
+    def __init__(self, ctx: Any) -> None:
+        raise KeyError("model_path")
+
+
+def test_a_stopped_box_leaves_no_socket_files(data_dir, caplog):
+    BoxInThread(data_dir, components=[EchoComponent]).stop()
+    assert not (data_dir / "bus.sock").exists() and not (data_dir / "events.sock").exists()
+    with caplog.at_level(logging.INFO, logger="aether_box.box"):
+        BoxInThread(data_dir, components=[EchoComponent]).stop()
+    assert "did not stop cleanly" not in caplog.text  # it did
+
+
+def test_a_component_that_fails_in_its_constructor_is_one_error(data_dir):
+    with pytest.raises(ConfigError) as raised:
+        BoxInThread(data_dir, components=[EchoComponent, BadInit])
+    assert "component 'bad_init' (test_box_lifecycle_start.BadInit) failed to start: " in str(
+        raised.value
+    )
+    assert "KeyError('model_path')" in str(raised.value)
+    assert not (data_dir / "bus.sock").exists()
+
+
+def test_a_component_that_never_starts_is_named_and_stop_still_ends_the_box(
+    data_dir, caplog, monkeypatch
+):
+    monkeypatch.setattr(box_module, "SLOW_START_S", 0.2)
+    box = Box(
+        Config(data_dir, {"bus": {"endpoints": [f"ipc://{data_dir}/bus.sock"]}}),
+        [EchoComponent, NeverStarts],
+    )
+    with (
+        caplog.at_level(logging.INFO, logger="aether_box.box"),
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+    ):
+        running = portal.start_task_soon(partial(box.run, handle_signals=False))
+        wait_for(lambda: "has not started after" in caplog.text, 30, "the slow-start warning")
+        assert "component 'never' has not started after 0.2 s" in caplog.text
+        assert "task_status.started()" in caplog.text
+        portal.call(box.stop)
+        running.result(timeout=30)  # before the fix: never returned
+    assert not box.ready and "stopped while starting" in caplog.text
+
+
+def test_a_data_dir_that_is_a_file_is_one_error(data_dir):
+    not_a_dir = data_dir / "box-home"
+    not_a_dir.write_text("a file, not a directory")
+    with pytest.raises(ConfigError) as raised:
+        BoxInThread(not_a_dir, components=[EchoComponent])
+    assert str(raised.value).startswith(f"cannot use {not_a_dir} as the data dir (")
+    assert "pass another --data-dir" in str(raised.value)
+
+
+def test_a_box_with_no_bus_endpoint_is_refused(data_dir):
+    with pytest.raises(ConfigError, match="bus.endpoints is empty: the box would listen nowhere"):
+        BoxInThread(data_dir, {"bus": {"endpoints": []}}, components=[EchoComponent])
+
+
+class Nameless:
+    """Has serve() but no name."""
+
+    def __init__(self, ctx: Any) -> None:
+        pass
+
+    async def serve(self, ctx: Any, *, task_status: Any) -> None:
+        task_status.started()
+
+
+def test_a_class_that_is_not_a_component_is_named(data_dir):
+    with pytest.raises(ConfigError) as raised:
+        BoxInThread(data_dir, components=[EchoComponent, Nameless])
+    assert str(raised.value).startswith(
+        "test_box_lifecycle_start.Nameless is not a component: it needs a `name` (a text) and "
+        "`async serve(ctx, *, task_status)`"
+    )
