@@ -37,7 +37,7 @@ from aether_box.bus.security import (
     uses_curve,
 )
 from aether_box.bus.settings import BusSettings
-from aether_box.config import Config
+from aether_box.config import Config, unusable_data_dir
 from aether_box.context import BoxContext, BoxView
 from aether_box.contract import Component, ComponentFactory
 from aether_box.errors import BoxError, ConfigError
@@ -347,10 +347,7 @@ def _lock_data_dir(data_dir: Path) -> _DataDirLock:
         make_private(data_dir)  # before the first file of this run is made
         lock = _DataDirLock(data_dir / LOCK_FILE).__enter__()
     except OSError as exc:  # a file of that name, a read-only disk, no permission
-        raise ConfigError(
-            f"cannot use {data_dir} as the data dir ({exc.strerror or exc}): it must be a "
-            "directory you can write to; fix that, or pass another --data-dir"
-        ) from exc
+        raise unusable_data_dir(data_dir, exc) from exc
     # Holding the lock proves no box runs here: what a crashed one left is stale.
     _clear_stale_sockets(data_dir)
     return lock

@@ -27,7 +27,7 @@ import tomli_w
 from aether_box.errors import ConfigError
 from aether_box.plugins import LOAD_ENV
 
-__all__ = ["Config", "data_dir_from", "section", "section_name", "setting"]
+__all__ = ["Config", "data_dir_from", "section", "section_name", "setting", "unusable_data_dir"]
 
 HOME_ENV = "AETHER_BOX_HOME"
 CONFIG_FILE = "config.toml"
@@ -75,6 +75,15 @@ def data_dir_from(explicit: str | os.PathLike | None = None) -> Path:
     """The data dir: the explicit one, else $AETHER_BOX_HOME, else the platform's user data dir."""
     chosen = explicit or os.environ.get(HOME_ENV) or platformdirs.user_data_dir("aether-box")
     return Path(chosen).expanduser().resolve()
+
+
+def unusable_data_dir(data_dir: Path, exc: OSError) -> ConfigError:
+    """The one-line error for a data dir the box cannot write in (a file of that name, a
+    read-only disk, no permission)."""
+    return ConfigError(
+        f"cannot use {data_dir} as the data dir ({exc.strerror or exc}): it must be a "
+        "directory you can write to; fix that, or pass another --data-dir"
+    )
 
 
 class Config:

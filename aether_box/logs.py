@@ -16,6 +16,8 @@ from pathlib import Path
 
 from rich.logging import RichHandler
 
+from aether_box.config import unusable_data_dir
+
 __all__ = ["MAX_LOG_CHARS", "capped", "setup_logging"]
 
 # Long enough for any message of our own; user strings beyond it are cut, with a mark.
@@ -32,9 +34,14 @@ def capped(text: str, limit: int = MAX_LOG_CHARS) -> str:
 def setup_logging(data_dir: Path, level: str = "INFO") -> Path:
     """Log to stderr (rich) and to a rotating file in the data dir; returns the file's path."""
     log_dir = data_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / "box.log"
-    file_handler = logging.handlers.RotatingFileHandler(path, maxBytes=10 * 2**20, backupCount=3)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=10 * 2**20, backupCount=3
+        )
+    except OSError as exc:  # the first file `run` writes: the data dir's trouble shows here
+        raise unusable_data_dir(data_dir, exc) from exc
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console = RichHandler(show_path=False, rich_tracebacks=True)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()

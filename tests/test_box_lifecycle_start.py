@@ -109,3 +109,17 @@ def test_a_class_that_is_not_a_component_is_named(data_dir):
         "test_box_lifecycle_start.Nameless is not a component: it needs a `name` (a text) and "
         "`async serve(ctx, *, task_status)`"
     )
+
+
+def test_run_with_a_data_dir_that_is_a_file_is_one_line(data_dir):
+    from click.testing import CliRunner
+
+    from aether_box.cli import cli
+
+    not_a_dir = data_dir / "box-home"
+    not_a_dir.write_text("a file, not a directory")
+    # `run` sets up its log file first: that is where the trouble showed (a traceback).
+    # (--data-dir checks it is a directory as it is parsed; $AETHER_BOX_HOME cannot.)
+    result = CliRunner().invoke(cli, ["run"], env={"AETHER_BOX_HOME": str(not_a_dir)})
+    assert result.exit_code == 1
+    assert f"cannot use {not_a_dir} as the data dir" in result.output, result.output
