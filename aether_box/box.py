@@ -45,7 +45,7 @@ from aether_box.monitor.supervisor import Supervisor
 from aether_box.plugins import LOAD_ENV, where_defined
 from aether_box.private import make_private
 
-__all__ = ["Box", "load_components"]
+__all__ = ["Box", "load_components", "running_pid"]
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "box.lock"
@@ -340,6 +340,26 @@ class _DataDirLock:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self._file, fcntl.LOCK_UN)
         self._file.close()
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of the box that holds `data_dir`'s lock; None when no box runs there."""
+    try:
+        handle = open(data_dir / LOCK_FILE)  # noqa: SIM115 - closed below
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with handle:
+        try:  # shared and non-blocking: a running box holds it exclusively
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            if not text.isdigit():  # between the box's lock and its write of the pid
+                raise ConfigError(
+                    f"a box is starting with data dir {data_dir}; try again in a moment"
+                ) from None
+            return int(text)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
 
 
 def _lock_data_dir(data_dir: Path) -> _DataDirLock:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +236,36 @@ def run(state: CliState, binds: tuple[str, ...], log_level: str) -> None:
 
 
 cli.add_command(run, "serve")  # the name other servers use; the same command
+
+
+@cli.command()
+@timeout_option(60.0, "Seconds to wait for it to finish the requests in flight.")
+@pass_state
+def stop(state: CliState, timeout: float) -> None:
+    """Stop the box of this data dir, as Ctrl-C does: it finishes what is in flight first."""
+    from aether_box.box import running_pid
+
+    data_dir = data_dir_from(state.data_dir)
+    pid = running_pid(data_dir)
+    if pid is None:
+        raise click.ClickException(f"no box is running with data dir {data_dir}")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it ended between the look and the signal
+        pid = None
+    except PermissionError as exc:
+        raise click.ClickException(
+            f"the box (pid {pid}) belongs to another user; stop it as that user"
+        ) from exc
+    deadline = time.monotonic() + timeout
+    while pid is not None and running_pid(data_dir) == pid:
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"the box (pid {pid}) is still finishing its requests after {timeout:g} s; "
+                "it stops once they are done (`aether-box status` shows them)"
+            )
+        time.sleep(0.1)  # its lock goes when it has stopped: nothing to wait on but that
+    click.echo(f"stopped the box of {data_dir}")
 
 
 @cli.command()

@@ -123,3 +123,16 @@ def test_run_with_a_data_dir_that_is_a_file_is_one_line(data_dir):
     result = CliRunner().invoke(cli, ["run"], env={"AETHER_BOX_HOME": str(not_a_dir)})
     assert result.exit_code == 1
     assert f"cannot use {not_a_dir} as the data dir" in result.output, result.output
+
+
+def test_stop_ends_the_box_of_a_data_dir_and_says_when_there_is_none(box_process):
+    from click.testing import CliRunner
+
+    from aether_box.cli import cli
+
+    data_dir = box_process.data_dir
+    stopped = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "stop"])
+    assert stopped.exit_code == 0 and "stopped the box" in stopped.output, stopped.output
+    assert box_process.process.wait(10) == 0  # a graceful stop, as Ctrl-C
+    none = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "stop"])
+    assert none.exit_code == 1 and f"no box is running with data dir {data_dir}" in none.output
