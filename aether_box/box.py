@@ -330,7 +330,8 @@ class _DataDirLock:
             self._file.close()
             raise ConfigError(
                 f"another box (pid {pid}) is running with data dir {self.path.parent}; "
-                "stop it first, or pass another --data-dir"
+                f"stop it first (`aether-box --data-dir {self.path.parent} stop`), or pass "
+                "another --data-dir"
             ) from None
         self._file.truncate(0)
         self._file.write(str(os.getpid()))

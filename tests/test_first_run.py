@@ -137,6 +137,7 @@ def test_main_command_cleared_the_stale_socket_and_a_second_start_is_refused(fir
     again = cli(checkout, "--data-dir", str(data_dir), "serve", timeout=60)
     assert again.returncode == 1
     assert "another box" in again.stderr and "is running with data dir" in again.stderr
+    assert f"aether-box --data-dir {data_dir} stop" in again.stderr  # how to stop it
     assert status_of(data_dir) is not None  # the refused start left the running box alone
 
 
