@@ -136,3 +136,20 @@ def test_stop_ends_the_box_of_a_data_dir_and_says_when_there_is_none(box_process
     assert box_process.process.wait(10) == 0  # a graceful stop, as Ctrl-C
     none = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "stop"])
     assert none.exit_code == 1 and f"no box is running with data dir {data_dir}" in none.output
+
+
+def test_a_taken_event_port_names_the_events_option(data_dir):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        events = {"event_endpoints": [f"tcp://127.0.0.1:{port}"]}
+        with pytest.raises(ConfigError) as raised:
+            BoxInThread(data_dir, {"bus": events}, components=[EchoComponent])
+    finally:
+        taken.close()
+    assert f"cannot listen on tcp://127.0.0.1:{port}" in str(raised.value)
+    assert "choose other endpoints with bus.event_endpoints" in str(raised.value)

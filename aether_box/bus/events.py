@@ -52,7 +52,13 @@ class Events:
         self._thread = threading.get_ident()
         self._socket.linger = 0
         self._socket.sndhwm = QUEUE_EVENTS
-        self.bound = bind_all(self._socket, endpoints, curve, curve_loopback=curve_loopback)
+        self.bound = bind_all(
+            self._socket,
+            endpoints,
+            curve,
+            curve_loopback=curve_loopback,
+            option="bus.event_endpoints",
+        )
         self.published = 0
         self.seq = 0
         self.dropped: Counter[str] = Counter()

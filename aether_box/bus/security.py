@@ -284,10 +284,16 @@ def uses_curve(endpoint: str, keys: CurveKeys | None, on_loopback: bool) -> bool
 
 
 def bind_all(
-    socket: zmq.Socket, endpoints: list[str], keys: CurveKeys | None, *, curve_loopback: bool
+    socket: zmq.Socket,
+    endpoints: list[str],
+    keys: CurveKeys | None,
+    *,
+    curve_loopback: bool,
+    option: str = "--bind or bus.endpoints",
 ) -> list[str]:
     """Bind ipc endpoints plain (file permissions guard them), then tcp ones, with CURVE where
-    `uses_curve` says; a taken default port moves to a free one (see bus/settings.py)."""
+    `uses_curve` says; a taken default port moves to a free one (see bus/settings.py).
+    `option`: where the user chooses these endpoints, for the error when one is taken."""
     bound = []
     for endpoint in sorted(endpoints, key=lambda e: not e.startswith(("ipc", "inproc"))):
         # Security options apply to binds made after they are set.
@@ -302,7 +308,7 @@ def bind_all(
             if exc.errno != errno.EADDRINUSE or endpoint not in DEFAULT_TCP_ENDPOINTS:
                 raise ConfigError(
                     f"cannot listen on {endpoint}: {exc.strerror}. Is another box running? "
-                    "Stop it, or choose other endpoints with --bind or bus.endpoints."
+                    f"Stop it, or choose other endpoints with {option}."
                 ) from exc
             socket.bind(endpoint.rsplit(":", 1)[0] + ":*")
             log.warning(
