@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from fixtures_box import BoxInThread, temp_box, wait_for
 
-from aether_box.errors import NotAllowed
+from aether_box.errors import NotAllowed, NotFound
 from aether_box.tools.orchestrator import fill_schema, split_task
 
 WORKER = Path(__file__).parent.parent / "bench" / "data" / "assistant_tools.py"
@@ -100,6 +100,56 @@ def test_the_trace_is_kept_with_the_session(orchestra: BoxInThread) -> None:
         assert [m["role"] for m in history] == ["user", "tool", "assistant"]
         assert history[0]["content"] == "what is the weather in Lima"
         assert '"weather_forecast"' in history[1]["content"]
+
+
+NESTED_WORKER = """
+import sys
+from aether_box.bus.worker import Worker
+
+worker = Worker(sys.argv[1], "trips", heartbeat_s=0.5)
+PLACE = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+SCHEMA = {
+    "type": "object",
+    "$defs": {"Place": PLACE},
+    "properties": {"destination": {"$ref": "#/$defs/Place"}, "nights": {"type": "integer"}},
+    "required": ["destination", "nights"],
+}
+
+
+@worker.tool("Book a hotel in a city for some nights.", effect="write", schema=SCHEMA)
+def book_hotel(destination, nights):
+    return {"booked": destination["city"], "nights": nights}
+
+
+worker.run()
+"""
+
+
+def test_a_tool_whose_schema_nests_models_is_filled(orchestra: BoxInThread) -> None:
+    # Schemas made from pydantic models (MCP servers', too) point at "$defs" with "$ref";
+    # the fill schema left "$defs" out, and the whole run failed "Error resolving ref".
+    worker = subprocess.Popen([sys.executable, "-c", NESTED_WORKER, orchestra.endpoint])
+    try:
+        with orchestra.client(timeout=300) as client:
+            wait_for(lambda: "book_hotel" in schemas(client), 30, "the worker's tool")
+            task = {"task": "book a hotel in Paris for 3 nights", "tools": ["book_hotel"]}
+            reply = client.request("orchestrate", {**task, "answer": False})
+            (step,) = reply["steps"]
+            jsonschema.validate(step["arguments"], schemas(client)["book_hotel"])
+            assert step["result"]["nights"] == step["arguments"]["nights"]
+    finally:
+        worker.terminate()
+        worker.wait(10)
+
+
+def test_an_unknown_session_is_refused_before_any_tool_runs(orchestra: BoxInThread) -> None:
+    with orchestra.client(timeout=300) as client:
+        sent_before = client.status()["tools"]["calls_by_tool"].get("send_email", 0)
+        task = {"task": "email Lisa that the keys are on the table", "session": "typo"}
+        with pytest.raises(NotFound, match="no session 'typo'"):
+            client.request("orchestrate", {**task, "answer": False})
+        # The email was not sent (it was, and only then the session's NotFound came back).
+        assert client.status()["tools"]["calls_by_tool"].get("send_email", 0) == sent_before
 
 
 def test_private_data_is_not_sent_out_without_an_allow(orchestra: BoxInThread) -> None:

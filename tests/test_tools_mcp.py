@@ -68,8 +68,9 @@ def test_mcp_tool_call_round_trip(mcp_box: BoxInThread) -> None:
         assert call(client, "testmcp_shout", text="hi there") == "HI THERE"
         with pytest.raises(BadRequest, match="not of type 'integer'"):
             call(client, "testmcp_add", a="2", b=1)
-        with pytest.raises(ToolFailed, match="the MCP tool broke"):
+        with pytest.raises(ToolFailed, match="the MCP tool broke") as failed:
             call(client, "testmcp_broken")
+        assert str(failed.value).count("[tool_failed]") == 1, failed.value  # was said twice
 
 
 def test_stdio_servers_get_an_allow_listed_environment(mcp_box: BoxInThread) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from aether_box.errors import NotFound
 from aether_box.tools.spec import Tool
 
 __all__ = ["BUILTIN_TOOLS", "call_builtin"]
@@ -93,15 +94,15 @@ BUILTIN_TOOLS = [
 async def call_builtin(call: Call, name: str, arguments: Mapping[str, Any]) -> Any:
     """Run built-in tool `name` through the box's services (arguments already checked)."""
     if name == "memory_search":
-        reply = await call(
-            "memory",
-            {
-                "op": "search",
-                "collection": arguments.get("collection", DEFAULT_COLLECTION),
-                "text": arguments["query"],
-                "k": arguments.get("k", 3),
-            },
-        )
+        collection = arguments.get("collection", DEFAULT_COLLECTION)
+        body = {"op": "search", "collection": collection, "text": arguments["query"]}
+        try:
+            reply = await call("memory", {**body, "k": arguments.get("k", 3)})
+        except NotFound:
+            # Nothing saved yet: memory_add makes the default collection on first use.
+            if collection != DEFAULT_COLLECTION or await _has_collection(call, collection):
+                raise
+            return []
         keep = ("id", "score", "text", "metadata")
         return [{k: r.get(k) for k in keep} for r in reply["results"]]
     if name == "memory_add":
@@ -124,3 +125,8 @@ async def call_builtin(call: Call, name: str, arguments: Mapping[str, Any]) -> A
         vector = np.asarray(reply["vectors"], dtype=np.float32)[0]
         return {"model": model, "dim": int(vector.shape[0]), "vector": vector.round(6).tolist()}
     raise KeyError(name)
+
+
+async def _has_collection(call: Call, collection: str) -> bool:
+    reply = await call("memory", {"op": "collections"})
+    return any(c.get("name") == collection for c in reply["collections"])

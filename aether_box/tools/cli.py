@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from aether_box.cli import CliState, Whole, pass_state, timeout_option
+from aether_box.tools.settings import ToolsSettings
 
 __all__ = ["tools"]
 
@@ -41,6 +42,13 @@ def list_(state: CliState, show_all: bool, as_json: bool) -> None:
         return
     if not reply["enabled"]:
         click.echo(reply.get("hint", "tools are off"), err=True)
+    if hidden := reply.get("not_allowed"):
+        click.echo(
+            f"not listed: {hidden} tool(s) that tools.allow keeps off; --all lists them", err=True
+        )
+    for server, info in reply.get("mcp_down", {}).items():
+        why = f": {info['error']}" if info.get("error") else ""
+        click.echo(f"MCP server {server} is {info['state']}, its tools not listed{why}", err=True)
     for tool in reply["tools"]:
         flags = tool["effect"] + (", private" if tool["private"] else "")
         off = "" if tool["allowed"] else "  (not allowed)"
@@ -80,7 +88,9 @@ def call(state: CliState, name: str, arguments: str, timeout: float | None) -> N
     body: dict[str, Any] = {"op": "call", "tool": name, "arguments": parsed}
     if timeout is not None:
         body["timeout_s"] = timeout
-    with state.client((timeout or 30.0) + 5) as client:
+    else:  # the box waits tools.timeout_s (config.toml may raise it): wait as long
+        timeout = state.config().get(ToolsSettings).timeout_s
+    with state.client(timeout + 5) as client:
         reply = client.request("tools", body)
     _json_out(reply["result"])
 

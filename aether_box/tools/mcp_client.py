@@ -2,8 +2,10 @@
 
 Each server gets one long-lived connection (stdio: the box starts the command, with an
 allow-listed environment, not its own; streamable HTTP: a URL). Its tools are listed as
-``server_tool``. A connection that drops (the server exits, a ping fails) takes the server's
-tools off the list and is retried with a growing pause.
+``server_tool``, and listed again every PING_S while it is idle: that is how a dead
+connection is found, and a changed list picked up. A connection that drops (the server
+exits, a listing fails) takes the server's tools off the list and is retried with a growing
+pause.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class McpServer:
         self.state = "starting"
         self.error: str | None = None
         self.connects = 0
+        self.in_flight = 0  # calls it is answering now
 
     def target(self) -> Any:
         """What the SDK's Client connects to: a URL, or the command to start."""
@@ -100,8 +103,15 @@ class McpServer:
                     log.info("MCP server %s: tools %s", self.name, [t.name for t in self.tools])
                     while True:
                         await anyio.sleep(PING_S)
+                        if self.in_flight:  # a busy server may not answer; calls have timeouts
+                            continue
+                        # A listing, not a ping: MCP 2026 servers answer ping "Method not
+                        # found" (the connection was dropped every PING_S, calls with it).
                         with anyio.fail_after(PING_S):
-                            await client.send_ping()
+                            now = await client.list_tools(cache_mode="refresh")
+                        if now.tools != listed.tools:  # (unchanged: no new skip warnings)
+                            listed = now
+                            self.tools = self._tools(listed.tools)
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:  # any failure of a foreign server: note it, retry
@@ -193,12 +203,15 @@ class McpServers:
         client = server.client
         if client is None:
             raise ServiceUnavailable(f"MCP server {tool.where} is down ({server.error}); retry")
+        server.in_flight += 1
         try:
             result = await client.call_tool(tool.target, arguments)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # the SDK's protocol errors, a dropped connection
             raise ToolFailed(f"MCP server {tool.where}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            server.in_flight -= 1
         return result_value(result)
 
     def status(self) -> dict[str, Any]:

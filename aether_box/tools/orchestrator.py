@@ -75,11 +75,14 @@ def fill_schema(schema: dict[str, Any]) -> dict[str, Any]:
         if spec.get("type") == "string" and "enum" not in spec:
             spec["maxLength"] = min(int(spec.get("maxLength", STRING_CAP)), STRING_CAP)
         kept[name] = spec
+    # What its properties' "$ref"s point at (pydantic and MCP SDK schemas nest models so).
+    defs: dict[str, Any] = {k: schema[k] for k in ("$defs", "definitions") if k in schema}
     return {
         "type": "object",
         "properties": kept,
         "required": list(kept),
         "additionalProperties": False,
+        **defs,
     }
 
 
@@ -166,6 +169,9 @@ class OrchestratorComponent:
         if session is not None and not isinstance(session, str):
             raise BadRequest("field 'session' must be a session id")
         candidates = self._candidates(body)
+        if session is not None:
+            # A NotFound now, before any tool runs, not after the calls (and what they did).
+            await self.ctx.call("session", {"op": "history", "session": session})
         catalog = self.ctx.get(ToolCatalog)
         assert catalog is not None
         self.runs += 1

@@ -2,9 +2,10 @@
 
 Ops:
 - ``list``: ``{"all"?}`` -> ``{"enabled", "tools": [{"name", "description", "schema",
-  "effect", "private", "source", "where", "examples", "allowed"}]}``: the tools reachable now
-  (a worker's tools go with its last worker, within the bus heartbeat window). ``all`` also
-  lists those that ``tools.allow`` keeps off.
+  "effect", "private", "source", "where", "examples", "allowed"}], "mcp_down"?: {server:
+  {"state", "error"}}, "not_allowed"?: count}``: the tools reachable now (a worker's tools go
+  with its last worker, within the bus heartbeat window). ``all`` also lists those that
+  ``tools.allow`` keeps off (else counted in ``not_allowed``).
 - ``call``: ``{"tool", "arguments"?, "timeout_s"?}`` -> ``{"tool", "result", "took_ms"}``.
   Arguments are checked against the tool's schema first (``bad_request`` naming each misfit);
   a tool that does not answer within ``tools.timeout_s`` (default 30 s) fails with
@@ -113,7 +114,7 @@ class ToolsComponent(OpService, ToolCatalog):
             )
         tool = self._all_tools().get(name)
         if tool is None:
-            raise NotFound(f"no tool {name!r}; see `aether-box tools list`")
+            raise NotFound(self._why_missing(name))
         if not self.allowed(name):
             raise NotAllowed(f"tool {name!r} is not in tools.allow {self.settings.allow}")
         checked = tool.check(arguments if arguments is not None else {})
@@ -131,7 +132,17 @@ class ToolsComponent(OpService, ToolCatalog):
             raise
         except BoxError as exc:
             self.failures[exc.code] += 1
-            raise ToolFailed(f"tool {name!r} failed: {exc.message} [{exc.code}]") from exc
+            why, hint = exc.message, ""
+            if tool.source == "worker" and exc.code == "unavailable":
+                # Not "retry": the worker is gone, or it was busy in this call past the bus
+                # heartbeat window (it heartbeats between calls only).
+                why = why.removesuffix("; retry the request")
+                hint = (
+                    f"; its worker ({tool.where}) exited, or the call outlasted the bus "
+                    "heartbeat window: see the worker's output"
+                )
+            code = "" if isinstance(exc, ToolFailed) else f" [{exc.code}]"  # said once, after
+            raise ToolFailed(f"tool {name!r} failed: {why}{code}{hint}") from exc
         self.calls[name] += 1
         return result
 
@@ -148,12 +159,20 @@ class ToolsComponent(OpService, ToolCatalog):
 
     async def op_list(self, request: Request) -> dict[str, Any]:
         show_all = bool(request.body.get("all", False))
-        tools = []
+        tools, hidden = [], 0
         for tool in sorted(self._all_tools().values(), key=lambda t: t.name):
             allowed = self.allowed(tool.name)
             if allowed or show_all:
                 tools.append({**tool.describe(), "allowed": allowed})
+            else:
+                hidden += 1
         reply: dict[str, Any] = {"enabled": self.settings.enabled, "tools": tools}
+        if hidden and self.settings.enabled:  # else a tool missing from the list is a puzzle
+            reply["not_allowed"] = hidden
+        # A configured server whose tools are missing from the list says why.
+        down = {n: s for n, s in self.mcp.status().items() if s["state"] != "up"}
+        if down:
+            reply["mcp_down"] = down
         if not self.settings.enabled:
             reply["hint"] = "tools are off; set [tools] enabled = true in config.toml"
         return reply
@@ -179,10 +198,13 @@ class ToolsComponent(OpService, ToolCatalog):
         tools = {}
         for spec in specs:
             tool = tool_from_wire(spec, source="worker", where=service)
-            taken = self._owner_of(tool.name)
-            if taken not in (None, service):
+            taken = self._owner_of(tool.name, service)
+            if taken is not None:
                 raise BadRequest(f"tool name {tool.name!r} is taken by {taken}; rename it")
             tools[tool.name] = tool
+        for offered in self._worker_tools.values():
+            for name in tools:  # a gone worker's claim on the name (live ones refused above)
+                offered.pop(name, None)
         self._worker_tools[service] = tools
         log.info("worker service %s offers tools %s", service, sorted(tools))
         self.ctx.events.publish("tools.registered", {"service": service, "tools": sorted(tools)})
@@ -193,15 +215,35 @@ class ToolsComponent(OpService, ToolCatalog):
         removed = self._worker_tools.pop(service, {})
         return {"removed": sorted(removed)}
 
-    def _owner_of(self, name: str) -> str | None:
+    def _owner_of(self, name: str, service: str) -> str | None:
+        """Who else offers tool `name` now (a worker that is gone no longer holds it)."""
         if any(t.name == name for t in BUILTIN_TOOLS) and self.settings.builtins:
             return "the box (a built-in tool)"
         if any(t.name == name for t in self.mcp.tools()):
             return "an MCP server"
+        for other, tools in self._worker_tools.items():
+            if name in tools and other != service and self.ctx.service_alive(other):
+                return f"the worker service {other!r}"
+        return None
+
+    def _why_missing(self, name: str) -> str:
+        """Why tool `name` is not reachable now, and what to do."""
         for service, tools in self._worker_tools.items():
             if name in tools:
-                return service
-        return None
+                return (
+                    f"tool {name!r} is offered by worker service {service!r}, which no "
+                    "worker serves now; start that worker"
+                )
+        for server in self.mcp.servers.values():
+            if name.startswith(f"{server.name}_") and server.state != "up":
+                why = f": {server.error}" if server.error else ""
+                return f"tool {name!r}: MCP server {server.name!r} is {server.state}{why}"
+        builtin = next((t for t in BUILTIN_TOOLS if t.name == name), None)
+        if builtin is not None and not self.settings.builtins:
+            return f"tool {name!r} is built in, and tools.builtins is false"
+        if builtin is not None:
+            return f"tool {name!r} needs the box's {builtin.where!r} service, which is not running"
+        return f"no tool {name!r}; see `aether-box tools list`"
 
     # ----------------------------------------------------------------- status
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from aether_box.config import section, setting
 from aether_box.errors import ConfigError
+from aether_box.tools.spec import NAME
 
 __all__ = ["ToolsSettings", "DEFAULT_MCP_ENV"]
 
@@ -94,6 +95,11 @@ def check_servers(servers: Any, where: str) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{where} must be a table of servers")
     for name, server in servers.items():
         place = f"{where} {name!r}"
+        if not NAME.match(f"{name}_"):  # its tools are named server_tool
+            raise ConfigError(
+                f"{place}: a server's name must be letters, digits, '_', '.' or '-' (first: "
+                "a letter or digit), at most 63: its tools are named after it"
+            )
         if not isinstance(server, dict):
             raise ConfigError(f"{place} must be a table with command or url")
         unknown = set(server) - SERVER_KEYS
