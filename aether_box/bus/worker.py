@@ -5,6 +5,11 @@ def shout(body):                       # return a dict, or yield dicts to stream
 
 Worker("ipc:///path/bus.sock", "shout", shout).run()
 
+One request at a time; the handler runs in a thread of its own while `run()` keeps the
+worker's heartbeats going, so a call may take longer than the box's heartbeat window. What it
+returns must be what the bus carries (strings, numbers, lists, maps, bytes, numpy arrays);
+anything else is an error reply, not a dead worker.
+
 A worker may also offer tools (see aether_box.tools): each decorated function becomes a tool
 named after it, its arguments checked by the box against `schema` before it is called, and
 the worker registers them with the box's `tools` service when it starts::
@@ -22,6 +27,8 @@ the worker registers them with the box's `tools` service when it starts::
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -122,11 +129,12 @@ class Worker:
         self._socket = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.linger = 0
         self._socket.connect(self.endpoint)
-        self._send(WorkerCmd.READY, self.service.encode())
-        if self.tools:
-            self._register_tools()
-        served, last_sent = 0, time.monotonic()
+        served = 0
         try:
+            self._send(WorkerCmd.READY, self.service.encode())
+            if self.tools:
+                self._register_tools()
+            last_sent = time.monotonic()
             while stop_after is None or served < stop_after:
                 if self._socket.poll(self.heartbeat_s * 1000):
                     frames = self._socket.recv_multipart()
@@ -142,9 +150,9 @@ class Worker:
                     self._send(WorkerCmd.HEARTBEAT)
                     last_sent = time.monotonic()
         except BaseException:
-            # Stopped (Ctrl-C, SIGTERM as SystemExit): tell the broker at once; a worker that
-            # just vanishes is found only when its heartbeats stop, and a request sent to
-            # it meanwhile fails.
+            # Stopped (Ctrl-C, SIGTERM as SystemExit, tools the box refused): tell the broker
+            # at once; a worker that just vanishes is found only when its heartbeats stop,
+            # and a request sent to it meanwhile fails.
             self._send(WorkerCmd.DISCONNECT)
             self._socket.close(linger=100)
             raise
@@ -152,6 +160,29 @@ class Worker:
             self._socket.close(linger=0)
 
     def _answer(self, client: bytes, body_frames: list[bytes]) -> None:
+        """Answer one request. The handler runs in a thread while this one heartbeats, so a
+        call longer than the broker's heartbeat window does not cost the worker its place."""
+        replies: queue.SimpleQueue[tuple[bytes, list[Any]]] = queue.SimpleQueue()
+        threading.Thread(
+            target=self._compute,
+            args=(body_frames, replies),
+            name=f"{self.service}-call",
+            daemon=True,  # Ctrl-C mid-call ends the worker; the broker hears DISCONNECT
+        ).start()
+        while True:
+            try:
+                command, frames = replies.get(timeout=self.heartbeat_s)
+            except queue.Empty:
+                self._send(WorkerCmd.HEARTBEAT)
+                continue
+            self._send(command, client, b"", *frames)
+            if command == WorkerCmd.FINAL:
+                return
+
+    def _compute(
+        self, body_frames: list[bytes], replies: queue.SimpleQueue[tuple[bytes, list[Any]]]
+    ) -> None:
+        """Run the handler on one request; put its encoded PARTIALs, then its FINAL."""
         rid = None
         try:
             body = decode_body(body_frames)
@@ -164,16 +195,23 @@ class Worker:
                 raise BadRequest(f"{self.service} answers only tool calls ({{'op': 'tool'}})")
             if not isinstance(result, Mapping):  # a generator streams PARTIALs
                 for part in result:
-                    self._reply(client, WorkerCmd.PARTIAL, dict(part), rid)
+                    replies.put((WorkerCmd.PARTIAL, self._encode(dict(part), rid)))
                 result = {}
-            reply = dict(result)
+            final = self._encode(dict(result), rid)
         except BoxError as exc:
-            reply = exc.to_wire()
+            final = self._encode(exc.to_wire(), rid)
         except Exception as exc:
-            reply = BoxError(f"{self.service} worker failed: {exc!r}").to_wire()
-        self._reply(client, WorkerCmd.FINAL, reply, rid)
+            final = self._encode(BoxError(f"{self.service} worker failed: {exc!r}").to_wire(), rid)
+        replies.put((WorkerCmd.FINAL, final))
 
-    def _reply(self, client: bytes, command: bytes, body: dict[str, Any], rid: Any) -> None:
+    def _encode(self, body: dict[str, Any], rid: Any) -> list[Any]:
+        """The body's frames; BadRequest naming what the bus cannot carry (a datetime, a set)."""
         if rid is not None:
             body[RID] = rid
-        self._send(command, client, b"", *encode_body(body))
+        try:
+            return list(encode_body(body))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BoxError(
+                f"{self.service} worker answered with something the bus cannot carry ({exc}); "
+                "return dicts of strings, numbers, lists, bytes and numpy arrays"
+            ) from exc
