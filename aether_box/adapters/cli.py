@@ -21,10 +21,13 @@ TIMEOUT = 600.0  # a merge of big adapters, or a probe on a loaded machine, take
 
 
 def _verdict(adapter: dict[str, Any]) -> str:
-    probe = adapter.get("probe") or {}
-    if probe.get("state") == "done":
-        return f"{probe['verdict']} (KL {probe['kl_mean']:.4f}, top-1 {probe['top1']:.1%})"
-    return probe.get("state") or "pending"
+    """The newest finished probe's verdict, and the state of a newer probe that has none."""
+    probe, judged = adapter.get("probe") or {}, adapter.get("judged")
+    state = probe.get("state") or "pending"
+    if judged is None:
+        return state
+    text = f"{judged['verdict']} (KL {judged['kl_mean']:.4f}, top-1 {judged['top1']:.1%})"
+    return text if state == "done" else f"{text}; newer probe {state}"
 
 
 @click.group()
@@ -70,8 +73,8 @@ def _wait(client: Any, name: str) -> dict[str, Any]:
         task = bars.add_task(name, total=None)
         entry: dict[str, Any] = {}
         for reply in client.stream(SERVICE, {"op": "wait", "name": name}, timeout=TIMEOUT):
-            if "probed" in reply:
-                bars.update(task, completed=reply["probed"], total=reply["of"])
+            if "probed" in reply:  # "of" is 0 until the probe has read its prompts
+                bars.update(task, completed=reply["probed"], total=reply["of"] or None)
             else:
                 entry = reply
     return entry

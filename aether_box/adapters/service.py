@@ -5,7 +5,8 @@ Ops (every path is on the box's machine):
   (adapter_config.json + adapter_model.safetensors) converted to GGUF. Checked against the
   base model first (see lora_file.check_against_base); nothing is kept if a check fails. The
   fusion probe then runs in the background. -> the adapter.
-- ``list`` -> ``{"adapters": [...]}``, each with its latest verdict; ``show``: ``{"name"}`` ->
+- ``list`` -> ``{"adapters": [...]}``, each with its newest probe (``probe``) and newest
+  finished one (``judged``: its verdict is the one that counts); ``show``: ``{"name"}`` ->
   the adapter and its fusion log; ``remove``: ``{"name"}`` (refused while requests use it).
 - ``merge``: ``{"name", "from": [{"name", "weight"}], "method": "linear"|"ties"|"dare",
   "density"?, "rank"?}``: progress as PARTIAL ``{"merged", "of"}``; the result is kept as an
@@ -138,6 +139,10 @@ class AdaptersComponent(AdapterCatalog):
             async with send, receive:
                 self._send = send
                 await self.refresh()
+                # Never judged (kept just before a kill, or its probe cut short): probe it now.
+                for a in self._view:
+                    if a["judged"] is None and _state(a["probe"]) in (None, "interrupted"):
+                        await self.queue_probe(a["name"])
                 ctx.add_service("adapters", AdaptersService(self))
                 task_status.started()
                 async for name in receive:
@@ -196,23 +201,30 @@ class AdaptersComponent(AdapterCatalog):
         adapter = next((a for a in self._view if a["name"] == name), None)
         if adapter is None:
             return None
-        decision, latest = adapter["pruning"], adapter["probe"]
+        # The newest finished probe judges: a re-probe running, failed or cut short by a
+        # stop has no verdict, and must not serve an adapter the last verdict pruned.
+        decision, judged = adapter["pruning"], adapter["judged"]
         if decision is not None and decision["state"] == "pruned":
             return f"by {decision['by']}: {decision['reason']}"
-        if latest is None or latest.get("verdict") != "prune":
+        if judged is None or judged.get("verdict") != "prune":
             return None
-        if decision is not None and (decision["probe"] or 0) >= latest["id"]:
+        if decision is not None and (decision["probe"] or 0) >= judged["id"]:
             return None  # restored after this probe judged it
-        return f"by the fusion log: {latest['reason']}"
+        return f"by the fusion log: {judged['reason']}"
 
     async def refresh(self) -> None:
         """Re-read the adapters, their latest probes and pruning for status (off the loop)."""
         store = self._need_store()
 
         def read() -> list[dict[str, Any]]:
-            latest, pruning = store.latest(), store.pruning()
+            latest, judged, pruning = store.latest(), store.latest(done=True), store.pruning()
             return [
-                {**a, "probe": latest.get(a["name"]), "pruning": pruning.get(a["name"])}
+                {
+                    **a,
+                    "probe": latest.get(a["name"]),
+                    "judged": judged.get(a["name"]),
+                    "pruning": pruning.get(a["name"]),
+                }
                 for a in store.list()
             ]
 
@@ -234,8 +246,9 @@ class AdaptersComponent(AdapterCatalog):
         """Serve `name` again (see AdapterCatalog.restore)."""
         store = self._need_store()
         await anyio.to_thread.run_sync(store.get, name)
-        latest = self._latest(name)
-        probe_id = latest["id"] if latest is not None else None
+        # Against the verdict that prunes it: a probe running now judges it anew when done.
+        judged = next((a["judged"] for a in self._view if a["name"] == name), None)
+        probe_id = judged["id"] if judged is not None else None
         previous = await anyio.to_thread.run_sync(
             lambda: store.set_pruning(name, "restored", "restored", by, probe_id)
         )
@@ -261,7 +274,17 @@ class AdaptersComponent(AdapterCatalog):
 
     async def add(self, path: str, base: str, name: str | None) -> dict[str, Any]:
         store = self._need_store()
-        name = valid_name(name or PurePath(path.rstrip("/")).name.removesuffix(".gguf"))
+        if name is None:
+            name = PurePath(path.rstrip("/")).name.removesuffix(".gguf")
+            try:
+                valid_name(name)
+            except BadRequest:  # the user named no name: say how to give one
+                raise BadRequest(
+                    f"the file name {name!r} is no usable adapter name (1 to 64 letters, "
+                    "digits, '-', '_' or '.'): give one with --name (field 'name')"
+                ) from None
+        else:
+            valid_name(name)
 
         def work() -> dict[str, Any]:
             source = Path(path).expanduser()
@@ -283,8 +306,7 @@ class AdaptersComponent(AdapterCatalog):
             return store.add(name, base, lora, f"gguf:{source}", copy_of=source)
 
         adapter = await anyio.to_thread.run_sync(work)
-        await self.refresh()
-        await self.queue_probe(name)
+        await self._kept(name)
         return adapter
 
     async def remove(self, name: str) -> dict[str, Any]:
@@ -368,9 +390,15 @@ class AdaptersComponent(AdapterCatalog):
             return store.add(name, bases.pop(), report.lora, f"merge:{method}", recipe)
 
         adapter = await anyio.to_thread.run_sync(work)
-        await self.refresh()
-        await self.queue_probe(name)
+        await self._kept(name)
         return adapter
+
+    async def _kept(self, name: str) -> None:
+        """Show a newly kept adapter and queue its probe, even when the client gave up while
+        it was written (Ctrl-C, a timeout): it is kept all the same, so it must be judged."""
+        with anyio.CancelScope(shield=True):
+            await self.refresh()
+            await self.queue_probe(name)
 
     # -- the fusion probe ----------------------------------------------------------------
 
@@ -473,7 +501,7 @@ class AdaptersComponent(AdapterCatalog):
         adapters = []
         for a in self._view:
             usage = self.usage.get(a["name"], Usage())
-            p = a["probe"] or {}
+            p = a["judged"] or a["probe"] or {}
             adapters.append(
                 {
                     "name": a["name"],
@@ -566,6 +594,11 @@ class AdaptersService(OpService):
 
     async def op_wait(self, request: Request) -> dict[str, Any]:
         return await self.component.wait_probe(request, require(request.body, "name", str))
+
+
+def _state(entry: Mapping[str, Any] | None) -> str | None:
+    """The state of a fusion-log entry (None: there is none)."""
+    return entry["state"] if entry is not None else None
 
 
 def _adapter_name(body: Mapping[str, Any]) -> str:

@@ -275,13 +275,16 @@ class AdapterStore:
             ).fetchall()
         return [dict(zip(LOG_COLUMNS, row, strict=True)) for row in rows]
 
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """Each kept adapter's newest probe of its present contents (by adapter name)."""
+    def latest(self, *, done: bool = False) -> dict[str, dict[str, Any]]:
+        """Each kept adapter's newest probe of its present contents (by adapter name); with
+        `done`, its newest finished one: the verdict that judges it while another probe
+        runs, or after one failed or a stop cut it short."""
+        state = "AND f.state = 'done' " if done else ""
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT {', '.join(LOG_COLUMNS)} FROM fusion_log WHERE id IN "
                 "(SELECT MAX(f.id) FROM fusion_log f JOIN adapters a "
-                "ON a.name = f.adapter AND a.sha256 = f.sha256 GROUP BY f.adapter)"
+                f"ON a.name = f.adapter AND a.sha256 = f.sha256 {state}GROUP BY f.adapter)"
             ).fetchall()
         return {row[1]: dict(zip(LOG_COLUMNS, row, strict=True)) for row in rows}
 

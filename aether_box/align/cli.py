@@ -224,6 +224,18 @@ def list_cmd(state: CliState, as_json: bool, timeout: float) -> None:
     plain_console().print(table)
 
 
+@align.command("remove")
+@_from
+@_to
+@timeout_option(30.0)
+@pass_state
+def remove_cmd(state: CliState, source: str, target: str, timeout: float) -> None:
+    """Forget a projector, with its kept versions and candidates (admin)."""
+    with state.client(timeout) as client:
+        reply = client.request("align", {"op": "delete", "from": source, "to": target})
+    click.echo(f"removed {reply['removed']} ({reply['method']}); its kept versions went too")
+
+
 def _f(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 

@@ -81,6 +81,11 @@ def plan_texts(
         n_test = min(test_pairs, max(5, len(texts) // 5))
         test = [texts[i] for i in order[:n_test]]
         fit = [texts[i] for i in order[n_test : n_test + max_pairs]]
+    if len(fit) < MIN_PAIRS:  # said now, not after minutes of embedding the held-out sets
+        raise BadRequest(
+            f"{len(fit)} texts are left to fit on (max_pairs {max_pairs}, {len(test)} held "
+            f"out); a projector needs at least {MIN_PAIRS}: raise max_pairs or give more texts"
+        )
     parts = {"fit": fit, "in_domain": test}
     for name in ood:
         parts[f"ood:{name}"] = [t for t in load_set(name)[:test_pairs] if t not in set(fit)]
@@ -122,12 +127,8 @@ def fit_pair(
     results: dict[str, Any] = {}
     for method in methods:
         started = time.perf_counter()
-
-        def step(stage: str, fraction: float, method: str = method) -> None:
-            if progress:
-                progress(f"{method}: {stage}", fraction)
-
-        projector = FITTERS[method](fit.a, fit.b, source, target, options, step)
+        # Each fitter names its steps with its method ("ridge: choosing lambda").
+        projector = FITTERS[method](fit.a, fit.b, source, target, options, progress)
         projectors[method] = projector
         results[method] = {
             "params": {k: v for k, v in projector.params.items() if k != "lambda_curve"},

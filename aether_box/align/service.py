@@ -38,6 +38,8 @@ Ops (body ``{"op": ..., ...}``; vectors are float32 arrays, sent as raw frames):
               kept; a leg of the hub recalibrates the routes through it (routes.py)
     rollback  from, to, version -> {projector, restored, previous, routes}: serve a kept
               version (routes as for promote)
+    delete    from, to -> {removed, method}: forget a projector, its kept versions and
+              candidates, and the route calibrations through it (admin)
 
 `pairs` and `fit` stream PARTIAL progress: ``{"stage": "embed", "model", "done", "total"}``
 and ``{"stage": "fit", "step", "fraction"}``. Texts come from `texts` (a list), a built-in
@@ -56,6 +58,7 @@ from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
+import anyio.from_thread
 import anyio.to_thread
 import numpy as np
 
@@ -122,11 +125,8 @@ class Served:
 
     def summary(self) -> dict[str, Any]:
         """The status view of this projector."""
-        best = self.report["methods"][self.method]
         return {
-            "method": self.method,
-            "top1_in_domain": best["in_domain"]["top1"],
-            "top1_out_of_domain": (best.get("out_of_domain") or {}).get("top1"),
+            **_figures(self.report),
             "projections": self.projections,
             "accepted": self.accepted,
             "proxied": self.projections - self.accepted,
@@ -156,6 +156,8 @@ class AlignService(OpService):
         self._coherence: dict[str, Any] = {}  # "A->hub->B": {"in": top-1, ...}, last report
         self._space_cache: SharedSpace | None = None
         self._route_gates: dict[str, RouteGate] = {}  # "A->hub->B": its calibration
+        # Every fitted projector's report, loaded or not, for status (read off the loop).
+        self.fitted: dict[str, dict[str, Any]] = {}
 
     # ----------------------------------------------------------------- projection
 
@@ -359,6 +361,11 @@ class AlignService(OpService):
         self._coherence = _compact(report)
         return report
 
+    async def read_fitted(self) -> None:
+        """Re-read the fitted projectors' reports (for status)."""
+        reports = await anyio.to_thread.run_sync(self.store.reports)
+        self.fitted = {r["name"]: r for r in reports}
+
     def status(self) -> dict[str, Any]:
         """The "align" section of `status` (the hub's last coherence report, compact)."""
         return {
@@ -369,7 +376,13 @@ class AlignService(OpService):
                 if self._space_cache is not None
                 else None
             ),
-            "projectors": {name: s.summary() for name, s in sorted(self.served.items())},
+            # Fitted ones not loaded yet too: "none" after a restart sent users to refit.
+            "projectors": {
+                name: self.served[name].summary()
+                if name in self.served
+                else _idle(self.fitted[name])
+                for name in sorted({*self.fitted, *self.served})
+            },
             "coherence": self._coherence,
         }
 
@@ -472,6 +485,7 @@ class AlignService(OpService):
             kept = {"fit": parts["fit"], **held_out_sets(parts)}
             await anyio.to_thread.run_sync(self.store.save, projectors, gate, report, kept)
             self.served.pop(pair_name(source, target), None)  # serve the new one from now on
+            self.fitted[report["name"]] = report
             report["routes"] = await self._calibrate_routes(source, target, request)
         return report
 
@@ -596,10 +610,26 @@ class AlignService(OpService):
         async with self._load_lock:
             previous = await anyio.to_thread.run_sync(self.store.promote, source, target, candidate)
             self.served.pop(pair_name(source, target), None)  # serve the new one from now on
+            await self.read_fitted()
         log.info("align: %s promoted candidate %s", pair_name(source, target), candidate)
         async with self._fit_limiter:  # the routes through a promoted leg: their gates anew
             routes = await self._calibrate_routes(source, target)
         return {"projector": pair_name(source, target), "previous": previous, "routes": routes}
+
+    async def op_delete(self, request: Request) -> dict[str, Any]:
+        """Forget a projector (store.remove); it is served no more from this reply on."""
+        source, target = _models(request.body)
+        name = pair_name(source, target)
+        async with self._load_lock:
+            report = await anyio.to_thread.run_sync(self.store.remove, source, target)
+            self.served.pop(name, None)
+            self.fitted.pop(name, None)
+            for route in list(self._route_gates):
+                legs = route.split("->")
+                if (source, target) in zip(legs, legs[1:], strict=False):
+                    del self._route_gates[route]
+        log.info("align: removed the projector %s", name)
+        return {"removed": name, "method": report["best"]}
 
     async def op_rollback(self, request: Request) -> dict[str, Any]:
         """Serve a kept version again (the one served now is kept in its turn)."""
@@ -608,6 +638,7 @@ class AlignService(OpService):
         async with self._load_lock:
             shelved = await anyio.to_thread.run_sync(self.store.restore, source, target, version)
             self.served.pop(pair_name(source, target), None)
+            await self.read_fitted()
         log.info("align: %s rolled back to %s", pair_name(source, target), version)
         async with self._fit_limiter:
             routes = await self._calibrate_routes(source, target)
@@ -837,10 +868,13 @@ class AlignService(OpService):
 
 
 def _fit_progress(request: Request) -> Callable[[str, float], None]:
-    """A fit's progress callback (step, fraction), sent from its thread as PARTIAL replies."""
+    """A fit's progress callback (step, fraction), sent from its thread as PARTIAL replies.
+    It ends the fit once the request is cancelled (the client's Ctrl-C): a fit's thread runs
+    on otherwise, minutes of cores for nobody, holding the one fit slot every fit waits for."""
     send = ThreadProgress(request, PROGRESS_EVERY_S)
 
     def report(step: str, fraction: float) -> None:
+        anyio.from_thread.check_cancelled()
         body = {"stage": "fit", "step": step, "fraction": round(fraction, 3)}
         send(body, last=fraction >= 1.0)
 
@@ -859,6 +893,22 @@ def _space_digest(report: Mapping[str, Any]) -> str | None:
         return None
     side = "target" if report["target"] == SHARED else "source"
     return str(recipe_of_report(report, side).get("weights") or "")
+
+
+def _figures(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The served method of a fit report and its held-out top-1, for status."""
+    best = report["methods"][report["best"]]
+    return {
+        "method": report["best"],
+        "top1_in_domain": best["in_domain"]["top1"],
+        "top1_out_of_domain": (best.get("out_of_domain") or {}).get("top1"),
+    }
+
+
+def _idle(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The status view of a fitted projector no request has loaded yet."""
+    counters = {"projections": 0, "accepted": 0, "proxied": 0}
+    return {**_figures(report), **counters, "agreement_mean": None, "agreement_recent": None}
 
 
 def _via(legs: list[Served]) -> Served:
@@ -945,7 +995,8 @@ class AlignComponent:
         # A fit a kill interrupted is finished or undone before anything is served.
         done = await anyio.to_thread.run_sync(self.service.store.recover)
         for line in done:
-            log.warning("align: after an interrupted fit, %s", line)
+            log.warning("align: after an interrupted fit or removal, %s", line)
+        await self.service.read_fitted()
         ctx.add_service("align", self.service)
         task_status.started()
 

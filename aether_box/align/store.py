@@ -16,7 +16,7 @@ A fit never writes into the served pair dir: it writes a whole new dir beside it
 becomes ``.<pair>.old-<id>``, its ``candidates/`` and ``history/`` move into the new one) and
 fsyncs the parent. A kill at any point leaves the old projector or the new one whole;
 `recover` (run when the box starts) finishes or undoes a swap a kill interrupted and removes
-the leftovers.
+the leftovers. `remove` renames the pair dir to ``.<pair>.removed-<id>`` before deleting it.
 """
 
 from __future__ import annotations
@@ -117,6 +117,9 @@ class ProjectorStore:
         for path in sorted(self.root.glob(".*.new-*")):
             shutil.rmtree(path, ignore_errors=True)  # an unfinished fit: the old one serves
             done.append(f"removed an unfinished fit of {path.name[1:].rsplit('.new-', 1)[0]}")
+        for path in sorted(self.root.glob(".*.removed-*")):
+            shutil.rmtree(path, ignore_errors=True)  # acknowledged as removed: finish it
+            done.append(f"finished removing {path.name[1:].rsplit('.removed-', 1)[0]}")
         if done:
             fsync_dir(self.root)
         return done
@@ -168,6 +171,22 @@ class ProjectorStore:
                 f"`aether-box align fit --from {source} --to {target}`"
             )
         return json.loads(path.read_text())
+
+    def remove(self, source: str, target: str) -> dict[str, Any]:
+        """Forget the projector from `source` to `target`, its kept versions, candidates and
+        the routes through it; -> its report. One rename takes it out of service: a kill
+        after it leaves a dir `recover` deletes, never a projector half there."""
+        report = self.report(source, target)  # NotFound naming the fitted ones
+        served = self._dir(source, target)
+        gone = self.root / f".{served.name}.removed-{uuid.uuid4().hex[:8]}"
+        os.replace(served, gone)
+        fsync_dir(self.root)
+        shutil.rmtree(gone, ignore_errors=True)
+        for path in (self.root.parent / "routes").glob("*.json"):
+            legs = path.stem.split("__")
+            if (source, target) in zip(legs, legs[1:], strict=False):
+                path.unlink(missing_ok=True)
+        return report
 
     def route_path(self, source: str, hub: str, target: str) -> Path:
         """Where the gate calibration of the route source -> hub -> target is kept."""
