@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from fixtures_box import temp_box, wait_for
+from fixtures_box import BoxInThread, temp_box, wait_for
 
 from aether_box.bus.worker import Worker
 from aether_box.errors import BadRequest, BoxError
@@ -71,3 +71,43 @@ def test_tools_the_box_refuses_stop_the_worker_and_leave_no_trace():
                 return client.status()["services"].get("bad", {}).get("workers", 0)
 
             wait_for(lambda: workers() == 0, 0.5, "the worker's exit")
+
+
+def test_a_worker_registers_again_when_its_box_restarts(data_dir):
+    box = BoxInThread(data_dir, {**FAST_BEATS, "tools": {"enabled": True}})
+    worker = Worker(box.endpoint, "shout", lambda body: {"text": body["text"].upper()},
+                    heartbeat_s=0.2)  # fmt: skip
+
+    @worker.tool("Shout a text", effect="read", schema={"type": "object"})
+    def shout(text: str = "") -> dict[str, Any]:
+        return {"text": text.upper()}
+
+    thread = serve(worker)
+    try:
+        with box.client(timeout=10) as client:
+            wait_for(lambda: "shout" in tool_names(client), 5, "the worker's tools")
+            assert client.request("shout", {"text": "hi"}) == {"text": "HI"}
+        box.stop()
+        # Before: the new box answered the worker's heartbeat with DISCONNECT and run()
+        # returned, silently: the service and its tools were gone for good.
+        box = BoxInThread(data_dir, {**FAST_BEATS, "tools": {"enabled": True}})
+        with box.client(timeout=10) as client:
+            wait_for(lambda: "shout" in tool_names(client), 10, "the worker registering again")
+            assert client.request("shout", {"text": "back"}) == {"text": "BACK"}
+            called = client.request("tools", {"op": "call", "tool": "shout",
+                                              "arguments": {"text": "tool"}})  # fmt: skip
+            assert called["result"] == {"text": "TOOL"}
+        assert thread.is_alive()
+    finally:
+        box.stop()
+
+
+def tool_names(client: Any) -> set[str]:
+    return {t["name"] for t in client.request("tools", {"op": "list"})["tools"]}
+
+
+def test_a_worker_the_box_refuses_is_told_why():
+    with temp_box(FAST_BEATS) as box:
+        # "echo" is a service the box serves itself: before, run() just returned.
+        with pytest.raises(BadRequest, match="the box serves that name itself"):
+            Worker(box.endpoint, "echo", lambda body: body, heartbeat_s=0.2).run()

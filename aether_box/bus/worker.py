@@ -27,6 +27,7 @@ the worker registers them with the box's `tools` service when it starts::
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -39,6 +40,8 @@ from aether_box.bus.protocol import RID, WORKER, WorkerCmd, decode_body, encode_
 from aether_box.errors import BadRequest, BoxError, NotFound
 
 __all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
 
 WorkerHandler = Callable[[dict[str, Any]], Mapping[str, Any] | Iterator[Mapping[str, Any]]]
 # What a tool call sends the worker (see aether_box.tools): {"op": TOOL_OP, "tool", "arguments"}.
@@ -120,20 +123,27 @@ class Worker:
         with Client(self.endpoint, timeout=self.register_timeout_s, curve=False) as client:
             client.request("tools", body)
 
+    def _ready(self) -> None:
+        """Offer the service to the broker, and the tools to the box's `tools` service."""
+        self._send(WorkerCmd.READY, self.service.encode())
+        if self.tools:
+            self._register_tools()
+
     def _send(self, command: bytes, *frames: Any) -> None:
         assert self._socket is not None
         self._socket.send_multipart([WORKER, command, *frames])
 
     def run(self, stop_after: int | None = None) -> None:
-        """Serve requests until the broker disconnects us (or after `stop_after` requests)."""
+        """Serve requests until stopped (or after `stop_after` requests). When the box
+        restarts (it forgets its workers), the worker registers again, as MDP workers do; a
+        box that refuses it (its service name is the box's own) ends it with BadRequest."""
         self._socket = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.linger = 0
         self._socket.connect(self.endpoint)
         served = 0
         try:
-            self._send(WorkerCmd.READY, self.service.encode())
-            if self.tools:
-                self._register_tools()
+            self._ready()
+            accepted = False  # the box has spoken to this worker since its READY
             last_sent = time.monotonic()
             while stop_after is None or served < stop_after:
                 if self._socket.poll(self.heartbeat_s * 1000):
@@ -141,7 +151,17 @@ class Worker:
                     if len(frames) < 2 or frames[0] != WORKER:
                         continue
                     if frames[1] == WorkerCmd.DISCONNECT:
-                        return
+                        if not accepted:
+                            raise BadRequest(
+                                f"the box refused worker service {self.service!r}: the box "
+                                "serves that name itself; choose another service name"
+                            )
+                        # A box that restarted does not know us: say READY to it again.
+                        log.warning("the box forgot worker %s: registering again", self.service)
+                        self._ready()
+                        accepted = False
+                        continue
+                    accepted = True
                     if frames[1] == WorkerCmd.REQUEST and len(frames) >= 4:
                         self._answer(frames[2], frames[4:])
                         served += 1
