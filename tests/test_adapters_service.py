@@ -158,6 +158,11 @@ def test_a_merge_that_cannot_be_made_says_why(adapter_box, tmp_path, smollm2_pat
             merge(method="ties", density=5)
         with pytest.raises(BadRequest, match="rank"):
             merge(method="ties", rank=0)
+        # Accepted before: one adapter twice, and an all-zero (empty) merge.
+        with pytest.raises(BadRequest, match="names an adapter twice"):
+            merge(**{"from": [{"name": "part", "weight": 0.5}, {"name": "part", "weight": 0.5}]})
+        with pytest.raises(BadRequest, match="every weight in 'from' is 0"):
+            merge(**{"from": [{"name": "part", "weight": 0}]})
 
 
 def test_removing_an_adapter_in_use_is_refused_until_the_request_ends(

@@ -351,6 +351,11 @@ class AdaptersComponent(AdapterCatalog):
             if not math.isfinite(weight):  # a NaN weight merged into NaN tensors
                 raise BadRequest(f"from[{i}].weight must be a finite number, got {weight}")
             sources.append((part["name"], float(weight)))
+        names = [n for n, _ in sources]
+        if len(set(names)) != len(names):  # one adapter at the sum of its weights, said plainly
+            raise BadRequest(f"'from' names an adapter twice ({names}): give each once")
+        if sources and not any(w for _, w in sources):
+            raise BadRequest("every weight in 'from' is 0: the merge would be an empty adapter")
         progress = ThreadProgress(request)
 
         def work() -> dict[str, Any]:
