@@ -108,7 +108,7 @@ def show(state: CliState, name: str, as_json: bool) -> None:
         click.echo(json.dumps(reply, indent=2))
         return
     a = reply["adapter"]
-    click.echo(f"{a['name']}: for {a['base']}, rank {a['rank']}, alpha {a['alpha']}, ")
+    click.echo(f"{a['name']}: for {a['base']}, rank {a['rank']}, alpha {a['alpha']}")
     click.echo(f"  {a['tensors']} tensors, {a['bytes']} bytes, sha256 {a['sha256']}")
     click.echo(f"  from {a['source']}")
     if a.get("recipe"):
