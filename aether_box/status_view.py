@@ -169,6 +169,11 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
             f"{a.get('name')} ({a.get('verdict')}"
             + (f", KL {a['kl_mean']:.3f}" if isinstance(a.get("kl_mean"), float) else "")
             + (", pruned" if a.get("pruned") else "")
+            + (  # a prune verdict overruled by hand (or by the tuner)
+                f", restored by {(a.get('pruning') or {}).get('by')}"
+                if not a.get("pruned") and (a.get("pruning") or {}).get("state") == "restored"
+                else ""
+            )
             + f", {a.get('requests', 0)} requests)"
             for a in adapters["adapters"]
         )

@@ -82,3 +82,14 @@ def test_status_says_why_a_peer_or_member_is_down(box):
     printed = _printed(report)
     assert "peers: lab (down)" in printed and f"  lab down: {why}" in printed
     assert "grid: a with b (up)" in printed and "  b up" not in printed
+
+
+def test_status_says_a_prune_verdict_was_overruled(box):
+    with box.client() as client:
+        report = client.status()
+    restored = {"state": "restored", "by": "user", "at": 0.0}
+    report["adapters"] = {"adapters": [
+        {"name": "loud", "verdict": "prune", "kl_mean": 0.5, "pruned": None,
+         "pruning": restored, "requests": 3},
+    ]}  # fmt: skip
+    assert "adapters: loud (prune, KL 0.500, restored by user, 3 requests)" in _printed(report)
