@@ -195,6 +195,9 @@ def _render_sections(report: dict[str, Any], console: Console) -> None:
     if isinstance(align, dict):
         projectors = ", ".join(align.get("projectors", {})) or "none"
         say(f"projectors: {projectors} (gate {align.get('gate')})")
+        for work in align.get("running") or []:  # fits and pair builds in progress
+            pair = " -> ".join(str(work[k]) for k in ("from", "to") if work.get(k))
+            say(f"  {work.get('op')} {pair or ''}: {work.get('step')}".replace(" :", ":"))
         coherence = align.get("coherence") or {}
         if coherence:  # the hub's last `align report`, one pair a line, top-1 per domain
             say(f"  through the hub {align.get('hub')} (top-1, `aether-box align report`):")

@@ -75,9 +75,14 @@ def test_a_cancelled_fit_stops_in_its_thread_and_frees_the_fit_slot(models_dir: 
         with box.client(timeout=300) as client:
             for reply in client.stream("align", FIT, timeout=300):
                 if reply.get("step") == "mlp: training":
+                    # `status` shows the fit and its step while it runs.
+                    (work,) = client.status()["align"]["running"]
+                    assert (work["op"], work["from"], work["to"]) == ("fit", "minilm", "mpnet")
+                    assert work["step"].startswith("mlp: training: "), work
                     break  # the client stops reading: its request is cancelled
             align = lambda: client.status()["services"]["align"]  # noqa: E731
             wait_for(lambda: align()["in_flight"] == 0, 30, "the cancelled fit to end")
+            assert client.status()["align"]["running"] == []
             assert align()["rejected"].get("client_gone", 0) + align()["cancelled"] == 1
             quick = client.request("align", {**FIT, "methods": ["ridge"]}, timeout=60)
             assert quick["best"] == "ridge" and quick["pairs"]["cached"]

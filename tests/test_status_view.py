@@ -93,3 +93,13 @@ def test_status_says_a_prune_verdict_was_overruled(box):
          "pruning": restored, "requests": 3},
     ]}  # fmt: skip
     assert "adapters: loud (prune, KL 0.500, restored by user, 3 requests)" in _printed(report)
+
+
+def test_status_shows_a_fit_in_progress(box):
+    with box.client() as client:
+        report = client.status()
+    assert report["align"]["running"] == []
+    report["align"]["running"] = [
+        {"op": "fit", "from": "minilm", "to": "mpnet", "step": "embedding with mpnet: 40/80"}
+    ]
+    assert "  fit minilm -> mpnet: embedding with mpnet: 40/80" in _printed(report)

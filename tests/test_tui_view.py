@@ -125,6 +125,9 @@ def test_memory_projectors_and_peers_tolerate_lists_and_maps():
         "0.958",
         "0.912",
     )
+    # A fit running now, with its latest step.
+    running = {"running": [{"op": "fit", "from": "minilm", "to": "mpnet", "step": "mlp: 40%"}]}
+    assert projector_rows(running)["running:0"][:2] == ("minilm->mpnet (fitting)", "mlp: 40%")
     # Or a list of records with the spaces named and the fidelity nested.
     listed = {
         "projectors": [

@@ -51,7 +51,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -158,6 +159,8 @@ class AlignService(OpService):
         self._route_gates: dict[str, RouteGate] = {}  # "A->hub->B": its calibration
         # Every fitted projector's report, loaded or not, for status (read off the loop).
         self.fitted: dict[str, dict[str, Any]] = {}
+        # Pairs, fits, refits and hub builds running now, each with its latest step (status).
+        self.running: dict[int, dict[str, Any]] = {}
 
     # ----------------------------------------------------------------- projection
 
@@ -384,11 +387,16 @@ class AlignService(OpService):
                 for name in sorted({*self.fitted, *self.served})
             },
             "coherence": self._coherence,
+            "running": [dict(work) for work in self.running.values()],
         }
 
     # ----------------------------------------------------------------- pairs and fits
 
     async def op_pairs(self, request: Request) -> dict[str, Any]:
+        with self._at_work(request):
+            return await self._pairs(request)
+
+    async def _pairs(self, request: Request) -> dict[str, Any]:
         body = request.body
         source, target = _models(body)
         plan = await self._plan(body, target, standard=False)
@@ -421,6 +429,10 @@ class AlignService(OpService):
         }
 
     async def op_fit(self, request: Request) -> dict[str, Any]:
+        with self._at_work(request):
+            return await self._fit(request)
+
+    async def _fit(self, request: Request) -> dict[str, Any]:
         body = request.body
         source, target = _models(body)
         if source == target:
@@ -471,7 +483,7 @@ class AlignService(OpService):
                     await self._space_vectors(source, texts, progress),
                 )
                 cached.append(hit)
-        send = _fit_progress(request)
+        send = self._fit_progress(request)
         async with self._fit_limiter:
             report, projectors, gate = await anyio.to_thread.run_sync(
                 lambda: fit_pair(parts, plan, self.settings, methods, send)
@@ -518,6 +530,10 @@ class AlignService(OpService):
     # ----------------------------------------------------------------- refits (the tuner's)
 
     async def op_refit(self, request: Request) -> dict[str, Any]:
+        with self._at_work(request):
+            return await self._refit(request)
+
+    async def _refit(self, request: Request) -> dict[str, Any]:
         """Fit a candidate from a collection's new texts and judge it (aether_box.align.refit);
         nothing is served differently until `promote`."""
         body = request.body
@@ -576,7 +592,7 @@ class AlignService(OpService):
         )
         new_fit = pairs.subset(list(range(len(fit_idx))))
         new_held = pairs.subset(list(range(len(fit_idx), len(picked))))
-        send = _fit_progress(request)
+        send = self._fit_progress(request)
         candidate = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
         async with self._fit_limiter:
             result, report, projectors, gate, kept = await anyio.to_thread.run_sync(
@@ -811,6 +827,10 @@ class AlignService(OpService):
         return await anyio.to_thread.run_sync(space.transform, vectors)
 
     async def op_hub(self, request: Request) -> dict[str, Any]:
+        with self._at_work(request):
+            return await self._hub(request)
+
+    async def _hub(self, request: Request) -> dict[str, Any]:
         """Build the shared hub space from `models` on the standard fit texts (space.py)."""
         body = request.body
         models = body.get("models")
@@ -853,10 +873,23 @@ class AlignService(OpService):
             "served": self.settings.hub == SHARED,
         }
 
+    @contextmanager
+    def _at_work(self, request: Request) -> Iterator[None]:
+        """While `request` runs, status shows it: its op, models and latest step."""
+        body = request.body
+        work = {k: body.get(k) for k in ("op", "from", "to", "models")}
+        self.running[id(request)] = {**work, "step": "starting"}  # its keys fixed from here
+        try:
+            yield
+        finally:
+            del self.running[id(request)]
+
     def _progress(self, request: Request):
         last = [0.0]
+        work = self.running.get(id(request), {})
 
         async def report(model: str, done: int, total: int) -> None:
+            work["step"] = f"embedding with {model}: {done}/{total}"
             now = time.monotonic()
             if done in (0, total) or now - last[0] >= PROGRESS_EVERY_S:
                 last[0] = now
@@ -866,19 +899,21 @@ class AlignService(OpService):
 
         return report
 
+    def _fit_progress(self, request: Request) -> Callable[[str, float], None]:
+        """A fit's progress callback (step, fraction), sent from its thread as PARTIAL replies.
+        It ends the fit once the request is cancelled (the client's Ctrl-C): a fit's thread
+        runs on otherwise, minutes of cores for nobody, holding the one fit slot every fit
+        waits for."""
+        send = ThreadProgress(request, PROGRESS_EVERY_S)
+        work = self.running.get(id(request), {})
 
-def _fit_progress(request: Request) -> Callable[[str, float], None]:
-    """A fit's progress callback (step, fraction), sent from its thread as PARTIAL replies.
-    It ends the fit once the request is cancelled (the client's Ctrl-C): a fit's thread runs
-    on otherwise, minutes of cores for nobody, holding the one fit slot every fit waits for."""
-    send = ThreadProgress(request, PROGRESS_EVERY_S)
+        def report(step: str, fraction: float) -> None:
+            anyio.from_thread.check_cancelled()
+            work["step"] = f"{step}: {fraction:.0%}"  # one assignment: status reads it anytime
+            body = {"stage": "fit", "step": step, "fraction": round(fraction, 3)}
+            send(body, last=fraction >= 1.0)
 
-    def report(step: str, fraction: float) -> None:
-        anyio.from_thread.check_cancelled()
-        body = {"stage": "fit", "step": step, "fraction": round(fraction, 3)}
-        send(body, last=fraction >= 1.0)
-
-    return report
+        return report
 
 
 def _recipe_options(recipe: Recipe) -> dict[str, Any]:

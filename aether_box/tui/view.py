@@ -508,7 +508,18 @@ def projector_rows(section: Any) -> dict[str, Row]:
                 MISSING,
                 MISSING,
             )
+    # Fits, refits, pair and hub builds running now: their latest step in the method column.
+    running = section.get("running") if isinstance(section, Mapping) else None
+    for i, work in enumerate(running or []):
+        if isinstance(work, Mapping):
+            pair = "->".join(str(work[k]) for k in ("from", "to") if work.get(k)) or "hub"
+            doing = _ALIGN_WORK.get(str(work.get("op")), str(work.get("op")))
+            name = f"{pair} ({doing})"
+            rows[f"running:{i}"] = (name, str(work.get("step", MISSING)), *[MISSING] * 5)
     return rows
+
+
+_ALIGN_WORK = {"fit": "fitting", "refit": "refitting", "pairs": "pairing", "hub": "building"}
 
 
 def peer_rows(section: Any) -> dict[str, Row]:
