@@ -173,10 +173,14 @@ def _say(client: Any, session_id: str, text: str, sampling: dict[str, Any]) -> b
     return True
 
 
-def _history(client: Any, session_id: str) -> None:
-    reply = client.request(SERVICE, {"op": "history", "session": session_id})
+def _history(client: Any, session_id: str) -> dict[str, Any]:
+    """Print the session's system prompt and messages, oldest first; -> the history reply."""
+    reply: dict[str, Any] = client.request(SERVICE, {"op": "history", "session": session_id})
+    if reply.get("system"):
+        click.echo(f"system: {reply['system']}")
     for message in reply["messages"]:
         click.echo(f"{message['role']}: {message['content']}")
+    return reply
 
 
 @click.group()
@@ -215,12 +219,8 @@ def sessions_list(state: CliState, as_json: bool) -> None:
 def sessions_show(state: CliState, session_id: str) -> None:
     """Session ID's system prompt and messages, oldest first."""
     with state.client() as client:
-        found = client.request(SERVICE, {"op": "history", "session": session_id})
-    click.echo(f"session {session_id} with {found['model']}", err=True)
-    if found["system"]:
-        click.echo(f"system: {found['system']}")
-    for message in found["messages"]:
-        click.echo(f"{message['role']}: {message['content']}")
+        found = _history(client, session_id)
+    click.echo(f"(session {session_id} with {found['model']})", err=True)
 
 
 @sessions.command("delete")
