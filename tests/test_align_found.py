@@ -13,17 +13,18 @@ from aether_box.align.corpus import load_set
 from aether_box.cli import cli
 from aether_box.errors import BadRequest, NotFound
 
-# A small, quick fit: two ONNX encoders, ridge alone, 60 pairs fitted and 20 held out.
+# A small, quick fit: two ONNX encoders, ridge alone, 60 pairs fitted and 20 held out (mpnet
+# is not in the test kit: mpnet_models_dir pulls it on a fresh machine).
 SMALL = {"methods": ["ridge"], "max_pairs": 60, "test_pairs": 20, "embed_chunk": 40}
 FIT = {"op": "fit", "from": "minilm", "to": "mpnet", "texts": load_set("glosses")[:80]}
 
 
 def test_a_projector_can_be_removed_and_stays_removed_after_a_restart(
-    data_dir: Path, models_dir: Path
+    data_dir: Path, mpnet_models_dir: Path
 ):
     """README lists projector removal among the admin ops, but `align` had no op for it and
     the CLI no command: a projector, once fitted, could not be taken out of service."""
-    overrides = {"models": {"dir": str(models_dir)}, "align": SMALL}
+    overrides = {"models": {"dir": str(mpnet_models_dir)}, "align": SMALL}
     vector = np.ones(384, np.float32) / np.sqrt(384)
     project = {"op": "project", "from": "minilm", "to": "mpnet", "vector": vector}
     pairs = data_dir / "align" / "projectors"
@@ -66,12 +67,12 @@ def test_a_projector_can_be_removed_and_stays_removed_after_a_restart(
         box.stop(timeout=120)
 
 
-def test_a_cancelled_fit_stops_in_its_thread_and_frees_the_fit_slot(models_dir: Path):
+def test_a_cancelled_fit_stops_in_its_thread_and_frees_the_fit_slot(mpnet_models_dir: Path):
     """Ctrl-C on `align fit` cancelled the request, but the fit's thread went on to its end
     (here ~80 s of MLP epochs), holding the one fit slot: the next fit waited on it in
     silence."""
     slow = {**SMALL, "methods": ["mlp"], "mlp_epochs": 2000, "mlp_hidden": 64}
-    with temp_box({"align": slow}, models_dir=models_dir) as box:
+    with temp_box({"align": slow}, models_dir=mpnet_models_dir) as box:
         with box.client(timeout=300) as client:
             for reply in client.stream("align", FIT, timeout=300):
                 if reply.get("step") == "mlp: training":
@@ -107,10 +108,10 @@ def test_too_few_pairs_to_fit_on_are_refused_before_anything_is_embedded(
         box.stop(timeout=120)
 
 
-def test_status_lists_fitted_projectors_after_a_restart(data_dir: Path, models_dir: Path):
+def test_status_lists_fitted_projectors_after_a_restart(data_dir: Path, mpnet_models_dir: Path):
     """After a restart status said "projectors: none" (the dashboard: "no projectors yet; fit
     one") until a request loaded one: a user was sent to fit what the box had."""
-    overrides = {"models": {"dir": str(models_dir)}, "align": SMALL}
+    overrides = {"models": {"dir": str(mpnet_models_dir)}, "align": SMALL}
     box = BoxInThread(data_dir, overrides)
     try:
         with box.client(timeout=300) as client:
