@@ -93,14 +93,14 @@ class RouterComponent(OpService):
     ) -> None:
         kept = await anyio.to_thread.run_sync(_read_thresholds, self._kept)
         self.thresholds.update({k: v for k, v in kept.items() if k in self.thresholds})
-        for name, route in self.settings.routes.items():
-            if not route["examples"] and name != self.settings.default:
-                log.warning(
-                    "[router.routes.%s] has no examples, so no message is routed to it (only "
-                    "router.default, %r, takes what matches nothing); give it examples",
-                    name,
-                    self.settings.default,
-                )
+        scored = self.settings.scored_routes()
+        for name in sorted(set(self.settings.routes) - {*scored, self.settings.default}):
+            log.warning(
+                "[router.routes.%s] has no examples, so no message is routed to it (only "
+                "router.default, %r, takes what matches nothing); give it examples",
+                name,
+                self.settings.default,
+            )
         ctx.add_service("router", self)
         task_status.started()
 
@@ -119,7 +119,7 @@ class RouterComponent(OpService):
         if not isinstance(good, bool):
             raise BadRequest("'good' must be true or false")
         route = require(body, "route", str)
-        scored = sorted(n for n, r in self.settings.routes.items() if r["examples"])
+        scored = self.settings.scored_routes()
         if route not in self.settings.routes:
             raise NotFound(f"no route {route!r}; feedback names one of the routes {scored}")
         if route not in scored:  # nothing to fit: a route without examples has no score
@@ -164,7 +164,7 @@ class RouterComponent(OpService):
             "feedback": len(self.log.labels),
             "min_score": dict(self.thresholds),
             # Routes a message can be scored against (the rest have no examples).
-            "scored_routes": sum(1 for route in self.settings.routes.values() if route["examples"]),
+            "scored_routes": len(self.settings.scored_routes()),
         }
 
     async def op_route(self, request: Request) -> dict[str, Any]:

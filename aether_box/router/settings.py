@@ -39,6 +39,10 @@ class RouterSettings:
     default: str = "general"
     routes: dict[str, dict[str, Any]] = field(default_factory=_default_routes)
 
+    def scored_routes(self) -> list[str]:
+        """The routes with examples, sorted: the only ones a message is scored against."""
+        return sorted(name for name, route in self.routes.items() if route.get("examples"))
+
     def resolve(self, data_dir: Path) -> None:
         """Check the routes (the data dir is not needed)."""
         if self.default not in self.routes:
