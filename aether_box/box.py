@@ -13,8 +13,8 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -204,12 +204,8 @@ class Box:
         )
         for cls in self._component_classes or load_components():
             ctx = BoxContext(self.config, view, getattr(cls, "name", cls.__name__))
-            try:
+            with _start_failures(cls):
                 component = cls(ctx)
-            except BoxError:
-                raise
-            except Exception as exc:
-                raise _start_failure(cls, exc) from exc
             if not isinstance(getattr(component, "name", None), str) or not callable(
                 getattr(component, "serve", None)
             ):
@@ -228,11 +224,8 @@ class Box:
             watch = anyio.CancelScope()
             tg.start_soon(_warn_if_slow, watch, component.name)
             try:
-                await tg.start(supervisor.run)
-            except BoxError:
-                raise
-            except Exception as exc:
-                raise _start_failure(cls, exc) from exc
+                with _start_failures(cls):
+                    await tg.start(supervisor.run)
             finally:
                 watch.cancel()
         await self._publish_endpoints()
@@ -276,14 +269,21 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return leaves
 
 
-def _start_failure(cls: Any, exc: Exception) -> ConfigError:
-    """One line for a component that could not start; the traceback goes to the log."""
-    name = getattr(cls, "name", getattr(cls, "__name__", repr(cls)))
-    log.error("component %r (%s) failed to start", name, where_defined(cls), exc_info=exc)
-    return ConfigError(
-        f"component {name!r} ({where_defined(cls)}) failed to start: {exc!r}; the log has the "
-        f"traceback. Fix it, or leave the plugin that brings it out with {LOAD_ENV}"
-    )
+@contextmanager
+def _start_failures(cls: Any) -> Iterator[None]:
+    """A component's own error while it is built or started as one line (a BoxError as it
+    is); the traceback goes to the log."""
+    try:
+        yield
+    except BoxError:
+        raise
+    except Exception as exc:
+        name = getattr(cls, "name", getattr(cls, "__name__", repr(cls)))
+        log.error("component %r (%s) failed to start", name, where_defined(cls), exc_info=exc)
+        raise ConfigError(
+            f"component {name!r} ({where_defined(cls)}) failed to start: {exc!r}; the log has "
+            f"the traceback. Fix it, or leave the plugin that brings it out with {LOAD_ENV}"
+        ) from exc
 
 
 async def _warn_if_slow(scope: anyio.CancelScope, name: str) -> None:
