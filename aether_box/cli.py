@@ -245,7 +245,7 @@ def stop(state: CliState, timeout: float) -> None:
     """Stop the box of this data dir, as Ctrl-C does: it finishes what is in flight first."""
     from aether_box.box import running_pid
 
-    data_dir = data_dir_from(state.data_dir)
+    data_dir = state.data_dir  # resolved already, as the group parsed --data-dir
     pid = running_pid(data_dir)
     if pid is None:
         raise click.ClickException(f"no box is running with data dir {data_dir}")

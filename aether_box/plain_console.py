@@ -68,8 +68,8 @@ class PlainProgress(Progress):
             ),
             "{task.description}",
         )
-        self._printed_at: dict[TaskID, float] = {}
-        self._printed: dict[TaskID, tuple[float, float | None]] = {}
+        # Per task: when its last line was printed, and the (done, total) it showed.
+        self._shown: dict[TaskID, tuple[float, tuple[float, float | None]]] = {}
         self._closed: set[TaskID] = set()
 
     def line(self, task: Task) -> str:
@@ -87,19 +87,13 @@ class PlainProgress(Progress):
             task = self._tasks.get(task_id)
             if task is None or task_id in self._closed:
                 return
-            now = self.get_time()
-            state = (task.completed, task.total)
+            now, state = self.get_time(), (task.completed, task.total)
+            at, shown = self._shown.get(task_id, (-self.every, None))
             if task.finished:
                 self._closed.add(task_id)
-            elif not force and (
-                state == self._printed.get(task_id)
-                or now - self._printed_at.get(task_id, -self.every) < self.every
-            ):
-                return
-            elif force and state == self._printed.get(task_id):
-                return
-            self._printed_at[task_id] = now
-            self._printed[task_id] = state
+            elif state == shown or (not force and now - at < self.every):
+                return  # shown already, or (unforced) too soon after the last line
+            self._shown[task_id] = (now, state)
             text = self.line(task)
         self.console.out(text, highlight=False)
 
